@@ -1,0 +1,1 @@
+"""Diffusion math with no Lightning: schedules, parameterisations, per-sample noise, samplers."""

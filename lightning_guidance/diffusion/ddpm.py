@@ -1,0 +1,78 @@
+"""DDPM ancestral sampling (Ho et al. 2020, alg. 2) with improved-DDPM respacing (Nichol & Dhariwal 2021, §4)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..guidance.base import GuidanceState, GuidanceTerm, check_guidance_for_sampler, total_guidance
+from .denoiser import Denoiser
+from .noise import PerSampleNoise
+from .schedules import VPSchedule
+
+
+def ddpm_posterior(x_t: Tensor, x0: Tensor, abar_t: float, abar_prev: float) -> tuple[Tensor, float]:
+    """Mean and variance of ``q(x_prev | x_t, x0)`` (Ho et al. 2020, eqs. 6-7) between two kept steps.
+
+    With ``beta = 1 - abar_t / abar_prev`` (respaced beta):
+    ``mean = sqrt(abar_prev) beta / (1 - abar_t) x0 + sqrt(1 - beta) (1 - abar_prev) / (1 - abar_t) x_t`` and
+    ``variance = beta (1 - abar_prev) / (1 - abar_t)`` (the "fixed small" choice sigma_t^2 = beta~_t).
+    ``abar_prev = 1`` at the last step, where the variance is 0 and the mean is ``x0``.
+    """
+    beta = 1.0 - abar_t / abar_prev
+    mean = (math.sqrt(abar_prev) * beta / (1.0 - abar_t)) * x0 \
+        + (math.sqrt(1.0 - beta) * (1.0 - abar_prev) / (1.0 - abar_t)) * x_t
+    variance = beta * (1.0 - abar_prev) / (1.0 - abar_t)
+    return mean, variance
+
+
+def ddpm_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, noise: PerSampleNoise,
+                shape: tuple[int, ...], *, num_steps: int | None = None, guidance: Sequence[GuidanceTerm] = (),
+                on_step: Callable[[int, int], None] | None = None) -> Tensor:
+    """Ancestral sampling ``x_prev = mu(x_t, x0_hat) + Sigma_t g + sqrt(Sigma_t) z`` from x_T to x_0.
+
+    ``num_steps < T`` respaces the schedule (betas from ``schedule.respace``) while the network still sees the
+    original kept step indices, as improved-DDPM does. ``x0_hat`` is the denoiser's ``out.x0`` (clipped if the
+    denoiser clips). Guidance ``g`` shifts the mean by ``Sigma_t g`` (Dhariwal & Nichol 2021, alg. 1).
+    Randomness: x_T is each sample's first draw, then one draw per step except the last, so a sample depends
+    only on its seed. Steps count from 0 (the noisiest); ``on_step(step, num_steps)`` runs after each.
+    """
+    if len(labels) != len(noise):
+        raise ValueError(f"{len(labels)} labels but {len(noise)} seeds: give one seed per sample")
+    check_guidance_for_sampler(guidance, "ddpm")
+    respaced, kept = schedule.respace(schedule.num_train_steps if num_steps is None else num_steps)
+    abars = respaced.alphas_cumprod.tolist()
+    n = len(abars)
+
+    # x_T ~ N(0, I), the first draw of every sample's generator
+    x = noise.randn(shape)
+    batch = lambda value: torch.full((len(labels),), float(value), dtype=x.dtype, device=x.device)  # noqa: E731
+    max_variance = None
+    for step, k in enumerate(range(n - 1, -1, -1)):
+        abar_t, abar_prev = abars[k], (abars[k - 1] if k > 0 else 1.0)
+        t, abar = batch(schedule.model_time(kept[k])), batch(abar_t)
+
+        # Posterior q(x_prev | x_t, x0_hat) with the model's clean-data estimate
+        out = denoiser(x, t, abar, labels)
+        mean, variance = ddpm_posterior(x, out.x0, abar_t, abar_prev)
+        if max_variance is None:
+            max_variance = variance
+
+        # Guidance: mean shift by Sigma_t g
+        state = GuidanceState(x_t=x, t=t, abar=abar, y=labels, out=out, step=step, num_steps=n, sampler="ddpm",
+                              denoiser=denoiser, variance=batch(variance), max_variance=batch(max_variance))
+        g = total_guidance(guidance, state)
+        if g is not None:
+            mean = mean + variance * g
+
+        # Sample x_prev; the last step returns the mean (no noise, as in Ho et al. alg. 2)
+        x = mean + math.sqrt(variance) * noise.randn_like(mean) if k > 0 else mean
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(f"non-finite sample at DDPM step {step}/{n}; lower the guidance scale or "
+                                     "check the model for NaN outputs")
+        if on_step is not None:
+            on_step(step, n)
+    return x

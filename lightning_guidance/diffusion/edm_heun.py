@@ -1,0 +1,99 @@
+"""EDM's stochastic Heun sampler (Karras et al. 2022, alg. 2) running a VP-trained model (MATH.md §7)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..guidance.base import GuidanceState, GuidanceTerm, check_guidance_for_sampler, total_guidance
+from .denoiser import Denoiser, DenoiserOutput
+from .noise import PerSampleNoise
+from .schedules import VPSchedule, edm_sigma_steps
+
+
+def edm_heun_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, noise: PerSampleNoise,
+                    shape: tuple[int, ...], *, num_steps: int = 18, sigma_min: float | None = None,
+                    sigma_max: float | None = None, rho: float = 7.0, S_churn: float = 0.0, S_min: float = 0.0,
+                    S_max: float = float("inf"), S_noise: float = 1.0, guidance: Sequence[GuidanceTerm] = (),
+                    on_step: Callable[[int, int], None] | None = None) -> Tensor:
+    """Heun's 2nd-order sampler on the VE state ``x = x_VP / sqrt(abar)``, returning x at sigma = 0 (data space).
+
+    VP preconditioning (Karras et al. 2022, tab. 1): ``D(x; sigma) = x - sigma eps(x / sqrt(1 + sigma^2), t(sigma))``
+    with ``abar = 1 / (1 + sigma^2)`` and ``t(sigma)`` the schedule's (fractional) step of that sigma.
+    ``sigma_min``/``sigma_max`` default to, and are clamped into, the range the schedule was trained on.
+    Guidance ``g`` (VP score) enters as ``D <- D + sigma^2 sqrt(abar) g``; a term's ``edm_nudge`` displacement is
+    added to the state before the step's first denoiser call. Randomness: the initial latent is each sample's
+    first draw, churn draws once per step where gamma > 0. Time steps and the state are float64, as in EDM; the
+    denoiser sees float32. Steps count from 0; ``on_step(step, num_steps)`` runs after each.
+    """
+    if len(labels) != len(noise):
+        raise ValueError(f"{len(labels)} labels but {len(noise)} seeds: give one seed per sample")
+    check_guidance_for_sampler(guidance, "edm")
+    lo, hi = schedule.sigma_min, schedule.sigma_max
+    sigma_min = min(max(lo if sigma_min is None else sigma_min, lo), hi)
+    sigma_max = min(max(hi if sigma_max is None else sigma_max, lo), hi)
+    if not sigma_min < sigma_max:
+        raise ValueError(f"EDM needs sigma_min < sigma_max within the schedule's range [{lo:.4g}, {hi:.4g}], "
+                         f"got {sigma_min:.4g} and {sigma_max:.4g} after clamping")
+    model_dtype = torch.float32
+    batch = lambda value: torch.full((len(labels),), float(value), dtype=model_dtype, device=noise.device)  # noqa: E731
+
+    def vp_call(x: Tensor, sigma: float) -> tuple[DenoiserOutput, Tensor, Tensor, Tensor]:
+        """The VP denoiser at the VE state ``x``: returns (out, x_VP, t, abar)."""
+        abar = 1.0 / (1.0 + sigma**2)
+        x_vp = (x * math.sqrt(abar)).to(model_dtype)
+        t, abar_b = batch(schedule.model_time(schedule.index_of_sigma(sigma))), batch(abar)
+        return denoiser(x_vp, t, abar_b, labels), x_vp, t, abar_b
+
+    def denoise(x: Tensor, sigma: float, step: int) -> Tensor:
+        """``D(x; sigma)`` with the guidance correction of the score."""
+        out, x_vp, t, abar = vp_call(x, sigma)
+        d = x - sigma * out.eps.to(torch.float64)
+        state = GuidanceState(x_t=x_vp, t=t, abar=abar, y=labels, out=out, step=step, num_steps=num_steps,
+                              sampler="edm", denoiser=denoiser)
+        g = total_guidance(guidance, state)
+        if g is not None:
+            d = d + sigma**2 * math.sqrt(1.0 / (1.0 + sigma**2)) * g.to(torch.float64)
+        return d
+
+    # Time step discretization (float64, sigma_N = 0 appended)
+    t_steps = edm_sigma_steps(num_steps, sigma_min, sigma_max, rho).tolist()
+
+    # Main sampling loop: the initial latent is the first draw of every sample's generator
+    x_next = noise.randn(shape).to(torch.float64) * t_steps[0]
+    for i, (t_cur, t_next) in enumerate(zip(t_steps[:-1], t_steps[1:])):
+        x_cur = x_next
+
+        # Increase noise temporarily
+        gamma = min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= t_cur <= S_max else 0.0
+        t_hat = t_cur + gamma * t_cur
+        x_hat = x_cur
+        if gamma > 0:
+            x_hat = x_cur + math.sqrt(t_hat**2 - t_cur**2) * S_noise * noise.randn(shape).to(torch.float64)
+
+        # Guidance that moves the state before the denoiser call (e.g. EluCD's EDM rule); a term gets the float32
+        # VE state, sigma (B,) and a callable VE state -> the VP DenoiserOutput at this sigma
+        nudges = [term.edm_nudge(x_hat.to(model_dtype), batch(t_hat), i, num_steps,
+                                 lambda x, s=t_hat: vp_call(x, s)[0]) for term in guidance]
+        for delta in nudges:
+            if delta is not None:
+                x_hat = x_hat + delta.to(torch.float64)
+
+        # Euler step
+        d_cur = (x_hat - denoise(x_hat, t_hat, i)) / t_hat
+        x_next = x_hat + (t_next - t_hat) * d_cur
+
+        # Apply 2nd order correction
+        if i < num_steps - 1:
+            d_prime = (x_next - denoise(x_next, t_next, i)) / t_next
+            x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
+
+        if not torch.isfinite(x_next).all():
+            raise FloatingPointError(f"non-finite sample at EDM step {i}/{num_steps}; lower the guidance scale or "
+                                     "check the model for NaN outputs")
+        if on_step is not None:
+            on_step(i, num_steps)
+    return x_next.to(model_dtype)
