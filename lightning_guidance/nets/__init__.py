@@ -1,0 +1,23 @@
+"""Networks (plain ``nn.Module``s, no Lightning).
+
+Denoisers: ``forward(x, t, y) -> same shape as x`` (the eps / x0 / v prediction), class id ``num_classes``
+= the CFG null class. Classifiers: ``forward(x, t=None) -> logits (B, num_classes)``, ``t=None`` = clean.
+``t`` is continuous time in [0, 1], a float tensor (B,).
+"""
+
+from .embeddings import ClassEmbedding, TimeEmbedding, timestep_embedding
+from .encoder_classifier import EncoderClassifier
+from .flat_classifiers import LinearClassifier, MLPClassifier
+from .mlp import MLPDenoiser
+from .unet import UNet
+
+__all__ = [
+    "ClassEmbedding",
+    "EncoderClassifier",
+    "LinearClassifier",
+    "MLPClassifier",
+    "MLPDenoiser",
+    "TimeEmbedding",
+    "UNet",
+    "timestep_embedding",
+]
