@@ -1,0 +1,150 @@
+"""What every classifier-based term shares: the tempered log-likelihood, the classifier's input, and its gradient.
+
+- ``log p_{tau1,tau2}(y|x) = tau1 f_y(x) - logsumexp_i(tau2 f_i(x))`` (EluCD, Ma et al. §4.4, MATH.md §3.3);
+  ``tau1 = tau2 = 1`` is ``log softmax(f)_y``, ``tau2 = 0`` is the pure logit ``f_y`` minus ``log K``.
+- The classifier reads either the noisy state ``x_t`` (a time-dependent classifier, called with ``t``;
+  Dhariwal & Nichol 2021) or the denoised estimate ``x0_hat`` clamped to ``[-x0_clip, x0_clip]`` (an off-the-shelf
+  classifier, called with ``t=None``; EluCD §4.1). For ``x0_hat`` the reference takes ``∇_{x0_hat}`` with ``x0_hat``
+  detached from the denoiser and uses it in place of ``∇_{x_t}``; ``through_denoiser=True`` recomputes ``x0_hat``
+  from the denoiser at a leaf ``x_t`` and differentiates through it (one more denoiser forward and backward).
+- Gradients are taken with ``torch.autograd.grad`` on a detached leaf inside ``torch.enable_grad()``, since samplers
+  run under ``no_grad``. The per-sample gradient is the gradient of the batch sum, which assumes the classifier
+  treats samples independently (eval mode: no batch-norm statistics, no dropout).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+
+from ..diffusion.denoiser import DenoiserOutput, check_labels
+from .base import GuidanceState, GuidanceTerm, check_guidance_for_sampler
+
+CLASSIFIER_INPUTS = ("x_t", "x0_hat")
+
+#: ``objective(logits (B, K), y (B,)) -> (B,)``: the per-sample quantity a term ascends
+Objective = Callable[[Tensor, Tensor], Tensor]
+
+
+def log_likelihood(logits: Tensor, y: Tensor, tau1: float = 1.0, tau2: float = 1.0) -> Tensor:
+    """``tau1 f_y - logsumexp_i(tau2 f_i)`` per sample (B,)."""
+    f_y = logits.gather(1, y.view(-1, 1)).squeeze(1)
+    return tau1 * f_y - torch.logsumexp(tau2 * logits, dim=1)
+
+
+def entropy(logits: Tensor) -> Tensor:
+    """``H(softmax(f)) = -sum_i p_i log p_i`` per sample (B,)."""
+    log_p = torch.log_softmax(logits, dim=1)
+    return -(log_p.exp() * log_p).sum(dim=1)
+
+
+def per_sample_rms(x: Tensor) -> Tensor:
+    """Root mean square over every dimension but the batch, shaped (B, 1, ..., 1) to broadcast against ``x``."""
+    return x.pow(2).flatten(1).mean(dim=1).sqrt().view(-1, *([1] * (x.ndim - 1)))
+
+
+def per_sample(w: float | Tensor, like: Tensor) -> float | Tensor:
+    """A scalar or a (B,) weight, shaped to broadcast against ``like`` (B, ...)."""
+    if isinstance(w, Tensor) and w.ndim > 0:
+        return w.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
+    return w
+
+
+def objective_gradient(classifier: nn.Module, x: Tensor, t: Tensor | None, y: Tensor, objective: Objective,
+                       to_input: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``∇_x sum_b objective(classifier(to_input(x), t), y)_b`` with ``x`` a fresh leaf.
+
+    Returns ``(gradient like x, objective (B,) detached, logits (B, K) detached)``.
+    """
+    with torch.enable_grad():
+        leaf = x.detach().requires_grad_(True)
+        logits = classifier(leaf if to_input is None else to_input(leaf), t)
+        value = objective(logits, y)
+        if value.shape != (x.shape[0],):
+            raise ValueError(f"a guidance objective must return one value per sample, got shape {tuple(value.shape)}")
+        (grad,) = torch.autograd.grad(value.sum(), leaf)
+    return grad, value.detach(), logits.detach()
+
+
+def num_classes_of(classifier: nn.Module, logits: Tensor | None = None) -> int:
+    k = getattr(classifier, "num_classes", None)
+    if k is None and logits is not None:
+        k = logits.shape[1]
+    if k is None:
+        raise AttributeError(f"{type(classifier).__name__} has no num_classes attribute; give it one")
+    return int(k)
+
+
+class ClassifierTerm(GuidanceTerm):
+    """Base of every classifier-based term: the correction is ``scale * schedule * gradient(state)``.
+
+    ``input``: ``"x_t"`` (time-dependent classifier) or ``"x0_hat"`` (off-the-shelf classifier, see module doc);
+    ``through_denoiser`` only applies to ``"x0_hat"``; ``x0_clip``: ``x0_hat`` is clamped to ``[-x0_clip, x0_clip]``
+    (1 for images in [-1, 1]; None for data that is not bounded, e.g. the toy mixtures);
+    ``schedule``: a callable ``(step, num_steps, t) -> weight`` from :mod:`.schedules` (None: 1).
+    """
+
+    def __init__(self, classifier: nn.Module, scale: float = 1.0, schedule: Callable | None = None,
+                 input: str = "x_t", through_denoiser: bool = False, x0_clip: float | None = 1.0):
+        super().__init__(scale)
+        if input not in CLASSIFIER_INPUTS:
+            raise ValueError(f"unknown classifier input {input!r}; choose one of {CLASSIFIER_INPUTS}")
+        if through_denoiser and input != "x0_hat":
+            raise ValueError("through_denoiser=True needs input='x0_hat' (x_t is already the leaf)")
+        self.classifier = classifier
+        self.schedule = schedule
+        self.input = input
+        self.through_denoiser = bool(through_denoiser)
+        self.x0_clip = x0_clip
+        self._classes_checked = False
+
+    def __call__(self, state: GuidanceState) -> Tensor:
+        check_guidance_for_sampler([self], state.sampler)
+        g = self.gradient(state)
+        if self.schedule is not None:
+            g = per_sample(self.schedule(state.step, state.num_steps, state.t), g) * g
+        return self.scale * g
+
+    # ---- the classifier's input and the gradient ---------------------------------------------------
+    def clip_x0(self, x0: Tensor) -> Tensor:
+        return x0 if self.x0_clip is None else x0.clamp(-self.x0_clip, self.x0_clip)
+
+    def check_classes(self, state: GuidanceState) -> None:
+        """Once: the classifier and the denoiser must agree on the number of classes; the labels must fit."""
+        if self._classes_checked:
+            return
+        k = num_classes_of(self.classifier)
+        k_denoiser = getattr(state.denoiser, "num_classes", None)
+        if k_denoiser is not None and int(k_denoiser) != k:
+            raise ValueError(f"{type(self).__name__}: the classifier has {k} classes but the denoiser has "
+                             f"{k_denoiser}; use a classifier trained on the same label set")
+        check_labels(state.y, k)
+        self._classes_checked = True
+
+    def objective_gradient(self, state: GuidanceState, objective: Objective) -> tuple[Tensor, Tensor, Tensor]:
+        """Gradient of ``sum_b objective`` w.r.t. ``x_t`` (or ``x0_hat`` used in its place); see module doc."""
+        self.check_classes(state)
+        if self.input == "x_t":
+            return objective_gradient(self.classifier, state.x_t, state.t, state.y, objective)
+        if not self.through_denoiser:
+            return objective_gradient(self.classifier, self.clip_x0(state.out.x0), None, state.y, objective)
+        if state.denoiser is None:
+            raise ValueError(f"{type(self).__name__}(through_denoiser=True) needs state.denoiser; the sampler "
+                             "did not provide one")
+
+        def denoised(x_t: Tensor) -> Tensor:
+            return self.clip_x0(state.denoiser(x_t, state.t, state.abar, state.y).x0)
+
+        return objective_gradient(self.classifier, state.x_t, None, state.y, objective, to_input=denoised)
+
+    def x0_hat_gradient(self, x: Tensor, y: Tensor, denoise: Callable[[Tensor], DenoiserOutput],
+                        objective: Objective) -> tuple[Tensor, Tensor, Tensor]:
+        """The same as :meth:`objective_gradient` for a state ``x`` known only through ``denoise`` (EDM nudge)."""
+        check_labels(y, num_classes_of(self.classifier))
+        if self.through_denoiser:
+            return objective_gradient(self.classifier, x, None, y, objective,
+                                      to_input=lambda leaf: self.clip_x0(denoise(leaf).x0))
+        return objective_gradient(self.classifier, self.clip_x0(denoise(x).x0), None, y, objective)
+

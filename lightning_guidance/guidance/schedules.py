@@ -1,0 +1,78 @@
+"""Guidance-weight schedules: a multiplier of a term's correction that depends on where sampling is.
+
+A schedule is any callable ``weight(step, num_steps, t) -> float | Tensor (B,)`` with ``step = 0`` the first
+(noisiest) step and ``t`` the continuous model time (B,). Terms take one through their ``schedule`` argument.
+The EluCD sine factors (Ma et al., §4.5 and alg. 2) are plain functions here because they also need the
+sampler's variances or its own step count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+class ConstantSchedule:
+    """``w = value`` at every step."""
+
+    def __init__(self, value: float = 1.0):
+        self.value = float(value)
+
+    def __call__(self, step: int, num_steps: int, t: Tensor | None = None) -> float:
+        return self.value
+
+
+class LinearSchedule:
+    """``w`` goes linearly from ``start`` (first step) to ``end`` (last step)."""
+
+    def __init__(self, start: float = 1.0, end: float = 0.0):
+        self.start, self.end = float(start), float(end)
+
+    def __call__(self, step: int, num_steps: int, t: Tensor | None = None) -> float:
+        progress = step / (num_steps - 1) if num_steps > 1 else 0.0
+        return self.start + (self.end - self.start) * progress
+
+
+class TimeIntervalSchedule:
+    """``w = 1`` for model time ``t`` in ``[t_min, t_max]``, else 0 (guidance in a limited interval,
+    Kynkäänniemi et al. 2024). Per sample."""
+
+    def __init__(self, t_min: float = 0.0, t_max: float = 1.0):
+        if not 0.0 <= t_min <= t_max <= 1.0:
+            raise ValueError(f"need 0 <= t_min <= t_max <= 1, got t_min={t_min}, t_max={t_max}")
+        self.t_min, self.t_max = float(t_min), float(t_max)
+
+    def __call__(self, step: int, num_steps: int, t: Tensor | None = None) -> Tensor:
+        if t is None:
+            raise ValueError("TimeIntervalSchedule needs the model time t; this caller does not provide it")
+        return ((t >= self.t_min) & (t <= self.t_max)).to(t.dtype)
+
+
+def reverse_index(step: int, num_steps: int) -> int:
+    """The (respaced) index ``i`` that runs ``T-1 -> 0`` while ``step`` runs ``0 -> T-1``."""
+    return num_steps - 1 - step
+
+
+def sine_boost_factor(step: int, num_steps: int, gamma: float, variance: Tensor, max_variance: Tensor) -> Tensor:
+    """EluCD's DDPM schedule as a multiplier of ``g`` (Ma et al., §4.5, MATH.md §3.4).
+
+    The paper's mean shift is ``(Sigma_t + max(gamma Sigma_max sin(pi i / T), 0)) s g`` with ``i`` the respaced
+    index (T-1 -> 0). The sampler applies ``mu + Sigma_t g``, so the term multiplies its ``g`` by
+    ``1 + max(gamma Sigma_max sin(pi i / T), 0) / Sigma_t``; where the added term is zero the factor is exactly 1
+    (this also covers a zero variance at the last step).
+    """
+    i = reverse_index(step, num_steps)
+    variance = torch.as_tensor(variance)
+    max_variance = torch.as_tensor(max_variance, dtype=variance.dtype, device=variance.device)
+    added = (gamma * max_variance * math.sin(math.pi * i / num_steps)).clamp(min=0)
+    boosted = 1 + added / variance
+    return torch.where(added > 0, boosted, torch.ones_like(boosted))  # 0/0 at a zero variance -> 1
+
+
+def edm_sine_weight(step: int, num_steps: int, g_max: float, gamma: float) -> float:
+    """EluCD's EDM weight (Ma et al., alg. 2): ``w_i = max(g_max (N+1-i)/(N+1), 1e-5) + gamma g_max sin(pi i / N)``,
+    ``i = step`` in ``0..N-1``."""
+    n = num_steps
+    return max(g_max * (n + 1 - step) / (n + 1), 1e-5) + gamma * g_max * math.sin(math.pi * step / n)

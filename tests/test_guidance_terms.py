@@ -1,0 +1,397 @@
+"""Guidance terms against hand-derived closed forms (MATH.md §2-4), built from per-class logit gradients
+``g_i = ∇_x f_i`` that the test computes itself with autograd."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lightning_guidance.diffusion.denoiser import DenoiserOutput
+from lightning_guidance.diffusion.parameterization import eps_to_x0
+from lightning_guidance.guidance import (CFGPlusClassifierGuidance, ClassifierGuidance, DivergenceGuidance,
+                                         EntropyAdaptiveGuidance, GuidanceState, LinearSchedule,
+                                         OffTheShelfGuidance, TiltedGuidance, TimeIntervalSchedule, total_guidance)
+from lightning_guidance.guidance.base import check_guidance_for_sampler
+from lightning_guidance.guidance.log_likelihood import log_likelihood
+
+B, D, K = 6, 5, 4
+DT = torch.float64
+
+
+class TinyClassifier(nn.Module):
+    """Smooth MLP on [x, t] (t omitted when None), float64."""
+
+    def __init__(self, num_classes=K, dim=D, seed=1, gain=1.0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.num_classes = num_classes
+        self.w1 = nn.Parameter(gain * torch.randn(dim + 1, 16, generator=g, dtype=DT))
+        self.w2 = nn.Parameter(gain * torch.randn(16, num_classes, generator=g, dtype=DT) / 4)
+
+    def forward(self, x, t=None):
+        t_col = torch.zeros(len(x), 1, dtype=x.dtype) if t is None else t.reshape(-1, 1).to(x.dtype)
+        return F.softplus(torch.cat([x.flatten(1), t_col], 1) @ self.w1) @ self.w2
+
+
+class TinyDenoiser:
+    """A smooth, non-linear eps predictor (not a real model: only its Jacobian matters)."""
+
+    def __init__(self, num_classes=K, seed=2):
+        g = torch.Generator().manual_seed(seed)
+        self.num_classes = num_classes
+        self.a = torch.randn(D, D, generator=g, dtype=DT) / 2
+
+    def __call__(self, x_t, t, abar, y):
+        eps = torch.tanh(x_t @ self.a) + 0.1 * y.to(x_t.dtype).view(-1, 1)
+        return DenoiserOutput(eps=eps, x0=eps_to_x0(eps, x_t, abar))
+
+
+def make_state(x_t=None, sampler="ddim", out=None, denoiser=None, step=3, num_steps=10, abar=0.6, **kw):
+    x_t = torch.randn(B, D, dtype=DT) if x_t is None else x_t
+    abar = torch.full((B,), abar, dtype=DT)
+    if out is None:
+        eps = torch.randn(B, D, dtype=DT)
+        out = DenoiserOutput(eps=eps, x0=eps_to_x0(eps, x_t, abar))
+    y = kw.pop("y", torch.arange(B) % K)
+    t = kw.pop("t", torch.linspace(0.1, 0.9, B, dtype=DT))
+    return GuidanceState(x_t=x_t, t=t, abar=abar, y=y, out=out, step=step, num_steps=num_steps, sampler=sampler,
+                         denoiser=denoiser, **kw)
+
+
+def logit_jacobian(classifier, x, t):
+    """``(f (B, K), G (B, K, D))`` with ``G[b, i] = ∇_{x_b} f_i(x_b)`` (samples are independent)."""
+    x = x.detach().requires_grad_(True)
+    f = classifier(x, t)
+    G = torch.stack([torch.autograd.grad(f[:, i].sum(), x, retain_graph=True)[0] for i in range(f.shape[1])], 1)
+    return f.detach(), G
+
+
+def weighted(coef, G):
+    """``sum_i coef[b, i] G[b, i]``."""
+    return (coef.unsqueeze(-1) * G).sum(1)
+
+
+def onehot(y):
+    return F.one_hot(y, K).to(DT)
+
+
+def cg_closed_form(f, G, y, tau1=1.0, tau2=1.0):
+    """``∇ [tau1 f_y - logsumexp(tau2 f)] = tau1 g_y - tau2 sum_j softmax(tau2 f)_j g_j``."""
+    return weighted(tau1 * onehot(y) - tau2 * torch.softmax(tau2 * f, 1), G)
+
+
+# ---- temperatures and plain classifier guidance ------------------------------------------------------------
+
+@pytest.mark.parametrize("tau1,tau2", [(1.0, 1.0), (1.0, 0.0), (1.0, 0.5), (0.7, 0.3)])
+def test_tempered_log_likelihood_gradient_matches_closed_form(tau1, tau2):
+    clf = TinyClassifier()
+    state = make_state()
+    term = OffTheShelfGuidance(clf, tau1=tau1, tau2=tau2, x0_clip=None)
+    f, G = logit_jacobian(clf, state.out.x0, None)  # detached x0_hat, clean classifier (t=None)
+    torch.testing.assert_close(term(state), cg_closed_form(f, G, state.y, tau1, tau2))
+
+
+def test_temperature_special_cases():
+    f = torch.randn(B, K, dtype=DT)
+    y = torch.arange(B) % K
+    torch.testing.assert_close(log_likelihood(f, y), F.log_softmax(f, 1).gather(1, y.view(-1, 1)).squeeze(1))
+    torch.testing.assert_close(log_likelihood(f, y, tau2=0.0), f.gather(1, y.view(-1, 1)).squeeze(1) - math.log(K))
+    clf = TinyClassifier()
+    state = make_state()
+    f, G = logit_jacobian(clf, state.out.x0, None)
+    g = OffTheShelfGuidance(clf, tau2=0.0, x0_clip=None)(state)
+    torch.testing.assert_close(g, G[torch.arange(B), state.y])  # pure logit: ∇ f_y
+
+
+def test_classifier_guidance_uses_noisy_input_time_scale_and_schedule():
+    clf = TinyClassifier()
+    state = make_state(step=2, num_steps=5)
+    f, G = logit_jacobian(clf, state.x_t, state.t)
+    expected = cg_closed_form(f, G, state.y)
+    torch.testing.assert_close(ClassifierGuidance(clf)(state), expected)
+    weight = 3.0 + (1.0 - 3.0) * 2 / 4  # LinearSchedule(3 -> 1) at step 2 of 5
+    got = ClassifierGuidance(clf, scale=2.5, schedule=LinearSchedule(3.0, 1.0))(state)
+    torch.testing.assert_close(got, 2.5 * weight * expected)
+    interval = ClassifierGuidance(clf, schedule=TimeIntervalSchedule(0.3, 0.7))(state)
+    inside = ((state.t >= 0.3) & (state.t <= 0.7)).to(DT).view(-1, 1)
+    assert 0 < inside.sum() < B
+    torch.testing.assert_close(interval, inside * expected)
+
+
+def test_offtheshelf_clamps_the_denoised_input():
+    clf = TinyClassifier()
+    x_t = torch.randn(B, D, dtype=DT)
+    x0 = 3 * torch.randn(B, D, dtype=DT)  # well outside [-1, 1]
+    state = make_state(x_t=x_t, out=DenoiserOutput(eps=torch.zeros_like(x0), x0=x0))
+    f, G = logit_jacobian(clf, x0.clamp(-1, 1), None)
+    torch.testing.assert_close(OffTheShelfGuidance(clf)(state), cg_closed_form(f, G, state.y))
+
+
+def test_through_denoiser_is_the_detached_gradient_times_the_denoiser_jacobian():
+    clf, den = TinyClassifier(), TinyDenoiser()
+    state = make_state(denoiser=den, abar=0.7)
+    state.out = den(state.x_t, state.t, state.abar, state.y)
+    detached = OffTheShelfGuidance(clf, tau2=0.5, x0_clip=None)(state)
+    through = OffTheShelfGuidance(clf, tau2=0.5, x0_clip=None, through_denoiser=True)(state)
+    # chain rule, per sample: ∇_{x_t} = (∂x0/∂x_t)^T ∇_{x0_hat}
+    for b in range(B):
+        def x0_of(row, b=b):
+            return den(row.view(1, D), state.t[b:b + 1], state.abar[b:b + 1], state.y[b:b + 1]).x0.view(D)
+        jac = torch.autograd.functional.jacobian(x0_of, state.x_t[b])
+        torch.testing.assert_close(through[b], jac.T @ detached[b])
+    assert not torch.allclose(through, detached)
+
+
+# ---- sine boost (DDPM) and the EDM nudge ---------------------------------------------------------------------
+
+def test_sine_boost_factor_gives_the_papers_mean_shift():
+    clf = TinyClassifier()
+    n, step, gamma = 10, 3, 0.3
+    variance = torch.linspace(0.01, 0.02, B, dtype=DT)
+    max_variance = torch.full((B,), 0.05, dtype=DT)
+    state = make_state(sampler="ddpm", step=step, num_steps=n, variance=variance, max_variance=max_variance)
+    plain = OffTheShelfGuidance(clf)(state)
+    boosted = OffTheShelfGuidance(clf, sine_gamma=gamma)(state)
+    i = n - 1 - step  # respaced index, T-1 -> 0
+    added = gamma * 0.05 * math.sin(math.pi * i / n)
+    # the sampler's mu + Sigma g must equal the paper's mu + (Sigma + gamma Sigma_max sin) g_plain
+    torch.testing.assert_close(variance.view(-1, 1) * boosted, (variance.view(-1, 1) + added) * plain)
+
+
+def test_sine_boost_is_one_where_the_added_term_vanishes():
+    clf = TinyClassifier()
+    last = make_state(sampler="ddpm", step=9, num_steps=10, variance=torch.zeros(B, dtype=DT),
+                      max_variance=torch.full((B,), 0.05, dtype=DT))  # i = 0: sin = 0, zero variance
+    torch.testing.assert_close(OffTheShelfGuidance(clf, sine_gamma=0.3)(last), OffTheShelfGuidance(clf)(last))
+    mid = make_state(sampler="ddpm", step=4, num_steps=10, variance=torch.full((B,), 0.01, dtype=DT),
+                     max_variance=torch.full((B,), 0.05, dtype=DT))
+    torch.testing.assert_close(OffTheShelfGuidance(clf, sine_gamma=-0.3)(mid), OffTheShelfGuidance(clf)(mid))
+
+
+def test_sine_boost_sampler_support():
+    clf = TinyClassifier()
+    check_guidance_for_sampler([OffTheShelfGuidance(clf, sine_gamma=0.3)], "ddpm")
+    with pytest.raises(ValueError, match="ddim"):
+        check_guidance_for_sampler([OffTheShelfGuidance(clf, sine_gamma=0.3)], "ddim")
+    with pytest.raises(ValueError, match="edm"):
+        check_guidance_for_sampler([OffTheShelfGuidance(clf, sine_gamma=0.3)], "edm")
+    check_guidance_for_sampler([OffTheShelfGuidance(clf, sine_gamma=0.3, edm_g_max=0.004)], "edm")
+    for kind in ("ddpm", "ddim", "edm"):
+        check_guidance_for_sampler([OffTheShelfGuidance(clf)], kind)
+
+
+def test_edm_nudge_is_the_rms_normalised_gradient_times_the_sine_weight():
+    clf = TinyClassifier()
+    g_max, gamma, n, step, scale = 0.004, 0.3, 18, 5, 1.5
+    term = OffTheShelfGuidance(clf, scale=scale, tau2=0.0, sine_gamma=gamma, edm_g_max=g_max, x0_clip=None)
+    x = 5 * torch.randn(B, D, dtype=DT)
+    sigma = torch.full((B,), 3.0, dtype=DT)
+    y = torch.arange(B) % K
+    denoise = lambda v: DenoiserOutput(eps=torch.zeros_like(v), x0=torch.sin(v))  # noqa: E731
+    nudge = term.edm_nudge(x, sigma, step, n, denoise, y=y)
+    f, G = logit_jacobian(clf, torch.sin(x), None)
+    direction = cg_closed_form(f, G, y, 1.0, 0.0)
+    w = max(g_max * (n + 1 - step) / (n + 1), 1e-5) + gamma * g_max * math.sin(math.pi * step / n)
+    rms = lambda v: v.pow(2).mean(1, keepdim=True).sqrt()  # noqa: E731
+    torch.testing.assert_close(nudge, scale * w * direction / rms(direction) * rms(x))
+    # on EDM the regular correction is zero: the nudge replaces it
+    state = make_state(sampler="edm")
+    assert torch.count_nonzero(term(state)) == 0
+    assert OffTheShelfGuidance(clf).edm_nudge(x, sigma, step, n, denoise, y=y) is None
+    with pytest.raises(ValueError, match="labels"):
+        term.edm_nudge(x, sigma, step, n, denoise)
+
+
+def test_edm_nudge_weight_floor():
+    clf = TinyClassifier()
+    term = OffTheShelfGuidance(clf, sine_gamma=0.0, edm_g_max=1e-9, x0_clip=None)
+    x = torch.randn(B, D, dtype=DT)
+    nudge = term.edm_nudge(x, None, 0, 10, lambda v: DenoiserOutput(eps=v, x0=v), y=torch.arange(B) % K)
+    rms = lambda v: v.pow(2).mean(1).sqrt()  # noqa: E731
+    torch.testing.assert_close(rms(nudge), 1e-5 * rms(x))
+
+
+# ---- CFG + classifier -----------------------------------------------------------------------------------------
+
+def test_cfg_plus_classifier_matches_the_cfg_score_difference_rms():
+    clf = TinyClassifier()
+    x_t = torch.randn(B, D, dtype=DT)
+    eps_c, eps_u = torch.randn(B, D, dtype=DT), 0.3 * torch.randn(B, D, dtype=DT)
+    abar = 0.4
+    eps = eps_u + 2.0 * (eps_c - eps_u)
+    a = torch.full((B,), abar, dtype=DT)
+    out = DenoiserOutput(eps=eps, x0=eps_to_x0(eps, x_t, a), eps_cond=eps_c, eps_uncond=eps_u)
+    state = make_state(x_t=x_t, out=out, abar=abar)
+    g = CFGPlusClassifierGuidance(clf, scale=0.7, tau2=0.5, x0_clip=None)(state)
+    f, G = logit_jacobian(clf, out.x0, None)
+    direction = cg_closed_form(f, G, state.y, 1.0, 0.5)
+    score_diff_rms = ((eps_c - eps_u) / math.sqrt(1 - abar)).pow(2).mean(1, keepdim=True).sqrt()
+    expected = 0.7 * direction / direction.pow(2).mean(1, keepdim=True).sqrt() * score_diff_rms
+    torch.testing.assert_close(g, expected)
+
+
+# ---- tilted ---------------------------------------------------------------------------------------------------
+
+def test_tilted_gradient_is_b_times_the_gradient_of_the_tilted_objective():
+    clf = TinyClassifier(gain=2.0)
+    state = make_state()
+    tilt = -0.7
+    x = state.x_t.clone().requires_grad_(True)
+    log_p = F.log_softmax(clf(x, state.t), 1).gather(1, state.y.view(-1, 1)).squeeze(1)
+    tilted = (1 / tilt) * torch.log(torch.exp(tilt * log_p).mean())
+    (oracle,) = torch.autograd.grad(B * tilted, x)
+    got = TiltedGuidance(clf, tilt=tilt, input="x_t")(state)
+    torch.testing.assert_close(got, oracle)
+    f, G = logit_jacobian(clf, state.x_t, state.t)
+    plain = cg_closed_form(f, G, state.y)
+    assert not torch.allclose(got, plain, rtol=1e-3, atol=1e-6)  # the reweighting does something here
+    # t -> 0: plain guidance (exactly below 1e-8, continuously above)
+    torch.testing.assert_close(TiltedGuidance(clf, tilt=1e-9, input="x_t")(state), plain)
+    torch.testing.assert_close(TiltedGuidance(clf, tilt=-1e-7, input="x_t")(state), plain, rtol=1e-5, atol=1e-7)
+
+
+def test_negative_tilt_upweights_the_least_likely_sample():
+    clf = TinyClassifier(gain=2.0)
+    state = make_state()
+    f, _ = logit_jacobian(clf, state.x_t, state.t)
+    log_p = F.log_softmax(f, 1).gather(1, state.y.view(-1, 1)).squeeze(1)
+    g_tilt = TiltedGuidance(clf, tilt=-1.0, input="x_t")(state)
+    g_plain = TiltedGuidance(clf, tilt=0.0, input="x_t")(state)
+    ratio = (g_tilt.norm(dim=1) / g_plain.norm(dim=1))
+    assert int(ratio.argmax()) == int(log_p.argmin())
+    torch.testing.assert_close(ratio.sum(), torch.tensor(float(B), dtype=DT))  # mean weight 1
+
+
+# ---- entropy ------------------------------------------------------------------------------------------------
+
+def test_entropy_scale_mode_matches_its_formula_with_the_clamp():
+    clf = TinyClassifier(gain=1.0)
+    state = make_state()
+    f, G = logit_jacobian(clf, state.x_t, state.t)
+    p = torch.softmax(f, 1)
+    H = -(p * p.log()).sum(1)
+    max_factor = 3.0
+    factor = (math.log(K) / H).clamp(1.0, max_factor)
+    assert bool((factor == max_factor).any()) and bool((factor < max_factor).any())  # both branches exercised
+    got = EntropyAdaptiveGuidance(clf, scale=2.0, max_factor=max_factor, input="x_t")(state)
+    torch.testing.assert_close(got, 2.0 * factor.view(-1, 1) * cg_closed_form(f, G, state.y))
+
+
+def test_entropy_bonus_mode_adds_the_entropy_gradient():
+    clf = TinyClassifier(gain=2.0)
+    state = make_state()
+    f, G = logit_jacobian(clf, state.x_t, state.t)
+    p = torch.softmax(f, 1)
+    H = -(p * p.log()).sum(1, keepdim=True)
+    grad_H = weighted(-p * (p.log() + H), G)  # ∂H/∂f_k = -p_k (log p_k + H)
+    got = EntropyAdaptiveGuidance(clf, mode="bonus", eta=0.4, input="x_t")(state)
+    torch.testing.assert_close(got, cg_closed_form(f, G, state.y) + 0.4 * grad_H)
+
+
+# ---- f-divergences ------------------------------------------------------------------------------------------
+
+def divergence_closed_form(kind, f, G, y, eps):
+    """MATH.md §4's ``-∇_x D(q, p)`` with ``q = (1-eps) e_y + eps/K``."""
+    p = torch.softmax(f, 1)
+    q = (1 - eps) * onehot(y) + eps / K
+    mean_g = weighted(p, G).unsqueeze(1)  # sum_j p_j g_j
+    if kind == "reverse_kl":
+        log_ratio = (p / q).log()
+        kl = (p * log_ratio).sum(1, keepdim=True)
+        return -weighted(p * (log_ratio - kl), G)
+    if kind == "forward_kl":
+        return weighted(q, G) - mean_g.squeeze(1)
+    if kind == "js":
+        log_ratio = (p / ((p + q) / 2)).log()
+        js_p = (p * log_ratio).sum(1, keepdim=True)
+        return -0.5 * weighted(p * (log_ratio - js_p), G)
+    if kind == "hellinger":
+        return 0.5 * weighted((p * q).sqrt(), G - mean_g)
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["reverse_kl", "forward_kl", "js", "hellinger"])
+@pytest.mark.parametrize("eps", [0.1, 0.0])
+def test_divergence_gradients_match_the_closed_forms(kind, eps):
+    if kind == "reverse_kl" and eps == 0.0:
+        with pytest.raises(ValueError, match="label_smoothing"):
+            DivergenceGuidance(TinyClassifier(), divergence=kind, label_smoothing=eps)
+        return
+    clf = TinyClassifier(gain=2.0)
+    state = make_state()
+    f, G = logit_jacobian(clf, state.x_t, state.t)
+    got = DivergenceGuidance(clf, scale=1.3, divergence=kind, label_smoothing=eps, input="x_t")(state)
+    torch.testing.assert_close(got, 1.3 * divergence_closed_form(kind, f, G, state.y, eps))
+
+
+def test_forward_kl_without_smoothing_is_plain_classifier_guidance():
+    clf = TinyClassifier(gain=2.0)
+    state = make_state()
+    got = DivergenceGuidance(clf, divergence="forward_kl", label_smoothing=0.0, input="x_t")(state)
+    torch.testing.assert_close(got, ClassifierGuidance(clf)(state))
+
+
+# ---- errors -------------------------------------------------------------------------------------------------
+
+def test_class_count_mismatch_is_a_clear_error():
+    clf = TinyClassifier(num_classes=K)
+    state = make_state(denoiser=TinyDenoiser(num_classes=K + 1))
+    with pytest.raises(ValueError, match=f"classifier has {K} classes but the denoiser has {K + 1}"):
+        ClassifierGuidance(clf)(state)
+
+
+def test_label_outside_the_classifier_is_a_clear_error():
+    state = make_state(y=torch.full((B,), K))
+    with pytest.raises(ValueError, match="out of range"):
+        ClassifierGuidance(TinyClassifier())(state)
+
+
+def test_cfg_plus_classifier_without_cfg_is_a_clear_error():
+    with pytest.raises(ValueError, match="cfg_scale"):
+        CFGPlusClassifierGuidance(TinyClassifier())(make_state())
+
+
+def test_bad_options_are_clear_errors():
+    clf = TinyClassifier()
+    with pytest.raises(ValueError, match="classifier input"):
+        OffTheShelfGuidance(clf, input="x_0")
+    with pytest.raises(ValueError, match="through_denoiser"):
+        TiltedGuidance(clf, input="x_t", through_denoiser=True)
+    with pytest.raises(ValueError, match="divergence"):
+        DivergenceGuidance(clf, divergence="tv")
+    with pytest.raises(ValueError, match="mode"):
+        EntropyAdaptiveGuidance(clf, mode="both")
+    with pytest.raises(ValueError, match="state.denoiser"):
+        OffTheShelfGuidance(clf, through_denoiser=True)(make_state())
+    with pytest.raises(ValueError, match="variance"):
+        OffTheShelfGuidance(clf, sine_gamma=0.3)(make_state(sampler="ddpm"))
+
+
+def test_unsupported_sampler_is_refused_by_the_term_too():
+    with pytest.raises(ValueError, match="cannot run on the ddim sampler"):
+        OffTheShelfGuidance(TinyClassifier(), sine_gamma=0.3)(make_state(sampler="ddim"))
+
+
+class SqrtClassifier(nn.Module):
+    """Logits ``sqrt(|x|)``: an infinite gradient at x = 0."""
+
+    num_classes = D
+
+    def forward(self, x, t=None):
+        return x.abs().sqrt()
+
+
+def test_non_finite_gradient_raises_with_the_step():
+    state = make_state(x_t=torch.zeros(B, D, dtype=DT), step=3, num_steps=10, y=torch.arange(B) % D)
+    with pytest.raises(FloatingPointError, match="step 3/10"):
+        total_guidance([ClassifierGuidance(SqrtClassifier())], state)
+
+
+def test_terms_run_under_no_grad():
+    clf = TinyClassifier()
+    state = make_state()
+    with torch.no_grad():
+        g = ClassifierGuidance(clf)(state)
+    assert torch.isfinite(g).all() and g.abs().sum() > 0 and not g.requires_grad
