@@ -1,0 +1,154 @@
+"""Calibration math against its oracles: torchmetrics' calibration error, relplot's Smooth ECE, hand computations."""
+
+import numpy as np
+import pytest
+import relplot
+import torch
+from torchmetrics.classification import MulticlassCalibrationError
+
+from lightning_guidance.calibration import (
+    expected_calibration_error,
+    integral_ece,
+    smooth_ece,
+    smooth_ece_bandwidth,
+    smooth_ece_fixed_bandwidth,
+    top_label_confidence,
+)
+
+
+def _random_probs(n, num_classes, temperature, seed, saturate=0):
+    g = torch.Generator().manual_seed(seed)
+    probs = torch.softmax(torch.randn(n, num_classes, generator=g) / temperature, dim=1)
+    labels = torch.randint(num_classes, (n,), generator=g)
+    if saturate:  # one-hot rows: confidence exactly 1, torchmetrics' extra bin
+        probs[:saturate] = torch.nn.functional.one_hot(torch.randint(num_classes, (saturate,), generator=g),
+                                                       num_classes).float()
+    return probs, labels
+
+
+@pytest.mark.parametrize("temperature,n_bins,saturate,seed", [
+    (1.0, 10, 0, 0), (0.2, 10, 0, 1), (0.05, 10, 40, 2), (3.0, 15, 0, 3), (0.5, 5, 10, 4)])
+def test_ece_equals_torchmetrics(temperature, n_bins, saturate, seed):
+    probs, labels = _random_probs(500, 7, temperature, seed, saturate)
+    expected = MulticlassCalibrationError(num_classes=7, n_bins=n_bins, norm="l1")(probs, labels)
+    confidence, correct = top_label_confidence(probs, labels)
+    assert float(expected_calibration_error(confidence, correct, n_bins)) == pytest.approx(float(expected), abs=1e-6)
+
+
+def test_ece_hand_example():
+    # bin 9: two samples at 0.95, one right -> |0.5 - 0.95| * 2/4; bin 5: 0.55 right -> 0.45/4; bin 1: 0.15 wrong
+    confidence = torch.tensor([0.95, 0.95, 0.55, 0.15], dtype=torch.float64)
+    correct = torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+    assert float(expected_calibration_error(confidence, correct)) == pytest.approx(0.45 / 2 + 0.45 / 4 + 0.15 / 4)
+
+
+def test_ece_saturated_confidence_has_its_own_bin():
+    # torchmetrics puts c == 1 in a bin of its own: |2 - 1.9|/3 + |0 - 1|/3, not |2 - 2.9|/3 for a merged last bin
+    probs = torch.tensor([[0.95, 0.05], [0.95, 0.05], [1.0, 0.0]])
+    labels = torch.tensor([0, 0, 1])
+    expected = 0.1 / 3 + 1 / 3
+    assert float(MulticlassCalibrationError(num_classes=2, n_bins=10)(probs, labels)) == pytest.approx(expected)
+    assert float(expected_calibration_error(*top_label_confidence(probs, labels))) == pytest.approx(expected)
+
+
+def test_top_label_confidence_and_input_errors():
+    probs = torch.tensor([[0.2, 0.7, 0.1], [0.5, 0.3, 0.2]])
+    confidence, correct = top_label_confidence(probs, torch.tensor([1, 2]))
+    assert confidence.tolist() == pytest.approx([0.7, 0.5])
+    assert correct.tolist() == [1.0, 0.0]
+    with pytest.raises(ValueError, match="softmax"):
+        top_label_confidence(torch.tensor([[2.0, -1.0]]), torch.tensor([0]))
+    with pytest.raises(ValueError, match="at least one"):
+        expected_calibration_error(torch.zeros(0), torch.zeros(0))
+
+
+def test_integral_ece_is_mean_over_time():
+    probs_per_t = [_random_probs(200, 5, temp, seed) for seed, temp in enumerate([0.1, 0.5, 2.0])]
+    eces = [float(MulticlassCalibrationError(num_classes=5, n_bins=10)(p, y)) for p, y in probs_per_t]
+    assert float(integral_ece(eces)) == pytest.approx(sum(eces) / 3)
+    assert float(integral_ece(torch.tensor([0.1, 0.2, 0.6]))) == pytest.approx(0.3)
+    with pytest.raises(ValueError):
+        integral_ece([])
+
+
+def _smece_cases():
+    rng = np.random.default_rng(0)
+    cases = {}
+    c = rng.uniform(0.1, 1, 2000)
+    cases["calibrated"] = (c, (rng.uniform(size=2000) < c) * 1.0)
+    c = rng.uniform(0.5, 1, 1000)
+    cases["over-confident"] = (c, (rng.uniform(size=1000) < c**3) * 1.0)
+    c = rng.uniform(0.2, 0.7, 1000)
+    cases["under-confident"] = (c, (rng.uniform(size=1000) < np.sqrt(c)) * 1.0)
+    c = rng.uniform(0, 1, 7)
+    cases["few samples"] = (c, np.array([1, 0, 0, 1, 1, 0, 1.0]))
+    c = rng.choice([0.3, 0.6, 0.9, 1.0], 500)
+    cases["ties"] = (c, (rng.uniform(size=500) < 0.7) * 1.0)
+    cases["saturated"] = (np.ones(50), (rng.uniform(size=50) < 0.5) * 1.0)
+    return cases
+
+
+_CASES = _smece_cases()
+
+
+@pytest.mark.parametrize("case", list(_CASES))
+def test_smooth_ece_equals_relplot(case):
+    c, a = _CASES[case]
+    expected, expected_sigma = relplot.smECE(c, a, return_width=True)
+    c_t, a_t = torch.from_numpy(c), torch.from_numpy(a)
+    assert smooth_ece(c_t, a_t) == pytest.approx(expected, abs=1e-3)
+    assert smooth_ece_bandwidth(c_t, a_t) == pytest.approx(expected_sigma, abs=1e-3)
+    # the fixed-bandwidth form at relplot's bandwidth is relplot's value
+    at_sigma = smooth_ece_fixed_bandwidth(c_t, a_t, expected_sigma)
+    assert float(at_sigma) == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.05, 0.3])
+def test_fixed_bandwidth_equals_relplot_sigma(sigma):
+    c, a = _CASES["over-confident"]
+    expected = relplot.smECE_sigma(c, a, sigma)
+    assert float(smooth_ece_fixed_bandwidth(torch.from_numpy(c), torch.from_numpy(a), sigma)) == pytest.approx(
+        expected, abs=1e-6)
+
+
+def test_smooth_ece_closed_form_constant_confidence():
+    # every confidence equal to c with a fraction p correct: the smoothed residual is p - c everywhere
+    c, p = 0.8, 0.55
+    confidence = torch.full((40,), c, dtype=torch.float64)
+    correct = (torch.arange(40) < 22).double()
+    for sigma in (0.02, 0.1, 0.5):
+        assert float(smooth_ece_fixed_bandwidth(confidence, correct, sigma)) == pytest.approx(abs(p - c), rel=1e-4)
+    # the fixed point of sigma -> |p - c| is |p - c| itself, up to the bisection's resolution 2^-10
+    assert smooth_ece_bandwidth(confidence, correct) == pytest.approx(abs(p - c), abs=2**-10)
+
+
+def test_fixed_bandwidth_gradcheck():
+    g = torch.Generator().manual_seed(0)
+    confidence = (0.1 + 0.9 * torch.rand(30, generator=g, dtype=torch.float64)).requires_grad_()
+    correct = (torch.rand(30, generator=g, dtype=torch.float64) < confidence.detach() ** 2).double()
+    assert torch.autograd.gradcheck(lambda c: smooth_ece_fixed_bandwidth(c, correct, 0.1), (confidence,),
+                                    eps=1e-7, atol=1e-6)
+    assert torch.autograd.gradcheck(
+        lambda c: smooth_ece_fixed_bandwidth(c, correct, 0.05, num_grid=301, num_eval=150), (confidence,),
+        eps=1e-7, atol=1e-6)
+
+
+def test_gradient_step_reduces_smooth_ece_of_overconfident_batch():
+    c, a = _CASES["over-confident"]
+    confidence = torch.from_numpy(c).requires_grad_()
+    correct = torch.from_numpy(a)
+    sigma = smooth_ece_bandwidth(confidence, correct)
+    before = smooth_ece_fixed_bandwidth(confidence, correct, sigma)
+    (grad,) = torch.autograd.grad(before, confidence)
+    assert (grad > 0).float().mean() > 0.9  # over-confident: lowering confidences helps almost everywhere
+    after = smooth_ece_fixed_bandwidth((confidence - 20.0 * grad).clamp(0, 1), correct, sigma)
+    assert float(after.detach()) < float(before.detach())
+
+
+def test_smooth_ece_input_errors():
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        smooth_ece(torch.tensor([1.5]), torch.tensor([1.0]))
+    with pytest.raises(ValueError, match="at least one"):
+        smooth_ece(torch.zeros(0), torch.zeros(0))
+    with pytest.raises(ValueError, match="positive"):
+        smooth_ece_fixed_bandwidth(torch.tensor([0.5]), torch.tensor([1.0]), 0.0)
