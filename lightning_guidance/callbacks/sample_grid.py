@@ -1,0 +1,36 @@
+"""Every N validation epochs, draw a fixed set of samples (fixed seeds) and save a picture per CFG scale."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from ..io.grids import save_sample_picture
+
+
+class SampleGrid(L.Callback):
+    def __init__(self, every_n_epochs: int = 1, per_class: int = 8, cfg_scales: list[float] = (1.0,),
+                 sampler: str = "ddim", num_steps: int = 50, seed: int = 0, dirname: str = "samples"):
+        if every_n_epochs < 1 or per_class < 1:
+            raise ValueError("every_n_epochs and per_class must be >= 1")
+        self.every_n_epochs, self.per_class = every_n_epochs, per_class
+        self.cfg_scales, self.sampler, self.num_steps = list(cfg_scales), sampler, num_steps
+        self.seed, self.dirname = seed, dirname
+        self.last_paths: list[Path] = []
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        if not trainer.is_global_zero:
+            return  # pictures only; nothing collective happens here
+        k = pl_module.num_classes
+        labels = torch.arange(k).repeat_interleave(self.per_class)
+        seeds = self.seed + torch.arange(len(labels))
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / self.dirname
+        self.last_paths = []
+        for s in self.cfg_scales:
+            x = pl_module.generate(labels, seeds, sampler=self.sampler, cfg_scale=s, num_steps=self.num_steps)
+            path = out_dir / f"epoch{trainer.current_epoch:04d}_cfg{s:g}.png"
+            self.last_paths.append(save_sample_picture(x, labels, path, title=f"epoch {trainer.current_epoch}, cfg {s:g}"))

@@ -1,0 +1,93 @@
+"""Command line: ``lightning-guidance fit|validate|test|predict --config ...`` (LightningCLI) and ``... study``."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import lightning as L
+from jsonargparse import Namespace
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from .io.atomic import AtomicCheckpointIO
+
+
+class GuidanceCLI(LightningCLI):
+    """LightningCLI where one knob, ``--trainer.default_root_dir``, places a run's files.
+
+    Unless a config says otherwise: metrics go to ``<root>/logs/metrics.csv`` (CSVLogger, fixed version, so a
+    re-run or a resume writes to the same place), checkpoints to ``<root>/checkpoints`` (so ``--ckpt_path last``
+    finds them), and checkpoint files are written atomically.
+    """
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = cfg.trainer
+        if trainer.default_root_dir is None:
+            trainer.default_root_dir = os.path.join("runs", "default")
+        if trainer.logger in (None, True):
+            trainer.logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
+                                       init_args=Namespace(save_dir=trainer.default_root_dir, name="logs", version=""))
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the user chose none of their own
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        for cb in trainer.checkpoint_callbacks:
+            if cb.dirpath is None:
+                cb.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
+        return trainer
+
+
+def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> GuidanceCLI:
+    return GuidanceCLI(
+        L.LightningModule,
+        None,  # any LightningDataModule, and optional: SamplingModule brings its own predict loader
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    """jsonargparse wraps an error raised while building a class in its own ValueError; find the original."""
+    seen = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        inner = err.__cause__ or err.__context__
+        if inner is None or not isinstance(err, ValueError) or "validate against any of the Union" not in str(err) \
+                and "Problem with given class_path" not in str(err):
+            return err
+        err = inner
+    return err
+
+
+def main(args: list[str] | None = None) -> None:
+    """Run a subcommand; errors surface as the exception that explains them (not a parser wrapper)."""
+    argv = list(sys.argv[1:] if args is None else args)
+    if argv and argv[0] == "study":
+        from .study import main as study_main
+
+        study_main(argv[1:])
+        return
+    try:
+        run_lightning_cli(args)  # None: LightningCLI reads sys.argv itself
+    except Exception as err:  # noqa: BLE001 - re-raised unchanged, just unwrapped
+        raise _root_cause(err) from None
+
+
+def console_main() -> None:
+    """The shell entry point: a one-line message instead of a traceback for errors of use."""
+    try:
+        main()
+    except (FileNotFoundError, ValueError, TypeError, FloatingPointError, ImportError) as err:
+        if os.environ.get("LG_TRACEBACK"):
+            raise
+        sys.exit(f"error: {type(err).__name__}: {err}\n(set LG_TRACEBACK=1 for the traceback)")
+
+
+if __name__ == "__main__":
+    console_main()

@@ -1,0 +1,1 @@
+"""File boundary: atomic writes, sample shards, checkpoint loading."""

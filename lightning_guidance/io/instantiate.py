@@ -1,0 +1,29 @@
+"""Rebuild an object from a ``{"class_path": ..., "init_args": {...}}`` spec (the form LightningCLI records)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+
+def is_spec(value: Any) -> bool:
+    return isinstance(value, dict) and ("class_path" in value or "_class_path" in value)
+
+
+def instantiate(spec: Any) -> Any:
+    """Recursively instantiate nested class-path specs; plain values are returned unchanged."""
+    if isinstance(spec, list):
+        return [instantiate(v) for v in spec]
+    if not is_spec(spec):
+        return spec
+    spec = dict(spec)
+    class_path = spec.pop("class_path", None) or spec.pop("_class_path")
+    kwargs = dict(spec.pop("init_args", {}) or {})
+    kwargs.update(spec.pop("dict_kwargs", {}) or {})
+    kwargs.update(spec)  # the flattened form Lightning stores in hparams
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as err:
+        raise ImportError(f"cannot import {class_path!r} named in the config/checkpoint: {err}") from err
+    return cls(**{k: instantiate(v) for k, v in kwargs.items()})

@@ -1,0 +1,1 @@
+"""Thin LightningModules: wiring, not math."""

@@ -1,0 +1,122 @@
+"""``CFGDiffusion``: a class-conditional diffusion model trained for classifier-free guidance.
+
+Training (Ho & Salimans 2021, alg. 1): with probability ``p_uncond`` the label is replaced by the null class
+(id ``num_classes``); loss ``|| net(x_t, t, c) - target ||^2`` with ``target`` the eps / x0 / v of
+:mod:`lightning_guidance.diffusion.parameterization`. EMA weights come from the :class:`~lightning_guidance.callbacks.ema.EMA`
+callback; checkpoints carry them in ``state_dict``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..diffusion.denoiser import NetDenoiser, check_labels
+from ..diffusion.noise import PerSampleNoise
+from ..diffusion.parameterization import check_prediction, training_target
+from ..diffusion.schedules import VPSchedule
+from ..guidance.base import GuidanceTerm
+from .common import adamw_with_warmup, check_data_shape, check_finite_loss, reseed_for_step
+
+
+class CFGDiffusion(L.LightningModule):
+    def __init__(
+        self,
+        net: nn.Module,
+        schedule: str = "linear",
+        num_train_steps: int = 1000,
+        prediction: str = "eps",
+        p_uncond: float = 0.1,
+        lr: float = 2e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        clip_denoised: bool = True,
+        seed: int = 0,
+    ):
+        super().__init__()
+        if not 0.0 <= p_uncond < 1.0:
+            raise ValueError(f"p_uncond must be in [0, 1), got {p_uncond} (the paper's best is 0.1)")
+        check_prediction(prediction)
+        if not hasattr(net, "num_classes"):
+            raise ValueError(f"{type(net).__name__} has no num_classes attribute; CFGDiffusion needs a class-conditional net")
+        self.save_hyperparameters()
+        self.net = net
+        self.schedule = VPSchedule.from_name(schedule, num_train_steps)
+
+    # ---- properties -------------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        return int(self.net.num_classes)
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return tuple(self.net.data_shape)
+
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "data_shape"):
+            check_data_shape(self.net, dm.data_shape, "CFGDiffusion")
+            if getattr(dm, "num_classes", self.num_classes) != self.num_classes:
+                raise ValueError(f"CFGDiffusion: data has {dm.num_classes} classes but the net was built for "
+                                 f"{self.num_classes}; set the net's num_classes to match")
+
+    # ---- training ---------------------------------------------------------------------------------
+    def diffusion_loss(self, x0: Tensor, y: Tensor, p_uncond: float) -> Tensor:
+        """Per-batch mean squared error at uniformly drawn steps, with null-class dropout."""
+        check_labels(y, self.num_classes)
+        n = x0.shape[0]
+        index = torch.randint(0, self.schedule.num_train_steps, (n,), device=x0.device)
+        noise = torch.randn_like(x0)
+        drop = torch.rand(n, device=x0.device) < p_uncond
+        y = torch.where(drop, torch.full_like(y, self.num_classes), y)
+        x_t = self.schedule.q_sample(x0, index, noise)
+        abar = self.schedule.alphas_cumprod.to(x0.device)[index]
+        pred = self.net(x_t, self.schedule.model_time(index).to(x0), y)
+        return F.mse_loss(pred, training_target(self.hparams.prediction, x0, noise, abar))
+
+    def training_step(self, batch, batch_idx):
+        x0, y = batch
+        reseed_for_step(self.hparams.seed, self.global_step, self.global_rank)
+        loss = check_finite_loss(self.diffusion_loss(x0, y, self.hparams.p_uncond), self.global_step)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x0, y = batch
+        # a fixed draw per validation batch, so that val/loss is comparable across epochs and resumes
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(10_000 + batch_idx)
+            loss = self.diffusion_loss(x0, y, p_uncond=0.0)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        return adamw_with_warmup(self.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # A net passed as a Python object (not through the CLI) would be pickled into the hparams and break
+        # weights_only loading; keep only a class-path spec of it (SamplingModule then needs `net` given).
+        hp = checkpoint.get("hyper_parameters", {})
+        if isinstance(hp.get("net"), nn.Module):
+            hp["net"] = {"class_path": f"{type(self.net).__module__}.{type(self.net).__qualname__}", "init_args": None}
+
+    # ---- sampling ---------------------------------------------------------------------------------
+    def denoiser(self, cfg_scale: float | Tensor = 1.0) -> NetDenoiser:
+        return NetDenoiser(self.net, self.num_classes, self.hparams.prediction, cfg_scale, self.hparams.clip_denoised)
+
+    @torch.no_grad()
+    def generate(self, labels: Tensor, seeds: Sequence[int] | Tensor, sampler: str = "ddim",
+                 cfg_scale: float | Tensor = 1.0, guidance: Sequence[GuidanceTerm] = (), **sampler_kwargs) -> Tensor:
+        """Samples for ``labels`` with per-sample ``seeds`` (a sample depends on its seed only)."""
+        from ..diffusion.sampling import sample
+
+        labels = labels.to(self.device)
+        check_labels(labels, self.num_classes)
+        noise = PerSampleNoise(seeds, device=self.device)
+        return sample(sampler, self.denoiser(cfg_scale), self.schedule, labels, noise, self.data_shape,
+                      guidance=guidance, **sampler_kwargs)

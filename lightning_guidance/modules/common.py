@@ -1,0 +1,43 @@
+"""Pieces every LightningModule here shares: per-step seeding, AdamW with linear warm-up, finite-loss check."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def seed_for_step(seed: int, step: int, rank: int) -> int:
+    """A distinct, reproducible seed per (run seed, optimizer step, rank)."""
+    return (seed * 1_000_003 + step * 9_973 + rank) % (2**63 - 1)
+
+
+def reseed_for_step(seed: int, step: int, rank: int) -> None:
+    """Reseed torch's RNG at each training step so that a resumed run draws exactly what a straight run draws
+    (Lightning does not checkpoint RNG states)."""
+    torch.manual_seed(seed_for_step(seed, step, rank))
+
+
+def adamw_with_warmup(params, lr: float, weight_decay: float, warmup_steps: int, betas=(0.9, 0.999)):
+    """AdamW (Loshchilov & Hutter 2019) with a linear learning-rate warm-up over ``warmup_steps``."""
+    if lr <= 0:
+        raise ValueError(f"learning rate must be > 0, got {lr}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps}")
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=betas)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warmup_steps) if warmup_steps else 1.0)
+    return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def check_finite_loss(loss: Tensor, step: int, what: str = "loss") -> Tensor:
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"{what} became {loss.item()} at training step {step}: lower the learning rate or "
+                                 "check the data for NaNs; resume from the last good checkpoint with --ckpt_path last")
+    return loss
+
+
+def check_data_shape(net: nn.Module, data_shape, where: str) -> None:
+    """Raise if the data's per-sample shape is not the one the network was built for."""
+    expected = tuple(getattr(net, "data_shape", ()) or ())
+    if expected and tuple(data_shape) != expected:
+        raise ValueError(f"{where}: data has per-sample shape {tuple(data_shape)} but the network was built for "
+                         f"{expected}; set the net's data_shape to match the data module")
