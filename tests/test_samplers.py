@@ -249,8 +249,9 @@ def test_edm_denoiser_sees_vp_coordinates_and_the_schedule_time():
         sigma = np.sqrt((1 - abar.double().numpy()) / abar.double().numpy())
         expected_t = np.interp(np.log(sigma), log_sigma, np.arange(T)) / (T - 1)
         np.testing.assert_allclose(t.double().numpy(), expected_t, atol=1e-5)
-    # default sigma range: the schedule's own (first call at sigma_max, i.e. t = 1)
-    assert model.calls[0][0][0].item() == pytest.approx(1.0)
+    # default sigma range: EDM's sigma_max = 80 (inside the linear schedule's 157) down to the schedule's minimum
+    first_abar = model.calls[0][1][0].item()
+    assert np.sqrt((1 - first_abar) / first_abar) == pytest.approx(80.0, rel=1e-5)
     assert model.calls[-1][1][0].item() == pytest.approx(ac[0], rel=1e-5)
 
 
@@ -263,7 +264,7 @@ def test_edm_nudge_is_added_before_the_denoiser_call():
         def gradient(self, state):
             return torch.zeros_like(state.x_t)
 
-        def edm_nudge(self, x, sigma, step, num_steps, denoise):
+        def edm_nudge(self, x, sigma, step, num_steps, denoise, y=None):
             if step != num_steps - 1:
                 return None
             out = denoise(x)  # the VP output at this VE state: its x0 is the exact D(x; sigma)

@@ -23,7 +23,9 @@ def edm_heun_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, no
 
     VP preconditioning (Karras et al. 2022, tab. 1): ``D(x; sigma) = x - sigma eps(x / sqrt(1 + sigma^2), t(sigma))``
     with ``abar = 1 / (1 + sigma^2)`` and ``t(sigma)`` the schedule's (fractional) step of that sigma.
-    ``sigma_min``/``sigma_max`` default to, and are clamped into, the range the schedule was trained on.
+    ``sigma_min`` defaults to the schedule's smallest sigma and ``sigma_max`` to EDM's 80 (or the schedule's largest
+    sigma if that is smaller: a cosine schedule reaches ~2e4, where 18 steps are far too coarse); both are clamped
+    into the range the schedule was trained on.
     Guidance ``g`` (VP score) enters as ``D <- D + sigma^2 sqrt(abar) g``; a term's ``edm_nudge`` displacement is
     added to the state before the step's first denoiser call. Randomness: the initial latent is each sample's
     first draw, churn draws once per step where gamma > 0. Time steps and the state are float64, as in EDM; the
@@ -34,7 +36,7 @@ def edm_heun_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, no
     check_guidance_for_sampler(guidance, "edm")
     lo, hi = schedule.sigma_min, schedule.sigma_max
     sigma_min = min(max(lo if sigma_min is None else sigma_min, lo), hi)
-    sigma_max = min(max(hi if sigma_max is None else sigma_max, lo), hi)
+    sigma_max = min(max(min(80.0, hi) if sigma_max is None else sigma_max, lo), hi)
     if not sigma_min < sigma_max:
         raise ValueError(f"EDM needs sigma_min < sigma_max within the schedule's range [{lo:.4g}, {hi:.4g}], "
                          f"got {sigma_min:.4g} and {sigma_max:.4g} after clamping")
@@ -77,7 +79,7 @@ def edm_heun_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, no
         # Guidance that moves the state before the denoiser call (e.g. EluCD's EDM rule); a term gets the float32
         # VE state, sigma (B,) and a callable VE state -> the VP DenoiserOutput at this sigma
         nudges = [term.edm_nudge(x_hat.to(model_dtype), batch(t_hat), i, num_steps,
-                                 lambda x, s=t_hat: vp_call(x, s)[0]) for term in guidance]
+                                 lambda x, s=t_hat: vp_call(x, s)[0], y=labels) for term in guidance]
         for delta in nudges:
             if delta is not None:
                 x_hat = x_hat + delta.to(torch.float64)

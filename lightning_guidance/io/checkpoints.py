@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,17 +48,59 @@ def load_module_weights(module: nn.Module, ckpt: dict, path: Path, use_ema: bool
     return module
 
 
-def load_cfg_diffusion(path: str | Path, net: nn.Module | None = None, use_ema: bool = True):
-    """A :class:`CFGDiffusion` with the checkpoint's hyper-parameters and (EMA) weights, in eval mode."""
-    from ..modules.cfg_diffusion import CFGDiffusion
-
+def load_module(cls, path: str | Path, net: nn.Module | None = None, use_ema: bool = True, hint: str = ""):
+    """An instance of LightningModule ``cls`` with the checkpoint's hyper-parameters and (EMA) weights, in eval mode."""
     path = Path(path)
-    ckpt = read_checkpoint(path, "train one first with: python cli.py fit --config configs/digits/cfg.yaml")
+    ckpt = read_checkpoint(path, hint)
     hp = _module_hparams(ckpt, path)
     hp["net"] = build_net(ckpt, path, net)
-    with _own_hyperparameters():
-        module = CFGDiffusion(**hp)
+    with _own_hyperparameters(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module` and is already saved")
+        module = cls(**hp)
     return load_module_weights(module, ckpt, path, use_ema).eval()
+
+
+def load_cfg_diffusion(path: str | Path, net: nn.Module | None = None, use_ema: bool = True):
+    """A :class:`CFGDiffusion` from its checkpoint (EMA weights by default)."""
+    from ..modules.cfg_diffusion import CFGDiffusion
+
+    return load_module(CFGDiffusion, path, net, use_ema,
+                       "train one first with: python cli.py fit --config configs/digits/cfg.yaml")
+
+
+def load_classifier(path: str | Path, net: nn.Module | None = None, use_ema: bool = True):
+    """A :class:`NoisyClassifier` (noisy or clean twin) from its checkpoint, frozen."""
+    from ..modules.noisy_classifier import NoisyClassifier
+
+    module = load_module(NoisyClassifier, path, net, use_ema,
+                         "train one first with: python cli.py fit --config configs/digits/classifier.yaml")
+    return module.requires_grad_(False)
+
+
+class TrainedClassifier(nn.Module):
+    """A classifier trained by this suite, loaded from its checkpoint: ``forward(x, t=None) -> logits``.
+
+    For YAML: ``classifier: {class_path: lightning_guidance.io.checkpoints.TrainedClassifier,
+    init_args: {checkpoint: runs/digits/classifier/checkpoints/last.ckpt}}``. Frozen and always in eval mode.
+    """
+
+    def __init__(self, checkpoint: str, use_ema: bool = True):
+        super().__init__()
+        module = load_classifier(checkpoint, use_ema=use_ema)
+        self.net = module.net
+        self.checkpoint = str(checkpoint)
+        self.num_classes = module.num_classes
+        self.data_shape = tuple(getattr(module.net, "data_shape", ()))
+        self.noisy = bool(module.hparams.noisy)
+        self.schedule_name = module.hparams.schedule
+        self.num_train_steps = module.hparams.num_train_steps
+        self.eval()
+
+    def train(self, mode: bool = True) -> "TrainedClassifier":
+        return super().train(False)  # a guide or judge never trains (BatchNorm/dropout stay in eval)
+
+    def forward(self, x, t=None):
+        return self.net(x, t)
 
 
 @contextmanager

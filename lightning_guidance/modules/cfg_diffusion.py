@@ -20,7 +20,7 @@ from ..diffusion.noise import PerSampleNoise
 from ..diffusion.parameterization import check_prediction, training_target
 from ..diffusion.schedules import VPSchedule
 from ..guidance.base import GuidanceTerm
-from .common import adamw_with_warmup, check_data_shape, check_finite_loss, reseed_for_step
+from .common import adamw_with_warmup, check_data_shape, check_finite_loss, reseed_for_step, spec_only_hparams
 
 
 class CFGDiffusion(L.LightningModule):
@@ -35,7 +35,7 @@ class CFGDiffusion(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         clip_denoised: bool = True,
-        seed: int = 0,
+        noise_seed: int = 0,
     ):
         super().__init__()
         if not 0.0 <= p_uncond < 1.0:
@@ -80,7 +80,7 @@ class CFGDiffusion(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x0, y = batch
-        reseed_for_step(self.hparams.seed, self.global_step, self.global_rank)
+        reseed_for_step(self.hparams.noise_seed, self.global_step, self.global_rank)
         loss = check_finite_loss(self.diffusion_loss(x0, y, self.hparams.p_uncond), self.global_step)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         return loss
@@ -99,11 +99,7 @@ class CFGDiffusion(L.LightningModule):
         return adamw_with_warmup(self.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # A net passed as a Python object (not through the CLI) would be pickled into the hparams and break
-        # weights_only loading; keep only a class-path spec of it (SamplingModule then needs `net` given).
-        hp = checkpoint.get("hyper_parameters", {})
-        if isinstance(hp.get("net"), nn.Module):
-            hp["net"] = {"class_path": f"{type(self.net).__module__}.{type(self.net).__qualname__}", "init_args": None}
+        spec_only_hparams(checkpoint, self.net)
 
     # ---- sampling ---------------------------------------------------------------------------------
     def denoiser(self, cfg_scale: float | Tensor = 1.0) -> NetDenoiser:

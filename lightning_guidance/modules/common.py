@@ -41,3 +41,11 @@ def check_data_shape(net: nn.Module, data_shape, where: str) -> None:
     if expected and tuple(data_shape) != expected:
         raise ValueError(f"{where}: data has per-sample shape {tuple(data_shape)} but the network was built for "
                          f"{expected}; set the net's data_shape to match the data module")
+
+
+def spec_only_hparams(checkpoint: dict, net: nn.Module) -> None:
+    """A net passed as a Python object (not through the CLI) would be pickled into the hparams and break
+    ``weights_only`` loading; keep only its class path (loading it then needs ``net`` given explicitly)."""
+    hp = checkpoint.get("hyper_parameters", {})
+    if isinstance(hp.get("net"), nn.Module):
+        hp["net"] = {"class_path": f"{type(net).__module__}.{type(net).__qualname__}", "init_args": None}
