@@ -5,9 +5,25 @@ from __future__ import annotations
 from functools import partial
 
 import lightning as L
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from .epoch_sampler import EpochShuffleSampler, trainer_position
+
+
+class InMemoryDataset(TensorDataset):
+    """A TensorDataset that hands the DataLoader a whole batch in one indexing op (``__getitems__``) instead of
+    B single-item lookups and a stack: the per-item path cost more than the training step on toy data."""
+
+    def __getitems__(self, indices: list[int]) -> tuple[Tensor, ...]:
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return tuple(t[index] for t in self.tensors)
+
+
+def _batched(batch):
+    """collate_fn for InMemoryDataset: the batch arrives already stacked."""
+    return list(batch)
 
 
 class LabeledDataModule(L.LightningDataModule):
@@ -39,6 +55,7 @@ class LabeledDataModule(L.LightningDataModule):
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
+            collate_fn=_batched if isinstance(dataset, InMemoryDataset) else None,
             sampler=EpochShuffleSampler(len(dataset), self.seed, self.batch_size, partial(trainer_position, self))
             if train else None,
             num_workers=self.num_workers,

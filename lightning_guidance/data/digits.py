@@ -5,9 +5,8 @@ from __future__ import annotations
 import torch
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
-from torch.utils.data import TensorDataset
 
-from .base import LabeledDataModule
+from .base import InMemoryDataset, LabeledDataModule
 
 DIGITS_MAX_VALUE = 16.0  # pixel values are integers 0..16
 
@@ -37,5 +36,5 @@ class DigitsDataModule(LabeledDataModule):
         y = torch.as_tensor(labels, dtype=torch.int64)
         train_idx, val_idx = train_test_split(torch.arange(len(y)).numpy(), test_size=self.val_fraction,
                                               stratify=labels, random_state=self.seed)
-        self.train_set = TensorDataset(x[train_idx], y[train_idx])
-        self.val_set = TensorDataset(x[val_idx], y[val_idx])
+        self.train_set = InMemoryDataset(x[train_idx], y[train_idx])
+        self.val_set = InMemoryDataset(x[val_idx], y[val_idx])

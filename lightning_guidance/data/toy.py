@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import torch
-from torch.utils.data import TensorDataset
 
 from ..toy.fractal2d import fractal_2d
 from ..toy.gaussian_mixture import GaussianMixture
 from ..toy.mixture1d import two_class_mixture_1d
-from .base import LabeledDataModule
+from .base import InMemoryDataset, LabeledDataModule
 
 
 class MixtureDataModule(LabeledDataModule):
@@ -31,8 +30,8 @@ class MixtureDataModule(LabeledDataModule):
         if self.train_set is not None:  # drawn once; Lightning may call setup for several stages
             return
         gen = torch.Generator().manual_seed(self.seed)
-        self.train_set = TensorDataset(*self.mixture.sample(self.n_train, generator=gen))
-        self.val_set = TensorDataset(*self.mixture.sample(self.n_val, generator=gen))
+        self.train_set = InMemoryDataset(*self.mixture.sample(self.n_train, generator=gen))
+        self.val_set = InMemoryDataset(*self.mixture.sample(self.n_val, generator=gen))
 
 
 class Mixture1DDataModule(MixtureDataModule):
