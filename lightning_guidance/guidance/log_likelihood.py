@@ -8,8 +8,9 @@
   detached from the denoiser and uses it in place of ``∇_{x_t}``; ``through_denoiser=True`` recomputes ``x0_hat``
   from the denoiser at a leaf ``x_t`` and differentiates through it (one more denoiser forward and backward).
 - Gradients are taken with ``torch.autograd.grad`` on a detached leaf inside ``torch.enable_grad()``, since samplers
-  run under ``no_grad``. The per-sample gradient is the gradient of the batch sum, which assumes the classifier
-  treats samples independently (eval mode: no batch-norm statistics, no dropout).
+  run under ``no_grad``, and outside ``torch.inference_mode`` (Lightning's predict loop turns it on). The per-sample
+  gradient is the gradient of the batch sum, which assumes the classifier treats samples independently (eval mode:
+  no batch-norm statistics, no dropout).
 """
 
 from __future__ import annotations
@@ -58,8 +59,12 @@ def objective_gradient(classifier: nn.Module, x: Tensor, t: Tensor | None, y: Te
 
     Returns ``(gradient like x, objective (B,) detached, logits (B, K) detached)``.
     """
-    with torch.enable_grad():
-        leaf = x.detach().requires_grad_(True)
+    # Lightning's predict runs under torch.inference_mode(), which enable_grad() does not lift: leave it, and
+    # clone the inference tensors that autograd may save (x, t, y) into normal ones
+    with torch.inference_mode(False), torch.enable_grad():
+        leaf = x.detach().clone().requires_grad_(True)
+        t = None if t is None else t.clone()
+        y = y.clone()
         logits = classifier(leaf if to_input is None else to_input(leaf), t)
         value = objective(logits, y)
         if value.shape != (x.shape[0],):

@@ -5,10 +5,12 @@ Denoisers: ``forward(x, t, y) -> same shape as x`` (the eps / x0 / v prediction)
 ``t`` is continuous time in [0, 1], a float tensor (B,).
 """
 
+from .activation_swap import SwapReport, swap_relu_for_softplus
 from .embeddings import ClassEmbedding, TimeEmbedding, timestep_embedding
 from .encoder_classifier import EncoderClassifier
 from .flat_classifiers import LinearClassifier, MLPClassifier
 from .mlp import MLPDenoiser
+from .offtheshelf import OffTheShelfClassifier
 from .unet import UNet
 
 __all__ = [
@@ -17,7 +19,10 @@ __all__ = [
     "LinearClassifier",
     "MLPClassifier",
     "MLPDenoiser",
+    "OffTheShelfClassifier",
+    "SwapReport",
     "TimeEmbedding",
     "UNet",
+    "swap_relu_for_softplus",
     "timestep_embedding",
 ]

@@ -1,0 +1,131 @@
+"""What guidance costs: sampling time per guidance kind against unguided sampling, same sampler and steps, one run.
+
+Digits-sized nets with random weights (the cost does not depend on the weights; ADM's zero-initialised layers are
+perturbed so that no gradient is trivially zero): the UNet of configs/digits/cfg.yaml, the noisy EncoderClassifier
+of configs/digits/classifier.yaml (attention pool) for classifier guidance, and the clean twin of
+configs/digits/clean_classifier.yaml (adaptive pool) for the terms that read x0_hat. Sampling runs under
+``torch.inference_mode()``, as Lightning's predict does. Kinds are timed in turns (A, B, C, ..., A, B, C, ...) so
+that load drifts hit them alike; the table gives the median time and the ratio to unguided sampling on the
+same sampler. Two comparisons inside it:
+
+- EluCD's goal (off-the-shelf guidance at ~5 % more sampling time on ImageNet, where ResNet-50 is cheap next to the
+  diffusion UNet): the ratio ``offtheshelf / unguided``; the classifier's own forward+backward cost relative to one
+  UNet forward is printed too, since that is what the ratio mostly measures (a row with a 16-channel clean guide,
+  4x cheaper, shows the ratio following it);
+- the detached ``x0_hat`` gradient (EluCD's reference) against differentiating through the denoiser.
+
+    python bench/guidance_cost.py [--batch 100] [--steps 50] [--sampler ddpm] [--repeats 3] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+
+import torch
+
+from common import digits_unet, interleaved_medians, machine, median_seconds
+from lightning_guidance.diffusion.denoiser import NetDenoiser
+from lightning_guidance.diffusion.noise import PerSampleNoise
+from lightning_guidance.diffusion.sampling import sample
+from lightning_guidance.diffusion.schedules import VPSchedule
+from lightning_guidance.guidance import (CFGPlusClassifierGuidance, ClassifierGuidance, DivergenceGuidance,
+                                         EntropyAdaptiveGuidance, OffTheShelfGuidance, TiltedGuidance)
+from lightning_guidance.nets import EncoderClassifier
+
+CFG_SCALE = 3.0
+
+
+def perturbed(net: torch.nn.Module) -> torch.nn.Module:
+    for p in net.parameters():
+        p.data.add_(0.02 * torch.randn_like(p))
+    return net.eval().requires_grad_(False)
+
+
+def digits_classifier(pool: str, model_channels: int = 32) -> EncoderClassifier:
+    return perturbed(EncoderClassifier(data_shape=(1, 8, 8), num_classes=10, model_channels=model_channels,
+                                       num_res_blocks=1, channel_mult=(1, 2), pool=pool))
+
+
+def kinds(sampler: str, noisy, clean, small) -> dict[str, tuple[float, list]]:
+    """name -> (cfg_scale, guidance terms); DDIM cannot take the DDPM sine boost, so it is dropped there."""
+    sine = 0.3 if sampler == "ddpm" else 0.0
+    out = {
+        "unguided": (1.0, []),
+        "cg (noisy, x_t)": (1.0, [ClassifierGuidance(noisy)]),
+        "offtheshelf (x0_hat detached)": (1.0, [OffTheShelfGuidance(clean, tau2=0.5, sine_gamma=sine)]),
+        "offtheshelf (x0_hat, 16-ch guide)": (1.0, [OffTheShelfGuidance(small, tau2=0.5, sine_gamma=sine)]),
+        "offtheshelf (through denoiser)": (1.0, [OffTheShelfGuidance(clean, tau2=0.5, sine_gamma=sine,
+                                                                     through_denoiser=True)]),
+        "tilted (x0_hat)": (1.0, [TiltedGuidance(clean)]),
+        "entropy (x0_hat)": (1.0, [EntropyAdaptiveGuidance(clean)]),
+        "divergence js (x0_hat)": (1.0, [DivergenceGuidance(clean)]),
+        f"cfg {CFG_SCALE:g} (no term)": (CFG_SCALE, []),
+        f"cfg {CFG_SCALE:g} + cg (x0_hat)": (CFG_SCALE, [CFGPlusClassifierGuidance(clean)]),
+    }
+    if sampler == "edm":
+        out["offtheshelf edm rule (nudge)"] = (1.0, [OffTheShelfGuidance(clean, tau2=0.0, sine_gamma=0.3,
+                                                                         edm_g_max=0.004)])
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim", "edm"))
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    unet, noisy, clean = perturbed(digits_unet()), digits_classifier("attention"), digits_classifier("adaptive")
+    small = digits_classifier("adaptive", model_channels=16)  # a guide 4x cheaper than the clean twin
+    schedule = VPSchedule.from_name("cosine", 1000)
+    labels, seeds = torch.arange(a.batch) % 10, torch.arange(a.batch)
+
+    def run(cfg_scale: float, terms: list) -> torch.Tensor:
+        with torch.inference_mode():
+            return sample(a.sampler, NetDenoiser(unet, 10, "eps", cfg_scale, clip_x0=True), schedule, labels,
+                          PerSampleNoise(seeds), (1, 8, 8), guidance=terms, num_steps=a.steps)
+
+    # one UNet forward vs one classifier forward+backward on the input (what one guided step adds)
+    x, t = torch.randn(a.batch, 1, 8, 8), torch.rand(a.batch)
+    with torch.inference_mode():
+        unet_forward = median_seconds(lambda: unet(x, t, labels), 20)
+
+    def classifier_step(net, time):
+        leaf = x.clone().requires_grad_(True)
+        torch.autograd.grad(net(leaf, time).logsumexp(1).sum(), leaf)
+
+    clean_step = median_seconds(lambda: classifier_step(clean, None), 20)
+    noisy_step = median_seconds(lambda: classifier_step(noisy, t), 20)
+    small_step = median_seconds(lambda: classifier_step(small, None), 20)
+
+    table = kinds(a.sampler, noisy, clean, small)
+    times = interleaved_medians({name: functools.partial(run, *spec) for name, spec in table.items()}, a.repeats)
+    base = times["unguided"]
+    print(f"machine: {machine()}")
+    print(f"{a.sampler}, {a.steps} steps, batch {a.batch}; nets: digits UNet "
+          f"({sum(q.numel() for q in unet.parameters()) / 1e3:.0f}k params), noisy EncoderClassifier "
+          f"({sum(q.numel() for q in noisy.parameters()) / 1e3:.0f}k), clean EncoderClassifier "
+          f"({sum(q.numel() for q in clean.parameters()) / 1e3:.0f}k); random init; {a.repeats} interleaved repeats")
+    print(f"one UNet forward {unet_forward * 1e3:.1f} ms; classifier forward+backward: clean "
+          f"{clean_step * 1e3:.1f} ms ({clean_step / unet_forward:.2f}x), noisy {noisy_step * 1e3:.1f} ms "
+          f"({noisy_step / unet_forward:.2f}x), 16-channel clean {small_step * 1e3:.1f} ms "
+          f"({small_step / unet_forward:.2f}x)")
+    print()
+    print(f"| {'guidance kind':34s} | {'seconds':>8s} | {'x unguided':>10s} |")
+    print(f"|{'-' * 36}|{'-' * 10}|{'-' * 12}|")
+    for name, sec in times.items():
+        print(f"| {name:34s} | {sec:8.3f} | {sec / base:10.2f} |")
+    detached = times["offtheshelf (x0_hat detached)"]
+    through = times["offtheshelf (through denoiser)"]
+    print()
+    print(f"through the denoiser / detached x0_hat: {through / detached:.2f}x")
+    cfg = times[f"cfg {CFG_SCALE:g} (no term)"]
+    print(f"cfg + cg / cfg alone: {times[f'cfg {CFG_SCALE:g} + cg (x0_hat)'] / cfg:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
