@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import lightning as L
 from jsonargparse import Namespace
@@ -41,6 +42,8 @@ class GuidanceCLI(LightningCLI):
 
 
 def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> GuidanceCLI:
+    # Lightning 2.6 on torch 2.14 warns about its own use of a deprecated pytree API on every run
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     return GuidanceCLI(
         L.LightningModule,
         None,  # any LightningDataModule, and optional: SamplingModule brings its own predict loader

@@ -13,6 +13,7 @@ from .denoiser import Denoiser
 from .noise import PerSampleNoise
 from .parameterization import eps_to_x0, x0_to_eps
 from .schedules import VPSchedule
+from .step_end import end_of_step
 
 
 def ddim_step(x0: Tensor, eps: Tensor, abar_t: float, abar_prev: float, eta: float = 0.0,
@@ -76,9 +77,5 @@ def ddim_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, noise:
         eps = x0_to_eps(x0, x, abar)
         z = noise.randn_like(x) if eta > 0 else None
         x = ddim_step(x0, eps, abar_t, abar_prev, eta, z)
-        if not torch.isfinite(x).all():
-            raise FloatingPointError(f"non-finite sample at DDIM step {step}/{n}; lower the guidance scale or "
-                                     "check the model for NaN outputs")
-        if on_step is not None:
-            on_step(step, n)
+        end_of_step(x, "DDIM", step, n, on_step)
     return x

@@ -12,6 +12,7 @@ from ..guidance.base import GuidanceState, GuidanceTerm, check_guidance_for_samp
 from .denoiser import Denoiser
 from .noise import PerSampleNoise
 from .schedules import VPSchedule
+from .step_end import end_of_step
 
 
 def ddpm_posterior(x_t: Tensor, x0: Tensor, abar_t: float, abar_prev: float) -> tuple[Tensor, float]:
@@ -70,9 +71,5 @@ def ddpm_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, noise:
 
         # Sample x_prev; the last step returns the mean (no noise, as in Ho et al. alg. 2)
         x = mean + math.sqrt(variance) * noise.randn_like(mean) if k > 0 else mean
-        if not torch.isfinite(x).all():
-            raise FloatingPointError(f"non-finite sample at DDPM step {step}/{n}; lower the guidance scale or "
-                                     "check the model for NaN outputs")
-        if on_step is not None:
-            on_step(step, n)
+        end_of_step(x, "DDPM", step, n, on_step)
     return x

@@ -12,6 +12,7 @@ from ..guidance.base import GuidanceState, GuidanceTerm, check_guidance_for_samp
 from .denoiser import Denoiser, DenoiserOutput
 from .noise import PerSampleNoise
 from .schedules import VPSchedule, edm_sigma_steps
+from .step_end import end_of_step
 
 
 def edm_heun_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, noise: PerSampleNoise,
@@ -93,9 +94,5 @@ def edm_heun_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, no
             d_prime = (x_next - denoise(x_next, t_next, i)) / t_next
             x_next = x_hat + (t_next - t_hat) * (0.5 * d_cur + 0.5 * d_prime)
 
-        if not torch.isfinite(x_next).all():
-            raise FloatingPointError(f"non-finite sample at EDM step {i}/{num_steps}; lower the guidance scale or "
-                                     "check the model for NaN outputs")
-        if on_step is not None:
-            on_step(i, num_steps)
+        end_of_step(x_next, "EDM", i, num_steps, on_step)
     return x_next.to(model_dtype)

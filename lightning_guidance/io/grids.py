@@ -27,7 +27,7 @@ def save_sample_picture(samples: Tensor, labels: Tensor, path: str | Path, title
 
         grid, width = _rows_by_class(samples, labels, per_class)
         big = torch.nn.functional.interpolate((grid + 1) / 2, scale_factor=max(1, 64 // grid.shape[-1]), mode="nearest")
-        return atomic_write(path, lambda p: save_image(big, p, nrow=width, padding=1, pad_value=1.0, format="png"),
+        return atomic_write(path, lambda p: save_image(big, p, nrow=width, padding=4, pad_value=0.5, format="png"),
                             suffix=".png")
     import matplotlib
 
