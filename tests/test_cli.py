@@ -125,3 +125,18 @@ def test_wrong_image_shape_for_net_is_a_clear_error(tmp_path):
 def test_nan_loss_stops_with_a_clear_error(tmp_path):
     with pytest.raises(FloatingPointError, match="loss became (nan|inf) at training step"):
         tiny_digits_fit(tmp_path, 3, "--model.init_args.lr", "1e30", "--model.init_args.warmup_steps", "0")
+
+
+@pytest.mark.parametrize("family,missing", [("mnist", "MNIST"), ("cifar10", "cifar-10-batches-py"),
+                                            ("imagenet", "imagenet")])
+def test_real_dataset_configs_name_the_missing_data(tmp_path, family, missing):
+    """The MNIST / CIFAR-10 / ImageFolder configs parse, build their nets, and say which path to fill."""
+    with pytest.raises(FileNotFoundError, match=missing):
+        cli("fit", "--config", CONFIGS / family / "cfg.yaml", "--trainer.default_root_dir", tmp_path,
+            "--data.init_args.root", tmp_path / "data" / ("imagenet" if family == "imagenet" else ""),
+            "--trainer.max_steps", "1", "--trainer.accelerator", "cpu", "--trainer.precision", "32-true")
+
+
+def test_unknown_schedule_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="unknown noise schedule 'quadratic'"):
+        tiny_digits_fit(tmp_path, 1, "--model.init_args.schedule", "quadratic")
