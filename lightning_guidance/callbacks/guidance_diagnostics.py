@@ -1,0 +1,127 @@
+"""Guidance diagnostics along the sampling trajectory: the guidance-gradient size against t, the fraction of samples
+whose gradient vanished, and the classifier's confidence in the requested class (see
+:mod:`lightning_guidance.evaluation.guidance_trace`; the failure mode of Javid et al. 2025, MATH.md §4).
+
+Where it runs:
+
+- ``CFGDiffusion`` validation, every ``every_n_epochs`` epochs (and at every ``validate``): ``num_samples`` samples
+  with this callback's ``guidance`` terms (which need a classifier, e.g. ``TrainedClassifier``) at ``cfg_scale``,
+  drawn at the first validation batch (EMA weights in place).
+- ``SamplingModule`` test: the module's own guidance at each of its scales, the same sample ids and seeds as its
+  shards (``guidance`` here must then be left empty).
+
+Each rank samples its own block of ids; per-step sums are added across ranks. Written by rank 0: a PNG and a JSON
+per run under ``<log_dir>/<dirname>/`` (SamplingModule: ``<output_dir>/<dirname>/``); logged:
+``<stage>/guidance_vanishing_fraction``, ``.../guidance_gradient_rms``, ``.../guidance_final_confidence`` per term.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from ..evaluation.generation import generate_for_ids
+from ..evaluation.guidance_trace import GuidanceTrace, summarize_trace
+from ..evaluation.plots import figure_dir, log_image, save_guidance_diagnostics
+from ..evaluation.rank_split import check_enough_per_rank, owned_block
+from ..guidance.base import GuidanceTerm, check_guidance_for_sampler
+from ..io.atomic import atomic_write_text
+
+
+class GuidanceDiagnostics(L.Callback):
+    def __init__(self, guidance: list[GuidanceTerm] | None = None, cfg_scale: float = 1.0, every_n_epochs: int = 1,
+                 num_samples: int = 64, sampler: str = "ddim", sampler_kwargs: dict | None = None, seed: int = 0,
+                 batch_size: int = 64, vanishing_rms: float = 1e-3, dirname: str = "guidance_diagnostics"):
+        if every_n_epochs < 1 or num_samples < 1 or batch_size < 1:
+            raise ValueError("every_n_epochs, num_samples and batch_size must be >= 1")
+        if vanishing_rms <= 0:
+            raise ValueError(f"vanishing_rms must be > 0, got {vanishing_rms}")
+        self.guidance = list(guidance or [])
+        check_guidance_for_sampler(self.guidance, sampler)
+        self.cfg_scale, self.every_n_epochs, self.num_samples = float(cfg_scale), every_n_epochs, num_samples
+        self.sampler, self.sampler_kwargs, self.seed = sampler, dict(sampler_kwargs or {}), seed
+        self.batch_size, self.vanishing_rms, self.dirname = batch_size, float(vanishing_rms), dirname
+        self.last: dict[str, dict] | None = None
+        self._active = False
+        self._pending: dict[str, dict] | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
+        check_enough_per_rank(self.num_samples, trainer.world_size, "GuidanceDiagnostics num_samples")
+        if hasattr(pl_module, "guidance_at"):  # SamplingModule: it brings its own guidance
+            if self.guidance:
+                raise ValueError("GuidanceDiagnostics on a SamplingModule traces the module's own guidance; "
+                                 "leave the callback's guidance empty")
+            if not pl_module.guidance:
+                raise ValueError("GuidanceDiagnostics: this SamplingModule runs no guidance term (CFG only); "
+                                 "there is no guidance gradient to trace")
+        elif not self.guidance:
+            raise ValueError("GuidanceDiagnostics needs guidance terms (e.g. ClassifierGuidance with a "
+                             "TrainedClassifier) to trace during validation")
+
+    # ---- tracing -------------------------------------------------------------------------------------
+    def trace(self, trainer: L.Trainer, diffusion, terms, cfg_scale: float, classes, seed: int, sampler: str,
+              sampler_kwargs: dict, batch_size: int) -> dict[str, dict]:
+        """Sample this rank's ids with every term traced; sums added across ranks (collective)."""
+        traces = [GuidanceTrace(t, self.vanishing_rms) for t in terms]
+        ids = torch.tensor(list(owned_block(self.num_samples, trainer.global_rank, trainer.world_size)))
+        generate_for_ids(diffusion, ids, classes, seed, sampler, sampler_kwargs, cfg_scale, traces, batch_size,
+                         on_batch=lambda x, y: None)
+        out = {}
+        for i, tr in enumerate(traces):
+            sums = tr.sums.to(diffusion.device)
+            sums = trainer.strategy.reduce(sums, reduce_op="sum").cpu()
+            out[f"{i}_{tr.name}"] = summarize_trace(sums, self.vanishing_rms)
+        return out
+
+    def _report(self, trainer: L.Trainer, pl_module, stage: str, tag: str, traces: dict[str, dict],
+                out_dir: Path, name: str, title: str) -> None:
+        for term, s in traces.items():
+            prefix = f"{stage}/{tag + '/' if tag else ''}{term}"
+            pl_module.log_dict({f"{prefix}/guidance_vanishing_fraction": s["mean_vanishing_fraction"],
+                                f"{prefix}/guidance_gradient_rms": s["mean_gradient_rms"],
+                                f"{prefix}/guidance_final_confidence": s["final_confidence"]}, sync_dist=True)
+        if not trainer.is_global_zero:
+            return
+        atomic_write_text(out_dir / f"{name}.json", json.dumps({"num_samples": self.num_samples, "terms": traces},
+                                                                indent=2))
+        path = save_guidance_diagnostics(traces, out_dir / f"{name}.png", title=title)
+        log_image(trainer, f"guidance_diagnostics/{tag or 'trace'}", path)
+
+    # ---- CFGDiffusion validation -------------------------------------------------------------------
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
+        self._active = not trainer.sanity_checking and not hasattr(pl_module, "guidance_at") and (
+            trainer.state.fn != "fit" or (trainer.current_epoch + 1) % self.every_n_epochs == 0)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not self._active or batch_idx != 0 or dataloader_idx != 0:
+            return
+        self._active = False
+        traces = self.trace(trainer, pl_module, self.guidance, self.cfg_scale, list(range(pl_module.num_classes)),
+                            self.seed, self.sampler, self.sampler_kwargs, self.batch_size)
+        self.last = self._pending = traces
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        traces, self._pending = self._pending, None
+        if traces is None:
+            return
+        out_dir = figure_dir(trainer, self.dirname)  # collective
+        self._report(trainer, pl_module, "val", "", traces, out_dir, f"epoch{trainer.current_epoch:04d}",
+                     f"epoch {trainer.current_epoch}, CFG scale {self.cfg_scale:g}")
+
+    # ---- SamplingModule test -------------------------------------------------------------------------
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        if not hasattr(pl_module, "guidance_at"):
+            return
+        hp = pl_module.hparams
+        self.last = {}
+        for scale in hp.scales:
+            cfg, terms = pl_module.guidance_at(scale)
+            traces = self.trace(trainer, pl_module.diffusion, terms, cfg, pl_module.classes, hp.seed, hp.sampler,
+                                dict(hp.sampler_kwargs or {}), hp.batch_size)
+            tag = f"{hp.scale_target}_{scale:g}"
+            self.last[tag] = traces
+            self._report(trainer, pl_module, "test", tag, traces, pl_module.output_dir / self.dirname, tag,
+                         f"{hp.scale_target} scale {scale:g}")
