@@ -1,0 +1,180 @@
+#!/usr/bin/env bash
+# A real one-host SLURM cluster under a directory, for trying the slurm/*.sbatch templates and for tests/test_slurm.py.
+#
+#   scripts/slurm_local.sh up <dir>      install slurm-wlm + munge if missing, write <dir>/etc/slurm.conf, start
+#                                        munged (unless one answers already), slurmctld and slurmd; wait for `idle`
+#   scripts/slurm_local.sh down <dir>    cancel the cluster's jobs, stop the daemons it started, by their pid files
+#   scripts/slurm_local.sh env <dir>     print the `export SLURM_CONF=...` line that points sbatch/srun/squeue at it
+#
+# Needs root (apt-get, munged as user munge, slurmd). What it takes on Debian 12 / slurm-wlm 22.05 is written up in
+# shared/design/SLURM-LOCAL.md. Processes are stopped by pid only, never by name. Every wait is bounded.
+set -euo pipefail
+
+UP_TIMEOUT_S=${SLURM_LOCAL_UP_TIMEOUT_S:-60}
+DOWN_TIMEOUT_S=${SLURM_LOCAL_DOWN_TIMEOUT_S:-30}
+CTLD_PORT=${SLURM_LOCAL_CTLD_PORT:-6817}
+SLURMD_PORT=${SLURM_LOCAL_SLURMD_PORT:-6818}
+
+cleanup_on_failure=0
+die() {
+  echo "slurm_local: $*" >&2
+  if (( cleanup_on_failure )); then cleanup_on_failure=0; down; fi  # a half-started cluster: stop what did start
+  exit 1
+}
+usage() { die "usage: $0 up|down|env <dir>"; }
+
+[[ $# -eq 2 ]] || usage
+cmd=$1
+dir=$(mkdir -p "$2" && cd "$2" && pwd)
+conf=$dir/etc/slurm.conf
+
+install_if_missing() {
+  if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null \
+      && command -v munged >/dev/null; then
+    return
+  fi
+  [[ $(id -u) -eq 0 ]] || die "slurm-wlm/munge are not installed and this is not root: apt-get install slurm-wlm munge"
+  command -v apt-get >/dev/null || die "slurm-wlm/munge are not installed and there is no apt-get to install them"
+  echo "slurm_local: installing slurm-wlm and munge" >&2
+  apt-get update -qq >"$dir/apt.log" 2>&1 || die "apt-get update failed (see $dir/apt.log)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge \
+    >>"$dir/apt.log" 2>&1 || die "apt-get install slurm-wlm munge failed (see $dir/apt.log)"
+}
+
+munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
+
+start_munge() {
+  if munge_ok; then
+    echo "slurm_local: using the munged that already answers" >&2
+    return
+  fi
+  [[ -s /etc/munge/munge.key ]] || die "/etc/munge/munge.key is missing (reinstall munge: apt-get install --reinstall munge)"
+  mkdir -p /run/munge /var/log/munge /var/lib/munge
+  chown munge:munge /run/munge /var/log/munge /var/lib/munge
+  chmod 0755 /run/munge
+  # munged runs as user munge, which may not reach $dir (pytest's temp dirs are root-only): its default paths
+  runuser -u munge -- munged || die "munged did not start (see /var/log/munge/munged.log)"
+  for _ in $(seq 50); do
+    if munge_ok && [[ -s /run/munge/munged.pid ]]; then
+      cp /run/munge/munged.pid "$dir/run/munged.pid"  # down stops munged only when this script started it
+      return
+    fi
+    sleep 0.2
+  done
+  die "munge -n | unmunge does not say Success (see /var/log/munge/munged.log)"
+}
+
+write_conf() {
+  local host cpus mem_mb
+  host=$(hostname -s)
+  cpus=$(nproc)
+  mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 3 / 4 ))  # RealMemory must lie below the machine's
+  mkdir -p "$dir/etc" "$dir/state" "$dir/spool" "$dir/log" "$dir/run"
+  cat >"$conf" <<EOF
+# written by scripts/slurm_local.sh: a one-host cluster under $dir
+ClusterName=local
+SlurmctldHost=$host
+SlurmUser=root
+AuthType=auth/munge
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
+StateSaveLocation=$dir/state
+SlurmdSpoolDir=$dir/spool
+SlurmctldPidFile=$dir/run/slurmctld.pid
+SlurmdPidFile=$dir/run/slurmd.pid
+SlurmctldLogFile=$dir/log/slurmctld.log
+SlurmdLogFile=$dir/log/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+ReturnToService=2
+MpiDefault=none
+SchedulerType=sched/backfill
+SchedulerParameters=sched_interval=1
+KillWait=10
+NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+PartitionName=local Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+EOF
+  cat >"$dir/etc/cgroup.conf" <<EOF
+# slurm 22.05 has no "disabled" cgroup plugin; with no constraints this lets slurmd start without systemd
+CgroupPlugin=cgroup/v1
+IgnoreSystemd=yes
+CgroupAutomount=no
+EOF
+}
+
+pid_alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+up() {
+  install_if_missing
+  mkdir -p "$dir/run" "$dir/log"
+  if pid_alive "$dir/run/slurmctld.pid" || pid_alive "$dir/run/slurmd.pid"; then
+    die "a cluster from $dir is running already (scripts/slurm_local.sh down $dir first)"
+  fi
+  local port
+  for port in "$CTLD_PORT" "$SLURMD_PORT"; do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+      die "port $port is taken (another cluster?): set SLURM_LOCAL_CTLD_PORT / SLURM_LOCAL_SLURMD_PORT"
+    fi
+  done
+  write_conf
+  cleanup_on_failure=1
+  start_munge
+  export SLURM_CONF=$conf
+  slurmctld -c -f "$conf" || die "slurmctld did not start (see $dir/log/slurmctld.log)"
+  slurmd -f "$conf" || die "slurmd did not start (see $dir/log/slurmd.log)"
+  local deadline=$((SECONDS + UP_TIMEOUT_S)) state="" daemon
+  while (( SECONDS < deadline )); do
+    sleep 0.5
+    for daemon in slurmctld slurmd; do  # both write their pid file once running; a dead one will not come back
+      if [[ -s $dir/run/$daemon.pid ]] && ! pid_alive "$dir/run/$daemon.pid"; then
+        die "$daemon exited (see $dir/log/$daemon.log)"
+      fi
+    done
+    pid_alive "$dir/run/slurmctld.pid" && pid_alive "$dir/run/slurmd.pid" || continue
+    state=$(sinfo -h -o %t 2>/dev/null || true)
+    if [[ $state == idle ]]; then
+      cleanup_on_failure=0
+      echo "export SLURM_CONF=$conf"
+      return
+    fi
+  done
+  die "node not idle after ${UP_TIMEOUT_S}s (sinfo says '${state}'; see $dir/log/slurmctld.log and slurmd.log)"
+}
+
+stop_pid_file() {  # stop_pid_file <file>: SIGTERM, wait, SIGKILL
+  local file=$1 pid
+  [[ -s $file ]] || return 0
+  pid=$(cat "$file")
+  if kill -0 "$pid" 2>/dev/null; then
+    kill -TERM "$pid" 2>/dev/null || true
+    local deadline=$((SECONDS + DOWN_TIMEOUT_S))
+    while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.2; done
+    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
+  fi
+  rm -f "$file"
+}
+
+down() {
+  [[ -f $conf ]] || { echo "slurm_local: no cluster under $dir" >&2; return 0; }
+  export SLURM_CONF=$conf
+  if pid_alive "$dir/run/slurmctld.pid"; then
+    # jobs first, so that no slurmstepd (and no training process) outlives the daemons
+    scancel --full --quiet --partition=local 2>/dev/null || true
+    local deadline=$((SECONDS + DOWN_TIMEOUT_S))
+    while [[ -n $(squeue -h -o %i 2>/dev/null) ]] && (( SECONDS < deadline )); do sleep 0.5; done
+  fi
+  stop_pid_file "$dir/run/slurmd.pid"
+  stop_pid_file "$dir/run/slurmctld.pid"
+  stop_pid_file "$dir/run/munged.pid"  # present only when up started munged
+}
+
+case $cmd in
+  up) up ;;
+  down) down ;;
+  env) echo "export SLURM_CONF=$conf" ;;
+  *) usage ;;
+esac
