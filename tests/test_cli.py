@@ -140,3 +140,38 @@ def test_real_dataset_configs_name_the_missing_data(tmp_path, family, missing):
 def test_unknown_schedule_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown noise schedule 'quadratic'"):
         tiny_digits_fit(tmp_path, 1, "--model.init_args.schedule", "quadratic")
+
+
+def test_sample_grid_callback_draws_with_the_ema_weights(tmp_path):
+    (tmp_path / "grid.yaml").write_text("""
+trainer:
+  callbacks:
+    - {class_path: lightning_guidance.callbacks.ema.EMA, init_args: {decay: 0.9}}
+    - {class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {save_last: true}}
+    - class_path: lightning_guidance.callbacks.sample_grid.SampleGrid
+      init_args: {every_n_epochs: 1, per_class: 2, cfg_scales: [1.0, 3.0], num_steps: 2}
+""")
+    grids = []
+    from lightning_guidance.callbacks import sample_grid
+
+    original = sample_grid.save_sample_picture
+
+    def spy(x, labels, path, **kw):
+        grids.append(x.clone())
+        return original(x, labels, path, **kw)
+
+    sample_grid.save_sample_picture = spy
+    try:
+        tiny_digits_fit(tmp_path, 2, "--config", tmp_path / "grid.yaml", "--trainer.limit_train_batches", "2",
+                        "--trainer.limit_val_batches", "1", "--trainer.check_val_every_n_epoch", "1")
+    finally:
+        sample_grid.save_sample_picture = original
+    pictures = sorted((tmp_path / "logs" / "samples").glob("*.png"))
+    assert [p.name for p in pictures] == ["epoch0000_cfg1.png", "epoch0000_cfg3.png"]
+    # the grid was drawn from the EMA weights of the checkpoint, not the raw ones
+    from lightning_guidance.io.checkpoints import load_cfg_diffusion
+
+    ema = load_cfg_diffusion(tmp_path / "checkpoints" / "last.ckpt")
+    labels = torch.arange(10).repeat_interleave(2)
+    again = ema.generate(labels, torch.arange(20), sampler="ddim", cfg_scale=1.0, num_steps=2)
+    torch.testing.assert_close(grids[0], again)

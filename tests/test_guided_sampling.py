@@ -331,7 +331,7 @@ def test_classifier_with_other_classes_than_the_diffusion_model_is_a_clear_error
         "class_path": "lightning_guidance.nets.OffTheShelfClassifier",
         "init_args": {"source": "timm", "arch": "resnet10t", "allow_random_init": True, "input_size": 32}}
     path.write_text(yaml.safe_dump(cfg))
-    with pytest.raises(ValueError, match="classifier has 1000 classes but the denoiser has 10"):
+    with pytest.raises(ValueError, match="classifier has 1000 classes but the diffusion model has 10"):
         predict(path)
     assert not list(out.rglob("*.npz"))
 

@@ -238,11 +238,11 @@ def test_a_judge_that_also_guides_is_refused(setup_paths, tmp_path):
 model:
   init_args:
     guidance:
-      - class_path: lightning_guidance.guidance.ClassifierGuidance
+      - class_path: lightning_guidance.guidance.OffTheShelfGuidance
         init_args:
           classifier: {{class_path: lightning_guidance.io.checkpoints.TrainedClassifier,
                         init_args: {{checkpoint: {judge}}}}}
-""")
+""")  # a clean classifier guiding through x0_hat, as an off-the-shelf guide does
     args = stage_args(ckpt, tmp_path / "o", judge)
     with pytest.raises(ValueError, match="graded by its own teacher"):
         cli(*args[:3], "--config", tmp_path / "guided.yaml", *args[3:])

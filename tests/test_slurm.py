@@ -24,16 +24,14 @@ from helpers import CONFIGS, ROOT, load
 pytestmark = pytest.mark.slow
 
 SCRIPT = ROOT / "scripts" / "slurm_local.sh"
-MAX_STEPS = 40
-EVERY = 5  # periodic checkpoint interval (steps)
-SIGNAL_AFTER = 10  # USR1 once this step's checkpoint exists
-# Batch 720 > 1437 train images / 2 ranks: one step per epoch, so every checkpoint closes an epoch. A DDP resume in
-# mid-epoch currently stops with an IndexError in Lightning's DistributedSamplerWrapper around EpochShuffleSampler;
-# once the sampler splits by rank itself, batch 16 with MAX_STEPS 120, EVERY 20, SIGNAL_AFTER 40 tests that case.
+MAX_STEPS = 120
+EVERY = 20  # periodic checkpoint interval (steps)
+SIGNAL_AFTER = 40  # USR1 once this step's checkpoint exists
+# Batch 16 on 2 ranks: 45 steps per epoch, so the resume falls in mid-epoch and crosses an epoch boundary after.
 FIT_ARGS = ["--trainer.accelerator", "cpu", "--trainer.strategy", "ddp", "--trainer.max_steps", MAX_STEPS,
             "--trainer.enable_progress_bar", "false", "--trainer.check_val_every_n_epoch", "1000",
             "--model.init_args.net.init_args.model_channels", "8", "--model.init_args.net.init_args.channel_mult", "[1]",
-            "--data.init_args.batch_size", "720"]
+            "--data.init_args.batch_size", "16"]
 CALLBACKS = f"""
 trainer:
   callbacks:

@@ -1,4 +1,8 @@
-"""Every N validation epochs, draw a fixed set of samples (fixed seeds) and save a picture per CFG scale."""
+"""Every N validation epochs, draw a fixed set of samples (fixed seeds) and save a picture per CFG scale.
+
+Drawn at the first validation batch, when every callback's epoch-start hook has run: the EMA callback has then
+swapped in the averaged weights, whatever the order of the callbacks in the config.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from ..evaluation.plots import figure_dir
 from ..io.grids import save_sample_picture
 
 
@@ -20,15 +25,16 @@ class SampleGrid(L.Callback):
         self.seed, self.dirname = seed, dirname
         self.last_paths: list[Path] = []
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+    def on_validation_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        if batch_idx or trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
+        out_dir = figure_dir(trainer, self.dirname)  # collective under DDP: before the rank-0 test
         if not trainer.is_global_zero:
-            return  # pictures only; nothing collective happens here
+            return  # pictures only; nothing else collective happens here
         k = pl_module.num_classes
         labels = torch.arange(k).repeat_interleave(self.per_class)
         seeds = self.seed + torch.arange(len(labels))
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / self.dirname
         self.last_paths = []
         for s in self.cfg_scales:
             x = pl_module.generate(labels, seeds, sampler=self.sampler, cfg_scale=s, num_steps=self.num_steps)

@@ -56,12 +56,19 @@ class LabeledDataModule(L.LightningDataModule):
             dataset,
             batch_size=self.batch_size,
             collate_fn=_batched if isinstance(dataset, InMemoryDataset) else None,
-            sampler=EpochShuffleSampler(len(dataset), self.seed, self.batch_size, partial(trainer_position, self))
-            if train else None,
+            sampler=EpochShuffleSampler(len(dataset), self.seed, self.batch_size, partial(trainer_position, self),
+                                        **self._replicas()) if train else None,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             drop_last=False,
         )
+
+    def _replicas(self) -> dict[str, int]:
+        """This process's share of the data under DDP (the trainer knows it by the time it asks for loaders)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return {"num_replicas": 1, "rank": 0}
+        return {"num_replicas": trainer.world_size, "rank": trainer.global_rank}
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)

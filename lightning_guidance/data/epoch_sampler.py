@@ -1,10 +1,12 @@
-"""A shuffling sampler whose order depends only on (seed, epoch) and that resumes mid-epoch.
+"""A shuffling sampler whose order depends only on (seed, epoch) and that resumes mid-epoch, also under DDP.
 
 Lightning does not checkpoint RNG or sampler states, and it builds (and prefetches from) the first iterator of a
 resumed run before it calls ``set_epoch``. So the order is decided lazily, at the first index drawn, from the
-trainer's own progress counters: the epoch, and how many batches of it were already trained (skipped on a
+trainer's own progress counters: the epoch, and how many batches of it this rank already trained (skipped on a
 resume). Without a trainer (plain use) the ``set_epoch`` value is used and nothing is skipped.
-Under DDP, Lightning wraps this sampler and splits its order by rank; the skip then counts all ranks' batches.
+Under DDP the sampler splits the order itself, as torch's DistributedSampler does (pad to a multiple of the world
+size, rank r takes items r, r + W, ...), and skips this rank's trained batches; being a DistributedSampler, Lightning
+does not wrap it (its wrapper would split an order that the skip has already shortened).
 """
 
 from __future__ import annotations
@@ -13,23 +15,21 @@ import math
 from collections.abc import Callable
 
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler
 
 
-class EpochShuffleSampler(Sampler[int]):
+class EpochShuffleSampler(DistributedSampler):
     def __init__(self, num_items: int, seed: int = 0, batch_size: int = 1,
-                 position: Callable[[], tuple[int, int] | None] | None = None):
+                 position: Callable[[], tuple[int, int] | None] | None = None, num_replicas: int = 1, rank: int = 0):
         if num_items < 1:
             raise ValueError(f"cannot shuffle an empty dataset (num_items={num_items})")
-        self.num_items, self.seed, self.batch_size, self.epoch = num_items, seed, batch_size, 0
+        super().__init__(range(num_items), num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=False)
+        self.num_items, self.seed, self.batch_size = num_items, seed, batch_size
         self.position = position
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     @property
     def batches_per_epoch(self) -> int:
-        return math.ceil(self.num_items / self.batch_size)
+        return math.ceil(self.num_samples / self.batch_size)
 
     def order(self, epoch: int) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
@@ -40,16 +40,15 @@ class EpochShuffleSampler(Sampler[int]):
         epoch, done_batches = where if where is not None else (self.epoch, 0)
         if done_batches >= self.batches_per_epoch:  # the checkpoint closed the epoch: start the next one whole
             done_batches = 0
-        yield from self.order(epoch)[done_batches * self.batch_size:]
-
-    def __len__(self) -> int:
-        return self.num_items
+        order = self.order(epoch)
+        order += order[: self.total_size - len(order)]  # pad to a multiple of the world size, as DistributedSampler
+        mine = order[self.rank:self.total_size:self.num_replicas]
+        yield from mine[done_batches * self.batch_size:]
 
 
 def trainer_position(datamodule) -> tuple[int, int] | None:
-    """(epoch, batches of it already trained by all ranks) from a datamodule's trainer, or None outside fit."""
+    """(epoch, batches of it this rank already trained) from a datamodule's trainer, or None outside fit."""
     trainer = getattr(datamodule, "trainer", None)
     if trainer is None or not trainer.training:
         return None
-    done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
-    return trainer.current_epoch, done * trainer.world_size
+    return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed

@@ -47,6 +47,8 @@ class GuidanceTerm:
 
     #: sampler kinds this term can run on; a sampler raises a clear error for the others
     supported_samplers: tuple[str, ...] = SAMPLER_KINDS
+    #: True when a sample's correction depends on the other samples of its batch (tilted guidance)
+    couples_batch: bool = False
 
     def __init__(self, scale: float = 1.0):
         self.scale = float(scale)

@@ -33,6 +33,8 @@ class TiltedGuidance(ClassifierTerm):
     (``"x0_hat"``: an off-the-shelf classifier, the paper's setting; ``"x_t"``: a noisy one).
     """
 
+
+    couples_batch = True
     def __init__(self, classifier: nn.Module, scale: float = 1.0, tilt: float = -0.2, tau1: float = 1.0,
                  tau2: float = 1.0, input: str = "x0_hat", through_denoiser: bool = False,
                  x0_clip: float | None = 1.0, schedule: Callable | None = None):

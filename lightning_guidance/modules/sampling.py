@@ -71,11 +71,67 @@ def _first(items):
     return items[0]
 
 
+def _file_identity(path: str | None) -> dict:
+    if not path:
+        return {}
+    p = Path(path)
+    return {"file": str(p.resolve()), "bytes": p.stat().st_size if p.exists() else None}
+
+
+def describe_classifier(classifier: nn.Module) -> dict:
+    """What identifies a guide: its weights file (suite checkpoint or timm/torchvision file) and its settings."""
+    out = {"class": type(classifier).__name__, "settings": classifier.extra_repr()}
+    out.update(_file_identity(getattr(classifier, "checkpoint", None) or getattr(classifier, "weights_path", None)))
+    index = getattr(classifier, "class_index", None)
+    if index is not None:
+        out["class_index"] = index.tolist()
+    return out
+
+
 def describe_term(term: GuidanceTerm) -> dict:
-    """The plain (JSON-able) settings of a guidance term, for the config hash and the report."""
+    """The settings of a guidance term (plain values, its classifier and schedule), for the config hash and report."""
     simple = (int, float, str, bool, type(None))
-    return {"class": type(term).__name__,
-            **{k: v for k, v in sorted(vars(term).items()) if isinstance(v, simple) and not k.startswith("_")}}
+    out = {"class": type(term).__name__,
+           **{k: v for k, v in sorted(vars(term).items()) if isinstance(v, simple) and not k.startswith("_")}}
+    if isinstance(getattr(term, "classifier", None), nn.Module):
+        out["classifier"] = describe_classifier(term.classifier)
+    schedule = getattr(term, "schedule", None)
+    if schedule is not None:
+        out["schedule"] = {"class": type(schedule).__name__,
+                           **{k: v for k, v in vars(schedule).items() if isinstance(v, simple)}}
+    return out
+
+
+def check_guides(terms: list[GuidanceTerm], diffusion, sweep_cfg_scales: list[float]) -> None:
+    """Refuse, before any sampling, a guide that cannot work with this diffusion model."""
+    from ..guidance.cfg_plus_classifier import CFGPlusClassifierGuidance
+    from ..guidance.log_likelihood import num_classes_of
+
+    hp = diffusion.hparams
+    for term in terms:
+        name = type(term).__name__
+        if isinstance(term, CFGPlusClassifierGuidance) and any(s == 1 for s in sweep_cfg_scales):
+            raise ValueError(f"{name} rescales the classifier gradient to the CFG difference, which is 0 at CFG "
+                             "scale 1: every CFG scale used must differ from 1")
+        clf = getattr(term, "classifier", None)
+        if not isinstance(clf, nn.Module):
+            continue
+        k = num_classes_of(clf)
+        if k != diffusion.num_classes:
+            raise ValueError(f"{name}: the classifier has {k} classes but the diffusion model has "
+                             f"{diffusion.num_classes}; use one trained on the same labels (off-the-shelf: class_map)")
+        shape = tuple(getattr(clf, "data_shape", ()) or ())
+        if shape and shape != diffusion.data_shape:
+            raise ValueError(f"{name}: the classifier was built for inputs {shape}, the samples are "
+                             f"{diffusion.data_shape}")
+        if getattr(term, "input", None) == "x_t" and hasattr(clf, "noisy"):
+            if not clf.noisy:
+                raise ValueError(f"{name} reads the noisy x_t but {clf.checkpoint} is a clean classifier; use a "
+                                 "noisy one or input: x0_hat")
+            if (clf.schedule_name, clf.num_train_steps) != (hp.schedule, hp.num_train_steps):
+                raise ValueError(f"{name}: the classifier was trained on a {clf.schedule_name} schedule of "
+                                 f"{clf.num_train_steps} steps, the diffusion model on {hp.schedule}/"
+                                 f"{hp.num_train_steps}: its t means another noise level; retrain it to match")
 
 
 class SamplingModule(L.LightningModule):
@@ -117,6 +173,10 @@ class SamplingModule(L.LightningModule):
         self.diffusion.requires_grad_(False)
         self.guidance = list(guidance or [])
         check_guidance_for_sampler(self.guidance, sampler)
+        check_guides(self.guidance, self.diffusion, list(scales) if scale_target == "cfg" else [cfg_scale])
+        # registered, so that the guides move to the sampling device with this module (each once)
+        guides = {id(t.classifier): t.classifier for t in self.guidance if isinstance(getattr(t, "classifier", None), nn.Module)}
+        self.guides = nn.ModuleList(guides.values()).requires_grad_(False)
         k = self.diffusion.num_classes
         self.classes = list(range(k)) if classes is None else [int(c) for c in classes]
         bad = [c for c in self.classes if not 0 <= c < k]
@@ -142,7 +202,9 @@ class SamplingModule(L.LightningModule):
         return {"checkpoint": str(ckpt.resolve()), "checkpoint_bytes": ckpt.stat().st_size, "use_ema": hp.use_ema,
                 "sampler": hp.sampler, "sampler_kwargs": dict(hp.sampler_kwargs or {}), "scale": float(scale),
                 "scale_target": hp.scale_target, "cfg_scale": hp.cfg_scale, "seed": hp.seed,
-                "guidance": [describe_term(t) for t in self.guidance], "classes": self.classes}
+                "guidance": [describe_term(t) for t in self.guidance], "classes": self.classes,
+                # a batch-coupled term (tilted guidance) makes samples depend on who shares their batch
+                "batch_size": hp.batch_size if any(t.couples_batch for t in self.guidance) else None}
 
     def scale_dir(self, scale: float) -> Path:
         return self.output_dir / f"{self.hparams.scale_target}_{scale:g}"
