@@ -93,13 +93,13 @@ def summarize_step(step: Step, seconds: float) -> list[str]:
         lines += [f"Last logged values ({csv_path}):", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {v:.5g} |" for k, v in sorted(shown.items())] + [""]
     manifest = root / "manifest.json"
-    if manifest.is_file():
+    if step.command == "predict" and manifest.is_file():
         data = json.loads(manifest.read_text())
         lines += ["| scale | samples | picture |", "|---|---|---|"]
         for s, info in data["scales"].items():
             lines.append(f"| {s} | {info['count']} | ![{s}]({Path(info['grid']).resolve()}) |")
         lines.append("")
-    for table in sorted(root.rglob("metrics_table.md")):
+    for table in sorted(root.rglob("metrics_table.md")) if step.command != "predict" else []:
         lines += [f"Metrics ({table}):", "", table.read_text(), ""]
     return lines
 
