@@ -17,7 +17,7 @@ from pathlib import Path
 import lightning as L
 
 from ..evaluation.classifier_calibration import ClassifierCalibration, time_buckets
-from ..evaluation.plots import figure_dir, log_image, save_calibration_over_time
+from ..evaluation.plots import evaluation_due, figure_dir, log_image, save_calibration_over_time
 from ..evaluation.rank_split import LoaderBatchIds
 from ..io.atomic import atomic_write_text
 
@@ -49,13 +49,8 @@ class CalibrationOverTime(L.Callback):
             buckets = None  # a clean classifier: measured on clean images
         self.calibration = ClassifierCalibration(buckets, n_bins=self.n_bins, seed=self.seed)
 
-    def _due(self, trainer: L.Trainer) -> bool:
-        if trainer.sanity_checking:
-            return False
-        return trainer.state.fn != "fit" or (trainer.current_epoch + 1) % self.every_n_epochs == 0
-
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
-        self._active = self._due(trainer)
+        self._active = evaluation_due(trainer, self.every_n_epochs)
         if self._active:
             self._batch_ids.reset()
             self.calibration.to(pl_module.device).reset()

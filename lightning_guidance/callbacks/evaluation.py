@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..evaluation.generation import generate_for_ids
-from ..evaluation.plots import figure_dir, log_image, save_metrics_vs_scale
+from ..evaluation.plots import evaluation_due, figure_dir, log_image, save_metrics_vs_scale
 from ..evaluation.rank_split import LoaderBatchIds, check_enough_per_rank, owned_block
 from ..evaluation.sample_quality import SampleQuality
 from ..guidance.base import GuidanceTerm, check_guidance_for_sampler
@@ -64,13 +64,8 @@ class SampleQualityEvaluation(L.Callback):
                              f"makes {tuple(pl_module.data_shape)}")
         check_enough_per_rank(self.num_samples, trainer.world_size, "SampleQualityEvaluation num_samples")
 
-    def _due(self, trainer: L.Trainer) -> bool:
-        if trainer.sanity_checking:
-            return False
-        return trainer.state.fn != "fit" or (trainer.current_epoch + 1) % self.every_n_epochs == 0
-
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
-        self._active = self._due(trainer)
+        self._active = evaluation_due(trainer, self.every_n_epochs)
         if self._active:
             self._batch_ids.reset()
             self.quality.to(pl_module.device).reset()

@@ -134,3 +134,11 @@ def figure_dir(trainer, dirname: str) -> Path:
     """``<log_dir or default_root_dir>/<dirname>``. Collective under DDP (``trainer.log_dir`` broadcasts rank 0's
     folder): every rank must call it, before any ``if trainer.is_global_zero``."""
     return Path(trainer.log_dir or trainer.default_root_dir) / dirname
+
+
+def evaluation_due(trainer, every_n_epochs: int) -> bool:
+    """Whether an every-N-epochs evaluation callback runs in this validation: never in the sanity check, every
+    N-th epoch during fit, always in a stand-alone ``validate``."""
+    if trainer.sanity_checking:
+        return False
+    return trainer.state.fn != "fit" or (trainer.current_epoch + 1) % every_n_epochs == 0

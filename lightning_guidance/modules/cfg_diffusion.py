@@ -20,7 +20,8 @@ from ..diffusion.noise import PerSampleNoise
 from ..diffusion.parameterization import check_prediction, training_target
 from ..diffusion.schedules import VPSchedule
 from ..guidance.base import GuidanceTerm
-from .common import adamw_with_warmup, check_data_shape, check_finite_loss, reseed_for_step, spec_only_hparams
+from .common import (adamw_with_warmup, check_against_datamodule, check_finite_loss, reseed_for_step,
+                     spec_only_hparams)
 
 
 class CFGDiffusion(L.LightningModule):
@@ -57,12 +58,7 @@ class CFGDiffusion(L.LightningModule):
         return tuple(self.net.data_shape)
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "data_shape"):
-            check_data_shape(self.net, dm.data_shape, "CFGDiffusion")
-            if getattr(dm, "num_classes", self.num_classes) != self.num_classes:
-                raise ValueError(f"CFGDiffusion: data has {dm.num_classes} classes but the net was built for "
-                                 f"{self.num_classes}; set the net's num_classes to match")
+        check_against_datamodule(self, "CFGDiffusion")
 
     # ---- training ---------------------------------------------------------------------------------
     def diffusion_loss(self, x0: Tensor, y: Tensor, p_uncond: float) -> Tensor:

@@ -49,3 +49,14 @@ def spec_only_hparams(checkpoint: dict, net: nn.Module) -> None:
     hp = checkpoint.get("hyper_parameters", {})
     if isinstance(hp.get("net"), nn.Module):
         hp["net"] = {"class_path": f"{type(net).__module__}.{type(net).__qualname__}", "init_args": None}
+
+
+def check_against_datamodule(module, where: str, check_classes: bool = True) -> None:
+    """In ``setup``: the trainer's datamodule must have the data shape (and class count) the module's net was built for."""
+    dm = getattr(module.trainer, "datamodule", None) if module._trainer is not None else None
+    if dm is None or not hasattr(dm, "data_shape"):
+        return
+    check_data_shape(module.net, dm.data_shape, where)
+    if check_classes and getattr(dm, "num_classes", module.num_classes) != module.num_classes:
+        raise ValueError(f"{where}: data has {dm.num_classes} classes but the net was built for "
+                         f"{module.num_classes}; set the net's num_classes to match")

@@ -15,7 +15,8 @@ from torch import Tensor, nn
 
 from ..diffusion.denoiser import check_labels
 from ..diffusion.schedules import VPSchedule
-from .common import adamw_with_warmup, check_data_shape, check_finite_loss, reseed_for_step, spec_only_hparams
+from .common import (adamw_with_warmup, check_against_datamodule, check_finite_loss, reseed_for_step,
+                     spec_only_hparams)
 
 
 class NoisyClassifier(L.LightningModule):
@@ -50,12 +51,7 @@ class NoisyClassifier(L.LightningModule):
         return int(self.net.num_classes)
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "data_shape"):
-            check_data_shape(self.net, dm.data_shape, "NoisyClassifier")
-            if getattr(dm, "num_classes", self.num_classes) != self.num_classes:
-                raise ValueError(f"NoisyClassifier: data has {dm.num_classes} classes but the net was built for "
-                                 f"{self.num_classes}")
+        check_against_datamodule(self, "NoisyClassifier")
 
     def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
         return self.net(x, t)

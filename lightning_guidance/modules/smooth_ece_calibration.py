@@ -49,12 +49,7 @@ from ..evaluation.plots import log_image, save_calibration_over_time
 from ..evaluation.rank_split import LoaderBatchIds
 from ..io.atomic import atomic_path, atomic_write_text
 from ..io.checkpoints import load_classifier, read_checkpoint
-from .common import (
-    adamw_with_warmup,
-    check_data_shape,
-    check_finite_loss,
-    reseed_for_step,
-)
+from .common import adamw_with_warmup, check_against_datamodule, check_finite_loss, reseed_for_step
 
 TRAINABLE = ("all", "head")
 CALIBRATED_CLASSIFIER = "calibrated_classifier.ckpt"
@@ -115,9 +110,7 @@ class SmoothECECalibration(L.LightningModule):
         return int(self.net.num_classes)
 
     def setup(self, stage: str) -> None:
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "data_shape"):
-            check_data_shape(self.net, dm.data_shape, "SmoothECECalibration")
+        check_against_datamodule(self, "SmoothECECalibration", check_classes=False)
 
     def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
         return self.net(x, t)
