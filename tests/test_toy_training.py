@@ -50,6 +50,7 @@ def test_1d_mixture_samples_match_the_exact_density(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)
 def test_fractal_samples_match_the_exact_density(tmp_path):
     from lightning_guidance.toy.fractal2d import fractal_2d
 
