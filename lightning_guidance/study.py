@@ -9,7 +9,6 @@ quotes only figures the steps just wrote (metrics.csv, shard manifests, metric t
 from __future__ import annotations
 
 import csv
-import json
 import shlex
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from pathlib import Path
 import yaml
 
 from .io.atomic import atomic_write_text
+from .io.shards import read_manifest
+from .io.tables import markdown_table
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
@@ -90,15 +91,13 @@ def summarize_step(step: Step, seconds: float) -> list[str]:
     for csv_path in sorted(root.rglob("metrics.csv")):
         m = _last_metrics(csv_path)
         shown = {k: v for k, v in m.items() if k.startswith(("train/", "val/", "test/")) or k == "step"}
-        lines += [f"Last logged values ({csv_path}):", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.5g} |" for k, v in sorted(shown.items())] + [""]
-    manifest = root / "manifest.json"
-    if step.command == "predict" and manifest.is_file():
-        data = json.loads(manifest.read_text())
-        lines += ["| scale | samples | picture |", "|---|---|---|"]
-        for s, info in data["scales"].items():
-            lines.append(f"| {s} | {info['count']} | ![{s}]({Path(info['grid']).resolve()}) |")
-        lines.append("")
+        lines += [f"Last logged values ({csv_path}):", ""]
+        lines += markdown_table(["metric", "value"], [(k, f"{v:.5g}") for k, v in sorted(shown.items())]) + [""]
+    data = read_manifest(root) if step.command == "predict" else None
+    if data is not None:
+        lines += markdown_table(["scale", "samples", "picture"],
+                                [(s, info["count"], f"![{s}]({Path(info['grid']).resolve()})")
+                                 for s, info in data["scales"].items()]) + [""]
     for table in sorted(root.rglob("metrics_table.md")) if step.command != "predict" else []:
         lines += [f"Metrics ({table}):", "", table.read_text(), ""]
     return lines

@@ -149,7 +149,7 @@ trainer:
     - {class_path: lightning_guidance.callbacks.ema.EMA, init_args: {decay: 0.9}}
     - {class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {save_last: true}}
     - class_path: lightning_guidance.callbacks.sample_grid.SampleGrid
-      init_args: {every_n_epochs: 1, per_class: 2, cfg_scales: [1.0, 3.0], num_steps: 2}
+      init_args: {every_n_epochs: 1, per_class: 2, cfg_scales: [1.0, 3.0], sampler_kwargs: {num_steps: 2}}
 """)
     grids = []
     from lightning_guidance.callbacks import sample_grid
@@ -169,9 +169,9 @@ trainer:
     pictures = sorted((tmp_path / "logs" / "samples").glob("*.png"))
     assert [p.name for p in pictures] == ["epoch0000_cfg1.png", "epoch0000_cfg3.png"]
     # the grid was drawn from the EMA weights of the checkpoint, not the raw ones
-    from lightning_guidance.io.checkpoints import load_cfg_diffusion
+    from lightning_guidance.modules.cfg_diffusion import CFGDiffusion
 
-    ema = load_cfg_diffusion(tmp_path / "checkpoints" / "last.ckpt")
+    ema = CFGDiffusion.from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     labels = torch.arange(10).repeat_interleave(2)
     again = ema.generate(labels, torch.arange(20), sampler="ddim", cfg_scale=1.0, num_steps=2)
     torch.testing.assert_close(grids[0], again)

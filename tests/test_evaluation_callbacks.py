@@ -40,12 +40,13 @@ from torchmetrics.classification import MulticlassCalibrationError
 from lightning_guidance.diffusion.noise import PerSampleNoise
 from lightning_guidance.diffusion.sampling import sample
 from lightning_guidance.diffusion.schedules import VPSchedule
-from lightning_guidance.evaluation.guidance_trace import GuidanceTrace, summarize_trace
-from lightning_guidance.evaluation.judge import Judge
-from lightning_guidance.evaluation.rank_split import LoaderBatchIds, owned_block
-from lightning_guidance.evaluation.sample_quality import SampleQuality
+from lightning_guidance.guidance.trace import GuidanceTrace, summarize_trace
+from lightning_guidance.metrics.judge import Judge
+from lightning_guidance.data.rank_split import LoaderBatchIds, owned_block
+from lightning_guidance.metrics.sample_quality import SampleQuality
 from lightning_guidance.guidance import ClassifierGuidance, GuidanceTerm
-from lightning_guidance.io.checkpoints import TrainedClassifier, load_cfg_diffusion
+from lightning_guidance.modules.cfg_diffusion import CFGDiffusion
+from lightning_guidance.nets import TrainedClassifier
 from lightning_guidance.metrics import FrechetDistance
 from lightning_guidance.nets import EncoderClassifier, MLPClassifier
 
@@ -179,7 +180,7 @@ trainer:
       init_args: {{save_last: true}}
     - class_path: lightning_guidance.callbacks.evaluation.SampleQualityEvaluation
       init_args:
-        judge: {{class_path: lightning_guidance.evaluation.judge.Judge, init_args: {{checkpoint: {judge}}}}}
+        judge: {{class_path: lightning_guidance.metrics.judge.Judge, init_args: {{checkpoint: {judge}}}}}
         every_n_epochs: 1
         num_samples: 20
         cfg_scales: [1.0, 3.0]
@@ -192,7 +193,7 @@ trainer:
           - class_path: lightning_guidance.guidance.ClassifierGuidance
             init_args:
               scale: 2.0
-              classifier: {{class_path: lightning_guidance.io.checkpoints.TrainedClassifier,
+              classifier: {{class_path: lightning_guidance.nets.TrainedClassifier,
                             init_args: {{checkpoint: {guide}}}}}
         num_samples: 8
         sampler_kwargs: {{num_steps: 4}}
@@ -229,7 +230,7 @@ def test_sample_quality_callback_evaluates_the_ema_weights(trained_with_callback
     _, real_features = judge_logits_and_features(judge, x_real)
     labels, seeds = torch.arange(20) % 10, 11 + torch.arange(20)
     for use_ema, s in ((True, 1.0), (True, 3.0), (False, 3.0)):
-        model = load_cfg_diffusion(root / "checkpoints" / "last.ckpt", use_ema=use_ema)
+        model = CFGDiffusion.from_checkpoint(root / "checkpoints" / "last.ckpt", use_ema=use_ema)
         x = model.generate(labels, seeds, sampler="ddim", cfg_scale=s, num_steps=4)
         logits, features = judge_logits_and_features(judge, x)
         fd = frechet_scipy(real_features, features)
@@ -266,7 +267,7 @@ class StateProbe(GuidanceTerm):
 
 
 def test_trace_matches_autograd_and_leaves_sampling_unchanged(tmp_path_factory):
-    model = load_cfg_diffusion(cfg_checkpoint(tmp_path_factory))
+    model = CFGDiffusion.from_checkpoint(cfg_checkpoint(tmp_path_factory))
     classifier = TrainedClassifier(str(noisy_classifier_checkpoint(tmp_path_factory)))
     labels, seeds = torch.arange(6) % 10, torch.arange(6)
 
@@ -317,7 +318,7 @@ class LinearLogits(nn.Module):
 @pytest.mark.parametrize("classifier, vanishing, confidence", [(FixedLogits(), 1.0, 1.0), (LinearLogits(), 0.0, None)])
 def test_trace_closed_forms(classifier, vanishing, confidence):
     from lightning_guidance.diffusion.denoiser import DenoiserOutput
-    from lightning_guidance.guidance.base import GuidanceState
+    from lightning_guidance.diffusion.plug import GuidanceState
 
     x = torch.randn(5, 2)
     y = torch.zeros(5, dtype=torch.long)
@@ -348,7 +349,7 @@ model:
       - class_path: lightning_guidance.guidance.ClassifierGuidance
         init_args:
           scale: 1.0
-          classifier: {{class_path: lightning_guidance.io.checkpoints.TrainedClassifier,
+          classifier: {{class_path: lightning_guidance.nets.TrainedClassifier,
                         init_args: {{checkpoint: {guide}}}}}
 """)
     (tmp_path / "diagnostics.yaml").write_text("""

@@ -1,4 +1,4 @@
-"""The 2D fractal (MATH.md §6, after Karras et al. 2024's toy example): structure, hand-derived components, oracles.
+"""The 2D fractal (docs/math.md §6, after Karras et al. 2024's toy example): structure, hand-derived components, oracles.
 
 The expected component values below are derived in the test from the formulas and the draw order of
 ``numpy.random.RandomState(2)`` (one dist draw per branch, then one angle draw per child just before that child
@@ -32,7 +32,7 @@ def draws():
 
 
 def _branch(pos, angle, depth, dist_draw):
-    """Means (8, 2), covariance (2, 2) and unnormalised weight of one branch, written out from MATH.md §6."""
+    """Means (8, 2), covariance (2, 2) and unnormalised weight of one branch, written out from docs/math.md §6."""
     d = np.array([math.cos(angle), math.sin(angle)])
     dist = 0.292 * 0.8 ** depth * (0.2 * dist_draw + 1)
     thick = 0.2 * 0.8 ** depth / dist

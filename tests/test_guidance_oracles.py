@@ -1,4 +1,4 @@
-"""Guidance on exact toy models (MATH.md §2, §5, §6): with the exact noisy posterior as classifier, classifier
+"""Guidance on exact toy models (docs/math.md §2, §5, §6): with the exact noisy posterior as classifier, classifier
 guidance turns the exact unconditional score into the exact conditional one, and CG/CFG push samples away from
 the decision boundary the more, the larger the scale (Zhao & Schwing 2025)."""
 

@@ -1,4 +1,4 @@
-"""Guidance terms against hand-derived closed forms (MATH.md §2-4), built from per-class logit gradients
+"""Guidance terms against hand-derived closed forms (docs/math.md §2-4), built from per-class logit gradients
 ``g_i = ∇_x f_i`` that the test computes itself with autograd."""
 
 import math
@@ -13,7 +13,7 @@ from lightning_guidance.diffusion.parameterization import eps_to_x0
 from lightning_guidance.guidance import (CFGPlusClassifierGuidance, ClassifierGuidance, DivergenceGuidance,
                                          EntropyAdaptiveGuidance, GuidanceState, LinearSchedule,
                                          OffTheShelfGuidance, TiltedGuidance, TimeIntervalSchedule, total_guidance)
-from lightning_guidance.guidance.base import check_guidance_for_sampler
+from lightning_guidance.diffusion.plug import check_guidance_for_sampler
 from lightning_guidance.guidance.log_likelihood import log_likelihood
 
 B, D, K = 6, 5, 4
@@ -293,7 +293,7 @@ def test_entropy_bonus_mode_adds_the_entropy_gradient():
 # ---- f-divergences ------------------------------------------------------------------------------------------
 
 def divergence_closed_form(kind, f, G, y, eps):
-    """MATH.md §4's ``-∇_x D(q, p)`` with ``q = (1-eps) e_y + eps/K``."""
+    """docs/math.md §4's ``-∇_x D(q, p)`` with ``q = (1-eps) e_y + eps/K``."""
     p = torch.softmax(f, 1)
     q = (1 - eps) * onehot(y) + eps / K
     mean_g = weighted(p, G).unsqueeze(1)  # sum_j p_j g_j
@@ -369,9 +369,27 @@ def test_bad_options_are_clear_errors():
         OffTheShelfGuidance(clf, sine_gamma=0.3)(make_state(sampler="ddpm"))
 
 
-def test_unsupported_sampler_is_refused_by_the_term_too():
+def test_unsupported_sampler_is_refused_before_any_step():
+    """The sampler-kind check runs once, when a module/callback is built (check_sampling) and in the sampler's
+    prologue, never per step inside a term."""
+    from lightning_guidance.diffusion.ddim import ddim_sample
+    from lightning_guidance.diffusion.noise import PerSampleNoise
+    from lightning_guidance.diffusion.sampling import check_sampling
+    from lightning_guidance.diffusion.schedules import VPSchedule
+
+    term = OffTheShelfGuidance(TinyClassifier(), sine_gamma=0.3)
     with pytest.raises(ValueError, match="cannot run on the ddim sampler"):
-        OffTheShelfGuidance(TinyClassifier(), sine_gamma=0.3)(make_state(sampler="ddim"))
+        check_sampling("ddim", {"num_steps": 5}, [term])
+    calls = []
+
+    def denoiser(*args):
+        calls.append(args)
+        raise AssertionError("the sampler must refuse the term before its first step")
+
+    with pytest.raises(ValueError, match="cannot run on the ddim sampler"):
+        ddim_sample(denoiser, VPSchedule.from_name("linear", 100), torch.zeros(2, dtype=torch.long),
+                    PerSampleNoise([0, 1]), (D,), num_steps=5, guidance=[term])
+    assert calls == []
 
 
 class SqrtClassifier(nn.Module):

@@ -19,11 +19,11 @@ import yaml
 from torch import nn
 
 from helpers import CONFIGS, cli
-from lightning_guidance.io.checkpoints import TrainedClassifier
+from lightning_guidance.nets import TrainedClassifier
 from lightning_guidance.io.shards import read_shard
 
 SAMPLERS = ("ddpm", "ddim", "edm")
-TRAINED_CLASSIFIER = "lightning_guidance.io.checkpoints.TrainedClassifier"
+TRAINED_CLASSIFIER = "lightning_guidance.nets.TrainedClassifier"
 
 
 def _read(path: Path) -> dict:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from helpers import CONFIGS, ROOT, cli, load
 from lightning_guidance.data.digits import DigitsDataModule
 from lightning_guidance.diffusion.schedules import VPSchedule
-from lightning_guidance.io.checkpoints import TrainedClassifier
+from lightning_guidance.nets import TrainedClassifier
 from lightning_guidance.nets import MLPClassifier
 from lightning_guidance.toy import two_class_mixture_1d
 

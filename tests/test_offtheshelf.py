@@ -1,4 +1,4 @@
-"""Off-the-shelf classifier adapter and the ReLU -> Softplus swap (MATH.md §3, EluCD design 2).
+"""Off-the-shelf classifier adapter and the ReLU -> Softplus swap (docs/math.md §3, EluCD design 2).
 
 No network here: models are randomly initialised and weight files are written by the tests themselves.
 The independent check that no ReLU runs is an aten-level dispatch recorder (below the functions the swap

@@ -29,7 +29,7 @@ from lightning_guidance.diffusion.noise import PerSampleNoise
 from lightning_guidance.diffusion.parameterization import eps_to_x0
 from lightning_guidance.diffusion.sampling import sample, sampler_options
 from lightning_guidance.diffusion.schedules import VPSchedule
-from lightning_guidance.guidance.base import GuidanceTerm
+from lightning_guidance.diffusion.plug import GuidanceTerm
 
 T = 1000
 

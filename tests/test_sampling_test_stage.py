@@ -240,7 +240,7 @@ model:
     guidance:
       - class_path: lightning_guidance.guidance.OffTheShelfGuidance
         init_args:
-          classifier: {{class_path: lightning_guidance.io.checkpoints.TrainedClassifier,
+          classifier: {{class_path: lightning_guidance.nets.TrainedClassifier,
                         init_args: {{checkpoint: {judge}}}}}
 """)  # a clean classifier guiding through x0_hat, as an off-the-shelf guide does
     args = stage_args(ckpt, tmp_path / "o", judge)

@@ -34,13 +34,11 @@ from lightning_guidance.calibration import (
 from lightning_guidance.data.digits import DigitsDataModule
 from lightning_guidance.diffusion.noise import PerSampleNoise
 from lightning_guidance.diffusion.sampling import sample
-from lightning_guidance.evaluation.heldout_split import HeldOutSplit
+from lightning_guidance.data.heldout_split import HeldOutSplit
 from lightning_guidance.guidance import ClassifierGuidance
-from lightning_guidance.io.checkpoints import (
-    TrainedClassifier,
-    load_cfg_diffusion,
-    load_classifier,
-)
+from lightning_guidance.modules.cfg_diffusion import CFGDiffusion
+from lightning_guidance.modules.noisy_classifier import NoisyClassifier
+from lightning_guidance.nets import TrainedClassifier
 from lightning_guidance.modules.smooth_ece_calibration import (
     CALIBRATED_CLASSIFIER,
     calibration_loss,
@@ -112,7 +110,7 @@ def test_export_is_a_classifier_checkpoint_with_only_the_head_changed(calibrated
     assert exported["state_dict"].keys() == original["state_dict"].keys()
     changed = {k for k, v in exported["state_dict"].items() if not torch.equal(v, original["state_dict"][k])}
     assert changed == {"net.head.proj.weight", "net.head.proj.bias"}  # trainable: head (the class layer)
-    module = load_classifier(root / "checkpoints" / CALIBRATED_CLASSIFIER)
+    module = NoisyClassifier.from_checkpoint(root / "checkpoints" / CALIBRATED_CLASSIFIER)
     assert not module.hparams.noisy and module.num_classes == 10
     lightning_ckpt = load(root / "checkpoints" / "last.ckpt")  # resumable: SmoothECECalibration's own hparams
     assert lightning_ckpt["hyper_parameters"]["smooth_ece_weight"] == 2.0
@@ -154,7 +152,7 @@ def test_noisy_classifier_fine_tune_over_time_plugs_into_guidance(tmp_path, tmp_
         sum(table["after"][f"ece_{b}"] for b in table["buckets"]) / 4)  # the integral ECE
     calibrated = TrainedClassifier(str(tmp_path / "checkpoints" / CALIBRATED_CLASSIFIER))
     assert calibrated.noisy
-    model = load_cfg_diffusion(cfg_checkpoint(tmp_path_factory))
+    model = CFGDiffusion.from_checkpoint(cfg_checkpoint(tmp_path_factory))
     labels = torch.arange(4)
     x = sample("ddim", model.denoiser(1.0), model.schedule, labels, PerSampleNoise(range(4)), (1, 8, 8),
                guidance=[ClassifierGuidance(calibrated, scale=2.0)], num_steps=3)

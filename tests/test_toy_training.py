@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import CONFIGS, cli
-from lightning_guidance.io.checkpoints import load_cfg_diffusion
+from lightning_guidance.modules.cfg_diffusion import CFGDiffusion
 
 SAMPLERS = [("ddpm", {"num_steps": 100}), ("ddim", {"num_steps": 50}), ("edm", {"num_steps": 32})]
 
@@ -20,7 +20,7 @@ SAMPLERS = [("ddpm", {"num_steps": 100}), ("ddim", {"num_steps": 50}), ("edm", {
 def _train_and_judge(tmp_path, config, max_steps, *overrides):
     cli("fit", "--config", CONFIGS / config, "--trainer.default_root_dir", tmp_path, "--trainer.max_steps", max_steps,
         "--trainer.enable_progress_bar", "false", *overrides)
-    return load_cfg_diffusion(tmp_path / "checkpoints" / "last.ckpt")
+    return CFGDiffusion.from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
 
 
 def _scores(model, mixture, n=2000):

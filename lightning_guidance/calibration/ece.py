@@ -1,7 +1,7 @@
 """Binned expected calibration error (ECE) of top-label confidences, and its integral over diffusion time.
 
 ECE (Guo et al. 2017, eq. 3; Naeini et al. 2015): with equal-width confidence bins ``B_b``,
-``ECE = sum_b |B_b|/n |acc(B_b) - conf(B_b)|``. Integral ECE (EluCD, Ma et al., MATH.md §3):
+``ECE = sum_b |B_b|/n |acc(B_b) - conf(B_b)|``. Integral ECE (EluCD, Ma et al., docs/math.md §3):
 ``ECE_int = (1/K) sum_k ECE(t_k)``.
 
 The bins follow torchmetrics 1.9 (``MulticlassCalibrationError(norm="l1")``) exactly, so the numbers here and the
@@ -72,8 +72,20 @@ def expected_calibration_error(confidence: Tensor, correct: Tensor, n_bins: int 
 
 
 def integral_ece(eces: Tensor | Sequence[float]) -> Tensor:
-    """Integral calibration error ``(1/K) sum_k ECE(t_k)`` over K time steps (EluCD, MATH.md §3); NaN propagates."""
+    """Integral calibration error ``(1/K) sum_k ECE(t_k)`` over K time steps (EluCD, docs/math.md §3); NaN propagates."""
     eces = torch.as_tensor(eces, dtype=torch.float64) if not isinstance(eces, Tensor) else eces
     if eces.numel() == 0:
         raise ValueError("integral_ece needs the ECE of at least one time step, got none")
     return eces.mean()
+
+
+def time_buckets(t_range: Sequence[float], num_buckets: int) -> list[tuple[float, float]]:
+    """``num_buckets`` equal sub-intervals of ``t_range``."""
+    lo, hi = (float(v) for v in t_range)
+    if num_buckets < 1 or not 0.0 <= lo < hi <= 1.0:
+        raise ValueError(f"need num_buckets >= 1 and 0 <= lo < hi <= 1, got {num_buckets} and {t_range}")
+    return [(lo + (hi - lo) * k / num_buckets, lo + (hi - lo) * (k + 1) / num_buckets) for k in range(num_buckets)]
+
+
+def bucket_name(bucket: tuple[float, float] | None) -> str:
+    return "clean" if bucket is None else f"t{bucket[0]:.2f}-{bucket[1]:.2f}"

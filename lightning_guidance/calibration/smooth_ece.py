@@ -5,7 +5,7 @@ of width ``sigma`` reflected at 0 and 1:
 
     smECE_sigma = ∫_0^1 |r^(z)| δ^(z) dz = ∫_0^1 |sum_i K(z, c_i) r_i| dz / ∫_0^1 sum_i K(z, c_i) dz,
 
-and smECE is taken at the bandwidth where ``smECE_sigma = sigma`` (found by bisection). MATH.md §4.
+and smECE is taken at the bandwidth where ``smECE_sigma = sigma`` (found by bisection). docs/math.md §4.
 
 The discretisation is that of the reference estimator, relplot 1.0.3 (``relplot.smECE``), so the numbers agree with
 it to float precision: each sample is split linearly between its two neighbours on a grid of
@@ -91,7 +91,7 @@ def smooth_ece_fixed_bandwidth(confidence: Tensor, correct: Tensor, sigma: float
     """smECE_sigma at a fixed bandwidth; differentiable in ``confidence`` (for ``CE + lambda * smECE`` training).
 
     ``sigma`` is a constant: a tensor is read with ``float()``, so no gradient flows through it. To train at the
-    automatic bandwidth, compute ``smooth_ece_bandwidth`` on the detached batch and pass it here (MATH.md §4).
+    automatic bandwidth, compute ``smooth_ece_bandwidth`` on the detached batch and pass it here (docs/math.md §4).
     ``correct`` is treated as data (detached). ``num_grid`` (kernel grid points) and ``num_eval`` (evaluation points)
     default to relplot's choices for this ``sigma``. Computed in float64, returned in ``confidence``'s dtype.
     """

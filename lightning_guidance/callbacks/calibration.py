@@ -2,7 +2,7 @@
 
 For a ``NoisyClassifier`` (or anything with ``net``, ``schedule`` and ``hparams.noisy`` / ``hparams.t_range``): every
 validation batch is noised to the centre of each of ``num_buckets`` time buckets with per-sample noise (see
-:class:`~lightning_guidance.evaluation.classifier_calibration.ClassifierCalibration`); a clean classifier is measured on
+:class:`~lightning_guidance.metrics.classifier_calibration.ClassifierCalibration`); a clean classifier is measured on
 clean images. Padded repeats of Lightning's distributed sampler are dropped by sample index, states reduce across
 ranks, so one and several processes give the same figures. Logged: ``val/ece``, ``val/smooth_ece`` (means over the
 buckets: ``val/ece`` is the integral ECE) and ``val/ece_<bucket>``, ``val/smooth_ece_<bucket>``; a PNG per validation
@@ -16,10 +16,12 @@ from pathlib import Path
 
 import lightning as L
 
-from ..evaluation.classifier_calibration import ClassifierCalibration, time_buckets
-from ..evaluation.plots import evaluation_due, figure_dir, log_image, save_calibration_over_time
-from ..evaluation.rank_split import LoaderBatchIds
+from ..data.rank_split import LoaderBatchIds
 from ..io.atomic import atomic_write_text
+from ..io.figures import save_calibration_over_time
+from ..calibration.ece import time_buckets
+from ..metrics.classifier_calibration import ClassifierCalibration
+from ..modules.trainer_io import evaluation_due, figure_dir, log_image
 
 
 class CalibrationOverTime(L.Callback):

@@ -20,12 +20,14 @@ import lightning as L
 import torch
 from torch import nn
 
-from ..evaluation.generation import generate_for_ids
-from ..evaluation.plots import evaluation_due, figure_dir, log_image, save_metrics_vs_scale
-from ..evaluation.rank_split import LoaderBatchIds, check_enough_per_rank, owned_block
-from ..evaluation.sample_quality import SampleQuality
-from ..guidance.base import GuidanceTerm, check_guidance_for_sampler
+from ..data.rank_split import LoaderBatchIds, check_enough_per_rank, owned_block
+from ..diffusion.plug import GuidanceTerm
+from ..diffusion.sampling import check_sampling, sample_ids
 from ..io.atomic import atomic_write_text
+from ..io.figures import save_metrics_vs_scale
+from ..metrics.sample_quality import SampleQuality
+from ..modules.cfg_diffusion import CFGDiffusion
+from ..modules.trainer_io import evaluation_due, figure_dir, log_image
 
 
 class SampleQualityEvaluation(L.Callback):
@@ -39,7 +41,7 @@ class SampleQualityEvaluation(L.Callback):
         if not cfg_scales:
             raise ValueError("cfg_scales must list at least one CFG scale")
         self.guidance = list(guidance or [])
-        check_guidance_for_sampler(self.guidance, sampler)
+        sampler_kwargs = check_sampling(sampler, sampler_kwargs, self.guidance)
         self.judge = judge
         self.every_n_epochs, self.num_samples, self.batch_size = every_n_epochs, num_samples, batch_size
         self.cfg_scales = [float(s) for s in cfg_scales]
@@ -53,8 +55,8 @@ class SampleQualityEvaluation(L.Callback):
         self._active = False
 
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
-        if not hasattr(pl_module, "generate"):
-            raise TypeError(f"SampleQualityEvaluation evaluates a diffusion module with generate() (CFGDiffusion); "
+        if not isinstance(pl_module, CFGDiffusion):
+            raise TypeError(f"SampleQualityEvaluation evaluates a CFGDiffusion model while it trains; "
                             f"got {type(pl_module).__name__}")
         if self.judge.num_classes != pl_module.num_classes:
             raise ValueError(f"the judge knows {self.judge.num_classes} classes, the diffusion model "
@@ -74,9 +76,9 @@ class SampleQualityEvaluation(L.Callback):
         ids = torch.tensor(list(owned_block(self.num_samples, trainer.global_rank, trainer.world_size)))
         classes = list(range(pl_module.num_classes))
         for scale, group in zip(self.cfg_scales, self.groups):
-            generate_for_ids(pl_module, ids, classes, self.seed, self.sampler, self.sampler_kwargs, scale,
-                             self.guidance, self.batch_size,
-                             on_batch=lambda x, y, g=group: self.quality.update_generated(g, x, y))
+            sample_ids(pl_module, ids, classes, self.seed, sampler=self.sampler, sampler_kwargs=self.sampler_kwargs,
+                       cfg_scale=scale, guidance=self.guidance, batch_size=self.batch_size,
+                       on_batch=lambda x, y, g=group: self.quality.update_generated(g, x, y))
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if not self._active or dataloader_idx != 0:

@@ -1,6 +1,6 @@
 """Guidance diagnostics along the sampling trajectory: the guidance-gradient size against t, the fraction of samples
 whose gradient vanished, and the classifier's confidence in the requested class (see
-:mod:`lightning_guidance.evaluation.guidance_trace`; the failure mode of Javid et al. 2025, MATH.md §4).
+:mod:`lightning_guidance.guidance.trace`; the failure mode of Javid et al. 2025, docs/math.md §4).
 
 Where it runs:
 
@@ -23,12 +23,14 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from ..evaluation.generation import generate_for_ids
-from ..evaluation.guidance_trace import GuidanceTrace, summarize_trace
-from ..evaluation.plots import figure_dir, log_image, save_guidance_diagnostics
-from ..evaluation.rank_split import check_enough_per_rank, owned_block
-from ..guidance.base import GuidanceTerm, check_guidance_for_sampler
+from ..data.rank_split import check_enough_per_rank, owned_block
+from ..diffusion.plug import GuidanceTerm
+from ..diffusion.sampling import check_sampling, sample_ids
+from ..guidance.trace import GuidanceTrace, summarize_trace
 from ..io.atomic import atomic_write_text
+from ..io.figures import save_guidance_diagnostics
+from ..modules.sampling import SamplingModule
+from ..modules.trainer_io import evaluation_due, figure_dir, log_image
 
 
 class GuidanceDiagnostics(L.Callback):
@@ -40,7 +42,7 @@ class GuidanceDiagnostics(L.Callback):
         if vanishing_rms <= 0:
             raise ValueError(f"vanishing_rms must be > 0, got {vanishing_rms}")
         self.guidance = list(guidance or [])
-        check_guidance_for_sampler(self.guidance, sampler)
+        sampler_kwargs = check_sampling(sampler, sampler_kwargs, self.guidance)
         self.cfg_scale, self.every_n_epochs, self.num_samples = float(cfg_scale), every_n_epochs, num_samples
         self.sampler, self.sampler_kwargs, self.seed = sampler, dict(sampler_kwargs or {}), seed
         self.batch_size, self.vanishing_rms, self.dirname = batch_size, float(vanishing_rms), dirname
@@ -50,11 +52,11 @@ class GuidanceDiagnostics(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         check_enough_per_rank(self.num_samples, trainer.world_size, "GuidanceDiagnostics num_samples")
-        if hasattr(pl_module, "guidance_at"):  # SamplingModule: it brings its own guidance
+        if isinstance(pl_module, SamplingModule):  # it brings its own guidance
             if self.guidance:
                 raise ValueError("GuidanceDiagnostics on a SamplingModule traces the module's own guidance; "
                                  "leave the callback's guidance empty")
-            if not pl_module.guidance:
+            if not pl_module.sweep.terms:
                 raise ValueError("GuidanceDiagnostics: this SamplingModule runs no guidance term (CFG only); "
                                  "there is no guidance gradient to trace")
         elif not self.guidance:
@@ -62,17 +64,14 @@ class GuidanceDiagnostics(L.Callback):
                              "TrainedClassifier) to trace during validation")
 
     # ---- tracing -------------------------------------------------------------------------------------
-    def trace(self, trainer: L.Trainer, diffusion, terms, cfg_scale: float, classes, seed: int, sampler: str,
-              sampler_kwargs: dict, batch_size: int) -> dict[str, dict]:
-        """Sample this rank's ids with every term traced; sums added across ranks (collective)."""
+    def trace(self, trainer: L.Trainer, draw, terms: list[GuidanceTerm], device) -> dict[str, dict]:
+        """``draw(ids, traced_terms)`` samples this rank's ids with every term traced; sums added across ranks
+        (collective)."""
         traces = [GuidanceTrace(t, self.vanishing_rms) for t in terms]
-        ids = torch.tensor(list(owned_block(self.num_samples, trainer.global_rank, trainer.world_size)))
-        generate_for_ids(diffusion, ids, classes, seed, sampler, sampler_kwargs, cfg_scale, traces, batch_size,
-                         on_batch=lambda x, y: None)
+        draw(torch.tensor(list(owned_block(self.num_samples, trainer.global_rank, trainer.world_size))), traces)
         out = {}
         for i, tr in enumerate(traces):
-            sums = tr.sums.to(diffusion.device)
-            sums = trainer.strategy.reduce(sums, reduce_op="sum").cpu()
+            sums = trainer.strategy.reduce(tr.sums.to(device), reduce_op="sum").cpu()
             out[f"{i}_{tr.name}"] = summarize_trace(sums, self.vanishing_rms)
         return out
 
@@ -92,15 +91,19 @@ class GuidanceDiagnostics(L.Callback):
 
     # ---- CFGDiffusion validation -------------------------------------------------------------------
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module) -> None:
-        self._active = not trainer.sanity_checking and not hasattr(pl_module, "guidance_at") and (
-            trainer.state.fn != "fit" or (trainer.current_epoch + 1) % self.every_n_epochs == 0)
+        self._active = not isinstance(pl_module, SamplingModule) and evaluation_due(trainer, self.every_n_epochs)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if not self._active or batch_idx != 0 or dataloader_idx != 0:
             return
         self._active = False
-        traces = self.trace(trainer, pl_module, self.guidance, self.cfg_scale, list(range(pl_module.num_classes)),
-                            self.seed, self.sampler, self.sampler_kwargs, self.batch_size)
+        classes = list(range(pl_module.num_classes))
+
+        def draw(ids, traced):
+            sample_ids(pl_module, ids, classes, self.seed, sampler=self.sampler, sampler_kwargs=self.sampler_kwargs,
+                       cfg_scale=self.cfg_scale, guidance=traced, batch_size=self.batch_size, on_batch=lambda x, y: None)
+
+        traces = self.trace(trainer, draw, self.guidance, pl_module.device)
         self.last = self._pending = traces
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
@@ -113,15 +116,16 @@ class GuidanceDiagnostics(L.Callback):
 
     # ---- SamplingModule test -------------------------------------------------------------------------
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        if not hasattr(pl_module, "guidance_at"):
+        if not isinstance(pl_module, SamplingModule):
             return
-        hp = pl_module.hparams
+        sweep = pl_module.sweep
         self.last = {}
-        for scale in hp.scales:
-            cfg, terms = pl_module.guidance_at(scale)
-            traces = self.trace(trainer, pl_module.diffusion, terms, cfg, pl_module.classes, hp.seed, hp.sampler,
-                                dict(hp.sampler_kwargs or {}), hp.batch_size)
-            tag = f"{hp.scale_target}_{scale:g}"
+        for value in sweep.values:
+            def draw(ids, traced, value=value):
+                pl_module.sample(ids, value, guidance=traced)
+
+            traces = self.trace(trainer, draw, sweep.at(value)[1], pl_module.device)
+            tag = sweep.folder(value)
             self.last[tag] = traces
             self._report(trainer, pl_module, "test", tag, traces, pl_module.output_dir / self.dirname, tag,
-                         f"{hp.scale_target} scale {scale:g}")
+                         f"{sweep.target} scale {value:g}")

@@ -11,23 +11,25 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from ..evaluation.plots import figure_dir
-from ..io.grids import save_sample_picture
+from ..diffusion.sampling import check_sampling
+from ..io.figures import save_sample_picture
+from ..modules.trainer_io import evaluation_due, figure_dir
 
 
 class SampleGrid(L.Callback):
     def __init__(self, every_n_epochs: int = 1, per_class: int = 8, cfg_scales: list[float] = (1.0,),
-                 sampler: str = "ddim", num_steps: int = 50, seed: int = 0, dirname: str = "samples"):
+                 sampler: str = "ddim", sampler_kwargs: dict | None = None, seed: int = 0, dirname: str = "samples"):
         if every_n_epochs < 1 or per_class < 1:
             raise ValueError("every_n_epochs and per_class must be >= 1")
         self.every_n_epochs, self.per_class = every_n_epochs, per_class
-        self.cfg_scales, self.sampler, self.num_steps = list(cfg_scales), sampler, num_steps
+        self.cfg_scales, self.sampler = list(cfg_scales), sampler
+        self.sampler_kwargs = check_sampling(sampler, sampler_kwargs)
         self.seed, self.dirname = seed, dirname
         self.last_paths: list[Path] = []
 
     def on_validation_batch_start(self, trainer: L.Trainer, pl_module, batch, batch_idx: int,
                                   dataloader_idx: int = 0) -> None:
-        if batch_idx or trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+        if batch_idx or not evaluation_due(trainer, self.every_n_epochs):
             return
         out_dir = figure_dir(trainer, self.dirname)  # collective under DDP: before the rank-0 test
         if not trainer.is_global_zero:
@@ -37,6 +39,6 @@ class SampleGrid(L.Callback):
         seeds = self.seed + torch.arange(len(labels))
         self.last_paths = []
         for s in self.cfg_scales:
-            x = pl_module.generate(labels, seeds, sampler=self.sampler, cfg_scale=s, num_steps=self.num_steps)
+            x = pl_module.generate(labels, seeds, sampler=self.sampler, cfg_scale=s, **self.sampler_kwargs)
             path = out_dir / f"epoch{trainer.current_epoch:04d}_cfg{s:g}.png"
             self.last_paths.append(save_sample_picture(x, labels, path, title=f"epoch {trainer.current_epoch}, cfg {s:g}"))

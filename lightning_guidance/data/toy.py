@@ -1,4 +1,4 @@
-"""DataModules for the exact toy distributions (MATH.md §6): samples drawn once from the exact mixture."""
+"""DataModules for the exact toy distributions (docs/math.md §6): samples drawn once from the exact mixture."""
 
 from __future__ import annotations
 

@@ -8,12 +8,12 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..guidance.base import GuidanceState, GuidanceTerm, check_guidance_for_sampler, total_guidance
+from .plug import GuidanceState, GuidanceTerm, total_guidance
 from .denoiser import Denoiser
 from .noise import PerSampleNoise
 from .parameterization import eps_to_x0, x0_to_eps
 from .schedules import VPSchedule
-from .step_end import end_of_step
+from .sampler_steps import begin_sampling, end_of_step
 
 
 def ddim_step(x0: Tensor, eps: Tensor, abar_t: float, abar_prev: float, eta: float = 0.0,
@@ -43,11 +43,9 @@ def ddim_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, noise:
     is recomputed from it. Randomness: x_T is each sample's first draw; with eta > 0 every step draws once more.
     Steps count from 0 (the noisiest); ``on_step(step, num_steps)`` runs after each.
     """
-    if len(labels) != len(noise):
-        raise ValueError(f"{len(labels)} labels but {len(noise)} seeds: give one seed per sample")
+    batch = begin_sampling("ddim", labels, noise, guidance, torch.float32, noise.device)
     if eta < 0:
         raise ValueError(f"DDIM eta must be >= 0, got {eta}")
-    check_guidance_for_sampler(guidance, "ddim")
     clip_x0 = getattr(denoiser, "clip_x0", False)
     respaced, kept = schedule.respace(num_steps)
     abars = respaced.alphas_cumprod.tolist()
@@ -55,7 +53,6 @@ def ddim_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, noise:
 
     # x_T ~ N(0, I), the first draw of every sample's generator
     x = noise.randn(shape)
-    batch = lambda value: torch.full((len(labels),), float(value), dtype=x.dtype, device=x.device)  # noqa: E731
     for step, k in enumerate(range(n - 1, -1, -1)):
         abar_t, abar_prev = abars[k], (abars[k - 1] if k > 0 else 1.0)
         t, abar = batch(schedule.model_time(kept[k])), batch(abar_t)

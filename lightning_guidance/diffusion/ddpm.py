@@ -8,11 +8,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..guidance.base import GuidanceState, GuidanceTerm, check_guidance_for_sampler, total_guidance
+from .plug import GuidanceState, GuidanceTerm, total_guidance
 from .denoiser import Denoiser
 from .noise import PerSampleNoise
 from .schedules import VPSchedule
-from .step_end import end_of_step
+from .sampler_steps import begin_sampling, end_of_step
 
 
 def ddpm_posterior(x_t: Tensor, x0: Tensor, abar_t: float, abar_prev: float) -> tuple[Tensor, float]:
@@ -41,16 +41,13 @@ def ddpm_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, noise:
     Randomness: x_T is each sample's first draw, then one draw per step except the last, so a sample depends
     only on its seed. Steps count from 0 (the noisiest); ``on_step(step, num_steps)`` runs after each.
     """
-    if len(labels) != len(noise):
-        raise ValueError(f"{len(labels)} labels but {len(noise)} seeds: give one seed per sample")
-    check_guidance_for_sampler(guidance, "ddpm")
+    batch = begin_sampling("ddpm", labels, noise, guidance, torch.float32, noise.device)
     respaced, kept = schedule.respace(schedule.num_train_steps if num_steps is None else num_steps)
     abars = respaced.alphas_cumprod.tolist()
     n = len(abars)
 
     # x_T ~ N(0, I), the first draw of every sample's generator
     x = noise.randn(shape)
-    batch = lambda value: torch.full((len(labels),), float(value), dtype=x.dtype, device=x.device)  # noqa: E731
     max_variance = None
     for step, k in enumerate(range(n - 1, -1, -1)):
         abar_t, abar_prev = abars[k], (abars[k - 1] if k > 0 else 1.0)

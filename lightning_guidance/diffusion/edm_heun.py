@@ -1,4 +1,4 @@
-"""EDM's stochastic Heun sampler (Karras et al. 2022, alg. 2) running a VP-trained model (MATH.md §7)."""
+"""EDM's stochastic Heun sampler (Karras et al. 2022, alg. 2) running a VP-trained model (docs/math.md §7)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..guidance.base import GuidanceState, GuidanceTerm, check_guidance_for_sampler, total_guidance
+from .plug import GuidanceState, GuidanceTerm, total_guidance
 from .denoiser import Denoiser, DenoiserOutput
 from .noise import PerSampleNoise
 from .schedules import VPSchedule, edm_sigma_steps
-from .step_end import end_of_step
+from .sampler_steps import begin_sampling, end_of_step
 
 
 def edm_heun_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, noise: PerSampleNoise,
@@ -32,17 +32,14 @@ def edm_heun_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, no
     first draw, churn draws once per step where gamma > 0. Time steps and the state are float64, as in EDM; the
     denoiser sees float32. Steps count from 0; ``on_step(step, num_steps)`` runs after each.
     """
-    if len(labels) != len(noise):
-        raise ValueError(f"{len(labels)} labels but {len(noise)} seeds: give one seed per sample")
-    check_guidance_for_sampler(guidance, "edm")
+    model_dtype = torch.float32
+    batch = begin_sampling("edm", labels, noise, guidance, model_dtype, noise.device)
     lo, hi = schedule.sigma_min, schedule.sigma_max
     sigma_min = min(max(lo if sigma_min is None else sigma_min, lo), hi)
     sigma_max = min(max(min(80.0, hi) if sigma_max is None else sigma_max, lo), hi)
     if not sigma_min < sigma_max:
         raise ValueError(f"EDM needs sigma_min < sigma_max within the schedule's range [{lo:.4g}, {hi:.4g}], "
                          f"got {sigma_min:.4g} and {sigma_max:.4g} after clamping")
-    model_dtype = torch.float32
-    batch = lambda value: torch.full((len(labels),), float(value), dtype=model_dtype, device=noise.device)  # noqa: E731
 
     def vp_call(x: Tensor, sigma: float) -> tuple[DenoiserOutput, Tensor, Tensor, Tensor]:
         """The VP denoiser at the VE state ``x``: returns (out, x_VP, t, abar)."""

@@ -1,18 +1,27 @@
-"""One entry point over the samplers, so that configs name a sampler and its options as plain values."""
+"""One entry point over the samplers, and the one loop that samples a block of sample ids.
+
+Configs name a sampler and its options as plain values (``sampler: ddim``, ``sampler_kwargs: {num_steps: 50}``);
+:func:`check_sampling` checks them, with the guidance terms, when a module or callback is built, so a bad option
+fails before any work. :func:`sample_ids` is the only place where sample ids become labels, seeds and batches:
+the SamplingModule, the evaluation callbacks and ``CFGDiffusion.generate`` all draw through it.
+"""
 
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
+import torch
 from torch import Tensor
 
-from ..guidance.base import SAMPLER_KINDS, GuidanceTerm
 from .ddim import ddim_sample
 from .ddpm import ddpm_sample
-from .denoiser import Denoiser
+from .denoiser import Denoiser, check_labels
 from .edm_heun import edm_heun_sample
 from .noise import PerSampleNoise
+from .plug import SAMPLER_KINDS, GuidanceTerm, check_guidance_for_sampler
 from .schedules import VPSchedule
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {"ddpm": ddpm_sample, "ddim": ddim_sample, "edm": edm_heun_sample}
@@ -28,6 +37,29 @@ def sampler_options(sampler: str) -> dict[str, object]:
             if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in ("guidance", "on_step")}
 
 
+def check_sampling(sampler: str, sampler_kwargs: dict | None = None, guidance: Sequence[GuidanceTerm] = ()) -> dict:
+    """Refuse, before any work, an unknown sampler, an option it does not take, a bad ``num_steps`` / ``eta``, or a
+    guidance term that cannot run on it. Returns the options as a plain dict."""
+    options = sampler_options(sampler)
+    kwargs = dict(sampler_kwargs or {})
+    unknown = sorted(set(kwargs) - set(options))
+    if unknown:
+        raise ValueError(f"the {sampler} sampler has no option {', '.join(unknown)}; it takes: {', '.join(options)}")
+    steps = kwargs.get("num_steps")
+    if "num_steps" in kwargs and not (steps is None and sampler == "ddpm"):
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+            raise ValueError(f"sampler_kwargs num_steps must be an integer >= 1 for the {sampler} sampler, "
+                             f"got {steps!r}")
+    for name, value in kwargs.items():
+        default = options[name]
+        if isinstance(default, float) and value is not None and not isinstance(value, numbers.Real):
+            raise ValueError(f"sampler_kwargs {name} must be a number for the {sampler} sampler, got {value!r}")
+    if float(kwargs.get("eta", 0.0)) < 0:
+        raise ValueError(f"sampler_kwargs eta must be >= 0, got {kwargs['eta']}")
+    check_guidance_for_sampler(guidance, sampler)
+    return kwargs
+
+
 def sample(sampler: str, denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, noise: PerSampleNoise,
            shape: tuple[int, ...], *, guidance: Sequence[GuidanceTerm] = (),
            on_step: Callable[[int, int], None] | None = None, **sampler_kwargs) -> Tensor:
@@ -39,3 +71,58 @@ def sample(sampler: str, denoiser: Denoiser, schedule: VPSchedule, labels: Tenso
                          f"it takes: {', '.join(options)}")
     return SAMPLERS[sampler](denoiser, schedule, labels, noise, shape, guidance=guidance, on_step=on_step,
                              **sampler_kwargs)
+
+
+class DiffusionModel(Protocol):
+    """What :func:`sample_ids` needs of a trained diffusion model (``CFGDiffusion`` is one)."""
+
+    num_classes: int
+    schedule: VPSchedule
+    data_shape: tuple[int, ...]
+    device: torch.device
+
+    def denoiser(self, cfg_scale: float | Tensor = 1.0) -> Denoiser: ...
+
+
+def labels_for_ids(ids: Sequence[int] | Tensor, classes: Sequence[int]) -> Tensor:
+    """Class of sample ``i``: ``classes[i % len(classes)]``."""
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    return torch.as_tensor(list(classes), dtype=torch.long)[ids % len(classes)]
+
+
+@torch.no_grad()
+def sample_batches(model: DiffusionModel, labels: Tensor, seeds: Sequence[int] | Tensor, *, sampler: str = "ddim",
+                   sampler_kwargs: dict | None = None, cfg_scale: float | Tensor = 1.0,
+                   guidance: Sequence[GuidanceTerm] = (), batch_size: int | None = None,
+                   on_batch: Callable[[Tensor, Tensor], None] | None = None) -> tuple[Tensor, Tensor] | None:
+    """Samples of ``model`` for ``labels`` with one seed each, ``batch_size`` at a time (None: one batch).
+
+    A sample depends on its seed and label only, never on its batch (unless a term couples the batch). Returns
+    ``(samples, labels)``, or, with ``on_batch(samples, labels)``, hands each batch over as it is drawn and returns
+    None (so that large evaluations need not hold every sample)."""
+    seeds = torch.as_tensor(seeds, dtype=torch.long).cpu()
+    labels = labels.to(model.device)
+    check_labels(labels, model.num_classes)
+    step = batch_size or max(len(labels), 1)
+    out = []
+    for lo in range(0, len(labels), step):
+        sl = slice(lo, lo + step)
+        noise = PerSampleNoise(seeds[sl], device=model.device)
+        x = sample(sampler, model.denoiser(cfg_scale), model.schedule, labels[sl], noise, model.data_shape,
+                   guidance=list(guidance), **(sampler_kwargs or {}))
+        if on_batch is not None:
+            on_batch(x, labels[sl])
+        else:
+            out.append(x)
+    if on_batch is not None:
+        return None
+    return torch.cat(out), labels
+
+
+def sample_ids(model: DiffusionModel, ids: Sequence[int] | Tensor, classes: Sequence[int], seed: int = 0,
+               **kwargs) -> tuple[Tensor, Tensor] | None:
+    """Samples for sample ids ``ids``: label ``classes[id % len(classes)]``, noise from seed ``seed + id`` (the same
+    id gets the same sample at every guidance value and on any number of processes); ``kwargs`` as
+    :func:`sample_batches`."""
+    ids = torch.as_tensor(ids, dtype=torch.long)
+    return sample_batches(model, labels_for_ids(ids, classes), seed + ids, **kwargs)

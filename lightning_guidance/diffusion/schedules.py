@@ -3,7 +3,7 @@
 Conventions (one place for every conversion):
 - training step index ``i`` in ``0..T-1``; ``abar[i] = prod_{j<=i} (1 - beta_j)``; ``x_i = sqrt(abar_i) x_0 + sqrt(1-abar_i) eps``.
 - networks take the continuous model time ``t = i / (T - 1)`` in [0, 1] (``model_time``); fractional ``i``
-  is allowed so that the EDM sampler can query any sigma (MATH.md §7).
+  is allowed so that the EDM sampler can query any sigma (docs/math.md §7).
 - all schedule arithmetic is float64; callers cast at the tensor boundary.
 """
 
@@ -92,7 +92,7 @@ class VPSchedule:
         prev = torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]])
         return VPSchedule(1 - abar / prev), kept
 
-    # ---- EDM view (MATH.md §7) ----------------------------------------------------------------
+    # ---- EDM view (docs/math.md §7) ----------------------------------------------------------------
     def sigma(self, index: Tensor | float) -> Tensor:
         """VE noise level of a VP step: ``sigma = sqrt((1 - abar) / abar)``."""
         abar = self.abar(index)

@@ -1,6 +1,6 @@
 """Guidance terms: small objects that, given the sampler state at a step, return a score correction."""
 
-from .base import GuidanceState, GuidanceTerm, total_guidance
+from ..diffusion.plug import GuidanceState, GuidanceTerm, total_guidance
 
 __all__ = ["GuidanceState", "GuidanceTerm", "total_guidance"]
 from .cfg_plus_classifier import CFGPlusClassifierGuidance

@@ -1,4 +1,4 @@
-"""Classifier guidance on top of classifier-free guidance (EluCD §5.3, alg. 3, for DiT; MATH.md §3).
+"""Classifier guidance on top of classifier-free guidance (EluCD §5.3, alg. 3, for DiT; docs/math.md §3).
 
 The paper normalises the classifier gradient and adds it to the CFG noise difference; the exact normalisation
 is unpublished. **Our choice:** rescale the gradient per sample to the RMS of the CFG score difference
@@ -16,7 +16,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .base import GuidanceState
+from ..diffusion.plug import GuidanceState
 from .log_likelihood import ClassifierTerm, log_likelihood, per_sample, per_sample_rms
 
 

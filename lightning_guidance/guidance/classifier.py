@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from .base import GuidanceState
+from ..diffusion.plug import GuidanceState
 from .log_likelihood import ClassifierTerm, log_likelihood
 
 

@@ -1,7 +1,7 @@
-"""f-divergence guidance (Javid, Bagheri & González-Prelcic 2025; MATH.md §4).
+"""f-divergence guidance (Javid, Bagheri & González-Prelcic 2025; docs/math.md §4).
 
 Target ``q = (1 - eps) e_y + eps / K`` (label smoothing ``eps``), classifier ``p = softmax(f)``; the correction is
-``-∇_x D(q, p)``, computed by autograd through ``D`` (the closed forms of MATH.md §4 are the tests' oracles):
+``-∇_x D(q, p)``, computed by autograd through ``D`` (the closed forms of docs/math.md §4 are the tests' oracles):
 
 - ``reverse_kl``: ``KL(p || q)`` (needs ``eps > 0``: ``q`` must be positive where ``p`` is);
 - ``forward_kl``: ``KL(q || p)`` (the cross-entropy gradient; ``eps = 0`` is plain classifier guidance);
@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import GuidanceState
+from ..diffusion.plug import GuidanceState
 from .log_likelihood import ClassifierTerm
 
 DIVERGENCES = ("reverse_kl", "forward_kl", "js", "hellinger")

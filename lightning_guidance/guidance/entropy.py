@@ -1,4 +1,4 @@
-"""Adaptive entropy-regularised classifier guidance (Javid, Bagheri & González-Prelcic 2025; MATH.md §4).
+"""Adaptive entropy-regularised classifier guidance (Javid, Bagheri & González-Prelcic 2025; docs/math.md §4).
 
 An overconfident classifier (``p(y|x) -> 1``) has ``∇ log p(y|x) -> 0``; two ways to keep a useful push:
 
@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
-from .base import GuidanceState
+from ..diffusion.plug import GuidanceState
 from .log_likelihood import ClassifierTerm, entropy, log_likelihood, per_sample
 
 ENTROPY_MODES = ("scale", "bonus")

@@ -1,6 +1,6 @@
 """What every classifier-based term shares: the tempered log-likelihood, the classifier's input, and its gradient.
 
-- ``log p_{tau1,tau2}(y|x) = tau1 f_y(x) - logsumexp_i(tau2 f_i(x))`` (EluCD, Ma et al. §4.4, MATH.md §3.3);
+- ``log p_{tau1,tau2}(y|x) = tau1 f_y(x) - logsumexp_i(tau2 f_i(x))`` (EluCD, Ma et al. §4.4, docs/math.md §3.3);
   ``tau1 = tau2 = 1`` is ``log softmax(f)_y``, ``tau2 = 0`` is the pure logit ``f_y`` minus ``log K``.
 - The classifier reads either the noisy state ``x_t`` (a time-dependent classifier, called with ``t``;
   Dhariwal & Nichol 2021) or the denoised estimate ``x0_hat`` clamped to ``[-x0_clip, x0_clip]`` (an off-the-shelf
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..diffusion.denoiser import DenoiserOutput, check_labels
-from .base import GuidanceState, GuidanceTerm, check_guidance_for_sampler
+from ..diffusion.plug import GuidanceState, GuidanceTerm
 
 CLASSIFIER_INPUTS = ("x_t", "x0_hat")
 
@@ -106,7 +106,6 @@ class ClassifierTerm(GuidanceTerm):
         self._classes_checked = False
 
     def __call__(self, state: GuidanceState) -> Tensor:
-        check_guidance_for_sampler([self], state.sampler)
         g = self.gradient(state)
         if self.schedule is not None:
             g = per_sample(self.schedule(state.step, state.num_steps, state.t), g) * g

@@ -1,5 +1,5 @@
 """Off-the-shelf classifier guidance (EluCD; Ma et al., "Elucidating the design space of classifier-guided
-diffusion generation"; MATH.md §3).
+diffusion generation"; docs/math.md §3).
 
 Four independent switches: the classifier reads the denoised estimate (``input``, ``through_denoiser``), its ReLUs
 are smoothed (done by the adapter in ``nets/offtheshelf.py``, not here), the joint/marginal temperatures
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from ..diffusion.denoiser import DenoiserOutput
-from .base import GuidanceState
+from ..diffusion.plug import GuidanceState
 from .log_likelihood import ClassifierTerm, log_likelihood, per_sample, per_sample_rms
 from .schedules import edm_sine_weight, sine_boost_factor
 

@@ -56,7 +56,7 @@ def reverse_index(step: int, num_steps: int) -> int:
 
 
 def sine_boost_factor(step: int, num_steps: int, gamma: float, variance: Tensor, max_variance: Tensor) -> Tensor:
-    """EluCD's DDPM schedule as a multiplier of ``g`` (Ma et al., §4.5, MATH.md §3.4).
+    """EluCD's DDPM schedule as a multiplier of ``g`` (Ma et al., §4.5, docs/math.md §3.4).
 
     The paper's mean shift is ``(Sigma_t + max(gamma Sigma_max sin(pi i / T), 0)) s g`` with ``i`` the respaced
     index (T-1 -> 0). The sampler applies ``mu + Sigma_t g``, so the term multiplies its ``g`` by

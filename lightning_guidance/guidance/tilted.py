@@ -1,4 +1,4 @@
-"""Tilted (batch-reweighted) classifier guidance (Javid, Bagheri & González-Prelcic 2025; MATH.md §4).
+"""Tilted (batch-reweighted) classifier guidance (Javid, Bagheri & González-Prelcic 2025; docs/math.md §4).
 
 ``L_t = (1/t) log((1/B) sum_b exp(t log p(y_b|x_b)))``; ``B ∇_{x_b} L_t = B softmax_b(t log p(y|x)) ∇ log p(y_b|x_b)``.
 ``t < 0`` up-weights the samples the classifier is least sure of; ``t -> 0`` is plain guidance (weights 1).
@@ -15,7 +15,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from .base import GuidanceState
+from ..diffusion.plug import GuidanceState
 from .log_likelihood import ClassifierTerm, log_likelihood, per_sample
 
 

@@ -2,13 +2,16 @@
 
 Keys: ``images`` (uint8, N×C×H×W) for image data or ``points`` (float32, N×D) for toy data, ``labels``,
 ``seeds``, ``sample_ids`` (int64), ``scale`` (float), ``config_hash`` (str), ``data_shape`` (int array).
-Images are mapped from [-1, 1] to uint8 only here, at the file boundary.
+Images are mapped from [-1, 1] to uint8 only here, at the file boundary. A sweep value's shards live in one folder
+as ``shard_<first id, 7 digits>.npz``. This module is the only one that knows the format: everyone else reads and
+writes shards through it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +19,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .atomic import atomic_write
+from .atomic import atomic_write, atomic_write_text
+from .figures import save_sample_picture
 
 
 def config_hash(config: dict) -> str:
@@ -61,15 +65,72 @@ def write_shard(path: str | Path, shard: Shard) -> Path:
     return atomic_write(path, lambda tmp: np.savez(tmp, **payload), suffix=".npz")
 
 
+def _samples(z, rows: np.ndarray | slice = slice(None)) -> Tensor:
+    return from_uint8(z["images"][rows]) if "images" in z else torch.from_numpy(z["points"][rows])
+
+
 def read_shard(path: str | Path) -> Shard:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"sample shard not found: {path}")
     with np.load(path) as z:
-        samples = from_uint8(z["images"]) if "images" in z else torch.from_numpy(z["points"])
-        return Shard(samples=samples, labels=torch.from_numpy(z["labels"]), seeds=torch.from_numpy(z["seeds"]),
+        return Shard(samples=_samples(z), labels=torch.from_numpy(z["labels"]), seeds=torch.from_numpy(z["seeds"]),
                      sample_ids=torch.from_numpy(z["sample_ids"]), scale=float(z["scale"]),
                      config_hash=str(z["config_hash"]))
+
+
+def read_shard_rows(path: str | Path, rows: np.ndarray) -> tuple[Tensor, Tensor]:
+    """``(samples, labels)`` of some rows of a shard (images back in [-1, 1], toy points as written)."""
+    with np.load(path) as z:
+        return _samples(z, rows), torch.from_numpy(np.asarray(z["labels"][rows]))
+
+
+def shard_path(folder: str | Path, first_id: int) -> Path:
+    return Path(folder) / f"shard_{first_id:07d}.npz"
+
+
+def shard_paths(folder: str | Path) -> list[Path]:
+    """The shards of one folder, in sample-id order."""
+    return sorted(Path(folder).glob("shard_*.npz"))
+
+
+def plan_shards(folder: str | Path, num_samples: int, shard_size: int) -> list[tuple[Path, tuple[int, ...]]]:
+    """``[(path, sample ids)]``: ids ``0..num_samples-1`` cut into shards of ``shard_size``."""
+    return [(shard_path(folder, start), tuple(range(start, min(start + shard_size, num_samples))))
+            for start in range(0, num_samples, shard_size)]
+
+
+def check_shards(folder: str | Path, expected_hash: str, num_samples: int, data_shape: Sequence[int],
+                 num_classes: int, real_name: str) -> list[tuple[Path, np.ndarray]]:
+    """``[(shard path, its sample ids)]`` of one folder, after checking that the shards were written with
+    ``expected_hash``, hold samples of ``data_shape`` with labels in ``0..num_classes-1``, and together hold every
+    sample id ``0..num_samples-1`` (``real_name`` names the data they are graded against, for the errors)."""
+    folder = Path(folder)
+    paths = shard_paths(folder)
+    if not paths:
+        raise FileNotFoundError(f"no sample shards in {folder}: sample them first with `python cli.py predict` "
+                                "and the same model arguments as this test config")
+    found = []
+    for path in paths:
+        with np.load(path) as z:
+            got, ids = str(z["config_hash"]), np.asarray(z["sample_ids"]).astype(np.int64)
+            shape, labels = tuple(int(v) for v in z["data_shape"]), np.asarray(z["labels"])
+        if got != expected_hash:
+            raise ValueError(f"{path} was sampled with another config (hash {got}, this test config gives "
+                             f"{expected_hash}): test with the model arguments that sampled it, or re-run predict")
+        if shape != tuple(data_shape):
+            raise ValueError(f"{path} holds samples of shape {shape} but the real data ({real_name}) has shape "
+                             f"{tuple(data_shape)}: grade shards against the dataset and resolution they were "
+                             "generated for")
+        if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+            raise ValueError(f"{path} holds labels outside 0..{num_classes - 1} (the real data's classes): it was "
+                             "generated for another dataset")
+        found.append((path, ids))
+    all_ids = np.sort(np.concatenate([ids for _, ids in found]))
+    if not np.array_equal(all_ids, np.arange(num_samples)):
+        raise ValueError(f"the shards in {folder} hold {len(np.unique(all_ids))} distinct of the {num_samples} "
+                         "sample ids this config asks for: predict was interrupted; re-run it (it resumes)")
+    return found
 
 
 def shard_hash(path: str | Path) -> str | None:
@@ -79,3 +140,27 @@ def shard_hash(path: str | Path) -> str | None:
             return str(z["config_hash"])
     except Exception:  # noqa: BLE001 - any unreadable file counts as unfinished
         return None
+
+
+def write_manifest(output_dir: str | Path, folders: dict[str, Path], configs: dict[str, dict], num_samples: int,
+                   classes: list[int], title: str, per_class: int) -> dict:
+    """``<output_dir>/manifest.json``: per sweep value (``folders``: its label -> its shard folder) the shard files,
+    the sample count, the config they were written with, and a picture of the samples (``grid.png`` in the folder)."""
+    manifest = {"num_samples_per_scale": num_samples, "classes": classes, "scales": {}}
+    for label, folder in folders.items():
+        paths = shard_paths(folder)
+        if not paths:
+            continue
+        loaded = [read_shard(p) for p in paths]
+        x, y = torch.cat([sh.samples for sh in loaded]), torch.cat([sh.labels for sh in loaded])
+        picture = save_sample_picture(x, y, Path(folder) / "grid.png", title=f"{title} {label}", per_class=per_class)
+        manifest["scales"][label] = {"shards": [p.name for p in paths], "count": int(len(y)), "grid": str(picture),
+                                     "config": configs[label]}
+    atomic_write_text(Path(output_dir) / "manifest.json", json.dumps(manifest, indent=2))
+    return manifest
+
+
+def read_manifest(output_dir: str | Path) -> dict | None:
+    """The manifest a ``predict`` wrote in ``output_dir``, or None if there is none."""
+    path = Path(output_dir) / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else None

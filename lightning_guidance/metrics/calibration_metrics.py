@@ -52,7 +52,7 @@ class SmoothECE(Metric):
 
 
 class ECEOverTime(Metric):
-    """Binned ECE per diffusion-time bucket and their mean, the integral ECE (EluCD, MATH.md §3).
+    """Binned ECE per diffusion-time bucket and their mean, the integral ECE (EluCD, docs/math.md §3).
 
     ``update(probs (B, C), labels (B,), t)`` with ``t`` in [0, 1] (a float or a (B,) tensor); bucket ``k`` holds
     ``k/K <= t < (k+1)/K`` (``t = 1`` in the last). ``compute()`` returns ``{'ece_per_bucket': (K,),

@@ -1,7 +1,7 @@
 """Sample quality as seen by a judge classifier: an Inception-Score-like score and conditional accuracy.
 
 The judge must be a network trained on clean data that differs (architecture and seed) from every classifier used
-for guidance, or guidance is graded by its own teacher (MATH.md §6).
+for guidance, or guidance is graded by its own teacher (docs/math.md §6).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``FD = ||mu_r - mu_g||^2 + Tr(S_r + S_g - 2 (S_r S_g)^{1/2})`` with the means and covariances of the features.
 Standard FID is this with Inception-v3 pool features; Inception weights cannot be downloaded here, so the suite
 also measures FD in the feature space of a judge classifier it trains itself and names it after that space
-(``fd_digits``), never "FID" (MATH.md §6). Both reuse torchmetrics' ``FrechetInceptionDistance``: its sum states
+(``fd_digits``), never "FID" (docs/math.md §6). Both reuse torchmetrics' ``FrechetInceptionDistance``: its sum states
 reduce across ranks and its ``compute`` is the formula above.
 """
 

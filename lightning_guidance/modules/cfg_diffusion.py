@@ -9,6 +9,7 @@ callback; checkpoints carry them in ``state_dict``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -16,12 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..diffusion.denoiser import NetDenoiser, check_labels
-from ..diffusion.noise import PerSampleNoise
 from ..diffusion.parameterization import check_prediction, training_target
 from ..diffusion.schedules import VPSchedule
-from ..guidance.base import GuidanceTerm
-from .common import (adamw_with_warmup, check_against_datamodule, check_finite_loss, reseed_for_step,
-                     spec_only_hparams)
+from ..diffusion.plug import GuidanceTerm
+from ..diffusion.sampling import sample_batches
+from .common import (adamw_with_warmup, check_against_datamodule, check_finite_loss, rebuild_from_checkpoint,
+                     reseed_for_step, spec_only_hparams)
 
 
 class CFGDiffusion(L.LightningModule):
@@ -47,6 +48,12 @@ class CFGDiffusion(L.LightningModule):
         self.save_hyperparameters()
         self.net = net
         self.schedule = VPSchedule.from_name(schedule, num_train_steps)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, net: nn.Module | None = None, use_ema: bool = True) -> CFGDiffusion:
+        """The model of a checkpoint (EMA weights by default), in eval mode."""
+        return rebuild_from_checkpoint(cls, path, net, use_ema,
+                                       "train one first with: python cli.py fit --config configs/digits/cfg.yaml")
 
     # ---- properties -------------------------------------------------------------------------------
     @property
@@ -104,11 +111,6 @@ class CFGDiffusion(L.LightningModule):
     @torch.no_grad()
     def generate(self, labels: Tensor, seeds: Sequence[int] | Tensor, sampler: str = "ddim",
                  cfg_scale: float | Tensor = 1.0, guidance: Sequence[GuidanceTerm] = (), **sampler_kwargs) -> Tensor:
-        """Samples for ``labels`` with per-sample ``seeds`` (a sample depends on its seed only)."""
-        from ..diffusion.sampling import sample
-
-        labels = labels.to(self.device)
-        check_labels(labels, self.num_classes)
-        noise = PerSampleNoise(seeds, device=self.device)
-        return sample(sampler, self.denoiser(cfg_scale), self.schedule, labels, noise, self.data_shape,
-                      guidance=guidance, **sampler_kwargs)
+        """Samples for ``labels`` with per-sample ``seeds`` (a sample depends on its seed only), in one batch."""
+        return sample_batches(self, labels, seeds, sampler=sampler, sampler_kwargs=sampler_kwargs,
+                              cfg_scale=cfg_scale, guidance=guidance)[0]

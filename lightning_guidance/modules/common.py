@@ -1,9 +1,44 @@
-"""Pieces every LightningModule here shares: per-step seeding, AdamW with linear warm-up, finite-loss check."""
+"""Pieces every LightningModule here shares: rebuilding from a checkpoint, per-step seeding, AdamW with linear
+warm-up, finite-loss and data checks."""
 
 from __future__ import annotations
 
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
 import torch
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
+
+from ..io.checkpoints import build_net, checkpoint_hparams, load_module_weights, read_checkpoint
+
+
+def rebuild_from_checkpoint(cls, path: str | Path, net: nn.Module | None = None, use_ema: bool = True,
+                            hint: str = ""):
+    """An instance of LightningModule ``cls`` with the checkpoint's hyper-parameters and (EMA) weights, in eval mode.
+
+    ``net``: the network, when the checkpoint does not record how to build it. The classmethods
+    ``CFGDiffusion.from_checkpoint`` and ``NoisyClassifier.from_checkpoint`` call this."""
+    path = Path(path)
+    ckpt = read_checkpoint(path, hint)
+    hp = checkpoint_hparams(ckpt)
+    hp["net"] = build_net(ckpt, path, net)
+    with _own_hyperparameters(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module` and is already saved")
+        module = cls(**hp)
+    return load_module_weights(module, ckpt, path, use_ema).eval()
+
+
+@contextmanager
+def _own_hyperparameters():
+    """Build a LightningModule inside another one's LightningCLI instantiation without it inheriting the outer
+    module's hyper-parameters (Lightning passes those through a context variable)."""
+    token = _given_hyperparameters.set(None)
+    try:
+        yield
+    finally:
+        _given_hyperparameters.reset(token)
 
 
 def seed_for_step(seed: int, step: int, rank: int) -> int:

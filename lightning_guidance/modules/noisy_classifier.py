@@ -8,15 +8,18 @@ Validation logs accuracy per t-bucket (``val/acc_t{lo}-{hi}``) on a fixed draw, 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..calibration.ece import bucket_name, time_buckets
 from ..diffusion.denoiser import check_labels
 from ..diffusion.schedules import VPSchedule
-from .common import (adamw_with_warmup, check_against_datamodule, check_finite_loss, reseed_for_step,
-                     spec_only_hparams)
+from .common import (adamw_with_warmup, check_against_datamodule, check_finite_loss, rebuild_from_checkpoint,
+                     reseed_for_step, spec_only_hparams)
 
 
 class NoisyClassifier(L.LightningModule):
@@ -35,16 +38,19 @@ class NoisyClassifier(L.LightningModule):
         noise_seed: int = 0,
     ):
         super().__init__()
-        lo, hi = (float(v) for v in t_range)
-        if not 0.0 <= lo < hi <= 1.0:
-            raise ValueError(f"t_range must satisfy 0 <= lo < hi <= 1, got {t_range}")
-        if num_t_buckets < 1:
-            raise ValueError(f"num_t_buckets must be >= 1, got {num_t_buckets}")
+        time_buckets(t_range, num_t_buckets)  # refuses a bad range or bucket count
         if not hasattr(net, "num_classes"):
             raise ValueError(f"{type(net).__name__} has no num_classes attribute")
         self.save_hyperparameters()
         self.net = net
         self.schedule = VPSchedule.from_name(schedule, num_train_steps)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, net: nn.Module | None = None, use_ema: bool = True) -> NoisyClassifier:
+        """The classifier of a checkpoint (noisy or clean twin; EMA weights by default), frozen, in eval mode."""
+        module = rebuild_from_checkpoint(
+            cls, path, net, use_ema, "train one first with: python cli.py fit --config configs/digits/classifier.yaml")
+        return module.requires_grad_(False)
 
     @property
     def num_classes(self) -> int:
@@ -83,11 +89,6 @@ class NoisyClassifier(L.LightningModule):
         self.log("train/acc", (logits.argmax(1) == y).float().mean())
         return loss
 
-    def bucket_edges(self) -> list[tuple[float, float]]:
-        lo, hi = self.hparams.t_range
-        k = self.hparams.num_t_buckets
-        return [(lo + (hi - lo) * i / k, lo + (hi - lo) * (i + 1) / k) for i in range(k)]
-
     def validation_step(self, batch, batch_idx):
         x0, y = batch
         n = x0.shape[0]
@@ -100,11 +101,11 @@ class NoisyClassifier(L.LightningModule):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(20_000 + batch_idx)
             losses = []
-            for a, b in self.bucket_edges():  # a fixed noise draw at each bucket's centre
+            for a, b in time_buckets(self.hparams.t_range, self.hparams.num_t_buckets):  # noised at each centre
                 index = torch.full((n,), round((a + b) / 2 * top), device=x0.device)
                 logits = self.logits_at(x0, index)
                 losses.append(F.cross_entropy(logits, y))
-                self.log(f"val/acc_t{a:.2f}-{b:.2f}", (logits.argmax(1) == y).float().mean(), sync_dist=True,
+                self.log(f"val/acc_{bucket_name((a, b))}", (logits.argmax(1) == y).float().mean(), sync_dist=True,
                          batch_size=n)
         self.log("val/loss", torch.stack(losses).mean(), sync_dist=True, batch_size=n)
 

@@ -1,17 +1,17 @@
 """``SmoothECECalibration``: fine-tune a trained classifier (clean or noisy) with ``CE + λ · smECE``.
 
-Javid, Bagheri & González-Prelcic 2025 (MATH.md §4): start from a trained classifier and minimise cross-entropy plus
+Javid, Bagheri & González-Prelcic 2025 (docs/math.md §4): start from a trained classifier and minimise cross-entropy plus
 ``smooth_ece_weight`` times the Smooth ECE of the batch's top-label confidences (Blasiok & Nakkiran 2023), at a fixed
 bandwidth per step so that the loss is differentiable: ``bandwidth``, or by default the batch's own fixed point
 ``smECE_sigma = sigma`` taken on detached confidences. A noisy classifier is fine-tuned over diffusion time: each
 step noises the batch once in each of K equal buckets of the classifier's ``t_range`` (t uniform in the bucket) and
 averages the K losses, so calibration is asked of every noise level and not only of their mixture.
 
-Data: fit on data the classifier never trained on (``lightning_guidance.evaluation.heldout_split.HeldOutSplit``):
+Data: fit on data the classifier never trained on (``lightning_guidance.data.heldout_split.HeldOutSplit``):
 on its own training set a classifier is already confident and right, so there is nothing to calibrate.
 
 Reported: accuracy, binned ECE and Smooth ECE on the validation data (per time bucket for a noisy classifier, see
-:class:`~lightning_guidance.evaluation.classifier_calibration.ClassifierCalibration`) before fine-tuning (Lightning's
+:class:`~lightning_guidance.metrics.classifier_calibration.ClassifierCalibration`) before fine-tuning (Lightning's
 sanity check, which this module extends to the whole validation set) and after (the last validation), logged as
 ``val/<metric>_before`` and ``val/<metric>``, and written to ``<default_root_dir>/metrics_table.{md,json}`` with
 reliability diagrams ``calibration_{before,after}.png``.
@@ -25,7 +25,6 @@ term, and into a judge.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import lightning as L
@@ -39,17 +38,17 @@ from ..calibration import (
     top_label_confidence,
 )
 from ..diffusion.denoiser import check_labels
-from ..evaluation.classifier_calibration import (
-    ClassifierCalibration,
-    bucket_name,
-    time_buckets,
-)
-from ..evaluation.judge import classifier_head
-from ..evaluation.plots import log_image, save_calibration_over_time
-from ..evaluation.rank_split import LoaderBatchIds
-from ..io.atomic import atomic_path, atomic_write_text
-from ..io.checkpoints import load_classifier, read_checkpoint
+from ..data.rank_split import LoaderBatchIds
+from ..io.atomic import atomic_path
+from ..io.checkpoints import read_checkpoint
+from ..io.figures import save_calibration_over_time
+from ..io.tables import write_table
+from ..calibration.ece import bucket_name, time_buckets
+from ..metrics.classifier_calibration import ClassifierCalibration
+from ..nets.classifier_head import classifier_head
 from .common import adamw_with_warmup, check_against_datamodule, check_finite_loss, reseed_for_step
+from .noisy_classifier import NoisyClassifier
+from .trainer_io import log_image
 
 TRAINABLE = ("all", "head")
 CALIBRATED_CLASSIFIER = "calibrated_classifier.ckpt"
@@ -90,7 +89,7 @@ class SmoothECECalibration(L.LightningModule):
         if trainable not in TRAINABLE:
             raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
         self.save_hyperparameters()
-        source = load_classifier(checkpoint, use_ema=use_ema)
+        source = NoisyClassifier.from_checkpoint(checkpoint, use_ema=use_ema)
         self.source_hparams = dict(read_checkpoint(checkpoint)["hyper_parameters"])
         self.net = source.net.requires_grad_(trainable == "all")
         if trainable == "head":
@@ -196,7 +195,7 @@ class SmoothECECalibration(L.LightningModule):
                 "lr": hp.lr, "before": self.before, "after": self.after, "after_step": self.after_step}
 
     def export_classifier(self, path: str | Path) -> Path:
-        """The fine-tuned network as a checkpoint of the source classifier's kind (loads with ``load_classifier``)."""
+        """The fine-tuned network as a checkpoint of the source classifier's kind (loads with ``NoisyClassifier.from_checkpoint``)."""
         state = {f"net.{k}": v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
         payload = {"state_dict": state, "hyper_parameters": copy.deepcopy(self.source_hparams),
                    "global_step": int(self.global_step), "smooth_ece_calibration": self.summary()}
@@ -206,19 +205,14 @@ class SmoothECECalibration(L.LightningModule):
 
     def write_table(self, root: str | Path) -> None:
         """``metrics_table.{json,md}``: before / after figures of the fine-tune."""
-        root = Path(root)
         info = self.summary()
-        atomic_write_text(root / "metrics_table.json", json.dumps(info, indent=2))
         keys = list((self.after or self.before or {}).keys())
-        lines = [f"Smooth-ECE calibration of `{info['source_checkpoint']}` (λ = {info['smooth_ece_weight']}, "
+        intro = (f"Smooth-ECE calibration of `{info['source_checkpoint']}` (λ = {info['smooth_ece_weight']}, "
                  f"trainable: {info['trainable']}, lr {info['lr']}); validation on held-out data"
-                 + (f", after = step {self.after_step}" if self.after_step is not None else ""), "",
-                 "| metric | before | after |", "|---|---|---|"]
-        for k in keys:
-            before = "" if self.before is None else f"{self.before[k]:.4f}"
-            after = "" if self.after is None else f"{self.after[k]:.4f}"
-            lines.append(f"| {k} | {before} | {after} |")
-        atomic_write_text(root / "metrics_table.md", "\n".join(lines) + "\n")
+                 + (f", after = step {self.after_step}" if self.after_step is not None else ""))
+        rows = [(k, "" if self.before is None else f"{self.before[k]:.4f}",
+                 "" if self.after is None else f"{self.after[k]:.4f}") for k in keys]
+        write_table(root, "metrics_table", info, intro, ["metric", "before", "after"], rows)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["smooth_ece_calibration"] = self.summary()

@@ -6,11 +6,13 @@ Denoisers: ``forward(x, t, y) -> same shape as x`` (the eps / x0 / v prediction)
 """
 
 from .activation_swap import SwapReport, swap_relu_for_softplus
+from .classifier_head import classifier_head
 from .embeddings import ClassEmbedding, TimeEmbedding, timestep_embedding
 from .encoder_classifier import EncoderClassifier
 from .flat_classifiers import LinearClassifier, MLPClassifier
 from .mlp import MLPDenoiser
 from .offtheshelf import OffTheShelfClassifier
+from .trained_classifier import TrainedClassifier
 from .unet import UNet
 
 __all__ = [
@@ -22,7 +24,9 @@ __all__ = [
     "OffTheShelfClassifier",
     "SwapReport",
     "TimeEmbedding",
+    "TrainedClassifier",
     "UNet",
+    "classifier_head",
     "swap_relu_for_softplus",
     "timestep_embedding",
 ]

@@ -1,4 +1,4 @@
-"""Replace every ReLU of a network by ``Softplus(beta)`` (EluCD, Ma et al., MATH.md §3 design 2).
+"""Replace every ReLU of a network by ``Softplus(beta)`` (EluCD, Ma et al., docs/math.md §3 design 2).
 
 ``softplus_beta(x) = log(1 + exp(beta x)) / beta`` is smooth and tends to ``relu(x)`` as ``beta -> inf``
 (``0 <= softplus_beta - relu <= log(2) / beta``); a smooth classifier gives a less noisy guidance gradient.

@@ -14,8 +14,6 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..diffusion.denoiser import check_labels
-
 TIME_SCALE = 1000.0  # t in [0, 1] -> the 0..1000 range the ADM/DDPM frequencies were designed for
 
 
@@ -74,11 +72,21 @@ class ClassEmbedding(nn.Module):
             y = torch.full((batch_size,), self.null_class, dtype=torch.long, device=self.table.weight.device)
         if tuple(y.shape) != (batch_size,):
             raise ValueError(f"class ids must have shape ({batch_size},) to match x, got {tuple(y.shape)}")
-        check_labels(y, self.num_classes, allow_null=True)
+        check_class_ids(y, self.num_classes)
         return self.table(y.long())
 
 
 # ---- input checks shared by every network ----------------------------------------------------------
+
+
+def check_class_ids(y: Tensor, num_classes: int) -> None:
+    """Raise unless ``y`` holds integer class ids in ``0..num_classes`` (``num_classes`` is the null class)."""
+    if y.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"class labels must be an integer tensor, got {y.dtype}")
+    outside = (y < 0) | (y > num_classes)
+    if y.numel() and bool(outside.any()):
+        raise ValueError(f"class ids {y[outside].unique().tolist()} out of range: this network knows classes "
+                         f"0..{num_classes - 1} and the null class {num_classes}")
 
 
 def as_data_shape(data_shape: int | Sequence[int]) -> tuple[int, ...]:

@@ -1,6 +1,6 @@
 """A clean timm or torchvision classifier on local disk, made into a smooth off-the-shelf guide.
 
-EluCD (Ma et al.; MATH.md §3): a classifier trained on clean images guides sampling with no training.
+EluCD (Ma et al.; docs/math.md §3): a classifier trained on clean images guides sampling with no training.
 This adapter does the network side of it: load local weights (never download), map the suite's
 ``[-1, 1]`` images to the classifier's input, optionally replace every ReLU by ``Softplus(beta)``
 (design 2: beta = 3 for DDPM, 5 for EDM in the reference), and return logits over the suite's classes.

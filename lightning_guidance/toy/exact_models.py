@@ -1,6 +1,6 @@
 """Exact denoiser and exact noisy classifier of a Gaussian mixture: the oracles every guidance term is checked against.
 
-Both use the noised mixture (MATH.md §6) at each row's own ``abar``; computation is float64 and the results come
+Both use the noised mixture (docs/math.md §6) at each row's own ``abar``; computation is float64 and the results come
 back in the input's dtype.
 """
 

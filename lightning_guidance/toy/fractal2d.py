@@ -1,5 +1,5 @@
 """The 2D fractal toy distribution of Karras et al. 2024 ("Guiding a diffusion model with a bad version of
-itself", public toy example), as specified in MATH.md §6.
+itself", public toy example), as specified in docs/math.md §6.
 
 Each class is a binary tree of branches (depth 0..6, 127 branches); each branch is a line segment covered by 8
 elongated Gaussians. All random numbers come from one ``numpy.random.RandomState(2)`` consumed depth-first in a

@@ -1,7 +1,7 @@
 """A class-labelled Gaussian mixture with exact density, score and class posterior at every VP noise level.
 
 ``p(x) = sum_m w_m N(x; mu_m, Sigma_m)``; each component belongs to one class. Noising a mixture keeps it a
-mixture (MATH.md §6): under ``x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps`` component ``m`` becomes
+mixture (docs/math.md §6): under ``x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps`` component ``m`` becomes
 ``N(sqrt(abar) mu_m, abar Sigma_m + (1 - abar) I)``. With ``Sigma_m = Q_m diag(lam_m) Q_m^T`` the noised
 covariance is ``Q_m diag(abar lam_m + 1 - abar) Q_m^T``, so one eigendecomposition made up front serves every
 noise level, and a batch whose rows sit at different ``abar`` costs no more than one at a single level.

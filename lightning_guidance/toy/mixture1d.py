@@ -1,4 +1,4 @@
-"""The 1D two-class mixture of the calibration study (MATH.md §6).
+"""The 1D two-class mixture of the calibration study (docs/math.md §6).
 
 Class 0 ``N(-mu, sigma^2)``, class 1 ``N(+mu, sigma^2)``, equal weights.
 """

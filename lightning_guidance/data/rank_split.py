@@ -19,13 +19,6 @@ from torch import Tensor
 from torch.utils.data import BatchSampler, DistributedSampler, RandomSampler
 
 
-def rank_and_world(trainer=None) -> tuple[int, int]:
-    """``(global rank, world size)`` of a trainer, or ``(0, 1)`` without one."""
-    if trainer is None:
-        return 0, 1
-    return int(trainer.global_rank), int(trainer.world_size)
-
-
 def owned_block(num_items: int, rank: int, world_size: int) -> range:
     """The contiguous block of ids ``0..num_items-1`` that ``rank`` of ``world_size`` owns (see module doc)."""
     if world_size < 1 or not 0 <= rank < world_size:

@@ -2,46 +2,19 @@
 penultimate features (the input of its last class layer).
 
 The judge must differ (architecture and seed) from every classifier used for guidance, or guidance is graded by its
-own teacher (MATH.md §6). Its features span the space of the Fréchet distance ``fd_<dataset>`` and of
+own teacher (docs/math.md §6). Its features span the space of the Fréchet distance ``fd_<dataset>`` and of
 precision/recall; its logits give conditional accuracy and the classifier score.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from torch import Tensor, nn
 
-from ..io.checkpoints import TrainedClassifier
-
-
-def classifier_head(classifier: nn.Module, num_classes: int, name: str | None = None) -> tuple[str, nn.Module]:
-    """``(name, module)`` of the layer that maps features to class logits: the one named ``name``, or the last
-    ``nn.Linear`` (or 1×1 ``nn.Conv1d``, as in attention pooling) whose output size is ``num_classes``."""
-    modules = dict(classifier.named_modules())
-    if name is not None:
-        if name not in modules:
-            raise ValueError(f"{type(classifier).__name__} has no submodule {name!r}; "
-                             f"it has: {', '.join(n for n in modules if n)}")
-        return name, modules[name]
-    found = None
-    for n, m in modules.items():
-        linear = isinstance(m, nn.Linear) and m.out_features == num_classes
-        pointwise = isinstance(m, nn.Conv1d) and m.out_channels == num_classes and m.kernel_size == (1,)
-        if linear or pointwise:
-            found = (n, m)
-    if found is None:
-        raise ValueError(f"{type(classifier).__name__} has no nn.Linear / 1x1 nn.Conv1d with {num_classes} outputs; "
-                         "name its class layer with feature_layer=...")
-    return found
-
-
-def _in_features(layer: nn.Module) -> int:
-    if isinstance(layer, nn.Linear):
-        return layer.in_features
-    if isinstance(layer, nn.Conv1d):
-        return layer.in_channels
-    raise ValueError(f"cannot tell the feature size of a {type(layer).__name__}; use an nn.Linear or 1x1 nn.Conv1d")
+from ..nets.classifier_head import classifier_head, head_in_features
+from ..nets.trained_classifier import TrainedClassifier
 
 
 class Judge(nn.Module):
@@ -50,7 +23,7 @@ class Judge(nn.Module):
     ``checkpoint``: a classifier trained by the suite with ``noisy: false`` (loaded as ``TrainedClassifier``), or
     ``classifier``: any clean ``nn.Module`` with ``forward(x, t=None) -> logits`` and ``num_classes``.
     ``feature_layer``: the class layer whose input is the feature vector (found automatically by default).
-    Frozen and always in eval mode. For YAML: ``judge: {class_path: lightning_guidance.evaluation.judge.Judge,
+    Frozen and always in eval mode. For YAML: ``judge: {class_path: lightning_guidance.metrics.judge.Judge,
     init_args: {checkpoint: runs/digits/judge/checkpoints/last.ckpt}}``.
     """
 
@@ -76,7 +49,7 @@ class Judge(nn.Module):
         self.num_classes = num_classes
         self.data_shape = tuple(getattr(classifier, "data_shape", ()) or ())
         self.feature_layer, layer = classifier_head(classifier, num_classes, feature_layer)
-        self.num_features = _in_features(layer)
+        self.num_features = head_in_features(layer)
         self._layer = [layer]  # a plain list: not registered twice as a submodule
         self.eval()
 
@@ -98,3 +71,17 @@ class Judge(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.logits_and_features(x)[1]
+
+
+def check_judge(judge: Judge, data_classes: int, model_classes: int, terms: Sequence = ()) -> None:
+    """The judge, the real data and the diffusion model must know the same classes, and the judge must not be the
+    classifier of a guidance term (guidance would be graded by its own teacher)."""
+    if judge.num_classes != data_classes or model_classes != data_classes:
+        raise ValueError(f"class counts disagree: real data {data_classes}, diffusion model {model_classes}, "
+                         f"judge {judge.num_classes}; judge with a classifier trained on the same dataset")
+    judge_ckpt = getattr(judge, "checkpoint", None)
+    for term in terms:
+        guide_ckpt = getattr(getattr(term, "classifier", None), "checkpoint", None)
+        if judge_ckpt and guide_ckpt and Path(guide_ckpt).resolve() == Path(judge_ckpt).resolve():
+            raise ValueError(f"the judge {judge_ckpt} is also the classifier of {type(term).__name__}: guidance "
+                             "would be graded by its own teacher; train a separate judge (configs/digits/judge.yaml)")

@@ -11,17 +11,22 @@ Fréchet distance and precision/recall. Every metric is a torchmetrics state tha
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
 
 from torch import Tensor, nn
 from torchmetrics import Metric
 
-from ..metrics import (
+from . import (
     ClassifierScore,
     FrechetDistance,
     GenerativePrecisionRecall,
     conditional_accuracy,
     inception_fid,
 )
+from ..io.shards import read_shard_rows
+from ..io.tables import write_table
 from .judge import Judge
 
 
@@ -55,7 +60,7 @@ class SampleQuality(nn.Module):
         if not groups or len({_key(g) for g in groups}) != len(groups):
             raise ValueError(f"need at least one generated set, with distinct names; got {groups}")
         if not hasattr(judge, "logits_and_features"):
-            raise TypeError(f"the judge must be a lightning_guidance.evaluation.judge.Judge, got {type(judge).__name__}")
+            raise TypeError(f"the judge must be a lightning_guidance.metrics.judge.Judge, got {type(judge).__name__}")
         self.judge = judge
         self.groups = groups
         self.fd_name = fd_name
@@ -98,6 +103,16 @@ class SampleQuality(nn.Module):
         if self.inception is not None:
             self.inception[key].update(x, real=False)
 
+    def update_from_shards(self, group: str, shards: Sequence[tuple[Path, np.ndarray]], ids: range, batch_size: int,
+                           device) -> None:
+        """Feed the samples with ids in ``ids`` (``shards``: ``[(path, its sample ids)]``) to ``group``, reading only
+        the rows that hold them, ``batch_size`` at a time."""
+        for path, shard_ids in shards:
+            rows = np.nonzero((shard_ids >= ids.start) & (shard_ids < ids.stop))[0]
+            for lo in range(0, rows.size, batch_size):
+                x, labels = read_shard_rows(path, rows[lo:lo + batch_size])
+                self.update_generated(group, x.to(device), labels.to(device))
+
     def compute(self, group: str) -> dict[str, float]:
         """The figures of one generated set (collective under DDP)."""
         key = self._check_group(group)
@@ -123,3 +138,22 @@ class SampleQuality(nn.Module):
         for module in self.modules():
             if isinstance(module, Metric):
                 module.reset()
+
+
+def write_quality_table(folder: str | Path, judge: Judge, real_data: str, fd_name: str, num_samples: int, target: str,
+                        rows: Sequence[dict], real: dict[str, float], num_real: int) -> tuple[Path, Path]:
+    """``<folder>/metrics_table.{json,md}``: one row per sweep value (``{'scale', 'guidance', 'num_samples',
+    'metrics'}``) and a reference row, the judge on the real data."""
+    name = getattr(judge, "checkpoint", None) or type(judge).__name__
+    table = {"judge": name, "judge_num_features": judge.num_features, "real_data": real_data, "fd_name": fd_name,
+             "num_samples_per_scale": num_samples, "scale_target": target, "rows": list(rows), "real": real,
+             "num_real_samples": num_real}
+    keys = list(rows[0]["metrics"])
+    intro = (f"Samples graded by the judge `{name}` against the real data of {real_data}, {num_samples} samples per "
+             f"scale. `{fd_name}` is the Fréchet distance in the judge's {judge.num_features} penultimate features "
+             "(not Inception FID).")
+    cells = [[f"{r['scale']:g}", r["guidance"], str(r["num_samples"])] + [f"{r['metrics'][k]:.4f}" for k in keys]
+             for r in rows]
+    cells.append(["real data", "(the judge on the real data)", str(num_real)]
+                 + [f"{real[k]:.4f}" if k in real else "—" for k in keys])
+    return write_table(folder, "metrics_table", table, intro, [f"{target} scale", "guidance", "samples", *keys], cells)

@@ -1,6 +1,6 @@
-"""The evaluation figures as PNG files (written atomically): reliability diagrams, calibration over diffusion time,
-metrics against the guidance scale and guidance diagnostics along the trajectory; and logging them to the
-trainer's loggers that take images (TensorBoard, or any logger with ``log_image``, e.g. W&B)."""
+"""Figures as PNG files, written atomically: sample pictures (an image grid with one row per class, or a scatter /
+histogram of toy points), calibration over diffusion time with reliability diagrams, metrics against the sweep
+value, and guidance diagnostics along the sampling trajectory."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..io.atomic import atomic_write
+from .atomic import atomic_write
 
 
 def _pyplot():
@@ -31,25 +31,43 @@ def _save(fig, path: str | Path) -> Path:
         plt.close(fig)
 
 
+def _rows_by_class(samples: Tensor, labels: Tensor, per_class: int) -> Tensor:
+    rows = []
+    for c in labels.unique(sorted=True).tolist():
+        rows.append(samples[labels == c][:per_class])
+    width = max(len(r) for r in rows)
+    padded = [torch.cat([r, torch.full((width - len(r), *r.shape[1:]), -1.0)]) if len(r) < width else r for r in rows]
+    return torch.cat(padded), width
+
+
+def save_sample_picture(samples: Tensor, labels: Tensor, path: str | Path, title: str = "", per_class: int = 10) -> Path:
+    """PNG of samples: images in [-1, 1] as a grid with one row per class; 1D/2D points as a plot."""
+    samples, labels = samples.detach().float().cpu(), labels.detach().cpu()
+    if samples.ndim == 4:
+        from torchvision.utils import save_image
+
+        grid, width = _rows_by_class(samples, labels, per_class)
+        big = torch.nn.functional.interpolate((grid + 1) / 2, scale_factor=max(1, 64 // grid.shape[-1]), mode="nearest")
+        return atomic_write(path, lambda p: save_image(big, p, nrow=width, padding=4, pad_value=0.5, format="png"),
+                            suffix=".png")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    for c in labels.unique(sorted=True).tolist():
+        pts = samples[labels == c]
+        if samples.shape[1] == 1:
+            ax.hist(pts[:, 0].numpy(), bins=80, alpha=0.6, label=f"class {c}", density=True)
+        else:
+            ax.scatter(pts[:, 0].numpy(), pts[:, 1].numpy(), s=2, alpha=0.5, label=f"class {c}")
+    ax.legend(loc="best", fontsize=7)
+    ax.set_title(title, fontsize=8)
+    return _save(fig, path)
+
+
 def _draw_reliability(ax, count: Tensor, confidence_sum: Tensor, correct_sum: Tensor, label: str) -> None:
     seen = count > 0
     confidence = (confidence_sum[seen] / count[seen]).cpu().numpy()
     accuracy = (correct_sum[seen] / count[seen]).cpu().numpy()
     ax.plot(confidence, accuracy, marker="o", markersize=3, label=label)
-
-
-def save_reliability_diagram(curves: Mapping[str, tuple[Tensor, Tensor, Tensor]], path: str | Path,
-                             title: str = "") -> Path:
-    """Accuracy against mean confidence per equal-width bin, one curve per ``label -> (count, conf_sum, correct_sum)``
-    (the bin statistics of :mod:`lightning_guidance.calibration.ece`); the diagonal is perfect calibration."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
-    ax.plot([0, 1], [0, 1], color="gray", linestyle="--", linewidth=1)
-    for label, (count, confidence_sum, correct_sum) in curves.items():
-        _draw_reliability(ax, count, confidence_sum, correct_sum, label)
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (bin mean)", ylabel="accuracy", title=title)
-    ax.legend(loc="upper left", fontsize=6)
-    return _save(fig, path)
 
 
 def save_calibration_over_time(bucket_names: Sequence[str], bucket_centers: Sequence[float], metrics: Mapping[str, float],
@@ -116,29 +134,3 @@ def save_guidance_diagnostics(traces: Mapping[str, Mapping[str, Sequence[float]]
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path)
-
-
-def log_image(trainer, tag: str, path: str | Path) -> None:
-    """Send a PNG to every logger of ``trainer`` that takes images (TensorBoard's ``add_image``, or ``log_image``)."""
-    if trainer is None:
-        return
-    for logger in trainer.loggers:
-        if hasattr(logger, "log_image"):
-            logger.log_image(key=tag, images=[str(path)], step=trainer.global_step)
-        elif hasattr(getattr(logger, "experiment", None), "add_image"):
-            image = torch.from_numpy(_pyplot().imread(str(path))[..., :3].copy())
-            logger.experiment.add_image(tag, image, global_step=trainer.global_step, dataformats="HWC")
-
-
-def figure_dir(trainer, dirname: str) -> Path:
-    """``<log_dir or default_root_dir>/<dirname>``. Collective under DDP (``trainer.log_dir`` broadcasts rank 0's
-    folder): every rank must call it, before any ``if trainer.is_global_zero``."""
-    return Path(trainer.log_dir or trainer.default_root_dir) / dirname
-
-
-def evaluation_due(trainer, every_n_epochs: int) -> bool:
-    """Whether an every-N-epochs evaluation callback runs in this validation: never in the sanity check, every
-    N-th epoch during fit, always in a stand-alone ``validate``."""
-    if trainer.sanity_checking:
-        return False
-    return trainer.state.fn != "fit" or (trainer.current_epoch + 1) % every_n_epochs == 0

@@ -2,7 +2,7 @@
 
 A clean classifier is measured on clean images (one bucket). A noisy one is measured on real images noised to the
 centre ``t_k`` of each of K buckets of its ``t_range`` — the cheap form of EluCD's integral calibration error,
-``ECE_int = (1/K) sum_k ECE(t_k)`` (MATH.md §3). The noise of sample ``i`` comes from its own generator (seed
+``ECE_int = (1/K) sum_k ECE(t_k)`` (docs/math.md §3). The noise of sample ``i`` comes from its own generator (seed
 ``seed * 1_000_003 + i``), so the figures do not depend on batching or on the number of processes.
 States are torchmetrics sums / concatenations: ``compute`` is collective under DDP.
 """
@@ -15,19 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from ..diffusion.noise import PerSampleNoise
-from ..metrics import ECEOverTime, SmoothECE
-
-
-def time_buckets(t_range: Sequence[float], num_buckets: int) -> list[tuple[float, float]]:
-    """``num_buckets`` equal sub-intervals of ``t_range``."""
-    lo, hi = (float(v) for v in t_range)
-    if num_buckets < 1 or not 0.0 <= lo < hi <= 1.0:
-        raise ValueError(f"need num_buckets >= 1 and 0 <= lo < hi <= 1, got {num_buckets} and {t_range}")
-    return [(lo + (hi - lo) * k / num_buckets, lo + (hi - lo) * (k + 1) / num_buckets) for k in range(num_buckets)]
-
-
-def bucket_name(bucket: tuple[float, float] | None) -> str:
-    return "clean" if bucket is None else f"t{bucket[0]:.2f}-{bucket[1]:.2f}"
+from ..calibration.ece import bucket_name
+from .calibration_metrics import ECEOverTime, SmoothECE
 
 
 def noised_views(schedule, x0: Tensor, ids: Tensor, buckets: Sequence[tuple[float, float]],

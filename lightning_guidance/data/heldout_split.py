@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset, Subset, TensorDataset
 
-from ..data.base import LabeledDataModule
+from .base import LabeledDataModule
 
 
 class HeldOutSplit(LabeledDataModule):

@@ -1,6 +1,6 @@
 """Watch a guidance term during sampling: its gradient size, how often it vanishes, and the classifier's confidence.
 
-Javid et al. (2025; MATH.md §4): an overconfident classifier has ``p(y|x) -> 1`` early in sampling, so
+Javid et al. (2025; docs/math.md §4): an overconfident classifier has ``p(y|x) -> 1`` early in sampling, so
 ``∇ log p(y|x) -> 0`` and guidance does nothing when it matters most. :class:`GuidanceTrace` wraps a term, passes its
 correction through unchanged, and adds per step: the per-sample RMS of the correction divided by the term's
 ``scale`` (the gradient before its scale; a schedule weight stays in), whether that RMS is below
@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..guidance.base import GuidanceState, GuidanceTerm
-from ..guidance.log_likelihood import ClassifierTerm
+from ..diffusion.plug import GuidanceState, GuidanceTerm
+from .log_likelihood import ClassifierTerm
 
 #: columns of :attr:`GuidanceTrace.sums`
 TRACE_COLUMNS = ("count", "t_sum", "gradient_rms_sum", "vanishing_count", "confidence_sum", "confidence_count")

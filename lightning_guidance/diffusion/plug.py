@@ -1,11 +1,14 @@
-"""The contract between samplers and guidance terms.
+"""The sampler's plug: the state a guidance term reads, the term protocol, and the sampler kinds.
+
+It lives with the samplers (``diffusion/``) so that a sampler needs nothing above it; the terms themselves live in
+``guidance/`` and build on this contract.
 
 A term returns ``g``, a correction of the score in VP coordinates, ``g ≈ s ∇_{x_t} log p(y | x_t)``, already
 multiplied by its scale and schedule weight. Each sampler family converts ``g`` in exactly one place:
 
 - DDPM ancestral: mean shift ``mu + Sigma_t g`` (Dhariwal & Nichol 2021, alg. 1);
 - DDIM: ``eps <- eps - sqrt(1 - abar) g``, then ``x0_hat`` is recomputed (alg. 2);
-- EDM Heun (VE state ``x = x_VP / sqrt(abar)``): ``D <- D + sigma^2 sqrt(abar) g`` (chain rule, MATH.md §7).
+- EDM Heun (VE state ``x = x_VP / sqrt(abar)``): ``D <- D + sigma^2 sqrt(abar) g`` (chain rule, docs/math.md §7).
 
 Nothing in a sampler knows which guidance it runs; a term that needs more than ``g`` (e.g. EluCD's EDM
 rule, which nudges the state before the denoiser call) overrides :meth:`GuidanceTerm.edm_nudge`.
@@ -14,12 +17,12 @@ rule, which nudges the state before the denoiser call) overrides :meth:`Guidance
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from ..diffusion.denoiser import Denoiser, DenoiserOutput
+from .denoiser import Denoiser, DenoiserOutput
 
 SAMPLER_KINDS = ("ddpm", "ddim", "edm")
 
@@ -39,7 +42,6 @@ class GuidanceState:
     denoiser: Denoiser | None = None  # for terms that differentiate through the denoiser
     variance: Tensor | None = None  # DDPM: this step's posterior variance Sigma_t (B,)
     max_variance: Tensor | None = None  # DDPM: the first (largest) step's variance
-    extras: dict = field(default_factory=dict)
 
 
 class GuidanceTerm:

@@ -1,0 +1,135 @@
+"""The sweep: one guidance setting per sweep value, known in one place and free of Lightning.
+
+A sweep has a ``target`` and ``values``. ``target: cfg`` makes each value the CFG scale ``s`` of the denoiser
+(``eps = eps_u + s (eps_c - eps_u)``, diffusers' convention) with the guidance terms as configured; ``target:
+guidance`` keeps the CFG scale fixed at ``cfg_scale`` and multiplies every term's own ``scale`` by the value (0 is
+the unguided baseline with the same seeds). :meth:`Sweep.at` turns one value into ``(cfg_scale, terms)``.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import nn
+
+from ..diffusion.plug import GuidanceTerm
+from .cfg_plus_classifier import CFGPlusClassifierGuidance
+from .log_likelihood import num_classes_of
+
+SWEEP_TARGETS = ("cfg", "guidance")
+
+
+@dataclass
+class Sweep:
+    target: str = "cfg"
+    values: list[float] = field(default_factory=lambda: [1.0])
+    cfg_scale: float = 1.0
+    terms: list[GuidanceTerm] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.target not in SWEEP_TARGETS:
+            raise ValueError(f"the sweep's target must be one of {SWEEP_TARGETS}, got {self.target!r}")
+        if not self.values:
+            raise ValueError("the sweep must list at least one value")
+        self.values = [float(v) for v in self.values]
+        self.cfg_scale = float(self.cfg_scale)
+        self.terms = list(self.terms)
+
+    def at(self, value: float) -> tuple[float, list[GuidanceTerm]]:
+        """The CFG scale and the guidance terms at one sweep value."""
+        if self.target == "cfg":
+            return value, self.terms
+        terms = [copy.copy(t) for t in self.terms]  # shallow: classifiers shared, only `scale` differs
+        for t in terms:
+            t.scale = t.scale * value
+        return self.cfg_scale, terms
+
+    @property
+    def cfg_scales(self) -> list[float]:
+        """Every CFG scale the sweep uses."""
+        return list(self.values) if self.target == "cfg" else [self.cfg_scale]
+
+    def folder(self, value: float) -> str:
+        """The name of one value's folder of shards (``cfg_2``, ``guidance_0.5``)."""
+        return f"{self.target}_{value:g}"
+
+    def describe(self, value: float) -> str:
+        """One line for reports: the CFG scale and each term with its scale at this value."""
+        cfg, terms = self.at(value)
+        return ", ".join([f"CFG {cfg:g}"] + [f"{type(t).__name__} (scale {t.scale:g})" for t in terms])
+
+    def identity(self) -> dict:
+        """What a shard's config hash records of the sweep at any one value (the value itself is added per shard)."""
+        return {"scale_target": self.target, "cfg_scale": self.cfg_scale,
+                "guidance": [describe_term(t) for t in self.terms]}
+
+    @property
+    def couples_batch(self) -> bool:
+        return any(t.couples_batch for t in self.terms)
+
+    @property
+    def classifiers(self) -> list[nn.Module]:
+        """The distinct classifier networks of the terms (each once)."""
+        found = {id(t.classifier): t.classifier for t in self.terms if isinstance(getattr(t, "classifier", None), nn.Module)}
+        return list(found.values())
+
+    def check_against(self, num_classes: int, data_shape: tuple[int, ...], schedule: str,
+                      num_train_steps: int) -> None:
+        """Refuse, before any sampling, a guide that cannot work with a diffusion model of these settings."""
+        for term in self.terms:
+            name = type(term).__name__
+            if isinstance(term, CFGPlusClassifierGuidance) and any(s == 1 for s in self.cfg_scales):
+                raise ValueError(f"{name} rescales the classifier gradient to the CFG difference, which is 0 at CFG "
+                                 "scale 1: every CFG scale used must differ from 1")
+            clf = getattr(term, "classifier", None)
+            if not isinstance(clf, nn.Module):
+                continue
+            k = num_classes_of(clf)
+            if k != num_classes:
+                raise ValueError(f"{name}: the classifier has {k} classes but the diffusion model has "
+                                 f"{num_classes}; use one trained on the same labels (off-the-shelf: class_map)")
+            shape = tuple(getattr(clf, "data_shape", ()) or ())
+            if shape and shape != tuple(data_shape):
+                raise ValueError(f"{name}: the classifier was built for inputs {shape}, the samples are "
+                                 f"{tuple(data_shape)}")
+            if getattr(term, "input", None) == "x_t" and hasattr(clf, "noisy"):
+                if not clf.noisy:
+                    raise ValueError(f"{name} reads the noisy x_t but {clf.checkpoint} is a clean classifier; use a "
+                                     "noisy one or input: x0_hat")
+                if (clf.schedule_name, clf.num_train_steps) != (schedule, num_train_steps):
+                    raise ValueError(f"{name}: the classifier was trained on a {clf.schedule_name} schedule of "
+                                     f"{clf.num_train_steps} steps, the diffusion model on {schedule}/"
+                                     f"{num_train_steps}: its t means another noise level; retrain it to match")
+
+
+def _file_identity(path: str | None) -> dict:
+    if not path:
+        return {}
+    p = Path(path)
+    return {"file": str(p.resolve()), "bytes": p.stat().st_size if p.exists() else None}
+
+
+def describe_classifier(classifier: nn.Module) -> dict:
+    """What identifies a guide: its weights file (suite checkpoint or timm/torchvision file) and its settings."""
+    out = {"class": type(classifier).__name__, "settings": classifier.extra_repr()}
+    out.update(_file_identity(getattr(classifier, "checkpoint", None) or getattr(classifier, "weights_path", None)))
+    index = getattr(classifier, "class_index", None)
+    if index is not None:
+        out["class_index"] = index.tolist()
+    return out
+
+
+def describe_term(term: GuidanceTerm) -> dict:
+    """The settings of a guidance term (plain values, its classifier and schedule), for the config hash and report."""
+    simple = (int, float, str, bool, type(None))
+    out = {"class": type(term).__name__,
+           **{k: v for k, v in sorted(vars(term).items()) if isinstance(v, simple) and not k.startswith("_")}}
+    if isinstance(getattr(term, "classifier", None), nn.Module):
+        out["classifier"] = describe_classifier(term.classifier)
+    schedule = getattr(term, "schedule", None)
+    if schedule is not None:
+        out["schedule"] = {"class": type(schedule).__name__,
+                           **{k: v for k, v in vars(schedule).items() if isinstance(v, simple)}}
+    return out

@@ -1,0 +1,24 @@
+"""Result tables as files: a Markdown table (for reports) next to the JSON of the same figures, written atomically."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from .atomic import atomic_write_text
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """The lines of a Markdown table; cells are already formatted strings."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+
+
+def write_table(folder: str | Path, name: str, data: dict, intro: str, columns: Sequence[str],
+                rows: Sequence[Sequence[str]]) -> tuple[Path, Path]:
+    """``<folder>/<name>.json`` (``data``) and ``<folder>/<name>.md`` (``intro``, a blank line, the table)."""
+    folder = Path(folder)
+    json_path = atomic_write_text(folder / f"{name}.json", json.dumps(data, indent=2))
+    md_path = atomic_write_text(folder / f"{name}.md", "\n".join([intro, "", *markdown_table(columns, rows)]) + "\n")
+    return json_path, md_path

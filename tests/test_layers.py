@@ -1,0 +1,145 @@
+"""Every import in the package points down the layer table (docs/architecture.md), and nothing below the Lightning
+layer imports Lightning. Read with ``ast`` from the source, function-level imports included."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "lightning_guidance"
+
+#: bottom to top; a package may import the packages of lower tiers only (never its own tier's siblings)
+LAYERS: list[tuple[str, ...]] = [
+    ("io",),  # files: atomic writes, shards, figures, tables, checkpoint files
+    ("diffusion",),  # the math's base: schedules, samplers and their plug (state, term protocol, sampler kinds)
+    ("guidance", "calibration", "toy", "flow"),  # math built on diffusion
+    ("nets",),  # plain nn.Modules
+    ("metrics",),  # torchmetrics states and what grades with them
+    ("data",),  # LightningDataModules, rank splits of evaluation data (Lightning from here up)
+    ("modules",),  # the Lightning layer: LightningModules ...
+    ("callbacks",),  # ... and the callbacks that act on them
+    ("study",),  # the face: the study runner chains cli calls (as subprocesses) ...
+    ("cli",),  # ... and the cli runs the study
+]
+TIER = {name: i for i, names in enumerate(LAYERS) for name in names}
+#: Lightning from here up: the data modules are LightningDataModules; everything below runs without Lightning
+FIRST_LIGHTNING_TIER = TIER["data"]
+
+
+def _package_of(module: str) -> str | None:
+    """``lightning_guidance.a.b`` -> ``a`` (the layer), or None for the package root."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "lightning_guidance" else None
+
+
+def _own_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def imports_of(path: Path) -> list[tuple[int, str]]:
+    """``(line, absolute module name)`` of every import in a file, at any depth (functions, classes, branches)."""
+    own = _own_name(path)
+    package = own if path.name == "__init__.py" else own.rpartition(".")[0]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                name = ".".join(base + ([node.module] if node.module else []))
+                if node.module is None:  # from . import x: each x may be a submodule
+                    found += [(node.lineno, f"{name}.{alias.name}") for alias in node.names]
+                    continue
+            else:
+                name = node.module or ""
+            found.append((node.lineno, name))
+    return found
+
+
+def package_files() -> list[Path]:
+    return sorted(p for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def layer_of(path: Path) -> str | None:
+    rel = path.relative_to(PACKAGE)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem if rel.stem != "__init__" else None
+
+
+def violations() -> list[str]:
+    out = []
+    for path in package_files():
+        layer = layer_of(path)
+        if layer is None:
+            continue
+        if layer not in TIER:
+            out.append(f"{path.relative_to(PACKAGE.parent)}: folder {layer!r} is in no layer of the table")
+            continue
+        for line, name in imports_of(path):
+            where = f"{path.relative_to(PACKAGE.parent)}:{line}"
+            top = name.split(".")[0]
+            if top == "lightning" and TIER[layer] < FIRST_LIGHTNING_TIER:
+                out.append(f"{where}: imports {name} below the Lightning layer")
+            target = _package_of(name)
+            if top != "lightning_guidance" or target is None or target == layer:
+                continue
+            if target not in TIER:
+                out.append(f"{where}: imports {name}, in no layer of the table")
+            elif TIER[target] >= TIER[layer]:
+                kind = "sideways" if TIER[target] == TIER[layer] else "up"
+                out.append(f"{where}: {layer} imports {name} ({kind})")
+    return out
+
+
+def test_every_import_points_down():
+    assert violations() == []
+
+
+def test_every_folder_is_in_the_table():
+    folders = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert folders <= set(TIER), f"folders missing from the layer table: {sorted(folders - set(TIER))}"
+
+
+# ---- the checker itself catches what it must --------------------------------------------------------------
+
+def _write(root: Path, rel: str, text: str) -> Path:
+    path = root / "lightning_guidance" / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("rel, text, expected", [
+    ("io/x.py", "def f():\n    from ..modules.sampling import SamplingModule\n", "io imports lightning_guidance.modules"),
+    ("diffusion/x.py", "from ..guidance.base import GuidanceState\n", "(up)"),
+    ("guidance/x.py", "from ..calibration import smooth_ece\n", "(sideways)"),
+    ("nets/x.py", "import lightning_guidance.data.base\n", "(up)"),
+    ("metrics/x.py", "import lightning.pytorch as pl\n", "below the Lightning layer"),
+    ("io/x.py", "class A:\n    def f(self):\n        from lightning.pytorch.plugins.io import TorchCheckpointIO\n",
+     "below the Lightning layer"),
+    ("modules/x.py", "from ..callbacks import ema\n", "(up)"),
+    ("io/x.py", "from ..evaluation import plots\n", "in no layer"),
+])
+def test_checker_finds_bad_imports(tmp_path, monkeypatch, rel, text, expected):
+    _write(tmp_path, "__init__.py", "")
+    path = _write(tmp_path, rel, text)
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "lightning_guidance")
+    found = violations()
+    assert any(expected in v for v in found), (path, found)
+
+
+def test_checker_accepts_downward_imports(tmp_path, monkeypatch):
+    _write(tmp_path, "__init__.py", "")
+    _write(tmp_path, "guidance/x.py", "from ..diffusion.plug import GuidanceTerm\nfrom . import y\n")
+    _write(tmp_path, "callbacks/x.py", "import lightning as L\nfrom ..modules.sampling import SamplingModule\n")
+    _write(tmp_path, "data/x.py", "import lightning as L\nfrom ..toy import fractal_2d\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "lightning_guidance")
+    assert violations() == []
