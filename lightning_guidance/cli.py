@@ -76,9 +76,63 @@ def _root_cause(err: BaseException) -> BaseException:
     return err
 
 
+#: config keys (in any ``init_args``) that were renamed: old key -> the key to write instead
+RENAMED_KEYS = {
+    "scales": "sweep.values", "scale_target": "sweep.target", "cfg_scales": "sweep.values",
+    "cfg_scale": "sweep.cfg_scale (SamplingModule, GuidanceDiagnostics)",
+    "guidance": "sweep.terms (SamplingModule, SampleQualityEvaluation, GuidanceDiagnostics)",
+    "clip_denoised": "clip_x0", "x0_clip": "clip_x0 (true clamps x0_hat to [-1, 1])",
+    "num_steps": "sampler_kwargs: {num_steps: ...}",
+}
+#: class paths that moved: old -> new
+MOVED_CLASSES = {
+    "lightning_guidance.io.checkpoints.TrainedClassifier": "lightning_guidance.nets.TrainedClassifier",
+    "lightning_guidance.evaluation.judge.Judge": "lightning_guidance.metrics.judge.Judge",
+    "lightning_guidance.evaluation.heldout_split.HeldOutSplit": "lightning_guidance.data.heldout_split.HeldOutSplit",
+    "lightning_guidance.modules.noisy_classifier.NoisyClassifier": "lightning_guidance.modules.classifier.Classifier",
+}
+
+
+def _old_names(node, file: str, where: str = "") -> None:
+    """Raise at the first renamed key or moved class path in a parsed config (``where``: the keys leading there)."""
+    if isinstance(node, list):
+        for i, item in enumerate(node):
+            _old_names(item, file, f"{where}[{i}]")
+    if not isinstance(node, dict):
+        return
+    path = node.get("class_path")
+    if isinstance(path, str) and path in MOVED_CLASSES:
+        raise ValueError(f"{file}: {where}.class_path {path} has moved: write {MOVED_CLASSES[path]}")
+    for key, value in node.items():
+        here = f"{where}.{key}" if where else str(key)
+        if key == "init_args" and isinstance(value, dict):
+            old = next((k for k in value if k in RENAMED_KEYS), None)
+            if old is not None:
+                raise ValueError(f"{file}: {here}.{old} was renamed: write {RENAMED_KEYS[old]}")
+        if key != "sampler_kwargs":
+            _old_names(value, file, here)
+
+
+def check_old_names(argv: list[str]) -> None:
+    """A config file or argument that uses a renamed key or a moved class gets a one-line error naming the new one."""
+    import yaml
+
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv) and os.path.isfile(argv[i + 1]):
+            with open(argv[i + 1]) as f:
+                _old_names(yaml.safe_load(f), argv[i + 1])
+        elif arg.startswith("--") and ".init_args." in arg:
+            old = arg.split("=")[0].rpartition(".init_args.")[2].split(".")[0]
+            if old in RENAMED_KEYS:
+                raise ValueError(f"{arg.split('=')[0]} was renamed: write {RENAMED_KEYS[old]}")
+        elif arg in MOVED_CLASSES:
+            raise ValueError(f"class_path {arg} has moved: write {MOVED_CLASSES[arg]}")
+
+
 def main(args: list[str] | None = None) -> None:
     """Run a subcommand; errors surface as the exception that explains them (not a parser wrapper)."""
     argv = list(sys.argv[1:] if args is None else args)
+    check_old_names(argv)
     if argv and argv[0] == "study":
         from .study import main as study_main
 

@@ -53,8 +53,8 @@ def test_predict_writes_shards_and_skips_finished_ones(digits_ckpt, tmp_path):
 
 
 def test_predict_same_samples_whatever_the_batch_size(digits_ckpt, tmp_path):
-    _predict(digits_ckpt, tmp_path / "a", "--model.init_args.scales", "[2.0]")
-    _predict(digits_ckpt, tmp_path / "b", "--model.init_args.scales", "[2.0]", "--model.init_args.batch_size", "16")
+    _predict(digits_ckpt, tmp_path / "a", "--model.init_args.sweep.values", "[2.0]")
+    _predict(digits_ckpt, tmp_path / "b", "--model.init_args.sweep.values", "[2.0]", "--model.init_args.batch_size", "16")
     with np.load(tmp_path / "a/cfg_2/shard_0000016.npz") as a, np.load(tmp_path / "b/cfg_2/shard_0000016.npz") as b:
         np.testing.assert_array_equal(a["images"], b["images"])
 
@@ -149,7 +149,7 @@ trainer:
     - {class_path: lightning_guidance.callbacks.ema.EMA, init_args: {decay: 0.9}}
     - {class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {save_last: true}}
     - class_path: lightning_guidance.callbacks.sample_grid.SampleGrid
-      init_args: {every_n_epochs: 1, per_class: 2, cfg_scales: [1.0, 3.0], sampler_kwargs: {num_steps: 2}}
+      init_args: {every_n_epochs: 1, per_class: 2, sweep: {values: [1.0, 3.0]}, sampler_kwargs: {num_steps: 2}}
 """)
     grids = []
     from lightning_guidance.callbacks import sample_grid

@@ -34,7 +34,7 @@ def test_ddp_fit_and_predict_match_one_process(tmp_path):
     def predict_args(out):
         return ["predict", "--config", CONFIGS / "digits/sample_cfg.yaml", "--trainer.default_root_dir", out,
                 "--model.init_args.checkpoint", ckpt, "--model.init_args.output_dir", out,
-                "--model.init_args.scales", "[1.0, 3.0]", "--model.init_args.samples_per_class", 3,
+                "--model.init_args.sweep.values", "[1.0, 3.0]", "--model.init_args.samples_per_class", 3,
                 "--model.init_args.shard_size", 8, "--model.init_args.sampler_kwargs", "{num_steps: 3}"]
 
     cli(*predict_args(tmp_path / "one"), "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false")

@@ -2,7 +2,7 @@
 
 - Judge: its features are the input of the classifier's class layer (read here from the network's own layers).
 - Rank split: every sample is evaluated exactly once whatever the number of ranks; padded repeats are dropped.
-- CalibrationOverTime (NoisyClassifier validate through the CLI): ECE = torchmetrics' MulticlassCalibrationError,
+- CalibrationOverTime (Classifier validate through the CLI): ECE = torchmetrics' MulticlassCalibrationError,
   Smooth ECE = relplot's, on noised inputs rebuilt here from the per-sample seeds.
 - SampleQualityEvaluation (CFGDiffusion fit through the CLI): the logged Fréchet distance is scipy's on samples
   regenerated here from the checkpoint's EMA weights with CFGDiffusion.generate; the judge is in no checkpoint.
@@ -183,18 +183,19 @@ trainer:
         judge: {{class_path: lightning_guidance.metrics.judge.Judge, init_args: {{checkpoint: {judge}}}}}
         every_n_epochs: 1
         num_samples: 20
-        cfg_scales: [1.0, 3.0]
+        sweep: {{values: [1.0, 3.0]}}
         sampler_kwargs: {{num_steps: 4}}
         seed: 11
         fd_name: fd_digits
     - class_path: lightning_guidance.callbacks.guidance_diagnostics.GuidanceDiagnostics
       init_args:
-        guidance:
-          - class_path: lightning_guidance.guidance.ClassifierGuidance
-            init_args:
-              scale: 2.0
-              classifier: {{class_path: lightning_guidance.nets.TrainedClassifier,
-                            init_args: {{checkpoint: {guide}}}}}
+        sweep:
+          terms:
+            - class_path: lightning_guidance.guidance.ClassifierGuidance
+              init_args:
+                scale: 2.0
+                classifier: {{class_path: lightning_guidance.nets.TrainedClassifier,
+                              init_args: {{checkpoint: {guide}}}}}
         num_samples: 8
         sampler_kwargs: {{num_steps: 4}}
 """
@@ -344,13 +345,14 @@ def test_guidance_diagnostics_in_sampling_test(tmp_path, tmp_path_factory):
     (tmp_path / "guided.yaml").write_text(f"""
 model:
   init_args:
-    scale_target: guidance
-    guidance:
-      - class_path: lightning_guidance.guidance.ClassifierGuidance
-        init_args:
-          scale: 1.0
-          classifier: {{class_path: lightning_guidance.nets.TrainedClassifier,
-                        init_args: {{checkpoint: {guide}}}}}
+    sweep:
+      target: guidance
+      terms:
+        - class_path: lightning_guidance.guidance.ClassifierGuidance
+          init_args:
+            scale: 1.0
+            classifier: {{class_path: lightning_guidance.nets.TrainedClassifier,
+                          init_args: {{checkpoint: {guide}}}}}
 """)
     (tmp_path / "diagnostics.yaml").write_text("""
 trainer:

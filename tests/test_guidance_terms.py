@@ -88,7 +88,7 @@ def cg_closed_form(f, G, y, tau1=1.0, tau2=1.0):
 def test_tempered_log_likelihood_gradient_matches_closed_form(tau1, tau2):
     clf = TinyClassifier()
     state = make_state()
-    term = OffTheShelfGuidance(clf, tau1=tau1, tau2=tau2, x0_clip=None)
+    term = OffTheShelfGuidance(clf, tau1=tau1, tau2=tau2, clip_x0=False)
     f, G = logit_jacobian(clf, state.out.x0, None)  # detached x0_hat, clean classifier (t=None)
     torch.testing.assert_close(term(state), cg_closed_form(f, G, state.y, tau1, tau2))
 
@@ -101,7 +101,7 @@ def test_temperature_special_cases():
     clf = TinyClassifier()
     state = make_state()
     f, G = logit_jacobian(clf, state.out.x0, None)
-    g = OffTheShelfGuidance(clf, tau2=0.0, x0_clip=None)(state)
+    g = OffTheShelfGuidance(clf, tau2=0.0, clip_x0=False)(state)
     torch.testing.assert_close(g, G[torch.arange(B), state.y])  # pure logit: ∇ f_y
 
 
@@ -133,8 +133,8 @@ def test_through_denoiser_is_the_detached_gradient_times_the_denoiser_jacobian()
     clf, den = TinyClassifier(), TinyDenoiser()
     state = make_state(denoiser=den, abar=0.7)
     state.out = den(state.x_t, state.t, state.abar, state.y)
-    detached = OffTheShelfGuidance(clf, tau2=0.5, x0_clip=None)(state)
-    through = OffTheShelfGuidance(clf, tau2=0.5, x0_clip=None, through_denoiser=True)(state)
+    detached = OffTheShelfGuidance(clf, tau2=0.5, clip_x0=False)(state)
+    through = OffTheShelfGuidance(clf, tau2=0.5, clip_x0=False, through_denoiser=True)(state)
     # chain rule, per sample: ∇_{x_t} = (∂x0/∂x_t)^T ∇_{x0_hat}
     for b in range(B):
         def x0_of(row, b=b):
@@ -185,7 +185,7 @@ def test_sine_boost_sampler_support():
 def test_edm_nudge_is_the_rms_normalised_gradient_times_the_sine_weight():
     clf = TinyClassifier()
     g_max, gamma, n, step, scale = 0.004, 0.3, 18, 5, 1.5
-    term = OffTheShelfGuidance(clf, scale=scale, tau2=0.0, sine_gamma=gamma, edm_g_max=g_max, x0_clip=None)
+    term = OffTheShelfGuidance(clf, scale=scale, tau2=0.0, sine_gamma=gamma, edm_g_max=g_max, clip_x0=False)
     x = 5 * torch.randn(B, D, dtype=DT)
     sigma = torch.full((B,), 3.0, dtype=DT)
     y = torch.arange(B) % K
@@ -206,7 +206,7 @@ def test_edm_nudge_is_the_rms_normalised_gradient_times_the_sine_weight():
 
 def test_edm_nudge_weight_floor():
     clf = TinyClassifier()
-    term = OffTheShelfGuidance(clf, sine_gamma=0.0, edm_g_max=1e-9, x0_clip=None)
+    term = OffTheShelfGuidance(clf, sine_gamma=0.0, edm_g_max=1e-9, clip_x0=False)
     x = torch.randn(B, D, dtype=DT)
     nudge = term.edm_nudge(x, None, 0, 10, lambda v: DenoiserOutput(eps=v, x0=v), y=torch.arange(B) % K)
     rms = lambda v: v.pow(2).mean(1).sqrt()  # noqa: E731
@@ -224,7 +224,7 @@ def test_cfg_plus_classifier_matches_the_cfg_score_difference_rms():
     a = torch.full((B,), abar, dtype=DT)
     out = DenoiserOutput(eps=eps, x0=eps_to_x0(eps, x_t, a), eps_cond=eps_c, eps_uncond=eps_u)
     state = make_state(x_t=x_t, out=out, abar=abar)
-    g = CFGPlusClassifierGuidance(clf, scale=0.7, tau2=0.5, x0_clip=None)(state)
+    g = CFGPlusClassifierGuidance(clf, scale=0.7, tau2=0.5, clip_x0=False)(state)
     f, G = logit_jacobian(clf, out.x0, None)
     direction = cg_closed_form(f, G, state.y, 1.0, 0.5)
     score_diff_rms = ((eps_c - eps_u) / math.sqrt(1 - abar)).pow(2).mean(1, keepdim=True).sqrt()

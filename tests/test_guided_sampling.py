@@ -33,7 +33,7 @@ def _read(path: Path) -> dict:
 def _is_guided_sampling_config(path: Path) -> bool:
     cfg = _read(path)
     init = (cfg.get("model") or {}).get("init_args") or {}
-    return cfg.get("model", {}).get("class_path", "").endswith("SamplingModule") and bool(init.get("guidance"))
+    return cfg.get("model", {}).get("class_path", "").endswith("SamplingModule") and bool((init.get("sweep") or {}).get("terms"))
 
 
 GUIDED_CONFIGS = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.glob("*/sample_*.yaml")
@@ -95,7 +95,7 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 def _classifier_specs(init: dict) -> list[dict]:
-    return [term["init_args"]["classifier"] for term in init["guidance"]]
+    return [term["init_args"]["classifier"] for term in init["sweep"]["terms"]]
 
 
 def rewrite(config: str, out: Path, checkpoint_for, **init_overrides) -> Path:
@@ -107,6 +107,9 @@ def rewrite(config: str, out: Path, checkpoint_for, **init_overrides) -> Path:
     for spec in _classifier_specs(init):
         if spec["class_path"] == TRAINED_CLASSIFIER:
             spec["init_args"]["checkpoint"] = str(checkpoint_for(spec["init_args"]["checkpoint"]))
+    values = init_overrides.pop("values", None)
+    if values is not None:  # the sweep's values, the rest of the sweep as configured
+        init["sweep"]["values"] = values
     init.update(output_dir=str(out), **init_overrides)
     cfg["trainer"]["default_root_dir"] = str(out)
     path = out.parent / f"{out.name}.yaml"
@@ -152,7 +155,7 @@ def test_sampling_config_runs_on_each_sampler_its_term_supports(config, sampler,
                                                                 no_pictures):
     out = tmp_path / "samples"
     cfg = _read(CONFIGS / config)["model"]["init_args"]
-    scales = cfg["scales"]
+    scales = cfg["sweep"]["values"]
     path = rewrite(config, out, tiny_checkpoint, sampler=sampler, sampler_kwargs={"num_steps": 3},
                    samples_per_class=2, shard_size=64, batch_size=64)
     if sampler not in _supported_samplers(config):
@@ -163,7 +166,7 @@ def test_sampling_config_runs_on_each_sampler_its_term_supports(config, sampler,
 
     predict(path)
     found = shards_by_scale(out)
-    assert sorted(found) == sorted(f"{cfg['scale_target']}_{s:g}" for s in scales)  # the sweep, one folder each
+    assert sorted(found) == sorted(f"{cfg['sweep']['target']}_{s:g}" for s in scales)  # the sweep, one folder each
     diffusion = torch.load(tiny_checkpoint(cfg["checkpoint"]), map_location="cpu", weights_only=True)
     net = diffusion["hyper_parameters"]["net"]["init_args"]
     k = int(net["num_classes"])
@@ -172,31 +175,31 @@ def test_sampling_config_runs_on_each_sampler_its_term_supports(config, sampler,
         assert y.tolist() == [i % k for i in range(2 * k)]
     # the term reached the sampler with the swept scale (the manifest records what each shard was made with) ...
     manifest = json.loads((out / "manifest.json").read_text())
-    term = cfg["guidance"][0]
+    term = cfg["sweep"]["terms"][0]
     for s in scales:
         made = manifest["scales"][f"{s:g}"]["config"]
         assert [g["class"] for g in made["guidance"]] == [term["class_path"].rsplit(".", 1)[1]]
-        assert (made["scale"], made["scale_target"]) == (s, cfg["scale_target"])
+        assert (made["scale"], made["scale_target"]) == (s, cfg["sweep"]["target"])
         assert made["guidance"][0]["scale"] == term["init_args"]["scale"]
     # ... and a guidance-scale sweep changes the samples (same seeds at every scale). Checked on the toy data, whose
     # shards keep floats: a 2-step digits model's x0_hat is clipped almost everywhere and its shards are uint8, so
     # a small push may change no stored pixel (the judged test below shows digits guidance at work); and a 2-step
     # model's CFG difference is ~0, so a CFG sweep may change nothing.
-    if cfg["scale_target"] == "guidance" and found[next(iter(found))][0].ndim == 2:
+    if cfg["sweep"]["target"] == "guidance" and found[next(iter(found))][0].ndim == 2:
         samples = [x for x, _ in found.values()]
         assert any(not torch.equal(samples[0], other) for other in samples[1:])
 
 
 def test_guidance_scale_zero_is_the_unguided_sampler(tiny_checkpoint, tmp_path, no_pictures):
-    """scale_target: guidance multiplies the term's scale: sweep value 0 gives exactly the unguided samples."""
+    """sweep.target: guidance multiplies the term's scale: sweep value 0 gives exactly the unguided samples."""
     config = "toy/sample_cg_1d.yaml"
     guided = rewrite(config, tmp_path / "guided", tiny_checkpoint, sampler_kwargs={"num_steps": 5, "eta": 0.0},
-                     samples_per_class=4, scales=[0.0])
+                     samples_per_class=4, values=[0.0])
     predict(guided)
     unguided = rewrite(config, tmp_path / "unguided", tiny_checkpoint, sampler_kwargs={"num_steps": 5, "eta": 0.0},
-                       samples_per_class=4, scales=[0.0])
+                       samples_per_class=4, values=[0.0])
     cfg = _read(unguided)
-    cfg["model"]["init_args"]["guidance"] = []
+    cfg["model"]["init_args"]["sweep"]["terms"] = []
     unguided.write_text(yaml.safe_dump(cfg))
     predict(unguided)
     (a, _) = shards_by_scale(tmp_path / "guided")["guidance_0"]
@@ -217,8 +220,8 @@ def test_terms_guide_the_same_under_lightnings_inference_mode(sampler):
 
     mixture, schedule = two_class_mixture_1d(mu=1.0, sigma=0.3), VPSchedule.from_name("linear", 1000)
     clf = MLPClassifier(1, 2, hidden_dim=16, num_layers=1).requires_grad_(False)
-    terms = [ClassifierGuidance(clf, scale=2.0), TiltedGuidance(clf, x0_clip=None, through_denoiser=True),
-             OffTheShelfGuidance(clf, x0_clip=None, tau2=0.0, sine_gamma=0.3, edm_g_max=0.01)]
+    terms = [ClassifierGuidance(clf, scale=2.0), TiltedGuidance(clf, clip_x0=False, through_denoiser=True),
+             OffTheShelfGuidance(clf, clip_x0=False, tau2=0.0, sine_gamma=0.3, edm_g_max=0.01)]
     terms = [term for term in terms if sampler in term.supported_samplers]
     y = torch.arange(6) % 2
 
@@ -306,7 +309,7 @@ def test_classifier_guidance_makes_samples_the_requested_digit_more_often(
     out = tmp_path / "samples"
     runs = {"runs/digits/cfg/checkpoints/last.ckpt": digits_diffusion,
             "runs/digits/classifier/checkpoints/last.ckpt": noisy_digits_classifier / "checkpoints" / "last.ckpt"}
-    path = rewrite("digits/sample_cg.yaml", out, runs.__getitem__, scales=[0.0, GUIDED_SCALE],
+    path = rewrite("digits/sample_cg.yaml", out, runs.__getitem__, values=[0.0, GUIDED_SCALE],
                    sampler_kwargs={"num_steps": 20, "eta": 0.0}, samples_per_class=20)
     predict(path)
     found = shards_by_scale(out)
@@ -325,9 +328,9 @@ def test_classifier_with_other_classes_than_the_diffusion_model_is_a_clear_error
     """An ImageNet-style guide (1000 outputs) on the 10-class digits model without class_map."""
     out = tmp_path / "samples"
     path = rewrite("digits/sample_offtheshelf.yaml", out, tiny_checkpoint, sampler_kwargs={"num_steps": 3},
-                   samples_per_class=1, scales=[1.0])
+                   samples_per_class=1, values=[1.0])
     cfg = _read(path)
-    cfg["model"]["init_args"]["guidance"][0]["init_args"]["classifier"] = {
+    cfg["model"]["init_args"]["sweep"]["terms"][0]["init_args"]["classifier"] = {
         "class_path": "lightning_guidance.nets.OffTheShelfClassifier",
         "init_args": {"source": "timm", "arch": "resnet10t", "allow_random_init": True, "input_size": 32}}
     path.write_text(yaml.safe_dump(cfg))
@@ -371,9 +374,9 @@ def test_nan_gradient_mid_sampling_names_the_step_and_leaves_no_shard(sampler, t
     out = tmp_path / "samples"
     steps = 6
     path = rewrite("digits/sample_cg.yaml", out, tiny_checkpoint, sampler=sampler,
-                   sampler_kwargs={"num_steps": steps}, samples_per_class=1, scales=[1.0], shard_size=4)
+                   sampler_kwargs={"num_steps": steps}, samples_per_class=1, values=[1.0], shard_size=4)
     cfg = _read(path)
-    term = cfg["model"]["init_args"]["guidance"][0]["init_args"]
+    term = cfg["model"]["init_args"]["sweep"]["terms"][0]["init_args"]
     term["classifier"] = {"class_path": f"{__name__}.NaNBelowTime",
                           "init_args": {"classifier": term["classifier"], "t_nan": 0.5}}
     path.write_text(yaml.safe_dump(cfg))

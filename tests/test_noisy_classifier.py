@@ -1,4 +1,4 @@
-"""NoisyClassifier through the real CLI: the noisy classifier and its clean twin fit, log per-t-bucket validation
+"""Classifier through the real CLI: the noisy classifier and its clean twin fit, log per-t-bucket validation
 accuracy, save checkpoints that load through TrainedClassifier (weights_only), and run under DDP.
 
 Oracles: accuracy and loss recomputed here from the checkpoint on the validation split; a spy network that records

@@ -74,7 +74,7 @@ def sampling_args(ckpt: Path, out: Path, *extra) -> list:
             "--model.init_args.checkpoint", ckpt, "--model.init_args.output_dir", out,
             "--model.init_args.samples_per_class", str(SAMPLES_PER_CLASS), "--model.init_args.shard_size", "16",
             "--model.init_args.batch_size", "32", "--model.init_args.sampler_kwargs", "{num_steps: 4}",
-            "--model.init_args.scales", SCALES, *extra]
+            "--model.init_args.sweep.values", SCALES, *extra]
 
 
 def predict_shards(ckpt: Path, out: Path, *extra) -> None:
@@ -237,11 +237,12 @@ def test_a_judge_that_also_guides_is_refused(setup_paths, tmp_path):
     (tmp_path / "guided.yaml").write_text(f"""
 model:
   init_args:
-    guidance:
-      - class_path: lightning_guidance.guidance.OffTheShelfGuidance
-        init_args:
-          classifier: {{class_path: lightning_guidance.nets.TrainedClassifier,
-                        init_args: {{checkpoint: {judge}}}}}
+    sweep:
+      terms:
+        - class_path: lightning_guidance.guidance.OffTheShelfGuidance
+          init_args:
+            classifier: {{class_path: lightning_guidance.nets.TrainedClassifier,
+                          init_args: {{checkpoint: {judge}}}}}
 """)  # a clean classifier guiding through x0_hat, as an off-the-shelf guide does
     args = stage_args(ckpt, tmp_path / "o", judge)
     with pytest.raises(ValueError, match="graded by its own teacher"):

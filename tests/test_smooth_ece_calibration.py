@@ -37,12 +37,10 @@ from lightning_guidance.diffusion.sampling import sample
 from lightning_guidance.data.heldout_split import HeldOutSplit
 from lightning_guidance.guidance import ClassifierGuidance
 from lightning_guidance.modules.cfg_diffusion import CFGDiffusion
-from lightning_guidance.modules.noisy_classifier import NoisyClassifier
+from lightning_guidance.modules.classifier import Classifier
 from lightning_guidance.nets import TrainedClassifier
-from lightning_guidance.modules.smooth_ece_calibration import (
-    CALIBRATED_CLASSIFIER,
-    calibration_loss,
-)
+from lightning_guidance.calibration.loss import calibration_loss
+from lightning_guidance.modules.smooth_ece_calibration import CALIBRATED_CLASSIFIER
 
 
 def fit_quiet(*args) -> None:
@@ -110,7 +108,7 @@ def test_export_is_a_classifier_checkpoint_with_only_the_head_changed(calibrated
     assert exported["state_dict"].keys() == original["state_dict"].keys()
     changed = {k for k, v in exported["state_dict"].items() if not torch.equal(v, original["state_dict"][k])}
     assert changed == {"net.head.proj.weight", "net.head.proj.bias"}  # trainable: head (the class layer)
-    module = NoisyClassifier.from_checkpoint(root / "checkpoints" / CALIBRATED_CLASSIFIER)
+    module = Classifier.from_checkpoint(root / "checkpoints" / CALIBRATED_CLASSIFIER)
     assert not module.hparams.noisy and module.num_classes == 10
     lightning_ckpt = load(root / "checkpoints" / "last.ckpt")  # resumable: SmoothECECalibration's own hparams
     assert lightning_ckpt["hyper_parameters"]["smooth_ece_weight"] == 2.0

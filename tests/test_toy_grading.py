@@ -40,7 +40,7 @@ def test_predict_then_test_grades_toy_shards(tmp_path, family):
                 "--model.init_args.checkpoint", tmp_path / "cfg" / "checkpoints" / "last.ckpt",
                 "--model.init_args.output_dir", out, "--model.init_args.samples_per_class", "12",
                 "--model.init_args.shard_size", "10", "--model.init_args.batch_size", "16",
-                "--model.init_args.sampler_kwargs", "{num_steps: 3}", "--model.init_args.scales", "[1.0, 3.0]"]
+                "--model.init_args.sampler_kwargs", "{num_steps: 3}", "--model.init_args.sweep.values", "[1.0, 3.0]"]
     cli("predict", *sampling)
     judge = (tmp_path / "judge.yaml")
     judge.write_text("model:\n  init_args:\n    judge:\n      class_path: lightning_guidance.metrics.judge.Judge\n"

@@ -1,6 +1,6 @@
 """ECE over diffusion time and reliability diagrams of a classifier, measured during its validation.
 
-For a ``NoisyClassifier`` (or anything with ``net``, ``schedule`` and ``hparams.noisy`` / ``hparams.t_range``): every
+For a ``Classifier`` (or anything with ``net``, ``schedule`` and ``hparams.noisy`` / ``hparams.t_range``): every
 validation batch is noised to the centre of each of ``num_buckets`` time buckets with per-sample noise (see
 :class:`~lightning_guidance.metrics.classifier_calibration.ClassifierCalibration`); a clean classifier is measured on
 clean images. Padded repeats of Lightning's distributed sampler are dropped by sample index, states reduce across
@@ -41,11 +41,11 @@ class CalibrationOverTime(L.Callback):
         for attr in ("net", "schedule"):
             if not hasattr(pl_module, attr):
                 raise TypeError(f"CalibrationOverTime measures a classifier module with `net` and `schedule` "
-                                f"(e.g. NoisyClassifier); {type(pl_module).__name__} has no `{attr}`")
+                                f"(e.g. Classifier); {type(pl_module).__name__} has no `{attr}`")
         hp = pl_module.hparams
         if hasattr(pl_module, "buckets"):  # SmoothECECalibration: the buckets it fine-tunes over (None: clean)
             buckets = pl_module.buckets
-        elif hp.get("noisy", False):  # NoisyClassifier: its validation buckets, or num_buckets of its t_range
+        elif hp.get("noisy", False):  # Classifier: its validation buckets, or num_buckets of its t_range
             buckets = time_buckets(hp.get("t_range", (0.0, 1.0)), self.num_buckets or hp.get("num_t_buckets", 4))
         else:
             buckets = None  # a clean classifier: measured on clean images

@@ -1,12 +1,13 @@
 """Sample quality while a diffusion model trains: Fréchet distance in a judge's feature space, precision/recall,
-conditional accuracy and classifier score under the judge, for M generated samples per CFG scale.
+conditional accuracy and classifier score under the judge, for M generated samples at each value of a sweep
+(by default of the CFG scale; see :class:`~lightning_guidance.guidance.sweep.Sweep`).
 
 Every ``every_n_epochs`` epochs (and at every ``validate``), during the validation epoch: the real side is the
 validation batches themselves (padded repeats of the distributed sampler dropped by sample index); the generated
 side is M samples with ids ``0..M-1`` split into one block per rank (label ``id % num_classes``, seed
 ``seed + id``), drawn at the first validation batch, when every callback's ``on_validation_epoch_start`` has run —
 so an EMA callback has swapped its average in, whatever the callback order. Figures are computed collectively and
-logged as ``val/<metric>/cfg<s>`` (e.g. ``val/fd_digits/cfg3``); ``<log_dir>/<dirname>/epochNNNN.{json,png}``.
+logged as ``val/<metric>/<target><value>`` (e.g. ``val/fd_digits/cfg3``); ``<log_dir>/<dirname>/epochNNNN.{json,png}``.
 
 The judge (and an optional Inception network) lives in this callback, never in the trained module: it lands in no
 checkpoint and no EMA copy.
@@ -21,8 +22,8 @@ import torch
 from torch import nn
 
 from ..data.rank_split import LoaderBatchIds, check_enough_per_rank, owned_block
-from ..diffusion.plug import GuidanceTerm
 from ..diffusion.sampling import check_sampling, sample_ids
+from ..guidance.sweep import Sweep
 from ..io.atomic import atomic_write_text
 from ..io.figures import save_metrics_vs_scale
 from ..metrics.sample_quality import SampleQuality
@@ -31,22 +32,18 @@ from ..modules.trainer_io import evaluation_due, figure_dir, log_image
 
 
 class SampleQualityEvaluation(L.Callback):
-    def __init__(self, judge: nn.Module, every_n_epochs: int = 1, num_samples: int = 100,
-                 cfg_scales: list[float] = (1.0,), sampler: str = "ddim", sampler_kwargs: dict | None = None,
-                 guidance: list[GuidanceTerm] | None = None, seed: int = 0, batch_size: int = 100,
+    def __init__(self, judge: nn.Module, every_n_epochs: int = 1, num_samples: int = 100, sweep: Sweep | None = None,
+                 sampler: str = "ddim", sampler_kwargs: dict | None = None, seed: int = 0, batch_size: int = 100,
                  fd_name: str = "fd_judge", precision_recall_k: int = 3, inception_weights: str | None = None,
                  dirname: str = "evaluation"):
         if every_n_epochs < 1 or num_samples < 1 or batch_size < 1:
             raise ValueError("every_n_epochs, num_samples and batch_size must be >= 1")
-        if not cfg_scales:
-            raise ValueError("cfg_scales must list at least one CFG scale")
-        self.guidance = list(guidance or [])
-        sampler_kwargs = check_sampling(sampler, sampler_kwargs, self.guidance)
+        self.sweep = sweep if sweep is not None else Sweep()
+        self.sampler_kwargs = check_sampling(sampler, sampler_kwargs, self.sweep.terms)
         self.judge = judge
         self.every_n_epochs, self.num_samples, self.batch_size = every_n_epochs, num_samples, batch_size
-        self.cfg_scales = [float(s) for s in cfg_scales]
-        self.sampler, self.sampler_kwargs, self.seed = sampler, dict(sampler_kwargs or {}), seed
-        self.groups = [f"cfg{s:g}" for s in self.cfg_scales]
+        self.sampler, self.seed = sampler, seed
+        self.groups = [f"{self.sweep.target}{v:g}" for v in self.sweep.values]
         # built here, so that a missing Inception weights file is reported before any training
         self.quality = SampleQuality(judge, self.groups, fd_name, precision_recall_k, inception_weights=inception_weights)
         self.dirname = dirname
@@ -75,9 +72,10 @@ class SampleQualityEvaluation(L.Callback):
     def _generate(self, trainer: L.Trainer, pl_module) -> None:
         ids = torch.tensor(list(owned_block(self.num_samples, trainer.global_rank, trainer.world_size)))
         classes = list(range(pl_module.num_classes))
-        for scale, group in zip(self.cfg_scales, self.groups):
+        for value, group in zip(self.sweep.values, self.groups):
+            cfg, terms = self.sweep.at(value)
             sample_ids(pl_module, ids, classes, self.seed, sampler=self.sampler, sampler_kwargs=self.sampler_kwargs,
-                       cfg_scale=scale, guidance=self.guidance, batch_size=self.batch_size,
+                       cfg_scale=cfg, guidance=terms, batch_size=self.batch_size,
                        on_batch=lambda x, y, g=group: self.quality.update_generated(g, x, y))
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
@@ -106,8 +104,10 @@ class SampleQualityEvaluation(L.Callback):
         name = f"epoch{trainer.current_epoch:04d}"
         atomic_write_text(out_dir / f"{name}.json", json.dumps(
             {"epoch": trainer.current_epoch, "step": trainer.global_step, "num_samples": self.num_samples,
-             "sampler": self.sampler, "sampler_kwargs": self.sampler_kwargs, "cfg_scales": self.cfg_scales,
+             "sampler": self.sampler, "sampler_kwargs": self.sampler_kwargs, "sweep_target": self.sweep.target,
+             "sweep_values": self.sweep.values,
              "judge": getattr(self.judge, "checkpoint", None), "real_data_judge": real, "rows": rows}, indent=2))
-        path = save_metrics_vs_scale(self.cfg_scales, list(rows.values()), out_dir / f"{name}.png", "CFG scale",
+        path = save_metrics_vs_scale(self.sweep.values, list(rows.values()), out_dir / f"{name}.png",
+                                     f"{self.sweep.target} scale",
                                      title=f"epoch {trainer.current_epoch}, {self.num_samples} samples per scale")
-        log_image(trainer, "evaluation/metrics_vs_cfg_scale", path)
+        log_image(trainer, f"evaluation/metrics_vs_{self.sweep.target}_scale", path)

@@ -5,10 +5,11 @@ whose gradient vanished, and the classifier's confidence in the requested class 
 Where it runs:
 
 - ``CFGDiffusion`` validation, every ``every_n_epochs`` epochs (and at every ``validate``): ``num_samples`` samples
-  with this callback's ``guidance`` terms (which need a classifier, e.g. ``TrainedClassifier``) at ``cfg_scale``,
-  drawn at the first validation batch (EMA weights in place).
-- ``SamplingModule`` test: the module's own guidance at each of its scales, the same sample ids and seeds as its
-  shards (``guidance`` here must then be left empty).
+  at each value of this callback's ``sweep`` (its ``terms`` need a classifier, e.g. ``TrainedClassifier``; by
+  default one value, 1: the terms as configured at ``sweep.cfg_scale``), drawn at the first validation batch (EMA
+  weights in place).
+- ``SamplingModule`` test: the module's own sweep at each of its values, the same sample ids and seeds as its
+  shards (the callback's ``sweep`` must then be left empty).
 
 Each rank samples its own block of ids; per-step sums are added across ranks. Written by rank 0: a PNG and a JSON
 per run under ``<log_dir>/<dirname>/`` (SamplingModule: ``<output_dir>/<dirname>/``); logged:
@@ -26,6 +27,7 @@ import torch
 from ..data.rank_split import check_enough_per_rank, owned_block
 from ..diffusion.plug import GuidanceTerm
 from ..diffusion.sampling import check_sampling, sample_ids
+from ..guidance.sweep import Sweep
 from ..guidance.trace import GuidanceTrace, summarize_trace
 from ..io.atomic import atomic_write_text
 from ..io.figures import save_guidance_diagnostics
@@ -34,17 +36,16 @@ from ..modules.trainer_io import evaluation_due, figure_dir, log_image
 
 
 class GuidanceDiagnostics(L.Callback):
-    def __init__(self, guidance: list[GuidanceTerm] | None = None, cfg_scale: float = 1.0, every_n_epochs: int = 1,
-                 num_samples: int = 64, sampler: str = "ddim", sampler_kwargs: dict | None = None, seed: int = 0,
+    def __init__(self, sweep: Sweep | None = None, every_n_epochs: int = 1, num_samples: int = 64, sampler: str = "ddim", sampler_kwargs: dict | None = None, seed: int = 0,
                  batch_size: int = 64, vanishing_rms: float = 1e-3, dirname: str = "guidance_diagnostics"):
         if every_n_epochs < 1 or num_samples < 1 or batch_size < 1:
             raise ValueError("every_n_epochs, num_samples and batch_size must be >= 1")
         if vanishing_rms <= 0:
             raise ValueError(f"vanishing_rms must be > 0, got {vanishing_rms}")
-        self.guidance = list(guidance or [])
-        sampler_kwargs = check_sampling(sampler, sampler_kwargs, self.guidance)
-        self.cfg_scale, self.every_n_epochs, self.num_samples = float(cfg_scale), every_n_epochs, num_samples
-        self.sampler, self.sampler_kwargs, self.seed = sampler, dict(sampler_kwargs or {}), seed
+        self.sweep = sweep if sweep is not None else Sweep("guidance")
+        self.sampler_kwargs = check_sampling(sampler, sampler_kwargs, self.sweep.terms)
+        self.every_n_epochs, self.num_samples = every_n_epochs, num_samples
+        self.sampler, self.seed = sampler, seed
         self.batch_size, self.vanishing_rms, self.dirname = batch_size, float(vanishing_rms), dirname
         self.last: dict[str, dict] | None = None
         self._active = False
@@ -53,15 +54,15 @@ class GuidanceDiagnostics(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module, stage: str) -> None:
         check_enough_per_rank(self.num_samples, trainer.world_size, "GuidanceDiagnostics num_samples")
         if isinstance(pl_module, SamplingModule):  # it brings its own guidance
-            if self.guidance:
-                raise ValueError("GuidanceDiagnostics on a SamplingModule traces the module's own guidance; "
-                                 "leave the callback's guidance empty")
+            if self.sweep.terms:
+                raise ValueError("GuidanceDiagnostics on a SamplingModule traces the module's own sweep; "
+                                 "leave the callback's sweep empty")
             if not pl_module.sweep.terms:
                 raise ValueError("GuidanceDiagnostics: this SamplingModule runs no guidance term (CFG only); "
                                  "there is no guidance gradient to trace")
-        elif not self.guidance:
-            raise ValueError("GuidanceDiagnostics needs guidance terms (e.g. ClassifierGuidance with a "
-                             "TrainedClassifier) to trace during validation")
+        elif not self.sweep.terms:
+            raise ValueError("GuidanceDiagnostics needs guidance terms (sweep: {terms: [...]}, e.g. "
+                             "ClassifierGuidance with a TrainedClassifier) to trace during validation")
 
     # ---- tracing -------------------------------------------------------------------------------------
     def trace(self, trainer: L.Trainer, draw, terms: list[GuidanceTerm], device) -> dict[str, dict]:
@@ -97,22 +98,28 @@ class GuidanceDiagnostics(L.Callback):
         if not self._active or batch_idx != 0 or dataloader_idx != 0:
             return
         self._active = False
-        classes = list(range(pl_module.num_classes))
+        classes, self._pending = list(range(pl_module.num_classes)), {}
+        for value in self.sweep.values:
+            cfg, terms = self.sweep.at(value)
 
-        def draw(ids, traced):
-            sample_ids(pl_module, ids, classes, self.seed, sampler=self.sampler, sampler_kwargs=self.sampler_kwargs,
-                       cfg_scale=self.cfg_scale, guidance=traced, batch_size=self.batch_size, on_batch=lambda x, y: None)
+            def draw(ids, traced, cfg=cfg):
+                sample_ids(pl_module, ids, classes, self.seed, sampler=self.sampler, sampler_kwargs=self.sampler_kwargs,
+                           cfg_scale=cfg, guidance=traced, batch_size=self.batch_size, on_batch=lambda x, y: None)
 
-        traces = self.trace(trainer, draw, self.guidance, pl_module.device)
-        self.last = self._pending = traces
+            # one sweep value: the figures carry no tag (val/<term>/...); several: one tag per value
+            tag = self.sweep.folder(value) if len(self.sweep.values) > 1 else ""
+            self._pending[tag] = self.trace(trainer, draw, terms, pl_module.device)
+        self.last = self._pending if len(self._pending) > 1 else self._pending[""]
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
-        traces, self._pending = self._pending, None
-        if traces is None:
+        pending, self._pending = self._pending, None
+        if pending is None:
             return
         out_dir = figure_dir(trainer, self.dirname)  # collective
-        self._report(trainer, pl_module, "val", "", traces, out_dir, f"epoch{trainer.current_epoch:04d}",
-                     f"epoch {trainer.current_epoch}, CFG scale {self.cfg_scale:g}")
+        for (tag, traces), value in zip(pending.items(), self.sweep.values):
+            name = f"epoch{trainer.current_epoch:04d}" + (f"_{tag}" if tag else "")
+            self._report(trainer, pl_module, "val", tag, traces, out_dir, name,
+                         f"epoch {trainer.current_epoch}, {self.sweep.describe(value)}")
 
     # ---- SamplingModule test -------------------------------------------------------------------------
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module) -> None:

@@ -1,4 +1,5 @@
-"""Every N validation epochs, draw a fixed set of samples (fixed seeds) and save a picture per CFG scale.
+"""Every N validation epochs, draw a fixed set of samples (fixed seeds) and save a picture per sweep value (by
+default of the CFG scale).
 
 Drawn at the first validation batch, when every callback's epoch-start hook has run: the EMA callback has then
 swapped in the averaged weights, whatever the order of the callbacks in the config.
@@ -12,18 +13,19 @@ import lightning as L
 import torch
 
 from ..diffusion.sampling import check_sampling
+from ..guidance.sweep import Sweep
 from ..io.figures import save_sample_picture
 from ..modules.trainer_io import evaluation_due, figure_dir
 
 
 class SampleGrid(L.Callback):
-    def __init__(self, every_n_epochs: int = 1, per_class: int = 8, cfg_scales: list[float] = (1.0,),
+    def __init__(self, every_n_epochs: int = 1, per_class: int = 8, sweep: Sweep | None = None,
                  sampler: str = "ddim", sampler_kwargs: dict | None = None, seed: int = 0, dirname: str = "samples"):
         if every_n_epochs < 1 or per_class < 1:
             raise ValueError("every_n_epochs and per_class must be >= 1")
         self.every_n_epochs, self.per_class = every_n_epochs, per_class
-        self.cfg_scales, self.sampler = list(cfg_scales), sampler
-        self.sampler_kwargs = check_sampling(sampler, sampler_kwargs)
+        self.sweep, self.sampler = sweep if sweep is not None else Sweep(), sampler
+        self.sampler_kwargs = check_sampling(sampler, sampler_kwargs, self.sweep.terms)
         self.seed, self.dirname = seed, dirname
         self.last_paths: list[Path] = []
 
@@ -38,7 +40,10 @@ class SampleGrid(L.Callback):
         labels = torch.arange(k).repeat_interleave(self.per_class)
         seeds = self.seed + torch.arange(len(labels))
         self.last_paths = []
-        for s in self.cfg_scales:
-            x = pl_module.generate(labels, seeds, sampler=self.sampler, cfg_scale=s, **self.sampler_kwargs)
-            path = out_dir / f"epoch{trainer.current_epoch:04d}_cfg{s:g}.png"
-            self.last_paths.append(save_sample_picture(x, labels, path, title=f"epoch {trainer.current_epoch}, cfg {s:g}"))
+        for value in self.sweep.values:
+            cfg, terms = self.sweep.at(value)
+            x = pl_module.generate(labels, seeds, sampler=self.sampler, cfg_scale=cfg, guidance=terms,
+                                   **self.sampler_kwargs)
+            tag = f"{self.sweep.target}{value:g}"
+            path = out_dir / f"epoch{trainer.current_epoch:04d}_{tag}.png"
+            self.last_paths.append(save_sample_picture(x, labels, path, title=f"epoch {trainer.current_epoch}, {tag}"))

@@ -64,11 +64,7 @@ def sample(sampler: str, denoiser: Denoiser, schedule: VPSchedule, labels: Tenso
            shape: tuple[int, ...], *, guidance: Sequence[GuidanceTerm] = (),
            on_step: Callable[[int, int], None] | None = None, **sampler_kwargs) -> Tensor:
     """Run ``sampler`` ("ddpm", "ddim" or "edm") with its options; see each sampler for what they mean."""
-    options = sampler_options(sampler)
-    unknown = sorted(set(sampler_kwargs) - set(options))
-    if unknown:
-        raise ValueError(f"the {sampler} sampler has no option {', '.join(unknown)}; "
-                         f"it takes: {', '.join(options)}")
+    check_sampling(sampler, sampler_kwargs)  # the terms are checked by the sampler itself, before its first step
     return SAMPLERS[sampler](denoiser, schedule, labels, noise, shape, guidance=guidance, on_step=on_step,
                              **sampler_kwargs)
 

@@ -25,10 +25,10 @@ class CFGPlusClassifierGuidance(ClassifierTerm):
     sample to the RMS of the CFG score difference. Needs a denoiser that runs CFG (``state.out.eps_cond``)."""
 
     def __init__(self, classifier: nn.Module, scale: float = 1.0, tau1: float = 1.0, tau2: float = 1.0,
-                 input: str = "x0_hat", through_denoiser: bool = False, x0_clip: float | None = 1.0,
+                 input: str = "x0_hat", through_denoiser: bool = False, clip_x0: bool = True,
                  schedule: Callable | None = None):
         super().__init__(classifier, scale=scale, schedule=schedule, input=input, through_denoiser=through_denoiser,
-                         x0_clip=x0_clip)
+                         clip_x0=clip_x0)
         self.tau1, self.tau2 = float(tau1), float(tau2)
         self._objective = functools.partial(log_likelihood, tau1=self.tau1, tau2=self.tau2)
 

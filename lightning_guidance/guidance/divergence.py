@@ -53,9 +53,9 @@ class DivergenceGuidance(ClassifierTerm):
 
     def __init__(self, classifier: nn.Module, scale: float = 1.0, divergence: str = "js",
                  label_smoothing: float = 0.1, input: str = "x0_hat", through_denoiser: bool = False,
-                 x0_clip: float | None = 1.0, schedule: Callable | None = None):
+                 clip_x0: bool = True, schedule: Callable | None = None):
         super().__init__(classifier, scale=scale, schedule=schedule, input=input, through_denoiser=through_denoiser,
-                         x0_clip=x0_clip)
+                         clip_x0=clip_x0)
         if divergence not in DIVERGENCES:
             raise ValueError(f"unknown divergence {divergence!r}; choose one of {DIVERGENCES}")
         if not 0.0 <= label_smoothing < 1.0:

@@ -3,7 +3,7 @@
 - ``log p_{tau1,tau2}(y|x) = tau1 f_y(x) - logsumexp_i(tau2 f_i(x))`` (EluCD, Ma et al. §4.4, docs/math.md §3.3);
   ``tau1 = tau2 = 1`` is ``log softmax(f)_y``, ``tau2 = 0`` is the pure logit ``f_y`` minus ``log K``.
 - The classifier reads either the noisy state ``x_t`` (a time-dependent classifier, called with ``t``;
-  Dhariwal & Nichol 2021) or the denoised estimate ``x0_hat`` clamped to ``[-x0_clip, x0_clip]`` (an off-the-shelf
+  Dhariwal & Nichol 2021) or the denoised estimate ``x0_hat`` clamped to ``[-1, 1]`` with ``clip_x0`` (an off-the-shelf
   classifier, called with ``t=None``; EluCD §4.1). For ``x0_hat`` the reference takes ``∇_{x0_hat}`` with ``x0_hat``
   detached from the denoiser and uses it in place of ``∇_{x_t}``; ``through_denoiser=True`` recomputes ``x0_hat``
   from the denoiser at a leaf ``x_t`` and differentiates through it (one more denoiser forward and backward).
@@ -86,13 +86,13 @@ class ClassifierTerm(GuidanceTerm):
     """Base of every classifier-based term: the correction is ``scale * schedule * gradient(state)``.
 
     ``input``: ``"x_t"`` (time-dependent classifier) or ``"x0_hat"`` (off-the-shelf classifier, see module doc);
-    ``through_denoiser`` only applies to ``"x0_hat"``; ``x0_clip``: ``x0_hat`` is clamped to ``[-x0_clip, x0_clip]``
-    (1 for images in [-1, 1]; None for data that is not bounded, e.g. the toy mixtures);
+    ``through_denoiser`` only applies to ``"x0_hat"``; ``clip_x0``: ``x0_hat`` is clamped to ``[-1, 1]``, the range
+    of images (false for data that is not bounded, e.g. the toy mixtures);
     ``schedule``: a callable ``(step, num_steps, t) -> weight`` from :mod:`.schedules` (None: 1).
     """
 
     def __init__(self, classifier: nn.Module, scale: float = 1.0, schedule: Callable | None = None,
-                 input: str = "x_t", through_denoiser: bool = False, x0_clip: float | None = 1.0):
+                 input: str = "x_t", through_denoiser: bool = False, clip_x0: bool = True):
         super().__init__(scale)
         if input not in CLASSIFIER_INPUTS:
             raise ValueError(f"unknown classifier input {input!r}; choose one of {CLASSIFIER_INPUTS}")
@@ -102,7 +102,7 @@ class ClassifierTerm(GuidanceTerm):
         self.schedule = schedule
         self.input = input
         self.through_denoiser = bool(through_denoiser)
-        self.x0_clip = x0_clip
+        self.clip_x0 = bool(clip_x0)
         self._classes_checked = False
 
     def __call__(self, state: GuidanceState) -> Tensor:
@@ -112,8 +112,9 @@ class ClassifierTerm(GuidanceTerm):
         return self.scale * g
 
     # ---- the classifier's input and the gradient ---------------------------------------------------
-    def clip_x0(self, x0: Tensor) -> Tensor:
-        return x0 if self.x0_clip is None else x0.clamp(-self.x0_clip, self.x0_clip)
+    def x0_input(self, x0: Tensor) -> Tensor:
+        """The classifier's input made from ``x0_hat``: clamped to [-1, 1] when ``clip_x0``."""
+        return x0.clamp(-1, 1) if self.clip_x0 else x0
 
     def check_classes(self, state: GuidanceState) -> None:
         """Once: the classifier and the denoiser must agree on the number of classes; the labels must fit."""
@@ -133,13 +134,13 @@ class ClassifierTerm(GuidanceTerm):
         if self.input == "x_t":
             return objective_gradient(self.classifier, state.x_t, state.t, state.y, objective)
         if not self.through_denoiser:
-            return objective_gradient(self.classifier, self.clip_x0(state.out.x0), None, state.y, objective)
+            return objective_gradient(self.classifier, self.x0_input(state.out.x0), None, state.y, objective)
         if state.denoiser is None:
             raise ValueError(f"{type(self).__name__}(through_denoiser=True) needs state.denoiser; the sampler "
                              "did not provide one")
 
         def denoised(x_t: Tensor) -> Tensor:
-            return self.clip_x0(state.denoiser(x_t, state.t, state.abar, state.y).x0)
+            return self.x0_input(state.denoiser(x_t, state.t, state.abar, state.y).x0)
 
         return objective_gradient(self.classifier, state.x_t, None, state.y, objective, to_input=denoised)
 
@@ -149,6 +150,6 @@ class ClassifierTerm(GuidanceTerm):
         check_labels(y, num_classes_of(self.classifier))
         if self.through_denoiser:
             return objective_gradient(self.classifier, x, None, y, objective,
-                                      to_input=lambda leaf: self.clip_x0(denoise(leaf).x0))
-        return objective_gradient(self.classifier, self.clip_x0(denoise(x).x0), None, y, objective)
+                                      to_input=lambda leaf: self.x0_input(denoise(leaf).x0))
+        return objective_gradient(self.classifier, self.x0_input(denoise(x).x0), None, y, objective)
 

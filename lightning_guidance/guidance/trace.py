@@ -74,7 +74,7 @@ class GuidanceTrace(GuidanceTerm):
             if term.input == "x_t":
                 logits = term.classifier(state.x_t.clone(), state.t.clone())
             else:
-                logits = term.classifier(term.clip_x0(state.out.x0.clone()), None)
+                logits = term.classifier(term.x0_input(state.out.x0.clone()), None)
         return torch.softmax(logits.double(), dim=1).gather(1, state.y.view(-1, 1)).squeeze(1).cpu()
 
     def edm_nudge(self, *args, **kwargs):

@@ -3,12 +3,14 @@ the weights (EMA or raw). Rebuilding a LightningModule from them is the module's
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from .atomic import atomic_path
 from .instantiate import instantiate, is_spec
 
 
@@ -50,3 +52,14 @@ def load_module_weights(module: nn.Module, ckpt: dict, path: Path, use_ema: bool
     if missing or unexpected:
         raise ValueError(f"{path} does not match the network: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return module
+
+
+def write_net_checkpoint(path: str | Path, net: nn.Module, hparams: dict, **extra) -> Path:
+    """A checkpoint holding only ``net``'s weights (as ``net.*`` of ``state_dict``) and the ``hparams`` of the module
+    it belongs to, written atomically: what :func:`load_module_weights` (``prefix="net."``) and a module's
+    ``from_checkpoint`` read back. ``extra`` entries are stored beside them."""
+    state = {f"net.{k}": v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    payload = {"state_dict": state, "hyper_parameters": copy.deepcopy(hparams), **extra}
+    with atomic_path(path, suffix=".ckpt") as tmp:
+        torch.save(payload, tmp)
+    return Path(path)

@@ -40,7 +40,7 @@ class Judge(nn.Module):
             classifier = TrainedClassifier(checkpoint, use_ema=use_ema)
             if classifier.noisy:
                 raise ValueError(f"the judge {checkpoint} is a noisy (time-dependent) classifier; a judge is trained on "
-                                 "clean data: fit one with configs/digits/judge.yaml (NoisyClassifier noisy: false)")
+                                 "clean data: fit one with configs/digits/judge.yaml (Classifier noisy: false)")
         num_classes = getattr(classifier, "num_classes", None)
         if not isinstance(num_classes, int):
             raise TypeError(f"the judge {type(classifier).__name__} needs an int attribute num_classes")

@@ -36,7 +36,7 @@ class CFGDiffusion(L.LightningModule):
         lr: float = 2e-4,
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
-        clip_denoised: bool = True,
+        clip_x0: bool = True,
         noise_seed: int = 0,
     ):
         super().__init__()
@@ -106,7 +106,7 @@ class CFGDiffusion(L.LightningModule):
 
     # ---- sampling ---------------------------------------------------------------------------------
     def denoiser(self, cfg_scale: float | Tensor = 1.0) -> NetDenoiser:
-        return NetDenoiser(self.net, self.num_classes, self.hparams.prediction, cfg_scale, self.hparams.clip_denoised)
+        return NetDenoiser(self.net, self.num_classes, self.hparams.prediction, cfg_scale, self.hparams.clip_x0)
 
     @torch.no_grad()
     def generate(self, labels: Tensor, seeds: Sequence[int] | Tensor, sampler: str = "ddim",

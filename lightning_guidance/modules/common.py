@@ -13,16 +13,22 @@ from torch import Tensor, nn
 
 from ..io.checkpoints import build_net, checkpoint_hparams, load_module_weights, read_checkpoint
 
+#: constructor arguments renamed since checkpoints were first written: old name -> new name
+RENAMED_HPARAMS = {"clip_denoised": "clip_x0"}
+
 
 def rebuild_from_checkpoint(cls, path: str | Path, net: nn.Module | None = None, use_ema: bool = True,
                             hint: str = ""):
     """An instance of LightningModule ``cls`` with the checkpoint's hyper-parameters and (EMA) weights, in eval mode.
 
     ``net``: the network, when the checkpoint does not record how to build it. The classmethods
-    ``CFGDiffusion.from_checkpoint`` and ``NoisyClassifier.from_checkpoint`` call this."""
+    ``CFGDiffusion.from_checkpoint`` and ``Classifier.from_checkpoint`` call this."""
     path = Path(path)
     ckpt = read_checkpoint(path, hint)
     hp = checkpoint_hparams(ckpt)
+    for old, new in RENAMED_HPARAMS.items():  # checkpoints written before a rename still load
+        if old in hp:
+            hp[new] = hp.pop(old)
     hp["net"] = build_net(ckpt, path, net)
     with _own_hyperparameters(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module` and is already saved")

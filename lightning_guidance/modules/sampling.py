@@ -25,7 +25,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.rank_split import LoaderBatchIds, check_enough_per_rank, owned_block
-from ..diffusion.plug import GuidanceTerm
 from ..diffusion.sampling import check_sampling, sample_ids
 from ..guidance.sweep import Sweep
 from ..io.shards import Shard, check_shards, config_hash, plan_shards, shard_hash, write_manifest, write_shard
@@ -40,8 +39,7 @@ def _first(items):
 
 class SamplingModule(L.LightningModule):
     def __init__(self, checkpoint: str, output_dir: str = "runs/samples", sampler: str = "ddim",
-                 sampler_kwargs: dict | None = None, scales: list[float] = (1.0,), scale_target: str = "cfg",
-                 cfg_scale: float = 1.0, guidance: list[GuidanceTerm] | None = None, classes: list[int] | None = None,
+                 sampler_kwargs: dict | None = None, sweep: Sweep | None = None, classes: list[int] | None = None,
                  samples_per_class: int = 16, shard_size: int = 64, batch_size: int = 64, seed: int = 0,
                  use_ema: bool = True, net: nn.Module | None = None, grid_per_class: int = 10,
                  judge: nn.Module | None = None, fd_name: str = "fd_judge", precision_recall_k: int = 3,
@@ -50,9 +48,9 @@ class SamplingModule(L.LightningModule):
         for name, v in (("samples_per_class", samples_per_class), ("shard_size", shard_size), ("batch_size", batch_size)):
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
-        self.sweep = Sweep(scale_target, list(scales), cfg_scale, list(guidance or []))
+        self.sweep = sweep if sweep is not None else Sweep()
         self.sampler_kwargs = check_sampling(sampler, sampler_kwargs, self.sweep.terms)
-        self.save_hyperparameters(ignore=["net", "guidance", "judge"])
+        self.save_hyperparameters(ignore=["net", "sweep", "judge"])
         self.diffusion = CFGDiffusion.from_checkpoint(checkpoint, net=net, use_ema=use_ema).requires_grad_(False)
         hp = self.diffusion.hparams
         self.sweep.check_against(self.diffusion.num_classes, self.diffusion.data_shape, hp.schedule, hp.num_train_steps)

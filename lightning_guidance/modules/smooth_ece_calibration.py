@@ -18,7 +18,7 @@ reliability diagrams ``calibration_{before,after}.png``.
 
 Output: besides Lightning's checkpoints (which resume this fine-tune), ``<default_root_dir>/checkpoints/
 calibrated_classifier.ckpt`` holds the fine-tuned network in the source classifier's format (its ``net`` spec and
-``NoisyClassifier`` hyper-parameters): ``TrainedClassifier(checkpoint=...)`` loads it, so it plugs into every guidance
+``Classifier`` hyper-parameters): ``TrainedClassifier(checkpoint=...)`` loads it, so it plugs into every guidance
 term, and into a judge.
 """
 
@@ -29,40 +29,23 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..calibration import (
-    smooth_ece_bandwidth,
-    smooth_ece_fixed_bandwidth,
-    top_label_confidence,
-)
-from ..diffusion.denoiser import check_labels
+from ..calibration.ece import bucket_name, time_buckets
+from ..calibration.loss import calibration_loss
 from ..data.rank_split import LoaderBatchIds
-from ..io.atomic import atomic_path
-from ..io.checkpoints import read_checkpoint
+from ..diffusion.denoiser import check_labels
+from ..io.checkpoints import read_checkpoint, write_net_checkpoint
 from ..io.figures import save_calibration_over_time
 from ..io.tables import write_table
-from ..calibration.ece import bucket_name, time_buckets
 from ..metrics.classifier_calibration import ClassifierCalibration
 from ..nets.classifier_head import classifier_head
+from .classifier import Classifier
 from .common import adamw_with_warmup, check_against_datamodule, check_finite_loss, reseed_for_step
-from .noisy_classifier import NoisyClassifier
 from .trainer_io import log_image
 
 TRAINABLE = ("all", "head")
 CALIBRATED_CLASSIFIER = "calibrated_classifier.ckpt"
-
-
-def calibration_loss(logits: Tensor, y: Tensor, smooth_ece_weight: float,
-                     bandwidth: float | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """``(CE + λ smECE_sigma, CE, smECE_sigma)`` of one batch: top-label confidences, ``sigma = bandwidth`` or the
-    batch's fixed point ``smECE_sigma = sigma`` on detached confidences (then constant: the loss is differentiable)."""
-    ce = F.cross_entropy(logits, y)
-    confidence, correct = top_label_confidence(torch.softmax(logits.float(), dim=1), y)
-    sigma = bandwidth or smooth_ece_bandwidth(confidence.detach(), correct)
-    smooth = smooth_ece_fixed_bandwidth(confidence, correct, sigma)
-    return ce + smooth_ece_weight * smooth, ce, smooth
 
 
 class SmoothECECalibration(L.LightningModule):
@@ -89,7 +72,7 @@ class SmoothECECalibration(L.LightningModule):
         if trainable not in TRAINABLE:
             raise ValueError(f"trainable must be one of {TRAINABLE}, got {trainable!r}")
         self.save_hyperparameters()
-        source = NoisyClassifier.from_checkpoint(checkpoint, use_ema=use_ema)
+        source = Classifier.from_checkpoint(checkpoint, use_ema=use_ema)
         self.source_hparams = dict(read_checkpoint(checkpoint)["hyper_parameters"])
         self.net = source.net.requires_grad_(trainable == "all")
         if trainable == "head":
@@ -195,13 +178,10 @@ class SmoothECECalibration(L.LightningModule):
                 "lr": hp.lr, "before": self.before, "after": self.after, "after_step": self.after_step}
 
     def export_classifier(self, path: str | Path) -> Path:
-        """The fine-tuned network as a checkpoint of the source classifier's kind (loads with ``NoisyClassifier.from_checkpoint``)."""
-        state = {f"net.{k}": v.detach().cpu().clone() for k, v in self.net.state_dict().items()}
-        payload = {"state_dict": state, "hyper_parameters": copy.deepcopy(self.source_hparams),
-                   "global_step": int(self.global_step), "smooth_ece_calibration": self.summary()}
-        with atomic_path(path, suffix=".ckpt") as tmp:
-            torch.save(payload, tmp)
-        return Path(path)
+        """The fine-tuned network as a checkpoint of the source classifier's kind (``Classifier.from_checkpoint`` and
+        ``TrainedClassifier`` load it)."""
+        return write_net_checkpoint(path, self.net, self.source_hparams, global_step=int(self.global_step),
+                                    smooth_ece_calibration=self.summary())
 
     def write_table(self, root: str | Path) -> None:
         """``metrics_table.{json,md}``: before / after figures of the fine-tune."""

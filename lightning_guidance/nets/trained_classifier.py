@@ -15,7 +15,7 @@ class TrainedClassifier(nn.Module):
     For YAML: ``classifier: {class_path: lightning_guidance.nets.TrainedClassifier,
     init_args: {checkpoint: runs/digits/classifier/checkpoints/last.ckpt}}``. The network is rebuilt from the spec
     the checkpoint records and given its (EMA) weights; ``noisy``, ``schedule_name`` and ``num_train_steps`` are the
-    classifier's training settings (``NoisyClassifier``'s hyper-parameters). Frozen and always in eval mode.
+    classifier's training settings (``Classifier``'s hyper-parameters). Frozen and always in eval mode.
     """
 
     def __init__(self, checkpoint: str, use_ema: bool = True):

@@ -1,8 +1,9 @@
-"""``NoisyClassifier``: a time-dependent classifier p(y | x_t, t) for classifier guidance, and its clean twin.
+"""``Classifier``: train a classifier for guidance or grading, on noisy data (``noisy: true``, the default) or clean.
 
-Dhariwal & Nichol 2021 (§4.1, app. H): cross-entropy on ``x_t ~ q(x_t | x_0)`` with the step drawn uniformly
-(here from ``t_range`` of the training steps), AdamW. With ``noisy=False`` the same module trains on clean
-images and calls the net with ``t=None``: the clean twin used by off-the-shelf guidance and as a judge.
+Noisy (Dhariwal & Nichol 2021, §4.1, app. H): a time-dependent ``p(y | x_t, t)``, cross-entropy on
+``x_t ~ q(x_t | x_0)`` with the step drawn uniformly (here from ``t_range`` of the training steps), AdamW. Clean
+(``noisy: false``): the same module trains on clean images and calls the net with ``t=None``: the classifier of
+off-the-shelf guidance, and a judge.
 Validation logs accuracy per t-bucket (``val/acc_t{lo}-{hi}``) on a fixed draw, and clean accuracy.
 """
 
@@ -22,7 +23,7 @@ from .common import (adamw_with_warmup, check_against_datamodule, check_finite_l
                      reseed_for_step, spec_only_hparams)
 
 
-class NoisyClassifier(L.LightningModule):
+class Classifier(L.LightningModule):
     def __init__(
         self,
         net: nn.Module,
@@ -46,7 +47,7 @@ class NoisyClassifier(L.LightningModule):
         self.schedule = VPSchedule.from_name(schedule, num_train_steps)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, net: nn.Module | None = None, use_ema: bool = True) -> NoisyClassifier:
+    def from_checkpoint(cls, path: str | Path, net: nn.Module | None = None, use_ema: bool = True) -> Classifier:
         """The classifier of a checkpoint (noisy or clean twin; EMA weights by default), frozen, in eval mode."""
         module = rebuild_from_checkpoint(
             cls, path, net, use_ema, "train one first with: python cli.py fit --config configs/digits/classifier.yaml")
@@ -57,7 +58,7 @@ class NoisyClassifier(L.LightningModule):
         return int(self.net.num_classes)
 
     def setup(self, stage: str) -> None:
-        check_against_datamodule(self, "NoisyClassifier")
+        check_against_datamodule(self, "Classifier")
 
     def forward(self, x: Tensor, t: Tensor | None = None) -> Tensor:
         return self.net(x, t)
