@@ -31,6 +31,11 @@ def _save(fig, path: str | Path) -> Path:
         plt.close(fig)
 
 
+def read_png(path: str | Path) -> Tensor:
+    """A PNG as an RGB float tensor (H, W, 3) in [0, 1]."""
+    return torch.from_numpy(_pyplot().imread(str(path))[..., :3].copy())
+
+
 def _rows_by_class(samples: Tensor, labels: Tensor, per_class: int) -> Tensor:
     rows = []
     for c in labels.unique(sorted=True).tolist():

@@ -54,8 +54,8 @@ class SamplingModule(L.LightningModule):
         self.diffusion = CFGDiffusion.from_checkpoint(checkpoint, net=net, use_ema=use_ema).requires_grad_(False)
         hp = self.diffusion.hparams
         self.sweep.check_against(self.diffusion.num_classes, self.diffusion.data_shape, hp.schedule, hp.num_train_steps)
-        # registered, so that the guides move to the sampling device with this module (each once)
-        self.guides = nn.ModuleList(self.sweep.classifiers).requires_grad_(False)
+        # registered, so that the terms' classifiers move to the sampling device with this module (each once)
+        self.term_classifiers = nn.ModuleList(self.sweep.classifiers).requires_grad_(False)
         k = self.diffusion.num_classes
         self.classes = list(range(k)) if classes is None else [int(c) for c in classes]
         bad = [c for c in self.classes if not 0 <= c < k]

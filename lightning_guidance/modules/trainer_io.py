@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
+from ..io.figures import read_png
 
 
 def evaluation_due(trainer, every_n_epochs: int) -> bool:
@@ -30,7 +30,4 @@ def log_image(trainer, tag: str, path: str | Path) -> None:
         if hasattr(logger, "log_image"):
             logger.log_image(key=tag, images=[str(path)], step=trainer.global_step)
         elif hasattr(getattr(logger, "experiment", None), "add_image"):
-            import matplotlib.pyplot as plt
-
-            image = torch.from_numpy(plt.imread(str(path))[..., :3].copy())
-            logger.experiment.add_image(tag, image, global_step=trainer.global_step, dataformats="HWC")
+            logger.experiment.add_image(tag, read_png(path), global_step=trainer.global_step, dataformats="HWC")
