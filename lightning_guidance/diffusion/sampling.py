@@ -86,6 +86,11 @@ def labels_for_ids(ids: Sequence[int] | Tensor, classes: Sequence[int]) -> Tenso
     return torch.as_tensor(list(classes), dtype=torch.long)[ids % len(classes)]
 
 
+def seeds_for_ids(ids: Sequence[int] | Tensor, seed: int) -> Tensor:
+    """Seed of sample ``i``: ``seed + i``."""
+    return seed + torch.as_tensor(ids, dtype=torch.long)
+
+
 @torch.no_grad()
 def sample_batches(model: DiffusionModel, labels: Tensor, seeds: Sequence[int] | Tensor, *, sampler: str = "ddim",
                    sampler_kwargs: dict | None = None, cfg_scale: float | Tensor = 1.0,
@@ -120,5 +125,4 @@ def sample_ids(model: DiffusionModel, ids: Sequence[int] | Tensor, classes: Sequ
     """Samples for sample ids ``ids``: label ``classes[id % len(classes)]``, noise from seed ``seed + id`` (the same
     id gets the same sample at every guidance value and on any number of processes); ``kwargs`` as
     :func:`sample_batches`."""
-    ids = torch.as_tensor(ids, dtype=torch.long)
-    return sample_batches(model, labels_for_ids(ids, classes), seed + ids, **kwargs)
+    return sample_batches(model, labels_for_ids(ids, classes), seeds_for_ids(ids, seed), **kwargs)

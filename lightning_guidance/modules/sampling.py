@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.rank_split import LoaderBatchIds, check_enough_per_rank, owned_block
-from ..diffusion.sampling import check_sampling, sample_ids
+from ..diffusion.sampling import check_sampling, sample_ids, seeds_for_ids
 from ..guidance.sweep import Sweep
 from ..io.shards import Shard, check_shards, config_hash, plan_shards, shard_hash, write_manifest, write_shard
 from ..metrics.judge import check_judge
@@ -106,8 +106,7 @@ class SamplingModule(L.LightningModule):
             raise ValueError(f"{path} was made with another sampling config (hash {found}, now {expected}); "
                              "choose another output_dir or delete the old shards")
         x, labels = self.sample(list(ids), value)
-        seeds = torch.tensor([self.hparams.seed + i for i in ids], dtype=torch.long)
-        write_shard(path, Shard(x, labels, seeds, torch.tensor(ids), value, expected))
+        write_shard(path, Shard(x, labels, seeds_for_ids(ids, self.hparams.seed), torch.tensor(ids), value, expected))
         return {"path": str(path), "skipped": False}
 
     def on_predict_epoch_end(self) -> None:
