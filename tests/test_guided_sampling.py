@@ -144,9 +144,9 @@ def test_every_method_has_a_sampling_config_per_family():
 @pytest.fixture
 def no_pictures(monkeypatch):
     """Skip the PNG per scale (matplotlib for toy data: ~0.3 s each); pictures are tested in test_cli.py."""
-    from lightning_guidance.modules import sampling
+    from lightning_guidance.io import shards
 
-    monkeypatch.setattr(sampling, "save_sample_picture", lambda samples, labels, path, **kw: Path(path))
+    monkeypatch.setattr(shards, "save_sample_picture", lambda samples, labels, path, **kw: Path(path))
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
