@@ -344,7 +344,7 @@ def test_term_the_sampler_cannot_take_fails_at_construction(tiny_checkpoint, tmp
     from lightning_guidance.modules import sampling
 
     calls = []
-    monkeypatch.setattr(sampling, "sample", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(sampling, "sample_ids", lambda *a, **k: calls.append(1))
     out = tmp_path / "samples"
     path = rewrite("digits/sample_offtheshelf.yaml", out, tiny_checkpoint, sampler="ddim",
                    sampler_kwargs={"num_steps": 3}, samples_per_class=1)
