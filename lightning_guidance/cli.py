@@ -136,7 +136,9 @@ def main(args: list[str] | None = None) -> None:
     if argv and argv[0] == "study":
         from .study import main as study_main
 
-        study_main(argv[1:])
+        code = study_main(argv[1:])
+        if code:
+            raise SystemExit(code)
         return
     try:
         run_lightning_cli(args)  # None: LightningCLI reads sys.argv itself

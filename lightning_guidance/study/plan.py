@@ -1,0 +1,158 @@
+"""The study's steps: one ``cli.py fit | predict | test`` call each, built from a shipped config plus edits.
+
+A step's config is the shipped YAML (several are merged in order, as ``--config a --config b`` would) with a few
+values edited (paths under the run's folder, sizes from the preset); the runner writes it to
+``runs/<name>/configs/<step>.yaml`` and calls ``cli.py <command> --config`` on it, so every step can be re-run by hand.
+Edits name a value by its dotted path; ``[ClassName]`` picks the element of a list of class specs whose class_path
+ends in that name (``trainer.callbacks[ModelCheckpoint].init_args.every_n_train_steps``), and the value
+:data:`DELETE` removes it.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .presets import Preset
+
+CONFIGS = Path("configs")
+DELETE = object()
+COMMANDS = ("fit", "validate", "test", "predict")
+
+
+@dataclass
+class Step:
+    name: str
+    section: str  # the stage it belongs to (progress and report)
+    command: str
+    configs: list[str]
+    edits: dict = field(default_factory=dict)
+    needs: list[str] = field(default_factory=list)  # steps whose products this one reads
+    product: str = ""  # the file whose existence (and digest) says the step finished
+    resume: bool = False  # fit: --ckpt_path last (a killed run resumes)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.product).parent
+
+
+# ---- editing configs ---------------------------------------------------------------------------------------------
+_SELECTOR = re.compile(r"^(?P<key>[^\[]*)\[(?P<cls>[A-Za-z_][\w.]*)\]$")
+
+
+def merge(base: dict, extra: dict) -> dict:
+    """Deep merge (dicts merged key by key, anything else replaced): what repeated ``--config`` does."""
+    out = copy.deepcopy(base)
+    for k, v in (extra or {}).items():
+        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _child(node, part: str, path: str, create: bool):
+    m = _SELECTOR.match(part)
+    if m:
+        items = node.get(m["key"]) if m["key"] else node
+        if not isinstance(items, list):
+            raise KeyError(f"config edit {path}: {m['key']} is not a list")
+        for i, item in enumerate(items):
+            if isinstance(item, dict) and str(item.get("class_path", "")).split(".")[-1] == m["cls"]:
+                return items, i
+        raise KeyError(f"config edit {path}: no {m['cls']} in {m['key']}")
+    if isinstance(node, list):
+        return node, int(part)
+    if part not in node:
+        if not create:
+            raise KeyError(f"config edit {path}: no key {part!r}")
+        node[part] = {}
+    return node, part
+
+
+def apply_edits(config: dict, edits: dict) -> dict:
+    out = copy.deepcopy(config)
+    for path, value in edits.items():
+        parts = re.findall(r"[^.\[]+(?:\[[^\]]+\])?", path)
+        node = out
+        for part in parts[:-1]:
+            parent, key = _child(node, part, path, create=True)
+            node = parent[key]
+            if node is None:
+                parent[key] = node = {}
+        parent, key = _child(node, parts[-1], path, create=True)
+        if value is DELETE:
+            del parent[key]
+        else:
+            parent[key] = copy.deepcopy(value)
+    return out
+
+
+def step_config(step: Step) -> dict:
+    config: dict = {}
+    for path in step.configs:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"step {step.name}: config not found: {p}")
+        config = merge(config, yaml.safe_load(p.read_text()) or {})
+    return apply_edits(config, step.edits)
+
+
+# ---- step builders ------------------------------------------------------------------------------------------------
+class Plan:
+    """Collects the steps of the chosen sections (each step once, in dependency order)."""
+
+    def __init__(self, preset: Preset, root: Path):
+        self.preset, self.root = preset, Path(root)
+        self.steps: dict[str, Step] = {}
+
+    def add(self, step: Step) -> Step:
+        if step.name not in self.steps:
+            missing = [n for n in step.needs if n not in self.steps]
+            if missing:
+                raise ValueError(f"step {step.name} needs {missing}, which are not planned before it")
+            self.steps[step.name] = step
+        return self.steps[step.name]
+
+    def dir(self, *parts: str) -> str:
+        return str(self.root.joinpath(*parts))
+
+    def fit(self, name: str, section: str, config: str, folder: str, max_steps: int | None, edits: dict | None = None,
+            needs: list[str] | None = None, product: str = "checkpoints/last.ckpt", every_n: bool = True) -> Step:
+        root = self.dir(folder)
+        e = {"trainer.default_root_dir": root, "trainer.enable_progress_bar": False,
+             "trainer.accelerator": self.preset.accelerator}
+        if max_steps is not None:
+            e["trainer.max_steps"] = max_steps
+            if every_n:  # the last step writes last.ckpt whatever the config's period
+                e["trainer.callbacks[ModelCheckpoint].init_args.every_n_train_steps"] = max_steps
+        e.update(edits or {})
+        return self.add(Step(name, section, "fit", [str(CONFIGS / config)], e, list(needs or []),
+                             str(Path(root) / product), resume=True))
+
+    def sample(self, name: str, section: str, config: str, folder: str, checkpoint: str, edits: dict,
+               needs: list[str], extra_configs: tuple[str, ...] = ()) -> Step:
+        out = self.dir(folder)
+        e = {"trainer.default_root_dir": out, "trainer.accelerator": self.preset.accelerator,
+             "trainer.enable_progress_bar": False, "model.init_args.output_dir": out,
+             "model.init_args.checkpoint": self.product(checkpoint)}
+        e.update(edits)
+        configs = [str(CONFIGS / config), *(str(CONFIGS / c) for c in extra_configs)]
+        return self.add(Step(name, section, "predict", configs, e, needs, str(Path(out) / "manifest.json")))
+
+    def grade(self, sample: Step, judge: str, data_edits: dict) -> Step:
+        """``test`` of a sampling step's shards with the judge (same sampling config: the shards' hash matches)."""
+        e = dict(sample.edits)
+        e["model.init_args.judge.init_args.checkpoint"] = self.product(judge)
+        e.update(data_edits)
+        return self.add(Step(f"grade-{sample.name.removeprefix('sample-')}", sample.section, "test",
+                             [*sample.configs, str(CONFIGS / "digits/grade_with_judge.yaml")], e,
+                             [*sample.needs, sample.name, judge], str(sample.out_dir / "metrics_table.json")))
+
+    def product(self, step_name: str) -> str:
+        return self.steps[step_name].product
+
+
+def guide_checkpoint(index: int = 0) -> str:
+    return f"model.init_args.guidance.{index}.init_args.classifier.init_args.checkpoint"

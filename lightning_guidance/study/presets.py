@@ -1,0 +1,116 @@
+"""Study presets: how much of each experiment a run does (training steps, samples, scales, ablation lists).
+
+``micro`` is for tests (seconds per step), ``tiny`` the README's first command (≤ 10 minutes on 2 CPU cores),
+``small`` numbers worth reading (≤ 1 hour on 2 CPU cores), ``full`` the image sections on MNIST from ``data/`` on a
+GPU. A preset only sets sizes: every experiment's design (models, samplers, guidance terms) is the shipped config it
+starts from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    summary: str
+    # ---- 1D two-class mixture (classifier-centric study §D.3)
+    mus: tuple[float, ...] = (1.0, 0.5, 0.1)
+    toy_train_steps: int = 1500
+    toy_classifier_steps: int = 800
+    toy_batch_size: int = 1024
+    toy_samples_per_class: int = 500
+    toy_num_steps: int = 50  # DDIM steps
+    toy_cfg_scales: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+    toy_cg_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)
+    toy_trajectories_per_class: int = 12
+    # ---- 2D fractal (Karras et al. 2024 toy; exact benchmark)
+    fractal_train_steps: int = 3000
+    fractal_classifier_steps: int = 1000
+    fractal_samples_per_class: int = 500
+    fractal_ddim_steps: int = 50
+    fractal_ddpm_steps: int = 100
+    fractal_cfg_scales: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0)
+    fractal_guidance_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
+    fractal_cfg_plus_cg_scales: tuple[float, ...] = (1.5, 2.0, 3.0)
+    fractal_divergences: tuple[str, ...] = ("reverse_kl", "forward_kl", "js", "hellinger")
+    fractal_reference_per_class: int = 2000  # exact samples for the sliced Wasserstein distance
+    # ---- digits (CFG, EluCD ablations, calibration)
+    digits_train_steps: int = 1500
+    digits_classifier_steps: int = 1000
+    digits_clean_steps: int = 600
+    digits_judge_steps: int = 600
+    digits_model_channels: int = 32
+    digits_samples_per_class: int = 20
+    digits_ddim_steps: int = 25
+    digits_ddpm_steps: int = 50
+    cfg_fine_scales: tuple[float, ...] = tuple(x / 2 for x in range(0, 13))  # 0 to 6 in steps of 0.5
+    cg_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
+    ablation_scale: float = 2.0  # the guidance scale every EluCD ablation runs at
+    tau_ratios: tuple[float, ...] = (1.0, 0.8, 0.7, 0.5, 0.3)
+    sine_gammas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4)
+    cfg_plus_cg_scales: tuple[float, ...] = (2.0, 3.0)
+    divergences: tuple[str, ...] = ("reverse_kl", "forward_kl", "js", "hellinger")
+    calibration_epochs: int = 20
+    ece_time_points: int = 5  # t values of the integral ECE (section 8)
+    ece_samples: int = 360  # held-out images per t
+    # ---- execution
+    accelerator: str = "cpu"
+    dataset: str = "digits"  # the image family: digits (embedded) or mnist (data/MNIST/raw)
+    needs_data: tuple[str, ...] = field(default=())
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def missing_data(self, root: str | Path = ".") -> list[str]:
+        """The data paths this preset reads that are not on disk."""
+        return [p for p in self.needs_data if not (Path(root) / p).exists()]
+
+
+SMALL = Preset(
+    name="small",
+    summary="numbers worth reading: every section with its full lists, about an hour on 2 CPU cores",
+)
+
+TINY = replace(
+    SMALL, name="tiny", summary="the README's first command: every section at its smallest, ≤ 10 minutes on 2 CPU cores",
+    toy_train_steps=600, toy_classifier_steps=300, toy_samples_per_class=200, toy_cfg_scales=(1.0, 2.0, 4.0),
+    toy_cg_scales=(0.0, 1.0, 4.0), toy_num_steps=40,
+    fractal_train_steps=1200, fractal_classifier_steps=300, fractal_samples_per_class=250,
+    fractal_cfg_scales=(1.0, 2.0, 4.0), fractal_guidance_scales=(0.0, 1.0, 4.0), fractal_cfg_plus_cg_scales=(2.0,),
+    fractal_divergences=("js",), fractal_ddpm_steps=50, fractal_ddim_steps=40,
+    digits_train_steps=800, digits_classifier_steps=400, digits_clean_steps=300, digits_judge_steps=300,
+    digits_model_channels=16, digits_samples_per_class=10, digits_ddim_steps=15, digits_ddpm_steps=25,
+    cfg_fine_scales=(0.0, 1.0, 2.0, 3.0, 4.0, 6.0), cg_scales=(0.0, 2.0), tau_ratios=(1.0, 0.5),
+    sine_gammas=(0.0, 0.3), cfg_plus_cg_scales=(2.0,), divergences=("js",), calibration_epochs=8,
+    ece_time_points=4, ece_samples=200,
+)
+
+MICRO = replace(
+    TINY, name="micro", summary="tests only: every section and figure, meaningless numbers, seconds per step",
+    mus=(1.0, 0.1), toy_train_steps=20, toy_classifier_steps=10, toy_batch_size=256, toy_samples_per_class=20,
+    toy_num_steps=5, toy_trajectories_per_class=3,
+    fractal_train_steps=20, fractal_classifier_steps=10, fractal_samples_per_class=10, fractal_ddpm_steps=5,
+    fractal_ddim_steps=5, fractal_reference_per_class=50,
+    digits_train_steps=4, digits_classifier_steps=4, digits_clean_steps=4, digits_judge_steps=4,
+    digits_model_channels=8, digits_samples_per_class=1, digits_ddim_steps=3, digits_ddpm_steps=3,
+    cfg_fine_scales=(0.0, 1.0, 2.0), calibration_epochs=1, ece_time_points=2, ece_samples=20,
+)
+
+FULL = replace(
+    SMALL, name="full", summary="the image sections on MNIST (data/MNIST/raw) on a GPU; toy sections as in small",
+    digits_train_steps=100000, digits_classifier_steps=30000, digits_clean_steps=20000, digits_judge_steps=10000,
+    digits_model_channels=64, digits_samples_per_class=1000, digits_ddim_steps=50, digits_ddpm_steps=250,
+    calibration_epochs=10, ece_samples=2000, accelerator="gpu", dataset="mnist",
+    needs_data=("data/MNIST/raw",),
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (MICRO, TINY, SMALL, FULL)}
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
