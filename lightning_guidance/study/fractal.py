@@ -97,6 +97,8 @@ def analyse_fractal(ctx) -> tuple[SectionResult, SectionResult]:
     post = ctx.postprocessor_available()
     methods = [m for m in fractal_methods(p) if ctx.ok(f"sample-fractal-{m.key}")]
     failed = [m.label for m in fractal_methods(p) if not ctx.ok(f"sample-fractal-{m.key}")]
+    if not methods:
+        raise LookupError(ctx.failed_inputs([f"sample-fractal-{m.key}" for m in fractal_methods(p)]))
     samples, scores = {}, {}
     for m in methods:
         samples[m.key] = read_samples(ctx.step(f"sample-fractal-{m.key}").out_dir)

@@ -18,6 +18,9 @@ def analyse_quality(ctx, done: dict[str, SectionResult]) -> SectionResult:
     res = SectionResult("quality_vs_scale", "9. Quality vs scale, one figure per dataset (same seeds)")
     plt = pyplot()
     series: dict[str, dict] = {}
+    import warnings
+
+    warnings.filterwarnings("ignore", message="No artists with labels")
     toy = done.get("toy1d")
     if toy is not None and toy.status == "ok":
         mus = toy.numbers["mus"]

@@ -241,9 +241,10 @@ class StepRunner:
 
     def finish(self, step: Step, ident: dict, rc: int, seconds: float) -> None:
         self.seconds[step.name] = seconds
-        if self.interrupted is not None and rc != 0:
+        finished = rc == 0 and Path(step.product).is_file()
+        if self.interrupted is not None and not finished:  # Lightning may exit 0 on SIGTERM without its product
             self.status[step.name] = "interrupted"
-        elif rc == 0 and Path(step.product).is_file():
+        elif finished:
             self.status[step.name] = "done"
             marker = {**ident, "product": step.product, "product_sha256": file_digest(step.product),
                       "seconds": round(seconds, 1), "finished": dt.datetime.now(dt.timezone.utc).isoformat()}

@@ -1,0 +1,178 @@
+"""The study end to end on the micro preset (every section, figure and claim), and its handling of bad input.
+
+The micro run goes through the real CLI (``cli.py study``) and every step's real ``fit | predict | test``; steps run in
+this process (``--in-process``) to spare the interpreter start-up per step. Its numbers mean nothing; the tests check
+the report's structure and that every number it prints comes from ``report.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from lightning_guidance.cli import main
+from lightning_guidance.study.overview import CLAIMS
+from lightning_guidance.study.plan import Step, apply_edits
+from lightning_guidance.study.results import fmt
+from lightning_guidance.study.runner import SECTIONS, StepRunner
+
+NUMBER = re.compile(r"(?<![\w.\-/])-?(?:\d+(?:\.\d+)?|\.\d+)(?:e[+-]?\d+)?(?![\w.])")
+FIGURE_SECTIONS = [s for s in SECTIONS if s != "digits_postprocessor"]
+
+
+def study(*args) -> int:
+    try:
+        main(["study", *[str(a) for a in args]])
+        return 0
+    except SystemExit as exit_:
+        return int(exit_.code)
+
+
+@pytest.fixture(scope="module")
+def micro(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("study")
+    code = study("--config", "configs/digits/study.yaml", "--preset", "micro", "--in-process", "--runs-root", root,
+                 "--name", "micro")
+    run = root / "micro"
+    assert code == 0, (run / "report.md").read_text() if (run / "report.md").exists() else "no report"
+    return run
+
+
+def json_numbers(node, out: set[str]) -> set[str]:
+    """Every number of report.json as the report prints it, and every number token inside its strings and keys."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out.update(NUMBER.findall(str(k)))
+            json_numbers(v, out)
+    elif isinstance(node, list):
+        for v in node:
+            json_numbers(v, out)
+    elif isinstance(node, bool) or node is None:
+        pass
+    elif isinstance(node, (int, float)):
+        out.add(fmt(node))
+    else:
+        out.update(NUMBER.findall(str(node)))
+    return out
+
+
+def test_micro_report_has_every_section_figure_and_claim(micro):
+    report = json.loads((micro / "report.json").read_text())
+    md = (micro / "report.md").read_text()
+    assert list(report["sections"]) == list(SECTIONS)
+    for key, sec in report["sections"].items():
+        assert sec["title"] in md
+        if key == "digits_postprocessor":
+            assert sec["status"] == "not built" and "**NOT BUILT**" in md
+            continue
+        assert sec["status"] == "ok", (key, sec["reason"])
+        assert sec["figures"], key
+        for fig in sec["figures"]:
+            assert (micro / fig).stat().st_size > 1000 and f"]({fig})" in md  # a PNG, linked relative to the report
+    assert [c["key"] for c in report["agreement"]] == [c.key for c in CLAIMS]
+    for claim in CLAIMS:
+        assert claim.claim in md
+    for row in report["agreement"]:
+        assert row["verdict"] in ("agree", "disagree", "not measured")
+        assert bool(row["likely_reason"]) == (row["verdict"] == "disagree") or row["key"] == "softplus"
+    for key in ("preset", "machine", "commit", "wall_seconds", "started_utc"):
+        assert key in report
+    assert f"**{report['preset']['name']}**" in md and report["commit"] in md
+
+
+def test_every_number_in_the_report_comes_from_report_json(micro):
+    report = json.loads((micro / "report.json").read_text())
+    md = (micro / "report.md").read_text()
+    md = re.sub(r"\]\([^)]*\)", "]", md)  # link targets are paths, not figures
+    allowed = json_numbers(report, set())
+    shown = NUMBER.findall(md)
+    assert len(shown) > 100
+    missing = sorted({n for n in shown if n not in allowed})
+    assert not missing, f"numbers in report.md that report.json does not hold: {missing[:20]}"
+
+
+def test_rerunning_a_finished_study_changes_nothing(micro):
+    before = {p: p.read_bytes() for p in (micro / "report.md", micro / "report.json")}
+    code = study("--preset", "micro", "--in-process", "--runs-root", micro.parent, "--name", micro.name)
+    assert code == 0
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_unknown_preset_and_section_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown preset 'huge'.*micro, tiny, small, full"):
+        study("--preset", "huge", "--runs-root", tmp_path)
+    with pytest.raises(ValueError, match="unknown section fractl.*toy1d"):
+        study("--preset", "micro", "--sections", "fractl", "--runs-root", tmp_path)
+    bad = tmp_path / "study.yaml"
+    bad.write_text("preset: tiny\nsteps: []\n")
+    with pytest.raises(ValueError, match="unknown key steps"):
+        study("--config", bad, "--runs-root", tmp_path)
+
+
+def test_full_without_its_data_names_the_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    with pytest.raises(FileNotFoundError, match=r"data/MNIST/raw"):
+        study("--preset", "full", "--runs-root", tmp_path)
+
+
+def test_a_failed_step_is_marked_and_the_other_sections_still_run(tmp_path, monkeypatch):
+    """toy1d's trainings and the fractal classifier fail: toy1d is marked failed naming the step, the guided fractal
+    samples are blocked, the fractal benchmark still reports CFG, and the exit code says something failed."""
+    real_launch = StepRunner.launch
+
+    def launch(self, step, path):
+        if step.name.startswith("toy1d-") or step.name == "fractal-classifier":
+            return 1
+        return real_launch(self, step, path)
+
+    monkeypatch.setattr(StepRunner, "launch", launch)
+    code = study("--preset", "micro", "--in-process", "--runs-root", tmp_path, "--name", "broken",
+                 "--sections", "toy1d", "fractal_benchmark")
+    assert code == 1
+    report = json.loads((tmp_path / "broken" / "report.json").read_text())
+    toy = report["sections"]["toy1d"]
+    assert toy["status"] == "failed" and "toy1d-mu1-cfg failed" in toy["reason"]
+    assert "**FAILED**: input step toy1d-mu1-cfg failed" in (tmp_path / "broken" / "report.md").read_text()
+    assert report["steps"]["sample-fractal-cg"]["status"] == "blocked"
+    bench = report["sections"]["fractal_benchmark"]
+    assert bench["status"] == "ok" and list(bench["numbers"]["methods"]) == ["cfg"]
+    assert "CG (linear classifier, x_t)" in bench["numbers"]["methods_failed"]
+
+
+def test_config_edits_select_list_items_by_class_and_refuse_unknown_paths():
+    config = {"trainer": {"callbacks": [{"class_path": "a.EMA", "init_args": {"decay": 0.9}},
+                                        {"class_path": "b.ModelCheckpoint", "init_args": {"every_n_train_steps": 5}}]},
+              "model": {"init_args": {"guidance": [{"init_args": {"scale": 1.0}}]}}}
+    out = apply_edits(config, {"trainer.callbacks[ModelCheckpoint].init_args.every_n_train_steps": 7,
+                               "model.init_args.guidance.0.init_args.scale": 2.0})
+    assert out["trainer"]["callbacks"][1]["init_args"]["every_n_train_steps"] == 7
+    assert out["model"]["init_args"]["guidance"][0]["init_args"]["scale"] == 2.0
+    assert config["trainer"]["callbacks"][1]["init_args"]["every_n_train_steps"] == 5  # the input is not changed
+    with pytest.raises(KeyError, match="no SampleGrid"):
+        apply_edits(config, {"trainer.callbacks[SampleGrid].init_args.x": 1})
+
+
+def test_a_stale_step_reruns_and_keeps_the_old_outputs(tmp_path):
+    """A marker whose recorded input digest no longer matches: the step is not current, its folder is moved aside."""
+    upstream = tmp_path / "up" / "last.ckpt"
+    upstream.parent.mkdir()
+    upstream.write_bytes(b"v1")
+    home = tmp_path / "fit"
+    (home / "checkpoints").mkdir(parents=True)
+    (home / "checkpoints" / "last.ckpt").write_bytes(b"old")
+    steps = {"up": Step("up", "s", "fit", [], product=str(upstream)),
+             "down": Step("down", "s", "fit", [], {"trainer.default_root_dir": str(home)}, ["up"],
+                          str(home / "checkpoints" / "last.ckpt"))}
+    runner = StepRunner(tmp_path, steps)
+    ident = runner.identity(steps["down"], "config")
+    runner.finish(steps["down"], ident, 0, 1.0)
+    assert runner.is_current(steps["down"], runner.identity(steps["down"], "config")) == (True, False)
+    upstream.write_bytes(b"v2")  # retrained upstream
+    current, stale = runner.is_current(steps["down"], runner.identity(steps["down"], "config"))
+    assert (current, stale) == (False, True)
+    runner.move_aside(steps["down"])
+    kept = list(tmp_path.glob("fit.stale-*"))
+    assert len(kept) == 1 and (kept[0] / "checkpoints" / "last.ckpt").read_bytes() == b"old"
