@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from .plan import DELETE, Plan, Step, guide_checkpoint
+from .plan import DELETE, SWEEP_VALUES, Plan, Step, guide_checkpoint, term
 from .results import SectionResult, fmt, md_table, pyplot, save_figure
 
+TERM0 = term(0)
 S_CFG, S_CG, S_CAL = "digits CFG", "digits classifier guidance", "digits calibration"
 
 
@@ -59,6 +60,13 @@ class Run:
         return f"grade-digits-{self.key}"
 
 
+#: EluCD's DDPM reference settings (app. C): every ablation changes one of them
+REFERENCE = {"tau1": 1.0, "tau2": 0.5, "gamma": 0.3}
+#: the Softplus betas of EluCD's smoothness ablation (not run here: see section 5)
+SOFTPLUS_BETAS = (8.0, 5.0, 3.0)
+ECE_BINS = 10
+
+
 def offtheshelf_key(tau2: float, gamma: float, through: bool) -> str:
     return f"ots-tau{tau2:g}-gamma{gamma:g}" + ("-through" if through else "")
 
@@ -76,7 +84,7 @@ def plan_digits(plan: Plan, sections: set[str]) -> dict[str, Run]:
 
     def run(key: str, label: str, section: str, config: str, scales, classifier: str | None,
             edits: dict | None = None, ddpm: bool = True) -> Run:
-        e = {"model.init_args.scales": [float(s) for s in scales], "model.init_args.samples_per_class": n,
+        e = {SWEEP_VALUES: [float(s) for s in scales], "model.init_args.samples_per_class": n,
              "model.init_args.shard_size": batch, "model.init_args.batch_size": batch}
         e["model.init_args.sampler"] = "ddpm" if ddpm else "ddim"
         e["model.init_args.sampler_kwargs"] = ({"num_steps": p.digits_ddpm_steps} if ddpm else
@@ -101,11 +109,11 @@ def plan_digits(plan: Plan, sections: set[str]) -> dict[str, Run]:
                  {**fit_data, "model.init_args.net.init_args.model_channels": p.digits_model_channels})
         run("cg-noisy", "CG, noisy classifier on x_t", S_CG, "digits/sample_cg.yaml", guided_scales,
             "digits-classifier")
-        plain = {"model.init_args.guidance.0.init_args.tau2": 1.0, "model.init_args.guidance.0.init_args.sine_gamma": 0.0}
+        plain = {f"{TERM0}.init_args.tau2": 1.0, f"{TERM0}.init_args.sine_gamma": 0.0}
         run("cg-clean", "CG, clean classifier on x0_hat", S_CG, "digits/sample_offtheshelf.yaml", guided_scales,
             "digits-clean", plain)
     if sections & {"digits_cg", "ece_vs_fd"}:
-        ref_tau, ref_gamma = 0.5, 0.3  # EluCD's DDPM reference (app. C)
+        ref_tau, ref_gamma = REFERENCE["tau2"], REFERENCE["gamma"]
         settings = [(t, ref_gamma, False) for t in p.tau_ratios] + [(ref_tau, g, False) for g in p.sine_gammas]
         settings.append((ref_tau, ref_gamma, True))
         for tau2, gamma, through in settings:
@@ -114,8 +122,8 @@ def plan_digits(plan: Plan, sections: set[str]) -> dict[str, Run]:
                 continue
             label = f"off-the-shelf, tau2/tau1={tau2:g}, gamma={gamma:g}" + (", through the denoiser" if through else "")
             run(key, label, S_CG, "digits/sample_offtheshelf.yaml", [p.ablation_scale], "digits-clean",
-                {"model.init_args.guidance.0.init_args.tau2": tau2, "model.init_args.guidance.0.init_args.sine_gamma":
-                 gamma, "model.init_args.guidance.0.init_args.through_denoiser": through})
+                {f"{TERM0}.init_args.tau2": tau2, f"{TERM0}.init_args.sine_gamma":
+                 gamma, f"{TERM0}.init_args.through_denoiser": through})
         run("cfg-plus-cg", "CFG + clean classifier", S_CG, "digits/sample_cfg_plus_cg.yaml", p.cfg_plus_cg_scales,
             "digits-clean", ddpm=False)
     if sections & {"digits_calibration", "ece_vs_fd", "quality_vs_scale"}:
@@ -136,7 +144,7 @@ def plan_digits(plan: Plan, sections: set[str]) -> dict[str, Run]:
             "digits-clean")
         for d in p.divergences:
             run(f"divergence-{d}", f"f-divergence {d} (clean classifier)", S_CAL, "digits/sample_divergence.yaml",
-                guided_scales, "digits-clean", {"model.init_args.guidance.0.init_args.divergence": d})
+                guided_scales, "digits-clean", {f"{TERM0}.init_args.divergence": d})
     return runs
 
 
@@ -241,6 +249,7 @@ def section_cg(ctx, runs, tables) -> SectionResult:
     else:
         res.numbers = {"runs": {r.key: {"label": r.label, **tables[r.key]} for r in have},
                        "ablation_scale": p.ablation_scale, "ddpm_steps": p.digits_ddpm_steps,
+                       "reference": REFERENCE, "softplus_betas": list(SOFTPLUS_BETAS),
                        "softplus_beta": "not run: every digits classifier of the suite uses SiLU, which has no "
                                         "ReLU for the Softplus swap to replace"}
         missing = [r.label for r in want if r.key not in tables]
@@ -250,19 +259,22 @@ def section_cg(ctx, runs, tables) -> SectionResult:
             return tables[key]["scales"].get(s_abl) if key in tables else None
 
         blocks = []
+        rt, rg = REFERENCE["tau2"], REFERENCE["gamma"]
         compare = [("cg-noisy", "noisy classifier, x_t"), ("cg-clean", "clean classifier, x0_hat (detached)"),
-                   (offtheshelf_key(0.5, 0.3, False), "off-the-shelf reference (tau2/tau1 = .5, gamma = .3)"),
-                   (offtheshelf_key(0.5, 0.3, True), "reference, gradient through the denoiser")]
+                   (offtheshelf_key(rt, rg, False), f"off-the-shelf reference (tau2/tau1 = {fmt(rt)}, gamma = {fmt(rg)})"),
+                   (offtheshelf_key(rt, rg, True), "reference, gradient through the denoiser")]
         rows = [[label, *(fmt(at_abl(k).get(m)) for m in METRICS)] for k, label in compare if at_abl(k)]
         blocks += ["Classifier and its input, at guidance scale " + s_abl + ":", "",
                    *md_table(["guide", *METRICS], rows)]
-        rows = [[fmt(t), *(fmt(at_abl(offtheshelf_key(t, 0.3, False)).get(m)) for m in METRICS)]
-                for t in p.tau_ratios if at_abl(offtheshelf_key(t, 0.3, False))]
-        blocks += ["tau2/tau1 (tau1 = 1, gamma = .3):", "", *md_table(["tau2/tau1", *METRICS], rows)]
-        rows = [[fmt(g), *(fmt(at_abl(offtheshelf_key(0.5, g, False)).get(m)) for m in METRICS)]
-                for g in p.sine_gammas if at_abl(offtheshelf_key(0.5, g, False))]
-        blocks += ["Sine boost gamma (tau2/tau1 = .5):", "", *md_table(["gamma", *METRICS], rows)]
-        blocks += ["Softplus beta ∈ {ReLU, 8, 5, 3}: " + res.numbers["softplus_beta"] + ".", ""]
+        rows = [[fmt(t), *(fmt(at_abl(offtheshelf_key(t, rg, False)).get(m)) for m in METRICS)]
+                for t in p.tau_ratios if at_abl(offtheshelf_key(t, rg, False))]
+        blocks += [f"tau2/tau1 (tau1 = {fmt(REFERENCE['tau1'])}, gamma = {fmt(rg)}):", "",
+                   *md_table(["tau2/tau1", *METRICS], rows)]
+        rows = [[fmt(g), *(fmt(at_abl(offtheshelf_key(rt, g, False)).get(m)) for m in METRICS)]
+                for g in p.sine_gammas if at_abl(offtheshelf_key(rt, g, False))]
+        blocks += [f"Sine boost gamma (tau2/tau1 = {fmt(rt)}):", "", *md_table(["gamma", *METRICS], rows)]
+        betas = ", ".join(["ReLU", *(fmt(b) for b in SOFTPLUS_BETAS)])
+        blocks += [f"Softplus beta ∈ {{{betas}}}: " + res.numbers["softplus_beta"] + ".", ""]
         if "cfg-plus-cg" in tables and "cfg" in tables:
             rows = []
             for s, m in tables["cfg-plus-cg"]["scales"].items():
@@ -373,7 +385,7 @@ def section_ece_vs_fd(ctx, runs, tables) -> SectionResult:
         rho, pval = spearmanr(xs, ys)
         rho = float(rho) if not math.isnan(rho) else float("nan")
         res.numbers = {"points": points, "spearman_rho": rho, "spearman_p": float(pval),
-                       "guidance_scale": p.ablation_scale, "time_points": p.ece_time_points,
+                       "guidance_scale": p.ablation_scale, "time_points": p.ece_time_points, "ece_bins": ECE_BINS,
                        "images_per_time": p.ece_samples}
         fig, ax = plt.subplots(figsize=(4.5, 3.2))
         ax.scatter(xs, ys)
@@ -384,7 +396,7 @@ def section_ece_vs_fd(ctx, runs, tables) -> SectionResult:
         res.figure(save_figure(fig, run_dir / "figures" / "ece_vs_fd.png"), run_dir,
                    "integral ECE vs fd_digits")
         rows = [[v["label"], fmt(v["integral_ece"]), fmt(v["fd_digits"])] for v in points.values()]
-        res.markdown = [f"Integral ECE: the guide's top-label ECE (10 bins) on what it reads (x_t, or x0_hat from "
+        res.markdown = [f"Integral ECE: the guide's top-label ECE ({fmt(ECE_BINS)} bins) on what it reads (x_t, or x0_hat from "
                         f"the diffusion model) for held-out images noised to {fmt(p.ece_time_points)} equally "
                         f"spaced t, {fmt(p.ece_samples)} images each, averaged over t; fd_digits at guidance "
                         f"scale {fmt(p.ablation_scale)}. Spearman's rho = {fmt(rho)} (p = {fmt(float(pval))}).",
@@ -410,7 +422,7 @@ def guide_integral_eces(ctx, runs: list[Run]) -> dict[str, float]:
     cache: dict[tuple, float] = {}
     out = {}
     for r in runs:
-        spec = ctx.config(ctx.step(r.sample))["model"]["init_args"]["guidance"][0]
+        spec = ctx.config_value(ctx.step(r.sample), TERM0)
         args = spec.get("init_args", {})
         reads = args.get("input", "x_t")
         key = (args["classifier"]["init_args"]["checkpoint"], reads)
@@ -429,7 +441,7 @@ def guide_integral_eces(ctx, runs: list[Run]) -> dict[str, float]:
                         clip = args.get("x0_clip", 1.0)
                         logits = classifier(x0 if clip is None else x0.clamp(-clip, clip), None)
                 conf, correct = top_label_confidence(torch.softmax(logits.double(), dim=1), labels)
-                eces.append(float(expected_calibration_error(conf, correct, 10)))
+                eces.append(float(expected_calibration_error(conf, correct, ECE_BINS)))
             cache[key] = float(integral_ece(eces))
         out[r.key] = cache[key]
     return out

@@ -14,10 +14,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from .plan import CONFIGS, Plan, guide_checkpoint
+from .plan import CONFIGS, SWEEP_VALUES, Plan, guide_checkpoint, term
 from .results import SectionResult, fmt, md_table, pyplot, save_figure
 
 SECTION = "2D fractal"
+TERM0 = term(0)
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ def fractal_methods(preset) -> list[FractalMethod]:
                FractalMethod("tilted", "tilted", "fractal/sample_tilted.yaml", "fractal_guidance_scales"),
                FractalMethod("entropy", "entropy-adaptive", "fractal/sample_entropy.yaml", "fractal_guidance_scales")]
     methods += [FractalMethod(f"divergence_{d}", f"f-divergence ({d})", "fractal/sample_divergence.yaml",
-                              "fractal_guidance_scales", edits=(("model.init_args.guidance.0.init_args.divergence", d),))
+                              "fractal_guidance_scales", edits=((f"{TERM0}.init_args.divergence", d),))
                 for d in preset.fractal_divergences]
     return methods
 
@@ -59,7 +60,7 @@ def plan_fractal(plan: Plan) -> list[str]:
     for m in fractal_methods(p):
         sampler = _sampler_of(m.config)
         steps = p.fractal_ddim_steps if sampler == "ddim" else p.fractal_ddpm_steps
-        edits = {"model.init_args.scales": list(getattr(p, m.scales)),
+        edits = {SWEEP_VALUES: list(getattr(p, m.scales)),
                  "model.init_args.samples_per_class": p.fractal_samples_per_class,
                  "model.init_args.shard_size": n, "model.init_args.batch_size": n,
                  "model.init_args.sampler_kwargs.num_steps": steps, **dict(m.edits)}

@@ -197,18 +197,22 @@ def _ablation(n, keys: list[tuple[float, str]]):
 
 
 def c_tau(n):
+    from .digits import REFERENCE
+
     taus = _secs(n, "digits_cg")["runs"]
     vals = _ablation(n, [(float(k.split("tau")[1].split("-")[0]), k) for k in taus
-                         if k.startswith("ots-") and k.endswith("gamma0.3")])
+                         if k.startswith("ots-") and k.endswith(f"gamma{REFERENCE['gamma']:g}")])
     best = min(vals, key=vals.get)
     return ("fd_digits by tau2/tau1: " + ", ".join(f"{fmt(t)}: {fmt(v)}" for t, v in sorted(vals.items(), reverse=True)),
             best < 1.0 and vals[best] < vals.get(1.0, float("inf")))
 
 
 def c_gamma(n):
+    from .digits import REFERENCE
+
     runs = _secs(n, "digits_cg")["runs"]
     vals = _ablation(n, [(float(k.split("gamma")[1]), k) for k in runs
-                         if k.startswith("ots-tau0.5-gamma") and not k.endswith("through")])
+                         if k.startswith(f"ots-tau{REFERENCE['tau2']:g}-gamma") and not k.endswith("through")])
     best = min(vals, key=vals.get)
     return ("fd_digits by gamma: " + ", ".join(f"{fmt(g)}: {fmt(v)}" for g, v in sorted(vals.items())),
             best > 0 and vals[best] < vals.get(0.0, float("inf")))

@@ -154,5 +154,14 @@ class Plan:
         return self.steps[step_name].product
 
 
+# where a sampling config keeps its sweep and its guidance terms (one place to change if the config layout moves)
+SWEEP_VALUES = "model.init_args.scales"
+
+
+def term(index: int = 0) -> str:
+    """The dotted path of guidance term ``index`` of a sampling config."""
+    return f"model.init_args.guidance.{index}"
+
+
 def guide_checkpoint(index: int = 0) -> str:
-    return f"model.init_args.guidance.{index}.init_args.classifier.init_args.checkpoint"
+    return f"{term(index)}.init_args.classifier.init_args.checkpoint"

@@ -113,7 +113,7 @@ def render(report: dict, sections: dict[str, SectionResult]) -> list[str]:
               f"({m['torch_threads']} threads), GPU: {m['gpu']}.",
               f"- Commit: `{report['commit']}`{dirty}.",
               f"- Started {report['started_utc']} UTC; wall time {fmt(report['wall_seconds'])} s, "
-              f"{report['jobs']} steps at a time.",
+              f"{report['jobs']} steps at a time, {report['threads_per_step']} thread(s) each.",
               "- Quality of digit samples is `fd_digits`: the Fréchet distance in the feature space of a judge "
               "classifier the suite trains (never used for guidance), not Inception FID.", ""]
     lines += ["## Agreement with the papers", "",

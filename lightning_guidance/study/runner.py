@@ -78,7 +78,7 @@ class Context:
     def config_value(self, step: Step, dotted: str):
         node = self.config(step)
         for part in dotted.split("."):
-            node = node[part]
+            node = node[int(part)] if isinstance(node, list) else node[part]
         return node
 
     def failed_inputs(self, names: list[str]) -> str:
@@ -124,10 +124,11 @@ def parse_sections(value: list[str] | None) -> list[str]:
 # ---- running steps -----------------------------------------------------------------------------------------------
 class StepRunner:
     def __init__(self, run_dir: Path, steps: dict[str, Step], jobs: int = 1, in_process: bool = False,
-                 launcher: str = "local", console=None):
+                 launcher: str = "local", console=None, threads: int | None = None):
         self.run_dir, self.steps = run_dir, steps
         self.jobs = 1 if in_process else max(1, jobs)
         self.in_process, self.launcher = in_process, launcher
+        self.threads = threads
         self.status: dict[str, str] = {}
         self.seconds: dict[str, float] = {}
         self.console = console
@@ -200,8 +201,11 @@ class StepRunner:
         if self.launcher == "slurm":
             return self.launch_slurm(step, args, log)
         with log.open("w") as f:
+            env = dict(os.environ)
+            if self.threads:  # steps running side by side on a CPU: no more threads than cores
+                env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
             proc = subprocess.Popen([sys.executable, "-m", "lightning_guidance.cli", *args], stdout=f,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+                                    stderr=subprocess.STDOUT, start_new_session=True, env=env)
             with self._lock:
                 self._procs[step.name] = proc
             rc = proc.wait()
@@ -391,6 +395,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sections", nargs="+", help=f"run only these sections: {', '.join(SECTIONS)}")
     parser.add_argument("--name", help="run folder runs/<name> (default: study-<preset>)")
     parser.add_argument("--jobs", type=int, help="steps run at once (default: 2, or 1 with one CPU)")
+    parser.add_argument("--threads", type=int, help="CPU threads per step (default: CPUs / jobs; oversubscribed "
+                        "OpenMP threads slow a loaded CPU many times over)")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
     parser.add_argument("--runs-root", default="runs", help="parent folder of the run folder")
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # tests: no interpreter start-up
@@ -424,12 +430,16 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console(stderr=False)
     jobs = ns.jobs or study.get("jobs") or (2 if (os.cpu_count() or 1) > 1 else 1)
+    threads = ns.threads or max(1, (os.cpu_count() or 1) // jobs)
+    import torch
+
+    torch.set_num_threads(threads)  # the report's own sampling and scoring, too
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     console.print(f"[bold]study[/bold] preset {preset.name} ({preset.summary}); {len(plan.steps)} steps, "
-                  f"{jobs} at a time; folder {run_dir}")
+                  f"{jobs} at a time, {threads} thread(s) each; folder {run_dir}")
     runner = StepRunner(run_dir, plan.steps, jobs=jobs, in_process=ns.in_process, launcher=ns.launcher,
-                        console=console)
+                        console=console, threads=threads)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     with Progress(*columns, console=console, transient=False) as progress:
@@ -438,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(preset, run_dir, plan.steps, status, extra["sections"])
     meta = {"title": study.get("title", "lightning-guidance study"), "description": study.get("description", ""),
             "preset": preset.as_dict(), "sections_requested": sections, "machine": machine(), **commit(),
-            "started_utc": started.isoformat(timespec="seconds"), "jobs": jobs,
+            "started_utc": started.isoformat(timespec="seconds"), "jobs": jobs, "threads_per_step": threads,
             "steps": {n: {"section": s.section, "command": s.command, "status": status.get(n, "not run"),
                           "seconds": round(runner.seconds.get(n, 0.0), 1), "config": f"configs/{n}.yaml"}
                       for n, s in plan.steps.items()}}

@@ -114,7 +114,7 @@ def analyse_toy1d(ctx) -> SectionResult:
                 })
                 trajectories[tag][(method, float(s))] = traj
         per_mu[tag] = {"mu": float(mu), "sigma": sigma, "methods": rows}
-    res.numbers = {"samples_per_class": n, "ddim_steps": p.toy_num_steps, "mus": per_mu}
+    res.numbers = {"samples_per_class": n, "ddim_steps": p.toy_num_steps, "boundary": 0.0, "mus": per_mu}
 
     # figures: trajectories (one row per mu) and distance vs strength
     plt = pyplot()
@@ -160,6 +160,7 @@ def analyse_toy1d(ctx) -> SectionResult:
                 table.append([fmt(info["mu"]), method, fmt(r["scale"]), fmt(r["mean_boundary_distance"]),
                               fmt(r["mean_log_density"]), fmt(r["wrong_class_fraction"])])
     res.markdown = [f"DDIM with {fmt(p.toy_num_steps)} steps, {fmt(n)} samples per class, the same seeds for every "
-                    "method; distances are signed (positive: on the requested class's side of x = 0).", "",
+                    f"method; distances are signed (positive: on the requested class's side of the exact boundary x = "
+                    f"{fmt(res.numbers['boundary'])}).", "",
                     *res.markdown, *md_table(header, table)]
     return res
