@@ -423,17 +423,25 @@ def main(argv: list[str] | None = None) -> int:
         for step in plan.steps.values():
             print(f"{step.section:28s} {step.name:40s} {step.command:8s} {' + '.join(step.configs)}")
         return 0
+    jobs = ns.jobs or study.get("jobs") or (2 if (os.cpu_count() or 1) > 1 else 1)
+    threads = ns.threads or max(1, (os.cpu_count() or 1) // jobs)
+    import torch
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the report's own sampling and scoring, too
+    try:
+        return _run(ns, study, preset, sections, name, run_dir, plan, extra, jobs, threads)
+    finally:
+        torch.set_num_threads(threads_before)  # in-process callers (tests) get their setting back
+
+
+def _run(ns, study, preset, sections, name, run_dir, plan, extra, jobs, threads) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from .report import write_report
 
     console = Console(stderr=False)
-    jobs = ns.jobs or study.get("jobs") or (2 if (os.cpu_count() or 1) > 1 else 1)
-    threads = ns.threads or max(1, (os.cpu_count() or 1) // jobs)
-    import torch
-
-    torch.set_num_threads(threads)  # the report's own sampling and scoring, too
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     console.print(f"[bold]study[/bold] preset {preset.name} ({preset.summary}); {len(plan.steps)} steps, "
