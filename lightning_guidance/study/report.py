@@ -130,3 +130,29 @@ def render(report: dict, sections: dict[str, SectionResult]) -> list[str]:
               "`python cli.py <command> --config runs/<name>/<config>`); logs are in `logs/`.", "",
               *md_table(["step", "section", "command", "status", "seconds", "config"], rows)]
     return lines
+
+
+def publish(run_dir: Path, dest: Path) -> Path:
+    """Copy what a reader needs (report.md, report.json, figures/, configs/) into ``dest``: built in a temp folder
+    next to it and renamed into place; an existing ``dest`` is kept as ``<dest>.previous-<n>``."""
+    import shutil
+    import tempfile
+
+    run_dir, dest = Path(run_dir), Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    for name in ("report.md", "report.json"):
+        shutil.copy2(run_dir / name, tmp / name)
+    for folder in ("figures", "configs"):
+        if (run_dir / folder).is_dir():
+            shutil.copytree(run_dir / folder, tmp / folder)
+    for path in tmp.rglob("*"):
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    tmp.chmod(0o755)
+    if dest.exists():
+        n = 1
+        while dest.with_name(f"{dest.name}.previous-{n}").exists():
+            n += 1
+        dest.rename(dest.with_name(f"{dest.name}.previous-{n}"))
+    tmp.rename(dest)
+    return dest

@@ -401,6 +401,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs-root", default="runs", help="parent folder of the run folder")
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # tests: no interpreter start-up
     parser.add_argument("--list", action="store_true", help="print the planned steps and exit")
+    parser.add_argument("--publish", help="also copy the report (md, json, figures, step configs) into this folder, "
+                        "e.g. docs/results/<date>-small")
     return parser
 
 
@@ -461,6 +463,10 @@ def _run(ns, study, preset, sections, name, run_dir, plan, extra, jobs, threads)
                           "seconds": round(runner.seconds.get(n, 0.0), 1), "config": f"configs/{n}.yaml"}
                       for n, s in plan.steps.items()}}
     report = write_report(ctx, meta, sections, extra["digits_runs"], t0, console)
+    if ns.publish:
+        from .report import publish
+
+        console.print(f"published: {publish(run_dir, Path(ns.publish))}")
     failed = [n for n, s in status.items() if s not in DONE_STATES]
     failed_sections = [k for k, v in report["sections"].items() if v["status"] == "failed"]
     console.print(f"report: {run_dir / 'report.md'}")
