@@ -136,7 +136,7 @@ def main(args: list[str] | None = None) -> None:
     if argv and argv[0] == "study":
         from .study import main as study_main
 
-        code = study_main(argv[1:])
+        code = study_main(argv[1:], run_in_process=main)
         if code:
             raise SystemExit(code)
         return

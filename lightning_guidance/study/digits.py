@@ -408,11 +408,11 @@ def guide_integral_eces(ctx, runs: list[Run]) -> dict[str, float]:
     """Integral ECE of each run's guide on the input it reads (see section 8's text); runs sharing a guide and an
     input share the value."""
     from ..calibration.ece import expected_calibration_error, integral_ece, top_label_confidence
-    from ..io.checkpoints import load_cfg_diffusion
     from ..io.instantiate import instantiate
+    from ..modules.cfg_diffusion import CFGDiffusion
 
     p = ctx.preset
-    diffusion = load_cfg_diffusion(ctx.step("digits-cfg").product).eval()
+    diffusion = CFGDiffusion.from_checkpoint(ctx.step("digits-cfg").product)
     schedule = diffusion.schedule
     images, labels = held_out_images(ctx, p.ece_samples)
     gen = torch.Generator().manual_seed(0)
@@ -424,22 +424,21 @@ def guide_integral_eces(ctx, runs: list[Run]) -> dict[str, float]:
     for r in runs:
         spec = ctx.config_value(ctx.step(r.sample), TERM0)
         args = spec.get("init_args", {})
-        reads = args.get("input", "x_t")
-        key = (args["classifier"]["init_args"]["checkpoint"], reads)
+        key = (args["classifier"]["init_args"]["checkpoint"], args.get("input", "x_t"), args.get("clip_x0", True))
         if key not in cache:
-            classifier = instantiate(args["classifier"]).eval()
+            guide = instantiate(spec)  # the run's own term: its classifier, its input, its clipping
+            classifier = guide.classifier.eval()
             eces = []
             for idx in indices:
                 abar = float(schedule.abar(idx))
                 x_t = math.sqrt(abar) * images + math.sqrt(1 - abar) * noise
                 t = torch.full((len(images),), float(schedule.model_time(idx)))
                 with torch.no_grad():
-                    if reads == "x_t":
+                    if guide.input == "x_t":
                         logits = classifier(x_t, t)
                     else:
                         x0 = diffusion.denoiser(1.0)(x_t, t, torch.full_like(t, abar), labels).x0
-                        clip = args.get("x0_clip", 1.0)
-                        logits = classifier(x0 if clip is None else x0.clamp(-clip, clip), None)
+                        logits = classifier(guide.x0_input(x0), None)
                 conf, correct = top_label_confidence(torch.softmax(logits.double(), dim=1), labels)
                 eces.append(float(expected_calibration_error(conf, correct, ECE_BINS)))
             cache[key] = float(integral_ece(eces))

@@ -7,7 +7,6 @@ guidance method (the shipped ``configs/fractal/sample_*.yaml``), each a sweep ov
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,9 +74,11 @@ def plan_fractal(plan: Plan) -> list[str]:
 
 def read_samples(out_dir: Path) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
     """``{scale: (samples, labels)}`` from a predict step's manifest and shards."""
-    from ..io.shards import read_shard
+    from ..io.shards import read_manifest, read_shard
 
-    manifest = json.loads((Path(out_dir) / "manifest.json").read_text())
+    manifest = read_manifest(out_dir)
+    if manifest is None:
+        raise FileNotFoundError(f"no manifest.json in {out_dir}: its predict step did not finish")
     out = {}
     for key, info in manifest["scales"].items():
         target = info["config"]["scale_target"]

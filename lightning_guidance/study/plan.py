@@ -155,12 +155,12 @@ class Plan:
 
 
 # where a sampling config keeps its sweep and its guidance terms (one place to change if the config layout moves)
-SWEEP_VALUES = "model.init_args.scales"
+SWEEP_VALUES = "model.init_args.sweep.values"
 
 
 def term(index: int = 0) -> str:
     """The dotted path of guidance term ``index`` of a sampling config."""
-    return f"model.init_args.guidance.{index}"
+    return f"model.init_args.sweep.terms.{index}"
 
 
 def guide_checkpoint(index: int = 0) -> str:

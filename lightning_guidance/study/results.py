@@ -28,9 +28,10 @@ def fmt(value, digits: int = 4) -> str:
 
 
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return lines + [""]
+    """A Markdown table (io.tables) followed by a blank line."""
+    from ..io.tables import markdown_table
+
+    return [*markdown_table(header, rows), ""]
 
 
 @dataclass

@@ -123,7 +123,7 @@ def parse_sections(value: list[str] | None) -> list[str]:
 
 # ---- running steps -----------------------------------------------------------------------------------------------
 class StepRunner:
-    def __init__(self, run_dir: Path, steps: dict[str, Step], jobs: int = 1, in_process: bool = False,
+    def __init__(self, run_dir: Path, steps: dict[str, Step], jobs: int = 1, in_process=None,
                  launcher: str = "local", console=None, threads: int | None = None):
         self.run_dir, self.steps = run_dir, steps
         self.jobs = 1 if in_process else max(1, jobs)
@@ -187,11 +187,9 @@ class StepRunner:
         log.parent.mkdir(parents=True, exist_ok=True)
         args = self.command(step, config_path)
         if self.in_process:
-            from ..cli import main as cli_main
-
             with log.open("w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
                 try:
-                    cli_main(args)
+                    self.in_process(args)
                     return 0
                 except BaseException as err:  # noqa: BLE001 - a failed step is recorded, the study goes on
                     if isinstance(err, KeyboardInterrupt):
@@ -214,12 +212,8 @@ class StepRunner:
         return rc
 
     def launch_slurm(self, step: Step, args: list[str], log: Path) -> int:
-        try:
-            from ..slurm_launch import run_step_on_slurm  # the SLURM launcher (scale-out work)
-        except ImportError as err:
-            raise ValueError("--launcher slurm needs lightning_guidance.slurm_launch, which is not in this checkout; "
-                             "run with --launcher local (or submit slurm/train.sbatch per step)") from err
-        return run_step_on_slurm(args, log)
+        raise ValueError("--launcher slurm: the SLURM launcher (launch/slurm.py) is not in this checkout; run with "
+                         "--launcher local, or submit each step with slurm/train.sbatch / slurm/predict.sbatch")
 
     def forward(self, signum: int, _frame=None) -> None:
         self.interrupted = signum
@@ -406,8 +400,13 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, run_in_process=None) -> int:
+    """``cli.py study``; ``run_in_process`` (the CLI's own entry, passed down by it) serves ``--in-process``."""
     ns = make_parser().parse_args(argv)
+    if ns.launcher == "slurm":
+        StepRunner.launch_slurm(None, None, [], Path())  # says what is missing before anything runs
+    if ns.in_process and run_in_process is None:
+        raise ValueError("--in-process needs the CLI's entry point: run it as `cli.py study --in-process`")
     study = load_study_file(ns.config)
     preset = get_preset(ns.preset or study.get("preset", "tiny"))
     sections = parse_sections(ns.sections or study.get("sections"))
@@ -432,12 +431,13 @@ def main(argv: list[str] | None = None) -> int:
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)  # the report's own sampling and scoring, too
     try:
-        return _run(ns, study, preset, sections, name, run_dir, plan, extra, jobs, threads)
+        return _run(ns, study, preset, sections, run_dir, plan, extra, jobs, threads,
+                    run_in_process if ns.in_process else None)
     finally:
         torch.set_num_threads(threads_before)  # in-process callers (tests) get their setting back
 
 
-def _run(ns, study, preset, sections, name, run_dir, plan, extra, jobs, threads) -> int:
+def _run(ns, study, preset, sections, run_dir, plan, extra, jobs, threads, run_in_process) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -448,7 +448,7 @@ def _run(ns, study, preset, sections, name, run_dir, plan, extra, jobs, threads)
     t0 = time.perf_counter()
     console.print(f"[bold]study[/bold] preset {preset.name} ({preset.summary}); {len(plan.steps)} steps, "
                   f"{jobs} at a time, {threads} thread(s) each; folder {run_dir}")
-    runner = StepRunner(run_dir, plan.steps, jobs=jobs, in_process=ns.in_process, launcher=ns.launcher,
+    runner = StepRunner(run_dir, plan.steps, jobs=jobs, in_process=run_in_process, launcher=ns.launcher,
                         console=console, threads=threads)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())

@@ -72,7 +72,8 @@ def sample_with_trajectories(diffusion, labels, seed: int, num_steps: int, cfg_s
 
 def analyse_toy1d(ctx) -> SectionResult:
     from ..guidance import ClassifierGuidance
-    from ..io.checkpoints import TrainedClassifier, load_cfg_diffusion
+    from ..modules.cfg_diffusion import CFGDiffusion
+    from ..nets import TrainedClassifier
     from ..toy import two_class_mixture_1d
 
     p, run = ctx.preset, ctx.run_dir
@@ -86,7 +87,7 @@ def analyse_toy1d(ctx) -> SectionResult:
     for mu in p.mus:
         tag = mu_tag(mu)
         cfg_step = ctx.step(f"toy1d-{tag}-cfg")
-        diffusion = load_cfg_diffusion(cfg_step.product).eval()
+        diffusion = CFGDiffusion.from_checkpoint(cfg_step.product)
         sigma = float(ctx.config_value(cfg_step, SIGMA_KEY))
         mixture = two_class_mixture_1d(mu, sigma)
         guides = {"CG, linear classifier": TrainedClassifier(ctx.step(f"toy1d-{tag}-linear").product),
