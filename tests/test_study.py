@@ -107,8 +107,8 @@ def test_unknown_preset_and_section_are_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown section fractl.*toy1d"):
         study("--preset", "micro", "--sections", "fractl", "--runs-root", tmp_path)
     bad = tmp_path / "study.yaml"
-    bad.write_text("preset: tiny\nsteps: []\n")
-    with pytest.raises(ValueError, match="unknown key steps"):
+    bad.write_text("preset: tiny\nreport: x.md\n")
+    with pytest.raises(ValueError, match="unknown key report"):
         study("--config", bad, "--runs-root", tmp_path)
 
 
@@ -176,3 +176,11 @@ def test_a_stale_step_reruns_and_keeps_the_old_outputs(tmp_path):
     runner.move_aside(steps["down"])
     kept = list(tmp_path.glob("fit.stale-*"))
     assert len(kept) == 1 and (kept[0] / "checkpoints" / "last.ckpt").read_bytes() == b"old"
+
+
+def test_a_study_file_that_lists_its_own_steps_runs_as_a_custom_chain(tmp_path):
+    """``steps:`` in the study file: the chain runner (study/chain.py) takes it, with its own checks."""
+    chain = tmp_path / "chain.yaml"
+    chain.write_text("title: mine\nsteps:\n  - {name: s, command: fly, config: configs/digits/cfg.yaml}\n")
+    with pytest.raises(ValueError, match="step 0 \\(s\\): unknown command 'fly'"):
+        study("--config", chain)

@@ -400,8 +400,24 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def lists_own_steps(argv: list[str]) -> bool:
+    """Whether ``--config`` names a custom chain study (a YAML with ``steps:``) rather than the built-in one."""
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg[9:] if arg.startswith("--config=") else None
+        if path and Path(path).is_file():
+            study = yaml.safe_load(Path(path).read_text())
+            return isinstance(study, dict) and "steps" in study
+    return False
+
+
 def main(argv: list[str] | None = None, run_in_process=None) -> int:
     """``cli.py study``; ``run_in_process`` (the CLI's own entry, passed down by it) serves ``--in-process``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if lists_own_steps(argv):
+        from .chain import main as chain_main
+
+        chain_main(argv)
+        return 0
     ns = make_parser().parse_args(argv)
     if ns.launcher == "slurm":
         StepRunner.launch_slurm(None, None, [], Path())  # says what is missing before anything runs
