@@ -68,6 +68,7 @@ def save_figure(fig, path: Path) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    fig.set_layout_engine("constrained")  # titles and labels of neighbouring panels do not overlap
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     pyplot().close(fig)
