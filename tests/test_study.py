@@ -184,3 +184,22 @@ def test_a_study_file_that_lists_its_own_steps_runs_as_a_custom_chain(tmp_path):
     chain.write_text("title: mine\nsteps:\n  - {name: s, command: fly, config: configs/digits/cfg.yaml}\n")
     with pytest.raises(ValueError, match="step 0 \\(s\\): unknown command 'fly'"):
         study("--config", chain)
+
+
+def test_report_only_rebuilds_the_report_from_the_files_without_running_a_step(micro, tmp_path):
+    import shutil
+
+    copy = tmp_path / "micro"
+    shutil.copytree(micro, copy)
+    (copy / "report.md").unlink()
+    (copy / "fractal" / "samples_cfg" / "manifest.json").unlink()  # as if that predict never finished
+    logs = sorted((copy / "logs").iterdir())
+    code = study("--preset", "micro", "--runs-root", tmp_path, "--name", "micro", "--report-only",
+                 "--sections", "fractal_benchmark")
+    assert code == 1  # a step did not finish
+    assert sorted((copy / "logs").iterdir()) == logs  # nothing ran
+    report = json.loads((copy / "report.json").read_text())
+    bench = report["sections"]["fractal_benchmark"]
+    assert report["steps"]["sample-fractal-cfg"]["status"] == "not run"
+    assert bench["status"] == "ok" and "CFG" in bench["numbers"]["methods_failed"] and "cg" in bench["numbers"]["methods"]
+    assert "Methods whose sampling step failed (no rows): CFG" in (copy / "report.md").read_text()

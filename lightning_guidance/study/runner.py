@@ -395,6 +395,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--runs-root", default="runs", help="parent folder of the run folder")
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # tests: no interpreter start-up
     parser.add_argument("--list", action="store_true", help="print the planned steps and exit")
+    parser.add_argument("--report-only", action="store_true", help="run no step: write the report from what the "
+                        "steps wrote (a step counts as done when its output exists)")
     parser.add_argument("--publish", help="also copy the report (md, json, figures, step configs) into this folder, "
                         "e.g. docs/results/<date>-small")
     return parser
@@ -468,9 +470,13 @@ def _run(ns, study, preset, sections, run_dir, plan, extra, jobs, threads, run_i
                         console=console, threads=threads)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=False) as progress:
-        runner.console = progress.console
-        status = runner.run(progress)
+    if ns.report_only:
+        status = {n: "done" if Path(s.product).is_file() else "not run" for n, s in plan.steps.items()}
+        runner.status = status
+    else:
+        with Progress(*columns, console=console, transient=False) as progress:
+            runner.console = progress.console
+            status = runner.run(progress)
     ctx = Context(preset, run_dir, plan.steps, status, extra["sections"])
     meta = {"title": study.get("title", "lightning-guidance study"), "description": study.get("description", ""),
             "preset": preset.as_dict(), "sections_requested": sections, "machine": machine(), **commit(),
