@@ -159,7 +159,7 @@ def analyse_fractal(ctx) -> tuple[SectionResult, SectionResult]:
                       "samples per class; the first row scores exact samples themselves: the floor of each column).",
                       "", *md_table(header, table)]
     if failed:
-        bench.markdown += [f"Methods whose sampling step failed (no rows): {', '.join(failed)}.", ""]
+        bench.markdown += [f"Methods whose sampling step did not finish (no rows): {', '.join(failed)}.", ""]
     fig, ax = plt.subplots(1, 3, figsize=(11, 3))
     for m in methods:
         xs = [float(s) for s in scores[m.key]]
