@@ -250,8 +250,8 @@ def section_cg(ctx, runs, tables) -> SectionResult:
         res.numbers = {"runs": {r.key: {"label": r.label, **tables[r.key]} for r in have},
                        "ablation_scale": p.ablation_scale, "ddpm_steps": p.digits_ddpm_steps,
                        "reference": REFERENCE, "softplus_betas": list(SOFTPLUS_BETAS),
-                       "softplus_beta": "not run: every digits classifier of the suite uses SiLU, which has no "
-                                        "ReLU for the Softplus swap to replace"}
+                       "softplus_beta": "every digits classifier of the suite uses SiLU, which has no ReLU for the "
+                                        "Softplus swap to replace, so this ablation is not run"}
         missing = [r.label for r in want if r.key not in tables]
         s_abl = f"{p.ablation_scale:g}"
 

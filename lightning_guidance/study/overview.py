@@ -96,8 +96,12 @@ class Claim:
 
 def _secs(n: dict, key: str) -> dict:
     sec = n.get(key)
-    if not sec or sec["status"] != "ok":
-        raise LookupError(f"section {key} did not finish")
+    if not sec:
+        raise LookupError(f"section {key} was not run")
+    if sec["status"] == "not built":
+        raise LookupError(f"section {key} is not built yet")
+    if sec["status"] != "ok":
+        raise LookupError(f"section {key} failed")
     return sec["numbers"]
 
 
