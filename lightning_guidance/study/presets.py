@@ -75,7 +75,8 @@ SMALL = Preset(
 )
 
 TINY = replace(
-    SMALL, name="tiny", summary="the README's first command: every section at its smallest (sized for 10 minutes on an idle 2-core CPU)",
+    SMALL, name="tiny",
+    summary="the README's first command: every section at its smallest (sized for 10 minutes on an idle 2-core CPU)",
     toy_train_steps=600, toy_classifier_steps=300, toy_samples_per_class=200, toy_cfg_scales=(1.0, 2.0, 4.0),
     toy_cg_scales=(0.0, 1.0, 4.0), toy_num_steps=40,
     fractal_train_steps=1200, fractal_classifier_steps=300, fractal_samples_per_class=250,
