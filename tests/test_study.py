@@ -201,5 +201,6 @@ def test_report_only_rebuilds_the_report_from_the_files_without_running_a_step(m
     report = json.loads((copy / "report.json").read_text())
     bench = report["sections"]["fractal_benchmark"]
     assert report["steps"]["sample-fractal-cfg"]["status"] == "not run"
-    assert bench["status"] == "ok" and "CFG" in bench["numbers"]["methods_failed"] and "cg" in bench["numbers"]["methods"]
+    assert bench["status"] == "ok" and "CFG" in bench["numbers"]["methods_failed"]
+    assert "cg" in bench["numbers"]["methods"]
     assert "Methods whose sampling step did not finish (no rows): CFG" in (copy / "report.md").read_text()

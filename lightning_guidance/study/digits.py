@@ -120,7 +120,8 @@ def plan_digits(plan: Plan, sections: set[str]) -> dict[str, Run]:
             key = offtheshelf_key(tau2, gamma, through)
             if key in runs:
                 continue
-            label = f"off-the-shelf, tau2/tau1={tau2:g}, gamma={gamma:g}" + (", through the denoiser" if through else "")
+            label = (f"off-the-shelf, tau2/tau1={tau2:g}, gamma={gamma:g}"
+                     + (", through the denoiser" if through else ""))
             run(key, label, S_CG, "digits/sample_offtheshelf.yaml", [p.ablation_scale], "digits-clean",
                 {f"{TERM0}.init_args.tau2": tau2, f"{TERM0}.init_args.sine_gamma":
                  gamma, f"{TERM0}.init_args.through_denoiser": through})
@@ -261,7 +262,8 @@ def section_cg(ctx, runs, tables) -> SectionResult:
         blocks = []
         rt, rg = REFERENCE["tau2"], REFERENCE["gamma"]
         compare = [("cg-noisy", "noisy classifier, x_t"), ("cg-clean", "clean classifier, x0_hat (detached)"),
-                   (offtheshelf_key(rt, rg, False), f"off-the-shelf reference (tau2/tau1 = {fmt(rt)}, gamma = {fmt(rg)})"),
+                   (offtheshelf_key(rt, rg, False),
+                    f"off-the-shelf reference (tau2/tau1 = {fmt(rt)}, gamma = {fmt(rg)})"),
                    (offtheshelf_key(rt, rg, True), "reference, gradient through the denoiser")]
         rows = [[label, *(fmt(at_abl(k).get(m)) for m in METRICS)] for k, label in compare if at_abl(k)]
         blocks += ["Classifier and its input, at guidance scale " + s_abl + ":", "",
@@ -396,7 +398,8 @@ def section_ece_vs_fd(ctx, runs, tables) -> SectionResult:
         res.figure(save_figure(fig, run_dir / "figures" / "ece_vs_fd.png"), run_dir,
                    "integral ECE vs fd_digits")
         rows = [[v["label"], fmt(v["integral_ece"]), fmt(v["fd_digits"])] for v in points.values()]
-        res.markdown = [f"Integral ECE: the guide's top-label ECE ({fmt(ECE_BINS)} bins) on what it reads (x_t, or x0_hat from "
+        res.markdown = [f"Integral ECE: the guide's top-label ECE ({fmt(ECE_BINS)} bins) on what it reads (x_t, or "
+                        "x0_hat from "
                         f"the diffusion model) for held-out images noised to {fmt(p.ece_time_points)} equally "
                         f"spaced t, {fmt(p.ece_samples)} images each, averaged over t; fd_digits at guidance "
                         f"scale {fmt(p.ablation_scale)}. Spearman's rho = {fmt(rho)} (p = {fmt(float(pval))}).",

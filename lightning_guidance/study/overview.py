@@ -78,7 +78,7 @@ def analyse_quality(ctx, done: dict[str, SectionResult]) -> SectionResult:
     if not series:
         res.status, res.reason = "failed", "no section with sampled quality finished"
     else:
-        res.markdown = ["Every curve uses the same per-sample seeds; the numbers are those of sections 1, 3 and 4 to 6.",
+        res.markdown = ["Every curve uses the same per-sample seeds; its numbers are those of the sections above.",
                         "", *res.markdown]
     return res
 
@@ -207,7 +207,8 @@ def c_tau(n):
     vals = _ablation(n, [(float(k.split("tau")[1].split("-")[0]), k) for k in taus
                          if k.startswith("ots-") and k.endswith(f"gamma{REFERENCE['gamma']:g}")])
     best = min(vals, key=vals.get)
-    return ("fd_digits by tau2/tau1: " + ", ".join(f"{fmt(t)}: {fmt(v)}" for t, v in sorted(vals.items(), reverse=True)),
+    pairs = sorted(vals.items(), reverse=True)
+    return ("fd_digits by tau2/tau1: " + ", ".join(f"{fmt(t)}: {fmt(v)}" for t, v in pairs),
             best < 1.0 and vals[best] < vals.get(1.0, float("inf")))
 
 
@@ -289,7 +290,8 @@ def c_postprocessor(n):
     raise LookupError("postprocessor not built")
 
 
-NOISE = "small data: 8x8 digits, a few hundred samples per setting and briefly trained models; fd differences of this size are within sampling noise"
+NOISE = ("small data: 8x8 digits, a few hundred samples per setting and briefly trained models; fd differences of "
+         "this size are within sampling noise")
 
 CLAIMS: list[Claim] = [
     Claim("cfg_u_shape", "Ho & Salimans (CFG)", "FID is U-shaped in the guidance scale",

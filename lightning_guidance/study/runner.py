@@ -405,7 +405,8 @@ def make_parser() -> argparse.ArgumentParser:
 def lists_own_steps(argv: list[str]) -> bool:
     """Whether ``--config`` names a custom chain study (a YAML with ``steps:``) rather than the built-in one."""
     for i, arg in enumerate(argv):
-        path = argv[i + 1] if arg == "--config" and i + 1 < len(argv) else arg[9:] if arg.startswith("--config=") else None
+        path = (argv[i + 1] if arg == "--config" and i + 1 < len(argv)
+                else arg.split("=", 1)[1] if arg.startswith("--config=") else None)
         if path and Path(path).is_file():
             study = yaml.safe_load(Path(path).read_text())
             return isinstance(study, dict) and "steps" in study
