@@ -31,7 +31,7 @@ class UnconditionalDenoiser:
         self.inner = ExactMixtureDenoiser(mixture)
         self.num_classes = mixture.num_classes
 
-    def __call__(self, x_t, t, abar, y):
+    def __call__(self, x_t, t, abar, y, step=None):
         return self.inner(x_t, t, abar, torch.full_like(y, self.num_classes))
 
 

@@ -43,7 +43,7 @@ class TinyDenoiser:
         self.num_classes = num_classes
         self.a = torch.randn(D, D, generator=g, dtype=DT) / 2
 
-    def __call__(self, x_t, t, abar, y):
+    def __call__(self, x_t, t, abar, y, step=None):
         eps = torch.tanh(x_t @ self.a) + 0.1 * y.to(x_t.dtype).view(-1, 1)
         return DenoiserOutput(eps=eps, x0=eps_to_x0(eps, x_t, abar))
 

@@ -54,7 +54,7 @@ class GaussianDenoiser:
     def __init__(self, s: float = 1.0, mu: float = 0.0):
         self.s, self.mu, self.calls = s, mu, []
 
-    def __call__(self, x_t, t, abar, y):
+    def __call__(self, x_t, t, abar, y, step=None):
         self.calls.append((t.clone(), abar.clone()))
         a = abar.to(x_t.dtype).reshape(-1, *([1] * (x_t.ndim - 1)))
         score = -(x_t - a.sqrt() * self.mu) / (a * self.s**2 + 1 - a)
@@ -343,7 +343,7 @@ def test_a_term_refuses_samplers_it_does_not_support(sampler):
 def test_nan_mid_sampling_names_the_step(sampler, name, kwargs, calls_per_step):
     exact, bad_step = GaussianDenoiser(), 7
 
-    def denoiser(x_t, t, abar, y):
+    def denoiser(x_t, t, abar, y, step=None):
         out = exact(x_t, t, abar, y)
         if len(exact.calls) == bad_step * calls_per_step + 1:  # the first call of step 7
             out.eps, out.x0 = out.eps * float("nan"), out.x0 * float("nan")

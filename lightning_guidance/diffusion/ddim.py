@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .plug import GuidanceState, GuidanceTerm, total_guidance
+from .cfg_rule import SamplingStep
 from .denoiser import Denoiser
 from .noise import PerSampleNoise
 from .parameterization import eps_to_x0, x0_to_eps
@@ -58,7 +59,7 @@ def ddim_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, noise:
         t, abar = batch(schedule.model_time(kept[k])), batch(abar_t)
 
         # Predict x0 (clipped by the denoiser if it clips)
-        out = denoiser(x, t, abar, labels)
+        out = denoiser(x, t, abar, labels, step=SamplingStep(step, n))
         x0 = out.x0
 
         # Guidance on the noise estimate, then x0_hat again

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .plug import GuidanceState, GuidanceTerm, total_guidance
+from .cfg_rule import SamplingStep
 from .denoiser import Denoiser
 from .noise import PerSampleNoise
 from .schedules import VPSchedule
@@ -54,7 +55,7 @@ def ddpm_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, noise:
         t, abar = batch(schedule.model_time(kept[k])), batch(abar_t)
 
         # Posterior q(x_prev | x_t, x0_hat) with the model's clean-data estimate
-        out = denoiser(x, t, abar, labels)
+        out = denoiser(x, t, abar, labels, step=SamplingStep(step, n))
         mean, variance = ddpm_posterior(x, out.x0, abar_t, abar_prev)
         if max_variance is None:
             max_variance = variance

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from .plug import GuidanceState, GuidanceTerm, total_guidance
+from .cfg_rule import SamplingStep
 from .denoiser import Denoiser, DenoiserOutput
 from .noise import PerSampleNoise
 from .schedules import VPSchedule, edm_sigma_steps
@@ -41,16 +42,16 @@ def edm_heun_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, no
         raise ValueError(f"EDM needs sigma_min < sigma_max within the schedule's range [{lo:.4g}, {hi:.4g}], "
                          f"got {sigma_min:.4g} and {sigma_max:.4g} after clamping")
 
-    def vp_call(x: Tensor, sigma: float) -> tuple[DenoiserOutput, Tensor, Tensor, Tensor]:
-        """The VP denoiser at the VE state ``x``: returns (out, x_VP, t, abar)."""
+    def vp_call(x: Tensor, sigma: float, step: int) -> tuple[DenoiserOutput, Tensor, Tensor, Tensor]:
+        """The VP denoiser at the VE state ``x`` during step ``step``: returns (out, x_VP, t, abar)."""
         abar = 1.0 / (1.0 + sigma**2)
         x_vp = (x * math.sqrt(abar)).to(model_dtype)
         t, abar_b = batch(schedule.model_time(schedule.index_of_sigma(sigma))), batch(abar)
-        return denoiser(x_vp, t, abar_b, labels), x_vp, t, abar_b
+        return denoiser(x_vp, t, abar_b, labels, step=SamplingStep(step, num_steps)), x_vp, t, abar_b
 
     def denoise(x: Tensor, sigma: float, step: int) -> Tensor:
         """``D(x; sigma)`` with the guidance correction of the score."""
-        out, x_vp, t, abar = vp_call(x, sigma)
+        out, x_vp, t, abar = vp_call(x, sigma, step)
         d = x - sigma * out.eps.to(torch.float64)
         state = GuidanceState(x_t=x_vp, t=t, abar=abar, y=labels, out=out, step=step, num_steps=num_steps,
                               sampler="edm", denoiser=denoiser)
@@ -77,7 +78,7 @@ def edm_heun_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, no
         # Guidance that moves the state before the denoiser call (e.g. EluCD's EDM rule); a term gets the float32
         # VE state, sigma (B,) and a callable VE state -> the VP DenoiserOutput at this sigma
         nudges = [term.edm_nudge(x_hat.to(model_dtype), batch(t_hat), i, num_steps,
-                                 lambda x, s=t_hat: vp_call(x, s)[0], y=labels) for term in guidance]
+                                 lambda x, s=t_hat, i=i: vp_call(x, s, i)[0], y=labels) for term in guidance]
         for delta in nudges:
             if delta is not None:
                 x_hat = x_hat + delta.to(torch.float64)

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .ddim import ddim_sample
 from .ddpm import ddpm_sample
+from .cfg_rule import ClassifierFreeGuidance
 from .denoiser import Denoiser, check_labels
 from .edm_heun import edm_heun_sample
 from .noise import PerSampleNoise
@@ -77,7 +78,8 @@ class DiffusionModel(Protocol):
     data_shape: tuple[int, ...]
     device: torch.device
 
-    def denoiser(self, cfg_scale: float | Tensor = 1.0) -> Denoiser: ...
+    def denoiser(self, cfg_scale: float | Tensor = 1.0, rule: ClassifierFreeGuidance | None = None,
+                 guide: DiffusionModel | None = None) -> Denoiser: ...
 
 
 def labels_for_ids(ids: Sequence[int] | Tensor, classes: Sequence[int]) -> Tensor:
@@ -95,12 +97,14 @@ def seeds_for_ids(ids: Sequence[int] | Tensor, seed: int) -> Tensor:
 def sample_batches(model: DiffusionModel, labels: Tensor, seeds: Sequence[int] | Tensor, *, sampler: str = "ddim",
                    sampler_kwargs: dict | None = None, cfg_scale: float | Tensor = 1.0,
                    guidance: Sequence[GuidanceTerm] = (), batch_size: int | None = None,
+                   cfg_rule: ClassifierFreeGuidance | None = None, guide: DiffusionModel | None = None,
                    on_batch: Callable[[Tensor, Tensor], None] | None = None) -> tuple[Tensor, Tensor] | None:
     """Samples of ``model`` for ``labels`` with one seed each, ``batch_size`` at a time (None: one batch).
 
     A sample depends on its seed and label only, never on its batch (unless a term couples the batch). Returns
     ``(samples, labels)``, or, with ``on_batch(samples, labels)``, hands each batch over as it is drawn and returns
-    None (so that large evaluations need not hold every sample)."""
+    None (so that large evaluations need not hold every sample). ``cfg_rule`` replaces plain CFG's combination
+    (``guide``: autoguidance's worse model)."""
     seeds = torch.as_tensor(seeds, dtype=torch.long).cpu()
     labels = labels.to(model.device)
     check_labels(labels, model.num_classes)
@@ -109,7 +113,9 @@ def sample_batches(model: DiffusionModel, labels: Tensor, seeds: Sequence[int] |
     for lo in range(0, len(labels), step):
         sl = slice(lo, lo + step)
         noise = PerSampleNoise(seeds[sl], device=model.device)
-        x = sample(sampler, model.denoiser(cfg_scale), model.schedule, labels[sl], noise, model.data_shape,
+        denoiser = model.denoiser(cfg_scale) if cfg_rule is None else model.denoiser(cfg_scale, rule=cfg_rule,
+                                                                                     guide=guide)
+        x = sample(sampler, denoiser, model.schedule, labels[sl], noise, model.data_shape,
                    guidance=list(guidance), **(sampler_kwargs or {}))
         if on_batch is not None:
             on_batch(x, labels[sl])

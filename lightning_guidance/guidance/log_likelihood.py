@@ -20,6 +20,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from ..diffusion.cfg_rule import SamplingStep
 from ..diffusion.denoiser import DenoiserOutput, check_labels
 from ..diffusion.plug import GuidanceState, GuidanceTerm
 
@@ -140,7 +141,8 @@ class ClassifierTerm(GuidanceTerm):
                              "did not provide one")
 
         def denoised(x_t: Tensor) -> Tensor:
-            return self.x0_input(state.denoiser(x_t, state.t, state.abar, state.y).x0)
+            return self.x0_input(state.denoiser(x_t, state.t, state.abar, state.y,
+                                               step=SamplingStep(state.step, state.num_steps)).x0)
 
         return objective_gradient(self.classifier, state.x_t, None, state.y, objective, to_input=denoised)
 

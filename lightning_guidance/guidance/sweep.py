@@ -1,6 +1,7 @@
 """The sweep: one guidance setting per sweep value, known in one place and free of Lightning.
 
-A sweep has a ``target`` and ``values``. ``target: cfg`` makes each value the CFG scale ``s`` of the denoiser
+A sweep has a ``target``, ``values`` and optionally a ``cfg_rule`` (a CFG variant of
+:mod:`lightning_guidance.guidance.cfg_variants` replacing plain CFG's combination at every value). ``target: cfg`` makes each value the CFG scale ``s`` of the denoiser
 (``eps = eps_u + s (eps_c - eps_u)``, diffusers' convention) with the guidance terms as configured; ``target:
 guidance`` keeps the CFG scale fixed at ``cfg_scale`` and multiplies every term's own ``scale`` by the value (0 is
 the unguided baseline with the same seeds). :meth:`Sweep.at` turns one value into ``(cfg_scale, terms)``.
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from torch import nn
 
+from ..diffusion.cfg_rule import ClassifierFreeGuidance
 from ..diffusion.plug import GuidanceTerm
 from .cfg_plus_classifier import CFGPlusClassifierGuidance
 from .log_likelihood import num_classes_of
@@ -27,6 +29,7 @@ class Sweep:
     values: list[float] = field(default_factory=lambda: [1.0])
     cfg_scale: float = 1.0
     terms: list[GuidanceTerm] = field(default_factory=list)
+    cfg_rule: ClassifierFreeGuidance | None = None
 
     def __post_init__(self):
         if self.target not in SWEEP_TARGETS:
@@ -58,12 +61,16 @@ class Sweep:
     def describe(self, value: float) -> str:
         """One line for reports: the CFG scale and each term with its scale at this value."""
         cfg, terms = self.at(value)
-        return ", ".join([f"CFG {cfg:g}"] + [f"{type(t).__name__} (scale {t.scale:g})" for t in terms])
+        rule = type(self.cfg_rule).__name__ if self.cfg_rule is not None else "CFG"
+        return ", ".join([f"{rule} {cfg:g}"] + [f"{type(t).__name__} (scale {t.scale:g})" for t in terms])
 
     def identity(self) -> dict:
         """What a shard's config hash records of the sweep at any one value (the value itself is added per shard)."""
-        return {"scale_target": self.target, "cfg_scale": self.cfg_scale,
-                "guidance": [describe_term(t) for t in self.terms]}
+        out = {"scale_target": self.target, "cfg_scale": self.cfg_scale,
+               "guidance": [describe_term(t) for t in self.terms]}
+        if self.cfg_rule is not None:
+            out["cfg_rule"] = describe_rule(self.cfg_rule)
+        return out
 
     @property
     def couples_batch(self) -> bool:
@@ -78,6 +85,13 @@ class Sweep:
     def check_against(self, num_classes: int, data_shape: tuple[int, ...], schedule: str,
                       num_train_steps: int) -> None:
         """Refuse, before any sampling, a guide that cannot work with a diffusion model of these settings."""
+        rule = self.cfg_rule
+        if rule is not None:
+            rule.check_data_shape(tuple(data_shape))
+            if type(rule) is not ClassifierFreeGuidance and any(isinstance(t, CFGPlusClassifierGuidance)
+                                                                for t in self.terms):
+                raise ValueError(f"CFGPlusClassifierGuidance rescales to the plain CFG difference; it cannot be "
+                                 f"combined with cfg_rule {type(rule).__name__}: drop one of them")
         for term in self.terms:
             name = type(term).__name__
             if isinstance(term, CFGPlusClassifierGuidance) and any(s == 1 for s in self.cfg_scales):
@@ -118,6 +132,14 @@ def describe_classifier(classifier: nn.Module) -> dict:
     index = getattr(classifier, "class_index", None)
     if index is not None:
         out["class_index"] = index.tolist()
+    return out
+
+
+def describe_rule(rule: ClassifierFreeGuidance) -> dict:
+    """A CFG rule's settings for the config hash and report; autoguidance's worse model by its file."""
+    out = rule.settings()
+    if rule.guide_is_other_model:
+        out["guide"] = _file_identity(rule.guide_checkpoint)
     return out
 
 

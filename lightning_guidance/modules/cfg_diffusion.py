@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..diffusion.cfg_rule import ClassifierFreeGuidance
 from ..diffusion.denoiser import NetDenoiser, check_labels
 from ..diffusion.parameterization import check_prediction, training_target
 from ..diffusion.schedules import VPSchedule
@@ -105,8 +106,19 @@ class CFGDiffusion(L.LightningModule):
         spec_only_hparams(checkpoint, self.net)
 
     # ---- sampling ---------------------------------------------------------------------------------
-    def denoiser(self, cfg_scale: float | Tensor = 1.0) -> NetDenoiser:
-        return NetDenoiser(self.net, self.num_classes, self.hparams.prediction, cfg_scale, self.hparams.clip_x0)
+    def denoiser(self, cfg_scale: float | Tensor = 1.0, rule: ClassifierFreeGuidance | None = None,
+                 guide: "CFGDiffusion | None" = None) -> NetDenoiser:
+        """The sampler's denoiser at ``cfg_scale`` with a CFG ``rule`` (default: plain CFG) and, for autoguidance,
+        the worse model ``guide``; a perturbed-attention rule gets this net with its self-attention perturbed."""
+        perturbed = None
+        if rule is not None and rule.perturbation is not None:
+            from ..nets.attention_perturbation import PerturbedAttention
+
+            perturbed = PerturbedAttention(self.net, rule.perturbation, rule.layers)
+        return NetDenoiser(self.net, self.num_classes, self.hparams.prediction, cfg_scale, self.hparams.clip_x0,
+                           rule=rule, guide_net=None if guide is None else guide.net,
+                           guide_prediction=None if guide is None else guide.hparams.prediction,
+                           perturbed_net=perturbed)
 
     @torch.no_grad()
     def generate(self, labels: Tensor, seeds: Sequence[int] | Tensor, sampler: str = "ddim",

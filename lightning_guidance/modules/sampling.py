@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.rank_split import LoaderBatchIds, check_enough_per_rank, owned_block
+from ..diffusion.cfg_rule import ClassifierFreeGuidance
 from ..diffusion.sampling import check_sampling, sample_ids, seeds_for_ids
 from ..guidance.sweep import Sweep
 from ..io.shards import Shard, check_shards, config_hash, plan_shards, shard_hash, write_manifest, write_shard
@@ -35,6 +36,30 @@ from .cfg_diffusion import CFGDiffusion
 
 def _first(items):
     return items[0]
+
+
+def load_rule_guide(rule: ClassifierFreeGuidance | None, diffusion: CFGDiffusion) -> CFGDiffusion | None:
+    """Check a CFG rule against the model's network; return autoguidance's worse model (frozen) or None."""
+    if rule is None:
+        return None
+    if rule.perturbation is not None:
+        from ..nets.attention_perturbation import PerturbedAttention
+
+        PerturbedAttention(diffusion.net, rule.perturbation, rule.layers)  # refuses a net without those layers
+    if not rule.guide_is_other_model:
+        return None
+    name = type(rule).__name__
+    guide = CFGDiffusion.from_checkpoint(rule.guide_checkpoint, use_ema=rule.guide_use_ema).requires_grad_(False)
+    ghp, hp = guide.hparams, diffusion.hparams
+    if (guide.num_classes, guide.data_shape) != (diffusion.num_classes, diffusion.data_shape):
+        raise ValueError(f"{name}: the guide {rule.guide_checkpoint} models {guide.num_classes} classes of shape "
+                         f"{guide.data_shape}, the main model {diffusion.num_classes} of {diffusion.data_shape}; "
+                         "train the worse model on the same data")
+    if (ghp.schedule, ghp.num_train_steps) != (hp.schedule, hp.num_train_steps):
+        raise ValueError(f"{name}: the guide {rule.guide_checkpoint} was trained on a {ghp.schedule}/"
+                         f"{ghp.num_train_steps} schedule, the main model on {hp.schedule}/{hp.num_train_steps}: "
+                         "its t means another noise level; retrain it to match")
+    return guide
 
 
 class SamplingModule(L.LightningModule):
@@ -56,6 +81,7 @@ class SamplingModule(L.LightningModule):
         self.sweep.check_against(self.diffusion.num_classes, self.diffusion.data_shape, hp.schedule, hp.num_train_steps)
         # registered, so that the terms' classifiers move to the sampling device with this module (each once)
         self.term_classifiers = nn.ModuleList(self.sweep.classifiers).requires_grad_(False)
+        self.guide_diffusion = load_rule_guide(self.sweep.cfg_rule, self.diffusion)
         k = self.diffusion.num_classes
         self.classes = list(range(k)) if classes is None else [int(c) for c in classes]
         bad = [c for c in self.classes if not 0 <= c < k]
@@ -76,6 +102,7 @@ class SamplingModule(L.LightningModule):
                 "sampler": hp.sampler, "sampler_kwargs": dict(self.sampler_kwargs), "scale": float(value),
                 "scale_target": sweep["scale_target"], "cfg_scale": sweep["cfg_scale"], "seed": hp.seed,
                 "guidance": sweep["guidance"], "classes": self.classes,
+                **({"cfg_rule": sweep["cfg_rule"]} if "cfg_rule" in sweep else {}),
                 # a batch-coupled term (tilted guidance) makes samples depend on who shares their batch
                 "batch_size": hp.batch_size if self.sweep.couples_batch else None}
 
@@ -94,7 +121,8 @@ class SamplingModule(L.LightningModule):
         return sample_ids(self.diffusion, ids, self.classes, self.hparams.seed, sampler=self.hparams.sampler,
                           sampler_kwargs=self.sampler_kwargs, cfg_scale=cfg,
                           guidance=terms if guidance is None else guidance,
-                          batch_size=batch_size or self.hparams.batch_size)
+                          batch_size=batch_size or self.hparams.batch_size, cfg_rule=self.sweep.cfg_rule,
+                          guide=self.guide_diffusion)
 
     def predict_step(self, plan, batch_idx: int = 0):
         path, value, ids = plan

@@ -121,7 +121,13 @@ class AttentionBlock(nn.Module):
 
     ``qkv`` is a 1x1 conv to 3C channels laid out head by head, ``[q_1 k_1 v_1 q_2 k_2 v_2 ...]``, each of
     C / heads channels; softmax scale 1/sqrt(C / heads). ``proj`` is zero-initialised (fresh block = identity).
+
+    ``perturbation`` (set only for the length of one guided forward, see :mod:`.attention_perturbation`):
+    ``"identity"`` replaces the attention map by the identity, so each position keeps its own value (perturbed-
+    attention guidance, Ahn et al. 2024); ``"skip"`` makes the block add nothing (skip-layer guidance).
     """
+
+    perturbation: str | None = None
 
     def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1):
         super().__init__()
@@ -131,12 +137,15 @@ class AttentionBlock(nn.Module):
         self.proj = zero_init(nn.Conv1d(channels, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.perturbation == "skip":
+            return x
         b, c, *spatial = x.shape
         tokens = x.reshape(b, c, -1)
         qkv = self.qkv(self.norm(tokens))  # (B, 3C, N)
         qkv = qkv.reshape(b, self.num_heads, 3, c // self.num_heads, -1).transpose(-1, -2)  # (B, heads, 3, N, d)
         q, k, v = qkv.unbind(dim=2)
-        attended = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, d)
+        # (B, heads, N, d); an identity attention map leaves each position its own value
+        attended = v if self.perturbation == "identity" else F.scaled_dot_product_attention(q, k, v)
         attended = attended.transpose(-1, -2).reshape(b, c, -1)
         return x + self.proj(attended).reshape(b, c, *spatial)
 

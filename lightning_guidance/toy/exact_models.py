@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..diffusion.cfg_rule import SamplingStep
 from ..diffusion.denoiser import DenoiserOutput, check_labels
 from ..diffusion.parameterization import eps_to_x0
 from ..diffusion.schedules import VPSchedule
@@ -38,7 +39,8 @@ class ExactMixtureDenoiser:
         abar64 = torch.as_tensor(abar, dtype=torch.float64, device=x_t.device).expand(len(x_t)).reshape(-1, 1)
         return -(1 - abar64).sqrt() * self.mixture.noised_score(x64, abar64.reshape(-1), y)
 
-    def __call__(self, x_t: Tensor, t: Tensor, abar: Tensor, y: Tensor) -> DenoiserOutput:
+    def __call__(self, x_t: Tensor, t: Tensor, abar: Tensor, y: Tensor,
+                 step: SamplingStep | None = None) -> DenoiserOutput:
         check_labels(y, self.num_classes, allow_null=True)
         x64 = x_t.to(torch.float64)
         abar64 = torch.as_tensor(abar, dtype=torch.float64, device=x_t.device).expand(len(x_t))

@@ -1,0 +1,379 @@
+"""The CFG variants held against diffusers' own guiders (0.42.1) on the same tensors, and their identities.
+
+diffusers' guiders combine whatever the model predicts; the suite's rules combine eps by default (``space="eps"``),
+so the oracle comparisons below feed both the same tensors as eps predictions. The x0-space tests convert with the
+suite's one conversion (``combine_predictions``) and say what they check.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+
+from lightning_guidance.diffusion.cfg_rule import (ClassifierFreeGuidance, RuleContext, SamplingStep,
+                                                   combine_predictions)
+from lightning_guidance.diffusion.denoiser import NetDenoiser, StackedPair
+from lightning_guidance.diffusion.noise import PerSampleNoise
+from lightning_guidance.diffusion.parameterization import eps_to_x0
+from lightning_guidance.diffusion.sampling import sample
+from lightning_guidance.diffusion.schedules import VPSchedule
+from lightning_guidance.guidance.cfg_variants import (AdaptiveProjectedGuidance, Autoguidance, CFGRescale, CFGZeroStar,
+                                                      FrequencyDecoupledGuidance, GuidanceInterval,
+                                                      PerturbedAttentionGuidance, SkipLayerGuidance, TangentialCFG)
+from lightning_guidance.nets import MLPDenoiser, UNet
+
+guiders = pytest.importorskip("diffusers.guiders")
+logging.getLogger("diffusers").setLevel(logging.ERROR)  # "guiders are experimental" on every construction
+
+SHAPES = [(4, 2), (4, 1, 8, 8)]  # the fractal's points and the digits' images
+
+
+def preds(shape, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cond = torch.randn(shape, generator=g)
+    return cond, cond * 0.7 + 0.5 * torch.randn(shape, generator=g)  # correlated, as real predictions are
+
+
+def ctx_at(shape, index=0, num_steps=10, abar=0.5):
+    return RuleContext(x_t=torch.zeros(shape), abar=torch.full((shape[0],), abar), step=SamplingStep(index, num_steps))
+
+
+def ours(rule, cond, guide, scale, ctx, state=None):
+    return rule(cond, guide, scale, ctx, {} if state is None else state)
+
+
+def theirs(guider, cond, guide, step=0, num_steps=10):
+    guider.set_state(step, num_steps, torch.tensor(999))
+    return guider.forward(pred_cond=cond, pred_uncond=guide).pred
+
+
+# ---------------------------------------------------------------- oracle equality, one test per guider
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scale", [0.5, 3.0, 7.5])
+def test_cfg_equals_diffusers(shape, scale):
+    cond, guide = preds(shape)
+    torch.testing.assert_close(ours(ClassifierFreeGuidance(), cond, guide, scale, ctx_at(shape)),
+                               theirs(guiders.ClassifierFreeGuidance(guidance_scale=scale), cond, guide))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("start, stop", [(0.0, 1.0), (0.2, 0.7), (0.5, 0.5), (0.0, 0.3)])
+def test_interval_start_stop_equals_diffusers_at_every_step(shape, start, stop):
+    cond, guide = preds(shape)
+    rule = ClassifierFreeGuidance(start=start, stop=stop)
+    guider = guiders.ClassifierFreeGuidance(guidance_scale=4.0, start=start, stop=stop)
+    for step in range(10):
+        torch.testing.assert_close(ours(rule, cond, guide, 4.0, ctx_at(shape, step)),
+                                   theirs(guider, cond, guide, step), msg=f"step {step}")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("phi", [0.0, 0.3, 0.7, 1.0])
+def test_rescale_equals_diffusers(shape, phi):
+    cond, guide = preds(shape)
+    torch.testing.assert_close(ours(CFGRescale(guidance_rescale=phi), cond, guide, 5.0, ctx_at(shape)),
+                               theirs(guiders.ClassifierFreeGuidance(guidance_scale=5.0, guidance_rescale=phi),
+                                      cond, guide))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("eta, momentum, threshold", [(0.0, -0.5, 2.0), (0.3, 0.4, 0.0), (1.0, None, 1.0),
+                                                      (0.0, None, 0.0)])
+def test_apg_with_momentum_over_several_steps_equals_diffusers(shape, eta, momentum, threshold):
+    """Six steps with fresh predictions each: the momentum buffer carries over, exactly as diffusers' does."""
+    rule = AdaptiveProjectedGuidance(eta=eta, momentum=momentum, norm_threshold=threshold)
+    guider = guiders.AdaptiveProjectedGuidance(guidance_scale=6.0, adaptive_projected_guidance_momentum=momentum,
+                                               adaptive_projected_guidance_rescale=threshold, eta=eta)
+    if momentum is not None:  # what diffusers' prepare_inputs does at step 0
+        from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer
+        guider.momentum_buffer = MomentumBuffer(momentum)
+    state = {}
+    for step in range(6):
+        cond, guide = preds(shape, seed=step)
+        torch.testing.assert_close(ours(rule, cond, guide, 6.0, ctx_at(shape, step), state),
+                                   theirs(guider, cond, guide, step), msg=f"step {step}")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("zero_init_steps", [0, 1, 3])
+def test_cfg_zero_star_equals_diffusers_at_every_step(shape, zero_init_steps):
+    cond, guide = preds(shape)
+    rule = CFGZeroStar(zero_init_steps=zero_init_steps)
+    guider = guiders.ClassifierFreeZeroStarGuidance(guidance_scale=4.0, zero_init_steps=zero_init_steps)
+    for step in range(5):
+        got = ours(rule, cond, guide, 4.0, ctx_at(shape, step))
+        torch.testing.assert_close(got, theirs(guider, cond, guide, step), msg=f"step {step}")
+        assert bool((got == 0).all()) == (step < zero_init_steps)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("scale", [2.0, 7.5])
+def test_tangential_equals_diffusers(shape, scale):
+    cond, guide = preds(shape)
+    torch.testing.assert_close(ours(TangentialCFG(), cond, guide, scale, ctx_at(shape)),
+                               theirs(guiders.TangentialClassifierFreeGuidance(guidance_scale=scale), cond, guide))
+
+
+@pytest.mark.parametrize("level_weights, parallel", [((1.0, 0.5), None), ((1.0, 0.4), (0.5, 1.0)),
+                                                     ((1.0, 0.7, 0.2), (0.0, 0.5, 0.3))])
+def test_frequency_decoupled_equals_diffusers_on_images(level_weights, parallel):
+    pytest.importorskip("kornia")
+    shape, scale = (4, 1, 8, 8), 5.0
+    cond, guide = preds(shape)
+    rule = FrequencyDecoupledGuidance(level_weights=level_weights, parallel_weights=parallel)
+    guider = guiders.FrequencyDecoupledGuidance(guidance_scales=[1 + (scale - 1) * w for w in level_weights],
+                                                parallel_weights=None if parallel is None else list(parallel))
+    torch.testing.assert_close(ours(rule, cond, guide, scale, ctx_at(shape)), theirs(guider, cond, guide))
+
+
+def test_frequency_decoupled_refuses_points_with_a_clear_line():
+    with pytest.raises(ValueError, match=r"not images \(C, H, W\)"):
+        FrequencyDecoupledGuidance().check_data_shape((2,))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        FrequencyDecoupledGuidance(level_weights=(1.0, 0.5, 0.2)).check_data_shape((1, 6, 6))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_autoguidance_combination_equals_diffusers(shape):
+    """diffusers' AutoGuidance makes its bad model by skipping layers; its combination of the two predictions is
+    the formula compared here (``pred_uncond`` is the bad model's prediction)."""
+    good, bad = preds(shape)
+    guider = guiders.AutoGuidance(guidance_scale=2.5, auto_guidance_layers=[0], dropout=1.0)
+    torch.testing.assert_close(ours(Autoguidance("bad.ckpt"), good, bad, 2.5, ctx_at(shape)),
+                               theirs(guider, good, bad))
+
+
+# ---------------------------------------------------------------- limits and identities
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_interval_covering_all_is_cfg_and_empty_is_conditional(shape):
+    cond, guide = preds(shape)
+    cfg = ours(ClassifierFreeGuidance(), cond, guide, 3.0, ctx_at(shape, abar=0.3))
+    everything = GuidanceInterval(sigma_lo=0.0, sigma_hi=1e9)
+    empty = GuidanceInterval(sigma_lo=2.0, sigma_hi=2.0)
+    outside = GuidanceInterval(sigma_lo=0.0, sigma_hi=0.5)  # abar 0.3: sigma = 1.53
+    torch.testing.assert_close(ours(everything, cond, guide, 3.0, ctx_at(shape, abar=0.3)), cfg, rtol=0, atol=0)
+    torch.testing.assert_close(ours(empty, cond, guide, 3.0, ctx_at(shape, abar=0.3)), cond, rtol=0, atol=0)
+    torch.testing.assert_close(ours(outside, cond, guide, 3.0, ctx_at(shape, abar=0.3)), cond, rtol=0, atol=0)
+    assert not empty.needs_guide(3.0, ctx_at(shape, abar=0.3))  # the null forward is skipped there
+
+
+def test_interval_needs_a_bound():
+    with pytest.raises(ValueError, match="needs an interval"):
+        GuidanceInterval()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_rescale_phi_zero_is_cfg(shape):
+    cond, guide = preds(shape)
+    torch.testing.assert_close(ours(CFGRescale(guidance_rescale=0.0), cond, guide, 4.0, ctx_at(shape)),
+                               ours(ClassifierFreeGuidance(), cond, guide, 4.0, ctx_at(shape)), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_apg_eta_one_no_momentum_no_threshold_is_cfg(shape):
+    rule = AdaptiveProjectedGuidance(eta=1.0, momentum=None, norm_threshold=0.0)
+    cond, guide = preds(shape)
+    torch.testing.assert_close(ours(rule, cond, guide, 4.0, ctx_at(shape)),
+                               ours(ClassifierFreeGuidance(), cond, guide, 4.0, ctx_at(shape)))
+    # ... and eta = 0 removes exactly the part of the update parallel to c
+    flat = ours(AdaptiveProjectedGuidance(eta=0.0, momentum=None, norm_threshold=0.0), cond, guide, 4.0,
+                ctx_at(shape)) - guide
+    assert (flat.flatten(1) * cond.flatten(1)).sum(1).abs().max() < 1e-4
+
+
+def test_scale_one_is_the_conditional_model_for_every_rule():
+    cond, guide = preds((4, 1, 8, 8))
+    for rule in (ClassifierFreeGuidance(), CFGRescale(0.5), AdaptiveProjectedGuidance(), CFGZeroStar(0),
+                 TangentialCFG(), FrequencyDecoupledGuidance(), Autoguidance("bad.ckpt")):
+        torch.testing.assert_close(ours(rule, cond, guide, 1.0, ctx_at((4, 1, 8, 8))), cond, msg=type(rule).__name__)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_x0_space_cfg_equals_eps_space_cfg(shape):
+    """The conversion in one place: CFG is affine with weights summing to 1, so combining x0 = (x - b eps) / a
+    gives the same eps as combining eps; APG (a projection) does not, which shows the space is really switched."""
+    cond, guide = preds(shape)
+    ctx = RuleContext(x_t=preds(shape, seed=9)[1], abar=torch.full((shape[0],), 0.4), step=None)
+    eps_space = combine_predictions(ClassifierFreeGuidance(), cond, guide, 3.0, ctx, {})
+    x0_space = combine_predictions(ClassifierFreeGuidance(space="x0"), cond, guide, 3.0, ctx, {})
+    torch.testing.assert_close(x0_space, eps_space)
+    apg = dict(eta=0.0, momentum=None, norm_threshold=0.0)
+    apg_x0 = combine_predictions(AdaptiveProjectedGuidance(space="x0", **apg), cond, guide, 3.0, ctx, {})
+    expected = AdaptiveProjectedGuidance(**apg)(eps_to_x0(cond, ctx.x_t, ctx.abar), eps_to_x0(guide, ctx.x_t, ctx.abar),
+                                                 3.0, ctx, {})
+    torch.testing.assert_close(eps_to_x0(apg_x0, ctx.x_t, ctx.abar), expected)
+    assert not torch.allclose(apg_x0, combine_predictions(AdaptiveProjectedGuidance(**apg), cond, guide, 3.0, ctx, {}))
+
+
+# ---------------------------------------------------------------- through the denoiser and the samplers
+
+
+def _tiny_unet(seed):
+    torch.manual_seed(seed)
+    net = UNet((1, 8, 8), num_classes=3, model_channels=8, num_res_blocks=1, channel_mult=(1,)).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    return net
+
+
+def _mlp(seed, hidden=16):
+    torch.manual_seed(seed)
+    net = MLPDenoiser(data_dim=2, num_classes=3, hidden_dim=hidden, num_layers=2).eval()
+    for p in net.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    return net
+
+
+def _sample(denoiser, sampler, shape, **kw):
+    labels = torch.tensor([0, 1, 2, 1])
+    return sample(sampler, denoiser, VPSchedule.from_name("linear", 100), labels, PerSampleNoise(range(4)), shape,
+                  num_steps=6, **kw)
+
+
+@pytest.mark.parametrize("make, shape", [(_mlp, (2,)), (_tiny_unet, (1, 8, 8))])
+def test_stacked_pair_equals_two_calls(make, shape):
+    a, b = make(0), make(1)
+    x, t, y = torch.randn(5, *shape), torch.rand(5), torch.tensor([0, 1, 2, 3, 1])
+    got_a, got_b = StackedPair(a, b)(x, t, y)
+    torch.testing.assert_close(got_a, a(x, t, y), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got_b, b(x, t, y), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "edm"])
+def test_autoguidance_with_the_good_model_as_guide_is_the_good_model(sampler):
+    net = _mlp(0)
+    plain = _sample(NetDenoiser(net, 3, clip_x0=False), sampler, (2,))
+    rule = Autoguidance("same-model.ckpt")
+    for batch_guide in (True, False):
+        auto = NetDenoiser(net, 3, cfg_scale=2.5, clip_x0=False, rule=rule, guide_net=_mlp(0),
+                           batch_guide=batch_guide)
+        assert (auto.pair is not None) == batch_guide
+        torch.testing.assert_close(_sample(auto, sampler, (2,)), plain, rtol=1e-5, atol=1e-5)
+    # a different guide moves the samples; a guide of another architecture runs as two calls
+    other = NetDenoiser(net, 3, cfg_scale=2.5, clip_x0=False, rule=rule, guide_net=_mlp(1, hidden=8))
+    assert other.pair is None
+    assert not torch.allclose(_sample(other, sampler, (2,)), plain, atol=1e-3)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "edm"])
+def test_interval_covering_everything_samples_like_cfg(sampler):
+    net = _tiny_unet(0)
+    cfg = _sample(NetDenoiser(net, 3, cfg_scale=3.0), sampler, (1, 8, 8))
+    whole = GuidanceInterval(sigma_lo=0.0, sigma_hi=1e9)
+    got = _sample(NetDenoiser(net, 3, cfg_scale=3.0, rule=whole), sampler, (1, 8, 8))
+    torch.testing.assert_close(got, cfg, rtol=0, atol=0)
+    conditional = _sample(NetDenoiser(net, 3, cfg_scale=1.0), sampler, (1, 8, 8))
+    nothing = _sample(NetDenoiser(net, 3, cfg_scale=3.0, rule=GuidanceInterval(start=0.5, stop=0.5)), sampler,
+                      (1, 8, 8))
+    torch.testing.assert_close(nothing, conditional, rtol=0, atol=0)
+
+
+def test_apg_momentum_restarts_with_each_sampling_run():
+    net = _mlp(0)
+    den = NetDenoiser(net, 3, cfg_scale=3.0, clip_x0=False, rule=AdaptiveProjectedGuidance(momentum=-0.5))
+    first = _sample(den, "ddim", (2,))
+    again = _sample(den, "ddim", (2,))  # same denoiser object: the step index going back to 0 restarts the buffer
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    assert "running_average" in den.rule_state
+
+
+def test_cfg_zero_star_zero_init_keeps_the_edm_state_in_place():
+    """With eps = 0 the EDM denoiser returns D = x: the zeroed first step does not move the state (the flow-model
+    meaning of CFG-Zero*'s zero init)."""
+    den = NetDenoiser(_mlp(0), 3, cfg_scale=3.0, clip_x0=False, rule=CFGZeroStar(zero_init_steps=1))
+    x = torch.randn(4, 2)
+    out = den(x, torch.full((4,), 0.5), torch.full((4,), 0.3), torch.tensor([0, 1, 2, 0]), step=SamplingStep(0, 10))
+    assert bool((out.eps == 0).all()) and out.eps_cond is None  # no guiding forward at a zeroed step
+    edm_d = x / 0.3 ** 0.5 - ((1 - 0.3) / 0.3) ** 0.5 * out.eps  # D(x; sigma) = x_VE - sigma eps
+    torch.testing.assert_close(edm_d, x / 0.3 ** 0.5)
+
+
+def test_a_rule_with_start_stop_needs_the_step():
+    with pytest.raises(ValueError, match="needs the sampler's step index"):
+        ClassifierFreeGuidance(start=0.2).active(RuleContext(torch.zeros(2, 2), torch.full((2,), 0.5), None))
+
+
+@pytest.mark.parametrize("bad", [dict(start=0.6, stop=0.4), dict(sigma_lo=2.0, sigma_hi=1.0),
+                                 dict(guidance_rescale=1.5), dict(space="v")])
+def test_bad_rule_settings_are_refused(bad):
+    with pytest.raises(ValueError, match="ClassifierFreeGuidance"):
+        ClassifierFreeGuidance(**bad)
+
+
+def test_settings_name_every_value():
+    s = AdaptiveProjectedGuidance(eta=0.2, momentum=-0.3).settings()
+    assert s["class"] == "AdaptiveProjectedGuidance" and s["eta"] == 0.2 and s["momentum"] == -0.3
+    assert math.isinf(GuidanceInterval(sigma_lo=0.3).settings()["sigma_hi"])
+
+
+# ---------------------------------------------------------------- attention perturbation (UNet only)
+
+
+@pytest.mark.parametrize("rule_cls, guider_name, prefix", [
+    (PerturbedAttentionGuidance, "PerturbedAttentionGuidance", "perturbed_guidance"),
+    (SkipLayerGuidance, "SkipLayerGuidance", "skip_layer_guidance")])
+@pytest.mark.parametrize("scale", [1.0, 4.0])
+def test_attention_perturbation_combination_equals_diffusers_at_every_step(rule_cls, guider_name, prefix, scale):
+    """diffusers' forward on (pred_cond, pred_uncond, pred_cond_skip) against ours with the same perturbed
+    prediction, over all steps of a 20-step run: CFG only, both, the perturbation only (s = 1) and neither."""
+    shape = (4, 1, 8, 8)
+    cond, guide = preds(shape)
+    perturbed = preds(shape, seed=3)[1]
+    rule = rule_cls(perturbed_guidance_scale=2.0, perturbed_guidance_start=0.1, perturbed_guidance_stop=0.5,
+                    stop=0.8, layers=[0])
+    kwargs = {f"{prefix}_scale": 2.0, f"{prefix}_start": 0.1, f"{prefix}_stop": 0.5, f"{prefix}_layers": [0]}
+    guider = getattr(guiders, guider_name)(guidance_scale=scale, stop=0.8, **kwargs)
+    for step in range(20):
+        ctx = ctx_at(shape, step, num_steps=20)
+        g = guide if rule.needs_guide(scale, ctx) else None
+        if rule.needs_perturbed(ctx):
+            ctx.perturbed = perturbed
+        guider.set_state(step, 20, torch.tensor(999))
+        expected = guider.forward(pred_cond=cond, pred_uncond=guide, pred_cond_skip=perturbed).pred
+        torch.testing.assert_close(ours(rule, cond, g, scale, ctx), expected, msg=f"step {step}")
+
+
+def test_identity_attention_keeps_each_positions_value_and_skip_adds_nothing():
+    from lightning_guidance.nets.attention_perturbation import PerturbedAttention, attention_blocks
+
+    net = _tiny_unet(0)
+    [block] = attention_blocks(net)  # the middle block's
+    h = torch.randn(3, 8, 4, 4)
+    tokens = block.qkv(block.norm(h.reshape(3, 8, -1))).reshape(3, block.num_heads, 3, 8 // block.num_heads, -1)
+    v = tokens[:, :, 2]  # (B, heads, d, N)
+    block.perturbation = "identity"
+    torch.testing.assert_close(block(h), h + block.proj(v.reshape(3, 8, -1)).reshape(3, 8, 4, 4))
+    block.perturbation = "skip"
+    torch.testing.assert_close(block(h), h)
+    block.perturbation = None
+    x, t, y = torch.randn(2, 1, 8, 8), torch.rand(2), torch.tensor([0, 1])
+    plain = net(x, t, y)
+    assert not torch.allclose(PerturbedAttention(net, "identity")(x, t, y), plain)
+    torch.testing.assert_close(net(x, t, y), plain)  # the perturbation ends with the call
+    with pytest.raises(ValueError, match="MLPDenoiser has no self-attention layers"):
+        PerturbedAttention(_mlp(0), "identity")
+    with pytest.raises(ValueError, match=r"attention layers \[3\] out of range"):
+        PerturbedAttention(net, "skip", [3])
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "edm"])
+def test_perturbed_attention_through_the_denoiser(sampler):
+    from lightning_guidance.nets.attention_perturbation import PerturbedAttention
+
+    net = _tiny_unet(0)
+    rule = PerturbedAttentionGuidance(perturbed_guidance_scale=0.0)
+    off = NetDenoiser(net, 3, cfg_scale=3.0, rule=rule, perturbed_net=PerturbedAttention(net, "identity"))
+    torch.testing.assert_close(_sample(off, sampler, (1, 8, 8)), _sample(NetDenoiser(net, 3, cfg_scale=3.0), sampler,
+                                                                         (1, 8, 8)), rtol=0, atol=0)
+    rule = PerturbedAttentionGuidance(perturbed_guidance_start=0.0, perturbed_guidance_stop=1.0)
+    on = NetDenoiser(net, 3, cfg_scale=3.0, rule=rule, perturbed_net=PerturbedAttention(net, "identity"))
+    assert not torch.allclose(_sample(on, sampler, (1, 8, 8)), _sample(off, sampler, (1, 8, 8)))
+    with pytest.raises(ValueError, match="perturbed_net"):
+        NetDenoiser(net, 3, rule=rule)

@@ -1,0 +1,89 @@
+"""The exact-distribution scores: sliced Wasserstein against scipy's 1D Wasserstein distance, the other scores on
+exact samples of the fractal (where they must show a perfect sampler) and on deliberately wrong ones."""
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+
+from lightning_guidance.toy import fractal_2d
+from lightning_guidance.toy.exact_scores import score_samples, sliced_wasserstein
+
+
+@pytest.mark.parametrize("n, m", [(200, 200), (100, 300), (300, 150)])
+def test_sliced_wasserstein_in_one_dimension_is_scipys_wasserstein(n, m):
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, 1, generator=g), 0.5 + 2 * torch.rand(m, 1, generator=g)
+    got = sliced_wasserstein(a, b, num_projections=3, p=1)  # every 1D direction is +-1: W1 is the same
+    assert float(got) == pytest.approx(scipy.stats.wasserstein_distance(a[:, 0].numpy(), b[:, 0].numpy()), rel=1e-9)
+
+
+def test_sliced_wasserstein_of_a_shift_is_the_projected_shift():
+    """Moving a point set by v moves every projection by <v, theta>: SW_2 = sqrt(mean <v, theta>^2) = |v| / sqrt(D)
+    (for many directions)."""
+    x = torch.randn(500, 2, generator=torch.Generator().manual_seed(1))
+    v = torch.tensor([3.0, -4.0])
+    got = sliced_wasserstein(x, x + v, num_projections=20000, generator=torch.Generator().manual_seed(2))
+    assert float(got) == pytest.approx(5.0 / np.sqrt(2), rel=0.02)
+
+
+@pytest.fixture(scope="module")
+def fractal():
+    return fractal_2d()
+
+
+def test_exact_samples_score_as_the_true_distribution(fractal):
+    x, y = fractal.sample(4000, labels=torch.arange(4000) % 2, generator=torch.Generator().manual_seed(3))
+    s = score_samples(fractal, x, y, seed=4)
+    bayes_error = float((1 - fractal.class_posterior(x.double()).max(dim=1).values).mean())
+    assert s["wrong_class_rate"] < 0.05 and s["wrong_class_rate"] == pytest.approx(bayes_error, abs=0.02)
+    assert s["spread"] == pytest.approx(1.0, abs=0.05)
+    assert s["sliced_wasserstein"] < 0.05
+    assert s["mean_log_density"] == pytest.approx(float(fractal.log_prob(x.double(), y).mean()))
+
+
+def test_wrong_and_collapsed_samples_are_caught(fractal):
+    x, y = fractal.sample(2000, labels=torch.arange(2000) % 2, generator=torch.Generator().manual_seed(5))
+    exact = score_samples(fractal, x, y, seed=6)
+    swapped = score_samples(fractal, x, 1 - y, seed=6)
+    assert swapped["wrong_class_rate"] > 0.95 and swapped["mean_log_density"] < exact["mean_log_density"] - 5
+    means = torch.stack([x[y == k].mean(0) for k in (0, 1)])[y]
+    collapsed = score_samples(fractal, means + 0.2 * (x - means), y, seed=6)  # shrunk towards each class mean
+    assert collapsed["spread"] == pytest.approx(0.2, abs=0.02)
+    assert collapsed["sliced_wasserstein"] > 3 * exact["sliced_wasserstein"]
+
+
+def test_the_variant_table_scores_every_method_on_the_same_seeds(fractal):
+    """The table's producer on a random tiny 2D model: one row per (method, scale), the conditional baseline and the
+    exact reference; a guided row at scale 1 would equal the baseline, so the rows at s != 1 must differ from it."""
+    from lightning_guidance.diffusion.denoiser import NetDenoiser
+    from lightning_guidance.diffusion.schedules import VPSchedule
+    from lightning_guidance.metrics.cfg_variant_table import best_at_equal_wrong_class_rate, variant_table
+    from lightning_guidance.guidance.cfg_variants import AdaptiveProjectedGuidance, Autoguidance
+    from lightning_guidance.nets import MLPDenoiser
+
+    def mlp(seed, hidden):
+        torch.manual_seed(seed)
+        net = MLPDenoiser(data_dim=2, num_classes=2, hidden_dim=hidden, num_layers=2).eval()
+        for p in net.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+        return net
+
+    class Tiny:  # the part of CFGDiffusion the table uses
+        def __init__(self, net):
+            self.net, self.schedule, self.data_shape = net, VPSchedule.from_name("linear", 100), (2,)
+            self.hparams = type("hp", (), {"prediction": "eps"})
+
+        def denoiser(self, scale, rule=None, guide=None):
+            return NetDenoiser(self.net, 2, cfg_scale=scale, clip_x0=False, rule=rule,
+                               guide_net=None if guide is None else guide.net)
+
+    rules = {"apg": AdaptiveProjectedGuidance(), "autoguidance": Autoguidance("tiny")}
+    rows = variant_table(Tiny(mlp(0, 16)), rules, [2.0, 3.0], guide=Tiny(mlp(1, 8)), samples_per_class=16,
+                         sampler_kwargs={"num_steps": 4})
+    assert [(r["method"], r["scale"]) for r in rows[:-1]] == [("conditional", 1.0), ("apg", 2.0), ("apg", 3.0),
+                                                              ("autoguidance", 2.0), ("autoguidance", 3.0)]
+    assert rows[-1]["method"] == "exact samples" and all(r["num_samples"] == 32 for r in rows)
+    assert len({r["mean_log_density"] for r in rows}) == len(rows)
+    ranked = best_at_equal_wrong_class_rate(rows, budget=1.0)
+    assert {m for m, _ in ranked} == {"conditional", "apg", "autoguidance"}
