@@ -100,6 +100,21 @@ def test_apg_with_momentum_over_several_steps_equals_diffusers(shape, eta, momen
 
 
 @pytest.mark.parametrize("shape", SHAPES)
+def test_apg_original_formulation_equals_diffusers_with_its_scale_s_minus_1(shape):
+    rule = AdaptiveProjectedGuidance(eta=0.2, momentum=-0.5, norm_threshold=2.0, use_original_formulation=True)
+    guider = guiders.AdaptiveProjectedGuidance(guidance_scale=6.0 - 1, adaptive_projected_guidance_momentum=-0.5,
+                                               adaptive_projected_guidance_rescale=2.0, eta=0.2,
+                                               use_original_formulation=True)
+    from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer
+    guider.momentum_buffer = MomentumBuffer(-0.5)
+    state = {}
+    for step in range(4):
+        cond, guide = preds(shape, seed=step)
+        torch.testing.assert_close(ours(rule, cond, guide, 6.0, ctx_at(shape, step), state),
+                                   theirs(guider, cond, guide, step), msg=f"step {step}")
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("zero_init_steps", [0, 1, 3])
 def test_cfg_zero_star_equals_diffusers_at_every_step(shape, zero_init_steps):
     cond, guide = preds(shape)

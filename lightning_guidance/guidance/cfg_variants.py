@@ -56,13 +56,15 @@ class AdaptiveProjectedGuidance(ClassifierFreeGuidance):
 
     ``d = c - g``; momentum ``m <- d + momentum * m``, ``d = m`` (``momentum`` None: off; the paper uses a negative
     beta); norm threshold ``d <- d min(1, norm_threshold / ||d||)`` (0: off); ``d_par`` its projection on ``c``
-    (float64), ``d_perp = d - d_par``; output ``g + s (d_perp + eta d_par)``. Norms and projections run over all
-    non-batch dims. The momentum advances at every denoiser call that guides (twice per EDM Heun step) and
+    (float64), ``d_perp = d - d_par``; output ``g + s (d_perp + eta d_par)`` (diffusers' default), or with
+    ``use_original_formulation`` the paper's ``c + (s - 1)(d_perp + eta d_par)`` (diffusers' flag, its scale being
+    our ``s - 1``), which keeps the conditional prediction whole and reshapes only the guidance on top of it; the two
+    agree at ``eta = 1`` without momentum and threshold. Norms and projections run over all non-batch dims. The momentum advances at every denoiser call that guides (twice per EDM Heun step) and
     restarts with every sampling run.
     """
 
     def __init__(self, eta: float = 0.0, momentum: float | None = -0.5, norm_threshold: float = 15.0,
-                 start: float = 0.0, stop: float = 1.0, sigma_lo: float = 0.0, sigma_hi: float = math.inf,
+                 use_original_formulation: bool = False, start: float = 0.0, stop: float = 1.0, sigma_lo: float = 0.0, sigma_hi: float = math.inf,
                  guidance_rescale: float = 0.0, space: str = "eps"):
         super().__init__(start=start, stop=stop, sigma_lo=sigma_lo, sigma_hi=sigma_hi,
                          guidance_rescale=guidance_rescale, space=space)
@@ -71,6 +73,7 @@ class AdaptiveProjectedGuidance(ClassifierFreeGuidance):
         self.eta = float(eta)
         self.momentum = None if momentum is None else float(momentum)
         self.norm_threshold = float(norm_threshold)
+        self.use_original_formulation = bool(use_original_formulation)
 
     def guide(self, cond: Tensor, guide: Tensor, scale: Tensor, ctx: RuleContext, state: dict) -> Tensor:
         dims = _flat_dims(cond)
@@ -83,7 +86,7 @@ class AdaptiveProjectedGuidance(ClassifierFreeGuidance):
         d, unit = diff.double(), torch.nn.functional.normalize(cond.double(), dim=dims)
         parallel = (d * unit).sum(dim=dims, keepdim=True) * unit
         update = (d - parallel).to(diff.dtype) + self.eta * parallel.to(diff.dtype)
-        return guide + scale * update
+        return cond + (scale - 1) * update if self.use_original_formulation else guide + scale * update
 
 
 class CFGZeroStar(ClassifierFreeGuidance):
