@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> None:
     text += (f"\nAt a wrong-class rate <= {cfg_mid['wrong_class_rate']:.4f} (plain CFG at s = {cfg_mid['scale']:g}), "
              "the best row of each method by mean log-density:\n\n")
     text += "\n".join(f"- {m}: s = {r['scale']:g}, log p {r['mean_log_density']:.3f}, wrong {r['wrong_class_rate']:.4f}, "
-                      f"SW {r['sliced_wasserstein']:.4f}, spread {r['spread']:.3f}" for m, r in ranking) + "\n"
+                      f"SW {r['sliced_wasserstein']:.4f}, spread {r['spread']:.3f}, recall {r['recall']:.3f}"
+                      for m, r in ranking) + "\n"
     out = Path(args.output_dir)
     atomic_write_text(out / "table.json", json.dumps({"args": vars(args), "rows": rows}, indent=2))
     atomic_write_text(out / "table.md", text)

@@ -38,6 +38,7 @@ def test_exact_samples_score_as_the_true_distribution(fractal):
     bayes_error = float((1 - fractal.class_posterior(x.double()).max(dim=1).values).mean())
     assert s["wrong_class_rate"] < 0.05 and s["wrong_class_rate"] == pytest.approx(bayes_error, abs=0.02)
     assert s["spread"] == pytest.approx(1.0, abs=0.05)
+    assert s["recall"] > 0.9  # a fresh draw of the same law is covered by the k-NN balls of another
     assert s["sliced_wasserstein"] < 0.05
     assert s["mean_log_density"] == pytest.approx(float(fractal.log_prob(x.double(), y).mean()))
 
@@ -51,6 +52,18 @@ def test_wrong_and_collapsed_samples_are_caught(fractal):
     collapsed = score_samples(fractal, means + 0.2 * (x - means), y, seed=6)  # shrunk towards each class mean
     assert collapsed["spread"] == pytest.approx(0.2, abs=0.02)
     assert collapsed["sliced_wasserstein"] > 3 * exact["sliced_wasserstein"]
+    assert collapsed["recall"] < 0.6 * exact["recall"]
+    one_branch = x[y == 0][:1], torch.zeros(1, dtype=torch.long)  # every sample of class 0 at one point
+    assert score_samples(fractal, one_branch[0].repeat(8, 1), one_branch[1].repeat(8), seed=6)["recall"] < 0.01
+
+
+def test_knn_recall_by_hand():
+    from lightning_guidance.toy.exact_scores import knn_recall
+
+    generated = torch.tensor([[0.0, 0.0], [1.0, 0.0], [3.0, 0.0]])
+    # k = 1 radii: 1, 1, 2; reference points at 0.5 (inside), 4.9 (inside the ball of 3 of radius 2), 5.5 (outside)
+    reference = torch.tensor([[0.5, 0.0], [4.9, 0.0], [5.5, 0.0]])
+    assert float(knn_recall(generated, reference, k=1)) == pytest.approx(2 / 3)
 
 
 def test_the_variant_table_scores_every_method_on_the_same_seeds(fractal):

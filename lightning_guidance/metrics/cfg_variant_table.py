@@ -22,7 +22,7 @@ from ..guidance.classifier import ClassifierGuidance
 from ..toy import fractal_2d
 from ..toy.exact_scores import score_samples
 
-METRICS = ("mean_log_density", "median_log_density", "wrong_class_rate", "sliced_wasserstein", "spread")
+METRICS = ("mean_log_density", "median_log_density", "wrong_class_rate", "sliced_wasserstein", "spread", "recall")
 
 
 def fractal_variants(guide_checkpoint: str | None) -> dict[str, ClassifierFreeGuidance]:
@@ -84,12 +84,12 @@ def variant_table(diffusion, rules: dict[str, ClassifierFreeGuidance], scales: l
 
 def markdown(rows: list[dict], intro: str) -> str:
     lines = [intro, "", "| method | scale | mean log p(x given y) ↑ | median log p ↑ | wrong-class rate ↓ | sliced W2 ↓ "
-             "| spread (1 = exact) | seconds |", "|---|---|---|---|---|---|---|---|"]
+             "| spread (1 = exact) | recall ↑ | seconds |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         scale = "—" if r["scale"] != r["scale"] else f"{r['scale']:g}"
         lines.append(f"| {r['method']} | {scale} | {r['mean_log_density']:.3f} | {r['median_log_density']:.3f} | "
                      f"{r['wrong_class_rate']:.4f} | "
-                     f"{r['sliced_wasserstein']:.4f} | {r['spread']:.3f} | {r['seconds']:.1f} |")
+                     f"{r['sliced_wasserstein']:.4f} | {r['spread']:.3f} | {r['recall']:.3f} | {r['seconds']:.1f} |")
     return "\n".join(lines) + "\n"
 
 

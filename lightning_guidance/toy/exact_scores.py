@@ -10,8 +10,11 @@ For samples ``x_i`` generated for classes ``y_i``:
 - ``sliced_wasserstein``: per class, the sliced 2-Wasserstein distance (Rabin et al. 2011) between the samples and as
   many exact samples of that class, averaged over the classes present (lower = closer to the true conditional
   distribution: it grows both when samples leave the data and when they lose variety);
-- ``spread``: per class, ``sqrt(trace Cov(samples) / trace Cov(exact))``, averaged (1 = the true variety, < 1 =
-  samples collapsed towards a few regions).
+- ``spread``: per class, ``sqrt(trace Cov(samples) / trace Cov(exact))``, averaged (1 = the true dispersion,
+  < 1 = samples pulled together, > 1 = pushed apart);
+- ``recall``: per class, the share of exact samples inside the union of the generated samples' k-nearest-neighbour
+  balls (Kynkäänniemi et al. 2019, improved recall, k = 3), averaged: the variety of the true distribution that the
+  samples cover (1 = all of it).
 """
 
 from __future__ import annotations
@@ -44,6 +47,15 @@ def sliced_wasserstein(a: Tensor, b: Tensor, num_projections: int = 256, p: int 
     return ((pa - pb).abs() ** p).mean() ** (1.0 / p)
 
 
+def knn_recall(generated: Tensor, reference: Tensor, k: int = 3) -> Tensor:
+    """Share of ``reference`` points within ``||r - g_j|| <= radius_j`` of some generated ``g_j``, ``radius_j`` its
+    distance to its k-th nearest generated neighbour (Kynkäänniemi et al. 2019, improved recall)."""
+    if len(generated) <= k:
+        raise ValueError(f"recall with k={k} needs more than {k} generated samples, got {len(generated)}")
+    radius = torch.cdist(generated, generated).kthvalue(k + 1, dim=1).values  # k+1: the point itself is at 0
+    return (torch.cdist(reference, generated) <= radius[None, :]).any(dim=1).to(torch.float64).mean()
+
+
 def score_samples(mixture: GaussianMixture, samples: Tensor, labels: Tensor, seed: int = 0,
                   num_projections: int = 256) -> dict[str, float]:
     """The exact scores of ``samples`` (N, D) generated for ``labels`` (N,) (see the module docstring).
@@ -56,13 +68,15 @@ def score_samples(mixture: GaussianMixture, samples: Tensor, labels: Tensor, see
     log_density = mixture.log_prob(x, y)
     wrong = (mixture.class_posterior(x).argmax(dim=1) != y).to(torch.float64)
     g = torch.Generator().manual_seed(seed)
-    sw, spread = [], []
+    sw, spread, recall = [], [], []
     for k in sorted(set(y.tolist())):
         mine = x[y == k]
         exact = mixture.sample(len(mine), labels=torch.full((len(mine),), k), generator=g)[0].to(torch.float64)
         sw.append(sliced_wasserstein(mine, exact, num_projections, generator=g))
         spread.append((torch.cov(mine.T).trace() / torch.cov(exact.T).trace()).sqrt())
+        recall.append(knn_recall(mine, exact))
     return {"mean_log_density": float(log_density.mean()), "median_log_density": float(log_density.median()),
             "wrong_class_rate": float(wrong.mean()),
             "sliced_wasserstein": float(torch.stack(sw).mean()), "spread": float(torch.stack(spread).mean()),
+            "recall": float(torch.stack(recall).mean()),
             "num_samples": int(len(x))}
