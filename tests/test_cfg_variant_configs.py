@@ -76,9 +76,9 @@ def _predict(path: Path) -> None:
 
 @pytest.fixture
 def no_pictures(monkeypatch):
-    from lightning_guidance.modules import sampling
+    from lightning_guidance.io import shards
 
-    monkeypatch.setattr(sampling, "save_sample_picture", lambda samples, labels, path, **kw: Path(path))
+    monkeypatch.setattr(shards, "save_sample_picture", lambda samples, labels, path, **kw: Path(path))
 
 
 def test_every_variant_has_a_config_per_family():
