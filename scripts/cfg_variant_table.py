@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from lightning_guidance.io.atomic import atomic_write_text
+from lightning_guidance.io.atomic import atomic_write, atomic_write_text
 from lightning_guidance.metrics.cfg_variant_table import (best_at_equal_wrong_class_rate, fractal_variants, markdown,
                                                           variant_table)
 from lightning_guidance.modules.cfg_diffusion import CFGDiffusion
@@ -40,10 +40,11 @@ def main(argv: list[str] | None = None) -> None:
     guide = CFGDiffusion.from_checkpoint(args.guide_checkpoint).requires_grad_(False) if args.guide_checkpoint else None
     classifier = TrainedClassifier(args.classifier) if args.classifier else None
     kwargs = {"num_steps": args.num_steps, **({"eta": 0.0} if args.sampler == "ddim" else {})}
+    kept: dict = {}
     with torch.no_grad():
         rows = variant_table(diffusion, fractal_variants(args.guide_checkpoint), args.scales, guide=guide,
                              classifier=classifier, samples_per_class=args.samples_per_class, sampler=args.sampler,
-                             sampler_kwargs=kwargs, seed=args.seed)
+                             sampler_kwargs=kwargs, seed=args.seed, keep_samples=kept)
     cfg_mid = [r for r in rows if r["method"] == "cfg"][len(args.scales) // 2]
     ranking = best_at_equal_wrong_class_rate(rows, cfg_mid["wrong_class_rate"])
     intro = (f"Exact 2D fractal, {2 * args.samples_per_class} samples per row (classes alternate, seed = {args.seed} + "
@@ -58,7 +59,32 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.output_dir)
     atomic_write_text(out / "table.json", json.dumps({"args": vars(args), "rows": rows}, indent=2))
     atomic_write_text(out / "table.md", text)
+    mid = args.scales[len(args.scales) // 2]
+    panels = [("conditional", 1.0), ("cfg", mid), ("autoguidance", mid), ("exact samples", None)]
+    save_panels(out / "samples.png", [(m if s is None else f"{m} s={s:g}", *kept[(m, s)]) for m, s in panels
+                                      if (m, s) in kept])
     print(text)
+
+
+def save_panels(path: Path, panels: list[tuple[str, torch.Tensor, torch.Tensor]]) -> Path:
+    """One scatter panel per (title, points (N, 2), labels), classes coloured, written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4), sharex=True, sharey=True)
+    for ax, (title, x, y) in zip(axes, panels):
+        for k, colour in ((0, "tab:blue"), (1, "tab:orange")):
+            pts = x[y == k]
+            ax.scatter(pts[:, 0], pts[:, 1], s=1, alpha=0.5, c=colour)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlim(-2, 2)
+        ax.set_ylim(-2, 2)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":

@@ -42,9 +42,12 @@ def fractal_variants(guide_checkpoint: str | None) -> dict[str, ClassifierFreeGu
 
 def variant_table(diffusion, rules: dict[str, ClassifierFreeGuidance], scales: list[float], *, guide=None,
                   classifier=None, samples_per_class: int = 1000, sampler: str = "ddim",
-                  sampler_kwargs: dict | None = None, seed: int = 0, batch_size: int = 2000) -> list[dict]:
+                  sampler_kwargs: dict | None = None, seed: int = 0, batch_size: int = 2000,
+                  keep_samples: dict | None = None) -> list[dict]:
     """One row per (method, scale): the exact scores and the sampling time. ``diffusion`` is a ``CFGDiffusion`` on
-    the 2D fractal, ``guide`` autoguidance's worse model, ``classifier`` a noisy fractal classifier (or None)."""
+    the 2D fractal, ``guide`` autoguidance's worse model, ``classifier`` a noisy fractal classifier (or None).
+    ``keep_samples``: a dict that receives ``(method, scale) -> (samples, labels)`` of every row (scale None for
+    the exact samples)."""
     mixture = fractal_2d()
     n = 2 * samples_per_class
     labels = torch.arange(n) % 2
@@ -64,6 +67,8 @@ def variant_table(diffusion, rules: dict[str, ClassifierFreeGuidance], scales: l
     rows = []
 
     def add(method, scale, x, seconds):
+        if keep_samples is not None:
+            keep_samples[(method, float(scale))] = (x, labels)
         rows.append({"method": method, "scale": float(scale), **score_samples(mixture, x, labels, seed=seed),
                      "seconds": round(seconds, 2)})
 
@@ -77,6 +82,8 @@ def variant_table(diffusion, rules: dict[str, ClassifierFreeGuidance], scales: l
             with torch.enable_grad():
                 add("classifier_guidance", s, *run(1.0, terms=[term]))
     exact_x, exact_y = mixture.sample(n, labels=labels, generator=torch.Generator().manual_seed(seed + 12345))
+    if keep_samples is not None:
+        keep_samples[("exact samples", None)] = (exact_x, exact_y)
     rows.append({"method": "exact samples", "scale": float("nan"), **score_samples(mixture, exact_x, exact_y, seed=seed),
                  "seconds": 0.0})
     return rows
