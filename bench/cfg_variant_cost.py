@@ -4,7 +4,8 @@ Digits-sized nets with random weights (the cost does not depend on the weights):
 as the main model; autoguidance's worse model is (a) the same UNet (what configs/digits/cfg_autoguide_bad.yaml trains:
 fewer steps), run as one stacked forward (``torch.func`` vmap over the two weight sets) or as two calls, and (b) a
 16-channel UNet (a smaller net: two calls). Rules are timed in turns (A, B, C, ..., A, B, C, ...) so that load drifts
-hit them alike; the table gives median seconds and the ratio to plain CFG. The conditional model alone (scale 1, one
+hit them alike; the table gives the median **CPU** seconds of this process (``time.process_time``, one thread: on a
+shared machine wall time measures the neighbours' load, CPU time the work) and the ratio to plain CFG. The conditional model alone (scale 1, one
 forward per step) is the lower bound; the guidance interval skips the null forward outside its noise levels, so it
 sits between the two.
 
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import functools
+import statistics
+import time
 
 import torch
 
-from common import digits_unet, interleaved_medians, machine
+from common import digits_unet, machine
 from lightning_guidance.diffusion.cfg_rule import ClassifierFreeGuidance
 from lightning_guidance.diffusion.denoiser import NetDenoiser
 from lightning_guidance.diffusion.noise import PerSampleNoise
@@ -34,6 +37,19 @@ def perturbed(net: torch.nn.Module) -> torch.nn.Module:
     for p in net.parameters():
         p.data.add_(0.02 * torch.randn_like(p))
     return net.eval().requires_grad_(False)
+
+
+def interleaved_cpu_medians(fns: dict, repeats: int) -> dict[str, float]:
+    """Median CPU time of each function, run in turns after one warm-up round."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.process_time()
+            fn()
+            times[name].append(time.process_time() - start)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def main() -> None:
@@ -70,14 +86,14 @@ def main() -> None:
         with torch.inference_mode():
             return sample(a.sampler, denoiser, schedule, labels, PerSampleNoise(seeds), (1, 8, 8), num_steps=a.steps)
 
-    times = interleaved_medians({name: functools.partial(run, *spec) for name, spec in rows.items()}, a.repeats)
+    times = interleaved_cpu_medians({name: functools.partial(run, *spec) for name, spec in rows.items()}, a.repeats)
     base = times["cfg"]
     print(f"machine: {machine()}")
     print(f"{a.sampler}, {a.steps} steps, batch {a.batch}, scale {SCALE:g}; digits UNet "
           f"({sum(q.numel() for q in unet.parameters()) / 1e3:.0f}k params), 16-channel UNet "
           f"({sum(q.numel() for q in small.parameters()) / 1e3:.0f}k); random init; {a.repeats} interleaved repeats")
     print()
-    print(f"| {'CFG rule':38s} | {'seconds':>8s} | {'x CFG':>6s} |")
+    print(f"| {'CFG rule':38s} | {'CPU s':>8s} | {'x CFG':>6s} |")
     print(f"|{'-' * 40}|{'-' * 10}|{'-' * 8}|")
     for name, sec in times.items():
         print(f"| {name:38s} | {sec:8.3f} | {sec / base:6.2f} |")
