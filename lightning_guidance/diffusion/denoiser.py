@@ -88,15 +88,15 @@ class NetDenoiser:
     ``rule`` (a :class:`~lightning_guidance.diffusion.cfg_rule.ClassifierFreeGuidance` or one of its variants)
     replaces the plain combination; a rule whose guide is another model (autoguidance, Karras et al. 2024) needs
     ``guide_net``: the worse model, called with the *same* class ids. When both networks have one architecture
-    their forwards run as one stacked call (:class:`StackedPair`; ``batch_guide=False`` runs two calls), else
-    one after the other. A rule with a ``perturbation`` (perturbed-attention / skip-layer guidance) needs
+    their forwards can run as one stacked call (:class:`StackedPair`), else one after the other; ``batch_guide``
+    chooses (default: stacked on CUDA, two calls on CPU, where bench/cfg_variant_cost.py measured stacking slower). A rule with a ``perturbation`` (perturbed-attention / skip-layer guidance) needs
     ``perturbed_net``: the network with its self-attention perturbed, called on the conditional batch. The rule's
     state (APG's momentum) lives here, one dict per sampling run.
     """
 
     def __init__(self, net: nn.Module, num_classes: int, prediction: str = "eps", cfg_scale: float | Tensor = 1.0,
                  clip_x0: bool = True, rule: ClassifierFreeGuidance | None = None, guide_net: nn.Module | None = None,
-                 guide_prediction: str | None = None, batch_guide: bool = True,
+                 guide_prediction: str | None = None, batch_guide: bool | None = None,
                  perturbed_net: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None):
         self.net = net
         self.num_classes = num_classes
@@ -114,6 +114,8 @@ class NetDenoiser:
                              "perturbed_net (nets.attention_perturbation.PerturbedAttention)")
         self.perturbed_net = perturbed_net
         self.guide_prediction = check_prediction(guide_prediction or prediction)
+        if batch_guide is None:  # measured: stacking costs 1.37x two calls on one CPU thread; it pays off on a GPU
+            batch_guide = any(p.is_cuda for p in net.parameters())
         self.pair = (StackedPair(net, guide_net) if guide_net is not None and batch_guide
                      and self.guide_prediction == self.prediction and same_architecture(net, guide_net) else None)
         self.reset()
