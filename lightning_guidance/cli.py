@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import lightning as L
-from jsonargparse import Namespace
+import yaml
+from jsonargparse import ArgumentError, Namespace
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .io.atomic import atomic_path
+from .callbacks import stop_on_signal
+from .callbacks.final_checkpoint import FinalCheckpoint
+from .callbacks.progress import StepProgressBar
+from .callbacks.stop_on_signal import StopOnSignal
+from .io.atomic import atomic_path, remove_stale_temps
+from .modules.resume_checks import check_resume_config, check_resume_weights, resolve_ckpt_path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -25,10 +35,33 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class GuidanceCLI(LightningCLI):
     """LightningCLI where one knob, ``--trainer.default_root_dir``, places a run's files.
 
-    Unless a config says otherwise: metrics go to ``<root>/logs/metrics.csv`` (CSVLogger, fixed version, so a
-    re-run or a resume writes to the same place), checkpoints to ``<root>/checkpoints`` (so ``--ckpt_path last``
-    finds them), and checkpoint files are written atomically.
+    Unless a config says otherwise: metrics go to ``<root>/logs/metrics.csv`` (a CSV logger that keeps the history
+    across resumes and re-runs), checkpoints to ``<root>/checkpoints`` (so ``--ckpt_path last`` finds them), and
+    checkpoint files are written atomically. Every fit ends with a checkpoint of its final step; SIGTERM/SIGINT stop
+    at a safe point; a resume from a checkpoint of another class or architecture, or one that the command line
+    contradicts, is refused; temp files of killed writers under the run's folders are removed.
     """
+
+    def init_parser(self, **kwargs):
+        kwargs.setdefault("exit_on_error", False)  # the error first, in one line (not after the usage text)
+        return super().init_parser(**kwargs)
+
+    def _parse_ckpt_path(self) -> None:
+        """Check a resume checkpoint against the run's config instead of loading its hyper-parameters over it."""
+        self._resume_from = None
+        sub = self.config.get("subcommand")
+        if not sub or sub != "fit":
+            return super()._parse_ckpt_path()
+        cfg = self.config[sub]
+        root = cfg.trainer.default_root_dir or os.path.join("runs", "default")
+        path = resolve_ckpt_path(cfg.get("ckpt_path"), root)
+        if path is None:
+            return None
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path} (--ckpt_path)")
+        self._resume_from = (path, check_resume_config(path, cfg.model))
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # resuming
+        return None
 
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
@@ -36,8 +69,14 @@ class GuidanceCLI(LightningCLI):
         if trainer.default_root_dir is None:
             trainer.default_root_dir = os.path.join("runs", "default")
         if trainer.logger in (None, True):
-            trainer.logger = Namespace(class_path="lightning.pytorch.loggers.CSVLogger",
+            trainer.logger = Namespace(class_path="lightning_guidance.callbacks.csv_history.HistoryCSVLogger",
                                        init_args=Namespace(save_dir=trainer.default_root_dir, name="logs", version=""))
+        folders = {trainer.default_root_dir}
+        model_args = getattr(cfg.get("model"), "init_args", None)
+        if model_args is not None and model_args.get("output_dir"):
+            folders.add(model_args.output_dir)
+        for folder in folders:
+            remove_stale_temps(folder)
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
@@ -46,12 +85,37 @@ class GuidanceCLI(LightningCLI):
         for cb in trainer.checkpoint_callbacks:
             if cb.dirpath is None:
                 cb.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
+        bar = trainer.progress_bar_callback
+        if type(bar) is RichProgressBar:  # Lightning's default: show steps, not "Epoch 24/-2"
+            trainer.callbacks[trainer.callbacks.index(bar)] = StepProgressBar()
+        trainer.callbacks += [FinalCheckpoint(), StopOnSignal()]
         return trainer
+
+    def before_fit(self) -> None:
+        if getattr(self, "_resume_from", None) is not None:
+            path, ckpt = self._resume_from
+            check_resume_weights(path, ckpt, self.model)
+
+
+class _NoVendorTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless cloud" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """No vendor tips, and no warning that is false for this suite."""
+    # Lightning 2.6 on torch 2.14 warns about its own use of a deprecated pytree API on every run
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # logging is by global step, so a short epoch still logs every log_every_n_steps steps
+    warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval")
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoVendorTips) for f in logger.filters):
+            logger.addFilter(_NoVendorTips())
 
 
 def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> GuidanceCLI:
-    # Lightning 2.6 on torch 2.14 warns about its own use of a deprecated pytree API on every run
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    quiet_lightning()
     return GuidanceCLI(
         L.LightningModule,
         None,  # any LightningDataModule, and optional: SamplingModule brings its own predict loader
@@ -129,9 +193,37 @@ def check_old_names(argv: list[str]) -> None:
             raise ValueError(f"class_path {arg} has moved: write {MOVED_CLASSES[arg]}")
 
 
+def check_config_files(argv: list[str]) -> None:
+    """Each ``--config`` file must exist and be a YAML mapping: else one line naming it (not a parser traceback)."""
+    for i, arg in enumerate(argv):
+        value = argv[i + 1] if arg in ("--config", "-c") and i + 1 < len(argv) else \
+            arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if value is None or value.lstrip().startswith(("{", "[")):
+            continue
+        path = Path(value)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        text = path.read_text(errors="replace")
+        if not text.strip():
+            raise ValueError(f"config file {path} is empty: give a YAML mapping (see configs/)")
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise ValueError(f"config file {path} is not valid YAML{where}: "
+                             f"{getattr(err, 'problem', None) or type(err).__name__}") from err
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} is not a YAML mapping of settings (it holds a "
+                             f"{type(data).__name__}): see configs/ for the form")
+
+
 def main(args: list[str] | None = None) -> None:
-    """Run a subcommand; errors surface as the exception that explains them (not a parser wrapper)."""
+    """Run a subcommand; errors surface as the exception that explains them (not a parser wrapper).
+
+    SIGTERM/SIGINT stop the run at a safe point; it then exits with ``128 + signal``."""
     argv = list(sys.argv[1:] if args is None else args)
+    check_config_files(argv)
     check_old_names(argv)
     if argv and argv[0] == "study":
         from .study import main as study_main
@@ -140,16 +232,40 @@ def main(args: list[str] | None = None) -> None:
         if code:
             raise SystemExit(code)
         return
+    previous = stop_on_signal.install()
     try:
         run_lightning_cli(args)  # None: LightningCLI reads sys.argv itself
+    except SIGTERMException as stop:
+        raise SystemExit(_signal_exit(stop)) from None
+    except ArgumentError as err:
+        raise UsageError(f"{err}\n(run with --help for the accepted options)") from None
     except Exception as err:  # noqa: BLE001 - re-raised unchanged, just unwrapped
         raise _root_cause(err) from None
+    finally:
+        stop_on_signal.restore(previous)
+    if stop_on_signal.received() is not None:  # the signal came as the run was ending: it ended whole
+        raise SystemExit(_signal_exit(None))
+
+
+class UsageError(ValueError):
+    """A command line the parser refused."""
+
+
+def _signal_exit(stop: SIGTERMException | None) -> int:
+    import signal
+
+    signum = stop_on_signal.received() or signal.SIGTERM
+    sys.stderr.write(f"stopped by {signal.Signals(signum).name}; every file written is whole. Re-run the same "
+                     "command to continue (fit: add --ckpt_path last; predict skips finished shards)\n")
+    return 128 + int(signum)
 
 
 def console_main() -> None:
     """The shell entry point: a one-line message instead of a traceback for errors of use."""
     try:
         main()
+    except UsageError as err:
+        sys.exit(f"error: {err}")
     except (FileNotFoundError, ValueError, TypeError, FloatingPointError, ImportError) as err:
         if os.environ.get("LG_TRACEBACK"):
             raise

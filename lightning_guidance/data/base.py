@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from .epoch_sampler import EpochShuffleSampler, trainer_position
+from .epoch_sampler import EpochShuffleSampler, ResumableDataLoader, trainer_position
 
 
 class InMemoryDataset(TensorDataset):
@@ -52,7 +52,7 @@ class LabeledDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset | None, train: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError(f"{type(self).__name__}: call setup() before asking for a dataloader")
-        return DataLoader(
+        return (ResumableDataLoader if train else DataLoader)(
             dataset,
             batch_size=self.batch_size,
             collate_fn=_batched if isinstance(dataset, InMemoryDataset) else None,

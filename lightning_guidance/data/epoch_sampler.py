@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable
 
 import torch
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 
 
 class EpochShuffleSampler(DistributedSampler):
@@ -52,3 +52,18 @@ def trainer_position(datamodule) -> tuple[int, int] | None:
     if trainer is None or not trainer.training:
         return None
     return trainer.current_epoch, trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+
+class ResumableDataLoader(DataLoader):
+    """The train DataLoader, stateful for Lightning: its position is (epoch, batches of it this rank trained), which
+    the trainer's own progress counters restore; the :class:`EpochShuffleSampler` skips those batches. Lightning
+    saves ``state_dict()`` in the checkpoint and so knows the resume is exact (no "not resumable" warning)."""
+
+    def state_dict(self) -> dict:
+        sampler = self.sampler
+        where = sampler.position() if isinstance(sampler, EpochShuffleSampler) and sampler.position else None
+        epoch, done = where if where is not None else (getattr(sampler, "epoch", 0), 0)
+        return {"epoch": int(epoch), "batches_done": int(done)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.restored_position = (int(state.get("epoch", 0)), int(state.get("batches_done", 0)))

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from torch import nn
 
 from ..diffusion.cfg_rule import ClassifierFreeGuidance
 from ..diffusion.plug import GuidanceTerm
+from ..io.digests import file_identity
 from .cfg_plus_classifier import CFGPlusClassifierGuidance
 from .log_likelihood import num_classes_of
 
@@ -118,17 +118,10 @@ class Sweep:
                                      f"{num_train_steps}: its t means another noise level; retrain it to match")
 
 
-def _file_identity(path: str | None) -> dict:
-    if not path:
-        return {}
-    p = Path(path)
-    return {"file": str(p.resolve()), "bytes": p.stat().st_size if p.exists() else None}
-
-
 def describe_classifier(classifier: nn.Module) -> dict:
     """What identifies a guide: its weights file (suite checkpoint or timm/torchvision file) and its settings."""
     out = {"class": type(classifier).__name__, "settings": classifier.extra_repr()}
-    out.update(_file_identity(getattr(classifier, "checkpoint", None) or getattr(classifier, "weights_path", None)))
+    out.update(file_identity(getattr(classifier, "checkpoint", None) or getattr(classifier, "weights_path", None)))
     index = getattr(classifier, "class_index", None)
     if index is not None:
         out["class_index"] = index.tolist()

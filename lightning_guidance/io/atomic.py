@@ -1,26 +1,73 @@
-"""Write-to-temp-then-rename, so that a killed job never leaves a half-written file under the final name."""
+"""Write-to-temp-then-rename, so that a killed job never leaves a half-written file under the final name.
+
+The temp file sits next to the target as ``.<name>.<host>-<pid>.<random>.tmp<suffix>``: it is fsynced, given the
+mode the umask gives (``mkstemp`` makes 0600, and a rename keeps the mode), renamed onto the target, and the folder
+is fsynced so that the rename survives a crash. A writer killed with SIGKILL leaves its temp file behind;
+:func:`remove_stale_temps` deletes those whose writer (same host, named pid) is gone, and nothing else.
+"""
 
 from __future__ import annotations
 
 import os
+import re
+import socket
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname()) or "host"
+_TEMP = re.compile(r"^\..+\.(?P<host>[A-Za-z0-9_-]+)-(?P<pid>\d+)\.[A-Za-z0-9_]+\.tmp[^/]*$")
+
+
+def umask() -> int:
+    """The process umask (read from /proc where possible: setting it to read it back is not thread safe)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def fsync_dir(folder: str | os.PathLike) -> None:
+    """Make a rename in ``folder`` durable (no-op where folders cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _finish(tmp: str, path: Path) -> None:
+    os.chmod(tmp, 0o666 & ~umask())
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = ""):
-    """Yield a temp path in the target's folder; on success rename it onto ``path`` (``os.replace`` is atomic)."""
+    """Yield a temp path in the target's folder; on success fsync it, set the umask's mode, rename it onto ``path``
+    (``os.replace`` is atomic) and fsync the folder. On failure the temp file is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=f".tmp{suffix}", dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        _finish(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -36,3 +83,30 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], suffix: 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     return atomic_write(path, lambda p: p.write_text(text))
 
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: str | os.PathLike, recursive: bool = True) -> list[Path]:
+    """Delete the temp files that writers killed mid-write left in ``folder``: only names of the form written by
+    :func:`atomic_path`, only from this host, only when that pid no longer runs. Returns what was removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for p in folder.rglob(".*.tmp*") if recursive else folder.glob(".*.tmp*"):
+        m = _TEMP.match(p.name)
+        if m and p.is_file() and m["host"] == _HOST and not _pid_alive(int(m["pid"])):
+            try:
+                p.unlink()
+                removed.append(p)
+            except FileNotFoundError:
+                pass
+    return removed

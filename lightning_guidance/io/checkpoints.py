@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .atomic import atomic_path
+from .instantiate import import_class_path as instantiate_class_path
 from .instantiate import instantiate, is_spec
 
 
@@ -19,7 +20,54 @@ def read_checkpoint(path: str | Path, hint: str = "") -> dict[str, Any]:
     if not path.is_file():
         extra = f" ({hint})" if hint else ""
         raise FileNotFoundError(f"checkpoint not found: {path}{extra}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return check_checkpoint_file(path, _torch_load(path))
+
+
+def _torch_load(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - every way a file fails to load is one message naming it
+        raise ValueError(unreadable_checkpoint(path, err)) from err
+
+
+def unreadable_checkpoint(path: Path, err: BaseException) -> str:
+    """One line for a checkpoint file that does not load: empty, truncated, or not a checkpoint at all."""
+    size = path.stat().st_size if path.exists() else 0
+    if size == 0:
+        what = "is empty (0 bytes)"
+    elif isinstance(err, RuntimeError) and "zip archive" in str(err):
+        what = f"is truncated or damaged ({size} bytes, not a whole zip archive)"
+    else:
+        what = f"is not a PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120] if str(err) else ''})"
+    return (f"checkpoint {path} {what}: re-create it (re-run the fit that writes it, or resume with --ckpt_path "
+            "last from an earlier checkpoint) or point to another file")
+
+
+def check_checkpoint_file(path: Path, ckpt) -> dict[str, Any]:
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+        raise ValueError(f"checkpoint {path} holds no state_dict: it is not a checkpoint written by this suite's fit")
+    return ckpt
+
+
+def checkpoint_class_path(ckpt: dict) -> str | None:
+    """The LightningModule class a checkpoint was written by, as the command line recorded it (None if unknown)."""
+    return (ckpt.get("hyper_parameters") or {}).get("_class_path")
+
+
+def check_checkpoint_class(ckpt: dict, path: Path, cls: type) -> None:
+    """Refuse, in one line, a checkpoint written by a module class other than ``cls`` (or a subclass of it)."""
+    found = checkpoint_class_path(ckpt)
+    if not found:
+        return
+    expected = f"{cls.__module__}.{cls.__qualname__}"
+    try:
+        found_cls = instantiate_class_path(found)
+    except ImportError:
+        found_cls = None
+    if found_cls is None or (isinstance(found_cls, type) and issubclass(found_cls, cls)):
+        return  # a class path that has since moved cannot be judged here: the module's own arguments will tell
+    raise ValueError(f"checkpoint {path} was written by {found}, expected a {expected} checkpoint: "
+                     "point to a checkpoint of the right kind")
 
 
 def checkpoint_hparams(ckpt: dict) -> dict[str, Any]:

@@ -10,6 +10,15 @@ def is_spec(value: Any) -> bool:
     return isinstance(value, dict) and ("class_path" in value or "_class_path" in value)
 
 
+def import_class_path(class_path: str):
+    """The class named by a dotted path; ImportError naming the path if it does not exist."""
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ImportError(f"cannot import {class_path!r} named in the config/checkpoint: {err}") from err
+
+
 def instantiate(spec: Any) -> Any:
     """Recursively instantiate nested class-path specs; plain values are returned unchanged."""
     if isinstance(spec, list):
@@ -21,9 +30,5 @@ def instantiate(spec: Any) -> Any:
     kwargs = dict(spec.pop("init_args", {}) or {})
     kwargs.update(spec.pop("dict_kwargs", {}) or {})
     kwargs.update(spec)  # the flattened form Lightning stores in hparams
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as err:
-        raise ImportError(f"cannot import {class_path!r} named in the config/checkpoint: {err}") from err
+    cls = import_class_path(class_path)
     return cls(**{k: instantiate(v) for k, v in kwargs.items()})

@@ -1,7 +1,8 @@
 """Sample shards: one ``.npz`` per block of sample ids at one guidance setting, written atomically.
 
 Keys: ``images`` (uint8, N×C×H×W) for image data or ``points`` (float32, N×D) for toy data, ``labels``,
-``seeds``, ``sample_ids`` (int64), ``scale`` (float), ``config_hash`` (str), ``data_shape`` (int array).
+``seeds``, ``sample_ids`` (int64), ``scale`` (float), ``config_hash`` (str), ``config`` (the JSON the hash is of: it
+names every checkpoint and weights file the samples depend on by content digest), ``data_shape`` (int array).
 Images are mapped from [-1, 1] to uint8 only here, at the file boundary. A sweep value's shards live in one folder
 as ``shard_<first id, 7 digits>.npz``. This module is the only one that knows the format: everyone else reads and
 writes shards through it.
@@ -46,6 +47,7 @@ class Shard:
     sample_ids: Tensor
     scale: float
     config_hash: str
+    config: dict | None = None
 
 
 def write_shard(path: str | Path, shard: Shard) -> Path:
@@ -56,6 +58,7 @@ def write_shard(path: str | Path, shard: Shard) -> Path:
         sample_ids=shard.sample_ids.cpu().numpy().astype(np.int64),
         scale=np.float64(shard.scale),
         config_hash=np.array(shard.config_hash),
+        config=np.array(json.dumps(shard.config or {}, sort_keys=True, default=str)),
         data_shape=np.array(shard.samples.shape[1:], dtype=np.int64),
     )
     if is_image:
@@ -69,14 +72,70 @@ def _samples(z, rows: np.ndarray | slice = slice(None)) -> Tensor:
     return from_uint8(z["images"][rows]) if "images" in z else torch.from_numpy(z["points"][rows])
 
 
+def unreadable_shard(path: str | Path, err: BaseException) -> str:
+    """One line for a shard file that does not load (empty, truncated, not an .npz of this suite)."""
+    size = Path(path).stat().st_size if Path(path).exists() else 0
+    what = "is empty (0 bytes)" if size == 0 else f"cannot be read ({type(err).__name__}: {str(err)[:120]})"
+    return (f"sample shard {path} {what}: it was damaged after it was written; re-run predict with "
+            "--model.init_args.overwrite true to regenerate it")
+
+
+def open_shard(path: str | Path):
+    """``np.load`` of a shard with the keys every shard has, or a one-line ValueError naming the file."""
+    try:
+        z = np.load(path)
+        for key in ("labels", "sample_ids", "config_hash", "data_shape"):
+            z[key]
+    except FileNotFoundError:
+        raise FileNotFoundError(f"sample shard not found: {path}") from None
+    except Exception as err:  # noqa: BLE001 - any unreadable file is one message naming it
+        raise ValueError(unreadable_shard(path, err)) from err
+    return z
+
+
 def read_shard(path: str | Path) -> Shard:
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"sample shard not found: {path}")
-    with np.load(path) as z:
+    with open_shard(path) as z:
         return Shard(samples=_samples(z), labels=torch.from_numpy(z["labels"]), seeds=torch.from_numpy(z["seeds"]),
                      sample_ids=torch.from_numpy(z["sample_ids"]), scale=float(z["scale"]),
-                     config_hash=str(z["config_hash"]))
+                     config_hash=str(z["config_hash"]), config=_config_of(z))
+
+
+def _config_of(z) -> dict | None:
+    return json.loads(str(z["config"])) if "config" in z else None
+
+
+def shard_config(path: str | Path) -> dict | None:
+    """The sampling config a shard records (None for shards written before shards recorded it)."""
+    with open_shard(path) as z:
+        return _config_of(z)
+
+
+def config_difference(old: dict | None, new: dict) -> str:
+    """Which top-level settings differ between two shard configs, in words (for the stale-shard message)."""
+    if not old:
+        return "the shard does not record its config"
+    keys = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+    parts = []
+    for k in keys:
+        if k == "checkpoint":
+            parts.append("the diffusion checkpoint's content changed (retrained?)")
+        elif k == "guidance" and _digests(old.get(k)) != _digests(new.get(k)):
+            parts.append("a guide's weights file changed (retrained or swapped classifier?)")
+        else:
+            parts.append(f"{k}: {json.dumps(old.get(k), default=str)[:60]} -> {json.dumps(new.get(k), default=str)[:60]}")
+    return "; ".join(parts)
+
+
+def _digests(value) -> list[str]:
+    found = []
+    if isinstance(value, dict):
+        found += [str(v) for k, v in value.items() if k == "sha256"]
+        for v in value.values():
+            found += _digests(v)
+    elif isinstance(value, list):
+        for v in value:
+            found += _digests(v)
+    return found
 
 
 def read_shard_rows(path: str | Path, rows: np.ndarray) -> tuple[Tensor, Tensor]:
@@ -101,7 +160,7 @@ def plan_shards(folder: str | Path, num_samples: int, shard_size: int) -> list[t
 
 
 def check_shards(folder: str | Path, expected_hash: str, num_samples: int, data_shape: Sequence[int],
-                 num_classes: int, real_name: str) -> list[tuple[Path, np.ndarray]]:
+                 num_classes: int, real_name: str, expected_config: dict | None = None) -> list[tuple[Path, np.ndarray]]:
     """``[(shard path, its sample ids)]`` of one folder, after checking that the shards were written with
     ``expected_hash``, hold samples of ``data_shape`` with labels in ``0..num_classes-1``, and together hold every
     sample id ``0..num_samples-1`` (``real_name`` names the data they are graded against, for the errors)."""
@@ -112,12 +171,13 @@ def check_shards(folder: str | Path, expected_hash: str, num_samples: int, data_
                                 "and the same model arguments as this test config")
     found = []
     for path in paths:
-        with np.load(path) as z:
+        with open_shard(path) as z:
             got, ids = str(z["config_hash"]), np.asarray(z["sample_ids"]).astype(np.int64)
             shape, labels = tuple(int(v) for v in z["data_shape"]), np.asarray(z["labels"])
         if got != expected_hash:
-            raise ValueError(f"{path} was sampled with another config (hash {got}, this test config gives "
-                             f"{expected_hash}): test with the model arguments that sampled it, or re-run predict")
+            why = config_difference(shard_config(path), expected_config) if expected_config else f"hash {got}"
+            raise ValueError(f"stale shard {path}: sampled with another config than this test's ({why}); re-run "
+                             "predict with the same arguments (--model.init_args.overwrite true regenerates it)")
         if shape != tuple(data_shape):
             raise ValueError(f"{path} holds samples of shape {shape} but the real data ({real_name}) has shape "
                              f"{tuple(data_shape)}: grade shards against the dataset and resolution they were "
@@ -154,10 +214,18 @@ def write_manifest(output_dir: str | Path, folders: dict[str, Path], configs: di
         loaded = [read_shard(p) for p in paths]
         x, y = torch.cat([sh.samples for sh in loaded]), torch.cat([sh.labels for sh in loaded])
         picture = save_sample_picture(x, y, Path(folder) / "grid.png", title=f"{title} {label}", per_class=per_class)
-        manifest["scales"][label] = {"shards": [p.name for p in paths], "count": int(len(y)), "grid": str(picture),
+        manifest["scales"][label] = {"shards": [p.name for p in paths], "count": int(len(y)), "grid": _relative(picture, output_dir),
                                      "config": configs[label]}
     atomic_write_text(Path(output_dir) / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
+
+
+def _relative(path: Path, folder: str | Path) -> str:
+    """``path`` relative to ``folder`` when inside it (so a copied run folder keeps its links)."""
+    try:
+        return Path(path).resolve().relative_to(Path(folder).resolve()).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def read_manifest(output_dir: str | Path) -> dict | None:

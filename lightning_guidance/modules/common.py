@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
-from ..io.checkpoints import build_net, checkpoint_hparams, load_module_weights, read_checkpoint
+from ..io.checkpoints import build_net, check_checkpoint_class, checkpoint_hparams, load_module_weights, read_checkpoint
 
 #: constructor arguments renamed since checkpoints were first written: old name -> new name
 RENAMED_HPARAMS = {"clip_denoised": "clip_x0"}
@@ -25,6 +25,7 @@ def rebuild_from_checkpoint(cls, path: str | Path, net: nn.Module | None = None,
     ``CFGDiffusion.from_checkpoint`` and ``Classifier.from_checkpoint`` call this."""
     path = Path(path)
     ckpt = read_checkpoint(path, hint)
+    check_checkpoint_class(ckpt, path, cls)
     hp = checkpoint_hparams(ckpt)
     for old, new in RENAMED_HPARAMS.items():  # checkpoints written before a rename still load
         if old in hp:

@@ -28,7 +28,9 @@ from ..data.rank_split import LoaderBatchIds, check_enough_per_rank, owned_block
 from ..diffusion.cfg_rule import ClassifierFreeGuidance
 from ..diffusion.sampling import check_sampling, sample_ids, seeds_for_ids
 from ..guidance.sweep import Sweep
-from ..io.shards import Shard, check_shards, config_hash, plan_shards, shard_hash, write_manifest, write_shard
+from ..io.digests import file_identity
+from ..io.shards import (Shard, check_shards, config_difference, config_hash, open_shard, plan_shards, shard_config,
+                         shard_hash, write_manifest, write_shard)
 from ..metrics.judge import check_judge
 from ..metrics.sample_quality import SampleQuality, write_quality_table
 from .cfg_diffusion import CFGDiffusion
@@ -63,12 +65,12 @@ def load_rule_guide(rule: ClassifierFreeGuidance | None, diffusion: CFGDiffusion
 
 
 class SamplingModule(L.LightningModule):
-    def __init__(self, checkpoint: str, output_dir: str = "runs/samples", sampler: str = "ddim",
+    def __init__(self, checkpoint: str, output_dir: str | None = None, sampler: str = "ddim",
                  sampler_kwargs: dict | None = None, sweep: Sweep | None = None, classes: list[int] | None = None,
                  samples_per_class: int = 16, shard_size: int = 64, batch_size: int = 64, seed: int = 0,
                  use_ema: bool = True, net: nn.Module | None = None, grid_per_class: int = 10,
                  judge: nn.Module | None = None, fd_name: str = "fd_judge", precision_recall_k: int = 3,
-                 inception_weights: str | None = None):
+                 inception_weights: str | None = None, overwrite: bool = False):
         super().__init__()
         for name, v in (("samples_per_class", samples_per_class), ("shard_size", shard_size), ("batch_size", batch_size)):
             if v < 1:
@@ -87,18 +89,26 @@ class SamplingModule(L.LightningModule):
         bad = [c for c in self.classes if not 0 <= c < k]
         if bad:
             raise ValueError(f"classes {bad} out of range: the checkpoint's model knows classes 0..{k - 1}")
-        self.output_dir = Path(output_dir)
         self.num_samples = samples_per_class * len(self.classes)
         self.judge = judge
         self.quality: SampleQuality | None = None
         self._shards: dict[float, list[tuple[Path, np.ndarray]]] = {}
         self._batch_ids = LoaderBatchIds()
 
+    @property
+    def output_dir(self) -> Path:
+        """``output_dir`` if given, else the trainer's ``default_root_dir`` (the one knob that places a run)."""
+        if self.hparams.output_dir:
+            return Path(self.hparams.output_dir)
+        if self._trainer is not None and self.trainer.default_root_dir:
+            return Path(self.trainer.default_root_dir)
+        raise ValueError("SamplingModule needs output_dir, or a trainer whose default_root_dir places the shards")
+
     def shard_config(self, value: float) -> dict:
-        """What a shard's config hash covers: the model file, the sampler, the sweep at ``value``, the seeds."""
+        """What a shard's config hash covers: the model file (by content digest), the sampler, the sweep at
+        ``value`` (its guides' weights files by digest), the seeds."""
         hp, sweep = self.hparams, self.sweep.identity()
-        ckpt = Path(hp.checkpoint)
-        return {"checkpoint": str(ckpt.resolve()), "checkpoint_bytes": ckpt.stat().st_size, "use_ema": hp.use_ema,
+        return {"checkpoint": file_identity(hp.checkpoint), "use_ema": hp.use_ema,
                 "sampler": hp.sampler, "sampler_kwargs": dict(self.sampler_kwargs), "scale": float(value),
                 "scale_target": sweep["scale_target"], "cfg_scale": sweep["cfg_scale"], "seed": hp.seed,
                 "guidance": sweep["guidance"], "classes": self.classes,
@@ -126,15 +136,20 @@ class SamplingModule(L.LightningModule):
 
     def predict_step(self, plan, batch_idx: int = 0):
         path, value, ids = plan
-        expected = config_hash(self.shard_config(value))
+        config = self.shard_config(value)
+        expected = config_hash(config)
         found = shard_hash(path) if path.exists() else None
         if found == expected:
             return {"path": str(path), "skipped": True}
-        if found is not None:
-            raise ValueError(f"{path} was made with another sampling config (hash {found}, now {expected}); "
-                             "choose another output_dir or delete the old shards")
+        if path.exists() and not self.hparams.overwrite:
+            if found is None:
+                open_shard(path)  # raises the one-line message naming the damaged file
+            raise ValueError(f"stale shard {path}: made with another sampling config "
+                             f"({config_difference(shard_config(path), config)}); re-run with "
+                             "--model.init_args.overwrite true to regenerate it, or choose another output_dir")
         x, labels = self.sample(list(ids), value)
-        write_shard(path, Shard(x, labels, seeds_for_ids(ids, self.hparams.seed), torch.tensor(ids), value, expected))
+        write_shard(path, Shard(x, labels, seeds_for_ids(ids, self.hparams.seed), torch.tensor(ids), value, expected,
+                                config))
         return {"path": str(path), "skipped": False}
 
     def on_predict_epoch_end(self) -> None:
@@ -170,7 +185,8 @@ class SamplingModule(L.LightningModule):
         self.quality = SampleQuality(self.judge, [self.sweep.folder(v) for v in self.sweep.values], hp.fd_name,
                                      hp.precision_recall_k, inception_weights=hp.inception_weights)
         self._shards = {v: check_shards(self.folder(v), config_hash(self.shard_config(v)), self.num_samples,
-                                        self._real_shape, self.judge.num_classes, type(dm).__name__)
+                                        self._real_shape, self.judge.num_classes, type(dm).__name__,
+                                        self.shard_config(v))
                         for v in self.sweep.values}
 
     def on_test_epoch_start(self) -> None:

@@ -1,0 +1,107 @@
+"""``metrics.csv`` that keeps its history: a resumed fit continues the file, a re-run never deletes it.
+
+Lightning's CSVLogger deletes ``metrics.csv`` when its folder is not empty, so a resume lost every row before the
+resume step. :class:`HistoryCSVLogger` instead reconciles the file with the run at the first row it logs, at step s:
+
+- rows at steps < s are kept: the history up to the checkpoint this run resumed from;
+- rows at steps >= s were written by an earlier process after that checkpoint (it was killed, or the run is resumed
+  from an older checkpoint); this run logs those steps again, so they are dropped and every step appears once;
+- if every row is at a step >= s, the file is the history of another run (a fresh fit in the same folder): it is
+  kept as ``metrics.1.csv`` (``.2``, ...) and a new file begins.
+
+Each row is appended and flushed as it is logged, so a killed run loses no row it logged. A run that logs nothing
+(a finished run resumed) leaves the file untouched. Rewrites (a new column, the reconciliation) go through a temp
+file and a rename.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from pathlib import Path
+
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.pytorch.loggers import CSVLogger
+
+from ..io.atomic import atomic_write_text
+
+
+def _rows_text(keys: list[str], rows: list[dict]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=keys, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
+
+
+class _HistoryWriter(ExperimentWriter):
+    def __init__(self, log_dir: str) -> None:
+        self._reconciled = False
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:  # Lightning's deletes metrics.csv here
+        return None
+
+    def _reconcile(self, first_step: int) -> None:
+        self._reconciled = True
+        path = Path(self.metrics_file_path)
+        if not path.is_file() or path.stat().st_size == 0:
+            return
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            keys, rows = list(reader.fieldnames or []), list(reader)
+        kept = [r for r in rows if r.get("step") not in (None, "") and int(float(r["step"])) < first_step]
+        if rows and not kept:
+            n = 1
+            while path.with_name(f"metrics.{n}.csv").exists():
+                n += 1
+            os.replace(path, path.with_name(f"metrics.{n}.csv"))
+            return
+        self.metrics_keys = sorted(keys)
+        if len(kept) != len(rows):
+            atomic_write_text(path, _rows_text(self.metrics_keys, kept))
+
+    def log_metrics(self, metrics_dict: dict, step: int | None = None) -> None:
+        if not self._reconciled:
+            self._reconcile(step if step is not None else 0)
+        super().log_metrics(metrics_dict, step)
+
+    def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
+        with open(self.metrics_file_path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        atomic_write_text(self.metrics_file_path, _rows_text(fieldnames, rows))
+
+    def save(self) -> None:
+        if not self.metrics:
+            return
+        new_keys = self._record_new_keys()
+        exists = os.path.isfile(self.metrics_file_path) and os.path.getsize(self.metrics_file_path) > 0
+        if new_keys and exists:
+            self._rewrite_with_new_header(self.metrics_keys)
+        with open(self.metrics_file_path, "a" if exists else "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=self.metrics_keys, lineterminator="\n")
+            if not exists:
+                writer.writeheader()
+            writer.writerows(self.metrics)
+            f.flush()
+        self.metrics = []
+
+
+class HistoryCSVLogger(CSVLogger):
+    """CSVLogger (fixed folder ``<save_dir>/<name>``) that keeps every row once across resumes and re-runs."""
+
+    def __init__(self, save_dir: str, name: str = "logs", version: str = "", flush_logs_every_n_steps: int = 1,
+                 **kwargs):
+        super().__init__(save_dir, name=name, version=version, flush_logs_every_n_steps=flush_logs_every_n_steps,
+                         **kwargs)
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> _HistoryWriter:
+        if self._experiment is not None:
+            return self._experiment
+        self._fs.makedirs(self.root_dir, exist_ok=True)
+        self._experiment = _HistoryWriter(log_dir=self.log_dir)
+        return self._experiment
