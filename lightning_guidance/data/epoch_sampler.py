@@ -7,6 +7,10 @@ resume). Without a trainer (plain use) the ``set_epoch`` value is used and nothi
 Under DDP the sampler splits the order itself, as torch's DistributedSampler does (pad to a multiple of the world
 size, rank r takes items r, r + W, ...), and skips this rank's trained batches; being a DistributedSampler, Lightning
 does not wrap it (its wrapper would split an order that the skip has already shortened).
+So with per-rank batch b, step k's batches of all W ranks together are items [kWb, (k+1)Wb) of the one order: the batch
+one process with batch Wb trains on, rank r holding its rows r, r + W, ... (the rows whose random draws it keeps,
+``diffusion.noise.GlobalBatchDraws``). If ``num_items`` is not a multiple of W, the padding repeats the order's first
+items in the epoch's last global batch: only then does a W-process epoch differ from the one-process epoch.
 """
 
 from __future__ import annotations

@@ -18,12 +18,13 @@ from torch import Tensor, nn
 
 from ..diffusion.cfg_rule import ClassifierFreeGuidance
 from ..diffusion.denoiser import NetDenoiser, check_labels
+from ..diffusion.noise import GlobalBatchDraws
 from ..diffusion.parameterization import check_prediction, training_target
 from ..diffusion.schedules import VPSchedule
 from ..diffusion.plug import GuidanceTerm
 from ..diffusion.sampling import sample_batches
-from .common import (adamw_with_warmup, check_against_datamodule, check_finite_loss, rebuild_from_checkpoint,
-                     reseed_for_step, spec_only_hparams)
+from .common import (adamw_with_warmup, check_against_datamodule, check_finite_loss, global_batch_draws,
+                     rebuild_from_checkpoint, reseed_for_step, spec_only_hparams)
 
 
 class CFGDiffusion(L.LightningModule):
@@ -69,13 +70,15 @@ class CFGDiffusion(L.LightningModule):
         check_against_datamodule(self, "CFGDiffusion")
 
     # ---- training ---------------------------------------------------------------------------------
-    def diffusion_loss(self, x0: Tensor, y: Tensor, p_uncond: float) -> Tensor:
-        """Per-batch mean squared error at uniformly drawn steps, with null-class dropout."""
+    def diffusion_loss(self, x0: Tensor, y: Tensor, p_uncond: float, draws: GlobalBatchDraws | None = None) -> Tensor:
+        """Per-batch mean squared error at uniformly drawn steps, with null-class dropout. ``draws``: this rank's
+        rows of the global batch's draws (default: one process)."""
         check_labels(y, self.num_classes)
+        draws = draws or GlobalBatchDraws()
         n = x0.shape[0]
-        index = torch.randint(0, self.schedule.num_train_steps, (n,), device=x0.device)
-        noise = torch.randn_like(x0)
-        drop = torch.rand(n, device=x0.device) < p_uncond
+        index = draws.randint(0, self.schedule.num_train_steps, n, device=x0.device)
+        noise = draws.randn_like(x0)
+        drop = draws.rand(n, device=x0.device) < p_uncond
         y = torch.where(drop, torch.full_like(y, self.num_classes), y)
         x_t = self.schedule.q_sample(x0, index, noise)
         abar = self.schedule.alphas_cumprod.to(x0.device)[index]
@@ -84,9 +87,11 @@ class CFGDiffusion(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x0, y = batch
-        reseed_for_step(self.hparams.noise_seed, self.global_step, self.global_rank)
-        loss = check_finite_loss(self.diffusion_loss(x0, y, self.hparams.p_uncond), self.global_step)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        reseed_for_step(self.hparams.noise_seed, self.global_step)
+        loss = self.diffusion_loss(x0, y, self.hparams.p_uncond, global_batch_draws(self))
+        check_finite_loss(loss, self.global_step)
+        # the global batch's loss: the mean of the ranks' means (equal shares), what one process would log
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):

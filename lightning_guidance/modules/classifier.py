@@ -18,9 +18,10 @@ from torch import Tensor, nn
 
 from ..calibration.ece import bucket_name, time_buckets
 from ..diffusion.denoiser import check_labels
+from ..diffusion.noise import GlobalBatchDraws
 from ..diffusion.schedules import VPSchedule
-from .common import (adamw_with_warmup, check_against_datamodule, check_finite_loss, rebuild_from_checkpoint,
-                     reseed_for_step, spec_only_hparams)
+from .common import (adamw_with_warmup, check_against_datamodule, check_finite_loss, global_batch_draws,
+                     rebuild_from_checkpoint, reseed_for_step, spec_only_hparams)
 
 
 class Classifier(L.LightningModule):
@@ -68,26 +69,29 @@ class Classifier(L.LightningModule):
         top = self.schedule.num_train_steps - 1
         return round(lo * top), round(hi * top)
 
-    def logits_at(self, x0: Tensor, index: Tensor | None) -> Tensor:
-        """Logits on ``x0`` noised to the given training-step indices (None: the clean image, t=None)."""
+    def logits_at(self, x0: Tensor, index: Tensor | None, draws: GlobalBatchDraws | None = None) -> Tensor:
+        """Logits on ``x0`` noised to the given training-step indices (None: the clean image, t=None); ``draws``:
+        this rank's rows of the global batch's noise (default: one process)."""
         if index is None:
             return self.net(x0, None)
-        x_t = self.schedule.q_sample(x0, index, torch.randn_like(x0))
+        x_t = self.schedule.q_sample(x0, index, (draws or GlobalBatchDraws()).randn_like(x0))
         return self.net(x_t, self.schedule.model_time(index).to(x0))
 
     def training_step(self, batch, batch_idx):
         x0, y = batch
         check_labels(y, self.num_classes)
-        reseed_for_step(self.hparams.noise_seed, self.global_step, self.global_rank)
+        reseed_for_step(self.hparams.noise_seed, self.global_step)
+        draws = global_batch_draws(self)
         index = None
         if self.hparams.noisy:
             lo, hi = self._index_range()
-            index = torch.randint(lo, hi + 1, (x0.shape[0],), device=x0.device)
-        logits = self.logits_at(x0, index)
+            index = draws.randint(lo, hi + 1, x0.shape[0], device=x0.device)
+        logits = self.logits_at(x0, index, draws)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         check_finite_loss(loss, self.global_step)
-        self.log("train/loss", loss, prog_bar=True)
-        self.log("train/acc", (logits.argmax(1) == y).float().mean())
+        # global-batch values (mean of the ranks' means over equal shares), what one process would log
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
+        self.log("train/acc", (logits.argmax(1) == y).float().mean(), sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):

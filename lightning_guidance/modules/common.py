@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
 
+from ..diffusion.noise import GlobalBatchDraws
 from ..io.checkpoints import build_net, check_checkpoint_class, checkpoint_hparams, load_module_weights, read_checkpoint
 
 #: constructor arguments renamed since checkpoints were first written: old name -> new name
@@ -48,15 +49,24 @@ def _own_hyperparameters():
         _given_hyperparameters.reset(token)
 
 
-def seed_for_step(seed: int, step: int, rank: int) -> int:
-    """A distinct, reproducible seed per (run seed, optimizer step, rank)."""
-    return (seed * 1_000_003 + step * 9_973 + rank) % (2**63 - 1)
+def seed_for_step(seed: int, step: int) -> int:
+    """A distinct, reproducible seed per (run seed, optimizer step); the same on every rank."""
+    return (seed * 1_000_003 + step * 9_973) % (2**63 - 1)
 
 
-def reseed_for_step(seed: int, step: int, rank: int) -> None:
+def reseed_for_step(seed: int, step: int) -> None:
     """Reseed torch's RNG at each training step so that a resumed run draws exactly what a straight run draws
-    (Lightning does not checkpoint RNG states)."""
-    torch.manual_seed(seed_for_step(seed, step, rank))
+    (Lightning does not checkpoint RNG states). Every rank gets the same seed: each draws for the whole global batch
+    and keeps its own rows (:class:`~lightning_guidance.diffusion.noise.GlobalBatchDraws`)."""
+    torch.manual_seed(seed_for_step(seed, step))
+
+
+def global_batch_draws(module) -> GlobalBatchDraws:
+    """This rank's share of a training step's draws (one process when the module is used without a trainer)."""
+    trainer = module._trainer
+    if trainer is None:
+        return GlobalBatchDraws()
+    return GlobalBatchDraws(trainer.world_size, trainer.global_rank)
 
 
 def adamw_with_warmup(params, lr: float, weight_decay: float, warmup_steps: int, betas=(0.9, 0.999)):

@@ -4,6 +4,8 @@
 ``seed + id``: the same ids at every value, so a sample can be followed across the sweep) and writes each atomically
 (:mod:`lightning_guidance.io.shards`); a shard already on disk with the same config hash is skipped, so a killed job
 resumes where it was. Under DDP each rank takes whole shards (Lightning's unrepeated sampler for predict).
+``shard_part: [i, k]`` keeps only the shards i, i + k, ... (task i of a k-task job array; a later run without it
+skips them all and writes the manifest).
 
 ``test`` grades the shards of every sweep value, images or toy points, against the real data of ``data:`` (its test
 split) with a judge (:class:`~lightning_guidance.metrics.judge.Judge`): Fréchet distance in the judge's features
@@ -70,8 +72,12 @@ class SamplingModule(L.LightningModule):
                  samples_per_class: int = 16, shard_size: int = 64, batch_size: int = 64, seed: int = 0,
                  use_ema: bool = True, net: nn.Module | None = None, grid_per_class: int = 10,
                  judge: nn.Module | None = None, fd_name: str = "fd_judge", precision_recall_k: int = 3,
-                 inception_weights: str | None = None, overwrite: bool = False):
+                 inception_weights: str | None = None, overwrite: bool = False,
+                 shard_part: tuple[int, int] | None = None):
         super().__init__()
+        if shard_part is not None and not (len(shard_part) == 2 and 0 <= int(shard_part[0]) < int(shard_part[1])):
+            raise ValueError(f"shard_part must be [i, k] with 0 <= i < k (this job samples shards i, i + k, ...), "
+                             f"got {shard_part}")
         for name, v in (("samples_per_class", samples_per_class), ("shard_size", shard_size), ("batch_size", batch_size)):
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
@@ -123,6 +129,9 @@ class SamplingModule(L.LightningModule):
     def predict_dataloader(self) -> DataLoader:
         plans = [(path, value, ids) for value in self.sweep.values
                  for path, ids in plan_shards(self.folder(value), self.num_samples, self.hparams.shard_size)]
+        if self.hparams.get("shard_part") is not None:  # one task of a job array: every k-th shard from the i-th
+            i, k = (int(v) for v in self.hparams.shard_part)
+            plans = plans[i::k]
         return DataLoader(plans, batch_size=1, shuffle=False, collate_fn=_first)
 
     def sample(self, ids, value: float, batch_size: int | None = None, guidance=None) -> tuple[torch.Tensor, torch.Tensor]:

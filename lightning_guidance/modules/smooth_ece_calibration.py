@@ -35,13 +35,14 @@ from ..calibration.ece import bucket_name, time_buckets
 from ..calibration.loss import calibration_loss
 from ..data.rank_split import LoaderBatchIds
 from ..diffusion.denoiser import check_labels
+from ..diffusion.noise import GlobalBatchDraws
 from ..io.checkpoints import read_checkpoint, write_net_checkpoint
 from ..io.figures import save_calibration_over_time
 from ..io.tables import write_table
 from ..metrics.classifier_calibration import ClassifierCalibration
 from ..nets.classifier_head import classifier_head
 from .classifier import Classifier
-from .common import adamw_with_warmup, check_against_datamodule, check_finite_loss, reseed_for_step
+from .common import adamw_with_warmup, check_against_datamodule, check_finite_loss, global_batch_draws, reseed_for_step
 from .trainer_io import log_image
 
 TRAINABLE = ("all", "head")
@@ -98,23 +99,28 @@ class SmoothECECalibration(L.LightningModule):
         return self.net(x, t)
 
     # ---- training ---------------------------------------------------------------------------------
-    def _noised(self, x0: Tensor, bucket: tuple[float, float]) -> tuple[Tensor, Tensor]:
+    def _noised(self, x0: Tensor, bucket: tuple[float, float], draws: GlobalBatchDraws) -> tuple[Tensor, Tensor]:
         top = self.schedule.num_train_steps - 1
         lo, hi = round(bucket[0] * top), round(bucket[1] * top)
-        index = torch.randint(lo, hi + 1, (x0.shape[0],), device=x0.device)
-        x_t = self.schedule.q_sample(x0, index, torch.randn_like(x0))
+        index = draws.randint(lo, hi + 1, x0.shape[0], device=x0.device)
+        x_t = self.schedule.q_sample(x0, index, draws.randn_like(x0))
         return x_t, self.schedule.model_time(index).to(x0)
 
     def training_step(self, batch, batch_idx):
         x0, y = batch
         check_labels(y, self.num_classes)
-        reseed_for_step(self.hparams.noise_seed, self.global_step, self.global_rank)
-        views = [(x0, None)] if self.buckets is None else [self._noised(x0, b) for b in self.buckets]
+        reseed_for_step(self.hparams.noise_seed, self.global_step)
+        draws = global_batch_draws(self)
+        views = [(x0, None)] if self.buckets is None else [self._noised(x0, b, draws) for b in self.buckets]
         hp = self.hparams
-        parts = [calibration_loss(self.net(x, t), y, hp.smooth_ece_weight, hp.bandwidth) for x, t in views]
+        gather = None
+        if self.trainer.world_size > 1:
+            def gather(t: Tensor) -> Tensor:  # (W, n) stacked by rank, differentiable -> (W * n,)
+                return self.all_gather(t, sync_grads=True).flatten(0, 1)
+        parts = [calibration_loss(self.net(x, t), y, hp.smooth_ece_weight, hp.bandwidth, gather) for x, t in views]
         loss, ce, smooth = (torch.stack(v).mean() for v in zip(*parts))
         check_finite_loss(loss, self.global_step)
-        self.log_dict({"train/loss": loss, "train/ce": ce, "train/smooth_ece": smooth}, prog_bar=True)
+        self.log_dict({"train/loss": loss, "train/ce": ce, "train/smooth_ece": smooth}, prog_bar=True, sync_dist=True)
         return loss
 
     def configure_optimizers(self):

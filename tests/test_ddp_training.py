@@ -1,0 +1,137 @@
+"""DDP training equals one process: 2 spawned gloo processes with per-rank batch B/2 against 1 process with batch B.
+
+The global batch is the same set of examples in both (the sampler splits one permutation), each example draws the
+same noise, step and label dropout (every rank draws for the whole global batch and keeps its rows), and DDP averages
+the ranks' gradients of equal-share means, which is the gradient of the global mean. So the logged loss curve and the
+final weights agree up to float rounding (summation order in the reductions), which Adam carries on: the tolerance
+below is what these runs need, measured and printed (`pytest -s`).
+
+One exception is explained, not loosened: a parameter whose true gradient is zero (a bias right in front of a
+normalisation) gets a gradient of pure rounding noise (|AdamW first moment| < 1e-9 here), and Adam, which divides by
+the noise's own scale, turns it into steps of about +-lr whatever its size. Those weights are compared against that
+bound (the sum of the learning rates so far); every other weight against WEIGHT_ATOL.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import CONFIGS, ROOT, cli, load
+from lightning_guidance.data.epoch_sampler import EpochShuffleSampler
+from lightning_guidance.diffusion.noise import GlobalBatchDraws
+
+TIMEOUT_S = 300
+STEPS = 6
+GLOBAL_BATCH = 16
+# measured on this machine (2 processes vs 1, 6 AdamW steps): see the printed figures and bench/README.md
+WEIGHT_ATOL = 2e-5
+LOSS_RTOL = 1e-5
+NOISE_GRADIENT = 1e-6  # max |AdamW first moment| below this: the parameter's gradient is rounding noise
+
+FITS = {
+    "cfg": ("digits/cfg.yaml", ["--model.init_args.net.init_args.model_channels", "8",
+                                "--model.init_args.net.init_args.channel_mult", "[1]"]),
+    "classifier": ("digits/classifier.yaml", ["--model.init_args.net.init_args.model_channels", "8",
+                                              "--model.init_args.net.init_args.channel_mult", "[1]"]),
+}
+
+
+def test_sampler_gives_each_rank_interleaved_rows_of_one_global_batch():
+    """Rank r of W with batch B/W gets rows r, r + W, ... of the batch of B that one process gets, every step."""
+    one = list(EpochShuffleSampler(1437, seed=3, batch_size=16))
+    ranks = [list(EpochShuffleSampler(1437, seed=3, batch_size=8, num_replicas=2, rank=r)) for r in range(2)]
+    for step in range(1437 // 16):  # every full batch of the epoch
+        global_batch = one[step * 16:(step + 1) * 16]
+        for r in range(2):
+            assert ranks[r][step * 8:(step + 1) * 8] == global_batch[r::2]
+
+
+def test_global_batch_draws_are_the_one_process_draws():
+    """W = 1 draws what plain torch draws from the same seed (the seeding of a single process is unchanged), and the
+    ranks' rows of W = 2 interleave to the same draws."""
+    shape = (4, 1, 8, 8)
+    torch.manual_seed(11)
+    plain = (torch.randint(0, 1000, (4,)), torch.randn(shape), torch.rand(4))
+    parts = []
+    for world, rank in [(1, 0), (2, 0), (2, 1)]:
+        torch.manual_seed(11)
+        d = GlobalBatchDraws(world, rank)
+        n = 4 // world
+        parts.append((d.randint(0, 1000, n), d.randn_like(torch.zeros(n, *shape[1:])), d.rand(n)))
+    for a, b, r0, r1 in zip(plain, parts[0], parts[1], parts[2]):
+        assert torch.equal(a, b)
+        both = torch.empty_like(a)
+        both[0::2], both[1::2] = r0, r1
+        assert torch.equal(both, a)
+
+
+def _fit(config: str, root: Path, devices: int, extra: list[str]) -> None:
+    args = ["fit", "--config", str(CONFIGS / config), "--trainer.default_root_dir", str(root),
+            "--trainer.max_steps", str(STEPS), "--trainer.log_every_n_steps", "1",
+            "--trainer.check_val_every_n_epoch", "null", "--trainer.val_check_interval", "1000",
+            "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
+            "--data.init_args.batch_size", str(GLOBAL_BATCH // devices), *extra]
+    if devices == 1:
+        cli(*args)
+        return
+    cmd = [sys.executable, "-m", "lightning_guidance.cli", *args, "--trainer.devices", str(devices),
+           "--trainer.strategy", "ddp_spawn"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    done = subprocess.run(cmd, cwd=ROOT, env=env, timeout=TIMEOUT_S, capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stderr[-4000:]}"
+
+
+def loss_curve(root: Path) -> list[tuple[int, float]]:
+    with open(root / "logs" / "metrics.csv") as f:
+        return [(int(r["step"]), float(r["train/loss"])) for r in csv.DictReader(f) if r.get("train/loss")]
+
+
+def weight_differences(a: dict, b: dict, key: str) -> tuple[float, float]:
+    """max |a - b| over the weights under ``key`` with a real gradient, and over those whose gradient is noise
+    (by the first checkpoint's AdamW first moments, in parameter order)."""
+    names = [k for k, v in a[key].items() if v.is_floating_point()]
+    moments = [s["exp_avg"] for s in a["optimizer_states"][0]["state"].values()]
+    assert len(names) == len(moments) and a[key].keys() == b[key].keys()
+    real, noise = 0.0, 0.0
+    for name, m in zip(names, moments):
+        diff = (a[key][name].double() - b[key][name].double()).abs().max().item()
+        if m.abs().max().item() < NOISE_GRADIENT:
+            noise = max(noise, diff)
+        else:
+            real = max(real, diff)
+    return real, noise
+
+
+def summed_learning_rate(ckpt: dict) -> float:
+    """Sum of the learning rates of the steps taken (linear warm-up, as adamw_with_warmup)."""
+    hp, steps = ckpt["hyper_parameters"], ckpt["global_step"]
+    return sum(hp["lr"] * (min(1.0, (s + 1) / hp["warmup_steps"]) if hp["warmup_steps"] else 1.0) for s in range(steps))
+
+
+@pytest.mark.parametrize("which", sorted(FITS))
+def test_two_processes_train_what_one_process_trains(tmp_path, which):
+    config, extra = FITS[which]
+    _fit(config, tmp_path / "one", 1, extra)
+    _fit(config, tmp_path / "two", 2, extra)
+    one, two = loss_curve(tmp_path / "one"), loss_curve(tmp_path / "two")
+    assert [s for s, _ in one] == [s for s, _ in two] == list(range(STEPS))
+    curve = max(abs(a - b) / abs(a) for (_, a), (_, b) in zip(one, two))
+    a, b = load(tmp_path / "one/checkpoints/last.ckpt"), load(tmp_path / "two/checkpoints/last.ckpt")
+    assert a["global_step"] == b["global_step"] == STEPS
+    keys = ["state_dict"] + (["current_model_state"] if "current_model_state" in a else [])  # EMA and raw weights
+    diffs = {key: weight_differences(a, b, key) for key in keys}
+    bound = summed_learning_rate(a)
+    print(f"\n{which}: loss curve max relative difference {curve:.2e}; " + "; ".join(
+        f"{key} max |diff| {real:.2e} (noise-gradient parameters {noise:.2e}, bound {bound:.2e})"
+        for key, (real, noise) in diffs.items()))
+    assert curve <= LOSS_RTOL
+    for real, noise in diffs.values():
+        assert real <= WEIGHT_ATOL
+        assert noise <= bound
