@@ -12,7 +12,10 @@ same sampler. Two comparisons inside it:
   diffusion UNet): the ratio ``offtheshelf / unguided``; the classifier's own forward+backward cost relative to one
   UNet forward is printed too, since that is what the ratio mostly measures (a row with a 16-channel clean guide,
   4x cheaper, shows the ratio following it);
-- the detached ``x0_hat`` gradient (EluCD's reference) against differentiating through the denoiser.
+- the detached ``x0_hat`` gradient (EluCD's reference) against differentiating through the denoiser;
+- every kind against its floor, measured in the same run: ``(UNet forward [doubled batch under CFG] + the guide's
+  forward+backward [+ the UNet's backward when differentiating through the denoiser]) / UNet forward``, i.e.
+  ``1 + (classifier fwd+bwd) / (UNet fwd)`` for the plain kinds; the goal is a ratio within 5 % of its floor.
 
     python bench/guidance_cost.py [--batch 100] [--steps 50] [--sampler ddpm] [--repeats 3] [--threads 1]
 """
@@ -98,6 +101,15 @@ def main() -> None:
         leaf = x.clone().requires_grad_(True)
         torch.autograd.grad(net(leaf, time).logsumexp(1).sum(), leaf)
 
+    y2, x2, t2 = torch.cat([labels, torch.full_like(labels, 10)]), torch.cat([x, x]), torch.cat([t, t])
+    with torch.inference_mode():
+        unet_forward_cfg = median_seconds(lambda: unet(x2, t2, y2), 20)
+
+    def unet_backward_extra():
+        leaf = x.clone().requires_grad_(True)
+        torch.autograd.grad(unet(leaf, t, labels).square().sum(), leaf)
+
+    unet_fwd_bwd = median_seconds(unet_backward_extra, 20)
     clean_step = median_seconds(lambda: classifier_step(clean, None), 20)
     noisy_step = median_seconds(lambda: classifier_step(noisy, t), 20)
     small_step = median_seconds(lambda: classifier_step(small, None), 20)
@@ -114,11 +126,28 @@ def main() -> None:
           f"{clean_step * 1e3:.1f} ms ({clean_step / unet_forward:.2f}x), noisy {noisy_step * 1e3:.1f} ms "
           f"({noisy_step / unet_forward:.2f}x), 16-channel clean {small_step * 1e3:.1f} ms "
           f"({small_step / unet_forward:.2f}x)")
+    print(f"UNet forward of the doubled CFG batch {unet_forward_cfg * 1e3:.1f} ms; UNet forward+backward to its input "
+          f"{unet_fwd_bwd * 1e3:.1f} ms")
+
+    def floor(name: str) -> float:
+        """(network work per step of this kind) / (one unguided UNet forward), from the timings above."""
+        work = unet_forward_cfg if name.startswith("cfg") else unet_forward
+        if "noisy" in name:
+            work += noisy_step
+        elif "16-ch" in name:
+            work += small_step
+        elif name != "unguided" and "no term" not in name:
+            work += clean_step
+        if "through denoiser" in name:
+            work += unet_fwd_bwd - unet_forward  # the UNet's backward on top of its forward
+        return work / unet_forward
+
     print()
-    print(f"| {'guidance kind':34s} | {'seconds':>8s} | {'x unguided':>10s} |")
-    print(f"|{'-' * 36}|{'-' * 10}|{'-' * 12}|")
+    print(f"| {'guidance kind':34s} | {'seconds':>8s} | {'x unguided':>10s} | {'floor':>6s} | {'x floor':>7s} |")
+    print(f"|{'-' * 36}|{'-' * 10}|{'-' * 12}|{'-' * 8}|{'-' * 9}|")
     for name, sec in times.items():
-        print(f"| {name:34s} | {sec:8.3f} | {sec / base:10.2f} |")
+        print(f"| {name:34s} | {sec:8.3f} | {sec / base:10.2f} | {floor(name):6.2f} | "
+              f"{sec / base / floor(name):7.2f} |")
     detached = times["offtheshelf (x0_hat detached)"]
     through = times["offtheshelf (through denoiser)"]
     print()

@@ -22,6 +22,7 @@ from .callbacks.progress import StepProgressBar
 from .callbacks.stop_on_signal import StopOnSignal
 from .io.atomic import atomic_path, remove_stale_temps
 from .modules.resume_checks import check_resume_config, check_resume_weights, resolve_ckpt_path
+from .launch.resources import check_trainer_resources
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -68,6 +69,8 @@ class GuidanceCLI(LightningCLI):
         trainer = cfg.trainer
         if trainer.default_root_dir is None:
             trainer.default_root_dir = os.path.join("runs", "default")
+        # one clear line now, instead of a failure deep inside Lightning or a rendezvous that waits forever
+        check_trainer_resources(trainer.accelerator, trainer.devices, trainer.num_nodes)
         if trainer.logger in (None, True):
             trainer.logger = Namespace(class_path="lightning_guidance.callbacks.csv_history.HistoryCSVLogger",
                                        init_args=Namespace(save_dir=trainer.default_root_dir, name="logs", version=""))

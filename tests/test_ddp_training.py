@@ -27,7 +27,7 @@ from helpers import CONFIGS, ROOT, cli, load
 from lightning_guidance.data.epoch_sampler import EpochShuffleSampler
 from lightning_guidance.diffusion.noise import GlobalBatchDraws
 
-TIMEOUT_S = 300
+TIMEOUT_S = 600  # one fit; generous: a loaded 2-core machine takes minutes to spawn and import
 STEPS = 6
 GLOBAL_BATCH = 16
 # measured on this machine (2 processes vs 1, 6 AdamW steps): see the printed figures and bench/README.md
@@ -115,6 +115,7 @@ def summed_learning_rate(ckpt: dict) -> float:
     return sum(hp["lr"] * (min(1.0, (s + 1) / hp["warmup_steps"]) if hp["warmup_steps"] else 1.0) for s in range(steps))
 
 
+@pytest.mark.timeout(3 * TIMEOUT_S)
 @pytest.mark.parametrize("which", sorted(FITS))
 def test_two_processes_train_what_one_process_trains(tmp_path, which):
     config, extra = FITS[which]
@@ -135,3 +136,26 @@ def test_two_processes_train_what_one_process_trains(tmp_path, which):
     for real, noise in diffs.values():
         assert real <= WEIGHT_ATOL
         assert noise <= bound
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(4 * TIMEOUT_S)
+def test_two_processes_calibrate_what_one_process_calibrates(tmp_path):
+    """SmoothECECalibration: the Smooth ECE of the global batch (gathered confidences), so 2 x B/2 = 1 x B too."""
+    classifier = tmp_path / "classifier"
+    cli("fit", "--config", CONFIGS / "digits/classifier.yaml", "--trainer.default_root_dir", classifier,
+        "--trainer.max_steps", 5, "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
+        *FITS["classifier"][1])
+    extra = ["--model.init_args.checkpoint", str(classifier / "checkpoints/last.ckpt"),
+             "--trainer.max_epochs", "null", "--trainer.num_sanity_val_steps", "0"]
+    _fit("digits/calibrate.yaml", tmp_path / "one", 1, extra)
+    _fit("digits/calibrate.yaml", tmp_path / "two", 2, extra)
+    one, two = loss_curve(tmp_path / "one"), loss_curve(tmp_path / "two")
+    assert [s for s, _ in one] == [s for s, _ in two] == list(range(STEPS))
+    curve = max(abs(a - b) / abs(a) for (_, a), (_, b) in zip(one, two))
+    a, b = load(tmp_path / "one/checkpoints/last.ckpt"), load(tmp_path / "two/checkpoints/last.ckpt")
+    real, noise = weight_differences(a, b, "state_dict")
+    print(f"\ncalibration: loss curve max relative difference {curve:.2e}; weights max |diff| {real:.2e} "
+          f"(noise-gradient parameters {noise:.2e}, bound {summed_learning_rate(a):.2e})")
+    assert curve <= LOSS_RTOL and real <= WEIGHT_ATOL and noise <= summed_learning_rate(a)
+

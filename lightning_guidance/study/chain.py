@@ -12,6 +12,10 @@ input files (the checkpoints its config names) changed since it last ran is run 
 just wrote (metrics.csv, shard manifests, metric tables), links pictures relative to itself, and holds no timing,
 so re-running a finished study rewrites it identically. SIGTERM/SIGINT are forwarded to the running step; the study
 waits for it, marks it interrupted and exits with ``128 + signal``; a re-run continues.
+
+``--launcher slurm`` submits the same steps as a SLURM job chain instead (``launch.slurm``; each step's ``slurm:``
+mapping gives its nodes, tasks per node, cpus per task, time, and for predict an ``array`` of shard ranges), then a
+last job that writes the report from the steps' files (``--report-only``); ``--launcher slurm --status`` shows it.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ class Step:
     config: str
     args: list[str] = field(default_factory=list)
     outputs: str | None = None  # the folder whose figures the report quotes (defaults from the config)
+    slurm: dict | None = None  # this step's job resources under --launcher slurm (see launch.slurm.SlurmStep)
 
 
 def load_study(path: str | Path) -> dict:
@@ -199,11 +204,18 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(prog="cli.py study", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="study YAML (e.g. configs/digits/study.yaml)")
     parser.add_argument("--only", nargs="*", default=None, help="run only these step names")
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                        help="local: run the steps here one after another; slurm: submit them as a job chain")
+    parser.add_argument("--status", action="store_true", help="with --launcher slurm: show the chain's jobs")
+    parser.add_argument("--report-only", action="store_true", help="write the report from the steps' files, run nothing")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="extra arguments appended to every step (after --)")
     ns = parser.parse_args(argv)
     study = load_study(ns.config)
     extra = [a for a in ns.extra if a != "--"]
     report_path = Path(study.get("report", "runs/report.md"))
+    steps = [step for step in study["steps"] if ns.only is None or step.name in ns.only]
+    if ns.launcher == "slurm":
+        return submit_to_slurm(ns.config, study, steps, extra, report_path, ns.status)
     remove_stale_temps(report_path.parent)
     state_path = report_path.with_name(report_path.name + ".state.json")
     state = json.loads(state_path.read_text()) if state_path.is_file() else {}
@@ -217,7 +229,7 @@ def main(argv: list[str] | None = None) -> Path:
         inputs = step_inputs(step)
         stale = recorded is not None and recorded != inputs
         try:
-            seconds = run_step(step, extra, stale)
+            seconds = 0.0 if ns.report_only else run_step(step, extra, stale)
         except StepInterrupted as stop:
             state[step.name] = {"status": "interrupted", "inputs": recorded}
             atomic_write_text(state_path, json.dumps(state, indent=2, sort_keys=True))
@@ -235,6 +247,55 @@ def main(argv: list[str] | None = None) -> Path:
     print(f"\nreport written: {report_path} (total {time.perf_counter() - total:.0f} s)")
     print("\n".join(lines))
     return report_path
+
+
+def slurm_state_dir(report_path: Path) -> Path:
+    """Where the SLURM chain of the study whose report is ``report_path`` keeps its files."""
+    return report_path.parent / f"{report_path.stem}_slurm"
+
+
+def slurm_seconds(report_path: Path, step: Step) -> float:
+    marker = slurm_state_dir(report_path) / "done" / f"{step.name}.json"
+    return float(json.loads(marker.read_text()).get("seconds", 0)) if marker.is_file() else 0.0
+
+
+def slurm_steps(steps: list[Step], extra: list[str]):
+    from .launch.slurm import SlurmStep
+
+    known = ("nodes", "ntasks_per_node", "cpus_per_task", "time", "array", "sbatch")
+    out = []
+    for step in steps:
+        resources = dict(step.slurm or {})
+        unknown = sorted(set(resources) - set(known))
+        if unknown:
+            raise ValueError(f"study step {step.name!r}: unknown slurm keys {unknown}; use {list(known)}")
+        sbatch_args = tuple(resources.pop("sbatch", ()) or ())
+        out.append(SlurmStep(step.name, step.command, ("--config", step.config, *step.args, *extra),
+                             sbatch_args=sbatch_args, **resources))
+    return out
+
+
+def submit_to_slurm(config: str, study: dict, steps: list[Step], extra: list[str], report_path: Path,
+                    status_only: bool) -> Path:
+    """Submit the steps as a chain, then a job that writes the report; or print the chain's state."""
+    from .launch.slurm import SlurmChain, format_status, require_sbatch
+
+    chain = SlurmChain(slurm_state_dir(report_path))
+    if status_only:
+        print(format_status(chain.status()))
+        return chain.chain_file
+    planned = slurm_steps(steps, extra)
+    for step in planned:
+        step.check()  # every step's resources before the first job is submitted
+    require_sbatch()
+    ids = chain.submit(planned)
+    for step in planned:
+        print(f"{step.name}: {'finished, skipped' if step.name not in ids else 'job ' + ids[step.name]}")
+    report_cmd = [sys.executable, "-m", "lightning_guidance.cli", "study", "--config", config, "--report-only",
+                  *(["--only", *[s.name for s in steps]] if len(steps) != len(study["steps"]) else [])]
+    report_job = chain.submit_command("report", report_cmd, after=list(ids.values())[-1:] if ids else [])
+    print(f"report: job {report_job} writes {report_path}")
+    return chain.chain_file
 
 
 if __name__ == "__main__":

@@ -1,0 +1,130 @@
+"""`cli.py study --launcher slurm`: the chain that goes to sbatch, checked against a stand-in sbatch/squeue that
+record what they are asked (fast, default run), and bad input stopped before anything is submitted.
+The real-SLURM run of a micro study is in tests/test_slurm_study.py (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from helpers import ROOT
+from lightning_guidance.launch.slurm import SlurmChain, SlurmStep
+
+FAKE_SBATCH = """#!/bin/bash
+# stand-in sbatch: log the call (one JSON list per line), answer the next job id
+n=$(( $(wc -l < "$FAKE_DIR/calls" 2>/dev/null || echo 0) + 100 ))
+python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" >> "$FAKE_DIR/calls"
+echo "$n"
+"""
+FAKE_SQUEUE = """#!/bin/bash
+# stand-in squeue -h -t all -j <id> -o %T: the state written in $FAKE_DIR/state_<id>, else nothing
+for ((i = 1; i <= $#; i++)); do [[ ${!i} == -j ]] && { j=$((i + 1)); id=${!j}; }; done
+[[ -f $FAKE_DIR/state_$id ]] && cat "$FAKE_DIR/state_$id"
+exit 0
+"""
+
+
+@pytest.fixture
+def fake_slurm(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, text in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    os.environ["FAKE_DIR"] = str(tmp_path)
+    yield bin_dir
+    del os.environ["FAKE_DIR"]
+
+
+def calls(tmp_path: Path) -> list[list[str]]:
+    path = tmp_path / "calls"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def option(call: list[str], name: str) -> str | None:
+    hits = [a.split("=", 1)[1] for a in call if a.startswith(name + "=")]
+    return hits[-1] if hits else None
+
+
+STEPS = [SlurmStep("fit-a", "fit", ("--config", "a.yaml"), nodes=2, ntasks_per_node=2, time="01:00:00"),
+         SlurmStep("sample", "predict", ("--config", "s.yaml"), array=3, cpus_per_task=2),
+         SlurmStep("grade", "test", ("--config", "s.yaml", "--config", "g.yaml"))]
+
+
+def test_chain_is_submitted_in_order_with_afterok_and_resources(tmp_path, fake_slurm):
+    chain = SlurmChain(tmp_path / "state", sbatch=str(fake_slurm / "sbatch"))
+    ids = chain.submit(STEPS)
+    made = calls(tmp_path)
+    assert ids == {"fit-a": "100", "sample": "102", "grade": "103"}  # sample: array 101, then its collector 102
+    fit, array, collect, grade = made
+    assert fit[-3:] == [str(ROOT / "slurm/train.sbatch"), "--config", "a.yaml"]
+    assert (option(fit, "--nodes"), option(fit, "--ntasks-per-node"), option(fit, "--time")) == ("2", "2", "01:00:00")
+    assert option(fit, "--dependency") is None
+    assert option(array, "--array") == "0-2" and option(array, "--dependency") == "afterok:100"
+    assert "LG_SHARD_ARRAY=1" in option(array, "--export") and option(array, "--cpus-per-task") == "2"
+    assert option(collect, "--array") is None and option(collect, "--dependency") == "afterok:101"
+    assert option(grade, "--dependency") == "afterok:102" and "SUBCOMMAND=test" in option(grade, "--export")
+    assert all(option(c, "--kill-on-invalid-dep") == "yes" for c in (array, collect, grade))
+    assert [r["state"] for r in chain.status()] == ["GONE"] * 3  # the stand-in squeue knows no job
+
+
+def test_resubmission_skips_finished_steps_and_keeps_queued_ones(tmp_path, fake_slurm):
+    chain = SlurmChain(tmp_path / "state", sbatch=str(fake_slurm / "sbatch"))
+    chain.submit(STEPS)
+    # fit-a finished (what the template writes on success), sample still pending, grade failed and gone
+    chain.done_file("fit-a").parent.mkdir(parents=True, exist_ok=True)
+    chain.done_file("fit-a").write_text(json.dumps({"fingerprint": STEPS[0].fingerprint, "seconds": 3}))
+    (tmp_path / "state_102").write_text("PENDING\n")
+    before = len(calls(tmp_path))
+    ids = chain.submit(STEPS)
+    again = calls(tmp_path)[before:]
+    assert ids == {"sample": "102", "grade": "104"}
+    assert len(again) == 1 and option(again[0], "--dependency") == "afterok:102"
+    assert [(r["name"], r["state"]) for r in chain.status()] == [("fit-a", "COMPLETED"), ("sample", "PENDING"),
+                                                                  ("grade", "GONE")]
+    # a changed step (other arguments) is no longer finished: submitted again
+    changed = [SlurmStep("fit-a", "fit", ("--config", "a.yaml", "--trainer.max_steps", "9"), nodes=2,
+                         ntasks_per_node=2, time="01:00:00"), *STEPS[1:]]
+    assert "fit-a" in chain.submit(changed)
+
+
+@pytest.mark.parametrize("step, message", [
+    (SlurmStep("s", "fit", ("--trainer.devices", "4"), ntasks_per_node=2), "--trainer.devices 4 but its slurm"),
+    (SlurmStep("s", "fit", ("--trainer.num_nodes=1",), nodes=2), "--trainer.num_nodes 1 but its slurm"),
+    (SlurmStep("s", "fit", array=2), "fit steps cannot use it"),
+    (SlurmStep("s", "predict", time="an hour"), "not an sbatch time"),
+    (SlurmStep("s", "predict", nodes=0), "nodes must be a positive int"),
+])
+def test_contradicting_resources_are_named(step, message):
+    with pytest.raises(ValueError, match=message):
+        step.check()
+
+
+def _study(tmp_path: Path, slurm: dict) -> Path:
+    study = {"title": "t", "report": str(tmp_path / "report.md"),
+             "steps": [{"name": "fit", "command": "fit", "config": str(ROOT / "configs/digits/cfg.yaml"),
+                        "args": ["--trainer.devices", "1"], "slurm": slurm}]}
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump(study))
+    return path
+
+
+@pytest.mark.parametrize("slurm, path, message", [
+    ({"nodes": 1, "ntasks_per_node": 2}, None, "its arguments say --trainer.devices 1 but its slurm resources say "
+                                              "ntasks_per_node: 2"),
+    ({"nodes": 1}, "/nonexistent", "--launcher slurm needs 'sbatch' on PATH"),
+])
+def test_the_console_names_bad_input_before_submitting(tmp_path, slurm, path, message):
+    env = dict(os.environ, PATH=path or os.environ["PATH"])
+    done = subprocess.run([sys.executable, "cli.py", "study", "--config", str(_study(tmp_path, slurm)), "--launcher",
+                           "slurm"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], done.stderr[-2000:]
+    assert not (tmp_path / "report_slurm").exists()
