@@ -22,6 +22,11 @@ same sampler. Two comparisons inside it:
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not an installed one
+
 import argparse
 import functools
 
@@ -79,6 +84,7 @@ def main() -> None:
     p.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim", "edm"))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--png", default=None, help="also plot ratio and floor per kind to this PNG")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -148,6 +154,25 @@ def main() -> None:
     for name, sec in times.items():
         print(f"| {name:34s} | {sec:8.3f} | {sec / base:10.2f} | {floor(name):6.2f} | "
               f"{sec / base / floor(name):7.2f} |")
+    if a.png:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = list(times)
+        fig, ax = plt.subplots(figsize=(10, 4))
+        pos = range(len(names))
+        ax.bar([i - 0.2 for i in pos], [times[n] / base for n in names], width=0.4, label="guided / unguided")
+        ax.bar([i + 0.2 for i in pos], [floor(n) for n in names], width=0.4, label="floor (network work)")
+        ax.set_xticks(list(pos), names, rotation=30, ha="right", fontsize=7)
+        ax.set(ylabel="x unguided sampling", title=f"guidance cost vs its floor ({a.sampler}, {a.steps} steps, "
+                                                    f"batch {a.batch})")
+        ax.legend(fontsize=8)
+        fig.suptitle(machine(), fontsize=8)
+        fig.tight_layout()
+        fig.savefig(a.png, dpi=100)
+        print(f"plot: {a.png}")
     detached = times["offtheshelf (x0_hat detached)"]
     through = times["offtheshelf (through denoiser)"]
     print()

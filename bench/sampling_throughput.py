@@ -13,6 +13,11 @@ Digits UNet of configs/digits/cfg.yaml with random weights (the cost does not de
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not an installed one
+
 import argparse
 import json
 import os

@@ -70,6 +70,7 @@ def step_times(log: Path) -> tuple[datetime, datetime]:
     return min(stamps), max(stamps)
 
 
+@pytest.mark.timeout(4 * WAIT_S)
 def test_study_as_a_slurm_chain_equals_the_local_runner(tmp_path, slurm_env):  # noqa: F811
     local_root, slurm_root = tmp_path / "local", tmp_path / "slurm"
     study(micro_study(local_root, array=None), slurm_env)

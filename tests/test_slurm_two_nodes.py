@@ -50,6 +50,7 @@ def run_job(env: dict, template: str, config: Path, out: Path, *args) -> None:
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in log or template.endswith("predict.sbatch"), log[-2000:]
 
 
+@pytest.mark.timeout(4 * WAIT_S)
 def test_two_slurm_nodes_fit_resume_and_predict_like_one_process(tmp_path, two_nodes):
     (tmp_path / "callbacks.yaml").write_text(CALLBACKS)
     callbacks = ["--config", tmp_path / "callbacks.yaml"]
