@@ -28,7 +28,7 @@ WAIT_S = 1200
 def micro_study(root: Path, array: int | None) -> Path:
     sample = ["--model.init_args.checkpoint", str(root / "cfg/checkpoints/last.ckpt"),
               "--model.init_args.output_dir", str(root / "samples"), "--trainer.default_root_dir", str(root / "samples"),
-              "--model.init_args.scales", "[1.0, 3.0]", "--model.init_args.samples_per_class", "4",
+              "--model.init_args.sweep.values", "[1.0, 3.0]", "--model.init_args.samples_per_class", "4",
               "--model.init_args.shard_size", "8", "--model.init_args.sampler_kwargs", "{num_steps: 3}"]
     steps = [
         {"name": "judge", "command": "fit", "config": str(CONFIGS / "digits/judge.yaml"), "outputs": str(root / "judge"),
