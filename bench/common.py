@@ -17,27 +17,31 @@ def digits_unet(model_channels: int = 32) -> UNet:
                 channel_mult=(1, 2))
 
 
-def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1,
+                   clock: Callable[[], float] = time.perf_counter) -> float:
+    """``clock``: wall time by default; ``time.process_time`` counts only this process's CPU time, which a machine
+    shared with other jobs disturbs far less (for single-threaded runs)."""
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     return statistics.median(times)
 
 
-def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+def interleaved_medians(fns: dict[str, Callable[[], object]], repeats: int,
+                        clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Median time of each function, run in turns (A, B, A, B, ...) so that load drifts hit both alike."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            start = time.perf_counter()
+            start = clock()
             fn()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(clock() - start)
     return {k: statistics.median(v) for k, v in times.items()}
 
 

@@ -29,10 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's 
 
 import argparse
 import functools
+import time
 
 import torch
 
-from common import digits_unet, interleaved_medians, machine, median_seconds
+from common import digits_unet, interleaved_medians, machine
+from common import median_seconds as _median_seconds
 from lightning_guidance.diffusion.denoiser import NetDenoiser
 from lightning_guidance.diffusion.noise import PerSampleNoise
 from lightning_guidance.diffusion.sampling import sample
@@ -85,9 +87,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--png", default=None, help="also plot ratio and floor per kind to this PNG")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: this process's CPU time (robust on a machine shared with other jobs; 1 thread)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    clock = time.process_time if a.clock == "cpu" else time.perf_counter
+    median_seconds = functools.partial(_median_seconds, clock=clock)
     unet, noisy, clean = perturbed(digits_unet()), digits_classifier("attention"), digits_classifier("adaptive")
     small = digits_classifier("adaptive", model_channels=16)  # a guide 4x cheaper than the clean twin
     schedule = VPSchedule.from_name("cosine", 1000)
@@ -121,13 +127,15 @@ def main() -> None:
     small_step = median_seconds(lambda: classifier_step(small, None), 20)
 
     table = kinds(a.sampler, noisy, clean, small)
-    times = interleaved_medians({name: functools.partial(run, *spec) for name, spec in table.items()}, a.repeats)
+    times = interleaved_medians({name: functools.partial(run, *spec) for name, spec in table.items()}, a.repeats,
+                                clock=clock)
     base = times["unguided"]
     print(f"machine: {machine()}")
     print(f"{a.sampler}, {a.steps} steps, batch {a.batch}; nets: digits UNet "
           f"({sum(q.numel() for q in unet.parameters()) / 1e3:.0f}k params), noisy EncoderClassifier "
           f"({sum(q.numel() for q in noisy.parameters()) / 1e3:.0f}k), clean EncoderClassifier "
-          f"({sum(q.numel() for q in clean.parameters()) / 1e3:.0f}k); random init; {a.repeats} interleaved repeats")
+          f"({sum(q.numel() for q in clean.parameters()) / 1e3:.0f}k); random init; {a.repeats} interleaved repeats; "
+          f"{a.clock} time")
     print(f"one UNet forward {unet_forward * 1e3:.1f} ms; classifier forward+backward: clean "
           f"{clean_step * 1e3:.1f} ms ({clean_step / unet_forward:.2f}x), noisy {noisy_step * 1e3:.1f} ms "
           f"({noisy_step / unet_forward:.2f}x), 16-channel clean {small_step * 1e3:.1f} ms "

@@ -1,5 +1,8 @@
 """Sampling throughput and the sampler's own overhead, measured in one run.
 
+Times are CPU seconds of the (single-threaded) measuring process (``time.process_time``): on a machine shared with
+other jobs, wall time mostly measures the others; the processes comparison needs wall time and says so.
+
 - throughput (samples/s) of DDIM with CFG (one doubled-batch forward per step) against the batch size, 1 ... 512;
 - the sampler's overhead per step: (time per step - one network forward of the same batch) / that forward, i.e. what
   the sampler, the guidance plumbing and the per-sample noise add on top of the network (goal <= 5 %);
@@ -98,11 +101,13 @@ def main() -> None:
     batches = [2**i for i in range(0, a.max_batch.bit_length()) if 2**i <= a.max_batch]
     rows = []
     print(f"machine: {machine()}")
-    print(f"DDIM {a.steps} steps, CFG {CFG_SCALE:g} (doubled batch), digits UNet, {a.repeats} interleaved repeats")
+    print(f"DDIM {a.steps} steps, CFG {CFG_SCALE:g} (doubled batch), digits UNet, {a.repeats} interleaved repeats, "
+          "CPU seconds of this process")
     print(f"| batch | samples/s | s per step | forward s | overhead |\n|---:|---:|---:|---:|---:|")
     for b in batches:
         ids = torch.arange(b)
-        times = interleaved_medians({"sample": lambda: run(ids), "forward": forward_for(unet, b)}, a.repeats)
+        times = interleaved_medians({"sample": lambda: run(ids), "forward": forward_for(unet, b)}, a.repeats,
+                                    clock=time.process_time)
         per_step, forward = times["sample"] / a.steps, times["forward"]
         rows.append({"batch": b, "samples_per_s": b / times["sample"], "step_s": per_step, "forward_s": forward,
                      "overhead": per_step / forward - 1})
@@ -111,7 +116,7 @@ def main() -> None:
               flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         procs = {w: processes_throughput(w, a.total, 64, a.steps, tmp) for w in (1, 2)}
-    print(f"\nprocesses ({a.total} samples, batch 64 per process, 1 thread each): 1 -> {procs[1]:.1f} samples/s, "
+    print(f"\nprocesses (wall time; {a.total} samples, batch 64 per process, 1 thread each): 1 -> {procs[1]:.1f} samples/s, "
           f"2 -> {procs[2]:.1f} samples/s ({procs[2] / procs[1]:.2f}x)")
     if a.png:
         import matplotlib
@@ -123,11 +128,11 @@ def main() -> None:
         left.loglog([r["batch"] for r in rows], [r["samples_per_s"] for r in rows], "o-", label="1 process")
         left.scatter([64, 64], [procs[1], procs[2]], marker="x", color="red", zorder=3,
                      label=f"1 vs 2 processes, batch 64: {procs[1]:.0f} vs {procs[2]:.0f}")
-        left.set(xlabel="batch size", ylabel="samples / s", title=f"DDIM {a.steps} steps, CFG (doubled batch)")
+        left.set(xlabel="batch size", ylabel="samples / CPU s (crosses: wall)", title=f"DDIM {a.steps} steps, CFG (doubled batch)")
         left.legend(fontsize=8)
         right.semilogx([r["batch"] for r in rows], [100 * r["overhead"] for r in rows], "o-")
         right.axhline(5, color="gray", ls="--", label="goal 5 %")
-        right.set(xlabel="batch size", ylabel="% of one network forward", title="sampler overhead per step")
+        right.set(xlabel="batch size", ylabel="% of one network forward (CPU time)", title="sampler overhead per step")
         right.legend(fontsize=8)
         fig.suptitle(machine(), fontsize=8)
         fig.tight_layout()

@@ -22,6 +22,10 @@ n=$(( $(wc -l < "$FAKE_DIR/calls" 2>/dev/null || echo 0) + 100 ))
 python3 -c 'import json, sys; print(json.dumps(sys.argv[1:]))' "$@" >> "$FAKE_DIR/calls"
 echo "$n"
 """
+FAKE_SCANCEL = """#!/bin/bash
+# stand-in scancel: log the ids
+echo "$@" >> "$FAKE_DIR/cancelled"
+"""
 FAKE_SQUEUE = """#!/bin/bash
 # stand-in squeue -h -t all -j <id> -o %T: the state written in $FAKE_DIR/state_<id>, else nothing
 for ((i = 1; i <= $#; i++)); do [[ ${!i} == -j ]] && { j=$((i + 1)); id=${!j}; }; done
@@ -34,7 +38,7 @@ exit 0
 def fake_slurm(tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    for name, text in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE)):
+    for name, text in (("sbatch", FAKE_SBATCH), ("squeue", FAKE_SQUEUE), ("scancel", FAKE_SCANCEL)):
         (bin_dir / name).write_text(text)
         (bin_dir / name).chmod(0o755)
     os.environ["FAKE_DIR"] = str(tmp_path)
@@ -88,10 +92,13 @@ def test_resubmission_skips_finished_steps_and_keeps_queued_ones(tmp_path, fake_
     assert len(again) == 1 and option(again[0], "--dependency") == "afterok:102"
     assert [(r["name"], r["state"]) for r in chain.status()] == [("fit-a", "COMPLETED"), ("sample", "PENDING"),
                                                                   ("grade", "GONE")]
-    # a changed step (other arguments) is no longer finished: submitted again
+    # a changed step (other arguments) is no longer finished: submitted again, and the queued job behind the old
+    # one is cancelled (by its ids) and submitted again behind the new one
     changed = [SlurmStep("fit-a", "fit", ("--config", "a.yaml", "--trainer.max_steps", "9"), nodes=2,
                          ntasks_per_node=2, time="01:00:00"), *STEPS[1:]]
-    assert "fit-a" in chain.submit(changed)
+    ids = chain.submit(changed)
+    assert (tmp_path / "cancelled").read_text().split() == ["101", "102"]
+    assert ids["fit-a"] == "105" and ids["sample"] == "107" and ids["grade"] == "108"
 
 
 @pytest.mark.parametrize("step, message", [

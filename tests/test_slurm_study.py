@@ -32,17 +32,20 @@ def micro_study(root: Path, array: int | None) -> Path:
               "--model.init_args.shard_size", "8", "--model.init_args.sampler_kwargs", "{num_steps: 3}"]
     steps = [
         {"name": "judge", "command": "fit", "config": str(CONFIGS / "digits/judge.yaml"), "outputs": str(root / "judge"),
-         "args": ["--trainer.default_root_dir", str(root / "judge"), "--trainer.max_steps", "20"]},
+         "args": ["--trainer.default_root_dir", str(root / "judge"), "--trainer.max_steps", "20"],
+         "slurm": {"cpus_per_task": 1}},  # the templates ask for 4 (a cluster's default); this node has 2
         {"name": "cfg", "command": "fit", "config": str(CONFIGS / "digits/cfg.yaml"), "outputs": str(root / "cfg"),
          "args": ["--trainer.default_root_dir", str(root / "cfg"), "--trainer.max_steps", "10", *TINY],
-         "slurm": {"time": "00:20:00"}},
+         "slurm": {"time": "00:20:00", "cpus_per_task": 1}},
         {"name": "sample", "command": "predict", "config": str(CONFIGS / "digits/sample_cfg.yaml"),
-         "outputs": str(root / "samples"), "args": sample, "slurm": {"array": array} if array else None},
+         "outputs": str(root / "samples"), "args": sample,
+         "slurm": {"array": array, "cpus_per_task": 1} if array else {"cpus_per_task": 1}},
         {"name": "grade", "command": "test", "config": str(CONFIGS / "digits/sample_cfg.yaml"),
          "outputs": str(root / "samples"),
          "args": ["--config", str(CONFIGS / "digits/grade_with_judge.yaml"), *sample,
                   "--model.init_args.judge.init_args.checkpoint", str(root / "judge/checkpoints/last.ckpt"),
-                  "--trainer.default_root_dir", str(root / "grade")]},  # its logs apart from the sample step's
+                  "--trainer.default_root_dir", str(root / "grade")],  # its logs apart from the sample step's
+         "slurm": {"cpus_per_task": 1}},
     ]
     path = root / "study.yaml"
     root.mkdir(parents=True)
