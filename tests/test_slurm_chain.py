@@ -67,13 +67,14 @@ def test_chain_is_submitted_in_order_with_afterok_and_resources(tmp_path, fake_s
     made = calls(tmp_path)
     assert ids == {"fit-a": "100", "sample": "102", "grade": "103"}  # sample: array 101, then its collector 102
     fit, array, collect, grade = made
-    assert fit[-3:] == [str(ROOT / "slurm/train.sbatch"), "--config", "a.yaml"]
+    assert fit[-1] == str(ROOT / "slurm/train.sbatch") and "CONFIG=a.yaml" in option(fit, "--export").split(",")
     assert (option(fit, "--nodes"), option(fit, "--ntasks-per-node"), option(fit, "--time")) == ("2", "2", "01:00:00")
     assert option(fit, "--dependency") is None
     assert option(array, "--array") == "0-2" and option(array, "--dependency") == "afterok:100"
     assert "LG_SHARD_ARRAY=1" in option(array, "--export") and option(array, "--cpus-per-task") == "2"
     assert option(collect, "--array") is None and option(collect, "--dependency") == "afterok:101"
     assert option(grade, "--dependency") == "afterok:102" and "SUBCOMMAND=test" in option(grade, "--export")
+    assert grade[-2:] == ["--config", "g.yaml"] and "CONFIG=s.yaml" in option(grade, "--export").split(",")
     assert all(option(c, "--kill-on-invalid-dep") == "yes" for c in (array, collect, grade))
     assert [r["state"] for r in chain.status()] == ["GONE"] * 3  # the stand-in squeue knows no job
 

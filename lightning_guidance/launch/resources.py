@@ -37,7 +37,7 @@ def available_devices(accelerator: str | None) -> tuple[int, str]:
 
 
 def check_trainer_resources(accelerator: str | None, devices, num_nodes, env: Mapping[str, str] | None = None) -> None:
-    """Raise ``ValueError`` when ``devices`` exceeds this machine or ``num_nodes`` contradicts the launcher's environment.
+    """Raise ``ValueError`` when ``devices`` exceeds this machine or ``num_nodes`` contradicts the environment.
 
     Environment read: SLURM (``SLURM_NNODES``, ``SLURM_NTASKS_PER_NODE`` of an ``srun`` step), and the variables
     a cluster launcher sets for Lightning (``WORLD_SIZE``, ``NODE_RANK``/``GROUP_RANK``, ``LOCAL_RANK``,

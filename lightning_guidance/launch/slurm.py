@@ -7,8 +7,8 @@ The interface is small on purpose, so that any runner can use it: a list of :cla
 - ``fit`` steps run ``slurm/train.sbatch`` (which always resumes with ``--ckpt_path last``), every other command
   ``slurm/predict.sbatch`` with ``SUBCOMMAND`` set; both requeue themselves before their time limit.
 - A ``predict`` step with ``array: K`` fans out as a job array of K tasks, task i sampling the shards i, i + K, ...
-  (the template passes ``--model.init_args.shard_part [i, K]``), then one collecting job (every shard already written, so it only writes
-  the manifest and grids) that the next step depends on.
+  (the template passes ``--model.init_args.shard_part [i, K]``), then one collecting job (every shard already
+  written, so it only writes the manifest and grids) that the next step depends on.
 - Each job that succeeds writes ``<state_dir>/done/<step>.json`` (the step's fingerprint and its wall time). A
   re-submission skips a step whose marker has the same fingerprint (the same command, arguments and resources),
   re-uses the job of a step still pending or running, and submits the rest; ``--kill-on-invalid-dep`` cancels a
@@ -69,6 +69,8 @@ class SlurmStep:
             if given is not None and given != str(want):
                 raise ValueError(f"{where}: its arguments say {flag} {given} but its slurm resources say {what}: "
                                  f"{want} (one task per device); make them agree, or drop {flag}: the job passes it")
+        if "--config" not in self.args and not any(a.startswith("--config=") for a in self.args):
+            raise ValueError(f"{where}: no --config in its arguments; the SLURM templates need one")
 
     @property
     def fingerprint(self) -> str:
@@ -83,6 +85,17 @@ def _last_value(args: tuple[str, ...], flag: str) -> str | None:
         elif a.startswith(flag + "="):
             value = a.split("=", 1)[1]
     return value
+
+
+def _first_config(step: SlurmStep) -> tuple[str, list[str]]:
+    """(the first ``--config`` value, the other arguments in order)."""
+    args = list(step.args)
+    for i, a in enumerate(args):
+        if a == "--config" and i + 1 < len(args):
+            return args[i + 1], args[:i] + args[i + 2:]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1], args[:i] + args[i + 1:]
+    raise ValueError(f"study step {step.name!r}: no --config in its arguments; the SLURM templates need one")
 
 
 def require_sbatch(sbatch: str = "sbatch") -> str:
@@ -151,9 +164,9 @@ class SlurmChain:
         options += [f"--time={step.time}"] if step.time else []
         options += list(step.sbatch_args)
         depends = [f"--dependency=afterok:{after}", "--kill-on-invalid-dep=yes"] if after else []
-        env = {"PYTHON": self.python, "SUBCOMMAND": step.command,
+        config, args = _first_config(step)  # the templates take the first --config as CONFIG, the rest as arguments
+        env = {"CONFIG": config, "PYTHON": self.python, "SUBCOMMAND": step.command,
                "LG_DONE_FILE": str(self.done_file(step)), "LG_FINGERPRINT": step.fingerprint}
-        args = list(step.args)
         ids = []
         if step.array:
             array_env = {**{k: v for k, v in env.items() if k != "LG_DONE_FILE"}, "LG_SHARD_ARRAY": "1"}

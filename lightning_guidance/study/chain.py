@@ -207,7 +207,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
                         help="local: run the steps here one after another; slurm: submit them as a job chain")
     parser.add_argument("--status", action="store_true", help="with --launcher slurm: show the chain's jobs")
-    parser.add_argument("--report-only", action="store_true", help="write the report from the steps' files, run nothing")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report from the steps' files, run nothing")
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="extra arguments appended to every step (after --)")
     ns = parser.parse_args(argv)
     study = load_study(ns.config)
