@@ -261,7 +261,7 @@ def slurm_seconds(report_path: Path, step: Step) -> float:
 
 
 def slurm_steps(steps: list[Step], extra: list[str]):
-    from .launch.slurm import SlurmStep
+    from ..launch.slurm import SlurmStep
 
     known = ("nodes", "ntasks_per_node", "cpus_per_task", "time", "array", "sbatch")
     out = []
@@ -279,7 +279,7 @@ def slurm_steps(steps: list[Step], extra: list[str]):
 def submit_to_slurm(config: str, study: dict, steps: list[Step], extra: list[str], report_path: Path,
                     status_only: bool) -> Path:
     """Submit the steps as a chain, then a job that writes the report; or print the chain's state."""
-    from .launch.slurm import SlurmChain, format_status, require_sbatch
+    from ..launch.slurm import SlurmChain, format_status, require_sbatch
 
     chain = SlurmChain(slurm_state_dir(report_path))
     if status_only:

@@ -212,8 +212,9 @@ class StepRunner:
         return rc
 
     def launch_slurm(self, step: Step, args: list[str], log: Path) -> int:
-        raise ValueError("--launcher slurm: the SLURM launcher (launch/slurm.py) is not in this checkout; run with "
-                         "--launcher local, or submit each step with slurm/train.sbatch / slurm/predict.sbatch")
+        raise ValueError("--launcher slurm: the built-in study does not submit to SLURM yet; a study YAML that lists "
+                         "its own steps does (cli.py study --config <steps.yaml> --launcher slurm, launch/slurm.py), "
+                         "or run with --launcher local")
 
     def forward(self, signum: int, _frame=None) -> None:
         self.interrupted = signum
