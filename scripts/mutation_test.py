@@ -1,0 +1,219 @@
+"""Mutation testing of the math layer and the shard/checkpoint IO with mutmut, outside the default CI.
+
+    python scripts/mutation_test.py                          # every module below, on the working tree
+    python scripts/mutation_test.py --modules io toy         # some of them (a later run may add the rest)
+    python scripts/mutation_test.py --rev <commit>           # the tree of a commit (e.g. the score before a change)
+
+It copies the source (the working tree, or ``--rev``) into a scratch folder (``--workdir``, default
+``/tmp/lg-mutation/<rev or worktree>``), writes mutmut's settings into that copy's pyproject.toml, runs
+``mutmut run`` niced there and writes a summary (mutants, killed, survivors with their diffs) as JSON and
+markdown into the scratch folder. Nothing in the repository is touched. Rerunning with the same workdir keeps the
+results of mutants already run (mutmut's cache), so a run cut short can be finished later.
+
+Per mutant, mutmut runs only the tests that executed the mutated function while it collected its statistics; the
+candidate tests are the fast math/IO test files in ``FAST_TESTS`` (none runs the CLI), which keeps a mutant at a
+few seconds. ``pip install -e '.[mutation]'`` installs mutmut.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import io as _io
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PKG = "lightning_guidance"
+
+# module name -> glob patterns (mutmut's only_mutate), relative to the repository root. Both the old layout and the
+# layered one (guidance's plug in diffusion/) are covered by the folder globs.
+MODULES = {
+    "diffusion": [f"{PKG}/diffusion/*.py"],
+    "guidance": [f"{PKG}/guidance/*.py"],
+    "calibration": [f"{PKG}/calibration/*.py"],
+    "toy": [f"{PKG}/toy/*.py"],
+    "io": [f"{PKG}/io/shards.py", f"{PKG}/io/checkpoints.py"],
+}
+MATH_LAYER = ("diffusion", "guidance", "calibration", "toy")
+
+# fast test files that exercise these modules without running the CLI (those absent in a revision are skipped)
+FAST_TESTS = [
+    "tests/test_samplers.py", "tests/test_schedules.py", "tests/test_parameterization.py",
+    "tests/test_gaussian_mixture.py", "tests/test_fractal.py",
+    "tests/test_guidance_oracles.py", "tests/test_guidance_terms.py", "tests/test_guidance_direction.py",
+    "tests/test_calibration.py", "tests/test_io.py",
+]
+
+# mutmut's statuses: these count as killed; "survived" and "no tests" (no test ran the mutated function) as not
+# killed; "not checked" (not run yet) is left out of the score
+STATUS_KILLED = {"killed", "timeout", "segfault", "caught by type check"}
+STATUS_NOT_KILLED = {"survived", "no tests", "suspicious"}
+
+
+def in_sample(name: str, percent: float) -> bool:
+    """A fixed pseudo-random share of the mutants (by a hash of the name, so every run picks the same ones)."""
+    return int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) % 10_000 < percent * 100
+
+
+def mutant_results(src: Path) -> dict[str, str]:
+    """Every generated mutant's status, read from mutmut's per-file ``.meta`` files."""
+    from mutmut.stats import status_by_exit_code
+
+    found = {}
+    for meta in (src / "mutants").rglob("*.meta"):
+        for name, code in json.loads(meta.read_text())["exit_code_by_key"].items():
+            found[name] = status_by_exit_code[code]
+    return found
+
+
+def copy_source(rev: str | None, dest: Path) -> None:
+    """The tree of ``rev``, or the working tree's tracked and untracked-not-ignored files, into ``dest``."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if rev:
+        tar = subprocess.run(["git", "archive", rev], cwd=ROOT, check=True, capture_output=True).stdout
+        with tarfile.open(fileobj=_io.BytesIO(tar)) as archive:
+            archive.extractall(dest, filter="data")
+        return
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
+                            capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        src = ROOT / name
+        if src.is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / name)
+
+
+def toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def configure(src: Path, modules: list[str], tests: list[str]) -> None:
+    patterns = [p for m in modules for p in MODULES[m]]
+    settings = f"""
+
+[tool.mutmut]
+source_paths = ["{PKG}"]
+only_mutate = {toml_list(patterns)}
+pytest_add_cli_args_test_selection = {toml_list(tests)}
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
+process_isolation = "forkserver"
+use_git_change_detection = false
+timeout_multiplier = 10.0
+timeout_constant = 5.0
+"""
+    pyproject = src / "pyproject.toml"
+    text = pyproject.read_text()
+    text = re.sub(r"\n\[tool\.mutmut\].*?(?=\n\[|\Z)", "", text, flags=re.S)
+    pyproject.write_text(text + settings)
+
+
+def module_of(mutant: str) -> str:
+    """``lightning_guidance.diffusion.ddim.x_ddim_step__mutmut_3`` -> ``diffusion`` (``io`` for io files)."""
+    return mutant.split(".")[1]
+
+
+def summarize(src: Path, modules: list[str], percent: float) -> dict:
+    per_module: dict[str, dict] = {m: {"mutants": 0, "checked": 0, "killed": 0, "survived": [], "no_tests": []}
+                                   for m in modules}
+    for name, status in sorted(mutant_results(src).items()):
+        m = module_of(name)
+        if m not in per_module or not in_sample(name, percent):
+            continue
+        entry = per_module[m]
+        entry["mutants"] += 1
+        if status in STATUS_KILLED:
+            entry["killed"] += 1
+        elif status == "no tests":
+            entry["no_tests"].append(name)
+        elif status in STATUS_NOT_KILLED:
+            entry["survived"].append(name)
+        else:
+            continue  # not checked yet
+        entry["checked"] += 1
+    for entry in per_module.values():
+        entry["score"] = round(entry["killed"] / entry["checked"], 4) if entry["checked"] else None
+    math = [per_module[m] for m in MATH_LAYER if m in per_module]
+    killed, checked = sum(e["killed"] for e in math), sum(e["checked"] for e in math)
+    return {"sample_percent": percent, "modules": per_module,
+            "math_layer": {"killed": killed, "checked": checked,
+                           "score": round(killed / checked, 4) if checked else None}}
+
+
+def write_report(src: Path, summary: dict, out: Path) -> None:
+    lines = [f"# Mutation run ({summary['sample_percent']:g} % sample of the mutants)", "",
+             "| module | mutants in sample | checked | killed | survived | no test ran it | score |",
+             "|---|---|---|---|---|---|---|"]
+    for m, e in summary["modules"].items():
+        score = "-" if e["score"] is None else f"{100 * e['score']:.1f} %"
+        lines.append(f"| {m} | {e['mutants']} | {e['checked']} | {e['killed']} | {len(e['survived'])} "
+                     f"| {len(e['no_tests'])} | {score} |")
+    ml = summary["math_layer"]
+    if ml["checked"]:
+        lines.append(f"\nMath layer: {ml['killed']} / {ml['checked']} killed ({100 * ml['score']:.1f} %).")
+    lines.append("\n## Survivors (and mutants no test ran)\n")
+    for m, e in summary["modules"].items():
+        for name in e["survived"] + e["no_tests"]:
+            diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=src, capture_output=True,
+                                  text=True).stdout
+            lines += [f"### {name}", "```diff", diff.strip(), "```", ""]
+    out.write_text("\n".join(lines) + "\n")
+
+
+def run_mutmut(src: Path, names: list[str], max_children: int) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", LG_TEST_THREADS="1",
+               PYTHONDONTWRITEBYTECODE="1")
+    subprocess.run(["nice", "-n", "10", sys.executable, "-m", "mutmut", "run", "--max-children", str(max_children),
+                    *names], cwd=src, env=env)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--modules", nargs="+", choices=list(MODULES), default=list(MODULES))
+    parser.add_argument("--rev", help="mutate the tree of this commit instead of the working tree")
+    parser.add_argument("--workdir", type=Path, help="scratch folder (kept, so that a rerun resumes)")
+    parser.add_argument("--sample", type=float, default=100.0,
+                        help="percent of the mutants to run, a fixed pseudo-random share (default: all)")
+    parser.add_argument("--max-children", type=int, default=2, help="mutants run in parallel")
+    parser.add_argument("--fresh", action="store_true", help="copy the source anew and forget earlier results")
+    parser.add_argument("--report-only", action="store_true", help="summarise an earlier run of this workdir")
+    args = parser.parse_args(argv)
+
+    workdir = args.workdir or Path("/tmp/lg-mutation") / (args.rev or "worktree")
+    src = workdir / "src"
+    if not args.report_only:
+        if args.fresh or not (src / "mutants").exists():  # an existing copy keeps mutmut's cache of results
+            shutil.rmtree(src, ignore_errors=True)
+            copy_source(args.rev, src)
+        tests = [t for t in FAST_TESTS if (src / t).is_file()]
+        configure(src, args.modules, tests)
+        print(f"mutmut in {src} over {', '.join(args.modules)}; tests: {', '.join(tests)}", flush=True)
+        if not mutant_results(src):  # generate the mutants and collect which tests run which function
+            run_mutmut(src, ["no-such-mutant"], args.max_children)
+        todo = [name for name, status in sorted(mutant_results(src).items())
+                if status == "not checked" and module_of(name) in args.modules and in_sample(name, args.sample)]
+        print(f"{len(todo)} mutants to run", flush=True)
+        for i in range(0, len(todo), 500):  # in chunks, so that the command line stays short
+            run_mutmut(src, todo[i:i + 500], args.max_children)
+    summary = summarize(src, args.modules, args.sample)
+    (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    write_report(src, summary, workdir / "report.md")
+    for m, e in summary["modules"].items():
+        score = "-" if e["score"] is None else f"{100 * e['score']:.1f} %"
+        print(f"{m:12s} mutants {e['mutants']:5d}  checked {e['checked']:5d}  killed {e['killed']:5d}  "
+              f"survived {len(e['survived']):4d}  no test {len(e['no_tests']):4d}  score {score}")
+    ml = summary["math_layer"]
+    if ml["checked"]:
+        print(f"math layer: {ml['killed']}/{ml['checked']} killed = {100 * ml['score']:.1f} %")
+    print(f"survivors with diffs: {workdir / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
