@@ -103,3 +103,33 @@ def test_unknown_prediction_is_a_clear_error():
                lambda: prediction_to_eps("score", batch()[0], batch()[4], batch()[3])):
         with pytest.raises(ValueError, match="unknown prediction"):
             fn()
+
+
+class LabelEcho(torch.nn.Module):
+    """A "network" whose output is its class id (null id 3 included) everywhere; counts its forwards."""
+
+    num_classes = 3
+
+    def __init__(self):
+        super().__init__()
+        self.batches = []
+
+    def forward(self, x, t, y):
+        self.batches.append(len(x))
+        return y.to(x.dtype).view(-1, *([1] * (x.ndim - 1))).expand_as(x).clone()
+
+
+@pytest.mark.parametrize("cfg_scale", [0.0, 2.5, torch.tensor([1.5, 3.0, 0.5, 2.0])])
+def test_cfg_combines_the_conditional_and_null_halves_the_documented_way(cfg_scale):
+    """``eps = eps_u + s (eps_c - eps_u)`` with ``eps_c`` the requested class's output and ``eps_u`` the null
+    class's, from one doubled-batch forward. Catches the two halves swapped (which gives ``eps_c + s (eps_u - eps_c)``)
+    and a per-sample scale applied to the wrong rows."""
+    net = LabelEcho()
+    den = NetDenoiser(net, 3, cfg_scale=cfg_scale, clip_x0=False)
+    y = torch.tensor([0, 1, 2, 1])
+    out = den(torch.zeros(4, 2), torch.full((4,), 0.5), torch.full((4,), 0.5), y)
+    s = torch.as_tensor(cfg_scale, dtype=torch.float32).expand(4).view(-1, 1)
+    torch.testing.assert_close(out.eps_cond, y.float().view(-1, 1).expand(4, 2))
+    torch.testing.assert_close(out.eps_uncond, torch.full((4, 2), 3.0))
+    torch.testing.assert_close(out.eps, (3.0 + s * (y.float().view(-1, 1) - 3.0)).expand(4, 2))
+    assert net.batches == [8]  # one forward of the doubled batch

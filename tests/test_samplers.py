@@ -224,6 +224,22 @@ def test_guidance_conversion_moves_the_mean_exactly(sampler):
     assert abs(x.var().item() - 1) < 5 * SE_VAR + bias
 
 
+def test_edm_stochastic_churn_keeps_the_exact_marginal():
+    """EDM's churn (Karras et al. 2022, alg. 2: raise sigma by gamma = S_churn / N, add fresh noise of std
+    ``sqrt(t_hat^2 - t^2) S_noise``, then step from t_hat) on data N(mu, s^2) with the exact denoiser: the samples'
+    mean and variance are the data's. Catches churn noise of the wrong size (e.g. ``t_hat - t`` for
+    ``sqrt(t_hat^2 - t^2)``), a step taken from t instead of t_hat, and S_noise ignored (S_noise = 1.1 must inflate
+    the variance: measured +21 %). Measured at 256 steps: variance +0.4 %, mean +0.0016 (64 steps: +3.4 %)."""
+    s, mu = 0.5, 0.7
+    run = lambda **kw: sample("edm", GaussianDenoiser(s, mu), VPSchedule.linear(), labels(B),  # noqa: E731
+                              PerSampleNoise(range(B)), (D,), num_steps=256, sigma_max=80.0, **kw)
+    churned = run(S_churn=40.0)
+    assert abs(churned.var().item() / s**2 - 1) < 5 * SE_VAR + 0.01
+    assert abs(churned.mean().item() - mu) < 5 * SE_MEAN * s
+    assert not torch.equal(churned, run())  # the churn did draw noise
+    assert run(S_churn=40.0, S_noise=1.1).var().item() / s**2 > 1.1
+
+
 def test_edm_heun_follows_the_exact_probability_flow_and_is_second_order():
     s, seeds = 0.5, [0, 1, 2]
     latent = torch.stack([torch.randn(6, generator=g) for g in generators(seeds)]).double()
