@@ -55,8 +55,13 @@ def test_predict_writes_shards_and_skips_finished_ones(digits_ckpt, tmp_path):
 def test_predict_same_samples_whatever_the_batch_size(digits_ckpt, tmp_path):
     _predict(digits_ckpt, tmp_path / "a", "--model.init_args.sweep.values", "[2.0]")
     _predict(digits_ckpt, tmp_path / "b", "--model.init_args.sweep.values", "[2.0]", "--model.init_args.batch_size", "16")
-    with np.load(tmp_path / "a/cfg_2/shard_0000016.npz") as a, np.load(tmp_path / "b/cfg_2/shard_0000016.npz") as b:
-        np.testing.assert_array_equal(a["images"], b["images"])
+    shards = sorted(p.name for p in (tmp_path / "a/cfg_2").glob("shard_*.npz"))
+    assert shards == sorted(p.name for p in (tmp_path / "b/cfg_2").glob("shard_*.npz"))
+    assert shards == ["shard_0000000.npz", "shard_0000016.npz"]  # both shards, not one of them
+    for name in shards:
+        with np.load(tmp_path / "a/cfg_2" / name) as a, np.load(tmp_path / "b/cfg_2" / name) as b:
+            np.testing.assert_array_equal(a["images"], b["images"])
+            np.testing.assert_array_equal(a["sample_ids"], b["sample_ids"])
 
 
 PERIODIC_CHECKPOINTS = """
@@ -84,8 +89,15 @@ def _assert_same_training_state(a, b):
     for key in ("state_dict", "current_model_state"):  # EMA and raw weights
         for name, value in a[key].items():
             assert torch.equal(value, b[key][name]), f"{key}.{name} differs after resume"
-    for name, value in a["optimizer_states"][0]["state"][0].items():
-        assert torch.equal(value, b["optimizer_states"][0]["state"][0][name]), f"optimizer {name} differs"
+    # every parameter's optimizer state (not just the first one's), and the LR scheduler: a resume that restored
+    # only some of them, or restarted the warm-up, differs here
+    opt_a, opt_b = a["optimizer_states"][0], b["optimizer_states"][0]
+    assert opt_a["state"].keys() == opt_b["state"].keys() and len(opt_a["state"]) > 1
+    for index, state in opt_a["state"].items():
+        for name, value in state.items():
+            assert torch.equal(value, opt_b["state"][index][name]), f"optimizer {name} of parameter {index} differs"
+    assert opt_a["param_groups"] == opt_b["param_groups"]
+    assert a["lr_schedulers"] == b["lr_schedulers"] and a["lr_schedulers"][0]["last_epoch"] == a["global_step"]
 
 
 @pytest.mark.parametrize("killed_at", [8, 12], ids=["epoch-boundary", "mid-epoch"])

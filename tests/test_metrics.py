@@ -160,6 +160,12 @@ def test_inception_fid_needs_local_weights(tmp_path):
     except ImportError:
         with pytest.raises(ModuleNotFoundError, match="(?i)torch-fidelity"):
             inception_fid(present)
+        return
+    # torch-fidelity installed: an existing file passes our check and reaches its loader, which fails on the empty
+    # file with its own error (EOFError). Catches a check that refuses existing files or never hands the path on.
+    with pytest.raises(Exception) as err:
+        inception_fid(present)
+    assert not isinstance(err.value, FileNotFoundError) and not isinstance(err.value, ModuleNotFoundError)
 
 
 def test_images_to_uint8_rgb():

@@ -21,7 +21,7 @@ import torch
 from helpers import CONFIGS, cli, load, tiny_digits_fit
 
 from lightning_guidance.data.digits import DigitsDataModule
-from lightning_guidance.io.shards import Shard, from_uint8, read_shard, write_shard
+from lightning_guidance.io.shards import Shard, read_shard, write_shard
 
 SAMPLES_PER_CLASS = 7  # 70 sample ids per scale: rank blocks [0, 35) and [35, 70) cut through a 16-sample shard
 SCALES = "[1.0, 3.0]"
@@ -278,12 +278,17 @@ def test_shards_of_another_resolution_are_a_clear_error(setup_paths, shards_copy
 
 
 def test_predict_is_unchanged_by_the_test_arguments(setup_paths, tmp_path):
-    """The judge and metric arguments are not part of the sampling config: the same shards come out."""
+    """The judge and metric arguments are not part of the sampling config: the same shards come out.
+    Catches a predict that writes nothing or fewer shards (the shard lists must be equal, not just zipped) and judge
+    arguments leaking into the config hash. (The uint8 file boundary itself is tested in test_io.py.)"""
     judge, ckpt, shards = setup_paths
     cli("predict", "--config", CONFIGS / "digits/test_cfg.yaml", "--data", "null",  # predict brings its own loader
         *sampling_args(ckpt, tmp_path / "again", "--model.init_args.judge.init_args.checkpoint", judge))
-    for a, b in zip(sorted(shards.glob("cfg_*/shard_*.npz")), sorted((tmp_path / "again").glob("cfg_*/shard_*.npz"))):
-        with np.load(a) as za, np.load(b) as zb:
+    first = sorted(p.relative_to(shards) for p in shards.glob("cfg_*/shard_*.npz"))
+    again = sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").glob("cfg_*/shard_*.npz"))
+    assert first == again and len(first) == 2 * 5  # 2 scales x ceil(70 / 16) shards
+    for rel in first:
+        with np.load(shards / rel) as za, np.load(tmp_path / "again" / rel) as zb:
             assert str(za["config_hash"]) == str(zb["config_hash"])
             np.testing.assert_array_equal(za["images"], zb["images"])
-    assert from_uint8(np.zeros((1, 1, 8, 8), np.uint8)).min() == -1  # the file boundary these tests rely on
+            np.testing.assert_array_equal(za["sample_ids"], zb["sample_ids"])
