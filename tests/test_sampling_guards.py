@@ -1,51 +1,108 @@
 """A sweep refuses, before sampling, guides that cannot work with the diffusion model it samples; sampler options
-are checked when a module or callback is built."""
+are checked when a module or callback is built.
+
+The guide checks run on real objects: a diffusion model loaded from a checkpoint (``CFGDiffusion.from_checkpoint``)
+and guides loaded through ``TrainedClassifier`` from classifier checkpoints, both written here by hand (an MLP net,
+so that nothing trains). Each refusal is paired with the same guide accepted when only the checked attribute
+matches, so a guard that refuses everything fails as surely as one that refuses nothing.
+"""
 
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
 from lightning_guidance.diffusion.sampling import check_sampling
-from lightning_guidance.guidance import ClassifierGuidance, CFGPlusClassifierGuidance, OffTheShelfGuidance
+from lightning_guidance.guidance import CFGPlusClassifierGuidance, ClassifierGuidance, OffTheShelfGuidance
 from lightning_guidance.guidance.sweep import Sweep
+from lightning_guidance.modules.cfg_diffusion import CFGDiffusion
+from lightning_guidance.nets import MLPClassifier, TrainedClassifier, UNet
+
+
+def _state(net):
+    return {f"net.{k}": v for k, v in net.state_dict().items()}
+
+
+@pytest.fixture(scope="module")
+def diffusion(tmp_path_factory):
+    """A 10-class digits-shaped CFG model on a cosine schedule of 1000 steps, loaded from its checkpoint."""
+    root = tmp_path_factory.mktemp("guards")
+    init = {"data_shape": [1, 8, 8], "num_classes": 10, "model_channels": 8, "num_res_blocks": 1,
+            "channel_mult": [1], "attention_resolutions": []}
+    net = UNet(**init)
+    torch.save({"hyper_parameters": {"net": {"class_path": "lightning_guidance.nets.UNet", "init_args": init},
+                                     "schedule": "cosine", "num_train_steps": 1000},
+                "state_dict": _state(net)}, root / "cfg.ckpt")
+    return CFGDiffusion.from_checkpoint(root / "cfg.ckpt")
 
 
 def check_guides(terms, diffusion, cfg_scales):
-    """The guide checks of a CFG sweep over ``cfg_scales`` against a cosine/1000-step digits model."""
-    Sweep("cfg", cfg_scales, 1.0, terms).check_against(10, (1, 8, 8), "cosine", 1000)
+    """The guide checks of a CFG sweep over ``cfg_scales`` against the loaded model's own attributes."""
+    hp = diffusion.hparams
+    Sweep("cfg", cfg_scales, 1.0, terms).check_against(diffusion.num_classes, diffusion.data_shape, hp.schedule,
+                                                        hp.num_train_steps)
 
 
-DIFFUSION = None
+def guide(tmp_path, name="guide", num_classes=10, data_shape=(1, 8, 8), noisy=True, schedule="cosine", steps=1000):
+    init = {"data_shape": list(data_shape), "num_classes": num_classes, "hidden_dim": 8, "num_layers": 1}
+    net = MLPClassifier(**init)
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / f"{name}.ckpt"
+    torch.save({"hyper_parameters": {"net": {"class_path": "lightning_guidance.nets.MLPClassifier", "init_args": init},
+                                     "noisy": noisy, "schedule": schedule, "num_train_steps": steps},
+                "state_dict": _state(net)}, path)
+    return TrainedClassifier(str(path))
+
+
+def test_the_loaded_objects_carry_what_the_guards_read(diffusion, tmp_path):
+    assert (diffusion.num_classes, diffusion.data_shape) == (10, (1, 8, 8))
+    assert (diffusion.hparams.schedule, diffusion.hparams.num_train_steps) == ("cosine", 1000)
+    clf = guide(tmp_path, schedule="linear", steps=500, noisy=False)
+    assert (clf.num_classes, clf.data_shape, clf.noisy, clf.schedule_name, clf.num_train_steps) == \
+        (10, (1, 8, 8), False, "linear", 500)
+
+
+@pytest.mark.parametrize("mismatch,match", [
+    (dict(num_classes=7), "the classifier has 7 classes but the diffusion model has 10"),
+    (dict(data_shape=(3, 8, 8)), r"built for inputs \(3, 8, 8\), the samples are \(1, 8, 8\)"),
+    (dict(noisy=False), r"reads the noisy x_t but .*guide\.ckpt is a clean classifier"),
+    (dict(schedule="linear"), "trained on a linear schedule of 1000 steps, the diffusion model on cosine/1000"),
+    (dict(steps=500), "trained on a cosine schedule of 500 steps, the diffusion model on cosine/1000"),
+])
+def test_a_mismatched_guide_is_refused_and_the_matching_one_accepted(diffusion, tmp_path, mismatch, match):
+    """Catches a guard that compares the wrong attribute (or none): the matching guide must pass, the guide that
+    differs in one checked attribute only must be refused with the message naming it."""
+    check_guides([ClassifierGuidance(guide(tmp_path / "ok"))], diffusion, [1.0])
+    with pytest.raises(ValueError, match=match):
+        check_guides([ClassifierGuidance(guide(tmp_path, **mismatch))], diffusion, [1.0])
+
+
+def test_a_clean_guide_reads_x0_hat_and_its_schedule_does_not_matter(diffusion, tmp_path):
+    """A clean classifier on ``x0_hat`` has no noise level to match: accepted whatever schedule it records; the same
+    classifier on ``x_t`` is refused."""
+    clean = guide(tmp_path, noisy=False, schedule="linear", steps=100)
+    check_guides([OffTheShelfGuidance(clean)], diffusion, [1.0])
+    with pytest.raises(ValueError, match="clean classifier"):
+        check_guides([OffTheShelfGuidance(clean, input="x_t")], diffusion, [1.0])
+    with pytest.raises(ValueError, match="has 7 classes"):  # the shape and class checks still apply
+        check_guides([OffTheShelfGuidance(guide(tmp_path / "k", noisy=False, num_classes=7))], diffusion, [1.0])
+
+
+def test_cfg_plus_classifier_needs_every_cfg_scale_different_from_one(diffusion, tmp_path):
+    clean = guide(tmp_path, noisy=False)
+    with pytest.raises(ValueError, match="every CFG scale used must differ from 1"):
+        check_guides([CFGPlusClassifierGuidance(clean)], diffusion, [1.0, 2.0])
+    check_guides([CFGPlusClassifierGuidance(clean)], diffusion, [1.5, 2.0])
 
 
 class Guide(nn.Module):
+    """A stand-in guide for the sweep arithmetic below (no checkpoint needed)."""
+
     def __init__(self, num_classes=10, data_shape=(1, 8, 8), noisy=True, schedule_name="cosine", steps=1000):
         super().__init__()
         self.num_classes, self.data_shape, self.noisy = num_classes, data_shape, noisy
         self.schedule_name, self.num_train_steps, self.checkpoint = schedule_name, steps, "guide.ckpt"
-
-
-def test_a_matching_noisy_guide_passes():
-    check_guides([ClassifierGuidance(Guide())], DIFFUSION, [1.0])
-
-
-@pytest.mark.parametrize("term,match", [
-    (ClassifierGuidance(Guide(num_classes=1000)), "1000 classes but the diffusion model has 10"),
-    (ClassifierGuidance(Guide(data_shape=(3, 32, 32))), r"built for inputs \(3, 32, 32\)"),
-    (ClassifierGuidance(Guide(noisy=False)), "reads the noisy x_t but guide.ckpt is a clean classifier"),
-    (ClassifierGuidance(Guide(schedule_name="linear")), "trained on a linear schedule of 1000 steps"),
-])
-def test_mismatched_guides_are_refused(term, match):
-    with pytest.raises(ValueError, match=match):
-        check_guides([term], DIFFUSION, [1.0])
-
-
-def test_clean_guide_on_x0_hat_is_fine_and_cfg_plus_classifier_needs_cfg():
-    check_guides([OffTheShelfGuidance(Guide(noisy=False))], DIFFUSION, [1.0])
-    with pytest.raises(ValueError, match="every CFG scale used must differ from 1"):
-        check_guides([CFGPlusClassifierGuidance(Guide(noisy=False))], DIFFUSION, [1.0, 2.0])
-    check_guides([CFGPlusClassifierGuidance(Guide(noisy=False))], DIFFUSION, [1.5, 2.0])
 
 
 def test_guidance_sweep_checks_its_one_cfg_scale():
