@@ -244,14 +244,37 @@ def test_sample_quality_callback_evaluates_the_ema_weights(trained_with_callback
             assert abs(report["rows"]["cfg3"]["fd_digits"] - fd) > 1e-3 * fd
 
 
-def test_guidance_diagnostics_during_training_writes_its_figures(trained_with_callbacks):
+def traced_by_hand(model, guide: Path, scale: float, num_samples: int, seed: int, cfg_scale: float = 1.0,
+                   num_steps: int = 4) -> dict:
+    """The diagnostics recomputed from library calls: ClassifierGuidance wrapped in a GuidanceTrace, DDIM over
+    sample ids 0..n-1 (label ``id % 10``, seed ``seed + id``), summarised by ``summarize_trace``."""
+    trace = GuidanceTrace(ClassifierGuidance(TrainedClassifier(str(guide)), scale=scale))
+    ids = torch.arange(num_samples)
+    model.generate(ids % 10, seed + ids, sampler="ddim", cfg_scale=cfg_scale, guidance=[trace], num_steps=num_steps)
+    return summarize_trace(trace.sums, trace.vanishing_rms)
+
+
+def assert_same_trace(report: dict, expected: dict) -> None:
+    for key in ("t", "gradient_rms", "vanishing_fraction", "confidence"):
+        assert report[key] == pytest.approx(expected[key], rel=1e-4, abs=1e-7), key
+
+
+def test_guidance_diagnostics_during_training_writes_its_figures(trained_with_callbacks, tmp_path_factory):
+    """The report equals the trace recomputed here with the EMA weights of the step it ran at (the last one).
+    Catches diagnostics taken with the raw weights, another scale, other seeds, or numbers that are not the trace."""
     root, _ = trained_with_callbacks
     report = json.loads((root / "logs" / "guidance_diagnostics" / "epoch0000.json").read_text())
     trace = report["terms"]["0_ClassifierGuidance"]
-    assert len(trace["t"]) == 4 and trace["t"][0] > trace["t"][-1]  # sampling runs from noise (t ~ 1) to data
-    assert all(0 <= v <= 1 for v in trace["vanishing_fraction"] + trace["confidence"])
+    assert report["num_samples"] == 8 and len(trace["t"]) == 4 and trace["t"][0] > trace["t"][-1]
+    expected = traced_by_hand(load_cfg_diffusion(root / "checkpoints" / "last.ckpt"),
+                              noisy_classifier_checkpoint(tmp_path_factory), scale=2.0, num_samples=8, seed=0)
+    assert_same_trace(trace, expected)
     assert (root / "logs" / "guidance_diagnostics" / "epoch0000.png").is_file()
-    assert "val/0_ClassifierGuidance/guidance_vanishing_fraction" in last_metrics(root / "logs" / "metrics.csv")
+    logged = last_metrics(root / "logs" / "metrics.csv")
+    assert logged["val/0_ClassifierGuidance/guidance_vanishing_fraction"] == pytest.approx(
+        expected["mean_vanishing_fraction"], abs=1e-6)
+    assert logged["val/0_ClassifierGuidance/guidance_gradient_rms"] == pytest.approx(
+        expected["mean_gradient_rms"], rel=1e-4)
 
 
 # ---- GuidanceTrace against autograd and closed forms ------------------------------------------------------
@@ -364,9 +387,13 @@ trainer:
     predict_shards(ckpt, out, "--config", tmp_path / "guided.yaml")
     args = stage_args(ckpt, out, judge)
     cli(*args[:3], "--config", tmp_path / "guided.yaml", "--config", tmp_path / "diagnostics.yaml", *args[3:])
+    model = load_cfg_diffusion(ckpt)
     for scale in ("1", "3"):
         report = json.loads((out / "guidance_diagnostics" / f"guidance_{scale}.json").read_text())
         assert report["num_samples"] == 10 and len(report["terms"]["0_ClassifierGuidance"]["t"]) == 4
+        # the module's own guidance at this sweep value, the shards' seeds: recomputed by hand
+        assert_same_trace(report["terms"]["0_ClassifierGuidance"],
+                          traced_by_hand(model, guide, scale=float(scale), num_samples=10, seed=0))
         assert (out / "guidance_diagnostics" / f"guidance_{scale}.png").is_file()
     table = json.loads((out / "metrics_table.json").read_text())
     assert "ClassifierGuidance (scale 3)" in table["rows"][1]["guidance"]
@@ -384,8 +411,22 @@ trainer:
     ("fit", ["digits/classifier.yaml", "digits/classifier_calibration.yaml"]),
 ])
 def test_shipped_configs_parse(command, configs, capsys):
+    """Each shipped config (and overlay) parses, and the printed config holds what the YAML files say, later files
+    overriding earlier ones: the model's class and every plain value of its init_args. Catches an overlay that is
+    ignored or overrides the wrong key, and a value silently renamed or dropped by the signatures."""
+    import yaml
+
     args = [a for c in configs for a in ("--config", CONFIGS / c)]
     with pytest.raises(SystemExit) as exit_info:
         cli(command, *args, "--print_config")
     assert exit_info.value.code in (0, None)
-    assert "class_path" in capsys.readouterr().out
+    printed = yaml.safe_load(capsys.readouterr().out)
+    expected_class, expected_args = None, {}
+    for c in configs:
+        model = (yaml.safe_load((CONFIGS / c).read_text()) or {}).get("model") or {}
+        expected_class = model.get("class_path", expected_class)
+        expected_args.update({k: v for k, v in (model.get("init_args") or {}).items()
+                              if isinstance(v, (str, int, float, bool))})
+    assert printed["model"]["class_path"] == expected_class
+    for key, value in expected_args.items():
+        assert printed["model"]["init_args"][key] == value, key

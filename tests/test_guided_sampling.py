@@ -20,7 +20,7 @@ from torch import nn
 
 from helpers import CONFIGS, cli
 from lightning_guidance.nets import TrainedClassifier
-from lightning_guidance.io.shards import read_shard
+from lightning_guidance.io.shards import read_shard, to_uint8
 
 SAMPLERS = ("ddpm", "ddim", "edm")
 TRAINED_CLASSIFIER = "lightning_guidance.nets.TrainedClassifier"
@@ -173,7 +173,10 @@ def test_sampling_config_runs_on_each_sampler_its_term_supports(config, sampler,
     for x, y in found.values():
         assert torch.isfinite(x).all() and len(y) == 2 * k
         assert y.tolist() == [i % k for i in range(2 * k)]
-    # the term reached the sampler with the swept scale (the manifest records what each shard was made with) ...
+    # the term reached the sampler with the swept scale: the manifest records it, and every shard equals the library
+    # call made here by hand (the term built from the YAML's spec, the value applied as sweep.target says, the seeds
+    # ``seed + sample id``) -- a sweep value that never reached the term, a CFG/guidance target mix-up, or a term
+    # dropped on the way gives other samples ...
     manifest = json.loads((out / "manifest.json").read_text())
     term = cfg["sweep"]["terms"][0]
     for s in scales:
@@ -181,6 +184,12 @@ def test_sampling_config_runs_on_each_sampler_its_term_supports(config, sampler,
         assert [g["class"] for g in made["guidance"]] == [term["class_path"].rsplit(".", 1)[1]]
         assert (made["scale"], made["scale_target"]) == (s, cfg["sweep"]["target"])
         assert made["guidance"][0]["scale"] == term["init_args"]["scale"]
+    by_hand = sample_by_hand(path, sampler)
+    for name, (x, _) in found.items():
+        if x.ndim == 2:  # toy shards keep float32 points
+            torch.testing.assert_close(x, by_hand[name].float(), rtol=0, atol=1e-6)
+        else:  # digits shards are uint8: equal up to a rounding flip at a .5 boundary
+            assert (torch.from_numpy(to_uint8(by_hand[name])).int() - torch.from_numpy(to_uint8(x)).int()).abs().max() <= 1
     # ... and a guidance-scale sweep changes the samples (same seeds at every scale). Checked on the toy data, whose
     # shards keep floats: a 2-step digits model's x0_hat is clipped almost everywhere and its shards are uint8, so
     # a small push may change no stored pixel (the judged test below shows digits guidance at work); and a 2-step
@@ -188,6 +197,35 @@ def test_sampling_config_runs_on_each_sampler_its_term_supports(config, sampler,
     if cfg["sweep"]["target"] == "guidance" and found[next(iter(found))][0].ndim == 2:
         samples = [x for x, _ in found.values()]
         assert any(not torch.equal(samples[0], other) for other in samples[1:])
+
+
+def sample_by_hand(config_path: Path, sampler: str) -> dict[str, torch.Tensor]:
+    """What a sampling YAML should produce, per sweep folder, from the sampler called here (no SamplingModule, no
+    Sweep): the terms rebuilt from their specs, a guidance sweep value multiplying each term's scale, a CFG sweep
+    value setting the CFG scale, sample ``i`` of class ``i % K`` drawn from seed ``seed + i``."""
+    import copy
+
+    from lightning_guidance.diffusion.noise import PerSampleNoise
+    from lightning_guidance.diffusion.sampling import sample
+    from lightning_guidance.io.instantiate import instantiate
+    from lightning_guidance.modules.cfg_diffusion import CFGDiffusion
+
+    init = _read(config_path)["model"]["init_args"]
+    sweep = init["sweep"]
+    model = CFGDiffusion.from_checkpoint(init["checkpoint"])
+    terms = [instantiate(spec) for spec in sweep.get("terms") or []]
+    k, target = model.num_classes, sweep.get("target", "cfg")
+    ids = torch.arange(init["samples_per_class"] * k)
+    labels, seeds = ids % k, init.get("seed", 0) + ids
+    out = {}
+    for s in sweep["values"]:
+        scaled = [copy.copy(t) for t in terms]
+        for t in scaled:
+            t.scale = t.scale * (s if target == "guidance" else 1.0)
+        cfg = sweep.get("cfg_scale", 1.0) if target == "guidance" else s
+        out[f"{target}_{s:g}"] = sample(sampler, model.denoiser(cfg), model.schedule, labels, PerSampleNoise(seeds),
+                                        model.data_shape, guidance=scaled, **init["sampler_kwargs"])
+    return out
 
 
 def test_guidance_scale_zero_is_the_unguided_sampler(tiny_checkpoint, tmp_path, no_pictures):
