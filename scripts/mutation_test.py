@@ -100,6 +100,7 @@ def configure(src: Path, modules: list[str], tests: list[str]) -> None:
 
 [tool.mutmut]
 source_paths = ["{PKG}"]
+also_copy = ["configs"]
 only_mutate = {toml_list(patterns)}
 pytest_add_cli_args_test_selection = {toml_list(tests)}
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
@@ -196,6 +197,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mutmut in {src} over {', '.join(args.modules)}; tests: {', '.join(tests)}", flush=True)
         if not mutant_results(src):  # generate the mutants and collect which tests run which function
             run_mutmut(src, ["no-such-mutant"], args.max_children)
+        if not (src / "mutants" / "mutmut-stats.json").is_file():
+            print(f"mutmut could not run the tests unmutated (see above); try: cd {src}/mutants && "
+                  f"python -m pytest {' '.join(tests)}", file=sys.stderr)
+            return 1
         todo = [name for name, status in sorted(mutant_results(src).items())
                 if status == "not checked" and module_of(name) in args.modules and in_sample(name, args.sample)]
         print(f"{len(todo)} mutants to run", flush=True)
