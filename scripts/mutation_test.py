@@ -48,7 +48,7 @@ FAST_TESTS = [
     "tests/test_samplers.py", "tests/test_schedules.py", "tests/test_parameterization.py",
     "tests/test_gaussian_mixture.py", "tests/test_fractal.py",
     "tests/test_guidance_oracles.py", "tests/test_guidance_terms.py", "tests/test_guidance_direction.py",
-    "tests/test_calibration.py", "tests/test_io.py",
+    "tests/test_calibration.py", "tests/test_io.py", "tests/test_math_boundaries.py",
 ]
 
 # mutmut's statuses: these count as killed; "survived" and "no tests" (no test ran the mutated function) as not
