@@ -266,7 +266,7 @@ def test_guidance_diagnostics_during_training_writes_its_figures(trained_with_ca
     report = json.loads((root / "logs" / "guidance_diagnostics" / "epoch0000.json").read_text())
     trace = report["terms"]["0_ClassifierGuidance"]
     assert report["num_samples"] == 8 and len(trace["t"]) == 4 and trace["t"][0] > trace["t"][-1]
-    expected = traced_by_hand(load_cfg_diffusion(root / "checkpoints" / "last.ckpt"),
+    expected = traced_by_hand(CFGDiffusion.from_checkpoint(root / "checkpoints" / "last.ckpt"),
                               noisy_classifier_checkpoint(tmp_path_factory), scale=2.0, num_samples=8, seed=0)
     assert_same_trace(trace, expected)
     assert (root / "logs" / "guidance_diagnostics" / "epoch0000.png").is_file()
@@ -387,7 +387,7 @@ trainer:
     predict_shards(ckpt, out, "--config", tmp_path / "guided.yaml")
     args = stage_args(ckpt, out, judge)
     cli(*args[:3], "--config", tmp_path / "guided.yaml", "--config", tmp_path / "diagnostics.yaml", *args[3:])
-    model = load_cfg_diffusion(ckpt)
+    model = CFGDiffusion.from_checkpoint(ckpt)
     for scale in ("1", "3"):
         report = json.loads((out / "guidance_diagnostics" / f"guidance_{scale}.json").read_text())
         assert report["num_samples"] == 10 and len(report["terms"]["0_ClassifierGuidance"]["t"]) == 4

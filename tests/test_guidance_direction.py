@@ -67,14 +67,15 @@ def _term(spec: dict, mixture, scale: float):
 def requested_class_posterior(config: str) -> list[float]:
     """Mean exact ``p(y_requested | x)`` of the samples at each scale of the config's sweep."""
     init = yaml.safe_load((CONFIGS / config).read_text())["model"]["init_args"]
+    sweep = init["sweep"]
     mixture = MIXTURE
-    target = init.get("scale_target") or "cfg"
+    target = sweep.get("target", "cfg")
     kwargs = dict(init["sampler_kwargs"])
     kwargs["num_steps"] = min(kwargs["num_steps"], MAX_STEPS)
     labels = torch.arange(N) % 2
     means = []
-    for s in init["scales"]:
-        terms = [_term(spec, mixture, s if target == "guidance" else 1.0) for spec in init.get("guidance") or []]
+    for s in sweep["values"]:
+        terms = [_term(spec, mixture, s if target == "guidance" else 1.0) for spec in sweep.get("terms") or []]
         # guidance sweeps start from the exact unconditional model; CFG sweeps set the CFG scale
         denoiser = ExactMixtureDenoiser(mixture, cfg_scale=0.0 if target == "guidance" else s)
         x = sample(init["sampler"], denoiser, SCHEDULE, labels, PerSampleNoise(range(N)), (mixture.dim,),

@@ -14,14 +14,14 @@ import torch
 
 from lightning_guidance.io.atomic import atomic_write
 from lightning_guidance.io.checkpoints import (
-    TrainedClassifier,
     build_net,
-    load_cfg_diffusion,
+    checkpoint_hparams,
     load_module_weights,
     read_checkpoint,
+    write_net_checkpoint,
 )
 from lightning_guidance.io.shards import Shard, config_hash, from_uint8, read_shard, shard_hash, to_uint8, write_shard
-from lightning_guidance.nets import MLPClassifier, MLPDenoiser
+from lightning_guidance.nets import MLPClassifier, MLPDenoiser, TrainedClassifier
 
 
 # ---- the uint8 boundary ------------------------------------------------------------------------------------
@@ -108,21 +108,42 @@ def _weights(net, shift):
     return {f"net.{k}": v + shift for k, v in net.state_dict().items()}
 
 
-def test_cfg_diffusion_is_rebuilt_with_the_ema_or_the_raw_weights(tmp_path):
+def test_a_net_is_rebuilt_with_the_ema_or_the_raw_weights(tmp_path):
     """The net is rebuilt from its recorded spec; ``state_dict`` (EMA) by default, ``current_model_state`` (raw)
-    with ``use_ema=False``; the other hyper-parameters are the recorded ones. Catches the two weight sets swapped."""
+    with ``use_ema=False``; the hyper-parameters come back without LightningCLI's bookkeeping keys. Catches the two
+    weight sets swapped and a prefix not stripped."""
     torch.manual_seed(0)
     net = MLPDenoiser(2, 3, hidden_dim=8, num_layers=1)
-    ckpt = {"hyper_parameters": {"net": NET_SPEC, "schedule": "cosine", "num_train_steps": 50, "prediction": "v",
-                                 "p_uncond": 0.2},
+    ckpt = {"hyper_parameters": {"net": NET_SPEC, "schedule": "cosine", "_instantiator": "x", "_class_path": "y"},
             "state_dict": _weights(net, 1.0), "current_model_state": _weights(net, 2.0)}
     torch.save(ckpt, tmp_path / "m.ckpt")
+    loaded = read_checkpoint(tmp_path / "m.ckpt")
+    assert checkpoint_hparams(loaded) == {"net": NET_SPEC, "schedule": "cosine"}
     for use_ema, shift in ((True, 1.0), (False, 2.0)):
-        model = load_cfg_diffusion(tmp_path / "m.ckpt", use_ema=use_ema)
-        assert not model.training and model.hparams.prediction == "v" and model.num_classes == 3
-        assert model.schedule.num_train_steps == 50
+        rebuilt = load_module_weights(build_net(loaded, tmp_path / "m.ckpt"), loaded, tmp_path / "m.ckpt", use_ema,
+                                      prefix="net.")
+        assert isinstance(rebuilt, MLPDenoiser) and rebuilt.num_classes == 3
         for k, v in net.state_dict().items():
-            torch.testing.assert_close(model.net.state_dict()[k], v + shift, rtol=0, atol=0)
+            torch.testing.assert_close(rebuilt.state_dict()[k], v + shift, rtol=0, atol=0)
+    # without raw weights, use_ema=False falls back to state_dict
+    only_ema = {"hyper_parameters": {"net": NET_SPEC}, "state_dict": _weights(net, 1.0)}
+    rebuilt = load_module_weights(build_net(only_ema, tmp_path / "m.ckpt"), only_ema, tmp_path / "m.ckpt", False,
+                                  prefix="net.")
+    torch.testing.assert_close(rebuilt.out.weight, net.out.weight + 1.0, rtol=0, atol=0)
+
+
+def test_net_checkpoint_round_trip(tmp_path):
+    """``write_net_checkpoint`` writes what ``TrainedClassifier`` reads: the weights, the hyper-parameters, extras."""
+    torch.manual_seed(0)
+    net = MLPClassifier(2, 3, hidden_dim=8, num_layers=1)
+    spec = {"class_path": "lightning_guidance.nets.MLPClassifier",
+            "init_args": {"data_shape": 2, "num_classes": 3, "hidden_dim": 8, "num_layers": 1}}
+    path = write_net_checkpoint(tmp_path / "c.ckpt", net, {"net": spec, "noisy": False}, note="x")
+    assert path == tmp_path / "c.ckpt" and sorted(p.name for p in tmp_path.iterdir()) == ["c.ckpt"]
+    raw = read_checkpoint(path)
+    assert raw["note"] == "x" and raw["hyper_parameters"] == {"net": spec, "noisy": False}
+    x = torch.randn(4, 2)
+    torch.testing.assert_close(TrainedClassifier(str(path))(x), net(x, None), rtol=0, atol=0)
 
 
 def test_checkpoint_errors_are_clear(tmp_path):
