@@ -120,10 +120,17 @@ def module_of(mutant: str) -> str:
     return mutant.split(".")[1]
 
 
-def summarize(src: Path, modules: list[str], percent: float) -> dict:
+def carried_kills(workdir: Path | None) -> set[str]:
+    if workdir is None:
+        return set()
+    return {name for name, status in mutant_results(workdir / "src").items() if status in STATUS_KILLED}
+
+
+def summarize(src: Path, modules: list[str], percent: float, carried: set[str] = frozenset()) -> dict:
     per_module: dict[str, dict] = {m: {"mutants": 0, "checked": 0, "killed": 0, "survived": [], "no_tests": []}
                                    for m in modules}
     for name, status in sorted(mutant_results(src).items()):
+        status = "killed" if name in carried and status == "not checked" else status
         m = module_of(name)
         if m not in per_module or not in_sample(name, percent):
             continue
@@ -142,7 +149,7 @@ def summarize(src: Path, modules: list[str], percent: float) -> dict:
         entry["score"] = round(entry["killed"] / entry["checked"], 4) if entry["checked"] else None
     math = [per_module[m] for m in MATH_LAYER if m in per_module]
     killed, checked = sum(e["killed"] for e in math), sum(e["checked"] for e in math)
-    return {"sample_percent": percent, "modules": per_module,
+    return {"sample_percent": percent, "carried_kills": len(carried), "modules": per_module,
             "math_layer": {"killed": killed, "checked": checked,
                            "score": round(killed / checked, 4) if checked else None}}
 
@@ -182,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=float, default=100.0,
                         help="percent of the mutants to run, a fixed pseudo-random share (default: all)")
     parser.add_argument("--max-children", type=int, default=2, help="mutants run in parallel")
+    parser.add_argument("--carry-killed-from", type=Path, metavar="WORKDIR",
+                        help="an earlier run of the same code: its killed mutants count as killed without a rerun "
+                             "(valid when the tests only grew stronger), only the others are run")
     parser.add_argument("--fresh", action="store_true", help="copy the source anew and forget earlier results")
     parser.add_argument("--report-only", action="store_true", help="summarise an earlier run of this workdir")
     args = parser.parse_args(argv)
@@ -201,12 +211,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mutmut could not run the tests unmutated (see above); try: cd {src}/mutants && "
                   f"python -m pytest {' '.join(tests)}", file=sys.stderr)
             return 1
+        carried = carried_kills(args.carry_killed_from)
         todo = [name for name, status in sorted(mutant_results(src).items())
-                if status == "not checked" and module_of(name) in args.modules and in_sample(name, args.sample)]
+                if status == "not checked" and module_of(name) in args.modules and in_sample(name, args.sample)
+                and name not in carried]
         print(f"{len(todo)} mutants to run", flush=True)
         for i in range(0, len(todo), 500):  # in chunks, so that the command line stays short
             run_mutmut(src, todo[i:i + 500], args.max_children)
-    summary = summarize(src, args.modules, args.sample)
+    summary = summarize(src, args.modules, args.sample, carried_kills(args.carry_killed_from))
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     write_report(src, summary, workdir / "report.md")
     for m, e in summary["modules"].items():

@@ -50,9 +50,16 @@ def test_1d_mixture_samples_match_the_exact_density(tmp_path, prediction):
     sigma = 0.05
     scores, real = _scores(model, two_class_mixture_1d(mu=1.0, sigma=sigma))
     print(f"\n{prediction}: real {real}; " + "; ".join(f"{k}: {v}" for k, v in scores.items()))
+    # Measured (seeded, 1500 steps; real mean 0.86, median 1.16 nats): mean log-density off by at most 0.22 (eps)
+    # and 0.26 (v) nats, median by at most 0.13; per-class sample std 0.76-1.50 sigma (eps, DDIM the widest) and
+    # 0.71-1.12 sigma (v); at least 98.3 % of samples inside the real 1 % log-density quantile. The bounds keep a
+    # margin over those figures and no more: a sampler or target that blurs or squeezes a class by half (std 0.5x or
+    # 2x) or shifts it fails them, which the former 0.35-nat bound on the mean alone let through.
     for sampler, s in scores.items():
-        assert abs(s["mean"] - real["mean"]) < 0.35, (sampler, s, real)
-        assert abs(s["median"] - real["median"]) < 0.35, (sampler, s, real)
+        assert abs(s["mean"] - real["mean"]) < 0.3, (sampler, s, real)
+        assert abs(s["median"] - real["median"]) < 0.2, (sampler, s, real)
+        assert all(0.6 * sigma < std < 1.6 * sigma for std in s["std"]), (sampler, s)
+        assert s["inside"] >= 0.97, (sampler, s)
         assert s["class_acc"] >= 0.99, (sampler, s)  # conditional samples land in their class
 
 
