@@ -156,3 +156,23 @@ def test_smooth_ece_input_errors():
         smooth_ece(torch.zeros(0), torch.zeros(0))
     with pytest.raises(ValueError, match="positive"):
         smooth_ece_fixed_bandwidth(torch.tensor([0.5]), torch.tensor([1.0]), 0.0)
+
+
+@pytest.mark.parametrize("n_bins", [5, 10, 15])
+def test_ece_bin_count_matters_and_equals_torchmetrics(n_bins):
+    """Over-confident above 0.75 and under-confident below: the bins' gaps have both signs, so the ECE depends on
+    the bin count (with one sign everywhere every binning gives |mean(a) - mean(c)|, which is why the random cases
+    above could not tell 10 bins from 15). Catches ``n_bins`` not passed on or a wrong default."""
+    g = torch.Generator().manual_seed(7)
+    c = 0.5 + 0.5 * torch.rand(3000, generator=g, dtype=torch.float64)
+    accuracy = torch.where(c > 0.75, c - 0.2, (c + 0.15).clamp(max=1.0))
+    correct = (torch.rand(3000, generator=g, dtype=torch.float64) < accuracy).long()
+    labels = 1 - correct  # class 0 carries the confidence: right when the label is 0
+    probs = torch.stack([c, 1 - c], dim=1).float()
+    expected = float(MulticlassCalibrationError(num_classes=2, n_bins=n_bins, norm="l1")(probs, labels))
+    confidence, hit = top_label_confidence(probs, labels)
+    assert float(expected_calibration_error(confidence, hit, n_bins)) == pytest.approx(expected, abs=1e-6)
+    others = {float(expected_calibration_error(confidence, hit, n)) for n in (5, 10, 15)}
+    assert len(others) == 3  # the three bin counts give three different values
+    if n_bins == 10:  # the documented default
+        assert float(expected_calibration_error(confidence, hit)) == pytest.approx(expected, abs=1e-6)
