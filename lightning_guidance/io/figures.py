@@ -68,6 +68,38 @@ def save_sample_picture(samples: Tensor, labels: Tensor, path: str | Path, title
     return _save(fig, path)
 
 
+def save_move_picture(before: Tensor, after: Tensor, labels: Tensor, path: str | Path, title: str = "",
+                      per_class: int = 10) -> Path:
+    """What a post-processor moved: images as pairs of rows per class (before above after); 2D points as arrows
+    from before to after, coloured by the length of the move; 1D points as the move against the position."""
+    before, after, labels = before.detach().float().cpu(), after.detach().float().cpu(), labels.detach().cpu()
+    if before.ndim == 4:
+        rows_b, width = _rows_by_class(before, labels, per_class)
+        rows_a, _ = _rows_by_class(after, labels, per_class)
+        shape = before.shape[1:]
+        pairs = torch.stack([rows_b.reshape(-1, width, *shape), rows_a.reshape(-1, width, *shape)], dim=1)
+        pairs = pairs.reshape(-1, *shape)
+        from torchvision.utils import save_image
+
+        big = torch.nn.functional.interpolate((pairs + 1) / 2, scale_factor=max(1, 64 // pairs.shape[-1]), mode="nearest")
+        return atomic_write(path, lambda p: save_image(big, p, nrow=width, padding=4, pad_value=0.5, format="png"),
+                            suffix=".png")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    move = after - before
+    if before.shape[1] == 2:
+        ax.scatter(before[:, 0].numpy(), before[:, 1].numpy(), s=2, c="0.7", label="before")
+        arrows = ax.quiver(before[:, 0].numpy(), before[:, 1].numpy(), move[:, 0].numpy(), move[:, 1].numpy(),
+                           move.norm(dim=1).numpy(), angles="xy", scale_units="xy", scale=1, width=0.002)
+        fig.colorbar(arrows, ax=ax, label="move (L2)")
+    else:
+        ax.scatter(before.flatten().numpy(), move.flatten().numpy(), s=2)
+        ax.set_xlabel("before")
+        ax.set_ylabel("move")
+    ax.set_title(title, fontsize=8)
+    return _save(fig, path)
+
+
 def _draw_reliability(ax, count: Tensor, confidence_sum: Tensor, correct_sum: Tensor, label: str) -> None:
     seen = count > 0
     confidence = (confidence_sum[seen] / count[seen]).cpu().numpy()

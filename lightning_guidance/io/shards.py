@@ -2,7 +2,9 @@
 
 Keys: ``images`` (uint8, N×C×H×W) for image data or ``points`` (float32, N×D) for toy data, ``labels``,
 ``seeds``, ``sample_ids`` (int64), ``scale`` (float), ``config_hash`` (str), ``config`` (the JSON the hash is of: it
-names every checkpoint and weights file the samples depend on by content digest), ``data_shape`` (int array).
+names every checkpoint and weights file the samples depend on by content digest), ``data_shape`` (int array); a
+post-processed shard adds ``source_config_hash`` (the sampling config of its source, what ``check_shards`` grades it
+as), ``source_scale``, ``source_file``, ``displacement`` and ``nfe``.
 Images are mapped from [-1, 1] to uint8 only here, at the file boundary. A sweep value's shards live in one folder
 as ``shard_<first id, 7 digits>.npz``. This module is the only one that knows the format: everyone else reads and
 writes shards through it.
@@ -50,7 +52,8 @@ class Shard:
     config: dict | None = None
 
 
-def write_shard(path: str | Path, shard: Shard) -> Path:
+def write_shard(path: str | Path, shard: Shard, extra: dict | None = None) -> Path:
+    """``extra``: more arrays stored as they are (a post-processed shard's source identity, its moves)."""
     is_image = shard.samples.ndim == 4
     payload = dict(
         labels=shard.labels.cpu().numpy().astype(np.int64),
@@ -65,6 +68,7 @@ def write_shard(path: str | Path, shard: Shard) -> Path:
         payload["images"] = to_uint8(shard.samples)
     else:
         payload["points"] = shard.samples.detach().float().cpu().numpy()
+    payload.update({k: np.asarray(v) for k, v in (extra or {}).items()})
     return atomic_write(path, lambda tmp: np.savez(tmp, **payload), suffix=".npz")
 
 
@@ -172,7 +176,9 @@ def check_shards(folder: str | Path, expected_hash: str, num_samples: int, data_
     found = []
     for path in paths:
         with open_shard(path) as z:
-            got, ids = str(z["config_hash"]), np.asarray(z["sample_ids"]).astype(np.int64)
+            # a post-processed shard (RectifiedFlowPostprocessor) is graded as the samples it came from
+            got = str(z["source_config_hash"] if "source_config_hash" in z.files else z["config_hash"])
+            ids = np.asarray(z["sample_ids"]).astype(np.int64)
             shape, labels = tuple(int(v) for v in z["data_shape"]), np.asarray(z["labels"])
         if got != expected_hash:
             why = config_difference(shard_config(path), expected_config) if expected_config else f"hash {got}"
