@@ -59,7 +59,8 @@ def main() -> None:
 
     def post(method):
         def run():
-            sol = integrate(lambda x, t: flow(x, t, labels), x0, method, args.euler_steps, 1e-5, 1e-5)
+            options = {"num_steps": args.euler_steps} if method == "euler" else {"rtol": 1e-5, "atol": 1e-5}
+            sol = integrate(lambda x, t: flow(x, t, labels), x0, method, **options)
             nfe[method] = sol.nfe
         return run
 

@@ -142,6 +142,9 @@ def test_dopri5_and_euler_on_a_linear_field_match_the_matrix_exponential():
     torch.testing.assert_close(dopri5(time_field, x0).x, x0 + 0.5)
     with pytest.raises(ValueError, match="unknown integrator"):
         integrate(field, x0, "rk4")
+    with pytest.raises(ValueError, match="has no option rtol"):
+        integrate(field, x0, "euler", rtol=1e-3)
+    assert integrate(field, x0, "euler", num_steps=7).nfe == 7
 
 
 def test_a_flow_trained_on_one_fixed_pair_learns_x1_minus_x0_and_lands_on_x1():

@@ -41,7 +41,7 @@ def flow_args(root: Path, train: Path, unseen: Path, *extra) -> list:
     return ["--config", CONFIGS / "digits/flow.yaml", "--trainer.default_root_dir", root,
             "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", 1,
             "--model.init_args.net.init_args.model_channels", 8, "--model.init_args.net.init_args.channel_mult", "[1]",
-            "--model.init_args.k", 5, "--model.init_args.num_steps", 4, "--model.init_args.output_dir", root / "post",
+            "--model.init_args.k", 5, "--model.init_args.integrator_kwargs", "{num_steps: 4}", "--model.init_args.output_dir", root / "post",
             "--data.init_args.shards", "[" + ", ".join(str(train / f"cfg_{s}") for s in TRAIN_SCALES) + "]",
             "--data.init_args.predict_shards", "[" + ", ".join(str(unseen / f"cfg_{s}") for s in UNSEEN_SCALES) + "]",
             "--data.init_args.batch_size", 16, *extra]

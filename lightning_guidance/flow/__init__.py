@@ -7,7 +7,7 @@ faiss top-k search (:mod:`.neighbours`) and the digest-keyed neighbour cache (:m
 
 from .cache import NeighbourCache, array_digest, file_digest, json_digest
 from .draws import draw_neighbour_and_time, sample_keys
-from .integrate import INTEGRATORS, FlowSolution, dopri5, euler, integrate
+from .integrate import INTEGRATORS, FlowSolution, check_integrator, dopri5, euler, integrate
 from .neighbours import IndexSettings, top_k_neighbours
 from .path import flow_matching_loss, interpolate, velocity_target
 
@@ -17,6 +17,7 @@ __all__ = [
     "IndexSettings",
     "NeighbourCache",
     "array_digest",
+    "check_integrator",
     "dopri5",
     "draw_neighbour_and_time",
     "euler",

@@ -50,10 +50,23 @@ def dopri5(velocity: Velocity, x0: Tensor, rtol: float = 1e-5, atol: float = 1e-
     return FlowSolution(x1, count[0])
 
 
-def integrate(velocity: Velocity, x0: Tensor, method: str = "euler", num_steps: int = 20, rtol: float = 1e-5,
-              atol: float = 1e-5) -> FlowSolution:
-    if method == "euler":
-        return euler(velocity, x0, num_steps)
-    if method == "dopri5":
-        return dopri5(velocity, x0, rtol, atol)
-    raise ValueError(f"unknown integrator {method!r}; choose one of {', '.join(INTEGRATORS)}")
+INTEGRATOR_OPTIONS = {"euler": {"num_steps": 20}, "dopri5": {"rtol": 1e-5, "atol": 1e-5}}
+
+
+def check_integrator(integrator: str, integrator_kwargs: dict | None = None) -> dict:
+    """The integrator's options with its defaults filled in; a clear error for an unknown integrator or option."""
+    if integrator not in INTEGRATOR_OPTIONS:
+        raise ValueError(f"unknown integrator {integrator!r}; choose one of {', '.join(INTEGRATORS)}")
+    options = dict(INTEGRATOR_OPTIONS[integrator])
+    unknown = sorted(set(integrator_kwargs or {}) - set(options))
+    if unknown:
+        raise ValueError(f"the {integrator} integrator has no option {', '.join(unknown)}; it takes: "
+                         f"{', '.join(options)}")
+    options.update(integrator_kwargs or {})
+    return options
+
+
+def integrate(velocity: Velocity, x0: Tensor, integrator: str = "euler", **integrator_kwargs) -> FlowSolution:
+    """Run ``integrator`` ("euler": ``num_steps``; "dopri5": ``rtol``, ``atol``)."""
+    options = check_integrator(integrator, integrator_kwargs)
+    return euler(velocity, x0, **options) if integrator == "euler" else dopri5(velocity, x0, **options)

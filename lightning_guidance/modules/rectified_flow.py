@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..data.rank_split import owned_block
 from ..flow.cache import NeighbourCache, array_digest, file_digest, json_digest
 from ..flow.draws import draw_neighbour_and_time, sample_keys
-from ..flow.integrate import INTEGRATORS, integrate
+from ..flow.integrate import check_integrator, integrate
 from ..flow.neighbours import IndexSettings, top_k_neighbours
 from ..flow.path import flow_matching_loss
 from ..io.atomic import atomic_write_text
@@ -43,7 +43,7 @@ def module_digest(module: nn.Module) -> str:
     return array_digest(*(state[k] for k in sorted(state))) + f":{len(state)}"
 
 
-PREDICT_OPTIONS = ("method", "num_steps", "rtol", "atol", "output_dir", "batch_size", "per_class")
+PREDICT_OPTIONS = ("integrator", "integrator_kwargs", "output_dir", "batch_size", "per_class")
 
 
 class RectifiedFlowPostprocessor(L.LightningModule):
@@ -63,10 +63,8 @@ class RectifiedFlowPostprocessor(L.LightningModule):
         weight_decay: float = 0.0,
         warmup_steps: int = 0,
         flow_seed: int = 0,
-        method: str = "euler",
-        num_steps: int = 20,
-        rtol: float = 1e-5,
-        atol: float = 1e-5,
+        integrator: str = "euler",
+        integrator_kwargs: dict | None = None,
         output_dir: str = "runs/postprocessed",
         batch_size: int = 256,
         feature_batch_size: int = 512,
@@ -75,11 +73,9 @@ class RectifiedFlowPostprocessor(L.LightningModule):
         super().__init__()
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k} (the paper uses k = 20)")
-        if method not in INTEGRATORS:
-            raise ValueError(f"unknown integrator {method!r}; choose one of {', '.join(INTEGRATORS)}")
-        if num_steps < 1 or batch_size < 1 or feature_batch_size < 1:
-            raise ValueError(f"num_steps, batch_size and feature_batch_size must be >= 1, got {num_steps}, "
-                             f"{batch_size}, {feature_batch_size}")
+        self.integrator, self.integrator_kwargs = integrator, check_integrator(integrator, integrator_kwargs)
+        if batch_size < 1 or feature_batch_size < 1:
+            raise ValueError(f"batch_size and feature_batch_size must be >= 1, got {batch_size}, {feature_batch_size}")
         if not hasattr(net, "num_classes") or not hasattr(net, "data_shape"):
             raise ValueError(f"{type(net).__name__} needs num_classes and data_shape attributes (use the suite's "
                              "UNet for images, MLPDenoiser for points)")
@@ -87,7 +83,6 @@ class RectifiedFlowPostprocessor(L.LightningModule):
         # predict-time options are not hyper-parameters: LightningCLI applies a checkpoint's hyper-parameters over
         # the command line when --ckpt_path is given, and the integrator or output folder must stay the user's choice
         self.save_hyperparameters(ignore=["feature_net", *PREDICT_OPTIONS])
-        self.method, self.num_steps, self.rtol, self.atol = method, int(num_steps), float(rtol), float(atol)
         self.output_dir, self.batch_size, self.per_class = str(output_dir), int(batch_size), int(per_class)
         self.net = net
         self._feature_net = [feature_net]  # a plain list: never in a checkpoint or the EMA copy
@@ -218,7 +213,7 @@ class RectifiedFlowPostprocessor(L.LightningModule):
         out, nfe = [], 0
         for lo in range(0, len(x0), self.batch_size):
             xb, yb = x0[lo:lo + self.batch_size].to(self.device), y[lo:lo + self.batch_size].to(self.device)
-            sol = integrate(lambda x, t: self.velocity(x, t, yb), xb, self.method, self.num_steps, self.rtol, self.atol)
+            sol = integrate(lambda x, t: self.velocity(x, t, yb), xb, self.integrator, **self.integrator_kwargs)
             out.append(sol.x)
             nfe += sol.nfe
         return torch.cat(out), nfe
@@ -228,9 +223,9 @@ class RectifiedFlowPostprocessor(L.LightningModule):
 
     def output_config(self, source_hash: str, source_digest: str) -> dict:
         hp = self.hparams
-        integrator = {"method": self.method}
-        integrator.update({"num_steps": self.num_steps} if self.method == "euler" else
-                          {"rtol": self.rtol, "atol": self.atol, "batch_size": self.batch_size})  # dopri5 couples a batch
+        integrator = {"integrator": self.integrator, **self.integrator_kwargs}
+        if self.integrator == "dopri5":  # its step size is shared by a batch: the batch is part of the result
+            integrator["batch_size"] = self.batch_size
         return {"flow_weights": self._weights_digest, "class_conditional": hp.class_conditional,
                 "integrator": integrator, "source_config_hash": source_hash, "source_digest": source_digest}
 
@@ -274,7 +269,7 @@ class RectifiedFlowPostprocessor(L.LightningModule):
     def write_summary(self) -> dict:
         """``<output_dir>/postprocess_summary.json`` (per folder: samples, NFE, the moves' mean, median and
         quantiles) and one picture per folder of what moved (``moves.png``)."""
-        summary = {"integrator": self.method, "folders": {}}
+        summary = {"integrator": self.integrator, "integrator_kwargs": self.integrator_kwargs, "folders": {}}
         for folder in sorted(p for p in Path(self.output_dir).iterdir() if p.is_dir()):
             before, after, labels, moves, nfes = [], [], [], [], []
             for path in sorted(folder.glob("shard_*.npz")):
