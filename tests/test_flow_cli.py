@@ -176,7 +176,7 @@ def test_bad_training_shards_are_one_clear_line(case, tmp_path):
 def test_k_larger_than_the_real_set_and_shards_of_another_dataset_at_predict(flow_inputs, tmp_path):
     _, _, train, unseen = flow_inputs
     with pytest.raises(ValueError, match="only 1437"):
-        fit(tmp_path / "big_k", train, unseen, 1, "--model.init_args.k", 5000)
+        fit(tmp_path / "big_k", train, unseen, 1, "--model.init_args.k", 5000, "--model.init_args.same_class", "false")
     with pytest.raises(ValueError, match="class 0 has only"):  # ~143 real digits per class
         fit(tmp_path / "class_k", train, unseen, 1, "--model.init_args.k", 1000, "--model.init_args.same_class", "true")
     ckpt = fit(tmp_path / "ok", train, unseen, 1)
