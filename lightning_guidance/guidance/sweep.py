@@ -132,7 +132,7 @@ def describe_rule(rule: ClassifierFreeGuidance) -> dict:
     """A CFG rule's settings for the config hash and report; autoguidance's worse model by its file."""
     out = rule.settings()
     if rule.guide_is_other_model:
-        out["guide"] = _file_identity(rule.guide_checkpoint)
+        out["guide"] = file_identity(rule.guide_checkpoint)
     return out
 
 
