@@ -73,7 +73,7 @@ def _submit(env, run: Path, *sbatch_opts: str) -> str:
            f"--output={run / 'job.out'}", *sbatch_opts, "slurm/train.sbatch",
            "--config", run / "callbacks.yaml", "--trainer.default_root_dir", run / "root", *FIT_ARGS]
     env = dict(env, CONFIG=str(CONFIGS / "digits" / "cfg.yaml"), PYTHON=sys.executable)
-    done = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    done = subprocess.run([str(c) for c in cmd], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
                           check=False)
     assert done.returncode == 0, f"sbatch failed: {done.stderr}\n{_log(run)}"
     return done.stdout.strip().split(";")[0]
@@ -125,11 +125,11 @@ def test_requeued_fit_resumes_exactly(slurm_env, tmp_path):
 
     run = tmp_path / "requeued"
     job = _submit(env, run)
-    _wait_for(lambda: SIGNAL_AFTER in _step_files(run), 180, f"the step-{SIGNAL_AFTER} checkpoint", run)
+    _wait_for(lambda: SIGNAL_AFTER in _step_files(run), 600, f"the step-{SIGNAL_AFTER} checkpoint", run)
     assert _job(env, job)["JobState"] == "RUNNING", _log(run)
     signalled_at = max(_step_files(run))
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], env=env, check=True, timeout=30)
-    _wait_for(lambda: _job(env, job)["JobState"] == "PENDING", 60, "the job to be requeued", run)
+    _wait_for(lambda: _job(env, job)["JobState"] == "PENDING", 120, "the job to be requeued", run)
     assert _job(env, job)["Restarts"] == "1"
 
     # the first run is over: its newest checkpoint is what the restart must resume from
@@ -137,7 +137,7 @@ def test_requeued_fit_resumes_exactly(slurm_env, tmp_path):
     assert SIGNAL_AFTER <= resume_from < MAX_STEPS and resume_from % EVERY == 0
     released = time.time()
     subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], env=env, check=True, timeout=30)
-    _wait_for(lambda: _job(env, job)["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 240,
+    _wait_for(lambda: _job(env, job)["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 600,
               "the restarted job to end", run)
     assert _job(env, job)["JobState"] == "COMPLETED", _log(run)
 
