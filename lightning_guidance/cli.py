@@ -11,13 +11,14 @@ from pathlib import Path
 import lightning as L
 import yaml
 from jsonargparse import ArgumentError, Namespace
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .callbacks import stop_on_signal
-from .callbacks.final_checkpoint import FinalCheckpoint
+from .callbacks.csv_history import RowsBeforeCheckpoint
+from .callbacks.final_checkpoint import FinalCheckpoint, keep_earlier_checkpoints
 from .callbacks.progress import StepProgressBar
 from .callbacks.stop_on_signal import StopOnSignal
 from .io.atomic import atomic_path, remove_stale_temps
@@ -31,6 +32,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         with atomic_path(path) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+def _first_process() -> bool:
+    """Global rank 0, as the launcher's environment says before Lightning sets the ranks up (a DDP child, an srun
+    task or a node started by hand has one of these set to another number)."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"))
 
 
 class GuidanceCLI(LightningCLI):
@@ -50,6 +57,7 @@ class GuidanceCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         """Check a resume checkpoint against the run's config instead of loading its hyper-parameters over it."""
         self._resume_from = None
+        self._fresh_fit = False
         sub = self.config.get("subcommand")
         if not sub or sub != "fit":
             return super()._parse_ckpt_path()
@@ -57,6 +65,8 @@ class GuidanceCLI(LightningCLI):
         root = cfg.trainer.default_root_dir or os.path.join("runs", "default")
         path = resolve_ckpt_path(cfg.get("ckpt_path"), root)
         if path is None:
+            # nothing to resume (Lightning resumes a SLURM hpc_ckpt_*.ckpt by itself when ckpt_path is None)
+            self._fresh_fit = cfg.get("ckpt_path") in (None, "last") and not any(Path(root).glob("hpc_ckpt_*.ckpt"))
             return None
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path} (--ckpt_path)")
@@ -86,11 +96,14 @@ class GuidanceCLI(LightningCLI):
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the user chose none of their own
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         for cb in trainer.checkpoint_callbacks:
-            if cb.dirpath is None:
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
                 cb.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
         bar = trainer.progress_bar_callback
         if type(bar) is RichProgressBar:  # Lightning's default: show steps, not "Epoch 24/-2"
             trainer.callbacks[trainer.callbacks.index(bar)] = StepProgressBar()
+        # the step's metrics row before any checkpoint callback saves that step (Lightning sorted those last)
+        first = next((i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, Checkpoint)), len(trainer.callbacks))
+        trainer.callbacks.insert(first, RowsBeforeCheckpoint())
         trainer.callbacks += [FinalCheckpoint(), StopOnSignal()]
         return trainer
 
@@ -98,6 +111,8 @@ class GuidanceCLI(LightningCLI):
         if getattr(self, "_resume_from", None) is not None:
             path, ckpt = self._resume_from
             check_resume_weights(path, ckpt, self.model)
+        if getattr(self, "_fresh_fit", False) and _first_process():
+            keep_earlier_checkpoints(self.trainer)  # so checkpoints/last.ckpt will be this run's
 
 
 class _NoVendorTips(logging.Filter):

@@ -108,6 +108,24 @@ def test_fit_killed_mid_epoch_resumes_exactly(uninterrupted, tmp_path, signum):
     assert not wrong_modes(root), wrong_modes(root)
 
 
+def test_fit_killed_right_after_a_checkpoint_resumes_exactly(uninterrupted, tmp_path):
+    """SIGKILL between the periodic checkpoint of step 12 and Lightning's logging of that step: the row of the
+    checkpoint's own step (step 11, the 12th batch) is already on disk, so the resumed history is the whole one."""
+    reference, reference_rows = uninterrupted
+    root = tmp_path / "run"
+    args = fit_args(root)
+    args[4] = tmp_path / "kill.yaml"  # the callbacks, and after them the kill switch
+    args[4].write_text(CALLBACKS + "    - {class_path: kill_switch.KillAfterCheckpoint, init_args: {step: 12}}\n")
+    killed = run_cli(*args)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 12
+    assert logged_step(root) == 11  # every row up to the checkpoint's step, and no later one
+    done = run_cli(*fit_args(root, "--ckpt_path", "last"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_training_state(load(root / "checkpoints" / "last.ckpt"), reference)
+    assert metrics_rows(root) == reference_rows
+
+
 def test_fit_ends_with_a_checkpoint_of_its_final_step(tmp_path, capfd):
     """max_steps that is not a multiple of every_n_train_steps: last.ckpt is still the final step, and it is quiet:
     progress counts steps (not "Epoch 1/-2"), no vendor tip, no logging-interval warning for an 8-batch epoch."""
@@ -121,6 +139,34 @@ def test_fit_ends_with_a_checkpoint_of_its_final_step(tmp_path, capfd):
     assert (root / "checkpoints" / "step=14.ckpt").is_file()
     out = "".join(capfd.readouterr())
     assert "14/14" in out and "Epoch" not in out and "Tip:" not in out and "logging interval" not in out, out
+
+
+def test_a_fresh_fit_over_an_earlier_run_keeps_its_checkpoints_aside(tmp_path):
+    """A fit without a checkpoint to resume (the study retrains a stale step with ``--ckpt_path null``) in a folder
+    an earlier run used: the earlier checkpoints move, whole, to ``checkpoints.1``, so ``checkpoints/last.ckpt`` (what
+    the configs downstream name) is this run's final checkpoint, not an older one beside a ``last-v1.ckpt``; and
+    ``--ckpt_path last`` then resumes this run."""
+    root = tmp_path / "run"
+    (tmp_path / "no-throttle.yaml").write_text(CALLBACKS.split("    - {class_path: throttle")[0])
+
+    def fit(*extra):
+        args = fit_args(root, *extra)
+        args[4] = tmp_path / "no-throttle.yaml"
+        cli(*args)
+
+    fit("--trainer.max_steps", 8)
+    earlier = {p.name: p.read_bytes() for p in (root / "checkpoints").iterdir()}
+    fit("--trainer.max_steps", 4, "--ckpt_path", "null")
+    assert sorted(p.name for p in (root / "checkpoints").iterdir()) == ["last.ckpt", "step=4.ckpt"]
+    assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 4
+    assert {p.name: p.read_bytes() for p in (root / "checkpoints.1").iterdir()} == earlier  # nothing deleted
+    assert [int(r["step"]) for r in metrics_rows(root) if r["train/loss"]] == list(range(4))
+    assert (root / "logs" / "metrics.1.csv").is_file()
+    fit("--trainer.max_steps", 8, "--ckpt_path", "last")  # resumes the newest run at step 4
+    assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 8
+    assert [int(r["step"]) for r in metrics_rows(root) if r["train/loss"]] == list(range(8))
+    assert sorted(p.name for p in root.iterdir() if p.name.startswith("checkpoints")) == ["checkpoints",
+                                                                                         "checkpoints.1"]
 
 
 # ---- predict ---------------------------------------------------------------------------------------------------

@@ -12,6 +12,12 @@ resume step. :class:`HistoryCSVLogger` instead reconciles the file with the run 
 Each row is appended and flushed as it is logged, so a killed run loses no row it logged. A run that logs nothing
 (a finished run resumed) leaves the file untouched. Rewrites (a new column, the reconciliation) go through a temp
 file and a rename.
+
+The rows up to a checkpoint's step are on disk before the checkpoint is: Lightning logs a training step's row only
+after the ``on_train_batch_end`` hooks, in which ModelCheckpoint saves, so a kill between the two lost the row of the
+checkpoint's own step (the resume starts after it). :class:`RowsBeforeCheckpoint` (ordered before every checkpoint
+callback, as Lightning puts those last) logs that row into the file first; Lightning's own copy of it is then
+dropped. Every checkpoint save fsyncs the file.
 """
 
 from __future__ import annotations
@@ -21,11 +27,13 @@ import io
 import os
 from pathlib import Path
 
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+import lightning as L
 from lightning.fabric.loggers.logger import rank_zero_experiment
+from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
 from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from ..io.atomic import atomic_write_text
+from ..io.atomic import atomic_write_text, keep_aside
 
 
 def _rows_text(keys: list[str], rows: list[dict]) -> str:
@@ -39,6 +47,8 @@ def _rows_text(keys: list[str], rows: list[dict]) -> str:
 class _HistoryWriter(ExperimentWriter):
     def __init__(self, log_dir: str) -> None:
         self._reconciled = False
+        self._last: tuple[int | None, dict] | None = None  # the newest row: (step, metrics)
+        self._ahead: tuple[int | None, dict] | None = None  # a row logged ahead of Lightning's own copy of it
         super().__init__(log_dir)
 
     def _check_log_dir_exists(self) -> None:  # Lightning's deletes metrics.csv here
@@ -54,19 +64,34 @@ class _HistoryWriter(ExperimentWriter):
             keys, rows = list(reader.fieldnames or []), list(reader)
         kept = [r for r in rows if r.get("step") not in (None, "") and int(float(r["step"])) < first_step]
         if rows and not kept:
-            n = 1
-            while path.with_name(f"metrics.{n}.csv").exists():
-                n += 1
-            os.replace(path, path.with_name(f"metrics.{n}.csv"))
+            keep_aside(path)
             return
         self.metrics_keys = sorted(keys)
         if len(kept) != len(rows):
             atomic_write_text(path, _rows_text(self.metrics_keys, kept))
 
     def log_metrics(self, metrics_dict: dict, step: int | None = None) -> None:
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == step:  # Lightning's copy of the row logged ahead: only what it adds
+            metrics_dict = {k: v for k, v in metrics_dict.items() if k not in ahead[1] or ahead[1][k] != v}
+            if not metrics_dict:
+                return
         if not self._reconciled:
             self._reconcile(step if step is not None else 0)
         super().log_metrics(metrics_dict, step)
+        self._last = (step, dict(metrics_dict))
+
+    def expect_again(self) -> None:
+        """Lightning will log the newest row again at the same step: drop the values that copy repeats."""
+        self._ahead = self._last
+
+    def fsync(self) -> None:
+        if os.path.isfile(self.metrics_file_path):
+            fd = os.open(self.metrics_file_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def _rewrite_with_new_header(self, fieldnames: list[str]) -> None:
         with open(self.metrics_file_path, newline="") as f:
@@ -105,3 +130,34 @@ class HistoryCSVLogger(CSVLogger):
         self._fs.makedirs(self.root_dir, exist_ok=True)
         self._experiment = _HistoryWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class RowsBeforeCheckpoint(L.Callback):
+    """Puts the row of a training step into ``metrics.csv`` before that step's checkpoints are saved, and fsyncs
+    the file with every checkpoint (see the module docstring). Does nothing without a :class:`HistoryCSVLogger`."""
+
+    @staticmethod
+    def _loggers(trainer) -> list[HistoryCSVLogger]:
+        return [lg for lg in trainer.loggers if isinstance(lg, HistoryCSVLogger) and trainer.is_global_zero]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loggers = self._loggers(trainer)
+        connector = trainer._logger_connector
+        if not loggers or not connector.should_update_logs \
+                or (trainer.fit_loop._should_accumulate() and pl_module.automatic_optimization):
+            return  # the rules of Lightning's own update_train_step_metrics: no row at this batch
+        metrics = convert_tensors_to_scalars(connector.metrics["log"])
+        if not metrics:
+            return
+        step = metrics.pop("step", None)  # as Lightning's LoggerConnector.log_metrics chooses the step
+        if step is None:
+            metrics.setdefault("epoch", trainer.current_epoch)
+            step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        for logger in loggers:
+            logger.log_metrics(metrics, int(step))
+            logger.save()
+            logger.experiment.expect_again()
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        for logger in self._loggers(trainer):
+            logger.experiment.fsync()

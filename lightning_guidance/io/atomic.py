@@ -110,3 +110,16 @@ def remove_stale_temps(folder: str | os.PathLike, recursive: bool = True) -> lis
             except FileNotFoundError:
                 pass
     return removed
+
+
+def keep_aside(path: str | os.PathLike) -> Path:
+    """Rename ``path`` (a file or a folder) to the first free numbered name beside it, ``metrics.csv`` ->
+    ``metrics.1.csv`` (``.2``, ...), ``checkpoints`` -> ``checkpoints.1``, so that a new run can take the name
+    without deleting what an earlier run wrote. Returns the new path."""
+    path = Path(path)
+    n = 1
+    while (kept := path.with_name(f"{path.stem}.{n}{path.suffix}")).exists():
+        n += 1
+    os.rename(path, kept)
+    fsync_dir(path.parent)
+    return kept
