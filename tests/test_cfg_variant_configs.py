@@ -84,7 +84,7 @@ def no_pictures(monkeypatch):
 def test_every_variant_has_a_config_per_family():
     variants = {"cfg_interval", "cfg_rescale", "apg", "cfg_zero_star", "tangential_cfg", "autoguidance"}
     assert {f"fractal/sample_{v}.yaml" for v in variants} <= set(RULE_CONFIGS)
-    assert {f"digits/sample_{v}.yaml" for v in variants | {"fdg", "pag", "slg"}} <= set(RULE_CONFIGS)
+    assert {f"digits/sample_{v}.yaml" for v in variants | {"fdg", "pag", "slg", "seg"}} <= set(RULE_CONFIGS)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -138,7 +138,7 @@ def test_autoguidance_refuses_a_guide_trained_for_other_data(tiny_checkpoint, tm
         _predict(path)
 
 
-@pytest.mark.parametrize("config", ["digits/sample_pag.yaml", "digits/sample_slg.yaml"])
+@pytest.mark.parametrize("config", ["digits/sample_pag.yaml", "digits/sample_slg.yaml", "digits/sample_seg.yaml"])
 def test_attention_perturbation_is_refused_on_the_fractal_mlp(config, tiny_checkpoint, tmp_path):
     path = _rewrite(config, tmp_path / "pag", tiny_checkpoint, samples_per_class=2)
     cfg = _read(path)

@@ -22,7 +22,8 @@ from lightning_guidance.diffusion.sampling import sample
 from lightning_guidance.diffusion.schedules import VPSchedule
 from lightning_guidance.guidance.cfg_variants import (AdaptiveProjectedGuidance, Autoguidance, CFGRescale, CFGZeroStar,
                                                       FrequencyDecoupledGuidance, GuidanceInterval,
-                                                      PerturbedAttentionGuidance, SkipLayerGuidance, TangentialCFG)
+                                                      PerturbedAttentionGuidance, SkipLayerGuidance,
+                                                      SmoothedEnergyGuidance, TangentialCFG)
 from lightning_guidance.nets import MLPDenoiser, UNet
 
 guiders = pytest.importorskip("diffusers.guiders")
@@ -331,28 +332,46 @@ def test_settings_name_every_value():
 # ---------------------------------------------------------------- attention perturbation (UNet only)
 
 
-@pytest.mark.parametrize("rule_cls, guider_name, prefix", [
-    (PerturbedAttentionGuidance, "PerturbedAttentionGuidance", "perturbed_guidance"),
-    (SkipLayerGuidance, "SkipLayerGuidance", "skip_layer_guidance")])
+def _pag(**kw):
+    return PerturbedAttentionGuidance(**{k.replace("prefix", "perturbed_guidance"): v for k, v in kw.items()})
+
+
+def _slg(**kw):
+    return SkipLayerGuidance(**{k.replace("prefix", "perturbed_guidance"): v for k, v in kw.items()})
+
+
+def _seg(**kw):
+    return SmoothedEnergyGuidance(seg_blur_sigma=1.0, **{k.replace("prefix", "seg_guidance"): v
+                                                         for k, v in kw.items()})
+
+
+@pytest.mark.parametrize("make_rule, guider_name, prefix, pred_name", [
+    (_pag, "PerturbedAttentionGuidance", "perturbed_guidance", "pred_cond_skip"),
+    (_slg, "SkipLayerGuidance", "skip_layer_guidance", "pred_cond_skip"),
+    (_seg, "SmoothedEnergyGuidance", "seg_guidance", "pred_cond_seg")])
 @pytest.mark.parametrize("scale", [1.0, 4.0])
-def test_attention_perturbation_combination_equals_diffusers_at_every_step(rule_cls, guider_name, prefix, scale):
-    """diffusers' forward on (pred_cond, pred_uncond, pred_cond_skip) against ours with the same perturbed
-    prediction, over all steps of a 20-step run: CFG only, both, the perturbation only (s = 1) and neither."""
+def test_attention_perturbation_combination_equals_diffusers_at_every_step(make_rule, guider_name, prefix, pred_name,
+                                                                           scale):
+    """diffusers' forward on (pred_cond, pred_uncond, perturbed) against ours with the same perturbed prediction,
+    over all steps of a 20-step run: CFG only, both, the perturbation only (s = 1) and neither."""
     shape = (4, 1, 8, 8)
     cond, guide = preds(shape)
     perturbed = preds(shape, seed=3)[1]
-    rule = rule_cls(perturbed_guidance_scale=2.0, perturbed_guidance_start=0.1, perturbed_guidance_stop=0.5,
-                    stop=0.8, layers=[0])
+    rule = make_rule(prefix_scale=2.0, prefix_start=0.1, prefix_stop=0.5, stop=0.8, layers=[0])
     kwargs = {f"{prefix}_scale": 2.0, f"{prefix}_start": 0.1, f"{prefix}_stop": 0.5, f"{prefix}_layers": [0]}
     guider = getattr(guiders, guider_name)(guidance_scale=scale, stop=0.8, **kwargs)
+    kinds = set()
     for step in range(20):
         ctx = ctx_at(shape, step, num_steps=20)
         g = guide if rule.needs_guide(scale, ctx) else None
         if rule.needs_perturbed(ctx):
             ctx.perturbed = perturbed
+        kinds.add((g is not None, ctx.perturbed is not None))
         guider.set_state(step, 20, torch.tensor(999))
-        expected = guider.forward(pred_cond=cond, pred_uncond=guide, pred_cond_skip=perturbed).pred
+        expected = guider.forward(**{"pred_cond": cond, "pred_uncond": guide, pred_name: perturbed}).pred
         torch.testing.assert_close(ours(rule, cond, g, scale, ctx), expected, msg=f"step {step}")
+    assert kinds == ({(True, True), (True, False), (False, False)} if scale != 1
+                     else {(False, True), (False, False)})
 
 
 def test_identity_attention_keeps_each_positions_value_and_skip_adds_nothing():
@@ -392,3 +411,123 @@ def test_perturbed_attention_through_the_denoiser(sampler):
     assert not torch.allclose(_sample(on, sampler, (1, 8, 8)), _sample(off, sampler, (1, 8, 8)))
     with pytest.raises(ValueError, match="perturbed_net"):
         NetDenoiser(net, 3, rule=rule)
+
+
+# ---------------------------------------------------------------- smoothed-energy guidance: the query blur
+
+
+def _diffusers_blur(query, sigma, gaussian: bool):
+    """diffusers' SEG hook on the output of a query projection (B, N, C). Its ``is_inf`` test is inverted in 0.42.1
+    (PR #14187), so the threshold is set to pick the branch: ``gaussian`` its Gaussian code, else its mean."""
+    from diffusers.hooks.smoothed_energy_guidance_utils import SmoothedEnergyGuidanceHook
+
+    hook = SmoothedEnergyGuidanceHook(blur_sigma=sigma, blur_threshold_inf=-1.0 if gaussian else math.inf)
+    return hook.post_forward(None, query.clone())
+
+
+@pytest.mark.parametrize("side", [4, 5, 8])
+@pytest.mark.parametrize("sigma", [0.1, 0.5, 1.0, 2.0, 30.0])
+def test_query_blur_equals_diffusers_gaussian(side, sigma):
+    from lightning_guidance.nets.blocks import blur_queries
+
+    query = torch.randn(3, side * side, 6, generator=torch.Generator().manual_seed(side))
+    got = blur_queries(query, (side, side), sigma, threshold_inf=9999.0)
+    torch.testing.assert_close(got, _diffusers_blur(query, sigma, gaussian=True), rtol=1e-6, atol=1e-6)
+    if sigma <= 1 / 6:  # a one-token kernel: the queries as they are
+        torch.testing.assert_close(got, query, rtol=0, atol=0)
+    else:
+        assert not torch.allclose(got, query)
+
+
+@pytest.mark.parametrize("side", [4, 8])
+def test_infinite_query_blur_is_the_spatial_mean_as_diffusers(side):
+    from lightning_guidance.nets.blocks import blur_queries
+
+    query = torch.randn(2, side * side, 5, generator=torch.Generator().manual_seed(1))
+    got = blur_queries(query, (side, side), 9999999.0, threshold_inf=9999.0)
+    torch.testing.assert_close(got, _diffusers_blur(query, 9999999.0, gaussian=False))
+    torch.testing.assert_close(got, query.mean(dim=1, keepdim=True).expand_as(query))
+
+
+def test_diffusers_0_42_takes_the_blur_branches_the_other_way():
+    """What the docstrings say about diffusers: as its guider installs the hook (threshold 9999.9), a finite sigma
+    gives the spatial mean, not a Gaussian. If a diffusers upgrade fixes this, drop the note and this test."""
+    from diffusers.hooks.smoothed_energy_guidance_utils import SmoothedEnergyGuidanceHook
+
+    query = torch.randn(2, 16, 4, generator=torch.Generator().manual_seed(2))
+    theirs_finite = SmoothedEnergyGuidanceHook(blur_sigma=1.0).post_forward(None, query.clone())
+    torch.testing.assert_close(theirs_finite, query.mean(dim=1, keepdim=True).expand_as(query))
+
+
+def test_blurred_attention_block_equals_diffusers_blur_on_its_queries():
+    """The block with perturbation "blur": the queries of all heads laid out as diffusers' to_q output (B, N, C),
+    blurred by diffusers' hook, attended per head: the same output."""
+    from lightning_guidance.nets.blocks import AttentionBlock
+
+    torch.manual_seed(0)
+    block = AttentionBlock(8, num_heads=2).eval()
+    for p in block.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    h = torch.randn(3, 8, 4, 4)
+    qkv = block.qkv(block.norm(h.reshape(3, 8, -1))).reshape(3, 2, 3, 4, 16)  # (B, heads, qkv, d, N)
+    q, k, v = (qkv[:, :, i].transpose(-1, -2) for i in range(3))  # (B, heads, N, d)
+    q_tokens = q.permute(0, 2, 1, 3).reshape(3, 16, 8)  # (B, N, heads d) as a query projection's output
+    q_blurred = _diffusers_blur(q_tokens, 1.0, gaussian=True).reshape(3, 16, 2, 4).permute(0, 2, 1, 3)
+    attended = torch.nn.functional.scaled_dot_product_attention(q_blurred, k, v).transpose(-1, -2).reshape(3, 8, 16)
+    expected = h + block.proj(attended).reshape(3, 8, 4, 4)
+    block.perturbation, block.blur_sigma = "blur", 1.0
+    torch.testing.assert_close(block(h), expected, rtol=1e-5, atol=1e-6)
+
+
+def _sharp_attention_unet(seed):
+    """The tiny UNet with its attention block's weights at std 1: peaked attention maps, so that what the blur does
+    to the queries reaches the output (at std 0.1 the maps are near uniform and the blur changes ~1e-7)."""
+    from lightning_guidance.nets.attention_perturbation import attention_blocks
+
+    net = _tiny_unet(seed)
+    torch.manual_seed(seed + 5)
+    for block in attention_blocks(net):
+        for p in (block.qkv.weight, block.proj.weight):
+            torch.nn.init.normal_(p, std=1.0)
+    return net
+
+
+def _differ(a, b, by=1e-5):
+    return float((a - b).detach().abs().max()) > by  # float noise of these forwards is ~1e-7
+
+
+def test_smoothed_energy_limits_on_the_unet():
+    """sigma -> 0 (a one-token kernel) is the unperturbed network; sigma > 0 is not; the network is restored."""
+    from lightning_guidance.nets.attention_perturbation import PerturbedAttention
+
+    net = _sharp_attention_unet(0)
+    x, t, y = torch.randn(2, 1, 8, 8), torch.rand(2), torch.tensor([0, 1])
+    plain = net(x, t, y)
+    torch.testing.assert_close(PerturbedAttention(net, "blur", blur_sigma=0.1)(x, t, y), plain, rtol=0, atol=0)
+    torch.testing.assert_close(PerturbedAttention(net, "blur", blur_sigma=0.0)(x, t, y), plain, rtol=0, atol=0)
+    assert _differ(PerturbedAttention(net, "blur", blur_sigma=1.0)(x, t, y), plain)
+    assert _differ(PerturbedAttention(net, "blur", blur_sigma=1e7, blur_threshold_inf=9999.0)(x, t, y), plain)
+    torch.testing.assert_close(net(x, t, y), plain)  # the perturbation ends with the call
+    with pytest.raises(ValueError, match="MLPDenoiser has no self-attention layers"):
+        PerturbedAttention.for_rule(_mlp(0), SmoothedEnergyGuidance())
+    with pytest.raises(ValueError, match="seg_blur_sigma must be >= 0"):
+        SmoothedEnergyGuidance(seg_blur_sigma=-1.0)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "edm"])
+def test_smoothed_energy_guidance_through_the_denoiser(sampler):
+    """sigma = 0, a one-token blur (sigma = 0.1, perturbed forward run) and seg_guidance_scale = 0 all sample
+    exactly like plain CFG; a real blur does not."""
+    from lightning_guidance.nets.attention_perturbation import PerturbedAttention
+
+    net = _sharp_attention_unet(0)
+
+    def run(rule):
+        return _sample(NetDenoiser(net, 3, cfg_scale=3.0, rule=rule,
+                                   perturbed_net=PerturbedAttention.for_rule(net, rule)), sampler, (1, 8, 8))
+
+    cfg = _sample(NetDenoiser(net, 3, cfg_scale=3.0), sampler, (1, 8, 8))
+    for limit in (dict(seg_blur_sigma=0.0), dict(seg_blur_sigma=0.1), dict(seg_guidance_scale=0.0)):
+        torch.testing.assert_close(run(SmoothedEnergyGuidance(**limit)), cfg, rtol=0, atol=0, msg=str(limit))
+    assert _differ(run(SmoothedEnergyGuidance(seg_blur_sigma=1.0)), cfg)
+    assert _differ(run(SmoothedEnergyGuidance()), cfg)  # infinite blur (diffusers' default sigma)

@@ -84,8 +84,10 @@ class ClassifierFreeGuidance:
     supported_samplers: tuple[str, ...] = ("ddpm", "ddim", "edm")
     #: False: the guiding prediction is the model at the null class; True: the same class through another model
     guide_is_other_model: bool = False
-    #: "identity" / "skip": the rule also reads the conditional prediction with self-attention perturbed that way
+    #: "identity" / "skip" / "blur": the rule also reads the conditional prediction with self-attention perturbed
+    #: that way (``nets.attention_perturbation``), at the attention blocks ``layers`` (None = all)
     perturbation: str | None = None
+    layers: list[int] | None = None
 
     def __init__(self, start: float = 0.0, stop: float = 1.0, sigma_lo: float = 0.0, sigma_hi: float = math.inf,
                  guidance_rescale: float = 0.0, space: str = "eps"):
@@ -121,6 +123,10 @@ class ClassifierFreeGuidance:
     def needs_guide(self, scale: float | Tensor, ctx: RuleContext) -> bool:
         """Whether the guiding prediction is needed at all at this call (False saves its forward pass)."""
         return bool((torch.as_tensor(scale) != 1).any()) and bool(self.active(ctx).any())
+
+    def perturbation_options(self) -> dict:
+        """The perturbation's own settings, passed to the perturbed network (e.g. the blur's sigma)."""
+        return {}
 
     def needs_perturbed(self, ctx: RuleContext) -> bool:
         """Whether the perturbed-attention prediction is needed at this call (only rules with a ``perturbation``)."""

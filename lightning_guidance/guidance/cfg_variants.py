@@ -20,7 +20,7 @@ from ..diffusion.cfg_rule import ClassifierFreeGuidance, RuleContext, per_sample
 
 __all__ = ["AdaptiveProjectedGuidance", "Autoguidance", "CFGRescale", "CFGZeroStar", "ClassifierFreeGuidance",
            "FrequencyDecoupledGuidance", "GuidanceInterval", "PerturbedAttentionGuidance", "SkipLayerGuidance",
-           "TangentialCFG"]
+           "SmoothedEnergyGuidance", "TangentialCFG"]
 
 
 def _flat_dims(x: Tensor) -> list[int]:
@@ -283,3 +283,43 @@ class SkipLayerGuidance(PerturbedAttentionGuidance):
     (each returns its input). ``perturbed_guidance_*`` are diffusers' ``skip_layer_guidance_*``."""
 
     perturbation = "skip"
+
+
+class SmoothedEnergyGuidance(PerturbedAttentionGuidance):
+    """Smoothed-energy guidance (Hong, NeurIPS 2024, arXiv 2408.00760; diffusers' ``SmoothedEnergyGuidance``).
+
+    The third prediction ``p`` is the conditional model with the queries of the self-attention blocks ``layers``
+    (diffusers' ``seg_guidance_layers``) Gaussian-blurred over the image grid with std ``seg_blur_sigma`` tokens
+    (``nets.blocks.blur_queries``); above ``seg_blur_threshold_inf`` the blur is infinite (every query its spatial
+    mean, i.e. uniform attention: the paper's and diffusers' default ``seg_blur_sigma = 9999999``). Output as
+    :class:`PerturbedAttentionGuidance` with ``s_p = seg_guidance_scale``, active for steps
+    ``int(seg_guidance_start N) < step < int(seg_guidance_stop N)`` (diffusers' defaults: 0 and 1, every step
+    but the first). ``seg_blur_sigma = 0`` or ``seg_guidance_scale = 0``: plain CFG (the blur of width 0 leaves
+    the queries as they are; no perturbed forward is run). Needs a network with self-attention (the UNet).
+
+    diffusers 0.42.1's blur takes its two branches the other way round (a finite sigma gives the mean, a sigma
+    above the threshold a Gaussian cut to the grid; diffusers PR #14187); the blur here is the paper's, and each of
+    its branches equals the diffusers code of that branch (``tests/test_cfg_variants.py``).
+    """
+
+    perturbation = "blur"
+
+    def __init__(self, seg_guidance_scale: float = 2.8, seg_blur_sigma: float = 9999999.0,
+                 seg_blur_threshold_inf: float = 9999.0, seg_guidance_start: float = 0.0,
+                 seg_guidance_stop: float = 1.0, layers: Sequence[int] | None = None, start: float = 0.0,
+                 stop: float = 1.0, sigma_lo: float = 0.0, sigma_hi: float = math.inf, guidance_rescale: float = 0.0,
+                 space: str = "eps"):
+        super().__init__(perturbed_guidance_scale=seg_guidance_scale, perturbed_guidance_start=seg_guidance_start,
+                         perturbed_guidance_stop=seg_guidance_stop, layers=layers, start=start, stop=stop,
+                         sigma_lo=sigma_lo, sigma_hi=sigma_hi, guidance_rescale=guidance_rescale, space=space)
+        if seg_blur_sigma < 0:
+            raise ValueError(f"SmoothedEnergyGuidance: seg_blur_sigma must be >= 0 (0 = no blur, above "
+                             f"seg_blur_threshold_inf = infinite blur), got {seg_blur_sigma}")
+        self.seg_blur_sigma = float(seg_blur_sigma)
+        self.seg_blur_threshold_inf = float(seg_blur_threshold_inf)
+
+    def perturbation_options(self) -> dict:
+        return {"blur_sigma": self.seg_blur_sigma, "blur_threshold_inf": self.seg_blur_threshold_inf}
+
+    def needs_perturbed(self, ctx: RuleContext) -> bool:
+        return self.seg_blur_sigma > 0 and super().needs_perturbed(ctx)

@@ -119,7 +119,7 @@ class CFGDiffusion(L.LightningModule):
         if rule is not None and rule.perturbation is not None:
             from ..nets.attention_perturbation import PerturbedAttention
 
-            perturbed = PerturbedAttention(self.net, rule.perturbation, rule.layers)
+            perturbed = PerturbedAttention.for_rule(self.net, rule)
         return NetDenoiser(self.net, self.num_classes, self.hparams.prediction, cfg_scale, self.hparams.clip_x0,
                            rule=rule, guide_net=None if guide is None else guide.net,
                            guide_prediction=None if guide is None else guide.hparams.prediction,

@@ -49,7 +49,7 @@ def load_rule_guide(rule: ClassifierFreeGuidance | None, diffusion: CFGDiffusion
     if rule.perturbation is not None:
         from ..nets.attention_perturbation import PerturbedAttention
 
-        PerturbedAttention(diffusion.net, rule.perturbation, rule.layers)  # refuses a net without those layers
+        PerturbedAttention.for_rule(diffusion.net, rule)  # refuses a net without those layers
     if not rule.guide_is_other_model:
         return None
     name = type(rule).__name__

@@ -124,10 +124,13 @@ class AttentionBlock(nn.Module):
 
     ``perturbation`` (set only for the length of one guided forward, see :mod:`.attention_perturbation`):
     ``"identity"`` replaces the attention map by the identity, so each position keeps its own value (perturbed-
-    attention guidance, Ahn et al. 2024); ``"skip"`` makes the block add nothing (skip-layer guidance).
+    attention guidance, Ahn et al. 2024); ``"skip"`` makes the block add nothing (skip-layer guidance); ``"blur"``
+    blurs the queries over the H x W grid with :func:`blur_queries` at ``blur_sigma`` (smoothed-energy guidance).
     """
 
     perturbation: str | None = None
+    blur_sigma: float = 0.0
+    blur_threshold_inf: float = math.inf
 
     def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1):
         super().__init__()
@@ -144,10 +147,51 @@ class AttentionBlock(nn.Module):
         qkv = self.qkv(self.norm(tokens))  # (B, 3C, N)
         qkv = qkv.reshape(b, self.num_heads, 3, c // self.num_heads, -1).transpose(-1, -2)  # (B, heads, 3, N, d)
         q, k, v = qkv.unbind(dim=2)
+        if self.perturbation == "blur":  # each head's queries, (B heads, N, d), blurred over the positions
+            q = blur_queries(q.reshape(-1, *q.shape[2:]), spatial, self.blur_sigma,
+                             self.blur_threshold_inf).reshape(q.shape)
         # (B, heads, N, d); an identity attention map leaves each position its own value
         attended = v if self.perturbation == "identity" else F.scaled_dot_product_attention(q, k, v)
         attended = attended.transpose(-1, -2).reshape(b, c, -1)
         return x + self.proj(attended).reshape(b, c, *spatial)
+
+
+def gaussian_kernel_1d(sigma: float, size: int, like: Tensor) -> Tensor:
+    """The normalised Gaussian ``exp(-x^2 / (2 sigma^2))`` at the ``size`` integer offsets centred on 0 (size odd)."""
+    half = (size - 1) / 2
+    x = torch.linspace(-half, half, steps=size)
+    pdf = torch.exp(-0.5 * (x / sigma).pow(2))
+    return (pdf / pdf.sum()).to(like)
+
+
+def blur_queries(query: Tensor, spatial: Sequence[int], sigma: float, threshold_inf: float = math.inf) -> Tensor:
+    """Smoothed-energy guidance's query blur (Hong, NeurIPS 2024, arXiv 2408.00760: blurring the queries blurs the
+    attention weights, which lowers the curvature of the attention energy): every channel of ``query`` (B, N, C),
+    its N = H W tokens seen as an H x W image, convolved with a normalised 2D Gaussian of std ``sigma`` (in tokens).
+
+    As the authors' SEG-SDXL code and diffusers' ``_gaussian_blur_2d``: kernel width ``ceil(6 sigma)`` rounded up
+    to odd, cut per axis to the side length (its largest odd number <= side + 1), reflect padding. ``sigma >
+    threshold_inf``: the infinite blur, every token the channel's spatial mean (uniform attention).
+    ``sigma <= 1/6`` gives a 1-token kernel, the query unchanged (``sigma = 0`` too). diffusers 0.42.1 swaps
+    the two branches (its finite sigma gives the mean; diffusers PR #14187); here they are as the paper defines
+    them. Returns a new tensor.
+    """
+    if sigma < 0:
+        raise ValueError(f"blur sigma must be >= 0 (0 = no blur), got {sigma}")
+    height, width = (int(n) for n in spatial) if len(spatial) == 2 else (int(spatial[0]), 1)
+    b, n, c = query.shape
+    if n != height * width:
+        raise ValueError(f"blur_queries: {n} query tokens do not form the {height} x {width} grid")
+    grid = query.transpose(1, 2).reshape(b, c, height, width)
+    if sigma > threshold_inf:
+        grid = grid.mean(dim=(-2, -1), keepdim=True).expand_as(grid)
+    elif sigma > 0:
+        size = math.ceil(6 * sigma) + 1 - math.ceil(6 * sigma) % 2
+        kh, kw = (min(size, side - (side % 2 - 1)) for side in (height, width))
+        kernel = torch.outer(gaussian_kernel_1d(sigma, kh, query), gaussian_kernel_1d(sigma, kw, query))
+        padded = F.pad(grid, [kw // 2, kw // 2, kh // 2, kh // 2], mode="reflect")
+        grid = F.conv2d(padded, kernel.expand(c, 1, kh, kw), groups=c)
+    return grid.reshape(b, c, n).transpose(1, 2).contiguous()
 
 
 class AttentionPool2d(nn.Module):
