@@ -46,14 +46,14 @@ def main(argv: list[str] | None = None) -> None:
                              classifier=classifier, samples_per_class=args.samples_per_class, sampler=args.sampler,
                              sampler_kwargs=kwargs, seed=args.seed, keep_samples=kept)
     cfg_mid = [r for r in rows if r["method"] == "cfg"][len(args.scales) // 2]
-    ranking = best_at_equal_wrong_class_rate(rows, cfg_mid["wrong_class_rate"])
+    ranking = best_at_equal_wrong_class_rate(rows, cfg_mid["wrong_class_fraction"])
     intro = (f"Exact 2D fractal, {2 * args.samples_per_class} samples per row (classes alternate, seed = {args.seed} + "
              f"sample id), {args.sampler} {kwargs}, model `{args.checkpoint}`, autoguidance's worse model "
              f"`{args.guide_checkpoint}`, classifier `{args.classifier}` (classifier guidance at scale s - 1, no CFG).")
     text = markdown(rows, intro)
-    text += (f"\nAt a wrong-class rate <= {cfg_mid['wrong_class_rate']:.4f} (plain CFG at s = {cfg_mid['scale']:g}), "
+    text += (f"\nAt a wrong-class rate <= {cfg_mid['wrong_class_fraction']:.4f} (plain CFG at s = {cfg_mid['scale']:g}), "
              "the best row of each method by mean log-density:\n\n")
-    text += "\n".join(f"- {m}: s = {r['scale']:g}, log p {r['mean_log_density']:.3f}, wrong {r['wrong_class_rate']:.4f}, "
+    text += "\n".join(f"- {m}: s = {r['scale']:g}, log p {r['mean_log_density']:.3f}, wrong {r['wrong_class_fraction']:.4f}, "
                       f"SW {r['sliced_wasserstein']:.4f}, spread {r['spread']:.3f}, recall {r['recall']:.3f}"
                       for m, r in ranking) + "\n"
     out = Path(args.output_dir)

@@ -10,12 +10,23 @@ from lightning_guidance.toy import fractal_2d
 from lightning_guidance.toy.exact_scores import score_samples, sliced_wasserstein
 
 
-@pytest.mark.parametrize("n, m", [(200, 200), (100, 300), (300, 150)])
+@pytest.mark.parametrize("n, m", [(200, 200), (100, 300), (300, 150), (100, 301), (7, 13)])
 def test_sliced_wasserstein_in_one_dimension_is_scipys_wasserstein(n, m):
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(n, 1, generator=g), 0.5 + 2 * torch.rand(m, 1, generator=g)
     got = sliced_wasserstein(a, b, num_projections=3, p=1)  # every 1D direction is +-1: W1 is the same
     assert float(got) == pytest.approx(scipy.stats.wasserstein_distance(a[:, 0].numpy(), b[:, 0].numpy()), rel=1e-9)
+
+
+def test_reference_size_is_a_setting(fractal):
+    """The study's settings (2000 exact samples per class, sliced W1): a sample set that is the reference law scores
+    close to it, one shrunk to a point per class far from it; the reference size changes the reference only."""
+    x, y = fractal.sample(300, labels=torch.arange(300) % 2, generator=torch.Generator().manual_seed(8))
+    s = score_samples(fractal, x, y, reference_per_class=2000, num_projections=64, p=1)
+    means = torch.stack([x[y == k].mean(0) for k in (0, 1)])[y]
+    shrunk = score_samples(fractal, means + 0.01 * (x - means), y, reference_per_class=2000, num_projections=64, p=1)
+    assert s["sliced_wasserstein"] < 0.1 < shrunk["sliced_wasserstein"]
+    assert s["num_samples"] == 300 and s["mean_log_density"] == score_samples(fractal, x, y)["mean_log_density"]
 
 
 def test_sliced_wasserstein_of_a_shift_is_the_projected_shift():
@@ -36,7 +47,7 @@ def test_exact_samples_score_as_the_true_distribution(fractal):
     x, y = fractal.sample(4000, labels=torch.arange(4000) % 2, generator=torch.Generator().manual_seed(3))
     s = score_samples(fractal, x, y, seed=4)
     bayes_error = float((1 - fractal.class_posterior(x.double()).max(dim=1).values).mean())
-    assert s["wrong_class_rate"] < 0.05 and s["wrong_class_rate"] == pytest.approx(bayes_error, abs=0.02)
+    assert s["wrong_class_fraction"] < 0.05 and s["wrong_class_fraction"] == pytest.approx(bayes_error, abs=0.02)
     assert s["spread"] == pytest.approx(1.0, abs=0.05)
     assert s["recall"] > 0.9  # a fresh draw of the same law is covered by the k-NN balls of another
     assert s["sliced_wasserstein"] < 0.05
@@ -47,7 +58,7 @@ def test_wrong_and_collapsed_samples_are_caught(fractal):
     x, y = fractal.sample(2000, labels=torch.arange(2000) % 2, generator=torch.Generator().manual_seed(5))
     exact = score_samples(fractal, x, y, seed=6)
     swapped = score_samples(fractal, x, 1 - y, seed=6)
-    assert swapped["wrong_class_rate"] > 0.95 and swapped["mean_log_density"] < exact["mean_log_density"] - 5
+    assert swapped["wrong_class_fraction"] > 0.95 and swapped["mean_log_density"] < exact["mean_log_density"] - 5
     means = torch.stack([x[y == k].mean(0) for k in (0, 1)])[y]
     collapsed = score_samples(fractal, means + 0.2 * (x - means), y, seed=6)  # shrunk towards each class mean
     assert collapsed["spread"] == pytest.approx(0.2, abs=0.02)

@@ -22,7 +22,8 @@ from ..guidance.classifier import ClassifierGuidance
 from ..toy import fractal_2d
 from ..toy.exact_scores import score_samples
 
-METRICS = ("mean_log_density", "median_log_density", "wrong_class_rate", "sliced_wasserstein", "spread", "recall")
+METRICS = ("mean_log_density", "median_log_density", "wrong_class_fraction", "sliced_wasserstein", "spread",
+           "recall")
 
 
 def fractal_variants(guide_checkpoint: str | None) -> dict[str, ClassifierFreeGuidance]:
@@ -95,7 +96,7 @@ def markdown(rows: list[dict], intro: str) -> str:
     for r in rows:
         scale = "—" if r["scale"] != r["scale"] else f"{r['scale']:g}"
         lines.append(f"| {r['method']} | {scale} | {r['mean_log_density']:.3f} | {r['median_log_density']:.3f} | "
-                     f"{r['wrong_class_rate']:.4f} | "
+                     f"{r['wrong_class_fraction']:.4f} | "
                      f"{r['sliced_wasserstein']:.4f} | {r['spread']:.3f} | {r['recall']:.3f} | {r['seconds']:.1f} |")
     return "\n".join(lines) + "\n"
 
@@ -104,7 +105,7 @@ def best_at_equal_wrong_class_rate(rows: list[dict], budget: float) -> list[tupl
     """Per method, its row with the highest mean log-density among those whose wrong-class rate is <= ``budget``."""
     best: dict[str, dict] = {}
     for r in rows:
-        if r["method"] in ("exact samples",) or r["wrong_class_rate"] > budget:
+        if r["method"] in ("exact samples",) or r["wrong_class_fraction"] > budget:
             continue
         if r["method"] not in best or r["mean_log_density"] > best[r["method"]]["mean_log_density"]:
             best[r["method"]] = r

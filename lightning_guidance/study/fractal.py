@@ -1,5 +1,5 @@
 """Sections 2 and 3: the 2D fractal (Karras et al. 2024 toy) — sample panels, and every guidance method at every scale
-scored against the exact class-conditional distribution (``toy.sample_scores``), same seeds for every method.
+scored against the exact class-conditional distribution (``toy.exact_scores``), same seeds for every method.
 
 Steps: a CFG denoiser and the linear time-dependent classifier (``configs/fractal/``), then one ``predict`` per
 guidance method (the shipped ``configs/fractal/sample_*.yaml``), each a sweep over its scales.
@@ -18,6 +18,8 @@ from .results import SectionResult, fmt, md_table, pyplot, save_figure
 
 SECTION = "2D fractal"
 TERM0 = term(0)
+#: the exact scores' settings: sliced W1 (the figure's "sliced W1") on 64 directions, seed 0
+SCORING = {"seed": 0, "num_projections": 64, "p": 1}
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ def read_samples(out_dir: Path) -> dict[float, tuple[torch.Tensor, torch.Tensor]
 def analyse_fractal(ctx) -> tuple[SectionResult, SectionResult]:
     """(section 2: panels, section 3: the exact benchmark)."""
     from ..toy import fractal_2d
-    from ..toy.sample_scores import exact_sample_scores
+    from ..toy.exact_scores import score_samples
 
     p, run = ctx.preset, ctx.run_dir
     panels = SectionResult("fractal_panels", "2. 2D fractal: ground truth, CG and CFG at several scales")
@@ -104,13 +106,13 @@ def analyse_fractal(ctx) -> tuple[SectionResult, SectionResult]:
     samples, scores = {}, {}
     for m in methods:
         samples[m.key] = read_samples(ctx.step(f"sample-fractal-{m.key}").out_dir)
-        scores[m.key] = {f"{s:g}": exact_sample_scores(mixture, x, y, p.fractal_reference_per_class, seed=0)
+        scores[m.key] = {f"{s:g}": score_samples(mixture, x, y, p.fractal_reference_per_class, **SCORING)
                          for s, (x, y) in samples[m.key].items()}
     n = p.fractal_samples_per_class
     gen = torch.Generator().manual_seed(1)
     labels = torch.arange(2 * n) % 2
     truth, _ = mixture.sample(2 * n, labels, generator=gen)
-    reference = exact_sample_scores(mixture, truth, labels, p.fractal_reference_per_class, seed=0)
+    reference = score_samples(mixture, truth, labels, p.fractal_reference_per_class, **SCORING)
     bench.numbers = {"samples_per_class": n, "reference_per_class": p.fractal_reference_per_class,
                      "exact_samples": reference,
                      "methods": {m.key: {"label": m.label, "scales": scores[m.key]} for m in methods},

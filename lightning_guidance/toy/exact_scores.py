@@ -5,11 +5,12 @@ For samples ``x_i`` generated for classes ``y_i``:
 - ``mean_log_density``: ``mean_i log p(x_i | y_i)``, the exact class-conditional log-density (higher = the samples
   sit where the requested class has mass; guidance raises it by concentrating samples); on the fractal's thin
   branches a few stray samples dominate the mean, so ``median_log_density`` is given too;
-- ``wrong_class_rate``: the fraction of samples whose exact posterior ``p(y | x_i)`` (the Bayes classifier) prefers
-  another class than the one requested;
-- ``sliced_wasserstein``: per class, the sliced 2-Wasserstein distance (Rabin et al. 2011) between the samples and as
-  many exact samples of that class, averaged over the classes present (lower = closer to the true conditional
-  distribution: it grows both when samples leave the data and when they lose variety);
+- ``wrong_class_fraction``: the fraction of samples whose exact posterior ``p(y | x_i)`` (the Bayes classifier)
+  prefers another class than the one requested;
+- ``sliced_wasserstein``: per class, the sliced p-Wasserstein distance (Rabin et al. 2011; Bonneel et al. 2015)
+  between the samples and exact samples of that class (as many as the samples, or ``reference_per_class``),
+  averaged over the classes present (lower = closer to the true conditional distribution: it grows both when
+  samples leave the data and when they lose variety);
 - ``spread``: per class, ``sqrt(trace Cov(samples) / trace Cov(exact))``, averaged (1 = the true dispersion,
   < 1 = samples pulled together, > 1 = pushed apart);
 - ``recall``: per class, the share of exact samples inside the union of the generated samples' k-nearest-neighbour
@@ -25,12 +26,21 @@ from torch import Tensor
 from .gaussian_mixture import GaussianMixture
 
 
+def _quantile_cells(n: int, m: int) -> tuple[Tensor, Tensor, Tensor]:
+    """The cells of (0, 1] on which the empirical quantile functions of n and of m points are both constant: their
+    widths and, per cell, the index of the sorted point each function takes there."""
+    ends = torch.unique(torch.cat([torch.arange(1, n + 1) * m, torch.arange(1, m + 1) * n]))  # cell ends, x 1/(nm)
+    widths = torch.diff(ends, prepend=ends.new_zeros(1)).to(torch.float64) / (n * m)
+    # on ((i - 1)/n, i/n] the quantile function of n sorted points is the i-th; a cell ending at e/(nm) has i = ceil(e/m)
+    return widths, (ends + m - 1) // m - 1, (ends + n - 1) // n - 1
+
+
 def sliced_wasserstein(a: Tensor, b: Tensor, num_projections: int = 256, p: int = 2,
                        generator: torch.Generator | None = None) -> Tensor:
-    """``(mean_theta W_p^p(<a, theta>, <b, theta>))^(1/p)`` over random unit directions ``theta``.
+    """``(mean_theta W_p^p(<a, theta>, <b, theta>))^(1/p)`` over ``num_projections`` random unit directions ``theta``.
 
-    ``a`` (N, D) and ``b`` (M, D); in 1D the distance between two empirical laws compares their quantile functions,
-    here at the midpoints of ``max(N, M)`` equal cells (exact when one size divides the other).
+    ``a`` (N, D) and ``b`` (M, D). In 1D, ``W_p^p = int_0^1 |F_a^-1(u) - F_b^-1(u)|^p du`` between the two empirical
+    laws, computed exactly on the cells where both quantile functions are constant (any N and M).
     """
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
         raise ValueError(f"sliced_wasserstein needs two (N, D) point sets of one dimension, got {tuple(a.shape)} "
@@ -39,12 +49,8 @@ def sliced_wasserstein(a: Tensor, b: Tensor, num_projections: int = 256, p: int 
     theta = torch.randn(a.shape[1], num_projections, generator=generator, dtype=torch.float64)
     theta = theta / theta.norm(dim=0, keepdim=True)
     pa, pb = (a @ theta).sort(dim=0).values, (b @ theta).sort(dim=0).values
-    if len(pa) != len(pb):
-        # the empirical quantile function F^-1(u) = sorted[floor(u n)] at the midpoints of a common grid
-        n = max(len(pa), len(pb))
-        levels = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-        pa, pb = (v[(levels * len(v)).floor().long()] for v in (pa, pb))
-    return ((pa - pb).abs() ** p).mean() ** (1.0 / p)
+    widths, ia, ib = _quantile_cells(len(pa), len(pb))
+    return ((widths[:, None] * (pa[ia] - pb[ib]).abs() ** p).sum(dim=0).mean()) ** (1.0 / p)
 
 
 def knn_recall(generated: Tensor, reference: Tensor, k: int = 3) -> Tensor:
@@ -56,27 +62,29 @@ def knn_recall(generated: Tensor, reference: Tensor, k: int = 3) -> Tensor:
     return (torch.cdist(reference, generated) <= radius[None, :]).any(dim=1).to(torch.float64).mean()
 
 
-def score_samples(mixture: GaussianMixture, samples: Tensor, labels: Tensor, seed: int = 0,
-                  num_projections: int = 256) -> dict[str, float]:
+def score_samples(mixture: GaussianMixture, samples: Tensor, labels: Tensor, reference_per_class: int | None = None,
+                  seed: int = 0, num_projections: int = 256, p: int = 2) -> dict[str, float]:
     """The exact scores of ``samples`` (N, D) generated for ``labels`` (N,) (see the module docstring).
 
-    The exact reference samples and the projections come from ``seed``, so two sets of samples scored with the
-    same seed are compared against the same reference.
+    Each class is compared with ``reference_per_class`` exact samples (None: as many as it has samples), on
+    ``num_projections`` directions, with the sliced ``p``-Wasserstein distance. The exact reference samples and the
+    projections come from ``seed``, so two sets of samples scored with the same seed meet the same reference.
     """
-    x = samples.to(torch.float64).reshape(len(samples), -1)
-    y = labels.to(torch.long)
+    x = samples.detach().cpu().to(torch.float64).reshape(len(samples), -1)
+    y = labels.detach().cpu().to(torch.long)
     log_density = mixture.log_prob(x, y)
     wrong = (mixture.class_posterior(x).argmax(dim=1) != y).to(torch.float64)
     g = torch.Generator().manual_seed(seed)
     sw, spread, recall = [], [], []
     for k in sorted(set(y.tolist())):
         mine = x[y == k]
-        exact = mixture.sample(len(mine), labels=torch.full((len(mine),), k), generator=g)[0].to(torch.float64)
-        sw.append(sliced_wasserstein(mine, exact, num_projections, generator=g))
+        n_ref = len(mine) if reference_per_class is None else int(reference_per_class)
+        exact = mixture.sample(n_ref, labels=torch.full((n_ref,), k), generator=g)[0].to(torch.float64)
+        sw.append(sliced_wasserstein(mine, exact, num_projections, p=p, generator=g))
         spread.append((torch.cov(mine.T).trace() / torch.cov(exact.T).trace()).sqrt())
         recall.append(knn_recall(mine, exact))
     return {"mean_log_density": float(log_density.mean()), "median_log_density": float(log_density.median()),
-            "wrong_class_rate": float(wrong.mean()),
+            "wrong_class_fraction": float(wrong.mean()),
             "sliced_wasserstein": float(torch.stack(sw).mean()), "spread": float(torch.stack(spread).mean()),
             "recall": float(torch.stack(recall).mean()),
             "num_samples": int(len(x))}
