@@ -3,7 +3,8 @@
 Digits-sized nets with random weights (the cost does not depend on the weights): the UNet of configs/digits/cfg.yaml
 as the main model; autoguidance's worse model is (a) the same UNet (what configs/digits/cfg_autoguide_bad.yaml trains:
 fewer steps), run as one stacked forward (``torch.func`` vmap over the two weight sets) or as two calls, and (b) a
-16-channel UNet (a smaller net: two calls). Rules are timed in turns (A, B, C, ..., A, B, C, ...) so that load drifts
+16-channel UNet (a smaller net: two calls). The attention-perturbation rules (PAG, SLG, SEG, at diffusers' default
+step windows, on the UNet's middle attention block) add a third, perturbed forward at the steps of their window. Rules are timed in turns (A, B, C, ..., A, B, C, ...) so that load drifts
 hit them alike; the table gives the median **CPU** seconds of this process (``time.process_time``, one thread: on a
 shared machine wall time measures the neighbours' load, CPU time the work) and the ratio to plain CFG. The conditional model alone (scale 1, one
 forward per step) is the lower bound; the guidance interval skips the null forward outside its noise levels, so it
@@ -28,7 +29,10 @@ from lightning_guidance.diffusion.noise import PerSampleNoise
 from lightning_guidance.diffusion.sampling import sample
 from lightning_guidance.diffusion.schedules import VPSchedule
 from lightning_guidance.guidance.cfg_variants import (AdaptiveProjectedGuidance, Autoguidance, CFGRescale, CFGZeroStar,
-                                                      FrequencyDecoupledGuidance, GuidanceInterval, TangentialCFG)
+                                                      FrequencyDecoupledGuidance, GuidanceInterval,
+                                                      PerturbedAttentionGuidance, SkipLayerGuidance,
+                                                      SmoothedEnergyGuidance, TangentialCFG)
+from lightning_guidance.nets.attention_perturbation import PerturbedAttention
 
 SCALE = 3.0
 
@@ -78,11 +82,16 @@ def main() -> None:
         "autoguidance, same UNet, stacked": (SCALE, auto, same_arch, True),
         "autoguidance, same UNet, two calls": (SCALE, auto, same_arch, False),
         "autoguidance, 16-ch UNet, two calls": (SCALE, auto, small, True),
+        "perturbed-attention (steps 1-20 %)": (SCALE, PerturbedAttentionGuidance(layers=[0]), None, True),
+        "skip-layer (steps 1-20 %)": (SCALE, SkipLayerGuidance(layers=[0]), None, True),
+        "smoothed-energy, infinite blur": (SCALE, SmoothedEnergyGuidance(layers=[0]), None, True),
+        "smoothed-energy, sigma 1": (SCALE, SmoothedEnergyGuidance(seg_blur_sigma=1.0, layers=[0]), None, True),
     }
 
     def run(scale: float, rule: ClassifierFreeGuidance | None, guide, batch_guide: bool) -> torch.Tensor:
+        perturbed_net = None if rule is None or rule.perturbation is None else PerturbedAttention.for_rule(unet, rule)
         denoiser = NetDenoiser(unet, 10, "eps", scale, clip_x0=True, rule=rule, guide_net=guide,
-                               batch_guide=batch_guide)
+                               batch_guide=batch_guide, perturbed_net=perturbed_net)
         with torch.inference_mode():
             return sample(a.sampler, denoiser, schedule, labels, PerSampleNoise(seeds), (1, 8, 8), num_steps=a.steps)
 
