@@ -176,3 +176,40 @@ def test_ece_bin_count_matters_and_equals_torchmetrics(n_bins):
     assert len(others) == 3  # the three bin counts give three different values
     if n_bins == 10:  # the documented default
         assert float(expected_calibration_error(confidence, hit)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_calibration_loss_is_cross_entropy_plus_weighted_relplot_smooth_ece():
+    """The fine-tune's loss ``CE + lambda smECE`` (calibration/loss.py) against hand-computed cross-entropy and
+    relplot's Smooth ECE of the top-label confidences, at the batch's own bandwidth and at a given one; with
+    ``gather`` (DDP), smECE is that of the gathered batch while CE stays local. Catches: the weight applied to CE,
+    smECE of the raw probabilities instead of the top label, a given bandwidth ignored, gather skipped for the
+    correctness flags, smECE detached (no gradient reaches the logits through it)."""
+    from lightning_guidance.calibration.loss import calibration_loss
+
+    g = torch.Generator().manual_seed(5)
+    logits = (2.5 * torch.randn(64, 5, generator=g, dtype=torch.float64)).requires_grad_(True)
+    y = torch.randint(5, (64,), generator=g)
+    probs = torch.softmax(logits.detach().float(), dim=1).double()
+    ce_hand = float(-torch.log_softmax(logits.detach(), dim=1)[torch.arange(64), y].mean())
+    conf, pred = probs.max(dim=1)
+    correct = (pred == y).double()
+
+    loss, ce, smooth = calibration_loss(logits, y, smooth_ece_weight=0.7)
+    # float32 softmax inside: agreement to ~1e-7, a wrong bandwidth or kernel differs by > 1e-4
+    assert float(ce) == pytest.approx(ce_hand, abs=1e-12)
+    assert float(smooth) == pytest.approx(relplot.smECE(conf.numpy(), correct.numpy()), abs=1e-6)
+    assert float(loss) == pytest.approx(float(ce) + 0.7 * float(smooth), abs=1e-6)  # smECE is float32
+    smooth.backward()
+    assert logits.grad is not None and float(logits.grad.abs().sum()) > 0
+
+    _, _, at_sigma = calibration_loss(logits, y, smooth_ece_weight=1.0, bandwidth=0.2)
+    assert float(at_sigma) == pytest.approx(relplot.smECE_sigma(conf.numpy(), correct.numpy(), 0.2), abs=1e-6)
+
+    other_conf = torch.linspace(0.3, 0.95, 40, dtype=torch.float32)
+    other_correct = (torch.arange(40) % 3 == 0).float()
+    gather = lambda t: torch.cat([t, other_conf if t.requires_grad else other_correct])  # noqa: E731
+    _, ce_g, smooth_g = calibration_loss(logits, y, smooth_ece_weight=1.0, gather=gather)
+    both_c = np.concatenate([conf.numpy(), other_conf.double().numpy()])
+    both_a = np.concatenate([correct.numpy(), other_correct.double().numpy()])
+    assert float(ce_g) == pytest.approx(ce_hand, abs=1e-12)
+    assert float(smooth_g) == pytest.approx(relplot.smECE(both_c, both_a), abs=1e-6)

@@ -13,7 +13,7 @@ from lightning_guidance.diffusion.parameterization import eps_to_x0
 from lightning_guidance.guidance import (CFGPlusClassifierGuidance, ClassifierGuidance, DivergenceGuidance,
                                          EntropyAdaptiveGuidance, GuidanceState, LinearSchedule,
                                          OffTheShelfGuidance, TiltedGuidance, TimeIntervalSchedule, total_guidance)
-from lightning_guidance.diffusion.plug import check_guidance_for_sampler
+from lightning_guidance.diffusion.plug import GuidanceTerm, check_guidance_for_sampler
 from lightning_guidance.guidance.log_likelihood import log_likelihood
 
 B, D, K = 6, 5, 4
@@ -413,3 +413,86 @@ def test_terms_run_under_no_grad():
     with torch.no_grad():
         g = ClassifierGuidance(clf)(state)
     assert torch.isfinite(g).all() and g.abs().sum() > 0 and not g.requires_grad
+
+
+class _FixedTerm(GuidanceTerm):
+    """gradient = a fixed tensor, so that the trace's numbers have a hand-computed value."""
+
+    supported_samplers = ("ddim", "edm")
+
+    def __init__(self, grad, scale):
+        super().__init__(scale)
+        self.grad = grad
+
+    def gradient(self, state):
+        return self.grad
+
+    def edm_nudge(self, x, *args, **kwargs):
+        return 2 * x
+
+
+def test_guidance_trace_records_the_hand_computed_sums():
+    """GuidanceTrace passes the correction through and adds, per step: count, sum of t, sum of the per-sample RMS of
+    g / |scale|, the number below vanishing_rms, and (classifier terms) the summed probability of the requested class
+    on x_t. Catches: RMS taken over the batch instead of per sample, the scale not divided out, rows of another
+    step written, confidence of the predicted instead of the requested class, a wrong-length trace accepted."""
+    from lightning_guidance.guidance.trace import TRACE_COLUMNS, GuidanceTrace
+
+    grad = torch.randn(B, D, dtype=DT)
+    grad[0] = 1e-5  # RMS 1e-5 < vanishing_rms
+    term = _FixedTerm(grad, scale=-2.0)
+    trace = GuidanceTrace(term, vanishing_rms=1e-3)
+    assert trace.name == "_FixedTerm" and trace.supported_samplers == ("ddim", "edm")
+    x = torch.ones(2, 3)
+    assert torch.equal(trace.edm_nudge(x, None, 0, 1, None), 2 * x)
+    state = make_state(step=2, num_steps=4)
+    g = trace(state)
+    assert torch.equal(g, -2.0 * grad)
+    assert trace.sums.shape == (4, len(TRACE_COLUMNS)) and trace.sums.dtype == torch.float64
+    rms = grad.pow(2).mean(dim=1).sqrt()
+    expected = torch.tensor([B, float(state.t.sum()), float(rms.sum()), 1.0, 0.0, 0.0], dtype=DT)
+    torch.testing.assert_close(trace.sums[2], expected, rtol=1e-12, atol=0)
+    assert not trace.sums[[0, 1, 3]].any()
+    trace(make_state(step=2, num_steps=4))
+    torch.testing.assert_close(trace.sums[2, 0], torch.tensor(2.0 * B, dtype=DT))
+    trace.scale = 0.5  # the setter reaches the wrapped term
+    assert term.scale == 0.5 and trace.scale == 0.5
+    with pytest.raises(ValueError, match="one trace per sampler setting: it saw 4 steps, now 5"):
+        trace(make_state(step=0, num_steps=5))
+    with pytest.raises(ValueError, match="vanishing_rms must be > 0, got 0"):
+        GuidanceTrace(term, vanishing_rms=0)
+
+    # a classifier term: the probability of the requested class, from the classifier's own softmax on (x_t, t)
+    clf = TinyClassifier()
+    ctrace = GuidanceTrace(ClassifierGuidance(clf, scale=3.0))
+    state = make_state(step=0, num_steps=2, denoiser=TinyDenoiser())
+    ctrace(state)
+    with torch.no_grad():
+        p = torch.softmax(clf(state.x_t, state.t), dim=1)[torch.arange(B), state.y]
+    torch.testing.assert_close(ctrace.sums[0, 4], p.sum(), rtol=1e-12, atol=0)
+    assert float(ctrace.sums[0, 5]) == B
+
+
+def test_summarize_trace_is_per_step_means_and_overall_figures():
+    """summarize_trace: per-step means (sum / count, a step without samples gives 0, not nan), confidence only
+    where recorded (nan elsewhere), overall means weighted by counts. Catches: unweighted means of the per-step
+    means, the wrong column, the final confidence read from the first step."""
+    from lightning_guidance.guidance.trace import summarize_trace
+
+    sums = torch.tensor([[2, 1.0, 0.4, 1, 1.5, 2],
+                         [4, 0.4, 0.2, 4, 0.0, 0],
+                         [0, 0.0, 0.0, 0, 0.0, 0],
+                         [2, 0.1, 0.6, 0, 0.6, 1]], dtype=DT)
+    s = summarize_trace(sums, vanishing_rms=0.01)
+    assert s["t"] == pytest.approx([0.5, 0.1, 0.0, 0.05])
+    assert s["gradient_rms"] == pytest.approx([0.2, 0.05, 0.0, 0.3])
+    assert s["vanishing_fraction"] == pytest.approx([0.5, 1.0, 0.0, 0.0])
+    assert s["confidence"][0] == pytest.approx(0.75) and s["confidence"][3] == pytest.approx(0.6)
+    assert math.isnan(s["confidence"][1]) and math.isnan(s["confidence"][2])
+    assert s["vanishing_rms"] == 0.01
+    assert s["mean_gradient_rms"] == pytest.approx(1.2 / 8)
+    assert s["mean_vanishing_fraction"] == pytest.approx(5 / 8)
+    assert s["final_confidence"] == pytest.approx(0.6)
+    assert math.isnan(summarize_trace(sums[:2], 0.01)["final_confidence"])
+    empty = summarize_trace(torch.zeros(2, 6, dtype=DT), 0.01)
+    assert empty["mean_gradient_rms"] == 0.0 and empty["mean_vanishing_fraction"] == 0.0

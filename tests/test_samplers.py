@@ -368,3 +368,27 @@ def test_nan_mid_sampling_names_the_step(sampler, name, kwargs, calls_per_step):
     n = kwargs["num_steps"]
     with pytest.raises(FloatingPointError, match=f"non-finite sample at {name} step {bad_step}/{n}"):
         sample(sampler, denoiser, VPSchedule.linear(), labels(2), PerSampleNoise([0, 1]), (3,), **kwargs)
+
+
+def test_per_sample_noise_depends_only_on_the_sample_id():
+    """PerSampleNoise: row b is torch's draw from a generator seeded with seed b, so a sample's noise does not depend
+    on its batch or its position in it, nor on the dtype asked for (drawn in float32, then cast). Catches: one
+    generator shared by the batch, rows stacked in another order, float64 drawn directly (other numbers), a batch
+    of the wrong size accepted."""
+    from lightning_guidance.diffusion.noise import PerSampleNoise
+
+    noise = PerSampleNoise(torch.tensor([5, 7, 11]))
+    assert len(noise) == 3 and noise.seeds == [5, 7, 11]
+    first = noise.randn((2, 3))
+    second = noise.randn((2, 3))  # each generator moves on
+    for b, seed in enumerate([5, 7, 11]):
+        g = torch.Generator().manual_seed(seed)
+        assert torch.equal(first[b], torch.randn(2, 3, generator=g))
+        assert torch.equal(second[b], torch.randn(2, 3, generator=g))
+    alone = PerSampleNoise([11]).randn_like(torch.zeros(1, 2, 3, dtype=torch.float64))
+    assert alone.dtype == torch.float64 and torch.equal(alone[0], first[2].double())
+    assert PerSampleNoise([7]).randn((2, 3), dtype=torch.float64).dtype == torch.float64
+    with pytest.raises(ValueError, match="batch of 2 but 3 seeds"):
+        PerSampleNoise([1, 2, 3]).randn_like(torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="need at least one seed"):
+        PerSampleNoise([])
