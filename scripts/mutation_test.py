@@ -49,6 +49,9 @@ FAST_TESTS = [
     "tests/test_gaussian_mixture.py", "tests/test_fractal.py",
     "tests/test_guidance_oracles.py", "tests/test_guidance_terms.py", "tests/test_guidance_direction.py",
     "tests/test_calibration.py", "tests/test_io.py", "tests/test_math_boundaries.py",
+    "tests/test_cfg_variants.py", "tests/test_sampling_guards.py", "tests/test_score_formulas.py",
+    # the fast tests of a file that also runs the CLI (a node id: the file's DDP fits are not run per mutant)
+    "tests/test_ddp_training.py::test_global_batch_draws_are_the_one_process_draws",
 ]
 
 # mutmut's statuses: these count as killed; "survived" and "no tests" (no test ran the mutated function) as not
@@ -120,10 +123,28 @@ def module_of(mutant: str) -> str:
     return mutant.split(".")[1]
 
 
-def carried_kills(workdir: Path | None) -> set[str]:
+def function_hashes(src: Path) -> dict[str, str]:
+    """mutmut's hash of each mutated function's source, by the mutants' common prefix (``pkg.module.x_function``)."""
+    found = {}
+    for meta in (src / "mutants").rglob("*.meta"):
+        module = str(meta.relative_to(src / "mutants"))[:-len(".py.meta")].replace("/", ".")
+        for function, digest in json.loads(meta.read_text()).get("hash_by_function_name", {}).items():
+            found[f"{module}.{function}"] = digest
+    return found
+
+
+def carried_kills(workdir: Path | None, src: Path | None = None) -> set[str]:
+    """The mutants an earlier run killed whose function is unchanged: same module, same name, same source hash
+    (mutmut's own test for reusing a result), so the mutant is the same code. With ``src`` None, every kill."""
     if workdir is None:
         return set()
-    return {name for name, status in mutant_results(workdir / "src").items() if status in STATUS_KILLED}
+    killed = {name for name, status in mutant_results(workdir / "src").items() if status in STATUS_KILLED}
+    if src is None:
+        return killed
+    before, now = function_hashes(workdir / "src"), function_hashes(src)
+    prefix = lambda name: name.rsplit("__mutmut_", 1)[0]  # noqa: E731
+    return {name for name in killed if before.get(prefix(name)) is not None
+            and before.get(prefix(name)) == now.get(prefix(name))}
 
 
 def summarize(src: Path, modules: list[str], percent: float, carried: set[str] = frozenset()) -> dict:
@@ -190,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="percent of the mutants to run, a fixed pseudo-random share (default: all)")
     parser.add_argument("--max-children", type=int, default=2, help="mutants run in parallel")
     parser.add_argument("--carry-killed-from", type=Path, metavar="WORKDIR",
-                        help="an earlier run of the same code: its killed mutants count as killed without a rerun "
-                             "(valid when the tests only grew stronger), only the others are run")
+                        help="an earlier run: its killed mutants of functions whose source is unchanged count as "
+                             "killed without a rerun (valid when the tests only grew stronger), the others are run")
     parser.add_argument("--fresh", action="store_true", help="copy the source anew and forget earlier results")
     parser.add_argument("--report-only", action="store_true", help="summarise an earlier run of this workdir")
     args = parser.parse_args(argv)
@@ -202,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.fresh or not (src / "mutants").exists():  # an existing copy keeps mutmut's cache of results
             shutil.rmtree(src, ignore_errors=True)
             copy_source(args.rev, src)
-        tests = [t for t in FAST_TESTS if (src / t).is_file()]
+        tests = [t for t in FAST_TESTS if (src / t.partition("::")[0]).is_file()]
         configure(src, args.modules, tests)
         print(f"mutmut in {src} over {', '.join(args.modules)}; tests: {', '.join(tests)}", flush=True)
         if not mutant_results(src):  # generate the mutants and collect which tests run which function
@@ -211,14 +232,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"mutmut could not run the tests unmutated (see above); try: cd {src}/mutants && "
                   f"python -m pytest {' '.join(tests)}", file=sys.stderr)
             return 1
-        carried = carried_kills(args.carry_killed_from)
+        carried = carried_kills(args.carry_killed_from, src)
         todo = [name for name, status in sorted(mutant_results(src).items())
                 if status == "not checked" and module_of(name) in args.modules and in_sample(name, args.sample)
                 and name not in carried]
         print(f"{len(todo)} mutants to run", flush=True)
         for i in range(0, len(todo), 500):  # in chunks, so that the command line stays short
             run_mutmut(src, todo[i:i + 500], args.max_children)
-    summary = summarize(src, args.modules, args.sample, carried_kills(args.carry_killed_from))
+    summary = summarize(src, args.modules, args.sample, carried_kills(args.carry_killed_from, src))
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     write_report(src, summary, workdir / "report.md")
     for m, e in summary["modules"].items():
