@@ -496,3 +496,47 @@ def test_summarize_trace_is_per_step_means_and_overall_figures():
     assert math.isnan(summarize_trace(sums[:2], 0.01)["final_confidence"])
     empty = summarize_trace(torch.zeros(2, 6, dtype=DT), 0.01)
     assert empty["mean_gradient_rms"] == 0.0 and empty["mean_vanishing_fraction"] == 0.0
+
+
+def test_sweep_descriptions_name_every_setting_that_changes_samples(tmp_path):
+    """describe() / identity() feed the report line and the shards' config hash: every setting that changes the
+    samples must be in them, by value, and a guide's weights by their content digest (hashlib's sha256 of the
+    file). Catches: a term's scale missing (two sweeps with other scales sharing one hash), private state or
+    non-plain values in the hash, the classifier described by its path, the class map dropped, the value not
+    applied to the term's scale in the report."""
+    import hashlib
+
+    from lightning_guidance.diffusion.cfg_rule import ClassifierFreeGuidance
+    from lightning_guidance.guidance.cfg_variants import CFGZeroStar
+    from lightning_guidance.guidance.sweep import Sweep, describe_classifier, describe_term
+
+    clf = TinyClassifier()
+    weights = tmp_path / "w.pt"
+    weights.write_bytes(b"some weights")
+    clf.checkpoint = str(weights)
+    clf.class_index = torch.tensor([3, 1, 2, 0])
+    term = ClassifierGuidance(clf, scale=2.0, schedule=LinearSchedule(start=1.0, end=0.25))
+    d = describe_term(term)
+    assert d["class"] == "ClassifierGuidance" and d["scale"] == 2.0 and d["input"] == "x_t"
+    assert not any(k.startswith("_") for k in d) and "classifier" in d and "schedule" in d
+    assert d["schedule"] == {"class": "LinearSchedule", "start": 1.0, "end": 0.25}
+    assert d["classifier"] == {"class": "TinyClassifier", "settings": "",
+                               "sha256": hashlib.sha256(b"some weights").hexdigest()[:16],  # 16 hex digits kept
+                               "class_index": [3, 1, 2, 0]}
+    plain = TinyClassifier()
+    assert describe_classifier(plain) == {"class": "TinyClassifier", "settings": ""}
+    assert describe_term(ClassifierGuidance(plain, scale=3.0))["scale"] == 3.0
+    assert describe_term(ClassifierGuidance(plain))["schedule"] is None  # no schedule: recorded as such
+
+    sweep = Sweep("guidance", [0.0, 2.0], 1.5, [term])
+    assert sweep.describe(2.0) == "CFG 1.5, ClassifierGuidance (scale 4)"
+    assert sweep.describe(0.0) == "CFG 1.5, ClassifierGuidance (scale 0)"
+    assert Sweep("cfg", [1.0, 3.0], 1.0, [term]).describe(3.0) == "CFG 3, ClassifierGuidance (scale 2)"
+    ident = sweep.identity()
+    assert ident == {"scale_target": "guidance", "cfg_scale": 1.5, "guidance": [d]}
+    ruled = Sweep("cfg", [2.0], 1.0, [], cfg_rule=CFGZeroStar(zero_init_steps=1))
+    assert ruled.describe(2.0) == "CFGZeroStar 2"
+    assert ruled.identity()["cfg_rule"] == CFGZeroStar(zero_init_steps=1).settings()
+    assert ruled.identity()["cfg_rule"] != CFGZeroStar(zero_init_steps=2).settings()
+    assert "cfg_rule" not in Sweep("cfg", [2.0], 1.0, [], cfg_rule=None).identity()
+    assert isinstance(ruled.cfg_rule, ClassifierFreeGuidance)
