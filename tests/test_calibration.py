@@ -103,7 +103,7 @@ def test_smooth_ece_equals_relplot(case):
     assert smooth_ece_bandwidth(c_t, a_t) == expected_sigma  # the same bisection on the same grid: bit-equal
     # the fixed-bandwidth form at relplot's bandwidth is relplot's value
     at_sigma = smooth_ece_fixed_bandwidth(c_t, a_t, expected_sigma)
-    assert float(at_sigma) == pytest.approx(expected, abs=1e-12)
+    assert float(at_sigma.detach()) == pytest.approx(expected, abs=1e-12)
 
 
 @pytest.mark.parametrize("sigma", [0.01, 0.05, 0.3])
@@ -196,14 +196,14 @@ def test_calibration_loss_is_cross_entropy_plus_weighted_relplot_smooth_ece():
 
     loss, ce, smooth = calibration_loss(logits, y, smooth_ece_weight=0.7)
     # float32 softmax inside: agreement to ~1e-7, a wrong bandwidth or kernel differs by > 1e-4
-    assert float(ce) == pytest.approx(ce_hand, abs=1e-12)
-    assert float(smooth) == pytest.approx(relplot.smECE(conf.numpy(), correct.numpy()), abs=1e-6)
-    assert float(loss) == pytest.approx(float(ce) + 0.7 * float(smooth), abs=1e-6)  # smECE is float32
+    assert float(ce.detach()) == pytest.approx(ce_hand, abs=1e-12)
+    assert float(smooth.detach()) == pytest.approx(relplot.smECE(conf.numpy(), correct.numpy()), abs=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(ce.detach()) + 0.7 * float(smooth.detach()), abs=1e-6)  # f32
     smooth.backward()
     assert logits.grad is not None and float(logits.grad.abs().sum()) > 0
 
     _, _, at_sigma = calibration_loss(logits, y, smooth_ece_weight=1.0, bandwidth=0.2)
-    assert float(at_sigma) == pytest.approx(relplot.smECE_sigma(conf.numpy(), correct.numpy(), 0.2), abs=1e-6)
+    assert float(at_sigma.detach()) == pytest.approx(relplot.smECE_sigma(conf.numpy(), correct.numpy(), 0.2), abs=1e-6)
 
     other_conf = torch.linspace(0.3, 0.95, 40, dtype=torch.float32)
     other_correct = (torch.arange(40) % 3 == 0).float()
@@ -211,5 +211,5 @@ def test_calibration_loss_is_cross_entropy_plus_weighted_relplot_smooth_ece():
     _, ce_g, smooth_g = calibration_loss(logits, y, smooth_ece_weight=1.0, gather=gather)
     both_c = np.concatenate([conf.numpy(), other_conf.double().numpy()])
     both_a = np.concatenate([correct.numpy(), other_correct.double().numpy()])
-    assert float(ce_g) == pytest.approx(ce_hand, abs=1e-12)
-    assert float(smooth_g) == pytest.approx(relplot.smECE(both_c, both_a), abs=1e-6)
+    assert float(ce_g.detach()) == pytest.approx(ce_hand, abs=1e-12)
+    assert float(smooth_g.detach()) == pytest.approx(relplot.smECE(both_c, both_a), abs=1e-6)
