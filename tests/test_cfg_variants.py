@@ -531,3 +531,65 @@ def test_smoothed_energy_guidance_through_the_denoiser(sampler):
         torch.testing.assert_close(run(SmoothedEnergyGuidance(**limit)), cfg, rtol=0, atol=0, msg=str(limit))
     assert _differ(run(SmoothedEnergyGuidance(seg_blur_sigma=1.0)), cfg)
     assert _differ(run(SmoothedEnergyGuidance()), cfg)  # infinite blur (diffusers' default sigma)
+# ---------------------------------------------------------------- every rule keeps the settings it is given
+
+BASE = dict(start=0.1, stop=0.9, sigma_lo=0.2, sigma_hi=5.0, guidance_rescale=0.3, space="x0")
+RULES = [(GuidanceInterval, {}), (CFGRescale, {}), (AdaptiveProjectedGuidance, {}), (CFGZeroStar, {}),
+         (TangentialCFG, {}), (FrequencyDecoupledGuidance, {}), (Autoguidance, {"guide_checkpoint": "bad.ckpt"}),
+         (PerturbedAttentionGuidance, {}), (SkipLayerGuidance, {}), (SmoothedEnergyGuidance, {})]
+
+
+@pytest.mark.parametrize("rule_cls, own", RULES, ids=[r.__name__ for r, _ in RULES])
+def test_every_rule_keeps_the_shared_settings_it_is_given(rule_cls, own):
+    """Each variant passes start/stop/sigma_lo/sigma_hi/guidance_rescale/space on to the shared base, so they act
+    and are recorded in the config hash (settings()). Catches: a constructor that drops one of them (the rule then
+    guides at every step, in eps space or without rescale, while the hash claims otherwise)."""
+    s = rule_cls(**own, **BASE).settings()
+    assert {k: s[k] for k in BASE} == BASE
+    assert s["class"] == rule_cls.__name__
+
+
+def test_rule_specific_settings_are_checked_with_their_own_message():
+    """Catches: a refusal without its message (ValueError(None)), a message in another case, a bound off by one
+    (one level weight must be enough), Autoguidance's EMA choice lost."""
+    with pytest.raises(ValueError,
+                       match=r"^AdaptiveProjectedGuidance: norm_threshold must be >= 0 \(0 = off\), got -1"):
+        AdaptiveProjectedGuidance(norm_threshold=-1.0)
+    with pytest.raises(ValueError, match=r"^CFGZeroStar: zero_init_steps must be >= 0, got -1$"):
+        CFGZeroStar(zero_init_steps=-1)
+    with pytest.raises(ValueError, match=r"^FrequencyDecoupledGuidance needs at least one level weight$"):
+        FrequencyDecoupledGuidance(level_weights=())
+    assert FrequencyDecoupledGuidance(level_weights=(2.0,)).settings()["level_weights"] in ([2.0], (2.0,))
+    with pytest.raises(ValueError, match=r"^Autoguidance needs guide_checkpoint: the worse model's checkpoint "
+                                         r"\(e\.g\. one trained with configs/fractal/cfg_autoguide_bad\.yaml\)$"):
+        Autoguidance("")
+    assert Autoguidance("bad.ckpt", guide_use_ema=False).settings()["guide_use_ema"] is False
+    assert Autoguidance("bad.ckpt").settings()["guide_use_ema"] is True
+    with pytest.raises(ValueError, match=r"^CFGZeroStar with zero_init_steps > 0 needs the sampler's step index$"):
+        CFGZeroStar(zero_init_steps=1)(*preds((4, 2)), 2.0, RuleContext(torch.zeros(4, 2), torch.full((4,), 0.5),
+                                                                         None), {})
+
+
+def test_tangential_cfg_returns_the_dtype_it_is_given():
+    """TCFG's SVD runs in float32; the result is cast back to the predictions' dtype (bfloat16 under mixed
+    precision), as every other rule returns. Catches: the float32 projection leaking out (the cast dropped)."""
+    cond, guide = preds((4, 2))
+    out = TangentialCFG().guide(cond.bfloat16(), guide.bfloat16(), torch.full((4, 1), 2.0, dtype=torch.bfloat16),
+                                ctx_at((4, 2)), {})
+    assert out.dtype == torch.bfloat16
+
+
+def test_autoguidance_converts_each_models_prediction_with_its_own_parameterization():
+    """A guide trained with another parameterization (x0) than the main model (eps): its output is converted with
+    x_t and abar, eps_g = (x_t - sqrt(abar) x0_g) / sqrt(1 - abar) (docs/math.md §1), and at scale 0 the guided eps
+    is the guide's. Catches: the guide's conversion fed the wrong x_t (or none), the main model's
+    parameterization used for the guide."""
+    net, guide = _mlp(0), _mlp(1)
+    den = NetDenoiser(net, 3, cfg_scale=0.0, clip_x0=False, rule=Autoguidance("bad.ckpt"), guide_net=guide,
+                      guide_prediction="x0")
+    x_t = torch.randn(4, 2, generator=torch.Generator().manual_seed(3))
+    t, abar, y = torch.full((4,), 0.4), torch.full((4,), 0.6), torch.tensor([0, 1, 2, 1])
+    with torch.no_grad():
+        expected = (x_t - abar.sqrt().view(-1, 1) * guide(x_t, t, y)) / (1 - abar).sqrt().view(-1, 1)
+        got = den(x_t, t, abar, y).eps
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)

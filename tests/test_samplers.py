@@ -454,3 +454,19 @@ def test_time_buckets_split_the_range_equally_and_are_named_by_their_ends():
             time_buckets(*bad)
     assert bucket_name(None) == "clean"
     assert bucket_name((0.25, 0.5)) == "t0.25-0.50"
+
+
+def test_global_batch_draws_default_to_one_process_and_refuse_a_rank_outside_the_world():
+    """GlobalBatchDraws() (no DDP) draws exactly what torch draws; a rank outside [0, world_size) or an empty world
+    is refused. Catches: a default rank other than 0 (a single process refused or given rows of another rank), a
+    check that needs both conditions to fail before it refuses."""
+    from lightning_guidance.diffusion.noise import GlobalBatchDraws
+
+    torch.manual_seed(4)
+    expected = (torch.randint(0, 10, (5,)), torch.rand(5))
+    torch.manual_seed(4)
+    d = GlobalBatchDraws()
+    assert torch.equal(d.randint(0, 10, 5), expected[0]) and torch.equal(d.rand(5), expected[1])
+    for world, rank in [(2, 2), (2, -1), (0, 0), (1, 1)]:
+        with pytest.raises(ValueError, match=rf"need world_size >= 1 and 0 <= rank < world_size, got {world}, {rank}"):
+            GlobalBatchDraws(world, rank)
