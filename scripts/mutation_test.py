@@ -50,8 +50,10 @@ FAST_TESTS = [
     "tests/test_guidance_oracles.py", "tests/test_guidance_terms.py", "tests/test_guidance_direction.py",
     "tests/test_calibration.py", "tests/test_io.py", "tests/test_math_boundaries.py",
     "tests/test_cfg_variants.py", "tests/test_sampling_guards.py", "tests/test_score_formulas.py",
-    # the fast tests of a file that also runs the CLI (a node id: the file's DDP fits are not run per mutant)
+    # the fast tests of a file that also runs the CLI or slow fits (a node id: those are not run per mutant)
     "tests/test_ddp_training.py::test_global_batch_draws_are_the_one_process_draws",
+    "tests/test_exact_scores.py::test_sliced_wasserstein_in_one_dimension_is_scipys_wasserstein",
+    "tests/test_exact_scores.py::test_knn_recall_by_hand",
 ]
 
 # mutmut's statuses: these count as killed; "survived" and "no tests" (no test ran the mutated function) as not

@@ -1,5 +1,5 @@
-"""The toy sample scores (``toy.exact_scores``, ``toy.sample_scores``) on the 1D two-class mixture, where every
-score has a closed form or an oracle: scipy's normal log-density and 1D Wasserstein distance, the Bayes rule of two
+"""The toy sample scores (``toy.exact_scores``) on the 1D two-class mixture, where every
+score has a closed form or an oracle: scipy's normal log-density, the Bayes rule of two
 equal Gaussians (the nearer mean wins), sklearn's nearest neighbours, and exact identities of the 1D Wasserstein
 distance under shifts and of the spread under scaling. Fast (a second): the fractal versions in
 test_exact_scores.py take a minute."""
@@ -11,7 +11,7 @@ import torch
 from sklearn.neighbors import NearestNeighbors
 
 from lightning_guidance.toy import two_class_mixture_1d
-from lightning_guidance.toy import exact_scores, sample_scores
+from lightning_guidance.toy import exact_scores
 
 MU, SIGMA = 3.0, 0.5
 
@@ -38,49 +38,41 @@ def bayes_wrong(x, y):
     return float(((x[:, 0] > 0).long() != y).double().mean())
 
 
-@pytest.mark.parametrize("score", ["exact_scores", "sample_scores"])
-def test_log_density_and_wrong_class_rate_are_the_closed_forms(mixture, score):
+@pytest.mark.parametrize("reference_per_class", [None, 150])
+def test_log_density_and_wrong_class_fraction_are_the_closed_forms(mixture, reference_per_class):
     """Catches: a score that reads log p(x) instead of log p(x | y), the posterior's argmax compared with the wrong
     labels, a median/mean swap, or samples cast before scoring so that a class is mixed up."""
     x, y = draws(mixture, 200, seed=1)
     y = y.clone()
     y[:50] = 1 - y[:50]  # a quarter of the samples generated for the other class
-    if score == "exact_scores":
-        s = exact_scores.score_samples(mixture, x.float(), y.int(), seed=2, num_projections=8)
-        wrong_key = "wrong_class_rate"
-        lower_median = np.sort(scipy_log_density(x, y))[(200 - 1) // 2]  # torch's median: the lower middle value
-        assert s["median_log_density"] == pytest.approx(float(lower_median), rel=1e-6)
-        assert s["num_samples"] == 200
-    else:
-        s = sample_scores.exact_sample_scores(mixture, x.float(), y.int(), reference_per_class=200, seed=2,
-                                              num_projections=4)
-        wrong_key = "wrong_class_fraction"
+    s = exact_scores.score_samples(mixture, x.float(), y.int(), reference_per_class=reference_per_class, seed=2,
+                                   num_projections=8)
+    lower_median = np.sort(scipy_log_density(x, y))[(200 - 1) // 2]  # torch's median: the lower middle value
+    assert s["median_log_density"] == pytest.approx(float(lower_median), rel=1e-6)
+    assert s["num_samples"] == 200
     assert s["mean_log_density"] == pytest.approx(float(scipy_log_density(x, y).mean()), rel=1e-6)
-    assert s[wrong_key] == pytest.approx(bayes_wrong(x, y), abs=1e-12)
-    assert 0.2 < s[wrong_key] < 0.3
+    assert s["wrong_class_fraction"] == pytest.approx(bayes_wrong(x, y), abs=1e-12)
+    assert 0.2 < s["wrong_class_fraction"] < 0.3
 
 
-@pytest.mark.parametrize("score", ["exact_scores", "sample_scores"])
-def test_sliced_wasserstein_score_moves_by_the_shift(mixture, score):
+@pytest.mark.parametrize("reference_per_class", [None, 70, 2000])
+def test_sliced_wasserstein_score_moves_by_the_shift(mixture, reference_per_class):
     """In 1D, once every shifted sample's quantile lies above the reference's, W_1(x + d, ref) = mean(x) + d -
-    mean(ref) exactly, so two far shifts differ by exactly their difference (the reference is the same: same seed).
-    For W_2 (exact_scores) the same holds for W_2^2 - d^2 - 2 d (mean x - mean ref), i.e. it is linear in d.
-    Catches: the sliced distance computed against the wrong class's reference, a reference reseeded per call, or a
-    score averaged with the wrong power."""
+    mean(ref) exactly, so two far shifts differ by exactly their difference (the reference is the same: same seed);
+    W_2^2(x + d, ref) is quadratic in d with leading coefficient 1, so its second difference at step 1 is 2.
+    Catches: the sliced distance computed against the wrong class's reference, a reference reseeded per call, the
+    order p not passed on, a reference of another size than asked."""
     x, y = draws(mixture, 100, seed=3, label=1)
-    if score == "sample_scores":
-        def sw(shift):
-            return sample_scores.exact_sample_scores(mixture, x + shift, y, reference_per_class=100, seed=4,
-                                                     num_projections=4)["sliced_wasserstein"]
-        assert sw(20.0) - sw(10.0) == pytest.approx(10.0, rel=1e-9)
-        assert sw(0.0) < 0.3 * SIGMA  # samples of the class itself: close to its exact reference
-    else:
-        def f(shift):  # W_2^2 of a 1D law shifted by `shift`: quadratic in shift with leading coefficient 1
-            s = exact_scores.score_samples(mixture, x + shift, y, seed=4, num_projections=4)
-            return s["sliced_wasserstein"] ** 2
-        f0, f1, f2 = f(0.0), f(1.0), f(2.0)
-        assert f2 - 2 * f1 + f0 == pytest.approx(2.0, rel=1e-9)  # second difference of d^2 with step 1
-        assert f0 ** 0.5 < 0.3 * SIGMA
+
+    def sw(shift, p):
+        return exact_scores.score_samples(mixture, x + shift, y, reference_per_class=reference_per_class, seed=4,
+                                          num_projections=4, p=p)["sliced_wasserstein"]
+    assert sw(20.0, 1) - sw(10.0, 1) == pytest.approx(10.0, rel=1e-9)
+    f0, f1, f2 = (sw(d, 2) ** 2 for d in (0.0, 1.0, 2.0))
+    assert f2 - 2 * f1 + f0 == pytest.approx(2.0, rel=1e-9)
+    assert sw(0.0, 1) < 0.3 * SIGMA  # samples of the class itself: close to its exact reference
+    assert sw(0.0, 2) == exact_scores.score_samples(mixture, x, y, reference_per_class=reference_per_class, seed=4,
+                                                    num_projections=4)["sliced_wasserstein"]  # p = 2 by default
 
 
 def test_spread_scales_with_the_samples_and_recall_sees_collapse(mixture):
@@ -117,32 +109,25 @@ def test_knn_recall_equals_sklearn_nearest_neighbours():
         exact_scores.knn_recall(gen[:3], ref)
 
 
-@pytest.mark.parametrize("n, m", [(40, 40), (30, 90)])
-def test_sample_scores_sliced_wasserstein_in_one_dimension_is_scipys(n, m):
-    """In 1D every unit direction is +-1, so SW_1 is scipy's 1D Wasserstein distance, whatever the seed. Catches:
-    directions not normalised (the distance scales with their length), the projections of one set reused."""
-    g = torch.Generator().manual_seed(8)
-    a, b = torch.randn(n, 1, generator=g), 0.5 + 2 * torch.rand(m, 1, generator=g)
-    expected = scipy.stats.wasserstein_distance(a[:, 0].numpy(), b[:, 0].numpy())
-    assert sample_scores.sliced_wasserstein(a, b, num_projections=5, seed=3) == pytest.approx(expected, rel=1e-9)
-    assert sample_scores.sliced_wasserstein(a, b) == pytest.approx(expected, rel=1e-9)
-
-
-def test_sample_scores_sliced_wasserstein_of_a_2d_shift():
+def test_sliced_wasserstein_of_a_2d_shift_with_few_directions():
     """Shifting a 2D set by v moves each projection by <v, theta>: SW_1 = mean |<v, theta>| -> 2|v|/pi over uniform
-    directions (64 directions: within 15 %); fixed directions per seed. Catches: unnormalised directions, a shift
-    projected on one axis only, a seed that is not used."""
-    x = torch.randn(50, 2, generator=torch.Generator().manual_seed(9))
-    v = torch.tensor([3.0, -4.0])
-    got = sample_scores.sliced_wasserstein(x, x + v)
-    assert got == pytest.approx(2 * 5.0 / np.pi, rel=0.15)
-    y = torch.randn(70, 2, generator=torch.Generator().manual_seed(10))
-    assert sample_scores.sliced_wasserstein(x, y, seed=1) == sample_scores.sliced_wasserstein(x, y, seed=1)
-    assert sample_scores.sliced_wasserstein(x, y, seed=1) != sample_scores.sliced_wasserstein(x, y, seed=2)
+    directions (64 directions: within 15 %); the same generator state gives the same directions. Catches:
+    unnormalised directions, a shift projected on one axis only, the generator not used."""
+    x = torch.randn(50, 2, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    v = torch.tensor([3.0, -4.0], dtype=torch.float64)
+    got = exact_scores.sliced_wasserstein(x, x + v, num_projections=64, p=1,
+                                          generator=torch.Generator().manual_seed(1))
+    assert float(got) == pytest.approx(2 * 5.0 / np.pi, rel=0.15)
+    y = torch.randn(70, 2, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+
+    def sw(seed):
+        g = torch.Generator().manual_seed(seed)
+        return float(exact_scores.sliced_wasserstein(x, y, num_projections=8, generator=g))
+    assert sw(1) == sw(1) and sw(1) != sw(2)
 
 
-@pytest.mark.parametrize("module", [exact_scores, sample_scores])
-def test_sliced_wasserstein_refuses_mismatched_point_sets(module):
+def test_sliced_wasserstein_refuses_mismatched_point_sets():
+    module = exact_scores
     with pytest.raises(ValueError, match=r"sliced_wasserstein needs .*\(5, 2\) and \(5, 3\)"):
         module.sliced_wasserstein(torch.zeros(5, 2), torch.zeros(5, 3))
     with pytest.raises(ValueError, match=r"\(5,\) and \(5, 1\)"):
