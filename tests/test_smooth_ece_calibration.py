@@ -219,3 +219,7 @@ def test_bad_input_is_a_clear_error(tmp_path, tmp_path_factory):
         fit_quiet(*base, "--model.init_args.checkpoint", source, "--model.init_args.smooth_ece_weight", "-1")
     with pytest.raises(ValueError, match="trainable must be one of"):
         fit_quiet(*base, "--model.init_args.checkpoint", source, "--model.init_args.trainable", "body")
+    with pytest.raises(ValueError, match=r"sanity check over the whole validation split: set "
+                                         r"trainer.num_sanity_val_steps: -1 .*not 2"):
+        fit_quiet(*base, "--model.init_args.checkpoint", source, "--trainer.num_sanity_val_steps", "2")
+    assert not (tmp_path / "metrics_table.json").exists()  # refused before any "before" figure

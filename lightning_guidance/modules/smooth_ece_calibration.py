@@ -12,7 +12,7 @@ on its own training set a classifier is already confident and right, so there is
 
 Reported: accuracy, binned ECE and Smooth ECE on the validation data (per time bucket for a noisy classifier, see
 :class:`~lightning_guidance.metrics.classifier_calibration.ClassifierCalibration`) before fine-tuning (Lightning's
-sanity check, which this module extends to the whole validation set) and after (the last validation), logged as
+sanity check, which the config runs over the whole validation set: ``num_sanity_val_steps: -1``) and after (the last validation), logged as
 ``val/<metric>_before`` and ``val/<metric>``, and written to ``<default_root_dir>/metrics_table.{md,json}`` with
 reliability diagrams ``calibration_{before,after}.png``.
 
@@ -130,8 +130,13 @@ class SmoothECECalibration(L.LightningModule):
 
     # ---- validation: before (sanity check over the whole split) and after -----------------------------
     def on_fit_start(self) -> None:
-        if self.global_step == 0 and self.before is None:
-            self.trainer.num_sanity_val_steps = float("inf")  # the whole validation split: the "before" figures
+        # Lightning's sanity check is its one validation pass before training, so it gives the "before" figures; the
+        # config asks for it over the whole split (num_sanity_val_steps: -1, which Lightning stores as inf), as a
+        # partial one would report figures of a few batches. A resumed fine-tune already has them.
+        if self.global_step == 0 and self.before is None and self.trainer.num_sanity_val_steps != float("inf"):
+            raise ValueError("SmoothECECalibration takes its 'before' figures from Lightning's sanity check over the "
+                             "whole validation split: set trainer.num_sanity_val_steps: -1 (configs/digits/"
+                             f"calibrate.yaml does), not {self.trainer.num_sanity_val_steps}")
 
     def on_validation_epoch_start(self) -> None:
         self._batch_ids.reset()
