@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,11 +22,11 @@ from ..diffusion.parameterization import check_prediction, training_target
 from ..diffusion.schedules import VPSchedule
 from ..diffusion.plug import GuidanceTerm
 from ..diffusion.sampling import sample_batches
-from .common import (adamw_with_warmup, check_against_datamodule, check_finite_loss, global_batch_draws,
-                     rebuild_from_checkpoint, reseed_for_step, spec_only_hparams)
+from .common import (NetTrainingModule, check_against_datamodule, check_finite_loss, global_batch_draws,
+                     rebuild_from_checkpoint, reseed_for_step)
 
 
-class CFGDiffusion(L.LightningModule):
+class CFGDiffusion(NetTrainingModule):
     def __init__(
         self,
         net: nn.Module,
@@ -58,10 +57,6 @@ class CFGDiffusion(L.LightningModule):
                                        "train one first with: python cli.py fit --config configs/digits/cfg.yaml")
 
     # ---- properties -------------------------------------------------------------------------------
-    @property
-    def num_classes(self) -> int:
-        return int(self.net.num_classes)
-
     @property
     def data_shape(self) -> tuple[int, ...]:
         return tuple(self.net.data_shape)
@@ -102,13 +97,6 @@ class CFGDiffusion(L.LightningModule):
             loss = self.diffusion_loss(x0, y, p_uncond=0.0)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True, batch_size=x0.shape[0])
         return loss
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        return adamw_with_warmup(self.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        spec_only_hparams(checkpoint, self.net)
 
     # ---- sampling ---------------------------------------------------------------------------------
     def denoiser(self, cfg_scale: float | Tensor = 1.0, rule: ClassifierFreeGuidance | None = None,

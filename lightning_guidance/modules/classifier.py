@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -20,11 +19,11 @@ from ..calibration.ece import bucket_name, time_buckets
 from ..diffusion.denoiser import check_labels
 from ..diffusion.noise import GlobalBatchDraws
 from ..diffusion.schedules import VPSchedule
-from .common import (adamw_with_warmup, check_against_datamodule, check_finite_loss, global_batch_draws,
-                     rebuild_from_checkpoint, reseed_for_step, spec_only_hparams)
+from .common import (NetTrainingModule, check_against_datamodule, check_finite_loss, global_batch_draws,
+                     rebuild_from_checkpoint, reseed_for_step)
 
 
-class Classifier(L.LightningModule):
+class Classifier(NetTrainingModule):
     def __init__(
         self,
         net: nn.Module,
@@ -53,10 +52,6 @@ class Classifier(L.LightningModule):
         module = rebuild_from_checkpoint(
             cls, path, net, use_ema, "train one first with: python cli.py fit --config configs/digits/classifier.yaml")
         return module.requires_grad_(False)
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.net.num_classes)
 
     def setup(self, stage: str) -> None:
         check_against_datamodule(self, "Classifier")
@@ -113,10 +108,3 @@ class Classifier(L.LightningModule):
                 self.log(f"val/acc_{bucket_name((a, b))}", (logits.argmax(1) == y).float().mean(), sync_dist=True,
                          batch_size=n)
         self.log("val/loss", torch.stack(losses).mean(), sync_dist=True, batch_size=n)
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        return adamw_with_warmup(self.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        spec_only_hparams(checkpoint, self.net)

@@ -1,5 +1,5 @@
 """Pieces every LightningModule here shares: rebuilding from a checkpoint, per-step seeding, AdamW with linear
-warm-up, finite-loss and data checks."""
+warm-up, finite-loss and data checks, and :class:`NetTrainingModule`, the base of the modules that train a net."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
+import lightning as L
 import torch
 from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from torch import Tensor, nn
@@ -112,3 +113,20 @@ def check_against_datamodule(module, where: str, check_classes: bool = True) -> 
     if check_classes and getattr(dm, "num_classes", module.num_classes) != module.num_classes:
         raise ValueError(f"{where}: data has {dm.num_classes} classes but the net was built for "
                          f"{module.num_classes}; set the net's num_classes to match")
+
+
+class NetTrainingModule(L.LightningModule):
+    """Base of the modules that train ``self.net`` from their hyper-parameters (``CFGDiffusion``, ``Classifier``,
+    ``RectifiedFlowPostprocessor``): AdamW with linear warm-up over every parameter (hyper-parameters ``lr``,
+    ``weight_decay``, ``warmup_steps``), and checkpoints that name the net by its spec (:func:`spec_only_hparams`)."""
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.net.num_classes)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        return adamw_with_warmup(self.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        spec_only_hparams(checkpoint, self.net)

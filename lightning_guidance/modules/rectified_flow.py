@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -34,7 +33,7 @@ from ..flow.path import flow_matching_loss
 from ..io.atomic import atomic_write_text
 from ..io.figures import save_move_picture
 from ..io.shards import Shard, config_hash, read_shard, shard_hash, write_shard
-from .common import adamw_with_warmup, check_data_shape, check_finite_loss, spec_only_hparams
+from .common import NetTrainingModule, check_data_shape, check_finite_loss
 
 
 def module_digest(module: nn.Module) -> str:
@@ -46,7 +45,7 @@ def module_digest(module: nn.Module) -> str:
 PREDICT_OPTIONS = ("integrator", "integrator_kwargs", "output_dir", "batch_size", "per_class")
 
 
-class RectifiedFlowPostprocessor(L.LightningModule):
+class RectifiedFlowPostprocessor(NetTrainingModule):
     def __init__(
         self,
         net: nn.Module,
@@ -88,10 +87,6 @@ class RectifiedFlowPostprocessor(L.LightningModule):
         self._feature_net = [feature_net]  # a plain list: never in a checkpoint or the EMA copy
         self._pairs: dict[str, Tensor] = {}
         self.neighbour_cache_reused: bool | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return int(self.net.num_classes)
 
     @property
     def data_shape(self) -> tuple[int, ...]:
@@ -198,13 +193,6 @@ class RectifiedFlowPostprocessor(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
         self.log("train/pair_distance", (x1 - x0).flatten(1).norm(dim=1).mean(), on_step=True, on_epoch=False)
         return loss
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        return adamw_with_warmup(self.parameters(), hp.lr, hp.weight_decay, hp.warmup_steps)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        spec_only_hparams(checkpoint, self.net)
 
     # ---- post-processing -----------------------------------------------------------------------------
     @torch.no_grad()
