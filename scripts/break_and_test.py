@@ -12,13 +12,14 @@ the script keeps working when modules move. Exit status 0 when every mutation is
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from tree_copy import copy_working_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,16 +56,6 @@ MUTATIONS = [
 ]
 
 
-def copy_tree(dest: Path) -> None:
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
-                            capture_output=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        src = ROOT / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-
-
 def apply(tree: Path, m: Mutation) -> Path:
     hits = [p for p in sorted((tree / "lightning_guidance").rglob("*.py")) if m.old in p.read_text()]
     if len(hits) != 1 or hits[0].read_text().count(m.old) != 1:
@@ -84,7 +75,7 @@ def main(argv: list[str]) -> int:
     for m in chosen:
         with tempfile.TemporaryDirectory(prefix=f"lg-break-{m.name}-") as scratch:
             tree = Path(scratch)
-            copy_tree(tree)
+            copy_working_tree(ROOT, tree)
             path = apply(tree, m)
             tests = [t for t in m.tests if (tree / t).is_file()]
             start = time.time()

@@ -29,6 +29,8 @@ import tarfile
 import io as _io
 from pathlib import Path
 
+from tree_copy import copy_working_tree
+
 ROOT = Path(__file__).resolve().parents[1]
 PKG = "lightning_guidance"
 
@@ -86,13 +88,7 @@ def copy_source(rev: str | None, dest: Path) -> None:
         with tarfile.open(fileobj=_io.BytesIO(tar)) as archive:
             archive.extractall(dest, filter="data")
         return
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
-                            capture_output=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        src = ROOT / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
+    copy_working_tree(ROOT, dest)
 
 
 def toml_list(items: list[str]) -> str:
