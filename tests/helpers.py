@@ -1,10 +1,14 @@
-"""Shared test helpers: run the real CLI in-process on tiny overrides of the shipped configs."""
+"""Shared test helpers: run the real CLI in-process on tiny overrides of the shipped configs; tiny checkpoints of
+the shipped training configs and sampling YAMLs rewritten to use them; metrics run on forked gloo ranks."""
 
 from __future__ import annotations
 
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 
 from lightning_guidance.cli import main
 
@@ -27,3 +31,121 @@ def tiny_digits_fit(root: Path, max_steps: int = 4, *extra: str) -> Path:
 
 def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_yaml(path: str | Path) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+# ---- tiny checkpoints of the shipped training configs, and sampling YAMLs that use them ------------------------
+# The checkpoints a sampling YAML names (``runs/<family>/<model>/checkpoints/last.ckpt``) are made by two-step fits
+# of the shipped training config whose ``trainer.default_root_dir`` is that run folder, shrunk by these overrides
+# (architecture kept, sizes cut).
+_DIGITS_NET = ("--model.init_args.net.init_args.model_channels", "8",
+               "--model.init_args.net.init_args.channel_mult", "[1]", "--data.init_args.batch_size", "16")
+_TOY_DATA = ("--data.init_args.n_train", "256", "--data.init_args.n_val", "64", "--data.init_args.batch_size", "64")
+_TOY_HIDDEN_16 = ("--model.init_args.net.init_args.hidden_dim", "16")
+# a few larger steps: the clean twin's head starts at zero, and a guide with ~0 gradients would change no pixel
+_FAST_LR = ("--trainer.max_steps", "8", "--model.init_args.lr", "0.01", "--model.init_args.warmup_steps", "0")
+TINY_FITS = {
+    "digits/cfg.yaml": _DIGITS_NET,
+    "digits/cfg_autoguide_bad.yaml": _DIGITS_NET,
+    "digits/classifier.yaml": (*_DIGITS_NET, *_FAST_LR),
+    "digits/clean_classifier.yaml": (*_DIGITS_NET, *_FAST_LR),
+    "toy/cfg_1d.yaml": (*_TOY_DATA, *_TOY_HIDDEN_16),
+    "toy/classifier_1d.yaml": (*_TOY_DATA, *_TOY_HIDDEN_16),
+    "toy/linear_classifier_1d.yaml": _TOY_DATA,
+    "fractal/cfg.yaml": (*_TOY_DATA, *_TOY_HIDDEN_16),
+    "fractal/cfg_autoguide_bad.yaml": (*_TOY_DATA, "--model.init_args.net.init_args.hidden_dim", "8"),
+    "fractal/classifier.yaml": _TOY_DATA,
+}
+TRAINED_CLASSIFIER = "lightning_guidance.nets.TrainedClassifier"
+
+
+def training_config_for(run_checkpoint: str) -> str:
+    """The shipped config whose run folder holds ``run_checkpoint`` (``<default_root_dir>/checkpoints/last.ckpt``)."""
+    for path in sorted(CONFIGS.glob("*/*.yaml")):
+        cfg = read_yaml(path)
+        root = (cfg.get("trainer") or {}).get("default_root_dir")
+        if root and cfg.get("data") and f"{root}/checkpoints/last.ckpt" == run_checkpoint:
+            return str(path.relative_to(CONFIGS))
+    raise AssertionError(f"no config in configs/ trains {run_checkpoint} (fix the path in the sampling YAML)")
+
+
+def tiny_checkpoints(tmp_path_factory) -> Callable[[str], Path]:
+    """``run checkpoint path named in a YAML -> tiny checkpoint``, each made once by a tiny fit of its training
+    config (a module-scoped fixture returns this)."""
+    made: dict[str, Path] = {}
+
+    def get(run_checkpoint: str) -> Path:
+        if run_checkpoint not in made:
+            config = training_config_for(run_checkpoint)
+            root = tmp_path_factory.mktemp(config.replace("/", "_").removesuffix(".yaml"))
+            cli("fit", "--config", CONFIGS / config, "--trainer.default_root_dir", root, "--trainer.max_steps", "2",
+                "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1", *TINY_FITS[config])
+            made[run_checkpoint] = root / "checkpoints" / "last.ckpt"
+        return made[run_checkpoint]
+
+    return get
+
+
+def rewrite_sampling_config(config: str, out: Path, checkpoint_for: Callable[[str], Path],
+                            values: list[float] | None = None, **init_overrides) -> Path:
+    """The sampling YAML ``configs/<config>`` with every checkpoint path (the diffusion model, each guidance term's
+    TrainedClassifier, a CFG rule's guide) replaced by ``checkpoint_for(path)``, the sweep's ``values`` if given,
+    ``init_overrides`` and its outputs in ``out``; dumped next to ``out`` for ``--config``."""
+    cfg = read_yaml(CONFIGS / config)
+    init = cfg["model"]["init_args"]
+    init["checkpoint"] = str(checkpoint_for(init["checkpoint"]))
+    sweep = init["sweep"]
+    for term in sweep.get("terms") or []:
+        spec = term["init_args"].get("classifier") or {}
+        if spec.get("class_path") == TRAINED_CLASSIFIER:
+            spec["init_args"]["checkpoint"] = str(checkpoint_for(spec["init_args"]["checkpoint"]))
+    rule_args = (sweep.get("cfg_rule") or {}).get("init_args") or {}
+    if "guide_checkpoint" in rule_args:
+        rule_args["guide_checkpoint"] = str(checkpoint_for(rule_args["guide_checkpoint"]))
+    if values is not None:  # the sweep's values, the rest of the sweep as configured
+        sweep["values"] = values
+    init.update(output_dir=str(out), **init_overrides)
+    cfg["trainer"]["default_root_dir"] = str(out)
+    path = out.parent / f"{out.name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+# ---- metrics on real process groups ----------------------------------------------------------------------------
+def run_on_gloo_ranks(body: Callable[[int], None], world_size: int, folder: Path, timeout: float = 150) -> None:
+    """``body(rank)`` in ``world_size`` forked processes joined in one gloo process group (rendezvous through a file
+    in ``folder``); fails with every rank's traceback if one fails. Fork: the children inherit the imported modules
+    (spawn re-imports torch and torchmetrics in each, ~10 s on a loaded 2-core machine); each sets one intra-op
+    thread first, as DataLoader workers do."""
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    def worker(rank: int) -> None:
+        try:
+            torch.set_num_threads(1)
+            dist.init_process_group("gloo", init_method=f"file://{folder / 'init'}", rank=rank, world_size=world_size)
+            body(rank)
+            dist.barrier()
+            dist.destroy_process_group()
+        except Exception:
+            (folder / f"error_rank{rank}.txt").write_text(traceback.format_exc())
+            raise
+
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=worker, args=(rank,)) for rank in range(world_size)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join(timeout=timeout)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join()
+    errors = "".join(f.read_text() for f in sorted(folder.glob("error_rank*.txt")))
+    assert all(p.exitcode == 0 for p in procs), f"exit codes {[p.exitcode for p in procs]}\n{errors}"

@@ -82,6 +82,18 @@ def test_rescale_equals_diffusers(shape, phi):
                                       cond, guide))
 
 
+def assert_apg_steps_equal(rule, guider, momentum, shape, scale, steps):
+    """``steps`` steps with fresh predictions each: the momentum buffer carries over, exactly as diffusers' does."""
+    if momentum is not None:  # what diffusers' prepare_inputs does at step 0
+        from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer
+        guider.momentum_buffer = MomentumBuffer(momentum)
+    state = {}
+    for step in range(steps):
+        cond, guide = preds(shape, seed=step)
+        torch.testing.assert_close(ours(rule, cond, guide, scale, ctx_at(shape, step), state),
+                                   theirs(guider, cond, guide, step), msg=f"step {step}")
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("eta, momentum, threshold", [(0.0, -0.5, 2.0), (0.3, 0.4, 0.0), (1.0, None, 1.0),
                                                       (0.0, None, 0.0)])
@@ -90,14 +102,7 @@ def test_apg_with_momentum_over_several_steps_equals_diffusers(shape, eta, momen
     rule = AdaptiveProjectedGuidance(eta=eta, momentum=momentum, norm_threshold=threshold)
     guider = guiders.AdaptiveProjectedGuidance(guidance_scale=6.0, adaptive_projected_guidance_momentum=momentum,
                                                adaptive_projected_guidance_rescale=threshold, eta=eta)
-    if momentum is not None:  # what diffusers' prepare_inputs does at step 0
-        from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer
-        guider.momentum_buffer = MomentumBuffer(momentum)
-    state = {}
-    for step in range(6):
-        cond, guide = preds(shape, seed=step)
-        torch.testing.assert_close(ours(rule, cond, guide, 6.0, ctx_at(shape, step), state),
-                                   theirs(guider, cond, guide, step), msg=f"step {step}")
+    assert_apg_steps_equal(rule, guider, momentum, shape, 6.0, steps=6)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -106,13 +111,7 @@ def test_apg_original_formulation_equals_diffusers_with_its_scale_s_minus_1(shap
     guider = guiders.AdaptiveProjectedGuidance(guidance_scale=6.0 - 1, adaptive_projected_guidance_momentum=-0.5,
                                                adaptive_projected_guidance_rescale=2.0, eta=0.2,
                                                use_original_formulation=True)
-    from diffusers.guiders.adaptive_projected_guidance import MomentumBuffer
-    guider.momentum_buffer = MomentumBuffer(-0.5)
-    state = {}
-    for step in range(4):
-        cond, guide = preds(shape, seed=step)
-        torch.testing.assert_close(ours(rule, cond, guide, 6.0, ctx_at(shape, step), state),
-                                   theirs(guider, cond, guide, step), msg=f"step {step}")
+    assert_apg_steps_equal(rule, guider, -0.5, shape, 6.0, steps=4)
 
 
 @pytest.mark.parametrize("shape", SHAPES)

@@ -18,20 +18,16 @@ import torch
 import yaml
 from torch import nn
 
-from helpers import CONFIGS, cli
+from helpers import CONFIGS, cli, read_yaml, tiny_checkpoints
+from helpers import rewrite_sampling_config as rewrite
 from lightning_guidance.nets import TrainedClassifier
 from lightning_guidance.io.shards import read_shard, to_uint8
 
 SAMPLERS = ("ddpm", "ddim", "edm")
-TRAINED_CLASSIFIER = "lightning_guidance.nets.TrainedClassifier"
-
-
-def _read(path: Path) -> dict:
-    return yaml.safe_load(Path(path).read_text())
 
 
 def _is_guided_sampling_config(path: Path) -> bool:
-    cfg = _read(path)
+    cfg = read_yaml(path)
     init = (cfg.get("model") or {}).get("init_args") or {}
     return cfg.get("model", {}).get("class_path", "").endswith("SamplingModule") and bool((init.get("sweep") or {}).get("terms"))
 
@@ -48,74 +44,10 @@ def _supported_samplers(config: str) -> tuple[str, ...]:
 
 
 # ---------------------------------------------------------------- tiny checkpoints of the shipped training configs
-
-# per training config: overrides that shrink it to a few seconds (architecture kept, sizes cut)
-_DIGITS_NET = ("--model.init_args.net.init_args.model_channels", "8",
-               "--model.init_args.net.init_args.channel_mult", "[1]", "--data.init_args.batch_size", "16")
-_TOY_DATA = ("--data.init_args.n_train", "256", "--data.init_args.n_val", "64", "--data.init_args.batch_size", "64")
-_FAST_LR = ("--trainer.max_steps", "8", "--model.init_args.lr", "0.01", "--model.init_args.warmup_steps", "0")
-TINY = {
-    "digits/cfg.yaml": _DIGITS_NET,
-    # a few larger steps: the clean twin's head starts at zero, and a guide with ~0 gradients would change no pixel
-    "digits/classifier.yaml": (*_DIGITS_NET, *_FAST_LR),
-    "digits/clean_classifier.yaml": (*_DIGITS_NET, *_FAST_LR),
-    "toy/cfg_1d.yaml": (*_TOY_DATA, "--model.init_args.net.init_args.hidden_dim", "16"),
-    "toy/classifier_1d.yaml": (*_TOY_DATA, "--model.init_args.net.init_args.hidden_dim", "16"),
-    "toy/linear_classifier_1d.yaml": _TOY_DATA,
-    "fractal/cfg.yaml": (*_TOY_DATA, "--model.init_args.net.init_args.hidden_dim", "16"),
-    "fractal/classifier.yaml": _TOY_DATA,
-}
-
-
-def _training_config_for(run_checkpoint: str) -> str:
-    """The shipped config whose run folder holds ``run_checkpoint`` (``<default_root_dir>/checkpoints/last.ckpt``)."""
-    for path in sorted(CONFIGS.glob("*/*.yaml")):
-        cfg = _read(path)
-        root = (cfg.get("trainer") or {}).get("default_root_dir")
-        if root and cfg.get("data") and f"{root}/checkpoints/last.ckpt" == run_checkpoint:
-            return str(path.relative_to(CONFIGS))
-    raise AssertionError(f"no config in configs/ trains {run_checkpoint} (fix the path in the sampling YAML)")
-
-
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """``run checkpoint path named in a YAML -> tiny checkpoint``, made by a few-step fit of its training config."""
-    made: dict[str, Path] = {}
-
-    def get(run_checkpoint: str) -> Path:
-        if run_checkpoint not in made:
-            config = _training_config_for(run_checkpoint)
-            root = tmp_path_factory.mktemp(config.replace("/", "_").removesuffix(".yaml"))
-            cli("fit", "--config", CONFIGS / config, "--trainer.default_root_dir", root, "--trainer.max_steps", "2",
-                "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", "1", *TINY[config])
-            made[run_checkpoint] = root / "checkpoints" / "last.ckpt"
-        return made[run_checkpoint]
-
-    return get
-
-
-def _classifier_specs(init: dict) -> list[dict]:
-    return [term["init_args"]["classifier"] for term in init["sweep"]["terms"]]
-
-
-def rewrite(config: str, out: Path, checkpoint_for, **init_overrides) -> Path:
-    """The sampling YAML with every checkpoint path (diffusion and each TrainedClassifier) replaced by
-    ``checkpoint_for(path)``, writing into ``out``; dumped next to ``out`` for ``--config``."""
-    cfg = _read(CONFIGS / config)
-    init = cfg["model"]["init_args"]
-    init["checkpoint"] = str(checkpoint_for(init["checkpoint"]))
-    for spec in _classifier_specs(init):
-        if spec["class_path"] == TRAINED_CLASSIFIER:
-            spec["init_args"]["checkpoint"] = str(checkpoint_for(spec["init_args"]["checkpoint"]))
-    values = init_overrides.pop("values", None)
-    if values is not None:  # the sweep's values, the rest of the sweep as configured
-        init["sweep"]["values"] = values
-    init.update(output_dir=str(out), **init_overrides)
-    cfg["trainer"]["default_root_dir"] = str(out)
-    path = out.parent / f"{out.name}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return tiny_checkpoints(tmp_path_factory)
 
 
 def predict(config_path: Path, *extra: str) -> None:
@@ -154,7 +86,7 @@ def no_pictures(monkeypatch):
 def test_sampling_config_runs_on_each_sampler_its_term_supports(config, sampler, tiny_checkpoint, tmp_path,
                                                                 no_pictures):
     out = tmp_path / "samples"
-    cfg = _read(CONFIGS / config)["model"]["init_args"]
+    cfg = read_yaml(CONFIGS / config)["model"]["init_args"]
     scales = cfg["sweep"]["values"]
     path = rewrite(config, out, tiny_checkpoint, sampler=sampler, sampler_kwargs={"num_steps": 3},
                    samples_per_class=2, shard_size=64, batch_size=64)
@@ -210,7 +142,7 @@ def sample_by_hand(config_path: Path, sampler: str) -> dict[str, torch.Tensor]:
     from lightning_guidance.io.instantiate import instantiate
     from lightning_guidance.modules.cfg_diffusion import CFGDiffusion
 
-    init = _read(config_path)["model"]["init_args"]
+    init = read_yaml(config_path)["model"]["init_args"]
     sweep = init["sweep"]
     model = CFGDiffusion.from_checkpoint(init["checkpoint"])
     terms = [instantiate(spec) for spec in sweep.get("terms") or []]
@@ -236,7 +168,7 @@ def test_guidance_scale_zero_is_the_unguided_sampler(tiny_checkpoint, tmp_path, 
     predict(guided)
     unguided = rewrite(config, tmp_path / "unguided", tiny_checkpoint, sampler_kwargs={"num_steps": 5, "eta": 0.0},
                        samples_per_class=4, values=[0.0])
-    cfg = _read(unguided)
+    cfg = read_yaml(unguided)
     cfg["model"]["init_args"]["sweep"]["terms"] = []
     unguided.write_text(yaml.safe_dump(cfg))
     predict(unguided)
@@ -367,7 +299,7 @@ def test_classifier_with_other_classes_than_the_diffusion_model_is_a_clear_error
     out = tmp_path / "samples"
     path = rewrite("digits/sample_offtheshelf.yaml", out, tiny_checkpoint, sampler_kwargs={"num_steps": 3},
                    samples_per_class=1, values=[1.0])
-    cfg = _read(path)
+    cfg = read_yaml(path)
     cfg["model"]["init_args"]["sweep"]["terms"][0]["init_args"]["classifier"] = {
         "class_path": "lightning_guidance.nets.OffTheShelfClassifier",
         "init_args": {"source": "timm", "arch": "resnet10t", "allow_random_init": True, "input_size": 32}}
@@ -413,7 +345,7 @@ def test_nan_gradient_mid_sampling_names_the_step_and_leaves_no_shard(sampler, t
     steps = 6
     path = rewrite("digits/sample_cg.yaml", out, tiny_checkpoint, sampler=sampler,
                    sampler_kwargs={"num_steps": steps}, samples_per_class=1, values=[1.0], shard_size=4)
-    cfg = _read(path)
+    cfg = read_yaml(path)
     term = cfg["model"]["init_args"]["sweep"]["terms"][0]["init_args"]
     term["classifier"] = {"class_path": f"{__name__}.NaNBelowTime",
                           "init_args": {"classifier": term["classifier"], "t_nan": 0.5}}

@@ -1,13 +1,9 @@
 """Metrics are DDP-correct: two gloo processes, each updating with a disjoint (uneven) half of the data, compute
 what one process computes on all of it."""
 
-import os
-import traceback
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers import run_on_gloo_ranks
 from torch import nn
 
 from lightning_guidance.metrics import (
@@ -68,41 +64,14 @@ def _evaluate(indices: torch.Tensor) -> dict:
             "recall": pr_result["recall"], "classifier_score": score.compute()}
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    try:
-        torch.set_num_threads(1)
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD_SIZE)
-        results = _evaluate(torch.arange(rank, NUM_SAMPLES, WORLD_SIZE))  # disjoint slices, no padding
-        if rank == 0:
-            torch.save(results, os.path.join(out_dir, "ddp.pt"))
-        dist.barrier()
-        dist.destroy_process_group()
-    except Exception:
-        with open(os.path.join(out_dir, f"error_rank{rank}.txt"), "w") as f:
-            f.write(traceback.format_exc())
-        raise
-
-
 @pytest.mark.timeout(180)
 def test_metrics_reduce_across_two_processes(tmp_path):
-    # fork: the children inherit the imported modules (spawn re-imports torch and torchmetrics in each, ~10 s on a
-    # loaded 2-core machine); each child sets one intra-op thread first, as DataLoader workers do
-    ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_worker, args=(rank, str(tmp_path / "init"), str(tmp_path)))
-             for rank in range(WORLD_SIZE)]
-    for p in procs:
-        p.start()
-    try:
-        for p in procs:
-            p.join(timeout=150)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
-    errors = "".join(f.read_text() for f in sorted(tmp_path.glob("error_rank*.txt")))
-    assert all(p.exitcode == 0 for p in procs), f"exit codes {[p.exitcode for p in procs]}\n{errors}"
+    def evaluate_share(rank: int) -> None:
+        results = _evaluate(torch.arange(rank, NUM_SAMPLES, WORLD_SIZE))  # disjoint slices, no padding
+        if rank == 0:
+            torch.save(results, tmp_path / "ddp.pt")
 
+    run_on_gloo_ranks(evaluate_share, WORLD_SIZE, tmp_path)
     distributed = torch.load(tmp_path / "ddp.pt")
     single = _evaluate(torch.arange(NUM_SAMPLES))
     assert set(distributed) == set(single)

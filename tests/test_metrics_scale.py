@@ -4,14 +4,10 @@ generated samples at all; the Fréchet statistics are sums (D + D^2 + 1 numbers 
 
 from __future__ import annotations
 
-import os
-import traceback
-
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from helpers import run_on_gloo_ranks
 from scipy import linalg
 
 from lightning_guidance.metrics import FrechetDistance, GenerativePrecisionRecall
@@ -81,38 +77,15 @@ def _evaluate(real: torch.Tensor, fake: torch.Tensor, block_bytes: int) -> dict:
     return {k: float(v) for k, v in out.items()}
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    try:
-        torch.set_num_threads(1)
-        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+@pytest.mark.timeout(180)
+def test_sharded_precision_recall_equals_one_process(tmp_path):
+    def evaluate_share(rank: int) -> None:
         # uneven: rank 0 holds 300 real and every generated sample, rank 1 the other 101 real and none generated
         real = REAL[:300] if rank == 0 else REAL[300:]
         fake = FAKE if rank == 0 else FAKE[:0]
-        result = _evaluate(real, fake, block_bytes=8 * 401 * 5)
-        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
-        dist.destroy_process_group()
-    except Exception:
-        with open(os.path.join(out_dir, f"error_rank{rank}.txt"), "w") as f:
-            f.write(traceback.format_exc())
-        raise
+        torch.save(_evaluate(real, fake, block_bytes=8 * 401 * 5), tmp_path / f"rank{rank}.pt")
 
-
-@pytest.mark.timeout(180)
-def test_sharded_precision_recall_equals_one_process(tmp_path):
-    ctx = mp.get_context("fork")
-    procs = [ctx.Process(target=_worker, args=(r, str(tmp_path / "init"), str(tmp_path))) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    try:
-        for p in procs:
-            p.join(timeout=150)
-    finally:
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-                p.join()
-    errors = "".join(f.read_text() for f in sorted(tmp_path.glob("error_rank*.txt")))
-    assert all(p.exitcode == 0 for p in procs), f"exit codes {[p.exitcode for p in procs]}\n{errors}"
+    run_on_gloo_ranks(evaluate_share, WORLD, tmp_path)
     single = _evaluate(REAL, FAKE, block_bytes=1 << 30)
     assert 0.05 < single["precision"] < 0.95 and 0.05 < single["recall"] < 0.95  # a case where both can be wrong
     for rank in range(WORLD):
