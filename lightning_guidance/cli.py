@@ -24,6 +24,7 @@ from .callbacks.stop_on_signal import StopOnSignal
 from .io.atomic import atomic_path, remove_stale_temps
 from .modules.resume_checks import check_resume_config, check_resume_weights, resolve_ckpt_path
 from .launch.resources import check_trainer_resources
+from .launch.slurm import SubmitError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -284,7 +285,7 @@ def console_main() -> None:
         main()
     except UsageError as err:
         sys.exit(f"error: {err}")
-    except (FileNotFoundError, ValueError, TypeError, FloatingPointError, ImportError) as err:
+    except (FileNotFoundError, ValueError, TypeError, FloatingPointError, ImportError, SubmitError) as err:
         if os.environ.get("LG_TRACEBACK"):
             raise
         sys.exit(f"error: {type(err).__name__}: {err}\n(set LG_TRACEBACK=1 for the traceback)")

@@ -4,8 +4,11 @@ The real-SLURM run of a micro study is in tests/test_slurm_study.py (slow)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +139,109 @@ def test_the_console_names_bad_input_before_submitting(tmp_path, slurm, path, me
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and message in errors[0], done.stderr[-2000:]
     assert not (tmp_path / "report_slurm").exists()
+
+
+# ---- the built-in study (presets and sections) as a chain ---------------------------------------------------------
+MICRO_CFG = ["study", "--preset", "micro", "--sections", "digits_cfg"]
+
+
+def builtin(tmp_path: Path, bin_dir: Path | None, *args: str, config: dict | None = None):
+    """``cli.py study`` on the micro digits_cfg section: in this process with the stand-in SLURM first on PATH
+    (returns its stdout), or, without ``bin_dir``, through the console with no sbatch anywhere (returns the run)."""
+    extra = []
+    if config is not None:
+        (tmp_path / "study.yaml").write_text(yaml.safe_dump(config))
+        extra = ["--config", str(tmp_path / "study.yaml")]
+    argv = [*MICRO_CFG, *extra, "--runs-root", str(tmp_path / "runs"), "--name", "m", *args]
+    if bin_dir is None:
+        return subprocess.run([sys.executable, "cli.py", *argv], cwd=ROOT, env=dict(os.environ, PATH="/nonexistent"),
+                              capture_output=True, text=True, timeout=300)
+    from lightning_guidance.study.runner import main
+
+    out = io.StringIO()
+    path = os.environ["PATH"]
+    os.environ["PATH"] = f"{bin_dir}:{path}"
+    try:
+        with contextlib.redirect_stdout(out):
+            assert main(argv[1:]) == 0
+    finally:
+        os.environ["PATH"] = path
+    return out.getvalue()
+
+
+def test_builtin_study_submits_each_step_after_the_steps_it_reads(tmp_path, fake_slurm):
+    out = builtin(tmp_path, fake_slurm, "--launcher", "slurm")
+    judge, cfg, sample, grade, report = calls(tmp_path)
+    run = tmp_path / "runs" / "m"
+    assert [option(c, "--job-name") for c in (judge, cfg, sample, grade, report)] == [
+        "lg-digits-judge", "lg-digits-cfg", "lg-sample-digits-cfg", "lg-grade-digits-cfg", "lg-report"]
+    assert (option(judge, "--dependency"), option(cfg, "--dependency")) == (None, None)  # they read nothing
+    assert option(sample, "--dependency") == "afterok:101"
+    assert sorted(option(grade, "--dependency").removeprefix("afterok:").split(":")) == ["100", "101", "102"]
+    assert option(report, "--dependency") == "afterany:100:101:102:103"  # the report names what did not finish
+    assert "--report-only" in option(report, "--wrap") and "--launcher" not in option(report, "--wrap")
+    # the preset's resources; each step's config is the one the local runner writes
+    assert all((option(c, "--cpus-per-task"), option(c, "--time")) == ("1", "00:30:00") for c in (judge, grade))
+    assert f"CONFIG={run / 'configs' / 'digits-judge.yaml'}" in option(judge, "--export").split(",")
+    assert judge[-1].endswith("slurm/train.sbatch") and grade[-1].endswith("slurm/predict.sbatch")
+    assert "SUBCOMMAND=test" in option(grade, "--export").split(",")
+    assert [line.split(": ")[0] for line in out.splitlines()[1:]] == [
+        "digits-judge", "digits-cfg", "sample-digits-cfg", "grade-digits-cfg", "report"]
+
+    status = builtin(tmp_path, fake_slurm, "--launcher", "slurm", "--status")
+    assert len(status.splitlines()) == 6 and "GONE" in status
+
+    # the judge's job succeeded (its marker and product), the CFG fit runs, sampling waits, grading failed: the
+    # re-submission records the judge as finished, keeps the two live jobs and submits grading behind them
+    fingerprints = {r["name"]: r["fingerprint"] for r in json.loads((run / "slurm" / "chain.json").read_text())["steps"]}
+    (run / "slurm" / "done").mkdir()
+    (run / "slurm" / "done" / "digits-judge.json").write_text(json.dumps({"fingerprint": fingerprints["digits-judge"],
+                                                                        "job": "100", "seconds": 7}))
+    (run / "digits" / "judge" / "checkpoints").mkdir(parents=True)
+    (run / "digits" / "judge" / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    (tmp_path / "state_101").write_text("RUNNING\n")
+    (tmp_path / "state_102").write_text("PENDING\n")
+    before = len(calls(tmp_path))
+    again = builtin(tmp_path, fake_slurm, "--launcher", "slurm")
+    assert "digits-judge: finished, skipped" in again and "digits-cfg: job 101" in again
+    assert "sample-digits-cfg: job 102" in again
+    new = calls(tmp_path)[before:]
+    assert [option(c, "--job-name") for c in new] == ["lg-grade-digits-cfg", "lg-report"]
+    assert option(new[0], "--dependency") == "afterok:101:102"
+    assert json.loads((run / "steps" / "digits-judge.json").read_text())["seconds"] == 7  # the runner's marker
+
+
+def test_builtin_study_resources_come_from_the_study_config(tmp_path, fake_slurm):
+    config = {"preset": "micro", "sections": ["digits_cfg"],
+              "slurm": {"default": {"time": "02:00:00"},
+                        "steps": {"digits-*": {"cpus_per_task": 2}, "digits-cfg": {"ntasks_per_node": 2},
+                                  "sample-*": {"array": 3}}}}
+    builtin(tmp_path, fake_slurm, "--launcher", "slurm", config=config)
+    made = {option(c, "--job-name"): c for c in calls(tmp_path) if option(c, "--array") is None}
+    cfg = made["lg-digits-cfg"]
+    assert (option(cfg, "--ntasks-per-node"), option(cfg, "--cpus-per-task"), option(cfg, "--time")) == (
+        "2", "2", "02:00:00")
+    assert option(made["lg-digits-judge"], "--ntasks-per-node") == "1"
+    # the step's config states the world size its job runs with
+    written = yaml.safe_load((tmp_path / "runs" / "m" / "configs" / "digits-cfg.yaml").read_text())
+    assert written["trainer"]["devices"] == 2
+    assert [option(c, "--array") for c in calls(tmp_path) if option(c, "--array")] == ["0-2"]
+
+
+@pytest.mark.parametrize("slurm, message", [
+    ({"steps": {"digits-cfg": {"gpus": 2}}}, "study step 'digits-cfg': unknown slurm keys ['gpus']"),
+    ({"steps": {"digits-cfg": {"array": 2}}}, "fit steps cannot use it"),
+    ({"default": {"time": "soon"}}, "not an sbatch time"),
+    ({"nodes": 2}, "study config slurm: a mapping with 'default'"),
+])
+def test_builtin_study_bad_resources_are_refused_before_submitting(tmp_path, fake_slurm, slurm, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        builtin(tmp_path, fake_slurm, "--launcher", "slurm", config={"preset": "micro", "slurm": slurm})
+    assert calls(tmp_path) == []
+
+
+def test_builtin_study_without_sbatch_says_so_before_anything_runs(tmp_path):
+    done = builtin(tmp_path, None, "--launcher", "slurm")
+    assert done.returncode != 0
+    assert done.stderr.splitlines()[0].startswith("error: FileNotFoundError: --launcher slurm needs 'sbatch' on PATH")
+    assert done.stdout == "" and not (tmp_path / "runs").exists()

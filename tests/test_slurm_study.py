@@ -1,10 +1,17 @@
-"""`cli.py study --launcher slurm` on a real one-host SLURM (scripts/slurm_local.sh; slow): a micro study of four
-dependent steps (judge fit, CFG fit, sampling as a 2-task job array plus its collector, grading) runs as a job chain
-in order, `--status` shows it completed, a re-submission skips every step, and the report the chain's last job
-writes equals the local runner's report on the same study (paths and wall times aside)."""
+"""`cli.py study --launcher slurm` on a real one-host SLURM (scripts/slurm_local.sh; slow).
+
+- A custom micro study of four dependent steps (judge fit, CFG fit, sampling as a 2-task job array plus its
+  collector, grading) runs as a job chain in order, `--status` shows it completed, a re-submission skips every step,
+  and the report the chain's last job writes equals the local runner's report on the same study (paths and wall
+  times aside).
+- The built-in study (`--preset micro --sections digits_cfg`: judge and CFG fits, sampling, grading with the judge)
+  runs as jobs that each start after the jobs of the steps they read, and its report.json numbers (every section and
+  the agreement with the papers) equal the local runner's on the same preset.
+"""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -104,3 +111,64 @@ def test_study_as_a_slurm_chain_equals_the_local_runner(tmp_path, slurm_env):  #
     # a re-submission skips every finished step (only a new report job)
     again = study(config, slurm_env, "--launcher", "slurm")
     assert all(f"{name}: finished, skipped" in again for name in order), again
+
+
+BUILTIN = ["--preset", "micro", "--sections", "digits_cfg"]
+# what each step of the micro digits_cfg section reads (the plan's needs; checked against --list below)
+NEEDS = {"digits-judge": [], "digits-cfg": [], "sample-digits-cfg": ["digits-cfg"],
+         "grade-digits-cfg": ["digits-cfg", "sample-digits-cfg", "digits-judge"]}
+
+
+def builtin(env: dict, runs: Path, name: str, *args: str) -> str:
+    cmd = [sys.executable, "cli.py", "study", *BUILTIN, "--runs-root", str(runs), "--name", name, *args]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=WAIT_S)
+    assert done.returncode == 0, f"{' '.join(cmd)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def wait_for_empty_queue(env: dict, logs: Path) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True).stdout.strip():
+        assert time.monotonic() < deadline, "the chain did not finish in time\n" + "\n".join(
+            p.read_text()[-1500:] for p in sorted(logs.glob("*.out")))
+        time.sleep(3)
+
+
+@pytest.mark.timeout(4 * WAIT_S)
+def test_builtin_micro_study_as_a_slurm_chain_equals_the_local_runner(tmp_path, slurm_env):  # noqa: F811
+    from lightning_guidance.study.runner import build_plan
+    from lightning_guidance.study.presets import get_preset
+
+    plan, _ = build_plan(get_preset("micro"), tmp_path / "plan", ["digits_cfg"])
+    assert {n: sorted(s.needs) for n, s in plan.steps.items()} == {n: sorted(v) for n, v in NEEDS.items()}
+
+    builtin(slurm_env, tmp_path, "local")
+    out = builtin(slurm_env, tmp_path, "slurm", "--launcher", "slurm")
+    jobs = dict(re.findall(r"^(\S+): job (\d+)", out, flags=re.M))
+    assert set(jobs) == {*NEEDS, "report"}, out
+    run = tmp_path / "slurm"
+    logs = run / "slurm" / "logs"
+    wait_for_empty_queue(slurm_env, logs)
+
+    status = builtin(slurm_env, tmp_path, "slurm", "--launcher", "slurm", "--status")
+    assert all(re.search(rf"^{name}\s.*COMPLETED$", status, flags=re.M) for name in NEEDS), status + "\n" + \
+        "\n".join(p.read_text()[-1500:] for p in sorted(logs.glob("*.out")))
+    # in order: each step's job started after the jobs of the steps it reads had ended
+    spans = {name: step_times(logs / f"{name}-{jobs[name]}.out") for name in NEEDS}
+    for name, needs in NEEDS.items():
+        for need in needs:
+            assert spans[need][1] <= spans[name][0], (need, name, spans)
+    report_log = (logs / f"report-{jobs['report']}.out").read_text()
+    slurm_report, local_report = (json.loads((tmp_path / n / "report.json").read_text()) for n in ("slurm", "local"))
+    assert slurm_report["machine"].get("slurm_job") == jobs["report"], report_log[-3000:]
+    assert slurm_report["sections"]["digits_cfg"]["status"] == "ok", report_log[-3000:]
+    assert slurm_report["sections"] == local_report["sections"]
+    assert slurm_report["agreement"] == local_report["agreement"]
+    assert {n: s["status"] for n, s in slurm_report["steps"].items()} == dict.fromkeys(NEEDS, "done")
+    assert all(slurm_report["steps"][n]["seconds"] > 0 for n in NEEDS)  # the jobs' wall times, from their markers
+
+    # a re-submission skips every finished step (the report job recorded them as the local runner would)
+    again = builtin(slurm_env, tmp_path, "slurm", "--launcher", "slurm")
+    assert all(f"{name}: finished, skipped" in again for name in NEEDS), again
+    assert re.search(r"^report: job \d+", again, flags=re.M), again
+    wait_for_empty_queue(slurm_env, logs)

@@ -1,8 +1,10 @@
 """The study as a SLURM job chain: each step its own ``sbatch`` job from the templates in ``slurm/``, each job
-``--dependency=afterok`` on the one before, so a step starts only when the previous one succeeded.
+``--dependency=afterok`` on the jobs of the steps it needs (by default the one before), so a step starts only when
+what it reads was written.
 
-The interface is small on purpose, so that any runner can use it: a list of :class:`SlurmStep` in,
-``{step name: job id}`` out (:meth:`SlurmChain.submit`), and :meth:`SlurmChain.status` for the chain's state.
+The interface is small on purpose, so that both study runners use it (the built-in study and a custom step list):
+a list of :class:`SlurmStep` in, ``{step name: job id}`` out (:meth:`SlurmChain.submit`; :func:`submit_with_report`
+adds the job that writes the report and prints the ids), and :meth:`SlurmChain.status` for the chain's state.
 
 - ``fit`` steps run ``slurm/train.sbatch`` (which always resumes with ``--ckpt_path last``), every other command
   ``slurm/predict.sbatch`` with ``SUBCOMMAND`` set; both requeue themselves before their time limit.
@@ -10,8 +12,9 @@ The interface is small on purpose, so that any runner can use it: a list of :cla
   (the template passes ``--model.init_args.shard_part [i, K]``), then one collecting job (every shard already
   written, so it only writes the manifest and grids) that the next step depends on.
 - Each job that succeeds writes ``<state_dir>/done/<step>.json`` (the step's fingerprint and its wall time). A
-  re-submission skips a step whose marker has the same fingerprint (the same command, arguments and resources),
-  re-uses the job of a step still pending or running, and submits the rest; ``--kill-on-invalid-dep`` cancels a
+  re-submission skips a step whose marker has the same fingerprint (the same command, arguments, resources and
+  ``key``) unless a step it needs is submitted again, re-uses the job of a step still pending or running behind the
+  jobs it should wait for, and submits the rest; ``--kill-on-invalid-dep`` cancels a
   step whose predecessor failed instead of leaving it pending forever.
 - What was submitted is recorded in ``<state_dir>/chain.json`` (written atomically), which ``status`` reads.
 """
@@ -31,6 +34,7 @@ from pathlib import Path
 from ..io.atomic import atomic_write_text
 
 COMMANDS = ("fit", "validate", "test", "predict")
+RESOURCE_KEYS = ("nodes", "ntasks_per_node", "cpus_per_task", "time", "array", "sbatch")
 TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # sbatch --time: minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]
 ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED")
 TEMPLATE_DIR = Path(__file__).resolve().parents[2] / "slurm"
@@ -49,6 +53,8 @@ class SlurmStep:
     time: str | None = None
     array: int | None = None  # predict only: this many array tasks over the shards
     sbatch_args: tuple[str, ...] = field(default=())
+    needs: tuple[str, ...] | None = None  # the steps whose jobs it waits for; None: the step before it
+    key: str = ""  # what else says which work it does (the built-in study: its config file's digest)
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the step when its resources are impossible or contradict its arguments."""
@@ -74,7 +80,26 @@ class SlurmStep:
 
     @property
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+        fields = asdict(self)
+        for name, default in (("needs", None), ("key", "")):  # unset: the same fingerprint as before they existed
+            if fields[name] == default:
+                del fields[name]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def slurm_resources(mapping: dict | None, where: str) -> dict:
+    """A study YAML's ``slurm:`` mapping (sbatch's names: nodes, ntasks_per_node, cpus_per_task, time, array,
+    sbatch: [extra options]) as :class:`SlurmStep` keyword arguments; unknown keys are refused, naming ``where``."""
+    if not isinstance(mapping or {}, dict):
+        raise ValueError(f"{where}: slurm resources are a mapping of {list(RESOURCE_KEYS)}, got {mapping!r}")
+    resources = dict(mapping or {})
+    unknown = sorted(set(resources) - set(RESOURCE_KEYS))
+    if unknown:
+        raise ValueError(f"{where}: unknown slurm keys {unknown}; use {list(RESOURCE_KEYS)}")
+    sbatch = resources.pop("sbatch", ()) or ()
+    if isinstance(sbatch, str):
+        sbatch = shlex.split(sbatch)
+    return {**resources, "sbatch_args": tuple(str(a) for a in sbatch)}
 
 
 def _last_value(args: tuple[str, ...], flag: str) -> str | None:
@@ -96,6 +121,19 @@ def _first_config(step: SlurmStep) -> tuple[str, list[str]]:
         if a.startswith("--config="):
             return a.split("=", 1)[1], args[:i] + args[i + 1:]
     raise ValueError(f"study step {step.name!r}: no --config in its arguments; the SLURM templates need one")
+
+
+class SubmitError(RuntimeError):
+    """sbatch refused a job (the cluster is unreachable, or rejects the resources); the message is one line."""
+
+
+def _refused(cmd: list[str], stderr: str) -> SubmitError:
+    why = "; ".join(line.strip() for line in stderr.strip().splitlines() if line.strip()) or "no message"
+    return SubmitError(f"sbatch refused the job {_option(cmd, '--job-name')}: {why} (command: {shlex.join(cmd)})")
+
+
+def _option(cmd: list[str], name: str) -> str:
+    return next((a.split("=", 1)[1] for a in cmd if a.startswith(name + "=")), "?")
 
 
 def require_sbatch(sbatch: str = "sbatch") -> str:
@@ -150,12 +188,12 @@ class SlurmChain:
                *args]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise RuntimeError(f"sbatch refused {shlex.join(cmd)}: {done.stderr.strip()}")
+            raise _refused(cmd, done.stderr)
         return done.stdout.strip().split(";")[0]
 
-    def _submit_step(self, step: SlurmStep, after: str | None) -> list[str]:
+    def _submit_step(self, step: SlurmStep, after: list[str]) -> list[str]:
         """Submit one step (an array step: the array, then its collecting job); returns the job ids, last = the one
-        the next step waits for."""
+        the steps after it wait for."""
         template = self.templates / ("train.sbatch" if step.command == "fit" else "predict.sbatch")
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
@@ -163,7 +201,7 @@ class SlurmChain:
         options += [f"--cpus-per-task={step.cpus_per_task}"] if step.cpus_per_task else []
         options += [f"--time={step.time}"] if step.time else []
         options += list(step.sbatch_args)
-        depends = [f"--dependency=afterok:{after}", "--kill-on-invalid-dep=yes"] if after else []
+        depends = _depends("afterok", after)
         config, args = _first_config(step)  # the templates take the first --config as CONFIG, the rest as arguments
         env = {"CONFIG": config, "PYTHON": self.python, "SUBCOMMAND": step.command,
                "LG_DONE_FILE": str(self.done_file(step)), "LG_FINGERPRINT": step.fingerprint}
@@ -172,53 +210,64 @@ class SlurmChain:
             array_env = {**{k: v for k, v in env.items() if k != "LG_DONE_FILE"}, "LG_SHARD_ARRAY": "1"}
             ids.append(self._sbatch([*options, *depends, f"--array=0-{step.array - 1}",
                                      f"--output={logs}/{step.name}-%A_%a.out"], template, args, array_env))
-            depends = [f"--dependency=afterok:{ids[-1]}", "--kill-on-invalid-dep=yes"]
+            depends = _depends("afterok", ids[-1:])
         ids.append(self._sbatch([*options, *depends, f"--output={logs}/{step.name}-%j.out"], template, args, env))
         return ids
 
     # ---- the interface --------------------------------------------------------------------------------
-    def submit(self, steps: list[SlurmStep]) -> dict[str, str]:
+    def submit(self, steps: list[SlurmStep], finished=None) -> dict[str, str]:
         """Submit the steps as a chain; ``{name: job id}`` of every step not finished yet (a step still pending or
-        running keeps its job). Finished steps (same fingerprint) are skipped and left out."""
+        running keeps its job). Finished steps are skipped and left out: by default those whose done marker has
+        their fingerprint, or ``finished(step)``; never a step that needs one submitted (or kept) now."""
         for step in steps:
             step.check()
         if len({s.name for s in steps}) != len(steps):
             raise ValueError("study step names must be unique: the chain's files are named after them")
+        names = [s.name for s in steps]
+        for step in steps:
+            unknown = [n for n in step.needs or () if n not in names[:names.index(step.name)]]
+            if unknown:
+                raise ValueError(f"study step {step.name!r} needs {unknown}, which are not steps before it")
+        finished = finished or self.finished
         recorded = {r["name"]: r for r in self._recorded()["steps"]}
-        after: str | None = None
+        jobs: dict[str, str] = {}  # the job each submitted (or kept) step's dependants wait for
+        last: str | None = None  # the newest of those: what a step with needs=None waits for
         submitted: dict[str, str] = {}
         rows = []
         for step in steps:
+            after = ([jobs[n] for n in step.needs if n in jobs] if step.needs is not None
+                     else [last] if last else [])
             old = recorded.get(step.name)
-            if self.finished(step):
+            if not after and finished(step):
                 rows.append({**(old or {}), "name": step.name, "fingerprint": step.fingerprint, "skipped": True})
                 continue
             alive = (old and old.get("fingerprint") == step.fingerprint
                      and self.queue_state(old["job_ids"][-1]) in ACTIVE)
-            if alive and (after is None or after in old.get("after", [])):
+            if alive and set(after) <= set(old.get("after", [])):
                 ids = old["job_ids"]  # still queued or running, waiting on what it should: keep it
             else:
                 if alive:  # queued behind a job this submission replaces: ours, so cancel it by its ids
                     subprocess.run([self._tool("scancel"), *old["job_ids"]], capture_output=True, check=False)
                 ids = self._submit_step(step, after)
-            submitted[step.name] = ids[-1]
+            submitted[step.name] = jobs[step.name] = last = ids[-1]
             rows.append({"name": step.name, "command": step.command, "fingerprint": step.fingerprint,
-                         "job_ids": ids, "after": [after] if after else [], "skipped": False})
-            after = ids[-1]
+                         "job_ids": ids, "after": after, "skipped": False})
             self._record(rows, steps)
         self._record(rows, steps)
         return submitted
 
-    def submit_command(self, name: str, command: list[str], after: list[str]) -> str:
-        """One plain job (e.g. the study's report) that runs ``command`` once the jobs ``after`` succeeded."""
+    def submit_command(self, name: str, command: list[str], after: list[str], dependency: str = "afterok",
+                       options: list[str] = ()) -> str:
+        """One plain job (e.g. the study's report) that runs ``command`` once the jobs ``after`` ended
+        (``afterok``: succeeded; ``afterany``: whatever their end); ``options``: more sbatch options."""
         logs = self.state_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        depends = [f"--dependency=afterok:{':'.join(after)}", "--kill-on-invalid-dep=yes"] if after else []
         cmd = [self.sbatch, "--parsable", f"--chdir={self.workdir}", f"--job-name=lg-{name}", "--nodes=1",
-               "--ntasks=1", *depends, f"--output={logs}/{name}-%j.out", f"--wrap={shlex.join(command)}"]
+               "--ntasks=1", *options, *_depends(dependency, after), f"--output={logs}/{name}-%j.out",
+               f"--wrap={shlex.join(command)}"]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
-            raise RuntimeError(f"sbatch refused {shlex.join(cmd)}: {done.stderr.strip()}")
+            raise _refused(cmd, done.stderr)
         job = done.stdout.strip().split(";")[0]
         rows = [r for r in self._recorded()["steps"] if r["name"] != name]
         rows.append({"name": name, "command": command[0], "fingerprint": "", "job_ids": [job], "after": after,
@@ -246,6 +295,29 @@ class SlurmChain:
             out.append({"name": row["name"], "job_ids": row.get("job_ids", []), "after": row.get("after", []),
                         "state": state})
         return out
+
+
+def _depends(kind: str, after: list[str]) -> list[str]:
+    """sbatch options that hold a job until the jobs ``after`` ended (a failed one cancels it under ``afterok``)."""
+    return [f"--dependency={kind}:{':'.join(after)}", "--kill-on-invalid-dep=yes"] if after else []
+
+
+def submit_with_report(chain: SlurmChain, steps: list[SlurmStep], report_command: list[str], report_path,
+                       finished=None, report_after: str = "afterok", report_options: list[str] = (),
+                       say=print) -> dict[str, str]:
+    """What ``cli.py study --launcher slurm`` does, for either kind of study: check every step's resources, then
+    that ``sbatch`` is there, submit the chain, print one line per step (its job, or that it finished earlier),
+    then submit the job that writes the report once the chain's jobs ended (``report_after``)."""
+    for step in steps:
+        step.check()  # every step's resources before the first job is submitted
+    require_sbatch(chain.sbatch)
+    ids = chain.submit(steps, finished)
+    for step in steps:
+        say(f"{step.name}: {'finished, skipped' if step.name not in ids else 'job ' + ids[step.name]}")
+    job = chain.submit_command("report", report_command, after=list(ids.values()), dependency=report_after,
+                               options=list(report_options))
+    say(f"report: job {job} writes {report_path}")
+    return {**ids, "report": job}
 
 
 def format_status(rows: list[dict]) -> str:

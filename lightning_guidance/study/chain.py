@@ -255,47 +255,27 @@ def slurm_state_dir(report_path: Path) -> Path:
     return report_path.parent / f"{report_path.stem}_slurm"
 
 
-def slurm_seconds(report_path: Path, step: Step) -> float:
-    marker = slurm_state_dir(report_path) / "done" / f"{step.name}.json"
-    return float(json.loads(marker.read_text()).get("seconds", 0)) if marker.is_file() else 0.0
-
-
 def slurm_steps(steps: list[Step], extra: list[str]):
-    from ..launch.slurm import SlurmStep
+    from ..launch.slurm import SlurmStep, slurm_resources
 
-    known = ("nodes", "ntasks_per_node", "cpus_per_task", "time", "array", "sbatch")
-    out = []
-    for step in steps:
-        resources = dict(step.slurm or {})
-        unknown = sorted(set(resources) - set(known))
-        if unknown:
-            raise ValueError(f"study step {step.name!r}: unknown slurm keys {unknown}; use {list(known)}")
-        sbatch_args = tuple(resources.pop("sbatch", ()) or ())
-        out.append(SlurmStep(step.name, step.command, ("--config", step.config, *step.args, *extra),
-                             sbatch_args=sbatch_args, **resources))
-    return out
+    return [SlurmStep(step.name, step.command, ("--config", step.config, *step.args, *extra),
+                      **slurm_resources(step.slurm, f"study step {step.name!r}")) for step in steps]
 
 
 def submit_to_slurm(config: str, study: dict, steps: list[Step], extra: list[str], report_path: Path,
                     status_only: bool) -> Path:
-    """Submit the steps as a chain, then a job that writes the report; or print the chain's state."""
-    from ..launch.slurm import SlurmChain, format_status, require_sbatch
+    """Submit the steps as a chain (each after the one before), then a job that writes the report; or print the
+    chain's state."""
+    from ..launch.slurm import SlurmChain, format_status, require_sbatch, submit_with_report
 
     chain = SlurmChain(slurm_state_dir(report_path))
     if status_only:
+        require_sbatch(chain.sbatch)
         print(format_status(chain.status()))
         return chain.chain_file
-    planned = slurm_steps(steps, extra)
-    for step in planned:
-        step.check()  # every step's resources before the first job is submitted
-    require_sbatch()
-    ids = chain.submit(planned)
-    for step in planned:
-        print(f"{step.name}: {'finished, skipped' if step.name not in ids else 'job ' + ids[step.name]}")
     report_cmd = [sys.executable, "-m", "lightning_guidance.cli", "study", "--config", config, "--report-only",
                   *(["--only", *[s.name for s in steps]] if len(steps) != len(study["steps"]) else [])]
-    report_job = chain.submit_command("report", report_cmd, after=list(ids.values())[-1:] if ids else [])
-    print(f"report: job {report_job} writes {report_path}")
+    submit_with_report(chain, slurm_steps(steps, extra), report_cmd, report_path)
     return chain.chain_file
 
 

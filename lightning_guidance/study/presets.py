@@ -60,6 +60,8 @@ class Preset:
     accelerator: str = "cpu"
     dataset: str = "digits"  # the image family: digits (embedded) or mnist (data/MNIST/raw)
     needs_data: tuple[str, ...] = field(default=())
+    # ---- --launcher slurm: every step's job resources unless the study config says otherwise (sbatch's names)
+    slurm: dict = field(default_factory=lambda: {"cpus_per_task": 2, "time": "04:00:00"})
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -86,7 +88,7 @@ TINY = replace(
     digits_model_channels=16, digits_samples_per_class=10, digits_ddim_steps=15, digits_ddpm_steps=25,
     cfg_fine_scales=(0.0, 1.0, 2.0, 3.0, 4.0, 6.0), cg_scales=(0.0, 2.0), tau_ratios=(1.0, 0.5),
     sine_gammas=(0.0, 0.3), cfg_plus_cg_scales=(2.0,), divergences=("js",), calibration_epochs=8,
-    ece_time_points=4, ece_samples=200,
+    ece_time_points=4, ece_samples=200, slurm={"cpus_per_task": 2, "time": "01:00:00"},
 )
 
 MICRO = replace(
@@ -98,6 +100,7 @@ MICRO = replace(
     digits_train_steps=4, digits_classifier_steps=4, digits_clean_steps=4, digits_judge_steps=4,
     digits_model_channels=8, digits_samples_per_class=1, digits_ddim_steps=3, digits_ddpm_steps=3,
     cfg_fine_scales=(0.0, 1.0, 2.0), calibration_epochs=1, ece_time_points=2, ece_samples=20,
+    slurm={"cpus_per_task": 1, "time": "00:30:00"},
 )
 
 FULL = replace(
@@ -105,7 +108,7 @@ FULL = replace(
     digits_train_steps=100000, digits_classifier_steps=30000, digits_clean_steps=20000, digits_judge_steps=10000,
     digits_model_channels=64, digits_samples_per_class=1000, digits_ddim_steps=50, digits_ddpm_steps=250,
     calibration_epochs=10, ece_samples=2000, accelerator="gpu", dataset="mnist",
-    needs_data=("data/MNIST/raw",),
+    needs_data=("data/MNIST/raw",), slurm={"cpus_per_task": 8, "time": "24:00:00", "sbatch": ["--gpus-per-node=1"]},
 )
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (MICRO, TINY, SMALL, FULL)}

@@ -8,6 +8,7 @@
   interrupted; the report is still written and the exit code is 128 + the signal.
 - A failed step is marked failed, the steps that need it are marked blocked, every other step still runs; a section
   whose inputs failed is marked failed in the report (naming the step). Exit code 1 when anything failed.
+- ``--launcher slurm`` submits the same steps as SLURM jobs instead (:mod:`.slurm`); ``--status`` shows them.
 """
 
 from __future__ import annotations
@@ -123,11 +124,11 @@ def parse_sections(value: list[str] | None) -> list[str]:
 
 # ---- running steps -----------------------------------------------------------------------------------------------
 class StepRunner:
-    def __init__(self, run_dir: Path, steps: dict[str, Step], jobs: int = 1, in_process=None,
-                 launcher: str = "local", console=None, threads: int | None = None):
+    def __init__(self, run_dir: Path, steps: dict[str, Step], jobs: int = 1, in_process=None, console=None,
+                 threads: int | None = None):
         self.run_dir, self.steps = run_dir, steps
         self.jobs = 1 if in_process else max(1, jobs)
-        self.in_process, self.launcher = in_process, launcher
+        self.in_process = in_process
         self.threads = threads
         self.status: dict[str, str] = {}
         self.seconds: dict[str, float] = {}
@@ -196,8 +197,6 @@ class StepRunner:
                         raise
                     print(f"error: {type(err).__name__}: {err}", file=f)
                     return 1
-        if self.launcher == "slurm":
-            return self.launch_slurm(step, args, log)
         with log.open("w") as f:
             env = dict(os.environ)
             if self.threads:  # steps running side by side on a CPU: no more threads than cores
@@ -211,11 +210,6 @@ class StepRunner:
                 self._procs.pop(step.name, None)
         return rc
 
-    def launch_slurm(self, step: Step, args: list[str], log: Path) -> int:
-        raise ValueError("--launcher slurm: the built-in study does not submit to SLURM yet; a study YAML that lists "
-                         "its own steps does (cli.py study --config <steps.yaml> --launcher slurm, launch/slurm.py), "
-                         "or run with --launcher local")
-
     def forward(self, signum: int, _frame=None) -> None:
         self.interrupted = signum
         with self._lock:
@@ -223,13 +217,17 @@ class StepRunner:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signum)
 
-    def prepare(self, step: Step) -> tuple[Path, dict] | None:
-        """Write the step's config; return it and its identity, or None when the step is finished and current."""
-        config = step_config(step)
-        text = yaml.safe_dump(config, sort_keys=False)
+    def write_config(self, step: Step) -> tuple[Path, str]:
+        """Write the step's config to ``configs/<step>.yaml`` (unless it holds that already); its path and text."""
+        text = yaml.safe_dump(step_config(step), sort_keys=False)
         path = self.run_dir / "configs" / f"{step.name}.yaml"
         if not path.is_file() or path.read_text() != text:
             atomic_write_text(path, text)
+        return path, text
+
+    def prepare(self, step: Step) -> tuple[Path, dict] | None:
+        """Write the step's config; return it and its identity, or None when the step is finished and current."""
+        path, text = self.write_config(step)
         ident = self.identity(step, text)
         current, stale = self.is_current(step, ident)
         if current:
@@ -376,7 +374,7 @@ def load_study_file(path: str | None) -> dict:
     study = yaml.safe_load(p.read_text()) or {}
     if not isinstance(study, dict):
         raise ValueError(f"{p}: a study config is a mapping (title, name, preset, sections)")
-    allowed = {"title", "name", "preset", "sections", "description", "jobs"}
+    allowed = {"title", "name", "preset", "sections", "description", "jobs", "slurm"}
     unknown = sorted(set(study) - allowed)
     if unknown:
         raise ValueError(f"{p}: unknown key {', '.join(unknown)}; a study config takes {', '.join(sorted(allowed))}")
@@ -392,7 +390,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jobs", type=int, help="steps run at once (default: 2, or 1 with one CPU)")
     parser.add_argument("--threads", type=int, help="CPU threads per step (default: CPUs / jobs; oversubscribed "
                         "OpenMP threads slow a loaded CPU many times over)")
-    parser.add_argument("--launcher", choices=("local", "slurm"), default="local")
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                        help="local: run the steps here; slurm: submit each step as a job, chained by what it reads, "
+                        "and a last job that writes the report (resources: the preset's, then the config's slurm:)")
+    parser.add_argument("--status", action="store_true", help="with --launcher slurm: show the chain's jobs")
     parser.add_argument("--runs-root", default="runs", help="parent folder of the run folder")
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # tests: no interpreter start-up
     parser.add_argument("--list", action="store_true", help="print the planned steps and exit")
@@ -414,6 +415,19 @@ def lists_own_steps(argv: list[str]) -> bool:
     return False
 
 
+def without_launcher(argv: list[str]) -> list[str]:
+    """The study's arguments less ``--launcher <kind>`` and ``--status``: what its report job is given."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--launcher":
+            skip = True
+        elif not arg.startswith("--launcher=") and arg != "--status":
+            out.append(arg)
+    return out
+
+
 def main(argv: list[str] | None = None, run_in_process=None) -> int:
     """``cli.py study``; ``run_in_process`` (the CLI's own entry, passed down by it) serves ``--in-process``."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -424,7 +438,11 @@ def main(argv: list[str] | None = None, run_in_process=None) -> int:
         return 0
     ns = make_parser().parse_args(argv)
     if ns.launcher == "slurm":
-        StepRunner.launch_slurm(None, None, [], Path())  # says what is missing before anything runs
+        from ..launch.slurm import require_sbatch
+
+        require_sbatch()  # says what is missing before anything runs
+    elif ns.status:
+        raise ValueError("--status shows a SLURM chain: add --launcher slurm")
     if ns.in_process and run_in_process is None:
         raise ValueError("--in-process needs the CLI's entry point: run it as `cli.py study --in-process`")
     study = load_study_file(ns.config)
@@ -450,6 +468,15 @@ def main(argv: list[str] | None = None, run_in_process=None) -> int:
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)  # the report's own sampling and scoring, too
+    if ns.launcher == "slurm" and not ns.report_only:
+        from .slurm import show_status, submit_study
+
+        if ns.status:
+            return show_status(run_dir)
+        print(f"study preset {preset.name} ({preset.summary}); {len(plan.steps)} steps as SLURM jobs; folder {run_dir}")
+        report_cmd = [sys.executable, "-m", "lightning_guidance.cli", "study", *without_launcher(argv), "--report-only"]
+        submit_study(StepRunner(run_dir, plan.steps), preset, study, report_cmd)
+        return 0
     try:
         return _run(ns, study, preset, sections, run_dir, plan, extra, jobs, threads,
                     run_in_process if ns.in_process else None)
@@ -468,11 +495,14 @@ def _run(ns, study, preset, sections, run_dir, plan, extra, jobs, threads, run_i
     t0 = time.perf_counter()
     console.print(f"[bold]study[/bold] preset {preset.name} ({preset.summary}); {len(plan.steps)} steps, "
                   f"{jobs} at a time, {threads} thread(s) each; folder {run_dir}")
-    runner = StepRunner(run_dir, plan.steps, jobs=jobs, in_process=run_in_process, launcher=ns.launcher,
-                        console=console, threads=threads)
+    runner = StepRunner(run_dir, plan.steps, jobs=jobs, in_process=run_in_process, console=console, threads=threads)
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn())
     if ns.report_only:
+        if (run_dir / "slurm").is_dir():  # steps that SLURM jobs finished: recorded as the local runner would
+            from .slurm import record_finished_jobs
+
+            record_finished_jobs(runner, preset, study)
         status = {n: "done" if Path(s.product).is_file() else "not run" for n, s in plan.steps.items()}
         runner.status = status
     else:
