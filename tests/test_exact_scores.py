@@ -77,37 +77,17 @@ def test_knn_recall_by_hand():
     assert float(knn_recall(generated, reference, k=1)) == pytest.approx(2 / 3)
 
 
-def test_the_variant_table_scores_every_method_on_the_same_seeds(fractal):
-    """The table's producer on a random tiny 2D model: one row per (method, scale), the conditional baseline and the
-    exact reference; a guided row at scale 1 would equal the baseline, so the rows at s != 1 must differ from it."""
-    from lightning_guidance.diffusion.denoiser import NetDenoiser
-    from lightning_guidance.diffusion.schedules import VPSchedule
-    from lightning_guidance.metrics.cfg_variant_table import best_at_equal_wrong_class_rate, variant_table
-    from lightning_guidance.guidance.cfg_variants import AdaptiveProjectedGuidance, Autoguidance
-    from lightning_guidance.nets import MLPDenoiser
+def test_best_at_equal_wrong_class_rate_keeps_each_methods_best_scale_within_the_budget():
+    """The study's variant comparison (study/fractal.py): per method, among its scales whose wrong-class rate is within
+    the budget, the one with the highest mean log-density; methods with no scale inside are left out."""
+    from lightning_guidance.study.fractal import best_at_equal_wrong_class_rate
 
-    def mlp(seed, hidden):
-        torch.manual_seed(seed)
-        net = MLPDenoiser(data_dim=2, num_classes=2, hidden_dim=hidden, num_layers=2).eval()
-        for p in net.parameters():
-            torch.nn.init.normal_(p, std=0.2)
-        return net
+    def sc(log_p, wrong):
+        return {"mean_log_density": log_p, "wrong_class_fraction": wrong}
 
-    class Tiny:  # the part of CFGDiffusion the table uses
-        def __init__(self, net):
-            self.net, self.schedule, self.data_shape = net, VPSchedule.from_name("linear", 100), (2,)
-            self.hparams = type("hp", (), {"prediction": "eps"})
-
-        def denoiser(self, scale, rule=None, guide=None):
-            return NetDenoiser(self.net, 2, cfg_scale=scale, clip_x0=False, rule=rule,
-                               guide_net=None if guide is None else guide.net)
-
-    rules = {"apg": AdaptiveProjectedGuidance(), "autoguidance": Autoguidance("tiny")}
-    rows = variant_table(Tiny(mlp(0, 16)), rules, [2.0, 3.0], guide=Tiny(mlp(1, 8)), samples_per_class=16,
-                         sampler_kwargs={"num_steps": 4})
-    assert [(r["method"], r["scale"]) for r in rows[:-1]] == [("conditional", 1.0), ("apg", 2.0), ("apg", 3.0),
-                                                              ("autoguidance", 2.0), ("autoguidance", 3.0)]
-    assert rows[-1]["method"] == "exact samples" and all(r["num_samples"] == 32 for r in rows)
-    assert len({r["mean_log_density"] for r in rows}) == len(rows)
-    ranked = best_at_equal_wrong_class_rate(rows, budget=1.0)
-    assert {m for m, _ in ranked} == {"conditional", "apg", "autoguidance"}
+    scores = {"cfg": {"1": sc(-3.0, 0.2), "2": sc(-2.0, 0.1), "4": sc(-1.0, 0.05)},
+              "apg": {"2": sc(-0.5, 0.3), "4": sc(-1.5, 0.1)},
+              "rescale": {"2": sc(0.0, 0.5)}}
+    ranked = best_at_equal_wrong_class_rate(scores, budget=0.1)
+    assert [(m, s) for m, s, _ in ranked] == [("cfg", "4"), ("apg", "4")]
+    assert [m for m, _, _ in best_at_equal_wrong_class_rate(scores, budget=1.0)] == ["rescale", "apg", "cfg"]

@@ -7,7 +7,8 @@
 6. Calibration and regularised guidance, mirroring the calibration paper: the noisy classifier before and after
    the Smooth-ECE fine-tune, with a lambda = 0 control (the same fine-tune without the calibration term), each used
    for guidance; tilted, entropy-adaptive and every f-divergence guidance side by side.
-7. The rectified-flow postprocessor (needs ``RectifiedFlowPostprocessor``; marked "not built yet" without it).
+7. The one-for-all-scales rectified-flow post-processor: CFG shards at the training scales, one flow
+   (``configs/digits/flow.yaml``), unseen scales graded before and after it.
 8. Integral ECE vs ``fd_digits`` across the classifier-guided runs, with Spearman's rank correlation.
 
 Every sampling run is a ``predict`` of a shipped ``configs/digits/sample_*.yaml`` and a ``test`` of its shards with
@@ -28,6 +29,7 @@ from .results import SectionResult, fmt, md_table, pyplot, save_figure
 
 TERM0 = term(0)
 S_CFG, S_CG, S_CAL = "digits CFG", "digits classifier guidance", "digits calibration"
+S_POST = "digits post-processor"
 
 
 def image_edits(preset, kind: str) -> dict:
@@ -40,6 +42,8 @@ def image_edits(preset, kind: str) -> dict:
         return {"data.init_args.data": mnist}
     if kind == "grade":
         return {"data": mnist}
+    if kind == "flow":
+        return {"data.init_args.real": mnist, "model.init_args.net.init_args.data_shape": [1, 28, 28]}
     return {"data": mnist, "model.init_args.net.init_args.data_shape": [1, 28, 28]}
 
 
@@ -146,7 +150,45 @@ def plan_digits(plan: Plan, sections: set[str]) -> dict[str, Run]:
         for d in p.divergences:
             run(f"divergence-{d}", f"f-divergence {d} (clean classifier)", S_CAL, "digits/sample_divergence.yaml",
                 guided_scales, "digits-clean", {f"{TERM0}.init_args.divergence": d})
+    if "digits_postprocessor" in sections:
+        plan_postprocessor(plan, run)
     return runs
+
+
+#: the names of section 7's steps (the before/after grades are read by the section)
+FLOW_TRAIN, FLOW_FIT, FLOW_AFTER = "sample-digits-flow-train", "digits-flow", "grade-digits-flow-unseen-after"
+
+
+def plan_postprocessor(plan: Plan, run) -> None:
+    """Section 7: CFG shards at the training scales (other seeds), one flow for all of them
+    (``configs/digits/flow.yaml``), CFG shards at unseen scales graded before and after the flow."""
+    from ..guidance.sweep import Sweep
+
+    p = plan.preset
+    ddim = {"model.init_args.sampler": "ddim",
+            "model.init_args.sampler_kwargs": {"num_steps": p.digits_ddim_steps, "eta": 0.0}}
+    per_scale = 10 * p.flow_train_samples_per_class
+    train = plan.sample(FLOW_TRAIN, S_POST, "digits/sample_cfg_flow_train.yaml", "digits/samples_flow_train",
+                        "digits-cfg", {SWEEP_VALUES: [float(s) for s in p.flow_train_scales],
+                                       "model.init_args.samples_per_class": p.flow_train_samples_per_class,
+                                       "model.init_args.shard_size": per_scale, "model.init_args.batch_size": per_scale,
+                                       **ddim}, ["digits-cfg"])
+    unseen = run("flow-unseen", "CFG at unseen scales, before the post-processor", S_POST,
+                 "digits/sample_cfg_unseen.yaml", p.flow_unseen_scales, None, ddpm=False)
+    unseen_sample = plan.steps[unseen.sample]
+    folders = lambda step, scales: [str(step.out_dir / Sweep("cfg").folder(s)) for s in scales]  # noqa: E731
+    edits = {**image_edits(p, "flow"), "model.init_args.net.init_args.model_channels": p.digits_model_channels,
+             "data.init_args.shards": folders(train, p.flow_train_scales),
+             "data.init_args.predict_shards": folders(unseen_sample, p.flow_unseen_scales),
+             "data.init_args.batch_size": min(128, per_scale * len(p.flow_train_scales)),
+             "model.init_args.integrator": "euler",
+             "model.init_args.integrator_kwargs": {"num_steps": p.flow_euler_steps}}
+    _, post = plan.flow(FLOW_FIT, S_POST, "digits/flow.yaml", "digits/flow", p.flow_steps, edits,
+                        needs=[train.name, unseen_sample.name])
+    before = plan.steps[unseen.grade]
+    e = {**before.edits, "model.init_args.output_dir": str(post.out_dir), "trainer.default_root_dir": str(post.out_dir)}
+    plan.add(Step(FLOW_AFTER, S_POST, "test", list(before.configs), e, [*before.needs, post.name],
+                  str(post.out_dir / "metrics_table.json")))
 
 
 # ---- reading -----------------------------------------------------------------------------------------------------
@@ -353,10 +395,42 @@ def section_calibration(ctx, runs, tables) -> SectionResult:
 
 
 def section_postprocessor(ctx, runs, tables) -> SectionResult:
-    res = SectionResult("digits_postprocessor", "7. Digits, the one-for-all-scales postprocessor")
-    res.status = "not built"
-    res.reason = ("the rectified-flow postprocessor (RectifiedFlowPostprocessor) has not landed in this checkout; "
-                  "this section and the 'after' columns of sections 2 and 3 stay empty until it does")
+    """The classifier-centric study's MNIST table on our data: CFG shards at scales the flow never saw, graded by the
+    judge before and after the one-for-all-scales flow (the same samples, ids and seeds)."""
+    p, run_dir, plt = ctx.preset, ctx.run_dir, pyplot()
+    res = SectionResult("digits_postprocessor", SECTION_TITLES["digits_postprocessor"])
+    unseen = runs["flow-unseen"]
+    if unseen.key not in tables or not ctx.ok(FLOW_AFTER):
+        res.status, res.reason = "failed", ctx.failed_inputs([unseen.grade, FLOW_FIT, FLOW_AFTER])
+        return res
+    before, after = tables[unseen.key], read_table(ctx.step(FLOW_AFTER))
+    summary = json.loads((ctx.step(FLOW_AFTER).out_dir / "postprocess_summary.json").read_text())
+    scales = [s for s in before["scales"] if s in after["scales"]]
+    res.numbers = {"before": before, "after": after, "scales": scales,
+                   "train_scales": [f"{s:g}" for s in p.flow_train_scales],
+                   "train_samples_per_scale": 10 * p.flow_train_samples_per_class, "flow_steps": p.flow_steps,
+                   "euler_steps": p.flow_euler_steps, "samples_per_scale": before["num_samples"],
+                   "median_move": {k: v["move_median"] for k, v in summary["folders"].items()},
+                   "fd_lower_after": {s: after["scales"][s]["fd_digits"] < before["scales"][s]["fd_digits"]
+                                      for s in scales}}
+    rows = [[s, *(x for k in METRICS for x in (fmt(before["scales"][s][k]), fmt(after["scales"][s][k])))]
+            for s in scales]
+    header = ["CFG scale", *(f"{k} {when}" for k in METRICS for when in ("before", "after"))]
+    fig, ax = plt.subplots(1, len(METRICS), figsize=(3 * len(METRICS), 2.8))
+    xs = [float(s) for s in scales]
+    for i, k in enumerate(METRICS):
+        ax[i].plot(xs, [before["scales"][s][k] for s in scales], "o-", label="before")
+        ax[i].plot(xs, [after["scales"][s][k] for s in scales], "s--", label="after")
+        ax[i].set_title(k, fontsize=9), ax[i].set_xlabel("CFG scale (unseen by the flow)", fontsize=7)
+    ax[0].legend(fontsize=7)
+    res.figure(save_figure(fig, run_dir / "figures" / "digits_postprocessor.png"), run_dir,
+               "digits: the judge's scores before and after the one-for-all-scales post-processor")
+    res.markdown = [f"One flow (configs/digits/flow.yaml, {fmt(p.flow_steps)} steps, Euler with "
+                    f"{fmt(p.flow_euler_steps)} steps at predict) trained on CFG shards at scales "
+                    f"{', '.join(res.numbers['train_scales'])} ({fmt(res.numbers['train_samples_per_scale'])} samples "
+                    "each, other seeds than the graded shards), applied to "
+                    f"{fmt(before['num_samples'])} samples at each of the unseen scales; the same samples graded by "
+                    "the judge before and after.", "", *res.markdown, *md_table(header, rows)]
     return res
 
 

@@ -150,6 +150,20 @@ class Plan:
                              [*sample.configs, str(CONFIGS / "digits/grade_with_judge.yaml")], e,
                              [*sample.needs, sample.name, judge], str(sample.out_dir / "metrics_table.json")))
 
+    def flow(self, name: str, section: str, config: str, folder: str, max_steps: int, edits: dict,
+             needs: list[str]) -> tuple[Step, Step]:
+        """A rectified-flow post-processor: ``fit`` of ``config`` and the ``predict`` that applies the trained flow to
+        the config's ``predict_shards`` (same config and edits, ``ckpt_path`` the fit's last checkpoint); the predict's
+        product is ``<output_dir>/postprocess_summary.json``, its shards ``<output_dir>/<source folder>/``."""
+        out = self.dir(folder, "postprocessed")
+        e = {"model.init_args.output_dir": out, **edits}
+        fit = self.fit(name, section, config, folder, max_steps, e, needs=needs)
+        e = {**fit.edits, "ckpt_path": fit.product, "trainer.logger": False}
+        e.pop("trainer.max_steps", None)
+        post = self.add(Step(f"{name}-postprocess", section, "predict", list(fit.configs), e, [*needs, name],
+                             str(Path(out) / "postprocess_summary.json")))
+        return fit, post
+
     def product(self, step_name: str) -> str:
         return self.steps[step_name].product
 

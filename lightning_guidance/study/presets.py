@@ -36,7 +36,12 @@ class Preset:
     fractal_guidance_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
     fractal_cfg_plus_cg_scales: tuple[float, ...] = (1.5, 2.0, 3.0)
     fractal_divergences: tuple[str, ...] = ("reverse_kl", "forward_kl", "js", "hellinger")
-    fractal_reference_per_class: int = 2000  # exact samples for the sliced Wasserstein distance
+    fractal_reference_per_class: int = 2000  # exact samples for the sliced Wasserstein distance, spread and recall
+    fractal_variant_scales: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0)  # the modern CFG variants (issue 13)
+    fractal_autoguide_bad_steps: int = 300  # autoguidance's worse model (configs/fractal/cfg_autoguide_bad.yaml)
+    fractal_cg_flow_scales: tuple[float, ...] = (1.0, 10.0)  # CG of the unconditional model, Fig. 4: weak and large
+    fractal_flow_steps: int = 2000  # each fractal post-processor (configs/fractal/flow_*.yaml)
+    fractal_flow_euler_steps: int = 0  # 0: the configs' integrator (dopri5); n: Euler with n steps
     # ---- digits (CFG, EluCD ablations, calibration)
     digits_train_steps: int = 1500
     digits_classifier_steps: int = 1000
@@ -56,6 +61,12 @@ class Preset:
     calibration_epochs: int = 20
     ece_time_points: int = 5  # t values of the integral ECE (section 8)
     ece_samples: int = 360  # held-out images per t
+    # ---- digits post-processor (section 7: configs/digits/flow.yaml, one flow for all scales)
+    flow_train_scales: tuple[float, ...] = (1.0, 2.0, 3.0)
+    flow_unseen_scales: tuple[float, ...] = (2.25, 2.5, 2.75)
+    flow_train_samples_per_class: int = 100
+    flow_steps: int = 1500
+    flow_euler_steps: int = 20
     # ---- execution
     accelerator: str = "cpu"
     dataset: str = "digits"  # the image family: digits (embedded) or mnist (data/MNIST/raw)
@@ -89,6 +100,8 @@ TINY = replace(
     cfg_fine_scales=(0.0, 1.0, 2.0, 3.0, 4.0, 6.0), cg_scales=(0.0, 2.0), tau_ratios=(1.0, 0.5),
     sine_gammas=(0.0, 0.3), cfg_plus_cg_scales=(2.0,), divergences=("js",), calibration_epochs=8,
     ece_time_points=4, ece_samples=200, slurm={"cpus_per_task": 2, "time": "01:00:00"},
+    fractal_variant_scales=(2.0, 4.0), fractal_autoguide_bad_steps=150, fractal_flow_steps=300,
+    fractal_flow_euler_steps=10, flow_train_samples_per_class=20, flow_steps=200, flow_euler_steps=8,
 )
 
 MICRO = replace(
@@ -96,18 +109,21 @@ MICRO = replace(
     mus=(1.0, 0.1), toy_train_steps=20, toy_classifier_steps=10, toy_batch_size=256, toy_samples_per_class=20,
     toy_num_steps=5, toy_trajectories_per_class=3,
     fractal_train_steps=20, fractal_classifier_steps=10, fractal_samples_per_class=10, fractal_ddpm_steps=5,
-    fractal_ddim_steps=5, fractal_reference_per_class=50,
+    fractal_ddim_steps=5, fractal_reference_per_class=50, fractal_autoguide_bad_steps=5, fractal_flow_steps=5,
+    fractal_flow_euler_steps=2,
     digits_train_steps=4, digits_classifier_steps=4, digits_clean_steps=4, digits_judge_steps=4,
     digits_model_channels=8, digits_samples_per_class=1, digits_ddim_steps=3, digits_ddpm_steps=3,
     cfg_fine_scales=(0.0, 1.0, 2.0), calibration_epochs=1, ece_time_points=2, ece_samples=20,
     slurm={"cpus_per_task": 1, "time": "00:30:00"},
+    flow_train_samples_per_class=2, flow_steps=3, flow_euler_steps=2,
 )
 
 FULL = replace(
     SMALL, name="full", summary="the image sections on MNIST (data/MNIST/raw) on a GPU; toy sections as in small",
     digits_train_steps=100000, digits_classifier_steps=30000, digits_clean_steps=20000, digits_judge_steps=10000,
     digits_model_channels=64, digits_samples_per_class=1000, digits_ddim_steps=50, digits_ddpm_steps=250,
-    calibration_epochs=10, ece_samples=2000, accelerator="gpu", dataset="mnist",
+    calibration_epochs=10, ece_samples=2000, flow_train_samples_per_class=1000, flow_steps=20000,
+    accelerator="gpu", dataset="mnist",
     needs_data=("data/MNIST/raw",), slurm={"cpus_per_task": 8, "time": "24:00:00", "sbatch": ["--gpus-per-node=1"]},
 )
 

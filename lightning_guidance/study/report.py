@@ -19,7 +19,7 @@ from .results import SectionResult, fmt, md_table
 
 TITLES = {
     "toy1d": "1. 1D two-class mixture: trajectories and distance from the decision boundary",
-    "fractal_panels": "2. 2D fractal: ground truth, CG and CFG at several scales",
+    "fractal_panels": "2. 2D fractal: ground truth, CG and CFG at several scales, before and after the post-processor",
     "fractal_benchmark": "3. Exact-distribution benchmark on the fractal",
     "digits_cfg": "4. Digits, classifier-free guidance: a fine scale sweep",
     "digits_cg": "5. Digits, classifier guidance mirroring EluCD's tables",

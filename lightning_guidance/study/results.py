@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-STATUSES = ("ok", "failed", "not built")
+STATUSES = ("ok", "failed")
 
 
 def fmt(value, digits: int = 4) -> str:
@@ -39,7 +39,7 @@ class SectionResult:
     key: str
     title: str
     status: str = "ok"
-    reason: str = ""  # why it failed / is not built (names the failed step or the missing feature)
+    reason: str = ""  # why it failed (names the failed step)
     numbers: dict = field(default_factory=dict)
     markdown: list[str] = field(default_factory=list)
     figures: list[str] = field(default_factory=list)  # paths relative to the run folder

@@ -86,12 +86,6 @@ class Context:
         bad = [f"{n} {self.status.get(n, 'not planned')}" for n in names if not self.ok(n)]
         return "inputs failed: " + ", ".join(bad) if bad else "no inputs"
 
-    @staticmethod
-    def postprocessor_available() -> bool:
-        import importlib.util
-
-        return importlib.util.find_spec("lightning_guidance.modules.rectified_flow") is not None
-
 
 # ---- planning ----------------------------------------------------------------------------------------------------
 def build_plan(preset: Preset, run_dir: Path, sections: list[str]) -> tuple[Plan, dict]:
