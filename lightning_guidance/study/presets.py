@@ -100,8 +100,8 @@ TINY = replace(
     cfg_fine_scales=(0.0, 1.0, 2.0, 3.0, 4.0, 6.0), cg_scales=(0.0, 2.0), tau_ratios=(1.0, 0.5),
     sine_gammas=(0.0, 0.3), cfg_plus_cg_scales=(2.0,), divergences=("js",), calibration_epochs=8,
     ece_time_points=4, ece_samples=200, slurm={"cpus_per_task": 2, "time": "01:00:00"},
-    fractal_variant_scales=(2.0, 4.0), fractal_autoguide_bad_steps=150, fractal_flow_steps=300,
-    fractal_flow_euler_steps=10, flow_train_samples_per_class=20, flow_steps=200, flow_euler_steps=8,
+    fractal_variant_scales=(2.0, 4.0), fractal_autoguide_bad_steps=150, fractal_flow_steps=150,
+    fractal_flow_euler_steps=10, flow_train_samples_per_class=20, flow_steps=120, flow_euler_steps=8,
 )
 
 MICRO = replace(
