@@ -297,8 +297,9 @@ def analyse_fractal(ctx) -> tuple[SectionResult, SectionResult]:
                       "per-sample seeds; scores are against the exact mixture (sliced W1 on "
                       f"{fmt(SCORING['num_projections'])} directions, spread and recall against "
                       f"{fmt(p.fractal_reference_per_class)} exact samples per class; the first row scores exact "
-                      "samples themselves: the floor or ideal of each column). The modern CFG variants use the settings of their shipped "
-                      "configs/fractal/sample_*.yaml; autoguidance's worse model is configs/fractal/"
+                      "samples themselves: the floor or ideal of each column). The modern CFG variants use the "
+                      "settings of their shipped configs/fractal/sample_*.yaml; autoguidance's worse model is "
+                      "configs/fractal/"
                       f"cfg_autoguide_bad.yaml trained {fmt(p.fractal_autoguide_bad_steps)} steps.",
                       "", *md_table(header, table)]
     if ranking:
