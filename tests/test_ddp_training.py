@@ -147,7 +147,7 @@ def test_two_processes_calibrate_what_one_process_calibrates(tmp_path):
         "--trainer.max_steps", 5, "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
         *FITS["classifier"][1])
     extra = ["--model.init_args.checkpoint", str(classifier / "checkpoints/last.ckpt"),
-             "--trainer.max_epochs", "null", "--trainer.num_sanity_val_steps", "0"]
+             "--trainer.max_epochs", "null"]
     _fit("digits/calibrate.yaml", tmp_path / "one", 1, extra)
     _fit("digits/calibrate.yaml", tmp_path / "two", 2, extra)
     one, two = loss_curve(tmp_path / "one"), loss_curve(tmp_path / "two")
