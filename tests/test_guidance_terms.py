@@ -540,3 +540,57 @@ def test_sweep_descriptions_name_every_setting_that_changes_samples(tmp_path):
     assert ruled.identity()["cfg_rule"] != CFGZeroStar(zero_init_steps=2).settings()
     assert "cfg_rule" not in Sweep("cfg", [2.0], 1.0, [], cfg_rule=None).identity()
     assert isinstance(ruled.cfg_rule, ClassifierFreeGuidance)
+
+
+TERMS = [CFGPlusClassifierGuidance, DivergenceGuidance, EntropyAdaptiveGuidance, TiltedGuidance, OffTheShelfGuidance]
+
+
+@pytest.mark.parametrize("term_cls", TERMS, ids=[t.__name__ for t in TERMS])
+def test_every_classifier_term_uses_and_records_the_settings_it_is_given(term_cls):
+    """schedule, clip_x0 and through_denoiser reach the shared ClassifierTerm: the schedule's weight multiplies the
+    correction (LinearSchedule(1, 0.25) at step 3 of 10: 1 - 0.75 * 3/9), clip_x0=False feeds the classifier the
+    unclamped x0_hat (x0_hat outside [-1, 1] here, so the result differs from clip_x0=True) and the config identity
+    records each. Catches: a constructor that drops one of them (guidance unscheduled, clipped or not through the
+    denoiser while the config hash says otherwise)."""
+    from lightning_guidance.guidance.sweep import describe_term
+
+    clf = TinyClassifier()
+    x_t = torch.randn(B, D, dtype=DT, generator=torch.Generator().manual_seed(0))
+    eps_c, eps_u = torch.randn(B, D, dtype=DT), 0.3 * torch.randn(B, D, dtype=DT)
+    a = torch.full((B,), 0.4, dtype=DT)
+    eps = eps_u + 2.0 * (eps_c - eps_u)
+    out = DenoiserOutput(eps=eps, x0=3.0 * eps_to_x0(eps, x_t, a), eps_cond=eps_c, eps_uncond=eps_u)
+    state = make_state(x_t=x_t, out=out, abar=0.4, step=3, num_steps=10, denoiser=TinyDenoiser())
+    schedule = LinearSchedule(start=1.0, end=0.25)
+    scheduled = term_cls(clf, scale=0.7, clip_x0=False, schedule=schedule)(state)
+    plain = term_cls(clf, scale=0.7, clip_x0=False)(state)
+    torch.testing.assert_close(scheduled, (1 - 0.75 * 3 / 9) * plain)
+    assert not torch.allclose(plain, term_cls(clf, scale=0.7)(state))  # clip_x0 defaults to True and matters
+    d = describe_term(term_cls(clf, scale=0.7, clip_x0=False, schedule=schedule, through_denoiser=True))
+    assert d["clip_x0"] is False and d["through_denoiser"] is True and d["input"] == "x0_hat"
+    assert d["schedule"] == {"class": "LinearSchedule", "start": 1.0, "end": 0.25}
+
+
+def test_documented_defaults_and_tempered_entropy_guidance():
+    """The defaults the docstrings and shipped configs state: Jensen-Shannon with label smoothing 0.1, entropy
+    factor capped at 10; entropy guidance tempers log p with tau1, tau2 like every term (its entropy stays the
+    untempered one). Catches: another default, tau1 dropped from the entropy term's log-likelihood."""
+    clf = TinyClassifier(gain=1.0)
+    d = DivergenceGuidance(clf)
+    assert (d.divergence, d.label_smoothing) == ("js", 0.1)
+    state = make_state()
+    f, G = logit_jacobian(clf, state.x_t, state.t)
+    torch.testing.assert_close(DivergenceGuidance(clf, input="x_t")(state),
+                               DivergenceGuidance(clf, input="x_t", divergence="js", label_smoothing=0.1)(state))
+    p = torch.softmax(f, 1)
+    H = -(p * p.log()).sum(1)
+    factor = (math.log(K) / H).clamp(1.0, 10.0)
+    got = EntropyAdaptiveGuidance(clf, scale=2.0, tau1=0.7, tau2=0.3, input="x_t")(state)
+    torch.testing.assert_close(got, 2.0 * factor.view(-1, 1) * cg_closed_form(f, G, state.y, 0.7, 0.3))
+    sharp = TinyClassifier(gain=8.0)
+    fs, Gs = logit_jacobian(sharp, state.x_t, state.t)
+    ps = torch.softmax(fs, 1)
+    raw = math.log(K) / -(ps * ps.clamp_min(1e-300).log()).sum(1)
+    assert bool((raw > 10.0).any())  # the default cap is reached
+    got = EntropyAdaptiveGuidance(sharp, input="x_t")(state)
+    torch.testing.assert_close(got, raw.clamp(1.0, 10.0).view(-1, 1) * cg_closed_form(fs, Gs, state.y))
