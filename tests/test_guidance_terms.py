@@ -3,6 +3,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -594,3 +595,32 @@ def test_documented_defaults_and_tempered_entropy_guidance():
     assert bool((raw > 10.0).any())  # the default cap is reached
     got = EntropyAdaptiveGuidance(sharp, input="x_t")(state)
     torch.testing.assert_close(got, raw.clamp(1.0, 10.0).view(-1, 1) * cg_closed_form(fs, Gs, state.y))
+
+
+def test_divergence_values_equal_scipy_and_vanish_at_equality():
+    """The f-divergences themselves (not only their gradients): forward/reverse KL are scipy.stats.entropy(q, p) and
+    entropy(p, q), JS is scipy's jensenshannon(p, q)^2 (natural log), squared Hellinger 1 - sum sqrt(p q); every one
+    is 0 at p = q. The smoothed target q = (1 - eps) e_y + eps/K comes back in the dtype asked for. Catches: a
+    constant added to a divergence (invisible in its gradient, wrong in reports), a target computed in float32."""
+    import scipy.spatial.distance
+    import scipy.stats
+
+    from lightning_guidance.guidance.divergence import f_divergence, smoothed_target_log
+
+    f = torch.randn(B, K, dtype=DT, generator=torch.Generator().manual_seed(4))
+    y = torch.arange(B) % K
+    log_p = torch.log_softmax(f, 1)
+    log_q = smoothed_target_log(y, K, 0.1, DT)
+    assert log_q.dtype == DT
+    torch.testing.assert_close(log_q.exp(), 0.9 * onehot(y) + 0.1 / K, rtol=1e-15, atol=0)
+    p, q = log_p.exp().numpy(), log_q.exp().numpy()
+    expected = {
+        "forward_kl": [scipy.stats.entropy(q[i], p[i]) for i in range(B)],
+        "reverse_kl": [scipy.stats.entropy(p[i], q[i]) for i in range(B)],
+        "js": [scipy.spatial.distance.jensenshannon(p[i], q[i]) ** 2 for i in range(B)],
+        "hellinger": [1 - np.sqrt(p[i] * q[i]).sum() for i in range(B)],
+    }
+    for kind, values in expected.items():
+        torch.testing.assert_close(f_divergence(kind, log_p, log_q), torch.tensor(values, dtype=DT),
+                                   rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(f_divergence(kind, log_q, log_q), torch.zeros(B, dtype=DT), rtol=0, atol=1e-12)
