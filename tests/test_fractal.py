@@ -150,3 +150,31 @@ def test_exact_classifier_on_fractal_matches_bayes(fractal):
         prior = torch.stack([fractal.weights[fractal.component_labels == k].sum() for k in (0, 1)])
         expected = (lp + prior.log()).softmax(-1)
         torch.testing.assert_close(post[i:i + 1], expected, rtol=1e-8, atol=1e-12)
+
+
+def test_every_component_by_hand(fractal, draws):
+    """All 2032 components (means, covariances, normalised weights) from docs/math.md §6 and the draw order of the
+    module docstring: per branch its length draw, then for each child (+1 first) its angle draw just before it
+    grows; children turn by 0.7^depth (0.2 z + 1); depth 0..6; class 0's tree, then class 1's at 5 pi / 4.
+    Catches: any geometry constant (0.292, 0.8, 0.7, 0.2, 0.06, the 0.07..0.93 spacing, the 0.5^depth weights) or
+    the depth limit changed where the three hand-checked branches above do not look."""
+    stream = iter(draws)
+    means, covs, weights = [], [], []
+
+    def grow(pos, angle, depth):
+        if depth >= 7:
+            return
+        m, c, w, tip = _branch(pos, angle, depth, next(stream))
+        means.append(m)
+        covs.extend([c] * 8)
+        weights.extend([w] * 8)
+        for sign in (1, -1):
+            grow(tip, angle + sign * 0.7 ** depth * (0.2 * next(stream) + 1), depth + 1)
+
+    grow(ORIGIN, math.pi / 4, 0)
+    grow(ORIGIN, 5 * math.pi / 4, 0)
+    assert next(stream, None) is None  # every draw used, none left over
+    np.testing.assert_allclose(fractal.means.numpy(), np.concatenate(means), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(fractal.covs.numpy(), np.stack(covs), rtol=1e-12, atol=1e-18)
+    weights = np.array(weights)
+    np.testing.assert_allclose(fractal.weights.numpy(), weights / weights.sum(), rtol=1e-12, atol=0)
