@@ -90,3 +90,13 @@ def test_edm_sigma_steps_match_diffusers_karras_sigmas(num_steps, sigma_min, sig
 def test_unknown_schedule_name_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown noise schedule 'quadratic'"):
         VPSchedule.from_name("quadratic")
+
+
+def test_defaults_are_the_reference_defaults():
+    """Called without settings, the schedules are diffusers' defaults: DDPMScheduler() (1000 linear steps) and
+    EDMEulerScheduler() (sigma 0.002..80, rho 7, Karras et al. 2022's 18 steps). Catches: a default changed (an
+    EDM run or a from_name() caller that relies on it silently samples on another grid)."""
+    torch.testing.assert_close(VPSchedule.from_name("linear").betas, DDPMScheduler().betas.double(), **F32)
+    ref = EDMEulerScheduler(sigma_schedule="karras", final_sigmas_type="zero")
+    ref.set_timesteps(18)
+    torch.testing.assert_close(edm_sigma_steps(), ref.sigmas.double(), rtol=1e-5, atol=0)
