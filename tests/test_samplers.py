@@ -470,3 +470,54 @@ def test_global_batch_draws_default_to_one_process_and_refuse_a_rank_outside_the
     for world, rank in [(2, 2), (2, -1), (0, 0), (1, 1)]:
         with pytest.raises(ValueError, match=rf"need world_size >= 1 and 0 <= rank < world_size, got {world}, {rank}"):
             GlobalBatchDraws(world, rank)
+
+
+def test_edm_churn_window_and_step_indices():
+    """EDM churns only at steps whose sigma lies in [S_min, S_max] (Karras et al. 2022, alg. 2), one fresh draw per
+    churned step; both denoiser calls of step i (and the guidance states they build) carry step index i, the last
+    step having no second call. Oracle: the sigma grid of edm_sigma_steps (diffusers-checked) and counted draws.
+    Catches: a window test that ignores S_min or S_max, churn drawn at every step, the second (Heun) call labelled
+    with another step (a step-scheduled term or CFG interval then acts at the wrong time)."""
+    from lightning_guidance.diffusion.plug import GuidanceTerm
+    from lightning_guidance.diffusion.schedules import edm_sigma_steps
+
+    class CountingNoise(PerSampleNoise):
+        draws = 0
+
+        def randn(self, shape, dtype=torch.float32):
+            CountingNoise.draws += 1
+            return super().randn(shape, dtype)
+
+    class StepRecorder(GuidanceTerm):
+        def __init__(self):
+            super().__init__(1.0)
+            self.steps = []
+
+        def gradient(self, state):
+            self.steps.append(state.step)
+            return torch.zeros_like(state.x_t)
+
+    class StepDenoiser(GaussianDenoiser):
+        def __call__(self, x_t, t, abar, y, step=None):
+            self.steps.append(step.index)
+            return super().__call__(x_t, t, abar, y)
+
+    n, s_min, s_max = 10, 0.5, 5.0
+    sigmas = edm_sigma_steps(n, VPSchedule.linear().sigma_min, 80.0)[:-1]
+    in_window = int(((sigmas >= s_min) & (sigmas <= s_max)).sum())
+    assert 0 < in_window < n
+    den, rec = StepDenoiser(0.5), StepRecorder()
+    den.steps = []
+    CountingNoise.draws = 0
+    sample("edm", den, VPSchedule.linear(), labels(3), CountingNoise(range(3)), (4,), num_steps=n, sigma_max=80.0,
+           S_churn=5.0, S_min=s_min, S_max=s_max, guidance=[rec])
+    assert CountingNoise.draws == 1 + in_window  # the initial latent, then one draw per churned step
+    expected = [i for i in range(n) for _ in range(2 if i < n - 1 else 1)]
+    assert den.steps == expected and rec.steps == expected
+    CountingNoise.draws = 0
+    outside = sample("edm", GaussianDenoiser(0.5), VPSchedule.linear(), labels(3), CountingNoise(range(3)), (4,),
+                     num_steps=n, sigma_max=80.0, S_churn=5.0, S_min=100.0)
+    assert CountingNoise.draws == 1
+    plain = sample("edm", GaussianDenoiser(0.5), VPSchedule.linear(), labels(3), PerSampleNoise(range(3)), (4,),
+                   num_steps=n, sigma_max=80.0)
+    assert torch.equal(outside, plain)
