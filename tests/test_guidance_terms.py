@@ -624,3 +624,32 @@ def test_divergence_values_equal_scipy_and_vanish_at_equality():
         torch.testing.assert_close(f_divergence(kind, log_p, log_q), torch.tensor(values, dtype=DT),
                                    rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(f_divergence(kind, log_q, log_q), torch.zeros(B, dtype=DT), rtol=0, atol=1e-12)
+
+
+def test_refusals_say_exactly_what_is_wrong():
+    """Each refusal's whole message (anchored), so that a user reads which setting and what to do. Catches: a
+    message emptied, truncated or with its names changed (e.g. "KL" lower-cased, the term's name dropped)."""
+    clf = TinyClassifier()
+    cases = [
+        (lambda: DivergenceGuidance(clf, divergence="reverse_kl", label_smoothing=0.0),
+         r"^reverse_kl needs label_smoothing > 0 \(KL\(p \|\| one-hot\) is infinite\)$"),
+        (lambda: DivergenceGuidance(clf, label_smoothing=1.0), r"^label_smoothing must be in \[0, 1\), got 1\.0$"),
+        (lambda: EntropyAdaptiveGuidance(clf, max_factor=0.5), r"^max_factor must be >= 1, got 0\.5$"),
+        (lambda: OffTheShelfGuidance(clf, input="x_t", edm_g_max=0.1),
+         r"^edm_g_max \(EluCD's EDM rule\) needs input='x0_hat'$"),
+        (lambda: OffTheShelfGuidance(clf, sine_gamma=0.3)(make_state(sampler="ddpm")),
+         r"^OffTheShelfGuidance\(sine_gamma != 0\) needs state\.variance and state\.max_variance from the DDPM "
+         r"sampler$"),
+        (lambda: OffTheShelfGuidance(clf, edm_g_max=0.1).edm_nudge(torch.zeros(B, D, dtype=DT),
+                                                                   torch.ones(B, dtype=DT), 0, 4, None),
+         r"^OffTheShelfGuidance\.edm_nudge needs the class labels y; the EDM sampler must pass y=$"),
+        (lambda: OffTheShelfGuidance(clf, through_denoiser=True)(make_state()),
+         r"^OffTheShelfGuidance\(through_denoiser=True\) needs state\.denoiser; the sampler did not provide one$"),
+        (lambda: ClassifierGuidance(TinyClassifier(num_classes=3))(make_state(denoiser=TinyDenoiser(),
+                                                                              y=torch.zeros(B, dtype=torch.long))),
+         r"^ClassifierGuidance: the classifier has 3 classes but the denoiser has 4; use a classifier trained on "
+         r"the same label set$"),
+    ]
+    for build, message in cases:
+        with pytest.raises(ValueError, match=message):
+            build()
