@@ -300,3 +300,66 @@ def test_exact_classifier_gradient_is_cond_minus_uncond_score(mix, params):
         xi = x[i:i + 1].detach()
         expected = _autograd_score(xi, params, a, int(y[i])) - _autograd_score(xi, params, a)
         torch.testing.assert_close(g[i:i + 1].double(), expected, rtol=1e-4, atol=1e-4)
+
+
+def _oracle_log_prob(means, covs, weights, x, abar):
+    """log sum_m w_m N(x; sqrt(abar) mu_m, abar Sigma_m + (1 - abar) I) with scipy, zero weights skipped."""
+    out = np.zeros(len(x))
+    for i, row in enumerate(x):
+        out[i] = np.log(sum(w * stats.multivariate_normal.pdf(row, math.sqrt(abar) * m,
+                                                              abar * c + (1 - abar) * np.eye(2))
+                            for m, c, w in zip(means, covs, weights) if w > 0))
+    return out
+
+
+def test_a_class_without_components_and_a_zero_weight_component():
+    """num_classes larger than the labels (class 2 owns nothing) and a component of weight 0: the noised mixture
+    keeps num_classes; p_t(x | y) of each real class equals scipy's mixture of the class's components; class 2
+    gets posterior 0 (log -inf) and is refused for sampling and densities with its message; the null id (3) is
+    the unconditional law; sampling never picks the zero-weight component; the default number of classes is the
+    largest label + 1; y as int32 or a scalar. Catches: num_classes dropped when noising, conditional densities
+    computed unconditionally, a zero-weight component drawn, labels validated against the wrong bound."""
+    means = np.array([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])
+    covs = np.array([np.eye(2) * 0.5, np.eye(2), [[1.0, 0.3], [0.3, 0.8]]])
+    weights, labels = np.array([0.6, 0.0, 0.4]), np.array([0, 0, 1])
+    mix = GaussianMixture(torch.tensor(means), torch.tensor(covs), torch.tensor(weights), torch.tensor(labels),
+                          num_classes=3)
+    assert GaussianMixture(torch.tensor(means), torch.tensor(covs), torch.tensor(weights),
+                           torch.tensor(labels)).num_classes == 2
+    x = torch.tensor([[0.5, -0.2], [1.0, 2.0], [-1.0, 3.5]], dtype=torch.float64)
+    for abar in (1.0, 0.3):
+        noised, a = mix.noised(abar), torch.tensor(abar, dtype=torch.float64)
+        assert noised.num_classes == 3
+        for k in (0, 1):
+            keep = labels == k
+            expected = _oracle_log_prob(means[keep], covs[keep], weights[keep] / weights[keep].sum(), x.numpy(), abar)
+            np.testing.assert_allclose(mix.noised_log_prob(x, a, torch.tensor([k] * 3)).numpy(),
+                                       expected, rtol=1e-10)
+            np.testing.assert_allclose(noised.log_prob(x, torch.tensor(k, dtype=torch.int32)).numpy(), expected,
+                                       rtol=1e-10)
+        unconditional = _oracle_log_prob(means, covs, weights, x.numpy(), abar)
+        np.testing.assert_allclose(mix.noised_log_prob(x, a, torch.tensor([3, 3, 3])).numpy(),
+                                   unconditional, rtol=1e-10)
+        post = mix.noised_log_posterior(x, a)
+        assert post.shape == (3, 3) and torch.isinf(post[:, 2]).all() and bool((post[:, 2] < 0).all())
+        torch.testing.assert_close(post[:, :2].exp().sum(1), torch.ones(3, dtype=torch.float64))
+    _, comps = mix.sample(400, labels=torch.zeros(400, dtype=torch.long), generator=torch.Generator().manual_seed(0))
+    x0, _ = mix.sample(400, labels=torch.zeros(400, dtype=torch.long), generator=torch.Generator().manual_seed(0))
+    assert (comps == 0).all() and float(x0[:, 0].max()) < 2.5  # the zero-weight component at (3, 0) never drawn
+    with pytest.raises(ValueError, match=r"^cannot sample a class that owns no mixture component$"):
+        mix.sample(2, labels=torch.tensor([2, 2]))
+    with pytest.raises(ValueError, match=r"^p\(x \| y\) is undefined for a class that owns no mixture component$"):
+        mix.log_prob(x, torch.tensor([2, 0, 0]))
+    with pytest.raises(ValueError, match=r"^class ids must lie in 0\.\.3 for this mixture, got \[4\]$"):
+        mix.log_prob(x, torch.tensor([4, 4, 4]))
+    with pytest.raises(TypeError, match=r"^class labels must be an integer tensor, got torch\.float32$"):
+        mix.log_prob(x, torch.tensor([0.0, 0.0, 0.0]))
+    with pytest.raises(ValueError, match=r"^y must have one class id per row \(3\), got 2$"):
+        mix.log_prob(x, torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match=r"^abar must be a scalar or have one entry per row \(3\), got 2$"):
+        mix.noised_log_prob(x, torch.tensor([0.5, 0.5]))
+    with pytest.raises(ValueError, match=r"^abar must lie in \(0, 1\]$"):
+        mix.noised_log_prob(x, torch.tensor(0.0))
+    with pytest.raises(ValueError, match=r"^num_classes=1 is smaller than the largest component label \+ 1 \(2\)$"):
+        GaussianMixture(torch.tensor(means), torch.tensor(covs), torch.tensor(weights), torch.tensor(labels),
+                        num_classes=1)
