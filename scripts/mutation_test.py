@@ -211,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--carry-killed-from", type=Path, metavar="WORKDIR",
                         help="an earlier run: its killed mutants of functions whose source is unchanged count as "
                              "killed without a rerun (valid when the tests only grew stronger), the others are run")
+    parser.add_argument("--tests", nargs="+", metavar="TEST",
+                        help="candidate tests instead of FAST_TESTS (files or node ids). With --carry-killed-from an "
+                             "earlier run of all the fast tests, naming only the tests added since then scores the "
+                             "change in minutes: a mutant the earlier tests did not kill can only be killed by a new "
+                             "one (its survivors then read 'no tests' when no new test runs their function)")
     parser.add_argument("--fresh", action="store_true", help="copy the source anew and forget earlier results")
     parser.add_argument("--report-only", action="store_true", help="summarise an earlier run of this workdir")
     args = parser.parse_args(argv)
@@ -221,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.fresh or not (src / "mutants").exists():  # an existing copy keeps mutmut's cache of results
             shutil.rmtree(src, ignore_errors=True)
             copy_source(args.rev, src)
-        tests = [t for t in FAST_TESTS if (src / t.partition("::")[0]).is_file()]
+        tests = [t for t in (args.tests or FAST_TESTS) if (src / t.partition("::")[0]).is_file()]
         configure(src, args.modules, tests)
         print(f"mutmut in {src} over {', '.join(args.modules)}; tests: {', '.join(tests)}", flush=True)
         if not mutant_results(src):  # generate the mutants and collect which tests run which function
