@@ -521,3 +521,26 @@ def test_edm_churn_window_and_step_indices():
     plain = sample("edm", GaussianDenoiser(0.5), VPSchedule.linear(), labels(3), PerSampleNoise(range(3)), (4,),
                    num_steps=n, sigma_max=80.0)
     assert torch.equal(outside, plain)
+
+
+def test_ddim_clips_the_guided_x0_hat_to_the_data_range():
+    """With a clipping denoiser (images in [-1, 1]), DDIM clips x0_hat again after guidance has moved it
+    (guided-diffusion's order): a correction far larger than the data pushes every coordinate to exactly -1 or +1,
+    by its sign, and the last step (abar_prev = 1) returns x0_hat. Catches: the re-clip dropped or with another
+    bound (x0 past -1 or +1 leaking into the sample)."""
+    from lightning_guidance.diffusion.plug import GuidanceTerm
+
+    class ClippingGaussian(GaussianDenoiser):
+        clip_x0 = True
+
+    class Push(GuidanceTerm):
+        def gradient(self, state):
+            sign = torch.ones_like(state.x_t)
+            sign[:, ::2] = -1
+            return 1e3 * sign
+
+    x = sample("ddim", ClippingGaussian(0.5), VPSchedule.linear(), labels(2), PerSampleNoise([0, 1]), (6,),
+               num_steps=4, guidance=[Push()])
+    expected = torch.ones(2, 6)  # eps <- eps - sqrt(1 - abar) g raises x0_hat by (1 - abar) g / sqrt(abar)
+    expected[:, ::2] = -1.0
+    torch.testing.assert_close(x, expected, rtol=0, atol=0)
