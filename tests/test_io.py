@@ -181,3 +181,39 @@ def test_trained_classifier_reads_its_checkpoint(tmp_path):
     for k, v in net.state_dict().items():
         v.add_(0.5)
     torch.testing.assert_close(clf(x), net(x, None))
+
+
+def test_checkpoint_class_is_read_from_the_recorded_class_path_and_checked(tmp_path):
+    """A checkpoint names its module class in hyper_parameters._class_path; a checkpoint of another class is
+    refused in one line naming the file, the class found and the class expected, a subclass or an unimportable
+    (moved) class path is let through. Catches: the class path read from another key, the check inverted or
+    needing both conditions."""
+    from lightning_guidance.io.checkpoints import check_checkpoint_class, checkpoint_class_path
+
+    assert checkpoint_class_path({"hyper_parameters": {"_class_path": "collections.OrderedDict"}}) == \
+        "collections.OrderedDict"
+    assert checkpoint_class_path({}) is None and checkpoint_class_path({"hyper_parameters": None}) is None
+    path = tmp_path / "m.ckpt"
+    ckpt = {"hyper_parameters": {"_class_path": "collections.OrderedDict"}}
+    check_checkpoint_class(ckpt, path, dict)  # OrderedDict is a dict
+    check_checkpoint_class({"hyper_parameters": {"_class_path": "no_such_module.Gone"}}, path, list)
+    check_checkpoint_class({}, path, list)
+    with pytest.raises(ValueError, match=rf"^checkpoint {path} was written by collections\.OrderedDict, expected a "
+                                         r"builtins\.list checkpoint: point to a checkpoint of the right kind$"):
+        check_checkpoint_class(ckpt, path, list)
+
+
+def test_shard_config_is_recorded_and_absent_for_older_shards(tmp_path):
+    """The sampling config a shard records comes back as written; a shard written before shards recorded it (no
+    'config' array) reads as None. Catches: the key looked up under another name, the presence test inverted."""
+    from lightning_guidance.io.shards import shard_config
+
+    samples = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    shard = _shard(samples)
+    shard.config = {"sampler": "ddim", "num_steps": 4}
+    path = write_shard(tmp_path / "shard_0000000.npz", shard)
+    assert shard_config(path) == {"sampler": "ddim", "num_steps": 4} and read_shard(path).config == shard.config
+    with np.load(path) as z:
+        old = {k: z[k] for k in z.files if k != "config"}
+    np.savez(tmp_path / "old.npz", **old)
+    assert shard_config(tmp_path / "old.npz") is None and read_shard(tmp_path / "old.npz").config is None
