@@ -562,6 +562,10 @@ def test_rule_specific_settings_are_checked_with_their_own_message():
     with pytest.raises(ValueError, match=r"^Autoguidance needs guide_checkpoint: the worse model's checkpoint "
                                          r"\(e\.g\. one trained with configs/fractal/cfg_autoguide_bad\.yaml\)$"):
         Autoguidance("")
+    with pytest.raises(ValueError, match=r"^GuidanceInterval needs an interval: set sigma_lo/sigma_hi \(noise levels, "
+                                         r"e\.g\. 0\.28 and 5\.42 as in the paper's EDM2 setting\) or start/stop "
+                                         r"\(fractions of the steps\)$"):
+        GuidanceInterval()
     assert Autoguidance("bad.ckpt", guide_use_ema=False).settings()["guide_use_ema"] is False
     assert Autoguidance("bad.ckpt").settings()["guide_use_ema"] is True
     with pytest.raises(ValueError, match=r"^CFGZeroStar with zero_init_steps > 0 needs the sampler's step index$"):

@@ -541,6 +541,8 @@ def test_sweep_descriptions_name_every_setting_that_changes_samples(tmp_path):
     assert ruled.identity()["cfg_rule"] != CFGZeroStar(zero_init_steps=2).settings()
     assert "cfg_rule" not in Sweep("cfg", [2.0], 1.0, [], cfg_rule=None).identity()
     assert isinstance(ruled.cfg_rule, ClassifierFreeGuidance)
+    # a term without a classifier (e.g. a fixed correction) passes the classifier checks untouched
+    Sweep("guidance", [1.0], 2.0, [_FixedTerm(torch.zeros(B, D, dtype=DT), 1.0)]).check_against(K, (D,), "linear", 100)
 
 
 TERMS = [CFGPlusClassifierGuidance, DivergenceGuidance, EntropyAdaptiveGuidance, TiltedGuidance, OffTheShelfGuidance]

@@ -188,7 +188,13 @@ def test_checkpoint_class_is_read_from_the_recorded_class_path_and_checked(tmp_p
     refused in one line naming the file, the class found and the class expected, a subclass or an unimportable
     (moved) class path is let through. Catches: the class path read from another key, the check inverted or
     needing both conditions."""
-    from lightning_guidance.io.checkpoints import check_checkpoint_class, checkpoint_class_path
+    from lightning_guidance.io.checkpoints import check_checkpoint_class, check_checkpoint_file, checkpoint_class_path
+
+    for bad in ([1, 2], {"epoch": 1}, {"state_dict": [1]}):
+        with pytest.raises(ValueError, match=r"holds no state_dict: it is not a checkpoint written by this suite's "
+                                             r"fit$"):
+            check_checkpoint_file(tmp_path / "x.ckpt", bad)
+    assert check_checkpoint_file(tmp_path / "x.ckpt", {"state_dict": {}}) == {"state_dict": {}}
 
     assert checkpoint_class_path({"hyper_parameters": {"_class_path": "collections.OrderedDict"}}) == \
         "collections.OrderedDict"
