@@ -216,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                              "earlier run of all the fast tests, naming only the tests added since then scores the "
                              "change in minutes: a mutant the earlier tests did not kill can only be killed by a new "
                              "one (its survivors then read 'no tests' when no new test runs their function)")
+    parser.add_argument("--only-checked-in", type=Path, metavar="WORKDIR",
+                        help="run only the mutants an earlier run of the same code has checked (to compare a run cut "
+                             "short with one of the new tests on the same mutants)")
     parser.add_argument("--fresh", action="store_true", help="copy the source anew and forget earlier results")
     parser.add_argument("--report-only", action="store_true", help="summarise an earlier run of this workdir")
     args = parser.parse_args(argv)
@@ -236,9 +239,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"python -m pytest {' '.join(tests)}", file=sys.stderr)
             return 1
         carried = carried_kills(args.carry_killed_from, src)
+        only = None
+        if args.only_checked_in:  # the mutants an earlier (cut short) run got to, under today's names
+            only = {name for name, status in mutant_results(args.only_checked_in / "src").items()
+                    if status != "not checked"}
         todo = [name for name, status in sorted(mutant_results(src).items())
                 if status == "not checked" and module_of(name) in args.modules and in_sample(name, args.sample)
-                and name not in carried]
+                and name not in carried and (only is None or name in only)]
         print(f"{len(todo)} mutants to run", flush=True)
         for i in range(0, len(todo), 500):  # in chunks, so that the command line stays short
             run_mutmut(src, todo[i:i + 500], args.max_children)
