@@ -596,3 +596,17 @@ def test_autoguidance_converts_each_models_prediction_with_its_own_parameterizat
         expected = (x_t - abar.sqrt().view(-1, 1) * guide(x_t, t, y)) / (1 - abar).sqrt().view(-1, 1)
         got = den(x_t, t, abar, y).eps
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_x0_space_rule_runs_through_the_denoiser():
+    """A rule combining in x0 space gets the denoiser's x_t and abar for the conversion: plain CFG is linear, so the
+    x0-space combination through NetDenoiser equals the eps-space one. Catches: the rule's context built without
+    x_t (the conversion then fails or uses another state)."""
+    net = _mlp(0)
+    x_t = torch.randn(4, 2, generator=torch.Generator().manual_seed(5))
+    t, abar, y = torch.full((4,), 0.3), torch.full((4,), 0.7), torch.tensor([0, 1, 2, 0])
+    with torch.no_grad():
+        eps_space = NetDenoiser(net, 3, cfg_scale=2.5, clip_x0=False)(x_t, t, abar, y).eps
+        x0_space = NetDenoiser(net, 3, cfg_scale=2.5, clip_x0=False,
+                               rule=ClassifierFreeGuidance(space="x0"))(x_t, t, abar, y).eps
+    torch.testing.assert_close(x0_space, eps_space, rtol=1e-5, atol=1e-5)
