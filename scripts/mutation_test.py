@@ -131,11 +131,14 @@ def function_hashes(src: Path) -> dict[str, str]:
     return found
 
 
-def carried_kills(workdir: Path | None, src: Path | None = None) -> set[str]:
+def carried_kills(workdir: Path | list[Path] | None, src: Path | None = None) -> set[str]:
     """The mutants an earlier run killed whose function is unchanged: same module, same name, same source hash
-    (mutmut's own test for reusing a result), so the mutant is the same code. With ``src`` None, every kill."""
+    (mutmut's own test for reusing a result), so the mutant is the same code. With ``src`` None, every kill.
+    Several earlier runs: the union (a run that carried kills records them as not checked)."""
     if workdir is None:
         return set()
+    if isinstance(workdir, list):
+        return set().union(*(carried_kills(w, src) for w in workdir))
     killed = {name for name, status in mutant_results(workdir / "src").items() if status in STATUS_KILLED}
     if src is None:
         return killed
@@ -173,7 +176,7 @@ def summarize(src: Path, modules: list[str], percent: float, carried: set[str] =
                            "score": round(killed / checked, 4) if checked else None}}
 
 
-def write_report(src: Path, summary: dict, out: Path) -> None:
+def write_report(src: Path, summary: dict, out: Path, diffs: bool = True) -> None:
     lines = [f"# Mutation run ({summary['sample_percent']:g} % sample of the mutants)", "",
              "| module | mutants in sample | checked | killed | survived | no test ran it | score |",
              "|---|---|---|---|---|---|---|"]
@@ -188,7 +191,7 @@ def write_report(src: Path, summary: dict, out: Path) -> None:
     for m, e in summary["modules"].items():
         for name in e["survived"] + e["no_tests"]:
             diff = subprocess.run([sys.executable, "-m", "mutmut", "show", name], cwd=src, capture_output=True,
-                                  text=True).stdout
+                                  text=True).stdout if diffs else ""
             lines += [f"### {name}", "```diff", diff.strip(), "```", ""]
     out.write_text("\n".join(lines) + "\n")
 
@@ -208,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sample", type=float, default=100.0,
                         help="percent of the mutants to run, a fixed pseudo-random share (default: all)")
     parser.add_argument("--max-children", type=int, default=2, help="mutants run in parallel")
-    parser.add_argument("--carry-killed-from", type=Path, metavar="WORKDIR",
+    parser.add_argument("--carry-killed-from", type=Path, nargs="+", metavar="WORKDIR",
                         help="an earlier run: its killed mutants of functions whose source is unchanged count as "
                              "killed without a rerun (valid when the tests only grew stronger), the others are run")
     parser.add_argument("--tests", nargs="+", metavar="TEST",
@@ -221,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                              "short with one of the new tests on the same mutants)")
     parser.add_argument("--fresh", action="store_true", help="copy the source anew and forget earlier results")
     parser.add_argument("--report-only", action="store_true", help="summarise an earlier run of this workdir")
+    parser.add_argument("--no-diffs", action="store_true", help="report.md without each survivor's diff (faster)")
     args = parser.parse_args(argv)
 
     workdir = args.workdir or Path("/tmp/lg-mutation") / (args.rev or "worktree")
@@ -251,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             run_mutmut(src, todo[i:i + 500], args.max_children)
     summary = summarize(src, args.modules, args.sample, carried_kills(args.carry_killed_from, src))
     (workdir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    write_report(src, summary, workdir / "report.md")
+    write_report(src, summary, workdir / "report.md", diffs=not args.no_diffs)
     for m, e in summary["modules"].items():
         score = "-" if e["score"] is None else f"{100 * e['score']:.1f} %"
         print(f"{m:12s} mutants {e['mutants']:5d}  checked {e['checked']:5d}  killed {e['killed']:5d}  "
