@@ -39,7 +39,7 @@ MUTATIONS = [
              "eps_c, eps_u = both.chunk(2)", "eps_u, eps_c = both.chunk(2)",
              ("tests/test_samplers.py", "tests/test_nets.py", "tests/test_parameterization.py")),
     Mutation("p-uncond", "p_uncond ignored (no label is ever dropped to the null class)",
-             "drop = torch.rand(n, device=x0.device) < p_uncond", "drop = torch.rand(n, device=x0.device) < 0.0",
+             "drop = draws.rand(n, device=x0.device) < p_uncond", "drop = draws.rand(n, device=x0.device) < 0.0",
              ("tests/test_cfg_training.py",), "null_class"),
     Mutation("ddim-eps", "DDIM's eps coefficient sqrt(1 - abar_prev - sigma^2) replaced by sqrt(1 - abar_t)",
              "math.sqrt(max(1.0 - abar_prev - sigma**2, 0.0)) * eps", "math.sqrt(1.0 - abar_t) * eps",
