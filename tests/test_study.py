@@ -152,10 +152,52 @@ def test_unknown_preset_and_section_are_refused(tmp_path):
         study("--config", bad, "--runs-root", tmp_path)
 
 
-def test_full_without_its_data_names_the_paths(tmp_path, monkeypatch):
+@pytest.mark.parametrize("preset, path", [("full", "data/MNIST/raw"), ("full-cifar10", "data/cifar-10-batches-py")])
+def test_full_without_its_data_names_the_paths(tmp_path, monkeypatch, preset, path):
     monkeypatch.chdir(tmp_path)  # no data/ here
-    with pytest.raises(FileNotFoundError, match=r"data/MNIST/raw"):
-        study("--preset", "full", "--runs-root", tmp_path)
+    with pytest.raises(FileNotFoundError, match=rf"{path}[,\s]"):
+        study("--preset", preset, "--runs-root", tmp_path)
+
+
+def image_datamodule(config: dict) -> str | None:
+    """The class path of the image dataset a step config reads: its data, or the data a wrapper holds."""
+    data = config.get("data") or {}
+    inner = data.get("init_args") or {}
+    return (inner.get("data") or inner.get("real") or data).get("class_path")
+
+
+@pytest.mark.parametrize("preset, datamodule, shape", [("full", "MNISTDataModule", [1, 28, 28]),
+                                                       ("full-cifar10", "CIFAR10DataModule", [3, 32, 32])])
+def test_full_presets_train_and_grade_on_their_dataset(tmp_path, capsys, preset, datamodule, shape):
+    """Bug caught: a ``full`` preset that still trains or grades on the 8x8 digits (a step left unedited), or a
+    dataset swap whose config the CLI rejects. Every image step that reads data reads the preset's DataModule,
+    every image net is built for its shape, and the CLI parses a fit, a wrapped-data fit and predict, and a test."""
+    import yaml
+
+    from lightning_guidance.study.plan import step_config
+    from lightning_guidance.study.presets import get_preset
+    from lightning_guidance.study.runner import build_plan
+
+    plan, _ = build_plan(get_preset(preset), tmp_path / "run", ["digits_cfg", "digits_calibration",
+                                                                  "digits_postprocessor"])
+    to_parse = {}
+    for step in plan.steps.values():
+        config = step_config(step)
+        if not config.get("data"):
+            continue  # a sampling step: the shape comes from its checkpoint
+        assert image_datamodule(config).endswith(f".{datamodule}"), step.name
+        net = ((config.get("model") or {}).get("init_args") or {}).get("net")
+        if step.command == "fit" and net is not None:
+            assert net["init_args"]["data_shape"] == shape, step.name
+        to_parse.setdefault((step.command, config["data"]["class_path"] == image_datamodule(config)), config)
+    assert set(to_parse) == {("fit", True), ("fit", False), ("predict", False), ("test", True)}
+    for (command, _), config in to_parse.items():
+        path = tmp_path / "step.yaml"
+        path.write_text(yaml.safe_dump(config))
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, "--config", str(path), "--print_config"])
+        assert exit_info.value.code in (0, None)
+        assert image_datamodule(yaml.safe_load(capsys.readouterr().out)).endswith(f".{datamodule}")
 
 
 def test_a_failed_step_is_marked_and_the_other_sections_still_run(tmp_path, monkeypatch):

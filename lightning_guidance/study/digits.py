@@ -1,4 +1,4 @@
-"""Sections 4 to 8 on the image family (scikit-learn's 8x8 digits; MNIST in the ``full`` preset).
+"""Sections 4 to 8 on the image family (scikit-learn's 8x8 digits; MNIST or CIFAR-10 in the ``full`` presets).
 
 4. CFG: a fine scale sweep graded by the judge (``fd_digits``, precision, recall, judge accuracy).
 5. Classifier guidance mirroring EluCD's tables: the noisy classifier on ``x_t`` vs the clean (off-the-shelf)
@@ -33,18 +33,24 @@ S_POST = "digits post-processor"
 
 
 def image_edits(preset, kind: str) -> dict:
-    """Swap the digits data for MNIST in the ``full`` preset (``kind``: fit | calibrate | grade)."""
-    if preset.dataset == "digits":
+    """Swap the digits data for the ``full`` presets' dataset (``kind``: fit | calibrate | grade | flow).
+
+    The datamodule's class and its ``data_shape`` come from ``preset.image_datamodule()``; the embedded digits need
+    no edit.
+    """
+    module = preset.image_datamodule()
+    if module is None:
         return {}
-    mnist = {"class_path": "lightning_guidance.data.image_folders.MNISTDataModule",
-             "init_args": {"root": "data", "batch_size": 128, "seed": 0, "num_workers": 4}}
+    data = {"class_path": f"{module.__module__}.{module.__qualname__}",
+            "init_args": {"root": "data", "batch_size": 128, "seed": 0, "num_workers": 4}}
+    shape = list(module.data_shape)
     if kind == "calibrate":
-        return {"data.init_args.data": mnist}
+        return {"data.init_args.data": data}
     if kind == "grade":
-        return {"data": mnist}
+        return {"data": data}
     if kind == "flow":
-        return {"data.init_args.real": mnist, "model.init_args.net.init_args.data_shape": [1, 28, 28]}
-    return {"data": mnist, "model.init_args.net.init_args.data_shape": [1, 28, 28]}
+        return {"data.init_args.real": data, "model.init_args.net.init_args.data_shape": shape}
+    return {"data": data, "model.init_args.net.init_args.data_shape": shape}
 
 
 @dataclass(frozen=True)

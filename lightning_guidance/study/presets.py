@@ -1,8 +1,8 @@
 """Study presets: how much of each experiment a run does (training steps, samples, scales, ablation lists).
 
 ``micro`` is for tests (seconds per step), ``tiny`` the README's first command (≤ 10 minutes on 2 CPU cores),
-``small`` numbers worth reading (≤ 1 hour on 2 CPU cores), ``full`` the image sections on MNIST from ``data/`` on a
-GPU. A preset only sets sizes: every experiment's design (models, samplers, guidance terms) is the shipped config it
+``small`` numbers worth reading (≤ 1 hour on 2 CPU cores), ``full`` and ``full-cifar10`` the image sections on MNIST
+or CIFAR-10 from ``data/`` on a GPU. A preset only sets sizes: every experiment's design (models, samplers, guidance terms) is the shipped config it
 starts from.
 """
 
@@ -69,17 +69,34 @@ class Preset:
     flow_euler_steps: int = 20
     # ---- execution
     accelerator: str = "cpu"
-    dataset: str = "digits"  # the image family: digits (embedded) or mnist (data/MNIST/raw)
-    needs_data: tuple[str, ...] = field(default=())
+    dataset: str = "digits"  # the image family: digits (embedded), mnist or cifar10 (under data/, see data/README.md)
     # ---- --launcher slurm: every step's job resources unless the study config says otherwise (sbatch's names)
     slurm: dict = field(default_factory=lambda: {"cpus_per_task": 2, "time": "04:00:00"})
 
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def image_datamodule(self):
+        """The DataModule class of the image sections, or None for the embedded digits (which need no edit)."""
+        if self.dataset == "digits":
+            return None
+        from ..data.image_folders import CIFAR10DataModule, MNISTDataModule
+
+        modules = {"mnist": MNISTDataModule, "cifar10": CIFAR10DataModule}
+        if self.dataset not in modules:
+            raise ValueError(f"unknown dataset {self.dataset!r}; choose digits, {', '.join(modules)}")
+        return modules[self.dataset]
+
     def missing_data(self, root: str | Path = ".") -> list[str]:
-        """The data paths this preset reads that are not on disk."""
-        return [p for p in self.needs_data if not (Path(root) / p).exists()]
+        """The data paths this preset reads that are not on disk (the first missing one of each nested chain)."""
+        module = self.image_datamodule()
+        if module is None:
+            return []
+        missing: list[Path] = []
+        for path in module(root=str(Path(root) / "data")).required_paths():
+            if not path.exists() and not any(m in path.parents for m in missing):
+                missing.append(path)
+        return [str(p) for p in missing]
 
 
 SMALL = Preset(
@@ -124,10 +141,16 @@ FULL = replace(
     digits_model_channels=64, digits_samples_per_class=1000, digits_ddim_steps=50, digits_ddpm_steps=250,
     calibration_epochs=10, ece_samples=2000, flow_train_samples_per_class=1000, flow_steps=20000,
     accelerator="gpu", dataset="mnist",
-    needs_data=("data/MNIST/raw",), slurm={"cpus_per_task": 8, "time": "24:00:00", "sbatch": ["--gpus-per-node=1"]},
+    slurm={"cpus_per_task": 8, "time": "24:00:00", "sbatch": ["--gpus-per-node=1"]},
 )
 
-PRESETS: dict[str, Preset] = {p.name: p for p in (MICRO, TINY, SMALL, FULL)}
+FULL_CIFAR10 = replace(
+    FULL, name="full-cifar10",
+    summary="the image sections on CIFAR-10 (data/cifar-10-batches-py) on a GPU; toy sections as in small",
+    digits_model_channels=128, dataset="cifar10",
+)
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (MICRO, TINY, SMALL, FULL, FULL_CIFAR10)}
 
 
 def get_preset(name: str) -> Preset:
