@@ -3,6 +3,7 @@ the shipped training configs and sampling YAMLs rewritten to use them; metrics r
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,27 @@ CONFIGS = ROOT / "configs"
 
 def cli(*args: str) -> None:
     main([str(a) for a in args])
+
+
+TWO_CPU_PROCESSES = ("--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp_spawn")
+
+
+def cli_on_two_processes(*args: str) -> None:
+    """``cli(*args)`` on two CPU processes (``ddp_spawn``, gloo), launched from this process.
+
+    The two ranks are spawned interpreters that import the stack and unpickle the trainer, exactly as under
+    ``python cli.py ... --trainer.strategy ddp_spawn``; only the launcher is this process instead of a third
+    interpreter (an interpreter start-up costs ~5-10 s on a 2-core machine). The README's own command, ``python
+    cli.py`` as a subprocess spawning its ranks, is run by test_noisy_classifier.py's DDP test. The launcher's
+    environment variables (MASTER_PORT, ...) are restored afterwards, so no later run inherits them. Each rank runs
+    one intra-op thread (OMP_NUM_THREADS, which the ranks inherit), as the tolerances of the tests were measured."""
+    saved = dict(os.environ)
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        cli(*args, *TWO_CPU_PROCESSES)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def tiny_digits_fit(root: Path, max_steps: int = 4, *extra: str) -> Path:

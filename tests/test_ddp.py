@@ -1,4 +1,5 @@
-"""DDP sampling on CPU through the real CLI: 2 spawned gloo processes predict the very same shards as 1 process.
+"""DDP sampling on CPU through the real CLI: 2 spawned gloo processes predict the very same shards as 1 process
+(the ranks spawned from the test's process: helpers.cli_on_two_processes).
 
 DDP *training* is checked where it can be checked strongly: test_ddp_training.py fits 2 processes against 1 and
 compares the loss curves and every weight (EMA and raw) within measured tolerances. Here the checkpoint is only
@@ -7,26 +8,11 @@ would let a DDP that trains nothing pass)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 
-from helpers import CONFIGS, ROOT, cli, load
+from helpers import CONFIGS, cli, cli_on_two_processes, load
 
-TIMEOUT_S = 300
 TINY_NET = ["--model.init_args.net.init_args.model_channels", "8", "--model.init_args.net.init_args.channel_mult", "[1]"]
-
-
-def run_cli(*args, devices: int = 2) -> None:
-    cmd = [sys.executable, "-m", "lightning_guidance.cli", *map(str, args), "--trainer.accelerator", "cpu",
-           "--trainer.devices", str(devices), "--trainer.enable_progress_bar", "false"]
-    if devices > 1:
-        cmd += ["--trainer.strategy", "ddp_spawn"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    done = subprocess.run(cmd, cwd=ROOT, env=env, timeout=TIMEOUT_S, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stderr[-4000:]}"
 
 
 def test_ddp_predict_writes_the_one_process_shards(tmp_path):
@@ -46,7 +32,7 @@ def test_ddp_predict_writes_the_one_process_shards(tmp_path):
                 "--model.init_args.shard_size", 8, "--model.init_args.sampler_kwargs", "{num_steps: 3}"]
 
     cli(*predict_args(tmp_path / "one"), "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false")
-    run_cli(*predict_args(tmp_path / "two"), devices=2)
+    cli_on_two_processes(*predict_args(tmp_path / "two"), "--trainer.enable_progress_bar", "false")
     one = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").glob("cfg_*/shard_*.npz"))
     two = sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").glob("cfg_*/shard_*.npz"))
     assert one == two and len(one) == 2 * 4  # 30 samples in shards of 8, no shard written twice or missed

@@ -1,4 +1,5 @@
-"""DDP training equals one process: 2 spawned gloo processes with per-rank batch B/2 against 1 process with batch B.
+"""DDP training equals one process: 2 spawned gloo processes with per-rank batch B/2 against 1 process with batch B
+(the ranks spawned from the test's process: helpers.cli_on_two_processes).
 
 The global batch is the same set of examples in both (the sampler splits one permutation), each example draws the
 same noise, step and label dropout (every rank draws for the whole global batch and keeps its rows), and DDP averages
@@ -15,15 +16,12 @@ bound (the sum of the learning rates so far); every other weight against WEIGHT_
 from __future__ import annotations
 
 import csv
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import CONFIGS, ROOT, cli, load
+from helpers import CONFIGS, cli, cli_on_two_processes, load
 from lightning_guidance.data.epoch_sampler import EpochShuffleSampler
 from lightning_guidance.diffusion.noise import GlobalBatchDraws
 
@@ -78,14 +76,8 @@ def _fit(config: str, root: Path, devices: int, extra: list[str]) -> None:
             "--trainer.check_val_every_n_epoch", "null", "--trainer.val_check_interval", "1000",
             "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu",
             "--data.init_args.batch_size", str(GLOBAL_BATCH // devices), *extra]
-    if devices == 1:
-        cli(*args)
-        return
-    cmd = [sys.executable, "-m", "lightning_guidance.cli", *args, "--trainer.devices", str(devices),
-           "--trainer.strategy", "ddp_spawn"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    done = subprocess.run(cmd, cwd=ROOT, env=env, timeout=TIMEOUT_S, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stderr[-4000:]}"
+    assert devices in (1, 2)
+    (cli if devices == 1 else cli_on_two_processes)(*args)
 
 
 def loss_curve(root: Path) -> list[tuple[int, float]]:

@@ -5,21 +5,16 @@
 
 The real split has an odd number of items (359) and batches of 64, so Lightning's distributed sampler pads one
 rank with a repeat: had the repeat entered a metric, the two-process figures would differ (and the real-sample count
-would read 360). The two-process runs are CLI subprocesses with a timeout.
+would read 360). The two ranks are spawned from the test's process (helpers.cli_on_two_processes).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-from helpers import CONFIGS, ROOT, cli
+from helpers import CONFIGS, cli, cli_on_two_processes
 from test_sampling_test_stage import (
     judge_checkpoint,
     noisy_classifier_checkpoint,
@@ -28,23 +23,7 @@ from test_sampling_test_stage import (
 )
 
 ODD_SPLIT = ("--data.init_args.val_fraction", "0.1995", "--data.init_args.batch_size", "64")  # 359 real items
-TWO_PROCESSES = ("--trainer.strategy", "ddp_spawn", "--trainer.devices", "2", "--trainer.accelerator", "cpu")
 TIMEOUT_S = 240
-
-
-def run_cli_subprocess(args: list, tmp_path: Path) -> None:
-    """Run the CLI in a new process group; on timeout the whole group (spawned ranks included) is killed."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "lightning_guidance.cli", *[str(a) for a in args]]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"two-process run did not finish in {TIMEOUT_S} s:\n{output[-4000:]}")
-    assert proc.returncode == 0, f"two-process run failed:\n{output[-4000:]}"
 
 
 def assert_same_figures(one: dict, two: dict, where: str) -> None:
@@ -66,7 +45,7 @@ def test_sample_quality_one_vs_two_processes(tmp_path, tmp_path_factory):
     shutil.copytree(shards, one)
     shutil.copytree(shards, two)
     cli(*stage_args(ckpt, one, judge, *ODD_SPLIT))
-    run_cli_subprocess([*stage_args(ckpt, two, judge, *ODD_SPLIT), *TWO_PROCESSES], tmp_path)
+    cli_on_two_processes(*stage_args(ckpt, two, judge, *ODD_SPLIT))
     table_one = json.loads((one / "metrics_table.json").read_text())
     table_two = json.loads((two / "metrics_table.json").read_text())
     assert table_one["num_real_samples"] == table_two["num_real_samples"] == 359
@@ -97,7 +76,7 @@ def test_calibration_over_time_one_vs_two_processes(tmp_path, tmp_path_factory):
         if name == "one":
             cli(*args)
         else:
-            run_cli_subprocess([*args, *TWO_PROCESSES], tmp_path)
+            cli_on_two_processes(*args)
         figures[name] = json.loads((tmp_path / name / "logs" / "calibration" / "latest.json").read_text())
     assert {"ece", "smooth_ece", "acc", "ece_t0.00-0.25", "smooth_ece_t0.75-1.00"} <= figures["one"].keys()
     assert_same_figures(figures["one"], figures["two"], "calibration")

@@ -1,16 +1,13 @@
 """The post-processor under DDP on CPU (2 spawned gloo processes) through the real CLI: the same neighbour table and
-the same post-processed shards as 1 process, one set of checkpoints, and an exact resume."""
+the same post-processed shards as 1 process, one set of checkpoints, and an exact resume. The ranks are spawned from
+the test's process (helpers.cli_on_two_processes)."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
-from helpers import ROOT, cli, load
+from helpers import cli, cli_on_two_processes, load
 from test_flow_cli import PERIODIC_CHECKPOINTS, TRAIN_SCALES, UNSEEN_SCALES, flow_args, flow_inputs  # noqa: F401
 
 from lightning_guidance.data.digits import DigitsDataModule
@@ -18,15 +15,8 @@ from lightning_guidance.data.generated import read_generated
 from lightning_guidance.flow.neighbours import IndexSettings, top_k_neighbours
 
 
-TIMEOUT_S = 900  # a spawned 2-process run takes ~1 min alone, many more on a shared, loaded 2-core machine
-
-
-def run_cli(*args, devices: int = 2) -> None:
-    cmd = [sys.executable, "-m", "lightning_guidance.cli", *map(str, args), "--trainer.accelerator", "cpu",
-           "--trainer.devices", str(devices), "--trainer.strategy", "ddp_spawn", "--trainer.enable_progress_bar", "false"]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    done = subprocess.run(cmd, cwd=ROOT, env=env, timeout=TIMEOUT_S, capture_output=True, text=True)
-    assert done.returncode == 0, f"{' '.join(cmd)} failed:\n{done.stderr[-4000:]}"
+def run_cli(*args) -> None:
+    cli_on_two_processes(*args, "--trainer.enable_progress_bar", "false")
 
 
 def _periodic(tmp_path, every: int):
@@ -46,7 +36,7 @@ def test_two_processes_give_the_same_neighbours_and_shards_and_checkpoint_once(f
     _, _, train, unseen = flow_inputs
     every = _periodic(tmp_path, 2)
     one, two = tmp_path / "one", tmp_path / "two"
-    run_cli("fit", *flow_args(two, train, unseen, "--trainer.max_steps", 4, *every), devices=2)
+    run_cli("fit", *flow_args(two, train, unseen, "--trainer.max_steps", 4, *every))
     # the table one process computes: every generated sample against the real digits of its class, in pixels
     gen = read_generated([str(train / f"cfg_{s}") for s in TRAIN_SCALES])
     dm = DigitsDataModule(batch_size=128, val_fraction=0.2, seed=0)
@@ -66,7 +56,7 @@ def test_two_processes_give_the_same_neighbours_and_shards_and_checkpoint_once(f
     cli(*predict[:1], *flow_args(one, train, unseen, *predict[1:], "--trainer.accelerator", "cpu",
                                  "--model.init_args.output_dir", tmp_path / "post1"))
     run_cli(*predict[:1], *flow_args(two, train, unseen, *predict[1:], "--model.init_args.output_dir",
-                                     tmp_path / "post2"), devices=2)
+                                     tmp_path / "post2"))
     files1 = sorted(p.relative_to(tmp_path / "post1") for p in (tmp_path / "post1").glob("cfg_*/shard_*.npz"))
     files2 = sorted(p.relative_to(tmp_path / "post2") for p in (tmp_path / "post2").glob("cfg_*/shard_*.npz"))
     assert files1 == files2 and len(files1) == 3 * 5  # 70 samples per scale in shards of 16
@@ -83,9 +73,9 @@ def test_two_processes_give_the_same_neighbours_and_shards_and_checkpoint_once(f
 def test_two_process_fit_resumes_exactly(flow_inputs, tmp_path):  # noqa: F811
     _, _, train, unseen = flow_inputs
     every = _periodic(tmp_path, 2)
-    run_cli("fit", *flow_args(tmp_path / "straight", train, unseen, "--trainer.max_steps", 4, *every), devices=2)
+    run_cli("fit", *flow_args(tmp_path / "straight", train, unseen, "--trainer.max_steps", 4, *every))
     run_cli("fit", *flow_args(tmp_path / "resumed", train, unseen, "--trainer.max_steps", 4, *every, "--ckpt_path",
-                              tmp_path / "straight" / "checkpoints" / "step000002.ckpt"), devices=2)
+                              tmp_path / "straight" / "checkpoints" / "step000002.ckpt"))
     a, b = load(tmp_path / "straight" / "checkpoints" / "last.ckpt"), load(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == 4
     for key in ("state_dict", "current_model_state"):

@@ -25,8 +25,20 @@ TINY = ["--trainer.enable_progress_bar", "false", "--model.init_args.net.init_ar
         "--model.init_args.net.init_args.channel_mult", "[1]", "--data.init_args.batch_size", "16"]
 
 
+# train-cfg's callbacks: the shipped config's EMA and a checkpoint every 5 steps, slowed down so that a test can
+# signal the study mid-step (throttle.Throttle holds no state: a throttled run trains like an unthrottled one)
+SLOW_CALLBACKS = """
+trainer:
+  callbacks:
+    - {class_path: lightning_guidance.callbacks.ema.EMA, init_args: {decay: 0.999}}
+    - {class_path: lightning.pytorch.callbacks.ModelCheckpoint, init_args: {save_last: true, every_n_train_steps: 5}}
+    - {class_path: throttle.Throttle, init_args: {seconds: 0.1}}
+"""
+
+
 def micro_study(base: Path, cfg_steps: int) -> Path:
     cfg, judge, samples = base / "cfg", base / "judge", base / "samples"
+    (base / "slow.yaml").write_text(SLOW_CALLBACKS)
     sampling = ["--trainer.default_root_dir", str(samples), "--trainer.enable_progress_bar", "false",
                 "--model.init_args.checkpoint", str(cfg / "checkpoints" / "last.ckpt"),
                 "--model.init_args.samples_per_class", "1", "--model.init_args.shard_size", "5",
@@ -36,8 +48,8 @@ def micro_study(base: Path, cfg_steps: int) -> Path:
         "title": "micro study", "description": "a test", "report": str(base / "report.md"),
         "steps": [
             {"name": "train-cfg", "command": "fit", "config": str(CONFIGS / "digits/cfg.yaml"),
-             "args": ["--trainer.default_root_dir", str(cfg), "--trainer.max_steps", str(cfg_steps),
-                      "--trainer.log_every_n_steps", "1", *TINY]},
+             "args": ["--config", str(base / "slow.yaml"), "--trainer.default_root_dir", str(cfg),
+                      "--trainer.max_steps", str(cfg_steps), "--trainer.log_every_n_steps", "1", *TINY]},
             {"name": "train-judge", "command": "fit", "config": str(CONFIGS / "digits/judge.yaml"),
              "args": ["--trainer.default_root_dir", str(judge), "--trainer.max_steps", "2",
                       "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false"]},
@@ -63,41 +75,6 @@ def shard_files(base: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in sorted((base / "samples").glob("cfg_*/shard_*.npz"))}
 
 
-@pytest.mark.timeout(1500)  # three studies of four subprocesses each: minutes when the machine is shared
-def test_study_twice_same_report_then_retrain_regenerates(tmp_path):
-    study = micro_study(tmp_path, cfg_steps=3)
-    run_study(study)
-    report = (tmp_path / "report.md").read_text()
-    ckpt = tmp_path / "cfg" / "checkpoints" / "last.ckpt"
-    ckpt_bytes, shards = ckpt.read_bytes(), shard_files(tmp_path)
-    assert len(shards) == 4  # 2 scales x 10 samples / 5 per shard
-
-    # relative links that resolve from the report's folder, and every section filled
-    links = re.findall(r"\]\(([^)]+)\)", report)
-    assert links and not [link for link in links if link.startswith("/")]
-    assert all((tmp_path / link).is_file() for link in links), links
-    sections = report.split("### ")[1:]
-    assert [s.split(" ")[0] for s in sections] == ["train-cfg", "train-judge", "sample", "grade"]
-    assert re.search(r"\| train/loss \| [-0-9.e]+ \|", sections[0]) and "| step | 2 |" in sections[0]
-    assert "| train/loss |" in sections[1]
-    assert "![1](samples/cfg_1/grid.png)" in sections[2] and "| 2 | 10 |" in sections[2]
-    assert "fd_digits" in sections[3] and "| real data |" in sections[3]
-
-    run_study(study)  # nothing to do: nothing changes
-    assert (tmp_path / "report.md").read_text() == report
-    assert ckpt.read_bytes() == ckpt_bytes and shard_files(tmp_path) == shards
-    assert not temp_files(tmp_path)
-    assert not wrong_modes(tmp_path), wrong_modes(tmp_path)
-
-    micro_study(tmp_path, cfg_steps=4)  # train the model further: what was sampled from it is regenerated
-    run_study(study, "--only", "train-cfg", "sample")
-    assert load(ckpt)["global_step"] == 4
-    after = shard_files(tmp_path)
-    assert after.keys() == shards.keys() and all(after[p] != shards[p] for p in shards)
-    assert all(read_shard(p).config["checkpoint"]["sha256"] == file_digest(ckpt) for p in after)
-    assert "| step | 3 |" in (tmp_path / "report.md").read_text()
-
-
 def _running_with(text: str) -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():
@@ -111,22 +88,21 @@ def _running_with(text: str) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc to look for orphaned steps")
-@pytest.mark.timeout(1200)
-def test_sigterm_to_study_stops_its_step_and_a_rerun_finishes(tmp_path):
-    root = tmp_path / "cfg"
-    (tmp_path / "slow.yaml").write_text(
-        "trainer:\n  callbacks:\n    - {class_path: throttle.Throttle, init_args: {seconds: 0.1}}\n"
-        "    - class_path: lightning.pytorch.callbacks.ModelCheckpoint\n"
-        "      init_args: {save_last: true, every_n_train_steps: 5}\n")
-    study = tmp_path / "study.yaml"
-    study.write_text(yaml.safe_dump({"title": "t", "report": str(tmp_path / "report.md"), "steps": [
-        {"name": "train", "command": "fit", "config": str(CONFIGS / "digits/cfg.yaml"),
-         "args": ["--config", str(tmp_path / "slow.yaml"), "--trainer.default_root_dir", str(root),
-                  "--trainer.max_steps", "60", *TINY]}]}))
+@pytest.mark.timeout(1800)  # four studies of up to five subprocesses each: minutes when the machine is shared
+def test_study_interrupted_finished_twice_the_same_then_retrained(tmp_path):
+    """One micro chain through its life: SIGTERM during train-cfg stops the step (no orphan), marks it interrupted
+    and exits 143; a re-run resumes it and finishes every step; a second re-run changes nothing; after training the
+    model further, what was sampled from it is regenerated. The first finished run is the interrupted one's
+    continuation, so the report must carry no trace of the interruption."""
+    study = micro_study(tmp_path, cfg_steps=30)
+    cfg_root = tmp_path / "cfg"
+    ckpt = cfg_root / "checkpoints" / "last.ckpt"
+
+    # SIGTERM while train-cfg runs
     log = tmp_path / "study.log"
     proc = subprocess.Popen([sys.executable, str(ROOT / "cli.py"), "study", "--config", str(study)], cwd=ROOT,
                             env=cli_env(), stdout=log.open("w"), stderr=subprocess.STDOUT, umask=0o022)
-    wait_until(lambda: (root / "checkpoints" / "last.ckpt").exists(), proc, 300, "the first checkpoint", log)
+    wait_until(ckpt.exists, proc, 300, "the first checkpoint", log)
     proc.send_signal(signal.SIGTERM)
     try:
         rc = proc.wait(timeout=120)
@@ -134,13 +110,43 @@ def test_sigterm_to_study_stops_its_step_and_a_rerun_finishes(tmp_path):
         proc.kill()
         raise
     assert rc == 128 + signal.SIGTERM, log.read_text()[-3000:]
-    assert not _running_with(str(root)), "the step outlived the study"
-    assert "study interrupted at step 'train' (SIGTERM)" in log.read_text()
-    assert "train: interrupted by SIGTERM" in (tmp_path / "report.md").read_text()
-    stopped_at = load(root / "checkpoints" / "last.ckpt")["global_step"]
-    assert 5 <= stopped_at < 60
+    assert not _running_with(str(cfg_root)), "the step outlived the study"
+    assert "study interrupted at step 'train-cfg' (SIGTERM)" in log.read_text()
+    assert "train-cfg: interrupted by SIGTERM" in (tmp_path / "report.md").read_text()
+    stopped_at = load(ckpt)["global_step"]
+    assert 5 <= stopped_at < 30
+    assert not (tmp_path / "judge").exists()  # the steps after the interrupted one did not start
     time.sleep(0.1)
+
+    # the re-run resumes train-cfg and runs the rest
     run_study(study)
-    assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 60
-    assert "interrupted" not in (tmp_path / "report.md").read_text()
+    assert load(ckpt)["global_step"] == 30
+    report = (tmp_path / "report.md").read_text()
+    assert "interrupted by" not in report and "Re-run the study to continue" not in report
+    ckpt_bytes, shards = ckpt.read_bytes(), shard_files(tmp_path)
+    assert len(shards) == 4  # 2 scales x 10 samples / 5 per shard
+
+    # relative links that resolve from the report's folder, and every section filled
+    links = re.findall(r"\]\(([^)]+)\)", report)
+    assert links and not [link for link in links if link.startswith("/")]
+    assert all((tmp_path / link).is_file() for link in links), links
+    sections = report.split("### ")[1:]
+    assert [s.split(" ")[0] for s in sections] == ["train-cfg", "train-judge", "sample", "grade"]
+    assert re.search(r"\| train/loss \| [-0-9.e]+ \|", sections[0]) and "| step | 29 |" in sections[0]
+    assert "| train/loss |" in sections[1]
+    assert "![1](samples/cfg_1/grid.png)" in sections[2] and "| 2 | 10 |" in sections[2]
+    assert "fd_digits" in sections[3] and "| real data |" in sections[3]
+
+    run_study(study)  # nothing to do: nothing changes
+    assert (tmp_path / "report.md").read_text() == report
+    assert ckpt.read_bytes() == ckpt_bytes and shard_files(tmp_path) == shards
+    assert not temp_files(tmp_path)
     assert not wrong_modes(tmp_path), wrong_modes(tmp_path)
+
+    micro_study(tmp_path, cfg_steps=31)  # train the model further: what was sampled from it is regenerated
+    run_study(study, "--only", "train-cfg", "sample")
+    assert load(ckpt)["global_step"] == 31
+    after = shard_files(tmp_path)
+    assert after.keys() == shards.keys() and all(after[p] != shards[p] for p in shards)
+    assert all(read_shard(p).config["checkpoint"]["sha256"] == file_digest(ckpt) for p in after)
+    assert "| step | 30 |" in (tmp_path / "report.md").read_text()
