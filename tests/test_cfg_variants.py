@@ -344,25 +344,36 @@ def _seg(**kw):
                                                          for k, v in kw.items()})
 
 
+def _perturbation_enabled(guider) -> bool:
+    """Whether diffusers' guider runs its perturbed condition at its current step."""
+    return (getattr(guider, "_is_seg_enabled", None) or guider._is_slg_enabled)()
+
+
 @pytest.mark.parametrize("make_rule, guider_name, prefix, pred_name", [
     (_pag, "PerturbedAttentionGuidance", "perturbed_guidance", "pred_cond_skip"),
     (_slg, "SkipLayerGuidance", "skip_layer_guidance", "pred_cond_skip"),
     (_seg, "SmoothedEnergyGuidance", "seg_guidance", "pred_cond_seg")])
 @pytest.mark.parametrize("scale", [1.0, 4.0])
+@pytest.mark.parametrize("rescale", [0.0, 0.7])
 def test_attention_perturbation_combination_equals_diffusers_at_every_step(make_rule, guider_name, prefix, pred_name,
-                                                                           scale):
+                                                                           scale, rescale):
     """diffusers' forward on (pred_cond, pred_uncond, perturbed) against ours with the same perturbed prediction,
-    over all steps of a 20-step run: CFG only, both, the perturbation only (s = 1) and neither."""
+    over all steps of a 20-step run: CFG only, both, the perturbation only (s = 1) and neither, with and without
+    guidance_rescale; the perturbed pass is asked for exactly where diffusers' guider enables it. Catches: the
+    rescale applied to the wrong tensors, the perturbed forward run outside its window."""
     shape = (4, 1, 8, 8)
     cond, guide = preds(shape)
     perturbed = preds(shape, seed=3)[1]
-    rule = make_rule(prefix_scale=2.0, prefix_start=0.1, prefix_stop=0.5, stop=0.8, layers=[0])
+    rule = make_rule(prefix_scale=2.0, prefix_start=0.1, prefix_stop=0.5, stop=0.8, layers=[0],
+                     guidance_rescale=rescale)
     kwargs = {f"{prefix}_scale": 2.0, f"{prefix}_start": 0.1, f"{prefix}_stop": 0.5, f"{prefix}_layers": [0]}
-    guider = getattr(guiders, guider_name)(guidance_scale=scale, stop=0.8, **kwargs)
+    guider = getattr(guiders, guider_name)(guidance_scale=scale, stop=0.8, guidance_rescale=rescale, **kwargs)
     kinds = set()
     for step in range(20):
         ctx = ctx_at(shape, step, num_steps=20)
         g = guide if rule.needs_guide(scale, ctx) else None
+        guider.set_state(step, 20, torch.tensor(999))
+        assert rule.needs_perturbed(ctx) == _perturbation_enabled(guider), f"step {step}"
         if rule.needs_perturbed(ctx):
             ctx.perturbed = perturbed
         kinds.add((g is not None, ctx.perturbed is not None))
@@ -371,6 +382,44 @@ def test_attention_perturbation_combination_equals_diffusers_at_every_step(make_
         torch.testing.assert_close(ours(rule, cond, g, scale, ctx), expected, msg=f"step {step}")
     assert kinds == ({(True, True), (True, False), (False, False)} if scale != 1
                      else {(False, True), (False, False)})
+
+
+@pytest.mark.parametrize("make_rule, guider_name, prefix", [
+    (_pag, "PerturbedAttentionGuidance", "perturbed_guidance"), (_slg, "SkipLayerGuidance", "skip_layer_guidance"),
+    (_seg, "SmoothedEnergyGuidance", "seg_guidance")])
+def test_zero_perturbation_scale_never_asks_for_the_perturbed_pass(make_rule, guider_name, prefix):
+    """s_p = 0: no perturbed forward at any step (diffusers' guider counts no perturbed condition), and none is
+    asked for even without a step index. Catches: a perturbed forward of the network run for nothing."""
+    rule = make_rule(prefix_scale=0.0, prefix_start=0.0, prefix_stop=1.0)
+    guider = getattr(guiders, guider_name)(guidance_scale=3.0, **{f"{prefix}_scale": 0.0, f"{prefix}_start": 0.0,
+                                                                   f"{prefix}_stop": 1.0, f"{prefix}_layers": [0]})
+    for step in range(10):
+        guider.set_state(step, 10, torch.tensor(999))
+        assert not _perturbation_enabled(guider) and not rule.needs_perturbed(ctx_at((2, 2), step))
+    assert not rule.needs_perturbed(RuleContext(torch.zeros(2, 2), torch.full((2,), 0.5), None))
+
+
+@pytest.mark.parametrize("make, name", [(PerturbedAttentionGuidance, "PerturbedAttentionGuidance"),
+                                        (SkipLayerGuidance, "SkipLayerGuidance")])
+def test_perturbation_window_refusal_names_the_rule_and_the_values(make, name):
+    """A window with start > stop is refused with the rule's name and both values. Catches: an empty message."""
+    with pytest.raises(ValueError, match=rf"^{name}: need 0 <= perturbed_guidance_start <= perturbed_guidance_stop "
+                                         r"<= 1, got 0\.5, 0\.2$"):
+        make(perturbed_guidance_start=0.5, perturbed_guidance_stop=0.2)
+
+
+def test_the_null_class_id_through_netdenoiser_is_the_networks_unconditional_prediction():
+    """NetDenoiser accepts the null id (= num_classes) as a label: unconditional sampling asks the network's null
+    class directly (cfg_scale 1, no doubled batch), and the result is the network's own output for that id; one
+    past it is refused. Catches: the null id refused as out of range."""
+    net = _mlp(0)
+    x, t, abar = torch.randn(4, 2), torch.rand(4), torch.full((4,), 0.5)
+    y = torch.tensor([3, 3, 0, 3])
+    out = NetDenoiser(net, 3, clip_x0=False)(x, t, abar, y)
+    with torch.no_grad():
+        torch.testing.assert_close(out.eps, net(x, t, y))
+    with pytest.raises(ValueError, match=r"class ids \[4\] out of range"):
+        NetDenoiser(net, 3)(x, t, abar, torch.tensor([4, 0, 0, 0]))
 
 
 def test_identity_attention_keeps_each_positions_value_and_skip_adds_nothing():

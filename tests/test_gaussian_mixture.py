@@ -363,3 +363,69 @@ def test_a_class_without_components_and_a_zero_weight_component():
     with pytest.raises(ValueError, match=r"^num_classes=1 is smaller than the largest component label \+ 1 \(2\)$"):
         GaussianMixture(torch.tensor(means), torch.tensor(covs), torch.tensor(weights), torch.tensor(labels),
                         num_classes=1)
+
+
+# ---- precision and broadcasting contracts (each found by a mutation run: see docs/testing.md) -----------------
+
+
+def test_exact_denoiser_cfg_scale_per_sample_and_in_float64(mix, params):
+    """``eps = eps_u + s (eps_c - eps_u)`` row by row against the torch.distributions oracle at float64 precision,
+    with s a Python float (0.1 and 7.3 have no exact float32 value) and a per-sample float64 tensor on a batch of
+    two 2D points (batch = dim, so a wrongly shaped s still broadcasts). Catches: s built as float32 (the combination
+    off by ~1e-8 relative), a per-sample s shaped (B,) instead of (B, 1) (row i's scale applied to coordinate i)."""
+    x = torch.tensor([[0.3, -1.2], [1.5, 0.4]], dtype=torch.float64)
+    abar = torch.tensor([0.6, 0.25], dtype=torch.float64)
+    y = torch.tensor([0, 1])
+    b = (1 - abar).sqrt()
+    e_c = torch.cat([-b[i] * _autograd_score(x[i:i + 1], params, float(abar[i]), int(y[i])) for i in range(2)])
+    e_u = torch.cat([-b[i] * _autograd_score(x[i:i + 1], params, float(abar[i])) for i in range(2)])
+    for s in (0.1, 7.3, torch.tensor([0.1, 7.3], dtype=torch.float64)):
+        out = ExactMixtureDenoiser(mix, cfg_scale=s)(x, torch.zeros(2), abar, y)
+        expected = e_u + torch.as_tensor(s, dtype=torch.float64).reshape(-1, 1) * (e_c - e_u)
+        torch.testing.assert_close(out.eps, expected, rtol=1e-12, atol=1e-13)
+
+
+def test_exact_denoiser_eps_of_float32_input_is_exact_in_float64(mix, params):
+    """``ExactMixtureDenoiser.eps`` promises the exact eps in float64 whatever the input dtype: a float32 x_t is
+    evaluated as the float64 number it is. Catches: the score computed in the input's float32 (~1e-7 off)."""
+    x = torch.tensor([[0.3, -1.2], [1.5, 0.4], [-0.7, 0.9]], dtype=torch.float32)
+    abar = torch.tensor([0.6, 0.25, 0.9], dtype=torch.float64)
+    got = ExactMixtureDenoiser(mix).eps(x, abar, None)
+    assert got.dtype == torch.float64
+    expected = torch.cat([-math.sqrt(1 - float(abar[i])) * _autograd_score(x[i:i + 1], params, float(abar[i]))
+                          for i in range(3)])
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-13)
+
+
+def test_noised_density_at_a_python_float_abar_is_float64(mix, params):
+    """A Python-float abar (0.3 has no exact float32 value) is used as the float64 number, checked against scipy.
+    Catches: abar turned into a float32 tensor (log-density off by ~1e-8)."""
+    means, covs, weights, labels = params
+    x = np.random.default_rng(11).normal(size=(4, D))
+    expected = np.log(_scipy_component_pdfs(x, means, covs, 0.3) @ (weights / weights.sum()))
+    np.testing.assert_allclose(mix.noised_log_prob(torch.tensor(x), 0.3).numpy(), expected, rtol=1e-12)
+
+
+def test_exact_classifier_with_one_time_for_the_whole_batch(mix, params):
+    """``forward(x, t)`` with a scalar t for a batch of 3: every row at that time (scipy's posterior), the same as
+    t repeated per row. Catches: the scalar abar not expanded to the batch (refused as one entry for 3 rows)."""
+    means, covs, weights, labels = params
+    sched = VPSchedule.linear(100)
+    clf = ExactMixtureClassifier(mix, sched)
+    x = torch.tensor(np.random.default_rng(12).normal(size=(3, D)))
+    a = float(sched.abar(torch.tensor(0.3 * 99, dtype=torch.float64)))
+    joint = _scipy_component_pdfs(x.numpy(), means, covs, a) * weights
+    expected = np.stack([joint[:, labels == k].sum(1) for k in (0, 1)], 1) / joint.sum(1, keepdims=True)
+    for t in (torch.tensor(0.3, dtype=torch.float64), 0.3):
+        np.testing.assert_allclose(clf(x, t).softmax(-1).numpy(), expected, rtol=1e-9)
+    torch.testing.assert_close(clf(x, torch.tensor(0.3, dtype=torch.float64)), clf(x, torch.full((3,), 0.3,
+                                                                                                   dtype=torch.float64)))
+
+
+def test_two_class_mixture_1d_defaults_are_the_calibration_studys():
+    """The defaults (mu 1, sigma 0.05: well-separated classes, as Mixture1DDataModule's) against scipy's densities.
+    Catches: a changed default sigma (the study's toy silently becoming entangled)."""
+    mix = two_class_mixture_1d()
+    x = np.array([-1.02, -0.5, 0.0, 0.97])
+    expected = np.log(0.5 * stats.norm.pdf(x, -1, 0.05) + 0.5 * stats.norm.pdf(x, 1, 0.05))
+    np.testing.assert_allclose(mix.log_prob(torch.tensor(x[:, None])).numpy(), expected, rtol=1e-12)

@@ -147,9 +147,12 @@ def test_through_denoiser_is_the_detached_gradient_times_the_denoiser_jacobian()
 
 # ---- sine boost (DDPM) and the EDM nudge ---------------------------------------------------------------------
 
-def test_sine_boost_factor_gives_the_papers_mean_shift():
+@pytest.mark.parametrize("gamma", [0.3, 1.0])
+def test_sine_boost_factor_gives_the_papers_mean_shift(gamma):
+    """The sampler's mu + Sigma g equals the paper's mu + (Sigma + gamma Sigma_max sin) g_plain, also at the paper's
+    gamma = 1. Catches: the boost skipped for some gamma."""
     clf = TinyClassifier()
-    n, step, gamma = 10, 3, 0.3
+    n, step = 10, 3
     variance = torch.linspace(0.01, 0.02, B, dtype=DT)
     max_variance = torch.full((B,), 0.05, dtype=DT)
     state = make_state(sampler="ddpm", step=step, num_steps=n, variance=variance, max_variance=max_variance)
@@ -495,6 +498,9 @@ def test_summarize_trace_is_per_step_means_and_overall_figures():
     assert s["mean_vanishing_fraction"] == pytest.approx(5 / 8)
     assert s["final_confidence"] == pytest.approx(0.6)
     assert math.isnan(summarize_trace(sums[:2], 0.01)["final_confidence"])
+    one = summarize_trace(torch.tensor([[1, 0.3, 0.7, 1, 0.9, 1]], dtype=DT), 0.01)  # a step with one sample
+    assert one["t"] == pytest.approx([0.3]) and one["gradient_rms"] == pytest.approx([0.7])
+    assert one["vanishing_fraction"] == pytest.approx([1.0]) and one["final_confidence"] == pytest.approx(0.9)
     empty = summarize_trace(torch.zeros(2, 6, dtype=DT), 0.01)
     assert empty["mean_gradient_rms"] == 0.0 and empty["mean_vanishing_fraction"] == 0.0
 
@@ -528,6 +534,11 @@ def test_sweep_descriptions_name_every_setting_that_changes_samples(tmp_path):
     assert describe_classifier(plain) == {"class": "TinyClassifier", "settings": ""}
     assert describe_term(ClassifierGuidance(plain, scale=3.0))["scale"] == 3.0
     assert describe_term(ClassifierGuidance(plain))["schedule"] is None  # no schedule: recorded as such
+
+    class NoSchedule(GuidanceTerm):  # a term class without a schedule attribute at all
+        def gradient(self, state):
+            return torch.zeros_like(state.x_t)
+    assert describe_term(NoSchedule(scale=0.5)) == {"class": "NoSchedule", "scale": 0.5}
 
     sweep = Sweep("guidance", [0.0, 2.0], 1.5, [term])
     assert sweep.describe(2.0) == "CFG 1.5, ClassifierGuidance (scale 4)"

@@ -97,6 +97,8 @@ def test_guidance_setting_bounds():
     ramp = LinearSchedule(2.0, 0.0)
     assert [ramp(i, 2) for i in range(2)] == [2.0, 0.0] and [ramp(i, 5) for i in range(5)] == [2.0, 1.5, 1.0, 0.5, 0.0]
     assert ramp(0, 1) == 2.0
+    # the default ramp is the documented 1 -> 0
+    assert [LinearSchedule()(i, 3) for i in range(3)] == [1.0, 0.5, 0.0]
 
 
 def test_entropy_factor_is_clamped_to_one_below():

@@ -256,12 +256,22 @@ def test_edm_heun_follows_the_exact_probability_flow_and_is_second_order():
 
 
 def test_edm_denoiser_sees_vp_coordinates_and_the_schedule_time():
+    """The denoiser and every guidance term see the VP time t(sigma) of diffusers' schedule (numpy's interpolation
+    of log sigma). Catches: a guidance state without t (an x_t classifier on EDM would get no time)."""
+
+    class RecordTime(GuidanceTerm):
+        seen = []
+
+        def gradient(self, state):
+            self.seen.append((state.t, state.abar))
+            return torch.zeros_like(state.x_t)
+
     schedule, model = VPSchedule.linear(), GaussianDenoiser(0.5)
-    edm_heun_sample(model, schedule, labels(2), PerSampleNoise([0, 1]), (3,), num_steps=10)
+    edm_heun_sample(model, schedule, labels(2), PerSampleNoise([0, 1]), (3,), num_steps=10, guidance=[RecordTime()])
     ac = DDPMScheduler(beta_schedule="linear").alphas_cumprod.double().numpy()
     log_sigma = np.log(np.sqrt((1 - ac) / ac))
-    assert len(model.calls) == 2 * 10 - 1  # Heun: two calls per step, one at the last
-    for t, abar in model.calls:
+    assert len(model.calls) == 2 * 10 - 1 == len(RecordTime.seen)  # Heun: two calls per step, one at the last
+    for t, abar in model.calls + RecordTime.seen:
         sigma = np.sqrt((1 - abar.double().numpy()) / abar.double().numpy())
         expected_t = np.interp(np.log(sigma), log_sigma, np.arange(T)) / (T - 1)
         np.testing.assert_allclose(t.double().numpy(), expected_t, atol=1e-5)

@@ -75,6 +75,9 @@ def test_fractional_abar_is_log_linear():
     idx = np.array([0.0, 0.25, 10.5, 500.75, 998.9, 999.0])
     np.testing.assert_allclose(schedule.abar(torch.tensor(idx)).numpy(),
                                np.exp(np.interp(idx, np.arange(1000), np.log(ac))), rtol=1e-12)
+    # a Python-float index is the float64 number (500.3 has no exact float32 value: w would be off by 1e-5)
+    assert schedule.abar(500.3).item() == pytest.approx(np.exp(np.interp(500.3, np.arange(1000), np.log(ac))),
+                                                        rel=1e-12)
 
 
 @pytest.mark.parametrize("num_steps, sigma_min, sigma_max", [(18, 0.002, 80.0), (40, 0.01, 157.4)])

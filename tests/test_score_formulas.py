@@ -126,6 +126,20 @@ def test_sliced_wasserstein_of_a_2d_shift_with_few_directions():
     assert sw(1) == sw(1) and sw(1) != sw(2)
 
 
+def test_sliced_wasserstein_is_scipys_w1_averaged_over_256_default_directions():
+    """With the default number of directions (256, documented) and p = 1, SW is the mean over the generator's first
+    256 normalised Gaussian directions of scipy's 1D Wasserstein-1 between the projections. Catches: another default
+    count, directions not normalised, W_p of sorted projections misaligned for unequal set sizes."""
+    a = torch.randn(40, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    b = torch.randn(55, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64) * 1.3 + 0.2
+    theta = torch.randn(3, 256, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    theta = (theta / theta.norm(dim=0)).numpy()
+    pa, pb = a.numpy() @ theta, b.numpy() @ theta
+    expected = np.mean([scipy.stats.wasserstein_distance(pa[:, j], pb[:, j]) for j in range(256)])
+    got = exact_scores.sliced_wasserstein(a, b, p=1, generator=torch.Generator().manual_seed(5))
+    assert float(got) == pytest.approx(expected, rel=1e-12)
+
+
 def test_sliced_wasserstein_refuses_mismatched_point_sets():
     module = exact_scores
     with pytest.raises(ValueError, match=r"sliced_wasserstein needs .*\(5, 2\) and \(5, 3\)"):

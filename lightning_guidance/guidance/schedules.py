@@ -25,7 +25,7 @@ class ConstantSchedule:
 
 
 class LinearSchedule:
-    """``w`` goes linearly from ``start`` (first step) to ``end`` (last step)."""
+    """``w`` goes linearly from ``start`` (first step) to ``end`` (last step); by default from 1 to 0."""
 
     def __init__(self, start: float = 1.0, end: float = 0.0):
         self.start, self.end = float(start), float(end)
