@@ -223,3 +223,168 @@ def test_shard_config_is_recorded_and_absent_for_older_shards(tmp_path):
         old = {k: z[k] for k in z.files if k != "config"}
     np.savez(tmp_path / "old.npz", **old)
     assert shard_config(tmp_path / "old.npz") is None and read_shard(tmp_path / "old.npz").config is None
+
+
+# ---- shard folders: naming, ordering, the checks before grading (each found by a mutation run) --------------
+def _write_ids(folder, ids, hash_="h1", shape=(2,), labels=None, config=None, extra=None):
+    """A points shard holding sample ids ``ids`` (its name from the first id, as predict names it)."""
+    n = len(ids)
+    samples = torch.arange(n * int(np.prod(shape)), dtype=torch.float32).reshape(n, *shape)
+    shard = Shard(samples, torch.zeros(n, dtype=torch.long) if labels is None else torch.tensor(labels),
+                  torch.tensor(ids) + 100, torch.tensor(ids), 1.0, hash_, config)
+    from lightning_guidance.io.shards import shard_path
+    return write_shard(shard_path(folder, ids[0]), shard, extra)
+
+
+def test_shard_names_plans_and_order(tmp_path):
+    """``shard_<first id, 7 digits>.npz``; a plan cuts ids 0..N-1 into consecutive blocks, the last one short;
+    ``shard_paths`` lists only shard files, in id order (not the order written). Catches: the folder dropped from
+    a planned path, the wrong id range, another glob, unsorted shards."""
+    from lightning_guidance.io.shards import plan_shards, shard_path, shard_paths
+
+    assert shard_path(tmp_path, 42) == tmp_path / "shard_0000042.npz"
+    assert plan_shards(tmp_path, 5, 2) == [(tmp_path / "shard_0000000.npz", (0, 1)),
+                                           (tmp_path / "shard_0000002.npz", (2, 3)),
+                                           (tmp_path / "shard_0000004.npz", (4,))]
+    assert plan_shards(tmp_path, 0, 2) == []
+    for ids in ((10, 11), (0, 1), (2, 3)):
+        _write_ids(tmp_path, ids)
+    (tmp_path / "other.npz").write_bytes(b"")
+    (tmp_path / "grid.png").write_bytes(b"")
+    assert [p.name for p in shard_paths(str(tmp_path))] == ["shard_0000000.npz", "shard_0000002.npz",
+                                                            "shard_0000010.npz"]
+
+
+def test_read_shard_rows_is_those_rows_of_the_shard(tmp_path):
+    """Some rows' samples and labels equal the same rows of the whole shard read back (images through uint8).
+    Catches: all rows returned, the rows applied to the labels only."""
+    from lightning_guidance.io.shards import read_shard_rows
+
+    g = torch.Generator().manual_seed(2)
+    for samples in (torch.rand(5, 1, 4, 4, generator=g) * 2 - 1, torch.randn(5, 2, generator=g)):
+        path = write_shard(tmp_path / f"s{samples.ndim}.npz", _shard(samples))
+        whole = read_shard(path)
+        rows = np.array([3, 0, 4])
+        x, y = read_shard_rows(path, rows)
+        torch.testing.assert_close(x, whole.samples[rows], rtol=0, atol=0)
+        assert y.tolist() == whole.labels[rows].tolist() == [0, 0, 1]
+
+
+def test_check_shards_accepts_a_complete_folder_and_refuses_each_fault_in_one_line(tmp_path):
+    """The checks before grading: the shards found with their ids; a post-processed shard graded as its source
+    config; no shards, a stale shard (with the setting that changed, or the hash when no config is given), the
+    wrong data shape, labels outside the classes and missing ids each refused with their whole message. Catches:
+    any check inverted, the source hash ignored, the ids lost, a message without the file or the reason."""
+    from lightning_guidance.io.shards import check_shards
+
+    def check(folder, hash_="h1", n=4, shape=(2,), config=None):
+        return check_shards(folder, hash_, n, shape, num_classes=3, real_name="toy", expected_config=config)
+
+    good = tmp_path / "good"
+    _write_ids(good, (2, 3), config={"num_steps": 4})
+    _write_ids(good, (0, 1), hash_="post", extra={"source_config_hash": "h1"})  # graded as its source
+    found = check(good)
+    assert [p.name for p, _ in found] == ["shard_0000000.npz", "shard_0000002.npz"]
+    assert [ids.tolist() for _, ids in found] == [[0, 1], [2, 3]]
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=rf"^no sample shards in {empty}: sample them first with `python "
+                                                r"cli\.py predict` and the same model arguments as this test config$"):
+        check(empty)
+    stale = _write_ids(tmp_path / "stale", (0, 1, 2, 3), config={"num_steps": 4})
+    with pytest.raises(ValueError, match=rf"^stale shard {stale}: sampled with another config than this test's "
+                                         r"\(num_steps: 4 -> 8\); re-run predict with the same arguments "
+                                         r"\(--model\.init_args\.overwrite true regenerates it\)$"):
+        check(stale.parent, hash_="h2", config={"num_steps": 8})
+    with pytest.raises(ValueError, match=rf"^stale shard {stale}: sampled with another config than this test's "
+                                         r"\(hash h1\); re-run predict"):
+        check(stale.parent, hash_="h2")
+    with pytest.raises(ValueError, match=rf"^{good / 'shard_0000000.npz'} holds samples of shape \(2,\) but the "
+                                         r"real data \(toy\) has shape \(3,\): grade shards against the dataset and "
+                                         r"resolution they were generated for$"):
+        check(good, shape=(3,))
+    bad_labels = tmp_path / "labels"
+    _write_ids(bad_labels, (0, 1), labels=[0, 3])
+    with pytest.raises(ValueError, match=r"holds labels outside 0\.\.2 \(the real data's classes\): it was "
+                                         r"generated for another dataset$"):
+        check(bad_labels, n=2)
+    with pytest.raises(ValueError, match=rf"^the shards in {good} hold 4 distinct of the 6 sample ids this config "
+                                         r"asks for: predict was interrupted; re-run it \(it resumes\)$"):
+        check(good, n=6)
+
+
+def test_config_difference_names_each_changed_setting(tmp_path):
+    """The stale-shard reason in words: every top-level key that differs (added, removed or changed, sorted), a
+    changed checkpoint or guide weights digest said as such, other values as old -> new JSON. Catches: keys on one
+    side only missed, old and new swapped or dropped, the digest comparison skipped."""
+    from lightning_guidance.io.shards import config_difference
+
+    old = {"num_steps": 4, "sampler": "ddim", "gone": 1, "checkpoint": {"sha256": "a"},
+           "guidance": [{"class": "ClassifierGuidance", "scale": 2.0, "classifier": {"sha256": "c1"}}]}
+    new = {"num_steps": 8, "sampler": "ddim", "added": [1, 2], "checkpoint": {"sha256": "b"},
+           "guidance": [{"class": "ClassifierGuidance", "scale": 2.0, "classifier": {"sha256": "c2"}}]}
+    assert config_difference(old, new) == (
+        "added: null -> [1, 2]; the diffusion checkpoint's content changed (retrained?); gone: 1 -> null; "
+        "a guide's weights file changed (retrained or swapped classifier?); num_steps: 4 -> 8")
+    rescaled = dict(old, guidance=[{"class": "ClassifierGuidance", "scale": 3.0, "classifier": {"sha256": "c1"}}])
+    assert config_difference(old, rescaled) == (  # same digests: the values, each cut to 60 characters
+        'guidance: [{"class": "ClassifierGuidance", "scale": 2.0, "classifier": -> '
+        '[{"class": "ClassifierGuidance", "scale": 3.0, "classifier":')
+    assert config_difference(old, dict(old)) == ""
+    assert config_difference(None, new) == config_difference({}, new) == "the shard does not record its config"
+
+
+def test_manifest_is_read_back_from_the_run_folder(tmp_path):
+    """``read_manifest`` reads ``<output_dir>/manifest.json`` as written, None where predict wrote none. Catches:
+    another file name, the folder ignored."""
+    from lightning_guidance.io.shards import read_manifest
+
+    assert read_manifest(tmp_path) is None
+    (tmp_path / "manifest.json").write_text('{"num_samples_per_scale": 4, "scales": {}}')
+    assert read_manifest(str(tmp_path)) == {"num_samples_per_scale": 4, "scales": {}}
+
+
+# ---- checkpoints: safe loading and its messages ----------------------------------------------------------
+def test_checkpoints_are_read_weights_only_even_when_the_environment_allows_pickles(tmp_path, monkeypatch):
+    """A checkpoint holding an arbitrary pickled object is refused (weights_only=True: loading it could run code),
+    also when TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD asks torch for full unpickling by default; the message names the
+    file and the error's first line. Catches: weights_only dropped or False."""
+    import argparse
+
+    path = tmp_path / "pickled.ckpt"
+    torch.save({"state_dict": {}, "extra": argparse.Namespace(a=1)}, path)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(ValueError, match=rf"^checkpoint {path} is not a PyTorch checkpoint \(UnpicklingError: "
+                                         r"Weights only load failed[^\n]*\): re-create it"):
+        read_checkpoint(path)
+
+
+def test_unreadable_checkpoint_messages(tmp_path):
+    """Empty, not a checkpoint (text), and the first line only of a many-line error, each in one line naming the
+    file. Catches: an empty or marked message, the error text dropped or its second line taken."""
+    from lightning_guidance.io.checkpoints import unreadable_checkpoint
+
+    empty = tmp_path / "empty.ckpt"
+    empty.write_bytes(b"")
+    tail = (": re-create it (re-run the fit that writes it, or resume with --ckpt_path last from an earlier "
+            "checkpoint) or point to another file")
+    with pytest.raises(ValueError) as err:
+        read_checkpoint(empty)
+    assert str(err.value) == f"checkpoint {empty} is empty (0 bytes)" + tail
+    text = tmp_path / "text.ckpt"
+    text.write_text("hello")
+    assert unreadable_checkpoint(text, OSError("first line\nsecond line")) == \
+        f"checkpoint {text} is not a PyTorch checkpoint (OSError: first line)" + tail
+    assert unreadable_checkpoint(text, OSError()) == f"checkpoint {text} is not a PyTorch checkpoint (OSError: )" + tail
+
+
+def test_module_weights_default_to_the_ema_weights(tmp_path):
+    """``load_module_weights`` without ``use_ema`` loads ``state_dict`` (the EMA weights), as documented. Catches:
+    the raw weights by default."""
+    torch.manual_seed(0)
+    net = MLPDenoiser(2, 3, hidden_dim=8, num_layers=1)
+    ckpt = {"state_dict": _weights(net, 1.0), "current_model_state": _weights(net, 2.0)}
+    rebuilt = load_module_weights(MLPDenoiser(2, 3, hidden_dim=8, num_layers=1), ckpt, tmp_path / "m.ckpt",
+                                  prefix="net.")
+    torch.testing.assert_close(rebuilt.out.weight, net.out.weight + 1.0, rtol=0, atol=0)
