@@ -190,8 +190,10 @@ class RectifiedFlowPostprocessor(NetTrainingModule):
         x1 = self._pairs["real_x"][self._pairs["neighbours"][rows, choice]]
         loss = flow_matching_loss(lambda x, tt: self.velocity(x, tt, y), x0, x1, t.to(x0))
         loss = check_finite_loss(loss, self.global_step)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
-        self.log("train/pair_distance", (x1 - x0).flatten(1).norm(dim=1).mean(), on_step=True, on_epoch=False)
+        # the global batch's figures: under DDP every rank holds an equal share, so the mean of the ranks' means
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, sync_dist=True)
+        self.log("train/pair_distance", (x1 - x0).flatten(1).norm(dim=1).mean(), on_step=True, on_epoch=False,
+                 sync_dist=True)
         return loss
 
     # ---- post-processing -----------------------------------------------------------------------------
