@@ -210,6 +210,71 @@ def test_terms_guide_the_same_under_lightnings_inference_mode(sampler):
     assert not torch.equal(reference, unguided)
 
 
+class CountingDenoiser:
+    """A denoiser that counts its calls (everything else is the wrapped one's)."""
+
+    def __init__(self, denoiser):
+        self.denoiser, self.calls = denoiser, 0
+
+    def __getattr__(self, name):
+        return getattr(self.denoiser, name)
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.denoiser(*args, **kwargs)
+
+
+class Recomputing:
+    """A term that does not declare that it differentiates through the denoiser, so the sampler keeps no graph and
+    the term recomputes x0_hat from ``state.denoiser`` at a leaf (the path a hand-built state takes)."""
+
+    differentiates_denoiser = False
+
+    def __init__(self, term):
+        self.term, self.scale, self.supported_samplers = term, term.scale, term.supported_samplers
+
+    def __call__(self, state):
+        return self.term(state)
+
+    def edm_nudge(self, *args, **kwargs):
+        return None
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_through_the_denoiser_backpropagates_through_the_steps_own_denoiser_call(sampler):
+    """A term that differentiates through the denoiser reuses the sampler's denoiser call of the step (kept at a
+    leaf x_t with its graph) instead of a second forward: the sampler calls the denoiser once per evaluation, as
+    unguided, and the samples equal those of the path that recomputes the forward (two such terms: the graph is kept
+    for the second)."""
+    from lightning_guidance.diffusion.noise import PerSampleNoise
+    from lightning_guidance.diffusion.sampling import sample
+    from lightning_guidance.diffusion.schedules import VPSchedule
+    from lightning_guidance.guidance import OffTheShelfGuidance, TiltedGuidance
+    from lightning_guidance.nets import MLPClassifier
+    from lightning_guidance.toy import ExactMixtureDenoiser, two_class_mixture_1d
+
+    mixture, schedule = two_class_mixture_1d(mu=1.0, sigma=0.3), VPSchedule.from_name("linear", 1000)
+    torch.manual_seed(0)
+    clf = MLPClassifier(1, 2, hidden_dim=16, num_layers=1).requires_grad_(False)
+    terms = [TiltedGuidance(clf, clip_x0=False, through_denoiser=True),
+             OffTheShelfGuidance(clf, scale=2.0, clip_x0=False, tau2=0.5, through_denoiser=True)]
+    y = torch.arange(6) % 2
+
+    def run(guidance):
+        denoiser = CountingDenoiser(ExactMixtureDenoiser(mixture, cfg_scale=1.5))
+        with torch.inference_mode():
+            x = sample(sampler, denoiser, schedule, y, PerSampleNoise(torch.arange(6)), (1,), guidance=guidance,
+                       num_steps=4)
+        return x, denoiser.calls
+
+    unguided, calls = run([])
+    reused, reused_calls = run(terms)
+    recomputed, recomputed_calls = run([Recomputing(term) for term in terms])
+    assert reused_calls == calls and recomputed_calls == 3 * calls  # each recomputing term: one more forward
+    torch.testing.assert_close(reused, recomputed, rtol=1e-6, atol=1e-6)
+    assert not torch.equal(reused, unguided)
+
+
 # ---------------------------------------------------------------- (b) the noisy digits classifier at low t
 
 CLASSIFIER_STEPS = 150  # ~8 s on one CPU thread

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .plug import GuidanceState, GuidanceTerm, total_guidance
+from .plug import GuidanceState, GuidanceTerm, denoise_for_guidance, total_guidance
 from .cfg_rule import SamplingStep
 from .denoiser import Denoiser
 from .noise import PerSampleNoise
@@ -59,12 +59,12 @@ def ddim_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, noise:
         t, abar = batch(schedule.model_time(kept[k])), batch(abar_t)
 
         # Predict x0 (clipped by the denoiser if it clips)
-        out = denoiser(x, t, abar, labels, step=SamplingStep(step, n))
+        out, graph = denoise_for_guidance(denoiser, guidance, x, t, abar, labels, SamplingStep(step, n))
         x0 = out.x0
 
         # Guidance on the noise estimate, then x0_hat again
         state = GuidanceState(x_t=x, t=t, abar=abar, y=labels, out=out, step=step, num_steps=n, sampler="ddim",
-                              denoiser=denoiser)
+                              denoiser=denoiser, denoiser_graph=graph)
         g = total_guidance(guidance, state)
         if g is not None:
             x0 = eps_to_x0(out.eps - math.sqrt(1.0 - abar_t) * g, x, abar)

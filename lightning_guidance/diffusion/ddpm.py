@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .plug import GuidanceState, GuidanceTerm, total_guidance
+from .plug import GuidanceState, GuidanceTerm, denoise_for_guidance, total_guidance
 from .cfg_rule import SamplingStep
 from .denoiser import Denoiser
 from .noise import PerSampleNoise
@@ -55,14 +55,14 @@ def ddpm_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, noise:
         t, abar = batch(schedule.model_time(kept[k])), batch(abar_t)
 
         # Posterior q(x_prev | x_t, x0_hat) with the model's clean-data estimate
-        out = denoiser(x, t, abar, labels, step=SamplingStep(step, n))
+        out, graph = denoise_for_guidance(denoiser, guidance, x, t, abar, labels, SamplingStep(step, n))
         mean, variance = ddpm_posterior(x, out.x0, abar_t, abar_prev)
         if max_variance is None:
             max_variance = variance
 
         # Guidance: mean shift by Sigma_t g
         state = GuidanceState(x_t=x, t=t, abar=abar, y=labels, out=out, step=step, num_steps=n, sampler="ddpm",
-                              denoiser=denoiser, variance=batch(variance), max_variance=batch(max_variance))
+                              denoiser=denoiser, denoiser_graph=graph, variance=batch(variance), max_variance=batch(max_variance))
         g = total_guidance(guidance, state)
         if g is not None:
             mean = mean + variance * g

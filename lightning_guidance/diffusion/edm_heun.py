@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor
 
-from .plug import GuidanceState, GuidanceTerm, total_guidance
+from .plug import DenoiserGraph, GuidanceState, GuidanceTerm, denoise_for_guidance, total_guidance
 from .cfg_rule import SamplingStep
 from .denoiser import Denoiser, DenoiserOutput
 from .noise import PerSampleNoise
@@ -42,19 +42,22 @@ def edm_heun_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, no
         raise ValueError(f"EDM needs sigma_min < sigma_max within the schedule's range [{lo:.4g}, {hi:.4g}], "
                          f"got {sigma_min:.4g} and {sigma_max:.4g} after clamping")
 
-    def vp_call(x: Tensor, sigma: float, step: int) -> tuple[DenoiserOutput, Tensor, Tensor, Tensor]:
-        """The VP denoiser at the VE state ``x`` during step ``step``: returns (out, x_VP, t, abar)."""
+    def vp_call(x: Tensor, sigma: float, step: int, terms: Sequence[GuidanceTerm] = ()
+                ) -> tuple[DenoiserOutput, Tensor, Tensor, Tensor, DenoiserGraph | None]:
+        """The VP denoiser at the VE state ``x`` during step ``step``: returns (out, x_VP, t, abar, the call's
+        graph when one of ``terms`` differentiates through the denoiser)."""
         abar = 1.0 / (1.0 + sigma**2)
         x_vp = (x * math.sqrt(abar)).to(model_dtype)
         t, abar_b = batch(schedule.model_time(schedule.index_of_sigma(sigma))), batch(abar)
-        return denoiser(x_vp, t, abar_b, labels, step=SamplingStep(step, num_steps)), x_vp, t, abar_b
+        out, graph = denoise_for_guidance(denoiser, terms, x_vp, t, abar_b, labels, SamplingStep(step, num_steps))
+        return out, x_vp, t, abar_b, graph
 
     def denoise(x: Tensor, sigma: float, step: int) -> Tensor:
         """``D(x; sigma)`` with the guidance correction of the score."""
-        out, x_vp, t, abar = vp_call(x, sigma, step)
+        out, x_vp, t, abar, graph = vp_call(x, sigma, step, guidance)
         d = x - sigma * out.eps.to(torch.float64)
         state = GuidanceState(x_t=x_vp, t=t, abar=abar, y=labels, out=out, step=step, num_steps=num_steps,
-                              sampler="edm", denoiser=denoiser)
+                              sampler="edm", denoiser=denoiser, denoiser_graph=graph)
         g = total_guidance(guidance, state)
         if g is not None:
             d = d + sigma**2 * math.sqrt(1.0 / (1.0 + sigma**2)) * g.to(torch.float64)

@@ -11,13 +11,16 @@ multiplied by its scale and schedule weight. Each sampler family converts ``g`` 
 - EDM Heun (VE state ``x = x_VP / sqrt(abar)``): ``D <- D + sigma^2 sqrt(abar) g`` (chain rule, docs/math.md §7).
 
 Nothing in a sampler knows which guidance it runs; a term that needs more than ``g`` (e.g. EluCD's EDM
-rule, which nudges the state before the denoiser call) overrides :meth:`GuidanceTerm.edm_nudge`.
+rule, which nudges the state before the denoiser call) overrides :meth:`GuidanceTerm.edm_nudge`. A term that
+differentiates through the denoiser says so (:attr:`GuidanceTerm.differentiates_denoiser`): the sampler then makes
+its one denoiser call of the step at a leaf ``x_t`` with the graph kept (:func:`denoise_for_guidance`), and the term
+back-propagates through that call instead of repeating the forward.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -25,6 +28,14 @@ from torch import Tensor
 from .denoiser import Denoiser, DenoiserOutput
 
 SAMPLER_KINDS = ("ddpm", "ddim", "edm")
+
+
+@dataclass
+class DenoiserGraph:
+    """The step's denoiser call recorded by autograd: ``out`` (attached) as a function of the leaf ``x_t``."""
+
+    x_t: Tensor  # a leaf that requires grad, equal to the state's x_t
+    out: DenoiserOutput
 
 
 @dataclass
@@ -40,6 +51,7 @@ class GuidanceState:
     num_steps: int
     sampler: str  # one of SAMPLER_KINDS
     denoiser: Denoiser | None = None  # for terms that differentiate through the denoiser
+    denoiser_graph: DenoiserGraph | None = None  # the step's denoiser call at a leaf x_t, graph kept (see above)
     variance: Tensor | None = None  # DDPM: this step's posterior variance Sigma_t (B,)
     max_variance: Tensor | None = None  # DDPM: the first (largest) step's variance
 
@@ -51,6 +63,8 @@ class GuidanceTerm:
     supported_samplers: tuple[str, ...] = SAMPLER_KINDS
     #: True when a sample's correction depends on the other samples of its batch (tilted guidance)
     couples_batch: bool = False
+    #: True when the term back-propagates through the denoiser (it reads ``state.denoiser_graph``)
+    differentiates_denoiser: bool = False
 
     def __init__(self, scale: float = 1.0):
         self.scale = float(scale)
@@ -75,6 +89,25 @@ def check_guidance_for_sampler(terms: Sequence[GuidanceTerm], sampler: str) -> N
         if sampler not in term.supported_samplers:
             raise ValueError(f"{type(term).__name__} cannot run on the {sampler} sampler "
                              f"(supported: {', '.join(term.supported_samplers)})")
+
+
+def denoise_for_guidance(denoiser: Denoiser, terms: Sequence[GuidanceTerm], x_t: Tensor, t: Tensor, abar: Tensor,
+                         y: Tensor, step) -> tuple[DenoiserOutput, DenoiserGraph | None]:
+    """The step's one denoiser call: ``(out detached, None)``, or, when a term differentiates through the denoiser,
+    the call made at a leaf copy of ``x_t`` with autograd on, returned as ``(out detached, its graph)``.
+
+    So such a term costs the denoiser's backward only, not a second forward (and a stateful CFG rule, e.g. APG's
+    momentum, sees one call per step). Autograd is switched on here although samplers run under ``no_grad`` or
+    ``torch.inference_mode`` (Lightning's predict), and the inference tensors autograd may save are cloned.
+    """
+    if not any(getattr(term, "differentiates_denoiser", False) for term in terms):
+        return denoiser(x_t, t, abar, y, step=step), None
+    with torch.inference_mode(False), torch.enable_grad():
+        leaf = x_t.detach().clone().requires_grad_(True)
+        out = denoiser(leaf, t.clone(), abar.clone(), y.clone(), step=step)
+    detached = DenoiserOutput(**{f.name: None if getattr(out, f.name) is None else getattr(out, f.name).detach()
+                                 for f in fields(out)})
+    return detached, DenoiserGraph(leaf, out)
 
 
 def total_guidance(terms: Sequence[GuidanceTerm], state: GuidanceState) -> Tensor | None:

@@ -5,8 +5,10 @@
 - The classifier reads either the noisy state ``x_t`` (a time-dependent classifier, called with ``t``;
   Dhariwal & Nichol 2021) or the denoised estimate ``x0_hat`` clamped to ``[-1, 1]`` with ``clip_x0`` (an off-the-shelf
   classifier, called with ``t=None``; EluCD §4.1). For ``x0_hat`` the reference takes ``∇_{x0_hat}`` with ``x0_hat``
-  detached from the denoiser and uses it in place of ``∇_{x_t}``; ``through_denoiser=True`` recomputes ``x0_hat``
-  from the denoiser at a leaf ``x_t`` and differentiates through it (one more denoiser forward and backward).
+  detached from the denoiser and uses it in place of ``∇_{x_t}``; ``through_denoiser=True`` differentiates through
+  the denoiser: through the step's own denoiser call, which the samplers then make at a leaf ``x_t`` with the graph
+  kept (``diffusion.plug.denoise_for_guidance``: one more denoiser *backward* per step, no second forward); a state
+  built without that graph (by hand) gets ``x0_hat`` recomputed from ``state.denoiser`` at a leaf.
 - Gradients are taken with ``torch.autograd.grad`` on a detached leaf inside ``torch.enable_grad()``, since samplers
   run under ``no_grad``, and outside ``torch.inference_mode`` (Lightning's predict loop turns it on). The per-sample
   gradient is the gradient of the batch sum, which assumes the classifier treats samples independently (eval mode:
@@ -22,7 +24,7 @@ from torch import Tensor, nn
 
 from ..diffusion.cfg_rule import SamplingStep
 from ..diffusion.denoiser import DenoiserOutput, check_labels
-from ..diffusion.plug import GuidanceState, GuidanceTerm
+from ..diffusion.plug import DenoiserGraph, GuidanceState, GuidanceTerm
 
 CLASSIFIER_INPUTS = ("x_t", "x0_hat")
 
@@ -74,6 +76,20 @@ def objective_gradient(classifier: nn.Module, x: Tensor, t: Tensor | None, y: Te
     return grad, value.detach(), logits.detach()
 
 
+def graph_objective_gradient(classifier: nn.Module, graph: DenoiserGraph, y: Tensor, objective: Objective,
+                             to_input: Callable[[Tensor], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """``∇_{x_t} sum_b objective(classifier(to_input(x0_hat(x_t))), y)_b`` through the recorded denoiser call
+    ``graph`` (its leaf ``x_t``, its attached ``out.x0``), as :func:`objective_gradient` returns it. The graph is
+    kept (``retain_graph``): another term of the same step may differentiate through it too."""
+    with torch.inference_mode(False), torch.enable_grad():
+        logits = classifier(to_input(graph.out.x0), None)
+        value = objective(logits, y.clone())
+        if value.shape != (graph.x_t.shape[0],):
+            raise ValueError(f"a guidance objective must return one value per sample, got shape {tuple(value.shape)}")
+        (grad,) = torch.autograd.grad(value.sum(), graph.x_t, retain_graph=True)
+    return grad, value.detach(), logits.detach()
+
+
 def num_classes_of(classifier: nn.Module, logits: Tensor | None = None) -> int:
     k = getattr(classifier, "num_classes", None)
     if k is None and logits is not None:
@@ -106,6 +122,10 @@ class ClassifierTerm(GuidanceTerm):
         self.clip_x0 = bool(clip_x0)
         self._classes_checked = False
 
+    @property
+    def differentiates_denoiser(self) -> bool:
+        return self.through_denoiser
+
     def __call__(self, state: GuidanceState) -> Tensor:
         g = self.gradient(state)
         if self.schedule is not None:
@@ -136,6 +156,8 @@ class ClassifierTerm(GuidanceTerm):
             return objective_gradient(self.classifier, state.x_t, state.t, state.y, objective)
         if not self.through_denoiser:
             return objective_gradient(self.classifier, self.x0_input(state.out.x0), None, state.y, objective)
+        if state.denoiser_graph is not None:
+            return graph_objective_gradient(self.classifier, state.denoiser_graph, state.y, objective, self.x0_input)
         if state.denoiser is None:
             raise ValueError(f"{type(self).__name__}(through_denoiser=True) needs state.denoiser; the sampler "
                              "did not provide one")

@@ -61,6 +61,11 @@ class OffTheShelfGuidance(ClassifierTerm):
         self.supported_samplers = tuple(kinds)
         self._objective = functools.partial(log_likelihood, tau1=self.tau1, tau2=self.tau2)
 
+    @property
+    def differentiates_denoiser(self) -> bool:
+        """Not with the EDM rule: its nudge makes its own denoiser call (and on EDM the score correction is zero)."""
+        return self.through_denoiser and self.edm_g_max is None
+
     def gradient(self, state: GuidanceState) -> Tensor:
         if state.sampler == "edm" and self.edm_g_max is not None:
             return torch.zeros_like(state.x_t)  # the EDM nudge does the guiding

@@ -43,6 +43,10 @@ class GuidanceTrace(GuidanceTerm):
         self.term.scale = value
 
     @property
+    def differentiates_denoiser(self) -> bool:
+        return getattr(self.term, "differentiates_denoiser", False)
+
+    @property
     def name(self) -> str:
         return type(self.term).__name__
 
