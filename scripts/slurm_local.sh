@@ -11,7 +11,6 @@
 set -euo pipefail
 
 UP_TIMEOUT_S=${SLURM_LOCAL_UP_TIMEOUT_S:-60}
-DOWN_TIMEOUT_S=${SLURM_LOCAL_DOWN_TIMEOUT_S:-30}
 CTLD_PORT=${SLURM_LOCAL_CTLD_PORT:-6817}
 SLURMD_PORT=${SLURM_LOCAL_SLURMD_PORT:-6818}
 
@@ -23,46 +22,13 @@ die() {
 }
 usage() { die "usage: $0 up|down|env <dir>"; }
 
+# pid_alive, stop_pid_file, install_if_missing, start_munge, common_slurm_conf, write_cgroup_conf
+source "$(dirname "${BASH_SOURCE[0]}")/slurm_common.sh"
+
 [[ $# -eq 2 ]] || usage
 cmd=$1
 dir=$(mkdir -p "$2" && cd "$2" && pwd)
 conf=$dir/etc/slurm.conf
-
-install_if_missing() {
-  if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null \
-      && command -v munged >/dev/null; then
-    return
-  fi
-  [[ $(id -u) -eq 0 ]] || die "slurm-wlm/munge are not installed and this is not root: apt-get install slurm-wlm munge"
-  command -v apt-get >/dev/null || die "slurm-wlm/munge are not installed and there is no apt-get to install them"
-  echo "slurm_local: installing slurm-wlm and munge" >&2
-  apt-get update -qq >"$dir/apt.log" 2>&1 || die "apt-get update failed (see $dir/apt.log)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge \
-    >>"$dir/apt.log" 2>&1 || die "apt-get install slurm-wlm munge failed (see $dir/apt.log)"
-}
-
-munge_ok() { munge -n 2>/dev/null | unmunge >/dev/null 2>&1; }
-
-start_munge() {
-  if munge_ok; then
-    echo "slurm_local: using the munged that already answers" >&2
-    return
-  fi
-  [[ -s /etc/munge/munge.key ]] || die "/etc/munge/munge.key is missing (reinstall munge: apt-get install --reinstall munge)"
-  mkdir -p /run/munge /var/log/munge /var/lib/munge
-  chown munge:munge /run/munge /var/log/munge /var/lib/munge
-  chmod 0755 /run/munge
-  # munged runs as user munge, which may not reach $dir (pytest's temp dirs are root-only): its default paths
-  runuser -u munge -- munged || die "munged did not start (see /var/log/munge/munged.log)"
-  for _ in $(seq 50); do
-    if munge_ok && [[ -s /run/munge/munged.pid ]]; then
-      cp /run/munge/munged.pid "$dir/run/munged.pid"  # down stops munged only when this script started it
-      return
-    fi
-    sleep 0.2
-  done
-  die "munge -n | unmunge does not say Success (see /var/log/munge/munged.log)"
-}
 
 write_conf() {
   local host cpus mem_mb
@@ -70,43 +36,25 @@ write_conf() {
   cpus=$(nproc)
   mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 * 3 / 4 ))  # RealMemory must lie below the machine's
   mkdir -p "$dir/etc" "$dir/state" "$dir/spool" "$dir/log" "$dir/run"
-  cat >"$conf" <<EOF
+  {
+    cat <<EOF
 # written by scripts/slurm_local.sh: a one-host cluster under $dir
 ClusterName=local
 SlurmctldHost=$host
-SlurmUser=root
-AuthType=auth/munge
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
-StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
-SlurmctldPidFile=$dir/run/slurmctld.pid
 SlurmdPidFile=$dir/run/slurmd.pid
-SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-ReturnToService=2
-MpiDefault=none
-SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=1
-KillWait=10
+EOF
+    common_slurm_conf
+    cat <<EOF
 NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=local Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
-  cat >"$dir/etc/cgroup.conf" <<EOF
-# slurm 22.05 has no "disabled" cgroup plugin; with no constraints this lets slurmd start without systemd
-CgroupPlugin=cgroup/v1
-IgnoreSystemd=yes
-CgroupAutomount=no
-EOF
+  } >"$conf"
+  write_cgroup_conf
 }
-
-pid_alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 up() {
   install_if_missing
@@ -143,19 +91,6 @@ up() {
     fi
   done
   die "node not idle after ${UP_TIMEOUT_S}s (sinfo says '${state}'; see $dir/log/slurmctld.log and slurmd.log)"
-}
-
-stop_pid_file() {  # stop_pid_file <file>: SIGTERM, wait, SIGKILL
-  local file=$1 pid
-  [[ -s $file ]] || return 0
-  pid=$(cat "$file")
-  if kill -0 "$pid" 2>/dev/null; then
-    kill -TERM "$pid" 2>/dev/null || true
-    local deadline=$((SECONDS + DOWN_TIMEOUT_S))
-    while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.2; done
-    kill -0 "$pid" 2>/dev/null && kill -KILL "$pid" 2>/dev/null || true
-  fi
-  rm -f "$file"
 }
 
 down() {

@@ -21,6 +21,9 @@ SLURMD_PORT=${SLURM_LOCAL_SLURMD_PORT:-6828}
 UP_TIMEOUT_S=${SLURM_LOCAL_UP_TIMEOUT_S:-90}
 
 die() { echo "slurm_two_nodes: $*" >&2; exit 1; }
+# pid_alive, stop_pid_file, install_if_missing, start_munge, common_slurm_conf, write_cgroup_conf
+source "$(dirname "${BASH_SOURCE[0]}")/slurm_common.sh"
+
 [[ $# -eq 2 ]] || die "usage: $0 up|down <dir>"
 cmd=$1
 dir=$(mkdir -p "$2" && cd "$2" && pwd)
@@ -60,78 +63,26 @@ write_conf() {
   local mem_mb
   mem_mb=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 / 4 ))
   mkdir -p "$dir/etc" "$dir/state" "$dir/spool/n1" "$dir/spool/n2" "$dir/log" "$dir/run"
-  cat >"$conf" <<EOF
+  {
+    cat <<EOF
 # written by scripts/slurm_two_nodes.sh: two nodes in their own network namespaces, under $dir
 ClusterName=lgtwo$K
 SlurmctldHost=$(hostname -s)($NET.1)
-SlurmUser=root
-AuthType=auth/munge
 SlurmctldPort=$CTLD_PORT
 SlurmdPort=$SLURMD_PORT
-StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool/%n
-SlurmctldPidFile=$dir/run/slurmctld.pid
 SlurmdPidFile=$dir/run/slurmd-%n.pid
-SlurmctldLogFile=$dir/log/slurmctld.log
 SlurmdLogFile=$dir/log/slurmd-%n.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
 SlurmdParameters=config_overrides
-ReturnToService=2
-MpiDefault=none
-SchedulerType=sched/backfill
-SchedulerParameters=sched_interval=1
-KillWait=10
+EOF
+    common_slurm_conf
+    cat <<EOF
 NodeName=n1 NodeAddr=$NET.11 CPUs=1 RealMemory=$mem_mb State=UNKNOWN
 NodeName=n2 NodeAddr=$NET.12 CPUs=1 RealMemory=$mem_mb State=UNKNOWN
 PartitionName=two Nodes=n1,n2 Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
 EOF
-  cat >"$dir/etc/cgroup.conf" <<EOF
-CgroupPlugin=cgroup/v1
-IgnoreSystemd=yes
-CgroupAutomount=no
-EOF
-}
-
-pid_alive() { [[ -s $1 ]] && kill -0 "$(cat "$1")" 2>/dev/null; }
-
-stop_pid_file() {
-  local file=$1 pid
-  [[ -s $file ]] || return 0
-  pid=$(cat "$file")
-  kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-  kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$file"
-}
-
-install_if_missing() {
-  if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null; then return; fi
-  command -v apt-get >/dev/null || die "slurm-wlm/munge are not installed and there is no apt-get to install them"
-  apt-get update -qq >"$dir/apt.log" 2>&1 || die "apt-get update failed (see $dir/apt.log)"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge \
-    >>"$dir/apt.log" 2>&1 || die "apt-get install slurm-wlm munge failed (see $dir/apt.log)"
-}
-
-start_munge() {  # as scripts/slurm_local.sh: munged as user munge, unless one answers already
-  munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return
-  [[ -s /etc/munge/munge.key ]] || die "/etc/munge/munge.key is missing (apt-get install --reinstall munge)"
-  mkdir -p /run/munge /var/log/munge /var/lib/munge
-  chown munge:munge /run/munge /var/log/munge /var/lib/munge
-  chmod 0755 /run/munge
-  runuser -u munge -- munged || die "munged did not start (see /var/log/munge/munged.log)"
-  for _ in $(seq 50); do
-    if munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && [[ -s /run/munge/munged.pid ]]; then
-      cp /run/munge/munged.pid "$dir/run/munged.pid"  # down stops munged only when this script started it
-      return
-    fi
-    sleep 0.2
-  done
-  die "munge -n | unmunge does not say Success"
+  } >"$conf"
+  write_cgroup_conf
 }
 
 up() {
