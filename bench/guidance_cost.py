@@ -13,6 +13,8 @@ same sampler. Two comparisons inside it:
   UNet forward is printed too, since that is what the ratio mostly measures (a row with a 16-channel clean guide,
   4x cheaper, shows the ratio following it);
 - the detached ``x0_hat`` gradient (EluCD's reference) against differentiating through the denoiser;
+- through the denoiser as the samplers run it (backward through the step's own denoiser call) against the same
+  term recomputing x0_hat with a second denoiser forward (how it ran before; ``SecondForward``);
 - every kind against its floor, measured in the same run: ``(UNet forward [doubled batch under CFG] + the guide's
   forward+backward [+ the UNet's backward when differentiating through the denoiser]) / UNet forward``, i.e.
   ``1 + (classifier fwd+bwd) / (UNet fwd)`` for the plain kinds; the goal is a ratio within 5 % of its floor.
@@ -34,7 +36,6 @@ import time
 import torch
 
 from common import digits_unet, interleaved_medians, machine
-from common import median_seconds as _median_seconds
 from lightning_guidance.diffusion.denoiser import NetDenoiser
 from lightning_guidance.diffusion.noise import PerSampleNoise
 from lightning_guidance.diffusion.sampling import sample
@@ -57,6 +58,22 @@ def digits_classifier(pool: str, model_channels: int = 32) -> EncoderClassifier:
                                        num_res_blocks=1, channel_mult=(1, 2), pool=pool))
 
 
+class SecondForward:
+    """A term as it ran before the samplers kept their denoiser call's graph: not declaring that it differentiates
+    through the denoiser, it recomputes x0_hat with a second denoiser forward at a leaf x_t (the comparison row)."""
+
+    differentiates_denoiser = False
+
+    def __init__(self, term):
+        self.term, self.scale, self.supported_samplers = term, term.scale, term.supported_samplers
+
+    def __call__(self, state):
+        return self.term(state)
+
+    def edm_nudge(self, *args, **kwargs):
+        return None
+
+
 def kinds(sampler: str, noisy, clean, small) -> dict[str, tuple[float, list]]:
     """name -> (cfg_scale, guidance terms); DDIM cannot take the DDPM sine boost, so it is dropped there."""
     sine = 0.3 if sampler == "ddpm" else 0.0
@@ -67,6 +84,8 @@ def kinds(sampler: str, noisy, clean, small) -> dict[str, tuple[float, list]]:
         "offtheshelf (x0_hat, 16-ch guide)": (1.0, [OffTheShelfGuidance(small, tau2=0.5, sine_gamma=sine)]),
         "offtheshelf (through denoiser)": (1.0, [OffTheShelfGuidance(clean, tau2=0.5, sine_gamma=sine,
                                                                      through_denoiser=True)]),
+        "offtheshelf (through, 2nd forward)": (1.0, [SecondForward(OffTheShelfGuidance(
+            clean, tau2=0.5, sine_gamma=sine, through_denoiser=True))]),
         "tilted (x0_hat)": (1.0, [TiltedGuidance(clean)]),
         "entropy (x0_hat)": (1.0, [EntropyAdaptiveGuidance(clean)]),
         "divergence js (x0_hat)": (1.0, [DivergenceGuidance(clean)]),
@@ -93,7 +112,6 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     clock = time.process_time if a.clock == "cpu" else time.perf_counter
-    median_seconds = functools.partial(_median_seconds, clock=clock)
     unet, noisy, clean = perturbed(digits_unet()), digits_classifier("attention"), digits_classifier("adaptive")
     small = digits_classifier("adaptive", model_channels=16)  # a guide 4x cheaper than the clean twin
     schedule = VPSchedule.from_name("cosine", 1000)
@@ -104,31 +122,44 @@ def main() -> None:
             return sample(a.sampler, NetDenoiser(unet, 10, "eps", cfg_scale, clip_x0=True), schedule, labels,
                           PerSampleNoise(seeds), (1, 8, 8), guidance=terms, num_steps=a.steps)
 
-    # one UNet forward vs one classifier forward+backward on the input (what one guided step adds)
+    # the floor's parts: one UNet forward vs one classifier forward+backward on the input (what one guided step
+    # adds), the doubled CFG batch, the UNet's forward+backward to its input. Each is timed as a.steps calls (one per
+    # sampler step) in the same interleaved rounds as the sampling runs, so that both sides of "x floor" share the
+    # machine's load (timed once before the rounds, they measured another moment of a shared machine)
     x, t = torch.randn(a.batch, 1, 8, 8), torch.rand(a.batch)
-    with torch.inference_mode():
-        unet_forward = median_seconds(lambda: unet(x, t, labels), 20)
+    y2, x2, t2 = torch.cat([labels, torch.full_like(labels, 10)]), torch.cat([x, x]), torch.cat([t, t])
+
+    def unet_forward_only(xx, tt, yy):
+        with torch.inference_mode():
+            unet(xx, tt, yy)
 
     def classifier_step(net, time):
         leaf = x.clone().requires_grad_(True)
         torch.autograd.grad(net(leaf, time).logsumexp(1).sum(), leaf)
 
-    y2, x2, t2 = torch.cat([labels, torch.full_like(labels, 10)]), torch.cat([x, x]), torch.cat([t, t])
-    with torch.inference_mode():
-        unet_forward_cfg = median_seconds(lambda: unet(x2, t2, y2), 20)
-
-    def unet_backward_extra():
+    def unet_forward_backward():
         leaf = x.clone().requires_grad_(True)
         torch.autograd.grad(unet(leaf, t, labels).square().sum(), leaf)
 
-    unet_fwd_bwd = median_seconds(unet_backward_extra, 20)
-    clean_step = median_seconds(lambda: classifier_step(clean, None), 20)
-    noisy_step = median_seconds(lambda: classifier_step(noisy, t), 20)
-    small_step = median_seconds(lambda: classifier_step(small, None), 20)
+    def per_step(fn):
+        def steps():
+            for _ in range(a.steps):
+                fn()
+        return steps
 
+    parts = {"unet_forward": lambda: unet_forward_only(x, t, labels),
+             "unet_forward_cfg": lambda: unet_forward_only(x2, t2, y2),
+             "unet_fwd_bwd": unet_forward_backward,
+             "clean_step": lambda: classifier_step(clean, None),
+             "noisy_step": lambda: classifier_step(noisy, t),
+             "small_step": lambda: classifier_step(small, None)}
     table = kinds(a.sampler, noisy, clean, small)
-    times = interleaved_medians({name: functools.partial(run, *spec) for name, spec in table.items()}, a.repeats,
-                                clock=clock)
+    times = interleaved_medians({**{f"part {name}": per_step(fn) for name, fn in parts.items()},
+                                 **{name: functools.partial(run, *spec) for name, spec in table.items()}},
+                                a.repeats, clock=clock)
+    part = {name: times.pop(f"part {name}") / a.steps for name in parts}
+    unet_forward, unet_forward_cfg, unet_fwd_bwd = part["unet_forward"], part["unet_forward_cfg"], part["unet_fwd_bwd"]
+    clean_step, noisy_step, small_step = part["clean_step"], part["noisy_step"], part["small_step"]
     base = times["unguided"]
     print(f"machine: {machine()}")
     print(f"{a.sampler}, {a.steps} steps, batch {a.batch}; nets: digits UNet "
@@ -152,7 +183,7 @@ def main() -> None:
             work += small_step
         elif name != "unguided" and "no term" not in name:
             work += clean_step
-        if "through denoiser" in name:
+        if "through" in name:  # the same floor for the second-forward row: it shows what that forward costs
             work += unet_fwd_bwd - unet_forward  # the UNet's backward on top of its forward
         return work / unet_forward
 
@@ -185,6 +216,8 @@ def main() -> None:
     through = times["offtheshelf (through denoiser)"]
     print()
     print(f"through the denoiser / detached x0_hat: {through / detached:.2f}x")
+    print(f"through the denoiser with a second forward / through the step's own call: "
+          f"{times['offtheshelf (through, 2nd forward)'] / through:.2f}x")
     cfg = times[f"cfg {CFG_SCALE:g} (no term)"]
     print(f"cfg + cg / cfg alone: {times[f'cfg {CFG_SCALE:g} + cg (x0_hat)'] / cfg:.2f}x")
 
