@@ -79,6 +79,9 @@ def test_micro_report_has_every_section_figure_and_claim(micro):
     assert "not built" not in md.lower()
     for key in ("preset", "machine", "commit", "wall_seconds", "started_utc"):
         assert key in report
+    assert "rebuilt_utc" not in report and "rebuilt from the run's files" not in md
+    runs = json.loads((micro / "run.json").read_text())["runs"]  # the run record a rebuild reads its wall time from
+    assert runs[-1]["wall_seconds"] == report["wall_seconds"] and runs[-1]["started_utc"] == report["started_utc"]
     assert f"**{report['preset']['name']}**" in md and report["commit"] in md
 
 
@@ -121,6 +124,24 @@ def test_the_postprocessor_and_the_cfg_variants_are_measured(micro):
     verdicts = {row["key"]: row["verdict"] for row in report["agreement"]}
     for key in ("postprocessor", "postprocessor_fractal", "postprocessor_moves", "autoguidance_variety"):
         assert verdicts[key] in ("agree", "disagree"), key
+
+    # section 9 shows the post-processed sets as their own points, in its figures and its table
+    series = sections["quality_vs_scale"]["numbers"]["series"]
+    flows = bench["postprocessed"]
+    fractal_post = series["fractal_postprocessed"]
+    assert set(fractal_post) == {f["method"] for f in flows.values()}
+    for flow in flows.values():
+        curve = fractal_post[flow["method"]]
+        i = curve["scale"].index(float(flow["scale"]))
+        assert curve["mean_log_density"][i] == flow["after"]["mean_log_density"]
+        assert curve["mean_log_density_before"][i] == flow["before"]["mean_log_density"]
+    for when in ("before", "after"):
+        curve = series["digits"][f"flow-unseen-{when}"]
+        assert curve["scale"] == [float(s) for s in unseen]
+        assert curve["fd_digits"] == [post[when]["scales"][s]["fd_digits"] for s in unseen]
+    section9 = (micro / "report.md").read_text().split("## 9.")[1].split("\n## ")[0]
+    for curve in [*fractal_post.values(), series["digits"]["flow-unseen-after"]]:
+        assert f"| {curve['label']} |" in section9  # a row of the section's table
 
 
 def test_every_number_in_the_report_comes_from_report_json(micro):
@@ -279,11 +300,19 @@ def test_report_only_rebuilds_the_report_from_the_files_without_running_a_step(m
     (copy / "report.md").unlink()
     (copy / "fractal" / "samples_cfg" / "manifest.json").unlink()  # as if that predict never finished
     logs = sorted((copy / "logs").iterdir())
+    original = json.loads((micro / "report.json").read_text())
     code = study("--preset", "micro", "--runs-root", tmp_path, "--name", "micro", "--report-only",
                  "--sections", "fractal_benchmark")
     assert code == 1  # a step did not finish
     assert sorted((copy / "logs").iterdir()) == logs  # nothing ran
     report = json.loads((copy / "report.json").read_text())
+    # the header keeps the run's start and wall time, and says that and when it was rebuilt
+    assert (report["wall_seconds"], report["started_utc"]) == (original["wall_seconds"], original["started_utc"])
+    assert report["rebuilt_utc"] >= original["started_utc"] and report["rebuild_seconds"] >= 0
+    header = (copy / "report.md").read_text().split("## Agreement")[0]
+    assert f"wall time {fmt(original['wall_seconds'])} s" in header
+    assert f"rebuilt from the run's files at {report['rebuilt_utc']} UTC" in header
+    assert report["steps"]["sample-fractal-cg"]["seconds"] == original["steps"]["sample-fractal-cg"]["seconds"]
     bench = report["sections"]["fractal_benchmark"]
     assert report["steps"]["sample-fractal-cfg"]["status"] == "not run"
     assert bench["status"] == "ok" and "CFG" in bench["numbers"]["methods_failed"]

@@ -14,7 +14,29 @@ from .results import SectionResult, fmt, md_table, pyplot, save_figure
 
 
 # ---- section 9 ----------------------------------------------------------------------------------------------------
+POST = " + post-processor"
+
+
+def quality_rows(series: dict) -> list[list[str]]:
+    """One table row per curve of section 9: dataset, curve, and its ``scale: quality`` points (from ``series``)."""
+    rows = []
+    for tag, curves in series.get("toy1d", {}).items():
+        for method, c in curves.items():
+            rows.append(["1D " + tag, method, "exact log p(x|y)", ", ".join(
+                f"{fmt(x)}: {fmt(y)}" for x, y in zip(c["strength"], c["mean_log_density"]))])
+    for key in ("fractal", "fractal_postprocessed"):
+        for c in series.get(key, {}).values():
+            rows.append(["2D fractal", c["label"], "exact log p(x|y)",
+                         ", ".join(f"{fmt(x)}: {fmt(y)}" for x, y in zip(c["scale"], c["mean_log_density"]))])
+    for c in series.get("digits", {}).values():
+        rows.append(["digits", c["label"], "fd_digits",
+                     ", ".join(f"{fmt(x)}: {fmt(y)}" for x, y in zip(c["scale"], c["fd_digits"]))])
+    return rows
+
+
 def analyse_quality(ctx, done: dict[str, SectionResult]) -> SectionResult:
+    """One figure per dataset: every guidance method's quality vs its scale, the post-processed sets as their own
+    points (fractal: sections 2/3's flows, before and after; digits: section 7's flow at the unseen CFG scales)."""
     res = SectionResult("quality_vs_scale", "9. Quality vs scale, one figure per dataset (same seeds)")
     plt = pyplot()
     series: dict[str, dict] = {}
@@ -30,7 +52,7 @@ def analyse_quality(ctx, done: dict[str, SectionResult]) -> SectionResult:
             series["toy1d"][tag] = {}
             for method, rows in info["methods"].items():
                 xs, ys = [r["strength"] for r in rows], [r["mean_log_density"] for r in rows]
-                series["toy1d"][tag][method] = {"strength": xs, "mean_log_density": ys}
+                series["toy1d"][tag][method] = {"mu": info["mu"], "strength": xs, "mean_log_density": ys}
                 axes[0][c].plot(xs, ys, "o-", label=method, ms=3)
             axes[0][c].set_title(f"1D, mu = {info['mu']:g}", fontsize=9)
             axes[0][c].set_xlabel("guidance strength (CG scale; CFG s - 1)", fontsize=8)
@@ -45,13 +67,28 @@ def analyse_quality(ctx, done: dict[str, SectionResult]) -> SectionResult:
         for key, info in bench.numbers["methods"].items():
             xs = [float(s) for s in info["scales"]]
             ys = [v["mean_log_density"] for v in info["scales"].values()]
-            series["fractal"][key] = {"scale": xs, "mean_log_density": ys}
+            series["fractal"][key] = {"label": info["label"], "scale": xs, "mean_log_density": ys}
             ax.plot(xs, ys, "o-", label=info["label"], ms=3)
+        # each post-processed set: its point before (on its method's curve) and after the flow, joined by an arrow
+        post = {}
+        for flow in bench.numbers.get("postprocessed", {}).values():
+            curve = post.setdefault(flow["method"], {"label": flow["label"] + POST, "scale": [],
+                                                     "mean_log_density_before": [], "mean_log_density": []})
+            curve["scale"].append(float(flow["scale"]))
+            curve["mean_log_density_before"].append(flow["before"]["mean_log_density"])
+            curve["mean_log_density"].append(flow["after"]["mean_log_density"])
+        for curve in post.values():
+            for x, b, a in zip(curve["scale"], curve["mean_log_density_before"], curve["mean_log_density"]):
+                ax.annotate("", (x, a), (x, b), arrowprops={"arrowstyle": "->", "lw": 0.8, "color": "0.4"})
+            ax.plot(curve["scale"], curve["mean_log_density"], "*", ms=9, label=curve["label"])
+        if post:
+            series["fractal_postprocessed"] = post
         ax.axhline(bench.numbers["exact_samples"]["mean_log_density"], color="k", ls=":", lw=0.8)
         ax.set_xlabel("scale", fontsize=8), ax.set_ylabel("mean exact log p(x|y)", fontsize=8)
         ax.legend(fontsize=6)
         res.figure(save_figure(fig, ctx.run_dir / "figures" / "quality_fractal.png"), ctx.run_dir,
-                   "2D fractal: exact log-density vs scale (dotted: exact samples)")
+                   "2D fractal: exact log-density vs scale (dotted: exact samples; stars: after the post-processor, "
+                   "arrows from the same set before it)")
     runs = {}
     for key in ("digits_cfg", "digits_cg", "digits_calibration"):
         sec = done.get(key)
@@ -61,25 +98,34 @@ def analyse_quality(ctx, done: dict[str, SectionResult]) -> SectionResult:
             runs["cfg"] = {"label": "CFG (scale = s)", **sec.numbers["table"]}
         else:
             runs.update({k: v for k, v in sec.numbers["runs"].items() if len(v["scales"]) > 1})
+    flow = done.get("digits_postprocessor")
+    if flow is not None and flow.status == "ok":  # CFG at the scales the flow never saw, before and after it
+        n = flow.numbers
+        for when, label in (("before", "CFG at the post-processor's unseen scales"), ("after", "CFG" + POST)):
+            runs[f"flow-unseen-{when}"] = {"label": label, "post": when == "after",
+                                           "scales": {s: n[when]["scales"][s] for s in n["scales"]}}
     if runs:
         fig, ax = plt.subplots(figsize=(5.5, 3.4))
         series["digits"] = {}
         for key, info in runs.items():
             xs = [float(s) for s in info["scales"]]
             ys = [v["fd_digits"] for v in info["scales"].values()]
-            series["digits"][key] = {"scale": xs, "fd_digits": ys}
-            ax.plot(xs, ys, "o-", label=info["label"], ms=3)
+            series["digits"][key] = {"label": info["label"], "scale": xs, "fd_digits": ys}
+            ax.plot(xs, ys, "*--" if info.get("post") else "o-", label=info["label"], ms=8 if info.get("post") else 3)
         ax.set_xlabel("scale (CFG: s; classifier terms: guidance scale)", fontsize=8)
         ax.set_ylabel("fd_digits (lower is better)", fontsize=8)
         ax.legend(fontsize=5)
         res.figure(save_figure(fig, ctx.run_dir / "figures" / "quality_digits.png"), ctx.run_dir,
-                   "digits: fd_digits vs scale for every guidance method")
+                   "digits: fd_digits vs scale for every guidance method (stars: CFG after the post-processor at "
+                   "scales it never saw)")
     res.numbers = {"series": series}
     if not series:
         res.status, res.reason = "failed", "no section with sampled quality finished"
     else:
-        res.markdown = ["Every curve uses the same per-sample seeds; its numbers are those of the sections above.",
-                        "", *res.markdown]
+        res.markdown = ["Every curve uses the same per-sample seeds; its numbers are those of the sections above. "
+                        "Post-processed sets are points of their own (the same samples before and after the flow).",
+                        "", *res.markdown,
+                        *md_table(["dataset", "method", "quality", "scale: value"], quality_rows(series))]
     return res
 
 

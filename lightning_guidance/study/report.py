@@ -3,10 +3,15 @@
 Sections run one by one; a section that raises, or whose input steps failed, is marked failed with the reason and
 the others still render. When every step was skipped and the existing report was made from the same step markers,
 nothing is rewritten: re-running a finished study changes nothing.
+
+A run that ran steps appends its start and wall time to ``run.json`` in the run folder; a report rebuilt without
+running a step (``--report-only``, or a re-run that only skipped steps) shows that run's wall time and says when it
+was rebuilt, never the rebuild's own few seconds.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import time
@@ -38,6 +43,46 @@ def markers_digest(ctx) -> str:
         h.update(path.read_bytes() if path.is_file() else b"-")
     h.update(json.dumps(sorted(ctx.sections)).encode())
     return h.hexdigest()
+
+
+RUN_RECORD = "run.json"
+
+
+def read_runs(run_dir: Path) -> list[dict]:
+    """The runs recorded in ``run_dir/run.json`` (oldest first): each ``started_utc``, ``finished_utc``,
+    ``wall_seconds`` and ``steps_run``."""
+    path = Path(run_dir) / RUN_RECORD
+    return json.loads(path.read_text())["runs"] if path.is_file() else []
+
+
+def record_run(run_dir: Path, run: dict) -> None:
+    atomic_write_text(Path(run_dir) / RUN_RECORD, json.dumps({"runs": [*read_runs(run_dir), run]}, indent=2))
+
+
+def timing(run_dir: Path, started_utc: str, wall: float, rebuilt: bool) -> dict:
+    """The report's timing fields: this run's, or for a rebuild the recorded run's (the last run.json entry, else the
+    previous report's) with the rebuild's own time beside it."""
+    runs = read_runs(run_dir)
+    out: dict = {}
+    if not rebuilt:
+        out = {"started_utc": started_utc, "wall_seconds": round(wall, 1)}
+    else:
+        previous = Path(run_dir) / "report.json"
+        if runs:
+            out = {"started_utc": runs[-1]["started_utc"], "wall_seconds": runs[-1]["wall_seconds"]}
+        elif previous.is_file():
+            old = json.loads(previous.read_text())
+            out = {"started_utc": old.get("started_utc"), "wall_seconds": old.get("wall_seconds")}
+        else:
+            out = {"started_utc": None, "wall_seconds": None}
+        out.update(rebuilt_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                   rebuild_seconds=round(wall, 1))
+    # a run is recorded after its report is written: for a run every entry is earlier, for a rebuild all but the last
+    earlier = runs[:-1] if rebuilt else runs
+    if earlier:
+        out.update(earlier_runs=len(earlier),
+                   earlier_runs_seconds=round(sum(r["wall_seconds"] for r in earlier), 1))
+    return out
 
 
 def _guarded(key: str, fn, *args) -> list[SectionResult]:
@@ -80,7 +125,9 @@ def run_sections(ctx, requested: list[str], digits_runs: dict) -> dict[str, Sect
     return {k: done[k] for k in TITLES if k in requested and k in done}
 
 
-def write_report(ctx, meta: dict, requested: list[str], digits_runs: dict, t0: float, console=None) -> dict:
+def write_report(ctx, meta: dict, requested: list[str], digits_runs: dict, t0: float, console=None,
+                 rebuilt: bool = False) -> dict:
+    """Write report.json and report.md; ``rebuilt``: no step ran (the header keeps the recorded run's wall time)."""
     run_dir = Path(ctx.run_dir)
     json_path, md_path = run_dir / "report.json", run_dir / "report.md"
     digest = markers_digest(ctx)
@@ -95,8 +142,8 @@ def write_report(ctx, meta: dict, requested: list[str], digits_runs: dict, t0: f
     numbers = {k: v.as_json() for k, v in sections.items()}
     claims = agreement(numbers)
     wall = time.perf_counter() - t0
-    report = {**meta, "markers_digest": digest, "wall_seconds": round(wall, 1), "sections": numbers,
-              "agreement": claims}
+    report = {**meta, **timing(run_dir, meta["started_utc"], wall, rebuilt), "markers_digest": digest,
+              "sections": numbers, "agreement": claims}
     atomic_write_text(json_path, json.dumps(report, indent=2, default=str))
     atomic_write_text(md_path, "\n".join(render(report, sections)) + "\n")
     return report
@@ -112,8 +159,7 @@ def render(report: dict, sections: dict[str, SectionResult]) -> list[str]:
               f"- Machine: {m['host']}, {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} "
               f"({m['torch_threads']} threads), GPU: {m['gpu']}.",
               f"- Commit: `{report['commit']}`{dirty}.",
-              f"- Started {report['started_utc']} UTC; wall time {fmt(report['wall_seconds'])} s, "
-              f"{report['jobs']} steps at a time, {report['threads_per_step']} thread(s) each.",
+              f"- {run_timing(report)}, {report['jobs']} steps at a time, {report['threads_per_step']} thread(s) each.",
               "- Quality of digit samples is `fd_digits`: the Fréchet distance in the feature space of a judge "
               "classifier the suite trains (never used for guidance), not Inception FID.", ""]
     lines += ["## Agreement with the papers", "",
@@ -130,6 +176,20 @@ def render(report: dict, sections: dict[str, SectionResult]) -> list[str]:
               "`python cli.py <command> --config runs/<name>/<config>`); logs are in `logs/`.", "",
               *md_table(["step", "section", "command", "status", "seconds", "config"], rows)]
     return lines
+
+
+def run_timing(report: dict) -> str:
+    if report.get("wall_seconds") is None:
+        text = "Wall time of the run not recorded (its steps ran elsewhere, e.g. as SLURM jobs)"
+    else:
+        text = f"Started {report['started_utc']} UTC; wall time {fmt(report['wall_seconds'])} s"
+    if report.get("earlier_runs"):
+        text += (f" (after {fmt(report['earlier_runs'])} earlier run(s) of this folder, "
+                 f"{fmt(report['earlier_runs_seconds'])} s in all)")
+    if report.get("rebuilt_utc"):
+        text += (f"; this report was rebuilt from the run's files at {report['rebuilt_utc']} UTC without running a "
+                 f"step ({fmt(report['rebuild_seconds'])} s)")
+    return text
 
 
 def publish(run_dir: Path, dest: Path) -> Path:

@@ -1,11 +1,16 @@
 """The study runner: plan the steps of the chosen sections, run each as a ``cli.py`` call, then write the report.
 
+- Each step is the CLI's own entry on the step's config, run in one of ``--jobs`` long-lived worker processes
+  (:mod:`.worker`) that import Lightning once; a worker puts the process-wide state back before each step and
+  sends the step's output to ``logs/<step>.log``.
+
 - A step is skipped when its marker (``runs/<name>/steps/<step>.json``) records the same config and the same content
   digests of its inputs and product; a step whose config or inputs changed is re-run, and its old folder is renamed
   ``<folder>.stale-<UTC time>`` first (nothing is deleted); steps downstream of it then see a new input digest.
 - ``fit`` steps pass ``--ckpt_path last`` (a killed training resumes), ``predict`` skips shards already written.
-- Independent steps run ``--jobs`` at a time; SIGINT/SIGTERM are forwarded to the running steps, which are marked
-  interrupted; the report is still written and the exit code is 128 + the signal.
+- Independent steps run ``--jobs`` at a time (one per worker); SIGINT/SIGTERM are forwarded to the workers running a
+  step, which stops at a safe point and is marked interrupted; the report is still written and the exit code is
+  128 + the signal.
 - A failed step is marked failed, the steps that need it are marked blocked, every other step still runs; a section
   whose inputs failed is marked failed in the report (naming the step). Exit code 1 when anything failed.
 - ``--launcher slurm`` submits the same steps as SLURM jobs instead (:mod:`.slurm`); ``--status`` shows them.
@@ -15,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
-import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -33,6 +37,7 @@ import yaml
 from ..io.atomic import atomic_write_text
 from .plan import Plan, Step, step_config
 from .presets import PRESETS, Preset, get_preset
+from .worker import ProcessState, WorkerPool, run_step
 
 SECTIONS = ("toy1d", "fractal_panels", "fractal_benchmark", "digits_cfg", "digits_cg", "digits_calibration",
             "digits_postprocessor", "ece_vs_fd", "quality_vs_scale")
@@ -128,8 +133,8 @@ class StepRunner:
         self.seconds: dict[str, float] = {}
         self.console = console
         self.interrupted: int | None = None
-        self._procs: dict[str, subprocess.Popen] = {}
-        self._lock = threading.Lock()
+        self.pool: WorkerPool | None = None  # started by run()
+        self._state: ProcessState | None = None  # --in-process: the state each step starts from
 
     # -- markers
     def marker_path(self, step: Step) -> Path:
@@ -178,38 +183,27 @@ class StepRunner:
         return args
 
     def launch(self, step: Step, config_path: Path) -> int:
+        """Run one step (in a worker, or here with ``--in-process``); its exit code."""
         log = self.run_dir / "logs" / f"{step.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         args = self.command(step, config_path)
         if self.in_process:
-            with log.open("w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-                try:
-                    self.in_process(args)
-                    return 0
-                except BaseException as err:  # noqa: BLE001 - a failed step is recorded, the study goes on
-                    if isinstance(err, KeyboardInterrupt):
-                        raise
-                    print(f"error: {type(err).__name__}: {err}", file=f)
-                    return 1
-        with log.open("w") as f:
-            env = dict(os.environ)
-            if self.threads:  # steps running side by side on a CPU: no more threads than cores
-                env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
-            proc = subprocess.Popen([sys.executable, "-m", "lightning_guidance.cli", *args], stdout=f,
-                                    stderr=subprocess.STDOUT, start_new_session=True, env=env)
-            with self._lock:
-                self._procs[step.name] = proc
-            rc = proc.wait()
-            with self._lock:
-                self._procs.pop(step.name, None)
-        return rc
+            return run_step(self.in_process, args, log, self._state)
+        return self.pool.run(args, log)
+
+    def start_pool(self) -> WorkerPool:
+        """``jobs`` workers (started as steps need them), each ``cli.py study --serve-steps`` with ``threads``."""
+        env = dict(os.environ)
+        command = [sys.executable, "-m", "lightning_guidance.cli", "study", "--serve-steps", str(self.run_dir)]
+        if self.threads:  # steps running side by side on a CPU: no more threads than cores
+            env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
+            command += ["--threads", str(self.threads)]
+        return WorkerPool(self.jobs, command, env, self.run_dir / "logs")
 
     def forward(self, signum: int, _frame=None) -> None:
         self.interrupted = signum
-        with self._lock:
-            for proc in self._procs.values():
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signum)
+        if self.pool is not None:
+            self.pool.signal(signum)
 
     def write_config(self, step: Step) -> tuple[Path, str]:
         """Write the step's config to ``configs/<step>.yaml`` (unless it holds that already); its path and text."""
@@ -251,6 +245,10 @@ class StepRunner:
         pending, running = list(order), {}
         old = {s: signal.signal(s, self.forward) for s in (signal.SIGINT, signal.SIGTERM)} \
             if threading.current_thread() is threading.main_thread() else {}
+        if self.in_process:
+            self._state = ProcessState(self.threads)
+        else:
+            self.pool = self.start_pool()
         try:
             with cf.ThreadPoolExecutor(max_workers=self.jobs) as pool:
                 while pending or running:
@@ -305,6 +303,11 @@ class StepRunner:
                         rc, seconds = fut.result()
                         self._done(self.steps[name], ident, rc, seconds, progress, task)
         finally:
+            if self.pool is not None:
+                self.pool.close()
+                self.pool = None
+            if self._state is not None:
+                self._state.restore()  # the caller's process as it was
             for s, h in old.items():
                 signal.signal(s, h)
         return self.status
@@ -390,6 +393,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--status", action="store_true", help="with --launcher slurm: show the chain's jobs")
     parser.add_argument("--runs-root", default="runs", help="parent folder of the run folder")
     parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # tests: no interpreter start-up
+    # a step worker of the run in this folder (study/worker.py): started by the runner, reads steps from stdin
+    parser.add_argument("--serve-steps", metavar="RUN_FOLDER", help=argparse.SUPPRESS)
     parser.add_argument("--list", action="store_true", help="print the planned steps and exit")
     parser.add_argument("--report-only", action="store_true", help="run no step: write the report from what the "
                         "steps wrote (a step counts as done when its output exists)")
@@ -431,6 +436,12 @@ def main(argv: list[str] | None = None, run_in_process=None) -> int:
         chain_main(argv)
         return 0
     ns = make_parser().parse_args(argv)
+    if ns.serve_steps:
+        if run_in_process is None:
+            raise ValueError("--serve-steps needs the CLI's entry point: the runner starts it as `cli.py study`")
+        from .worker import serve
+
+        return serve(run_in_process, ns.threads)
     if ns.launcher == "slurm":
         from ..launch.slurm import require_sbatch
 
@@ -482,7 +493,7 @@ def _run(ns, study, preset, sections, run_dir, plan, extra, jobs, threads, run_i
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from .report import write_report
+    from .report import record_run, write_report
 
     console = Console(stderr=False)
     started = dt.datetime.now(dt.timezone.utc)
@@ -499,10 +510,16 @@ def _run(ns, study, preset, sections, run_dir, plan, extra, jobs, threads, run_i
             record_finished_jobs(runner, preset, study)
         status = {n: "done" if Path(s.product).is_file() else "not run" for n, s in plan.steps.items()}
         runner.status = status
+        for name, step in plan.steps.items():  # each step's own seconds, as its run recorded them
+            marker = runner.marker_path(step)
+            if name not in runner.seconds and status[name] == "done" and marker.is_file():
+                runner.seconds[name] = float(json.loads(marker.read_text()).get("seconds", 0.0))
+        ran = False
     else:
         with Progress(*columns, console=console, transient=False) as progress:
             runner.console = progress.console
             status = runner.run(progress)
+        ran = bool(runner.seconds)  # at least one step was started (not only skipped)
     ctx = Context(preset, run_dir, plan.steps, status, extra["sections"])
     meta = {"title": study.get("title", "lightning-guidance study"), "description": study.get("description", ""),
             "preset": preset.as_dict(), "sections_requested": sections, "machine": machine(), **commit(),
@@ -510,7 +527,12 @@ def _run(ns, study, preset, sections, run_dir, plan, extra, jobs, threads, run_i
             "steps": {n: {"section": s.section, "command": s.command, "status": status.get(n, "not run"),
                           "seconds": round(runner.seconds.get(n, 0.0), 1), "config": f"configs/{n}.yaml"}
                       for n, s in plan.steps.items()}}
-    report = write_report(ctx, meta, sections, extra["digits_runs"], t0, console)
+    report = write_report(ctx, meta, sections, extra["digits_runs"], t0, console, rebuilt=not ran)
+    if ran:  # what a later rebuild of the report shows as the run's wall time
+        record_run(run_dir, {"started_utc": report["started_utc"], "wall_seconds": report["wall_seconds"],
+                             "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                             "steps_run": len(runner.seconds), "exit": "interrupted" if runner.interrupted
+                             else "failed" if [n for n, s in status.items() if s not in DONE_STATES] else "ok"})
     if ns.publish:
         from .report import publish
 
