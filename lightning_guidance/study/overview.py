@@ -62,7 +62,7 @@ def analyse_quality(ctx, done: dict[str, SectionResult]) -> SectionResult:
                    "1D mixture: exact log-density of the samples vs guidance strength")
     bench = done.get("fractal_benchmark")
     if bench is not None and bench.status == "ok":
-        fig, ax = plt.subplots(figsize=(5, 3.2))
+        fig, ax = plt.subplots(figsize=(7.5, 3.4))
         series["fractal"] = {}
         for key, info in bench.numbers["methods"].items():
             xs = [float(s) for s in info["scales"]]
@@ -84,8 +84,9 @@ def analyse_quality(ctx, done: dict[str, SectionResult]) -> SectionResult:
         if post:
             series["fractal_postprocessed"] = post
         ax.axhline(bench.numbers["exact_samples"]["mean_log_density"], color="k", ls=":", lw=0.8)
-        ax.set_xlabel("scale", fontsize=8), ax.set_ylabel("mean exact log p(x|y)", fontsize=8)
-        ax.legend(fontsize=6)
+        ax.set_yscale("symlog", linthresh=1.0)  # far-off samples reach log p of -1e5; the good ones sit near 0
+        ax.set_xlabel("scale", fontsize=8), ax.set_ylabel("mean exact log p(x|y) (symlog)", fontsize=8)
+        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
         res.figure(save_figure(fig, ctx.run_dir / "figures" / "quality_fractal.png"), ctx.run_dir,
                    "2D fractal: exact log-density vs scale (dotted: exact samples; stars: after the post-processor, "
                    "arrows from the same set before it)")
