@@ -358,9 +358,16 @@ def test_a_term_refuses_samplers_it_does_not_support(sampler):
     class DDPMOnly(ShiftMean):
         supported_samplers = ("ddpm",)
 
-    with pytest.raises(ValueError, match=f"DDPMOnly cannot run on the {sampler} sampler"):
+    with pytest.raises(ValueError, match=rf"^DDPMOnly cannot run on the {sampler} sampler \(supported: ddpm\)$"):
         sample(sampler, GaussianDenoiser(), VPSchedule.linear(), labels(2), PerSampleNoise([0, 1]), (3,),
                guidance=[DDPMOnly(1.0)])
+
+    class TwoKinds(ShiftMean):
+        supported_samplers = ("ddpm", "ddim")
+
+    with pytest.raises(ValueError, match=r"^TwoKinds cannot run on the edm sampler \(supported: ddpm, ddim\)$"):
+        sample("edm", GaussianDenoiser(), VPSchedule.linear(), labels(2), PerSampleNoise([0, 1]), (3,),
+               guidance=[TwoKinds(1.0)])
 
 
 @pytest.mark.parametrize("sampler, name, kwargs, calls_per_step",

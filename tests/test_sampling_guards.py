@@ -125,6 +125,8 @@ def test_sweep_values_scale_the_terms_or_the_cfg():
     ("ddim", {"num_steps": 0}, "num_steps must be an integer >= 1"),
     ("ddim", {"num_steps": "50"}, "num_steps must be an integer >= 1"),
     ("edm", {"num_steps": 2.5}, "num_steps must be an integer >= 1"),
+    ("ddim", {"num_steps": None}, "num_steps must be an integer >= 1"),  # None (all steps) is DDPM's only
+    ("ddpm", {"num_steps": 0}, "num_steps must be an integer >= 1"),
     ("ddim", {"eta": -1.0}, "eta must be >= 0"),
     ("ddim", {"steps": 50}, "has no option steps"),
     ("edm", {"S_churn": "a lot"}, "S_churn must be a number"),
