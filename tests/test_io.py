@@ -388,3 +388,25 @@ def test_module_weights_default_to_the_ema_weights(tmp_path):
     rebuilt = load_module_weights(MLPDenoiser(2, 3, hidden_dim=8, num_layers=1), ckpt, tmp_path / "m.ckpt",
                                   prefix="net.")
     torch.testing.assert_close(rebuilt.out.weight, net.out.weight + 1.0, rtol=0, atol=0)
+
+
+def test_write_manifest_records_each_sweep_value_and_its_picture(tmp_path):
+    """``manifest.json`` per sweep value: its shard files in id order, the sample count, its config and the sample
+    picture (``grid.png`` in its folder, linked relative to the run folder, so a copied run keeps its links); a value
+    without shards is left out. Catches: another key or file name, the picture not written or linked absolute."""
+    from lightning_guidance.io.shards import read_manifest, write_manifest
+
+    g = torch.Generator().manual_seed(3)
+    a, empty = tmp_path / "scale_1", tmp_path / "scale_2"
+    empty.mkdir()
+    for first in (4, 0):
+        shard = _shard(torch.rand(4, 1, 4, 4, generator=g) * 2 - 1)
+        shard.sample_ids = torch.arange(first, first + 4)
+        write_shard(a / f"shard_{first:07d}.npz", shard)
+    manifest = write_manifest(tmp_path, {"1": a, "2": empty}, {"1": {"cfg": 1.0}, "2": {"cfg": 2.0}}, num_samples=8,
+                              classes=[0, 1, 2], title="digits", per_class=2)
+    expected = {"num_samples_per_scale": 8, "classes": [0, 1, 2],
+                "scales": {"1": {"shards": ["shard_0000000.npz", "shard_0000004.npz"], "count": 8,
+                                 "grid": "scale_1/grid.png", "config": {"cfg": 1.0}}}}
+    assert manifest == expected and read_manifest(tmp_path) == expected
+    assert (a / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
