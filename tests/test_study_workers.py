@@ -42,10 +42,11 @@ def _running_with(text: str) -> list[int]:
 def test_process_state_puts_back_what_a_step_changes(tmp_path):
     logger = logging.getLogger("lightning.pytorch")
     state = ProcessState(threads=1)
+    environ = dict(os.environ)  # earlier in-process fits of the suite may have set PL_GLOBAL_SEED already
     before = (torch.get_rng_state().clone(), np.random.get_state()[1].copy(), random.getstate(),
               logger.level, list(logger.handlers), list(warnings.filters), torch.get_default_dtype(), os.getcwd())
     # what a step may leave behind
-    os.environ["PL_GLOBAL_SEED"] = "123"
+    os.environ["PL_GLOBAL_SEED"] = str(int(os.environ.get("PL_GLOBAL_SEED", "0")) + 1)
     torch.manual_seed(5), np.random.seed(5), random.seed(5), torch.rand(3)
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -57,7 +58,7 @@ def test_process_state_puts_back_what_a_step_changes(tmp_path):
     os.chdir(tmp_path)
     try:
         state.restore()
-        assert "PL_GLOBAL_SEED" not in os.environ
+        assert dict(os.environ) == environ
         assert torch.equal(torch.get_rng_state(), before[0])
         assert np.array_equal(np.random.get_state()[1], before[1]) and random.getstate() == before[2]
         assert torch.get_num_threads() == 1
