@@ -318,3 +318,38 @@ def test_report_only_rebuilds_the_report_from_the_files_without_running_a_step(m
     assert bench["status"] == "ok" and "CFG" in bench["numbers"]["methods_failed"]
     assert "cg" in bench["numbers"]["methods"]
     assert "Methods whose sampling step did not finish (no rows): CFG" in (copy / "report.md").read_text()
+
+
+def test_a_rebuilt_report_names_the_code_that_made_each_steps_product(micro, tmp_path):
+    """A report rebuilt at a later commit must not pass its steps off as that commit's: each step marker records the
+    commit that ran it, and the header lists those commits when they differ from the report's own. Bugs caught: the
+    marker not recording it, a legacy marker (from before markers recorded it) attributed to the rebuilding commit
+    instead of to the run that wrote the earlier report."""
+    import shutil
+
+    original = json.loads((micro / "report.json").read_text())
+    assert {(s["commit"], s["dirty"]) for s in original["steps"].values()} == {(original["commit"], original["dirty"])}
+    assert "Its steps' products were made at" not in (micro / "report.md").read_text()
+    copy = tmp_path / "micro"
+    shutil.copytree(micro, copy)
+    other, legacy = "f" * 40, "fractal-classifier"
+    path = copy / "steps" / "sample-fractal-cg.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "commit": other, "dirty": False}))
+    path = copy / "steps" / f"{legacy}.json"
+    marker = json.loads(path.read_text())
+    del marker["commit"], marker["dirty"]
+    path.write_text(json.dumps(marker))
+    earlier = {**original, "commit": "e" * 40, "dirty": False, "steps": {**original["steps"], legacy: {"status": "done"}}}
+    (copy / "report.json").write_text(json.dumps(earlier))  # the report of a run whose markers had no commit
+    assert study("--preset", "micro", "--runs-root", tmp_path, "--name", "micro", "--report-only") == 0
+    report = json.loads((copy / "report.json").read_text())
+    assert report["steps"]["sample-fractal-cg"]["commit"] == other
+    assert report["steps"][legacy]["commit"] == "e" * 40
+    counts: dict[str, int] = {}
+    for step in report["steps"].values():  # in step order, as the header lists them
+        counts[step["commit"]] = counts.get(step["commit"], 0) + 1
+    assert counts == {report["commit"]: len(report["steps"]) - 2, "e" * 40: 1, other: 1}
+    dirty = " with uncommitted changes" if report["dirty"] else ""
+    made = "; ".join(f"`{c}`{dirty if c == report['commit'] else ''} ({n} step{'s' * (n != 1)})"
+                     for c, n in counts.items())
+    assert f"Its steps' products were made at: {made}." in (copy / "report.md").read_text().split("## Agreement")[0]

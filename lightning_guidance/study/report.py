@@ -85,6 +85,21 @@ def timing(run_dir: Path, started_utc: str, wall: float, rebuilt: bool) -> dict:
     return out
 
 
+def attribute_steps(run_dir: Path, steps: dict[str, dict]) -> None:
+    """Set each finished step's ``commit``: the one its marker recorded; for a marker from before markers recorded
+    it, the one the previous report.json gave that step, else that report's own commit (the run that wrote it)."""
+    previous = Path(run_dir) / "report.json"
+    old = json.loads(previous.read_text()) if previous.is_file() else {}
+    for name, entry in steps.items():
+        marker_path = Path(run_dir) / "steps" / f"{name}.json"
+        if entry["status"] not in ("done", "skipped") or not marker_path.is_file():
+            continue
+        marker = json.loads(marker_path.read_text())
+        entry["commit"] = (marker.get("commit") or old.get("steps", {}).get(name, {}).get("commit")
+                           or old.get("commit") or "not recorded")
+        entry["dirty"] = marker.get("dirty", old.get("dirty") if "commit" not in marker else None)
+
+
 def _guarded(key: str, fn, *args) -> list[SectionResult]:
     try:
         out = fn(*args)
@@ -142,6 +157,7 @@ def write_report(ctx, meta: dict, requested: list[str], digits_runs: dict, t0: f
     numbers = {k: v.as_json() for k, v in sections.items()}
     claims = agreement(numbers)
     wall = time.perf_counter() - t0
+    attribute_steps(run_dir, meta["steps"])
     report = {**meta, **timing(run_dir, meta["started_utc"], wall, rebuilt), "markers_digest": digest,
               "sections": numbers, "agreement": claims}
     atomic_write_text(json_path, json.dumps(report, indent=2, default=str))
@@ -158,7 +174,7 @@ def render(report: dict, sections: dict[str, SectionResult]) -> list[str]:
     lines += [f"- Preset: **{p['name']}** — {p['summary']}.",
               f"- Machine: {m['host']}, {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} "
               f"({m['torch_threads']} threads), GPU: {m['gpu']}.",
-              f"- Commit: `{report['commit']}`{dirty}.",
+              f"- Commit: `{report['commit']}`{dirty}.{steps_commits(report)}",
               f"- {run_timing(report)}, {report['jobs']} steps at a time, {report['threads_per_step']} thread(s) each.",
               "- Quality of digit samples is `fd_digits`: the Fréchet distance in the feature space of a judge "
               "classifier the suite trains (never used for guidance), not Inception FID.", ""]
@@ -176,6 +192,21 @@ def render(report: dict, sections: dict[str, SectionResult]) -> list[str]:
               "`python cli.py <command> --config runs/<name>/<config>`); logs are in `logs/`.", "",
               *md_table(["step", "section", "command", "status", "seconds", "config"], rows)]
     return lines
+
+
+def steps_commits(report: dict) -> str:
+    """`` Its steps ran at ...`` when some step's product was made by other code than this report's."""
+    def code(entry: dict) -> str:
+        return f"`{entry['commit']}`" + (" with uncommitted changes" if entry.get("dirty") else "")
+
+    counts: dict[str, int] = {}
+    for entry in report["steps"].values():
+        if "commit" in entry:
+            counts[code(entry)] = counts.get(code(entry), 0) + 1
+    if set(counts) <= {code(report)}:
+        return ""
+    made = "; ".join(f"{c} ({n} step{'s' * (n != 1)})" for c, n in counts.items())
+    return f" Its steps' products were made at: {made}."
 
 
 def run_timing(report: dict) -> str:

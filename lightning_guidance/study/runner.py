@@ -135,6 +135,7 @@ class StepRunner:
         self.interrupted: int | None = None
         self.pool: WorkerPool | None = None  # started by run()
         self._state: ProcessState | None = None  # --in-process: the state each step starts from
+        self.code = commit()  # recorded in each marker: which code produced the step's product
 
     # -- markers
     def marker_path(self, step: Step) -> Path:
@@ -232,7 +233,8 @@ class StepRunner:
         elif finished:
             self.status[step.name] = "done"
             marker = {**ident, "product": step.product, "product_sha256": file_digest(step.product),
-                      "seconds": round(seconds, 1), "finished": dt.datetime.now(dt.timezone.utc).isoformat()}
+                      "seconds": round(seconds, 1), "finished": dt.datetime.now(dt.timezone.utc).isoformat(),
+                      **self.code}
             atomic_write_text(self.marker_path(step), json.dumps(marker, indent=2))
         else:
             self.status[step.name] = "failed"
