@@ -302,7 +302,7 @@ def test_report_only_rebuilds_the_report_from_the_files_without_running_a_step(m
     logs = sorted((copy / "logs").iterdir())
     original = json.loads((micro / "report.json").read_text())
     code = study("--preset", "micro", "--runs-root", tmp_path, "--name", "micro", "--report-only",
-                 "--sections", "fractal_benchmark")
+                 "--sections", "fractal_benchmark", "--jobs", "1", "--threads", "2")  # not the run's settings
     assert code == 1  # a step did not finish
     assert sorted((copy / "logs").iterdir()) == logs  # nothing ran
     report = json.loads((copy / "report.json").read_text())
@@ -311,6 +311,10 @@ def test_report_only_rebuilds_the_report_from_the_files_without_running_a_step(m
     assert report["rebuilt_utc"] >= original["started_utc"] and report["rebuild_seconds"] >= 0
     header = (copy / "report.md").read_text().split("## Agreement")[0]
     assert f"wall time {fmt(original['wall_seconds'])} s" in header
+    # ... and how the run ran (steps at a time, threads, machine), not the rebuild's own settings
+    assert (original["jobs"], original["threads_per_step"]) == (2, 1)
+    assert all(report[k] == original[k] for k in ("machine", "jobs", "threads_per_step"))
+    assert "2 steps at a time, 1 thread(s) each" in header
     assert f"rebuilt from the run's files at {report['rebuilt_utc']} UTC" in header
     assert report["steps"]["sample-fractal-cg"]["seconds"] == original["steps"]["sample-fractal-cg"]["seconds"]
     bench = report["sections"]["fractal_benchmark"]

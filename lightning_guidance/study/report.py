@@ -46,11 +46,12 @@ def markers_digest(ctx) -> str:
 
 
 RUN_RECORD = "run.json"
+RUN_SETTINGS = ("machine", "jobs", "threads_per_step")  # a run's, kept by a rebuilt report
 
 
 def read_runs(run_dir: Path) -> list[dict]:
     """The runs recorded in ``run_dir/run.json`` (oldest first): each ``started_utc``, ``finished_utc``,
-    ``wall_seconds`` and ``steps_run``."""
+    ``wall_seconds``, ``steps_run``, ``exit`` and the ``RUN_SETTINGS``."""
     path = Path(run_dir) / RUN_RECORD
     return json.loads(path.read_text())["runs"] if path.is_file() else []
 
@@ -68,13 +69,11 @@ def timing(run_dir: Path, started_utc: str, wall: float, rebuilt: bool) -> dict:
         out = {"started_utc": started_utc, "wall_seconds": round(wall, 1)}
     else:
         previous = Path(run_dir) / "report.json"
-        if runs:
-            out = {"started_utc": runs[-1]["started_utc"], "wall_seconds": runs[-1]["wall_seconds"]}
-        elif previous.is_file():
-            old = json.loads(previous.read_text())
-            out = {"started_utc": old.get("started_utc"), "wall_seconds": old.get("wall_seconds")}
-        else:
-            out = {"started_utc": None, "wall_seconds": None}
+        old = json.loads(previous.read_text()) if previous.is_file() else {}
+        source = runs[-1] if runs else old
+        out = {"started_utc": source.get("started_utc"), "wall_seconds": source.get("wall_seconds")}
+        # where and how the run ran (not the rebuild): from its record, else from the report it wrote
+        out.update({k: source.get(k, old.get(k)) for k in RUN_SETTINGS if source.get(k, old.get(k)) is not None})
         out.update(rebuilt_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                    rebuild_seconds=round(wall, 1))
     # a run is recorded after its report is written: for a run every entry is earlier, for a rebuild all but the last

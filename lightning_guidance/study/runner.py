@@ -495,7 +495,7 @@ def _run(ns, study, preset, sections, run_dir, plan, extra, jobs, threads, run_i
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from .report import record_run, write_report
+    from .report import RUN_SETTINGS, record_run, write_report
 
     console = Console(stderr=False)
     started = dt.datetime.now(dt.timezone.utc)
@@ -532,6 +532,7 @@ def _run(ns, study, preset, sections, run_dir, plan, extra, jobs, threads, run_i
     report = write_report(ctx, meta, sections, extra["digits_runs"], t0, console, rebuilt=not ran)
     if ran:  # what a later rebuild of the report shows as the run's wall time
         record_run(run_dir, {"started_utc": report["started_utc"], "wall_seconds": report["wall_seconds"],
+                             **{k: report[k] for k in RUN_SETTINGS},
                              "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                              "steps_run": len(runner.seconds), "exit": "interrupted" if runner.interrupted
                              else "failed" if [n for n, s in status.items() if s not in DONE_STATES] else "ok"})
