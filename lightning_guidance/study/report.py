@@ -174,7 +174,7 @@ def render(report: dict, sections: dict[str, SectionResult]) -> list[str]:
               f"- Machine: {m['host']}, {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} "
               f"({m['torch_threads']} threads), GPU: {m['gpu']}.",
               f"- Commit: `{report['commit']}`{dirty}.{steps_commits(report)}",
-              f"- {run_timing(report)}, {report['jobs']} steps at a time, {report['threads_per_step']} thread(s) each.",
+              f"- {run_timing(report)}, {report['jobs']} step{'s' * (report['jobs'] != 1)} at a time, {report['threads_per_step']} thread(s) each.",
               "- Quality of digit samples is `fd_digits`: the Fréchet distance in the feature space of a judge "
               "classifier the suite trains (never used for guidance), not Inception FID.", ""]
     lines += ["## Agreement with the papers", "",
