@@ -63,3 +63,16 @@ def wrong_modes(root: Path, mode: int = 0o644) -> list[str]:
 
 
 __all__ = ["cli_cmd", "run_cli", "start_cli", "wait_until", "stop", "temp_files", "wrong_modes", "signal"]
+
+
+def running_with(text: str) -> list[int]:
+    """The pids (other than this one) whose command line contains ``text`` (NUL-separated arguments), from /proc."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if text in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(proc.name))
+            except OSError:
+                continue
+    return pids

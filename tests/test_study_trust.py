@@ -5,7 +5,6 @@ running step (no orphan), marks it interrupted and exits 143; a re-run finishes.
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import CONFIGS, ROOT, load
-from subprocess_cli import cli_env, temp_files, wait_until, wrong_modes
+from subprocess_cli import cli_env, running_with, temp_files, wait_until, wrong_modes
 
 from lightning_guidance.io.digests import file_digest
 from lightning_guidance.io.shards import read_shard
@@ -75,18 +74,6 @@ def shard_files(base: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in sorted((base / "samples").glob("cfg_*/shard_*.npz"))}
 
 
-def _running_with(text: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid():
-            try:
-                if text in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(proc.name))
-            except OSError:
-                continue
-    return pids
-
-
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="needs /proc to look for orphaned steps")
 @pytest.mark.timeout(1800)  # four studies of up to five subprocesses each: minutes when the machine is shared
 def test_study_interrupted_finished_twice_the_same_then_retrained(tmp_path):
@@ -110,7 +97,7 @@ def test_study_interrupted_finished_twice_the_same_then_retrained(tmp_path):
         proc.kill()
         raise
     assert rc == 128 + signal.SIGTERM, log.read_text()[-3000:]
-    assert not _running_with(str(cfg_root)), "the step outlived the study"
+    assert not running_with(str(cfg_root)), "the step outlived the study"
     assert "study interrupted at step 'train-cfg' (SIGTERM)" in log.read_text()
     assert "train-cfg: interrupted by SIGTERM" in (tmp_path / "report.md").read_text()
     stopped_at = load(ckpt)["global_step"]

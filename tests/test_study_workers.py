@@ -19,24 +19,12 @@ import pytest
 import torch
 import yaml
 from helpers import CONFIGS, ROOT, load
-from subprocess_cli import cli_env, wait_until
+from subprocess_cli import cli_env, running_with, wait_until
 
 from lightning_guidance.study.plan import Step
 from lightning_guidance.study.presets import get_preset
 from lightning_guidance.study.runner import StepRunner, build_plan, file_digest
 from lightning_guidance.study.worker import ProcessState
-
-
-def _running_with(text: str) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid():
-            try:
-                if text in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(proc.name))
-            except OSError:
-                continue
-    return pids
 
 
 def test_process_state_puts_back_what_a_step_changes(tmp_path):
@@ -124,7 +112,7 @@ def test_sigterm_stops_the_step_in_its_worker_and_a_rerun_resumes(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", driver, str(spec)], cwd=ROOT, env=cli_env(), stdout=log.open("w"),
                             stderr=subprocess.STDOUT)
     wait_until(lambda: (root / "checkpoints" / "last.ckpt").exists(), proc, 600, "the first checkpoint", log)
-    workers = _running_with(f"--serve-steps\0{run_dir}")
+    workers = running_with(f"--serve-steps\0{run_dir}")
     assert len(workers) == 1  # one step: one worker started
     proc.send_signal(signal.SIGTERM)
     try:
@@ -134,7 +122,7 @@ def test_sigterm_stops_the_step_in_its_worker_and_a_rerun_resumes(tmp_path):
         raise
     assert rc == 128 + signal.SIGTERM, log.read_text()[-3000:]
     assert "status interrupted" in log.read_text()
-    assert not _running_with(f"--serve-steps\0{run_dir}"), "a worker outlived the study"
+    assert not running_with(f"--serve-steps\0{run_dir}"), "a worker outlived the study"
     assert "stopped by SIGTERM" in (run_dir / "logs" / "train.log").read_text()
     stopped_at = load(root / "checkpoints" / "last.ckpt")["global_step"]
     assert 5 <= stopped_at < 60
