@@ -62,9 +62,6 @@ def wrong_modes(root: Path, mode: int = 0o644) -> list[str]:
             if p.is_file() and (p.stat().st_mode & 0o777) != mode]
 
 
-__all__ = ["cli_cmd", "run_cli", "start_cli", "wait_until", "stop", "temp_files", "wrong_modes", "signal"]
-
-
 def running_with(text: str) -> list[int]:
     """The pids (other than this one) whose command line contains ``text`` (NUL-separated arguments), from /proc."""
     pids = []
@@ -76,3 +73,8 @@ def running_with(text: str) -> list[int]:
             except OSError:
                 continue
     return pids
+
+
+__all__ = ["cli_cmd", "run_cli", "start_cli", "wait_until", "stop", "temp_files", "wrong_modes", "running_with",
+           "signal"]
+

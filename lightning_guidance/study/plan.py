@@ -22,6 +22,7 @@ from .presets import Preset
 CONFIGS = Path("configs")
 DELETE = object()
 COMMANDS = ("fit", "validate", "test", "predict")
+DONE_STATES = ("done", "skipped")  # a step whose product is there and current
 
 
 @dataclass

@@ -16,10 +16,12 @@ import hashlib
 import json
 import time
 import traceback
+from collections import Counter
 from pathlib import Path
 
 from ..io.atomic import atomic_write_text
 from .overview import agreement, agreement_markdown, analyse_quality
+from .plan import DONE_STATES
 from .results import SectionResult, fmt, md_table
 
 TITLES = {
@@ -60,20 +62,20 @@ def record_run(run_dir: Path, run: dict) -> None:
     atomic_write_text(Path(run_dir) / RUN_RECORD, json.dumps({"runs": [*read_runs(run_dir), run]}, indent=2))
 
 
-def timing(run_dir: Path, started_utc: str, wall: float, rebuilt: bool) -> dict:
+def timing(run_dir: Path, started_utc: str, wall: float, rebuilt: bool, previous: dict) -> dict:
     """The report's timing fields: this run's, or for a rebuild the recorded run's (the last run.json entry, else the
-    previous report's) with the rebuild's own time beside it."""
+    ``previous`` report's) with the rebuild's own time beside it."""
     runs = read_runs(run_dir)
     out: dict = {}
     if not rebuilt:
         out = {"started_utc": started_utc, "wall_seconds": round(wall, 1)}
     else:
-        previous = Path(run_dir) / "report.json"
-        old = json.loads(previous.read_text()) if previous.is_file() else {}
-        source = runs[-1] if runs else old
+        source = runs[-1] if runs else previous
         out = {"started_utc": source.get("started_utc"), "wall_seconds": source.get("wall_seconds")}
-        # where and how the run ran (not the rebuild): from its record, else from the report it wrote
-        out.update({k: source.get(k, old.get(k)) for k in RUN_SETTINGS if source.get(k, old.get(k)) is not None})
+        for key in RUN_SETTINGS:  # where and how the run ran (not the rebuild): its record, else the report it wrote
+            value = source.get(key, previous.get(key))
+            if value is not None:
+                out[key] = value
         out.update(rebuilt_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                    rebuild_seconds=round(wall, 1))
     # a run is recorded after its report is written: for a run every entry is earlier, for a rebuild all but the last
@@ -84,19 +86,18 @@ def timing(run_dir: Path, started_utc: str, wall: float, rebuilt: bool) -> dict:
     return out
 
 
-def attribute_steps(run_dir: Path, steps: dict[str, dict]) -> None:
-    """Set each finished step's ``commit``: the one its marker recorded; for a marker from before markers recorded
-    it, the one the previous report.json gave that step, else that report's own commit (the run that wrote it)."""
-    previous = Path(run_dir) / "report.json"
-    old = json.loads(previous.read_text()) if previous.is_file() else {}
+def attribute_steps(run_dir: Path, steps: dict[str, dict], previous: dict) -> None:
+    """Set each finished step's ``commit`` and ``dirty``: those its marker recorded; for a marker from before markers
+    recorded them, those the ``previous`` report gave that step, else that report's own (the run that wrote it)."""
     for name, entry in steps.items():
         marker_path = Path(run_dir) / "steps" / f"{name}.json"
-        if entry["status"] not in ("done", "skipped") or not marker_path.is_file():
+        if entry["status"] not in DONE_STATES or not marker_path.is_file():
             continue
         marker = json.loads(marker_path.read_text())
-        entry["commit"] = (marker.get("commit") or old.get("steps", {}).get(name, {}).get("commit")
-                           or old.get("commit") or "not recorded")
-        entry["dirty"] = marker.get("dirty", old.get("dirty") if "commit" not in marker else None)
+        earlier = previous.get("steps", {}).get(name, {})
+        source = marker if "commit" in marker else earlier if "commit" in earlier else previous
+        entry["commit"] = source.get("commit") or "not recorded"
+        entry["dirty"] = source.get("dirty")
 
 
 def _guarded(key: str, fn, *args) -> list[SectionResult]:
@@ -145,19 +146,19 @@ def write_report(ctx, meta: dict, requested: list[str], digits_runs: dict, t0: f
     run_dir = Path(ctx.run_dir)
     json_path, md_path = run_dir / "report.json", run_dir / "report.md"
     digest = markers_digest(ctx)
+    previous = json.loads(json_path.read_text()) if json_path.is_file() else {}
     all_skipped = all(s["status"] == "skipped" for s in meta["steps"].values())
-    if all_skipped and json_path.is_file() and md_path.is_file():
-        old = json.loads(json_path.read_text())
-        if old.get("markers_digest") == digest and old.get("sections_requested") == requested:
+    if all_skipped and previous and md_path.is_file():
+        if previous.get("markers_digest") == digest and previous.get("sections_requested") == requested:
             if console is not None:
                 console.print("every step finished earlier and is still valid; the report is current (unchanged)")
-            return old
+            return previous
     sections = run_sections(ctx, requested, digits_runs)
     numbers = {k: v.as_json() for k, v in sections.items()}
     claims = agreement(numbers)
     wall = time.perf_counter() - t0
-    attribute_steps(run_dir, meta["steps"])
-    report = {**meta, **timing(run_dir, meta["started_utc"], wall, rebuilt), "markers_digest": digest,
+    attribute_steps(run_dir, meta["steps"], previous)
+    report = {**meta, **timing(run_dir, meta["started_utc"], wall, rebuilt, previous), "markers_digest": digest,
               "sections": numbers, "agreement": claims}
     atomic_write_text(json_path, json.dumps(report, indent=2, default=str))
     atomic_write_text(md_path, "\n".join(render(report, sections)) + "\n")
@@ -174,7 +175,8 @@ def render(report: dict, sections: dict[str, SectionResult]) -> list[str]:
               f"- Machine: {m['host']}, {m['platform']}, {m['cpu_count']} CPUs, torch {m['torch']} "
               f"({m['torch_threads']} threads), GPU: {m['gpu']}.",
               f"- Commit: `{report['commit']}`{dirty}.{steps_commits(report)}",
-              f"- {run_timing(report)}, {report['jobs']} step{'s' * (report['jobs'] != 1)} at a time, {report['threads_per_step']} thread(s) each.",
+              f"- {run_timing(report)}, {report['jobs']} step{'s' * (report['jobs'] != 1)} at a time, "
+              f"{report['threads_per_step']} thread(s) each.",
               "- Quality of digit samples is `fd_digits`: the Fréchet distance in the feature space of a judge "
               "classifier the suite trains (never used for guidance), not Inception FID.", ""]
     lines += ["## Agreement with the papers", "",
@@ -194,14 +196,11 @@ def render(report: dict, sections: dict[str, SectionResult]) -> list[str]:
 
 
 def steps_commits(report: dict) -> str:
-    """`` Its steps ran at ...`` when some step's product was made by other code than this report's."""
+    """`` Its steps' products were made at ...`` when some step's product was made by other code than this report's."""
     def code(entry: dict) -> str:
         return f"`{entry['commit']}`" + (" with uncommitted changes" if entry.get("dirty") else "")
 
-    counts: dict[str, int] = {}
-    for entry in report["steps"].values():
-        if "commit" in entry:
-            counts[code(entry)] = counts.get(code(entry), 0) + 1
+    counts = Counter(code(entry) for entry in report["steps"].values() if "commit" in entry)
     if set(counts) <= {code(report)}:
         return ""
     made = "; ".join(f"{c} ({n} step{'s' * (n != 1)})" for c, n in counts.items())

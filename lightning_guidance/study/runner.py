@@ -35,13 +35,12 @@ from pathlib import Path
 import yaml
 
 from ..io.atomic import atomic_write_text
-from .plan import Plan, Step, step_config
+from .plan import DONE_STATES, Plan, Step, step_config
 from .presets import PRESETS, Preset, get_preset
 from .worker import ProcessState, WorkerPool, run_step
 
 SECTIONS = ("toy1d", "fractal_panels", "fractal_benchmark", "digits_cfg", "digits_cg", "digits_calibration",
             "digits_postprocessor", "ece_vs_fd", "quality_vs_scale")
-DONE_STATES = ("done", "skipped")
 
 
 # ---- digests and markers -----------------------------------------------------------------------------------------
