@@ -166,3 +166,38 @@ def test_the_test_stage_writes_products_that_reproduce_its_table(setup_paths, sh
     for key, value in table["real_floor"]["metrics"].items():
         assert floor["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
     assert "| real vs real |" in (shards_copy / "metrics_table.md").read_text()
+
+
+def _arm(base: np.ndarray, shift: float, noise: float, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    n = len(base)
+    return {"ids": np.arange(n), "labels": np.arange(n) % 4, "logits": rng.normal(size=(n, 4)).astype(np.float32),
+            "features": (base + shift + noise * rng.normal(size=base.shape)).astype(np.float32)}
+
+
+def test_paired_interval_of_two_methods_on_the_same_ids():
+    """Two methods that share each sample's content (same ids, same seeds) but differ by a small shift: the paired
+    interval of the fd difference is much narrower than the unpaired one, and both are centred on the difference
+    measured on all samples."""
+    from lightning_guidance.metrics.intervals import (hierarchical_metric_interval, metric_interval,
+                                                      paired_metric_interval)
+    from lightning_guidance.stats import unpaired_bootstrap
+
+    base = np.random.default_rng(0).normal(size=(80, 4)) * 2
+    a, b = _arm(base, 0.5, 0.1, 1), _arm(base, 0.0, 0.1, 2)
+    real = _products(90, 0.0, 3)
+    real["features"] = real["features"][:, :4].copy()
+    settings = {"fd_name": "fd_judge", "knn_backend": "torch"}
+    paired = paired_metric_interval(a, b, real, "fd_judge", num_resamples=300, **settings)
+    fd = lambda g: (lambda gi, ri: quality_from_products(g, real, gi, ri, metrics=["fd_judge"])["fd_judge"])  # noqa: E731
+    direct = fd(a)(np.arange(80), np.arange(90)) - fd(b)(np.arange(80), np.arange(90))
+    assert paired.estimate == pytest.approx(direct, rel=1e-12)
+    unpaired = unpaired_bootstrap(fd(a), (80, 90), fd(b), (80, 90), num_resamples=300)
+    assert (paired.high - paired.low) * 2 < unpaired.high - unpaired.low
+    single = metric_interval(a, real, "fd_judge", num_resamples=100, **settings)
+    assert single.low <= fd(a)(np.arange(80), np.arange(90)) <= single.high
+    two_seeds = hierarchical_metric_interval([(a, b, real), (b, a, real)], "fd_judge", num_resamples=100, **settings)
+    assert two_seeds.estimate == pytest.approx(0.0, abs=1e-9)
+    b_other = dict(b, ids=np.arange(1, 81))
+    with pytest.raises(ValueError, match="same sample ids"):
+        paired_metric_interval(a, b_other, real, "fd_judge", num_resamples=10)
