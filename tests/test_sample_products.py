@@ -189,7 +189,9 @@ def test_paired_interval_of_two_methods_on_the_same_ids():
     real["features"] = real["features"][:, :4].copy()
     settings = {"fd_name": "fd_judge", "knn_backend": "torch"}
     paired = paired_metric_interval(a, b, real, "fd_judge", num_resamples=300, **settings)
-    fd = lambda g: (lambda gi, ri: quality_from_products(g, real, gi, ri, metrics=["fd_judge"])["fd_judge"])  # noqa: E731
+    def fd(g):
+        return lambda gi, ri: quality_from_products(g, real, gi, ri, metrics=["fd_judge"])["fd_judge"]
+
     direct = fd(a)(np.arange(80), np.arange(90)) - fd(b)(np.arange(80), np.arange(90))
     assert paired.estimate == pytest.approx(direct, rel=1e-12)
     unpaired = unpaired_bootstrap(fd(a), (80, 90), fd(b), (80, 90), num_resamples=300)

@@ -30,7 +30,7 @@ def kd_name(fd_name: str) -> str:
 
 def kernel_distance(real: Tensor, generated: Tensor, subsets: int = 100, subset_size: int = 1000, seed: int = 0,
                     degree: int = 3, coef: float = 1.0) -> tuple[float, float]:
-    """``(mean, std)`` of the unbiased ``MMD^2`` over subsets (module docstring); features ``(N, D)``, float64 inside."""
+    """``(mean, std)`` of the unbiased ``MMD^2`` over subsets (module docstring); features ``(N, D)``, in float64."""
     real, generated = torch.as_tensor(real), torch.as_tensor(generated)
     if real.ndim != 2 or generated.ndim != 2 or real.shape[1] != generated.shape[1]:
         raise ValueError(f"kernel distance needs two (N, D) feature sets of one D, got {tuple(real.shape)} and "

@@ -135,8 +135,9 @@ class SampleQuality(nn.Module):
         """The figures of one generated set (collective under DDP)."""
         key = self._check_group(group)
         pr = self.precision_recall[key].compute()
-        kd, kd_std = kernel_distance(self.real_products.compute()["features"], self.products_of[key].compute()["features"],
-                                     self.kd_subsets, self.kd_subset_size, self.kd_seed)
+        kd, kd_std = kernel_distance(self.real_products.compute()["features"],
+                                     self.products_of[key].compute()["features"], self.kd_subsets,
+                                     self.kd_subset_size, self.kd_seed)
         out = {self.fd_name: float(self.frechet[key].compute()), self.kd_name: kd, f"{self.kd_name}_std": kd_std,
                "precision": float(pr["precision"]), "recall": float(pr["recall"]),
                "judge_accuracy": float(self.accuracy[key].compute()), "judge_score": float(self.score[key].compute())}
