@@ -91,3 +91,42 @@ def test_best_at_equal_wrong_class_rate_keeps_each_methods_best_scale_within_the
     ranked = best_at_equal_wrong_class_rate(scores, budget=0.1)
     assert [(m, s) for m, s, _ in ranked] == [("cfg", "4"), ("apg", "4")]
     assert [m for m, _, _ in best_at_equal_wrong_class_rate(scores, budget=1.0)] == ["rescale", "apg", "cfg"]
+
+
+@pytest.mark.parametrize("mu, sigma", [(0.1, 0.05), (1.0, 0.05), (0.5, 0.3)])
+def test_exact_conditional_rows_of_the_1d_mixture_in_closed_form(mu, sigma):
+    """The closed forms against scipy (the normal law's cdf and entropy) and against score_samples on 200 000 exact
+    samples (Monte Carlo, within 4 standard errors)."""
+    from lightning_guidance.toy import exact_conditional_scores, two_class_mixture_1d
+
+    exact = exact_conditional_scores(mu, sigma)
+    assert exact["wrong_class_fraction"] == pytest.approx(scipy.stats.norm.cdf(-mu / sigma), rel=1e-12)
+    assert exact["mean_log_density"] == pytest.approx(-scipy.stats.norm(mu, sigma).entropy(), rel=1e-12)
+    mixture = two_class_mixture_1d(mu, sigma)
+    n = 200_000
+    x, y = mixture.sample(n, labels=torch.arange(n) % 2, generator=torch.Generator().manual_seed(0))
+    log_p = mixture.log_prob(x, y)  # what score_samples averages, on all 200 000 (its recall would need n^2 memory)
+    wrong = (mixture.class_posterior(x).argmax(dim=1) != y).double()
+    p = exact["wrong_class_fraction"]
+    assert abs(float(wrong.mean()) - p) <= 4 * np.sqrt(p * (1 - p) / n) + 1e-12
+    assert abs(float(log_p.mean()) - exact["mean_log_density"]) <= 4 * np.sqrt(0.5 / n)  # var of log N: 1/2
+    assert float(log_p.median()) == pytest.approx(exact["median_log_density"], abs=0.01)
+    few = score_samples(mixture, x[:4000], y[:4000], reference_per_class=100, num_projections=1)
+    assert abs(few["wrong_class_fraction"] - p) <= 4 * np.sqrt(p * (1 - p) / 4000) + 1e-12
+
+
+def test_exact_wrong_class_share_at_mu_0_1_is_0_023():
+    from lightning_guidance.toy import exact_conditional_scores
+
+    assert round(exact_conditional_scores(0.1, 0.05)["wrong_class_fraction"], 3) == 0.023
+
+
+def test_per_sample_scores_average_to_the_table(fractal):
+    from lightning_guidance.toy.exact_scores import per_sample_scores
+
+    x, y = fractal.sample(200, labels=torch.arange(200) % 2, generator=torch.Generator().manual_seed(3))
+    x = x + 0.05 * torch.randn(x.shape, generator=torch.Generator().manual_seed(4))
+    rows, table = per_sample_scores(fractal, x, y), score_samples(fractal, x, y)
+    assert float(rows["log_density"].mean()) == table["mean_log_density"]
+    assert float(rows["log_density"].median()) == table["median_log_density"]
+    assert float(rows["wrong_class"].mean()) == table["wrong_class_fraction"] > 0

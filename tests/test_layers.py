@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lightning_guidance"
 LAYERS: list[tuple[str, ...]] = [
     ("io",),  # files: atomic writes, shards, figures, tables, checkpoint files
     ("diffusion",),  # the math's base: schedules, samplers and their plug (state, term protocol, sampler kinds)
-    ("guidance", "calibration", "toy", "flow"),  # math built on diffusion
+    ("guidance", "calibration", "toy", "flow", "stats"),  # math built on diffusion; statistics on plain arrays
     ("nets",),  # plain nn.Modules
     ("metrics",),  # torchmetrics states and what grades with them
     ("data",),  # LightningDataModules, rank splits of evaluation data (Lightning from here up)

@@ -61,4 +61,5 @@ def test_predict_then_test_grades_toy_shards(tmp_path, family):
             predicted = net(torch.from_numpy(points), None).argmax(1).numpy()
         assert row["metrics"]["judge_accuracy"] == pytest.approx(float((predicted == labels).mean()), abs=1e-6)
         assert np.isfinite(row["metrics"][f"fd_{family}"]) and 0 <= row["metrics"]["recall"] <= 1
-    assert (out / "metrics_table.md").read_text().count("\n| ") == 4  # header, two scales, the real-data row
+    # header, two scales, the real-data row, the real-vs-real floor
+    assert (out / "metrics_table.md").read_text().count("\n| ") == 5

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..diffusion.denoiser import DenoiserOutput
 from ..diffusion.plug import GuidanceState
 from .log_likelihood import ClassifierTerm, log_likelihood, per_sample, per_sample_rms
-from .schedules import edm_sine_weight, sine_boost_factor
+from .schedules import SINE_REFERENCES, edm_sine_weight, reference_sine_boost, sine_boost_factor
 
 
 class OffTheShelfGuidance(ClassifierTerm):
@@ -29,7 +29,10 @@ class OffTheShelfGuidance(ClassifierTerm):
     Sine boost (``sine_gamma != 0``):
 
     - DDPM: ``g`` is multiplied by ``1 + max(gamma Sigma_max sin(pi i / T), 0) / Sigma_t`` (``i`` runs T-1 -> 0),
-      so the sampler's ``mu + Sigma_t g`` is the paper's ``mu + (Sigma_t + gamma Sigma_max sin) s g``.
+      so the sampler's ``mu + Sigma_t g`` is the paper's ``mu + (Sigma_t + gamma Sigma_max sin) s g``. That factor
+      depends on the schedule and step count (``guidance.schedules.sine_boost_factors``); ``sine_reference:
+      linear-250`` instead takes the factor EluCD's own setting applies at the same noise level
+      (``guidance.schedules.reference_sine_boost``), so that ``gamma`` means the same on any schedule.
     - DDIM: not supported (it has no step variance ``Sigma_t`` for the boost to be defined against); our choice
       is to refuse rather than invent an equivalent.
     - EDM: only through ``edm_g_max`` (the boost is part of the EDM weight ``w_i``).
@@ -45,13 +48,22 @@ class OffTheShelfGuidance(ClassifierTerm):
 
     def __init__(self, classifier: nn.Module, scale: float = 1.0, tau1: float = 1.0, tau2: float = 1.0,
                  input: str = "x0_hat", through_denoiser: bool = False, sine_gamma: float = 0.0,
-                 edm_g_max: float | None = None, clip_x0: bool = True, schedule: Callable | None = None):
+                 edm_g_max: float | None = None, clip_x0: bool = True, schedule: Callable | None = None,
+                 sine_reference: str | None = None):
         super().__init__(classifier, scale=scale, schedule=schedule, input=input, through_denoiser=through_denoiser,
                          clip_x0=clip_x0)
         if edm_g_max is not None and input != "x0_hat":
             raise ValueError("edm_g_max (EluCD's EDM rule) needs input='x0_hat'")
         self.tau1, self.tau2 = float(tau1), float(tau2)
         self.sine_gamma = float(sine_gamma)
+        if sine_reference is not None:
+            if sine_reference not in SINE_REFERENCES:
+                raise ValueError(f"unknown sine_reference {sine_reference!r}; known: {sorted(SINE_REFERENCES)} "
+                                 "(or null: the paper's rule on this sampler's own variances)")
+            if edm_g_max is not None:
+                raise ValueError("sine_reference defines the DDPM boost; EluCD's EDM rule (edm_g_max) has its own")
+            # an attribute (and so in the shard hash) only when set: shards made before it existed keep their hash
+            self.sine_reference = sine_reference
         self.edm_g_max = None if edm_g_max is None else float(edm_g_max)
         kinds = ["ddpm"]
         if self.sine_gamma == 0.0:
@@ -74,8 +86,10 @@ class OffTheShelfGuidance(ClassifierTerm):
             if state.variance is None or state.max_variance is None:
                 raise ValueError("OffTheShelfGuidance(sine_gamma != 0) needs state.variance and state.max_variance "
                                  "from the DDPM sampler")
-            factor = sine_boost_factor(state.step, state.num_steps, self.sine_gamma, state.variance,
-                                       state.max_variance)
+            reference = getattr(self, "sine_reference", None)
+            factor = (reference_sine_boost(state.abar, self.sine_gamma, reference) if reference is not None else
+                      sine_boost_factor(state.step, state.num_steps, self.sine_gamma, state.variance,
+                                        state.max_variance))
             g = per_sample(factor.to(g.device), g) * g
         return g
 

@@ -8,10 +8,15 @@ sampler's variances or its own step count.
 
 from __future__ import annotations
 
+import functools
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from ..diffusion.ddpm import ddpm_posterior
+from ..diffusion.schedules import VPSchedule
 
 
 class ConstantSchedule:
@@ -69,6 +74,59 @@ def sine_boost_factor(step: int, num_steps: int, gamma: float, variance: Tensor,
     added = (gamma * max_variance * math.sin(math.pi * i / num_steps)).clamp(min=0)
     boosted = 1 + added / variance
     return torch.where(added > 0, boosted, torch.ones_like(boosted))  # 0/0 at a zero variance -> 1
+
+
+#: a setting to define the sine boost against: (schedule, training steps, DDPM steps). "linear-250" is EluCD's DDPM
+#: setting (ADM's linear betas, 250 respaced steps; Ma et al., app. C)
+SINE_REFERENCES = {"linear-250": ("linear", 1000, 250)}
+
+
+def ddpm_step_noise(schedule: VPSchedule, num_steps: int) -> tuple[Tensor, Tensor]:
+    """Per DDPM step in sampling order (step 0 the noisiest): the step's ``abar_t`` and its posterior variance
+    ``Sigma_t`` (:func:`~lightning_guidance.diffusion.ddpm.ddpm_posterior`, on the respaced schedule), float64."""
+    abars = schedule.respace(num_steps)[0].alphas_cumprod.tolist()
+    steps = range(len(abars) - 1, -1, -1)
+    variance = [ddpm_posterior(0.0, 0.0, abars[k], abars[k - 1] if k > 0 else 1.0)[1] for k in steps]
+    return torch.tensor([abars[k] for k in steps], dtype=torch.float64), torch.tensor(variance, dtype=torch.float64)
+
+
+def sine_boost_factors(schedule: VPSchedule, num_steps: int, gamma: float) -> Tensor:
+    """The factor :func:`sine_boost_factor` multiplies ``g`` by at each DDPM step (sampling order) on ``schedule``
+    with ``num_steps`` steps, ``Sigma_max`` the first step's variance as in the sampler.
+
+    How much the boost multiplies guidance depends on the schedule: at ``gamma = 0.3`` the median step's factor is
+    about 1.6 on EluCD's linear schedule with 250 steps (at most 4.4), but 5.9 on a cosine schedule with 50 steps (at
+    most 467), where ``Sigma_max`` (the first variance, near 1) dwarfs the later ``Sigma_t``.
+    """
+    _, variance = ddpm_step_noise(schedule, num_steps)
+    return torch.stack([sine_boost_factor(step, len(variance), gamma, v, variance[0]) for step, v in
+                        enumerate(variance)])
+
+
+def reference_sine_boost(abar: Tensor, gamma: float, reference: str = "linear-250") -> Tensor:
+    """A schedule-invariant sine boost: the factor the ``reference`` setting's DDPM sampler applies at the same noise
+    level, ``f_ref(log SNR)`` with ``log SNR = log(abar / (1 - abar))``, piecewise linear between the reference's
+    steps and held at its end values outside them (docs/math.md §3.4).
+
+    The paper's factor ``1 + gamma Sigma_max sin(pi i / T) / Sigma_t`` depends on the schedule and the step count
+    through ``Sigma_max / Sigma_t``; this one depends on the noise level only, so ``gamma`` means on any schedule and
+    any step count what it means in EluCD's setting.
+    """
+    if reference not in SINE_REFERENCES:
+        raise ValueError(f"unknown sine boost reference {reference!r}; known: {sorted(SINE_REFERENCES)}")
+    ref_log_snr, factors = _reference_table(reference, float(gamma))
+    abar = torch.as_tensor(abar, dtype=torch.float64)
+    log_snr = (abar / (1 - abar)).log().detach().cpu().numpy()
+    return torch.as_tensor(np.interp(log_snr, ref_log_snr, factors), dtype=torch.float64).to(abar.device)
+
+
+@functools.lru_cache(maxsize=32)
+def _reference_table(reference: str, gamma: float) -> tuple[np.ndarray, np.ndarray]:
+    """The reference's log SNR per step (increasing along the sampling order) and its boost factor there."""
+    kind, train_steps, steps = SINE_REFERENCES[reference]
+    schedule = VPSchedule.from_name(kind, train_steps)
+    abar, _ = ddpm_step_noise(schedule, steps)
+    return (abar / (1 - abar)).log().numpy(), sine_boost_factors(schedule, steps, gamma).numpy()
 
 
 def edm_sine_weight(step: int, num_steps: int, g_max: float, gamma: float) -> float:

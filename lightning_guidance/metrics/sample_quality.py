@@ -1,10 +1,13 @@
 """Sample quality of several generated sets (e.g. one per guidance scale) against one real set, as a judge sees it.
 
-Per set: Fréchet distance in the judge's feature space (``fd_<name>``; Heusel et al. 2017, eq. 6), improved
-precision/recall on the same features (Kynkäänniemi et al. 2019), conditional accuracy (the judge agrees with the
-class a sample was generated for) and the classifier score ``exp E KL(p(y|x) || p(y))`` under the judge; optionally
-the standard Inception FID when its weights are on disk. The judge runs once per batch: its features feed both the
-Fréchet distance and precision/recall. Every metric is a torchmetrics state that reduces across ranks, so
+Per set: Fréchet distance in the judge's feature space (``fd_<name>``; Heusel et al. 2017, eq. 6), the kernel
+distance on the same features (``kd_<name>``, KID's unbiased estimator, with its standard deviation over subsets;
+``metrics.kernel_distance``), improved precision/recall on the same features (Kynkäänniemi et al. 2019), conditional
+accuracy (the judge agrees with the class a sample was generated for) and the classifier score
+``exp E KL(p(y|x) || p(y))`` under the judge (an Inception-Score analogue); optionally the standard Inception FID when
+its weights are on disk. The judge runs once per batch; what it saw of each sample (id, label, logits, features) is
+kept (``metrics.products.SampleProducts``), for the kernel distance, the real-vs-real floor and the per-sample files
+that bootstraps read (``io.sample_products``). Every metric is a torchmetrics state that reduces across ranks, so
 ``compute`` is collective: every rank must call it, in the same order.
 """
 
@@ -14,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-
+import torch
 from torch import Tensor, nn
 from torchmetrics import Metric
 
@@ -25,9 +28,12 @@ from . import (
     conditional_accuracy,
     inception_fid,
 )
+from ..io.sample_products import REAL_GROUP, products_path, write_sample_products
 from ..io.shards import read_shard_rows
 from ..io.tables import write_table
 from .judge import Judge
+from .kernel_distance import kd_name, kernel_distance
+from .products import SampleProducts, real_floor
 
 
 class FeatureVectors(nn.Module):
@@ -46,15 +52,19 @@ def _key(group: str) -> str:
 
 
 class SampleQuality(nn.Module):
-    """``update_real(x, labels)``; ``update_generated(group, x, labels)``; ``compute(group)``, ``compute_real()``.
+    """``update_real(x, labels, ids)``; ``update_generated(group, x, labels, ids)``; ``compute(group)``,
+    ``compute_real()``, ``real_floor(n)``, ``products(group)``, ``write_products(folder)``.
 
     ``groups``: names of the generated sets. ``fd_name``: the key of the Fréchet distance, named after the judge's
-    feature space (``fd_digits``), never "fid". ``inception_weights``: a local Inception weights file for the
-    standard FID (FileNotFoundError naming it when absent). Images are float in [-1, 1], NCHW.
+    feature space (``fd_digits``), never "fid"; the kernel distance is ``kd_<same>``. ``inception_weights``: a local
+    Inception weights file for the standard FID (FileNotFoundError naming it when absent). Images are float in
+    [-1, 1], NCHW. ``ids``: the sample ids (dataset indices for real data); without them the kernel distance's
+    subsets follow the order the samples arrived in, which depends on the number of processes.
     """
 
     def __init__(self, judge: Judge, groups: Sequence[str], fd_name: str = "fd_judge", precision_recall_k: int = 3,
-                 knn_backend: str = "auto", inception_weights: str | None = None):
+                 knn_backend: str = "auto", inception_weights: str | None = None, kd_subsets: int = 100,
+                 kd_subset_size: int = 1000, kd_seed: int = 0):
         super().__init__()
         groups = [str(g) for g in groups]
         if not groups or len({_key(g) for g in groups}) != len(groups):
@@ -73,6 +83,11 @@ class SampleQuality(nn.Module):
         self.score = nn.ModuleDict({_key(g): ClassifierScore(k) for g in groups})
         self.real_accuracy = conditional_accuracy(k)
         self.real_score = ClassifierScore(k)
+        self.products_of = nn.ModuleDict({_key(g): SampleProducts() for g in groups})
+        self.real_products = SampleProducts()
+        self.kd_name = kd_name(fd_name)
+        self.precision_recall_k, self.knn_backend = precision_recall_k, knn_backend
+        self.kd_subsets, self.kd_subset_size, self.kd_seed = int(kd_subsets), int(kd_subset_size), int(kd_seed)
         self.inception = None
         if inception_weights is not None:
             self.inception = nn.ModuleDict({_key(g): inception_fid(inception_weights) for g in groups})
@@ -82,8 +97,9 @@ class SampleQuality(nn.Module):
             raise KeyError(f"unknown generated set {group!r}; known: {self.groups}")
         return _key(group)
 
-    def update_real(self, x: Tensor, labels: Tensor) -> None:
+    def update_real(self, x: Tensor, labels: Tensor, ids: Tensor | None = None) -> None:
         logits, features = self.judge.logits_and_features(x)
+        self.real_products.update(labels, logits, features, ids)
         for g in self.groups:
             key = _key(g)
             self.frechet[key].update(features, real=True)
@@ -93,9 +109,10 @@ class SampleQuality(nn.Module):
         self.real_accuracy.update(logits, labels)
         self.real_score.update(logits)
 
-    def update_generated(self, group: str, x: Tensor, labels: Tensor) -> None:
+    def update_generated(self, group: str, x: Tensor, labels: Tensor, ids: Tensor | None = None) -> None:
         key = self._check_group(group)
         logits, features = self.judge.logits_and_features(x)
+        self.products_of[key].update(labels, logits, features, ids)
         self.frechet[key].update(features, real=False)
         self.precision_recall[key].update(features, real=False)
         self.accuracy[key].update(logits, labels)
@@ -111,15 +128,19 @@ class SampleQuality(nn.Module):
             rows = np.nonzero((shard_ids >= ids.start) & (shard_ids < ids.stop))[0]
             for lo in range(0, rows.size, batch_size):
                 x, labels = read_shard_rows(path, rows[lo:lo + batch_size])
-                self.update_generated(group, x.to(device), labels.to(device))
+                batch_ids = torch.as_tensor(shard_ids[rows[lo:lo + batch_size]], dtype=torch.long, device=device)
+                self.update_generated(group, x.to(device), labels.to(device), batch_ids)
 
     def compute(self, group: str) -> dict[str, float]:
         """The figures of one generated set (collective under DDP)."""
         key = self._check_group(group)
         pr = self.precision_recall[key].compute()
-        out = {self.fd_name: float(self.frechet[key].compute()), "precision": float(pr["precision"]),
-               "recall": float(pr["recall"]), "judge_accuracy": float(self.accuracy[key].compute()),
-               "judge_score": float(self.score[key].compute())}
+        kd, kd_std = kernel_distance(self.real_products.compute()["features"],
+                                     self.products_of[key].compute()["features"], self.kd_subsets,
+                                     self.kd_subset_size, self.kd_seed)
+        out = {self.fd_name: float(self.frechet[key].compute()), self.kd_name: kd, f"{self.kd_name}_std": kd_std,
+               "precision": float(pr["precision"]), "recall": float(pr["recall"]),
+               "judge_accuracy": float(self.accuracy[key].compute()), "judge_score": float(self.score[key].compute())}
         if self.inception is not None:
             out["fid_inception"] = float(self.inception[key].compute())
         return out
@@ -127,6 +148,35 @@ class SampleQuality(nn.Module):
     def compute_real(self) -> dict[str, float]:
         """The judge on the real data itself: its accuracy and classifier score (the reference row)."""
         return {"judge_accuracy": float(self.real_accuracy.compute()), "judge_score": float(self.real_score.compute())}
+
+    def settings(self) -> dict:
+        """What ``metrics.products.quality_from_products`` needs to recompute these figures from the products."""
+        return {"fd_name": self.fd_name, "k": self.precision_recall_k, "knn_backend": self.knn_backend,
+                "kd_subsets": self.kd_subsets, "kd_subset_size": self.kd_subset_size, "kd_seed": self.kd_seed}
+
+    def products(self, group: str | None = None) -> dict:
+        """Per-sample ids, labels, logits and features of a generated set (the real set: None), sorted by id
+        (collective)."""
+        return (self.real_products if group is None else self.products_of[self._check_group(group)]).compute()
+
+    def real_floor(self, num_samples: int, seed: int = 0) -> dict:
+        """Every figure between two disjoint halves of the real set of ``min(num_samples, N // 2)`` each
+        (``metrics.products.real_floor``; collective)."""
+        return real_floor(self.products(), num_samples, seed, **self.settings())
+
+    def write_products(self, folder: str | Path, write: bool = True, meta: dict | None = None) -> list[Path]:
+        """``<folder>/sample_products/<group>.npz`` for every generated set and ``real.npz`` (``io.sample_products``);
+        collective: every rank gathers, ``write`` says whether this one writes (rank 0)."""
+        written = []
+        for group in [*self.groups, None]:
+            arrays = self.products(group)
+            if write:
+                name = REAL_GROUP if group is None else group
+                info = {**(meta or {}), "group": name, "kind": "real" if group is None else "generated",
+                        "judge": getattr(self.judge, "checkpoint", None) or type(self.judge).__name__,
+                        "settings": self.settings()}
+                written.append(write_sample_products(products_path(folder, name), arrays, info))
+        return written
 
     def num_samples(self, group: str | None = None) -> int:
         """How many samples (over all ranks) a generated set, or the real set (None), holds (collective)."""
@@ -140,20 +190,36 @@ class SampleQuality(nn.Module):
                 module.reset()
 
 
+def _cell(value: float) -> str:
+    return f"{value:.4f}" if value == 0 or abs(value) >= 0.01 else f"{value:.2e}"
+
+
 def write_quality_table(folder: str | Path, judge: Judge, real_data: str, fd_name: str, num_samples: int, target: str,
-                        rows: Sequence[dict], real: dict[str, float], num_real: int) -> tuple[Path, Path]:
+                        rows: Sequence[dict], real: dict[str, float], num_real: int, real_floor: dict | None = None,
+                        settings: dict | None = None) -> tuple[Path, Path]:
     """``<folder>/metrics_table.{json,md}``: one row per sweep value (``{'scale', 'guidance', 'num_samples',
-    'metrics'}``) and a reference row, the judge on the real data."""
+    'metrics'}``), a reference row (the judge on the real data), the real-vs-real floor (``{'num_samples',
+    'metrics'}``: every figure between two disjoint halves of the real data) and the ``settings`` the figures were
+    computed with (what ``metrics.products.quality_from_products`` needs to recompute them)."""
     name = getattr(judge, "checkpoint", None) or type(judge).__name__
     table = {"judge": name, "judge_num_features": judge.num_features, "real_data": real_data, "fd_name": fd_name,
              "num_samples_per_scale": num_samples, "scale_target": target, "rows": list(rows), "real": real,
              "num_real_samples": num_real}
+    if real_floor is not None:
+        table["real_floor"] = real_floor
+    if settings is not None:
+        table["settings"] = settings
     keys = list(rows[0]["metrics"])
     intro = (f"Samples graded by the judge `{name}` against the real data of {real_data}, {num_samples} samples per "
              f"scale. `{fd_name}` is the Fréchet distance in the judge's {judge.num_features} penultimate features "
-             "(not Inception FID).")
-    cells = [[f"{r['scale']:g}", r["guidance"], str(r["num_samples"])] + [f"{r['metrics'][k]:.4f}" for k in keys]
+             f"(not Inception FID), `{kd_name(fd_name)}` the kernel distance (KID's unbiased estimator) in the same "
+             "features, with its standard deviation over subsets.")
+    cells = [[f"{r['scale']:g}", r["guidance"], str(r["num_samples"])] + [_cell(r["metrics"][k]) for k in keys]
              for r in rows]
     cells.append(["real data", "(the judge on the real data)", str(num_real)]
-                 + [f"{real[k]:.4f}" if k in real else "—" for k in keys])
+                 + [_cell(real[k]) if k in real else "—" for k in keys])
+    if real_floor is not None:
+        floor = real_floor["metrics"]
+        cells.append(["real vs real", "(two disjoint halves of the real data: the floor at this n)",
+                      str(real_floor["num_samples"])] + [_cell(floor[k]) if k in floor else "—" for k in keys])
     return write_table(folder, "metrics_table", table, intro, [f"{target} scale", "guidance", "samples", *keys], cells)

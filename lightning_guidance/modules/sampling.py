@@ -9,11 +9,13 @@ skips them all and writes the manifest).
 
 ``test`` grades the shards of every sweep value, images or toy points, against the real data of ``data:`` (its test
 split) with a judge (:class:`~lightning_guidance.metrics.judge.Judge`): Fréchet distance in the judge's features
-(``fd_name``, e.g. ``fd_digits``), precision/recall, judge accuracy and score, and Inception FID when
+(``fd_name``, e.g. ``fd_digits``), the kernel distance in the same features (``kd_digits``), precision/recall, judge
+accuracy and score, and Inception FID when
 ``inception_weights`` names a local file. Lightning's test loop iterates the real data (padded repeats dropped by
 sample index); at the end of the epoch each rank reads its own block of sample ids from the shards, and the figures
-are reduced across ranks. Rank 0 writes ``<output_dir>/metrics_table.{json,md}`` (one row per sweep value and a
-reference row: the judge on the real data), which the study report quotes.
+are reduced across ranks. Rank 0 writes ``<output_dir>/metrics_table.{json,md}`` (one row per sweep value, a
+reference row: the judge on the real data, and the real-vs-real floor), which the study report quotes, and beside it
+``sample_products/<group>.npz``: what the judge saw of each sample, for bootstraps (``io.sample_products``).
 """
 
 from __future__ import annotations
@@ -207,10 +209,10 @@ class SamplingModule(L.LightningModule):
         if tuple(x.shape[1:]) != tuple(self._real_shape):
             raise ValueError(f"real batch of shape {tuple(x.shape[1:])}, shards of shape {tuple(self._real_shape)}: "
                              "the data module does not match the shards")
-        _, keep = self._batch_ids(self.trainer, batch_idx, len(y), dataloader_idx)
-        keep = keep.to(y.device)
+        ids, keep = self._batch_ids(self.trainer, batch_idx, len(y), dataloader_idx)
+        ids, keep = ids.to(y.device), keep.to(y.device)
         if keep.any():
-            self.quality.update_real(x[keep], y[keep])
+            self.quality.update_real(x[keep], y[keep], ids[keep])
 
     def on_test_epoch_end(self) -> None:
         rows, counts = {}, {}
@@ -220,16 +222,19 @@ class SamplingModule(L.LightningModule):
             self.quality.update_from_shards(group, self._shards[value], owned, self.hparams.batch_size, self.device)
             rows[group], counts[group] = self.quality.compute(group), self.quality.num_samples(group)
         real, counts["real"] = self.quality.compute_real(), self.quality.num_samples()
+        floor = self.quality.real_floor(self.num_samples)  # collective, like the per-sample files below
+        self.quality.write_products(self.output_dir, write=self.trainer.is_global_zero)
         for group, row in rows.items():
             self.log_dict({f"test/{group}/{k}": v for k, v in row.items()}, sync_dist=True)  # equal on all ranks
         self.log_dict({f"test/real/{k}": v for k, v in real.items()}, sync_dist=True)
         if self.trainer.is_global_zero:
-            self.write_metrics_table(rows, real, counts)
+            self.write_metrics_table(rows, real, counts, floor)
 
     def write_metrics_table(self, rows: dict[str, dict[str, float]], real: dict[str, float],
-                            counts: dict[str, int]) -> tuple[Path, Path]:
+                            counts: dict[str, int], real_floor: dict | None = None) -> tuple[Path, Path]:
         hp, sweep = self.hparams, self.sweep
         table = [{"scale": v, "guidance": f"{hp.sampler} {dict(self.sampler_kwargs)}, " + sweep.describe(v),
                   "num_samples": counts[sweep.folder(v)], "metrics": rows[sweep.folder(v)]} for v in sweep.values]
         return write_quality_table(self.output_dir, self.judge, type(self.trainer.datamodule).__name__, hp.fd_name,
-                                   self.num_samples, sweep.target, table, real, counts["real"])
+                                   self.num_samples, sweep.target, table, real, counts["real"], real_floor,
+                                   self.quality.settings())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from torch import nn
@@ -16,10 +17,17 @@ class TrainedClassifier(nn.Module):
     init_args: {checkpoint: runs/digits/classifier/checkpoints/last.ckpt}}``. The network is rebuilt from the spec
     the checkpoint records and given its (EMA) weights; ``noisy``, ``schedule_name`` and ``num_train_steps`` are the
     classifier's training settings (``Classifier``'s hyper-parameters). Frozen and always in eval mode.
+
+    ``temperature`` T: the logits are divided by T (temperature scaling, Guo et al. 2017, §4.2): T > 1 softens,
+    T < 1 sharpens the probabilities without changing the arg max, so one classifier gives many calibration levels.
+    It is part of the guide's identity (``extra_repr``, which the shard hash reads) when it is not 1.
     """
 
-    def __init__(self, checkpoint: str, use_ema: bool = True):
+    def __init__(self, checkpoint: str, use_ema: bool = True, temperature: float = 1.0):
         super().__init__()
+        if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+        self.temperature = float(temperature)
         path = Path(checkpoint)
         ckpt = read_checkpoint(path, "train one first with: python cli.py fit --config configs/digits/classifier.yaml")
         hp = checkpoint_hparams(ckpt)
@@ -38,5 +46,9 @@ class TrainedClassifier(nn.Module):
     def train(self, mode: bool = True) -> TrainedClassifier:
         return super().train(False)  # a guide or judge never trains (BatchNorm/dropout stay in eval)
 
+    def extra_repr(self) -> str:
+        return "" if self.temperature == 1.0 else f"temperature={self.temperature!r}"
+
     def forward(self, x, t=None):
-        return self.net(x, t)
+        logits = self.net(x, t)
+        return logits if self.temperature == 1.0 else logits / self.temperature

@@ -62,6 +62,15 @@ def knn_recall(generated: Tensor, reference: Tensor, k: int = 3) -> Tensor:
     return (torch.cdist(reference, generated) <= radius[None, :]).any(dim=1).to(torch.float64).mean()
 
 
+def per_sample_scores(mixture: GaussianMixture, samples: Tensor, labels: Tensor) -> dict[str, Tensor]:
+    """Per sample (for paired bootstraps over sample ids): ``log_density`` = ``log p(x_i | y_i)`` and
+    ``wrong_class`` = 1.0 where the exact posterior prefers another class than ``y_i`` (float64, (N,))."""
+    x = samples.detach().cpu().to(torch.float64).reshape(len(samples), -1)
+    y = labels.detach().cpu().to(torch.long)
+    return {"log_density": mixture.log_prob(x, y),
+            "wrong_class": (mixture.class_posterior(x).argmax(dim=1) != y).to(torch.float64)}
+
+
 def score_samples(mixture: GaussianMixture, samples: Tensor, labels: Tensor, reference_per_class: int | None = None,
                   seed: int = 0, num_projections: int = 256, p: int = 2) -> dict[str, float]:
     """The exact scores of ``samples`` (N, D) generated for ``labels`` (N,) (see the module docstring).
@@ -72,8 +81,8 @@ def score_samples(mixture: GaussianMixture, samples: Tensor, labels: Tensor, ref
     """
     x = samples.detach().cpu().to(torch.float64).reshape(len(samples), -1)
     y = labels.detach().cpu().to(torch.long)
-    log_density = mixture.log_prob(x, y)
-    wrong = (mixture.class_posterior(x).argmax(dim=1) != y).to(torch.float64)
+    per_sample = per_sample_scores(mixture, x, y)
+    log_density, wrong = per_sample["log_density"], per_sample["wrong_class"]
     g = torch.Generator().manual_seed(seed)
     sw, spread, recall = [], [], []
     for k in sorted(set(y.tolist())):

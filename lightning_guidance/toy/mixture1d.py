@@ -5,6 +5,9 @@ Class 0 ``N(-mu, sigma^2)``, class 1 ``N(+mu, sigma^2)``, equal weights.
 
 from __future__ import annotations
 
+import math
+from statistics import NormalDist
+
 import torch
 
 from .gaussian_mixture import GaussianMixture
@@ -17,3 +20,22 @@ def two_class_mixture_1d(mu: float = 1.0, sigma: float = 0.05) -> GaussianMixtur
     means = torch.tensor([[-mu], [mu]], dtype=torch.float64)
     covs = torch.full((2, 1, 1), float(sigma) ** 2, dtype=torch.float64)
     return GaussianMixture(means, covs, torch.ones(2, dtype=torch.float64), torch.tensor([0, 1]))
+
+
+def exact_conditional_scores(mu: float, sigma: float) -> dict[str, float]:
+    """The exact conditional sampler's own rows of :func:`~lightning_guidance.toy.exact_scores.score_samples`
+    (the limit of many samples drawn from ``p(x | y)`` itself), in closed form.
+
+    - ``wrong_class_fraction = Phi(-|mu| / sigma)``: the Bayes classifier's boundary is 0 (equal weights and widths),
+      and a class-1 sample falls below it with probability ``Phi(-mu / sigma)`` (class 0 by symmetry);
+    - ``mean_log_density = E log N(x; mu, sigma^2) = -log(sigma sqrt(2 pi)) - 1/2``;
+    - ``median_log_density = -log(sigma sqrt(2 pi)) - q^2 / 2``, ``q = Phi^-1(3/4)`` the median of ``|x - mu| / sigma``.
+
+    At ``mu = 0.1, sigma = 0.05``: 0.0228 of exact samples are on the other class's side.
+    """
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    normal = NormalDist()
+    log_norm = -math.log(sigma * math.sqrt(2 * math.pi))
+    return {"mean_log_density": log_norm - 0.5, "median_log_density": log_norm - 0.5 * normal.inv_cdf(0.75) ** 2,
+            "wrong_class_fraction": normal.cdf(-abs(mu) / sigma)}
