@@ -1,8 +1,8 @@
-"""Long-lived step workers: each imports Lightning once and then runs study steps one after another in-process.
+"""Long-lived step workers: each imports Lightning once and then runs ``cli.py`` steps one after another in-process.
 
 A fresh ``python -m lightning_guidance.cli`` per step spends about 8 CPU seconds importing torch, Lightning and the
-suite before the step starts; the tiny preset has 70 steps. A worker (``cli.py study --serve-steps <run folder>``,
-started by :class:`WorkerPool`) pays that once. Per step it
+suite before the step starts; the study's tiny preset has 83 steps. A worker (the study starts ``cli.py study
+--serve-steps <run folder>``, a :class:`WorkerPool` of them) pays that once. Per step it
 
 - resets the process-wide state a step can change to what it was before the first step (:class:`ProcessState`:
   environment, RNG states, torch threads and flags, warnings filters, logging, matplotlib, working folder), so a
@@ -161,7 +161,7 @@ def serve(entry, threads: int | None = None) -> int:
     return 0
 
 
-# ---- in the study ------------------------------------------------------------------------------------------------
+# ---- in the caller -------------------------------------------------------------------------------------------------
 class WorkerDied(RuntimeError):
     pass
 
