@@ -360,3 +360,37 @@ def test_a_rebuilt_report_names_the_code_that_made_each_steps_product(micro, tmp
     made = "; ".join(f"`{c}`{dirty if c == report['commit'] else ''} ({n} step{'s' * (n != 1)})"
                      for c, n in counts.items())
     assert f"Its steps' products were made at: {made}." in (copy / "report.md").read_text().split("## Agreement")[0]
+
+
+def test_every_preset_field_sizes_a_declared_section():
+    """Each section declares the preset fields it reads (``--list`` shows them): they exist, and no field is read
+    by no section (a stale field, or a section that reads one it does not declare)."""
+    from dataclasses import fields
+
+    from lightning_guidance.study.presets import Preset
+    from lightning_guidance.study.sections import SECTIONS
+
+    declared = {f for s in SECTIONS for f in s.preset_fields}
+    names = {f.name for f in fields(Preset)}
+    assert declared <= names, sorted(declared - names)
+    assert names - declared == {"name", "summary", "slurm"}
+
+
+def test_the_step_configs_come_from_the_study_configs_folder(tmp_path, monkeypatch, capsys):
+    """Outside a checkout (here: another working folder) the shipped configs are found beside the study config; when
+    they cannot be found, one line says where it looked and what to pass."""
+    import lightning_guidance.study.plan as plan_module
+    from helpers import ROOT
+
+    monkeypatch.chdir(tmp_path)
+    assert study("--config", ROOT / "configs/digits/study.yaml", "--preset", "micro", "--sections", "toy1d",
+                 "--list") == 0
+    listed = [line.split()[-1] for line in capsys.readouterr().out.splitlines() if line.startswith("toy1d ")]
+    assert listed and all(c.startswith(str(ROOT / "configs")) and Path(c).is_file() for c in listed)
+    own = tmp_path / "mine" / "study.yaml"
+    own.parent.mkdir()
+    own.write_text("preset: micro\n")
+    monkeypatch.setattr(plan_module, "__file__", str(tmp_path / "site-packages" / "study" / "plan.py"))
+    with pytest.raises(FileNotFoundError, match=r"^the study's configs are not in .*: pass --config "
+                                                r"<checkout>/configs/digits/study.yaml"):
+        study("--config", own, "--list")

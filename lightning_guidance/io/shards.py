@@ -149,6 +149,16 @@ def _digests(value) -> list[str]:
     return found
 
 
+def read_postprocessed(folder: str | Path) -> tuple[Tensor, Tensor, Tensor]:
+    """(samples after, their sources before, labels) of a folder of post-processed shards (in the same order)."""
+    paths = shard_paths(folder)
+    if not paths:
+        raise FileNotFoundError(f"no post-processed shards in {folder}")
+    after = [read_shard(p) for p in paths]
+    before = [read_shard(str(read_extra(p, "source_file"))).samples.float() for p in paths]
+    return torch.cat([s.samples.float() for s in after]), torch.cat(before), torch.cat([s.labels for s in after])
+
+
 def read_shard_rows(path: str | Path, rows: np.ndarray) -> tuple[Tensor, Tensor]:
     """``(samples, labels)`` of some rows of a shard (images back in [-1, 1], toy points as written)."""
     with np.load(path) as z:

@@ -119,32 +119,10 @@ def plan(plan: Plan) -> None:
 
 
 # ---- reading -----------------------------------------------------------------------------------------------------
-def read_samples(products: Products, name: str) -> dict[float, tuple[torch.Tensor, torch.Tensor]]:
-    """``{scale: (samples, labels)}`` of a sampling step."""
-    from ..io.shards import read_shard
-
-    out = {}
-    for value, paths in products.sweep(name).items():
-        shards = [read_shard(p) for p in paths]
-        out[value] = (torch.cat([s.samples for s in shards]), torch.cat([s.labels for s in shards]))
-    return out
-
-
-def read_postprocessed(folder: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(samples after, their sources before, labels) of a folder the post-processor wrote (same order)."""
-    from ..io.shards import read_extra, read_shard, shard_paths
-
-    paths = shard_paths(folder)
-    if not paths:
-        raise FileNotFoundError(f"no post-processed shards in {folder}")
-    after = [read_shard(p) for p in paths]
-    before = [read_shard(str(read_extra(p, "source_file"))).samples.float() for p in paths]
-    return torch.cat([s.samples.float() for s in after]), torch.cat(before), torch.cat([s.labels for s in after])
-
-
 def read_all(products: Products):
     """(the methods whose sampling finished, their samples, the labels of the failed ones, the post-processed sets
     ``{flow key: (flow, before, after, labels)}``, the keys of the unfinished ones, exact samples and labels)."""
+    from ..io.shards import read_postprocessed
     from ..toy import fractal_2d
 
     p = products.preset
@@ -152,7 +130,7 @@ def read_all(products: Products):
     failed = [m.label for m in fractal_methods(p) if not products.ok(sample_step(m.key))]
     if not methods:
         raise LookupError(products.failed_inputs([sample_step(m.key) for m in fractal_methods(p)]))
-    samples = {m.key: read_samples(products, sample_step(m.key)) for m in methods}
+    samples = {m.key: products.samples(sample_step(m.key)) for m in methods}
     flows, flows_failed = {}, []
     for f in fractal_flows(p):
         name = f"fractal-flow-{f.key}"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import warnings
 
 from .section import Products, Section, SectionResult, fmt, md_table
+from .toy1d import SCALE_AXIS
 
 POST = " + post-processor"
 
@@ -16,7 +17,7 @@ def quality_rows(series: dict) -> list[list[str]]:
     def points(xs, ys) -> str:
         return ", ".join(f"{fmt(x)}: {fmt(y)}" for x, y in zip(xs, ys))
 
-    rows = [["1D " + tag, method, "exact log p(x|y)", points(c["strength"], c["mean_log_density"])]
+    rows = [["1D " + tag, method, "exact log p(x|y)", points(c["scale"], c["mean_log_density"])]
             for tag, curves in series.get("toy1d", {}).items() for method, c in curves.items()]
     rows += [["2D fractal", c["label"], "exact log p(x|y)", points(c["scale"], c["mean_log_density"])]
              for key in ("fractal", "fractal_postprocessed") for c in series.get(key, {}).values()]
@@ -44,14 +45,14 @@ def analyse(products: Products, res: SectionResult) -> None:
         for c, (tag, info) in enumerate(mus.items()):
             series["toy1d"][tag] = {}
             for method, rows in info["methods"].items():
-                xs, ys = [r["strength"] for r in rows], [r["mean_log_density"] for r in rows]
-                series["toy1d"][tag][method] = {"mu": info["mu"], "strength": xs, "mean_log_density": ys}
+                xs, ys = [r["scale"] for r in rows], [r["mean_log_density"] for r in rows]
+                series["toy1d"][tag][method] = {"mu": info["mu"], "scale": xs, "mean_log_density": ys}
                 axes[0][c].plot(xs, ys, "o-", label=method, ms=3)
             axes[0][c].set_title(f"1D, mu = {info['mu']:g}", fontsize=9)
-            axes[0][c].set_xlabel("guidance strength (CG scale; CFG s - 1)", fontsize=8)
+            axes[0][c].set_xlabel(SCALE_AXIS, fontsize=8)
         axes[0][0].set_ylabel("mean exact log p(x|y)", fontsize=8)
         axes[0][0].legend(fontsize=6)
-        res.figure(fig, "quality_toy1d.png", "1D mixture: exact log-density of the samples vs guidance strength")
+        res.figure(fig, "quality_toy1d.png", "1D mixture: exact log-density of the samples vs scale")
     bench = ok(products, "fractal_benchmark")
     if bench is not None:
         fig, ax = plt.subplots(figsize=(7.5, 3.4))

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from ..io.shards import manifest_shards
+from ..io.shards import manifest_shards, read_extra, read_shard
 from .plan import DONE_STATES, Plan, Step
 
 
@@ -100,9 +100,18 @@ class Products:
             node = node[int(part)] if isinstance(node, list) else node[part]
         return node
 
-    def sweep(self, name: str) -> dict[float, list[Path]]:
-        """``{sweep value: its shard files}`` of a finished ``predict`` step."""
-        return {float(v): paths for v, paths in manifest_shards(self.step(name).out_dir).items()}
+    def samples(self, name: str, trajectories: bool = False) -> dict[float, tuple]:
+        """``{sweep value: (samples, labels[, trajectories (steps + 1, N, ...)])}`` of a finished ``predict`` step."""
+        import torch
+
+        out = {}
+        for value, paths in manifest_shards(self.step(name).out_dir).items():
+            shards = [read_shard(p) for p in paths]
+            got = (torch.cat([s.samples for s in shards]), torch.cat([s.labels for s in shards]))
+            if trajectories:
+                got += (torch.cat([torch.from_numpy(read_extra(p, "trajectory")) for p in paths], dim=1),)
+            out[float(value)] = got
+        return out
 
     def failed_inputs(self, names: list[str]) -> str:
         bad = [f"{n} {self.status.get(n, 'not planned')}" for n in names if not self.ok(n)]

@@ -16,6 +16,7 @@ from .plan import SWEEP_VALUES, Plan, guide_checkpoint
 from .section import Claim, Products, Section, SectionResult, fmt, md_table, monotone_up, numbers_of
 
 SIGMA_KEY = "data.init_args.sigma"
+SCALE_AXIS = "scale (CFG: s; CG: its guidance scale)"
 #: method -> (sampling config, classifier fit kind or None, preset field of its scales)
 METHODS = {"CFG": ("toy/sample_cfg_1d.yaml", None, "toy_cfg_scales"),
            "CG, linear classifier": ("toy/sample_cg_1d.yaml", "linear", "toy_cg_scales"),
@@ -58,18 +59,6 @@ def plan(plan: Plan) -> None:
             plan.sample(name, config, f"toy1d/{tag}/samples_{suffix(method)}", needs[0], edits, needs)
 
 
-def read(products: Products, name: str) -> dict[float, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """``{scale: (samples (N, 1), labels, trajectories (steps + 1, N, 1))}`` of a sampling step."""
-    from ..io.shards import read_extra, read_shard
-
-    out = {}
-    for value, paths in products.sweep(name).items():
-        shards = [read_shard(path) for path in paths]
-        path = torch.cat([torch.from_numpy(read_extra(p, "trajectory")) for p in paths], dim=1)
-        out[value] = (torch.cat([s.samples for s in shards]), torch.cat([s.labels for s in shards]), path)
-    return out
-
-
 def analyse(products: Products, res: SectionResult) -> None:
     from ..toy import two_class_mixture_1d
 
@@ -83,12 +72,12 @@ def analyse(products: Products, res: SectionResult) -> None:
         rows, trajectories[tag] = {}, {}
         for method in METHODS:
             rows[method] = []
-            for s, (x, labels, traj) in read(products, sample_step(tag, method)).items():
+            for s, (x, labels, traj) in products.samples(sample_step(tag, method), trajectories=True).items():
                 x64 = x.to(torch.float64)
                 signed = (2 * labels - 1).to(torch.float64) * x64[:, 0]
                 post = mixture.class_posterior(x64)
                 rows[method].append({
-                    "scale": s, "strength": s - 1.0 if method == "CFG" else s,
+                    "scale": s,
                     "mean_boundary_distance": float(signed.mean()),
                     "mean_log_density": float(mixture.log_prob(x64, labels).mean()),
                     "wrong_class_fraction": float((post.argmax(1) != labels).to(torch.float64).mean()),
@@ -98,7 +87,7 @@ def analyse(products: Products, res: SectionResult) -> None:
     res.numbers = {"samples_per_class": p.toy_samples_per_class, "ddim_steps": p.toy_num_steps, "boundary": 0.0,
                    "mus": per_mu}
 
-    # figures: trajectories (one row per mu) and distance vs strength
+    # figures: trajectories (one row per mu) and distance vs scale
     from ..io.figures import pyplot
 
     plt = pyplot()
@@ -125,13 +114,12 @@ def analyse(products: Products, res: SectionResult) -> None:
     for c, mu in enumerate(p.mus):
         ax = axes[0][c]
         for method, rows in per_mu[mu_tag(mu)]["methods"].items():
-            ax.plot([r["strength"] for r in rows], [r["mean_boundary_distance"] for r in rows], "o-", label=method)
+            ax.plot([r["scale"] for r in rows], [r["mean_boundary_distance"] for r in rows], "o-", label=method)
         ax.set_title(f"mu = {mu:g}", fontsize=9)
-        ax.set_xlabel("guidance strength (CG scale; CFG s - 1)", fontsize=8)
+        ax.set_xlabel(SCALE_AXIS, fontsize=8)
         ax.set_ylabel("mean distance from boundary", fontsize=8)
     axes[0][0].legend(fontsize=7)
-    res.figure(fig, "toy1d_boundary_distance.png", "mean signed distance from the decision boundary vs guidance "
-                                                   "strength")
+    res.figure(fig, "toy1d_boundary_distance.png", "mean signed distance from the decision boundary vs scale")
 
     table = [[fmt(info["mu"]), method, fmt(r["scale"]), fmt(r["mean_boundary_distance"]), fmt(r["mean_log_density"]),
               fmt(r["wrong_class_fraction"])]
@@ -147,7 +135,7 @@ def c_boundary(n):
     parts, ok = [], True
     for info in numbers_of(n, "toy1d")["mus"].values():
         for method, rows in info["methods"].items():
-            ok &= monotone_up([r["strength"] for r in rows], [r["mean_boundary_distance"] for r in rows]) > 0
+            ok &= monotone_up([r["scale"] for r in rows], [r["mean_boundary_distance"] for r in rows]) > 0
             parts.append(f"mu {fmt(info['mu'])} {method.split(',')[0] if method == 'CFG' else method[4:]}: "
                          f"{fmt(rows[0]['mean_boundary_distance'])} → {fmt(rows[-1]['mean_boundary_distance'])}")
     return "; ".join(parts), ok
