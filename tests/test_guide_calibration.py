@@ -50,7 +50,8 @@ def expected(cfg_ckpt, clf_ckpt, x0_hat: bool) -> list[float]:
     return eces
 
 
-@pytest.mark.parametrize("sampling, x0_hat", [("digits/sample_cg.yaml", False), ("digits/sample_offtheshelf.yaml", True)])
+@pytest.mark.parametrize("sampling, x0_hat", [("digits/sample_cg.yaml", False),
+                                              ("digits/sample_offtheshelf.yaml", True)])
 def test_integral_ece_of_a_guide_on_its_input(tmp_path, checkpoint_for, sampling, x0_hat):
     term = yaml.safe_load((CONFIGS / sampling).read_text())["model"]["init_args"]["sweep"]["terms"][0]
     clf = checkpoint_for(term["init_args"]["classifier"]["init_args"]["checkpoint"])

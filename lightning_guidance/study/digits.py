@@ -158,7 +158,8 @@ def read_table(path: str | Path) -> dict:
     fd = table["fd_name"]
     out = {"fd_name": fd, "num_samples": table["num_samples_per_scale"], "scales": {}}
     for row in table["rows"]:
-        out["scales"][f"{row['scale']:g}"] = {"fd_digits" if k == fd else k: float(v) for k, v in row["metrics"].items()}
+        m = row["metrics"]
+        out["scales"][f"{row['scale']:g}"] = {"fd_digits" if k == fd else k: float(v) for k, v in m.items()}
     out["real"] = {("fd_digits" if k == fd else k): float(v) for k, v in table["real"].items()}
     return out
 

@@ -11,7 +11,9 @@ from .digits import NOISE
 from .digits_cg import run_of
 from .section import Claim, Products, Section, SectionResult, fmt, md_table, numbers_of
 
-FINE_TUNES = {"digits-calibrated": ("Smooth-ECE fine-tune", 1.0), "digits-calibrated-lambda0": ("lambda = 0 control", 0.0)}
+#: the fine-tunes of the noisy classifier: step -> (label, weight of the Smooth-ECE term)
+FINE_TUNES = {"digits-calibrated": ("Smooth-ECE fine-tune", 1.0),
+              "digits-calibrated-lambda0": ("lambda = 0 control", 0.0)}
 
 
 def plan(plan) -> None:

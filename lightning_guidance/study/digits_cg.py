@@ -48,7 +48,8 @@ def analyse(products: Products, res: SectionResult) -> None:
     blocks = ["Classifier and its input, at guidance scale " + s_abl + ":", "",
               *md_table(["guide", *METRICS], rows_of(compare)),
               f"tau2/tau1 (tau1 = {fmt(REFERENCE['tau1'])}, gamma = {fmt(rg)}):", "",
-              *md_table(["tau2/tau1", *METRICS], rows_of((offtheshelf_key(t, rg, False), fmt(t)) for t in p.tau_ratios)),
+              *md_table(["tau2/tau1", *METRICS],
+                        rows_of((offtheshelf_key(t, rg, False), fmt(t)) for t in p.tau_ratios)),
               f"Sine boost gamma (tau2/tau1 = {fmt(rt)}):", "",
               *md_table(["gamma", *METRICS], rows_of((offtheshelf_key(rt, g, False), fmt(g)) for g in p.sine_gammas)),
               f"Softplus beta ∈ {{{betas}}}: {SOFTPLUS_NOT_RUN}.", ""]
@@ -109,7 +110,8 @@ def c_tau(n):
     vals = ablation(n, [(float(k.split("tau")[1].split("-")[0]), k) for k in runs
                         if k.startswith("ots-") and k.endswith(f"gamma{REFERENCE['gamma']:g}")])
     best = min(vals, key=vals.get)
-    return ("fd_digits by tau2/tau1: " + ", ".join(f"{fmt(t)}: {fmt(v)}" for t, v in sorted(vals.items(), reverse=True)),
+    pairs = sorted(vals.items(), reverse=True)
+    return ("fd_digits by tau2/tau1: " + ", ".join(f"{fmt(t)}: {fmt(v)}" for t, v in pairs),
             best < 1.0 and vals[best] < vals.get(1.0, float("inf")))
 
 

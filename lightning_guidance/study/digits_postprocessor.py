@@ -39,7 +39,8 @@ def plan(plan) -> None:
              "data.init_args.shards": folders(train, p.flow_train_scales),
              "data.init_args.predict_shards": folders(unseen_sample, p.flow_unseen_scales),
              "data.init_args.batch_size": min(128, per_scale * len(p.flow_train_scales)),
-             "model.init_args.integrator": "euler", "model.init_args.integrator_kwargs": {"num_steps": p.flow_euler_steps}}
+             "model.init_args.integrator": "euler",
+             "model.init_args.integrator_kwargs": {"num_steps": p.flow_euler_steps}}
     _, post = plan.flow(FLOW_FIT, "digits/flow.yaml", "digits/flow", p.flow_steps, edits,
                         needs=[train.name, unseen_sample.name])
     before = plan.steps[unseen.grade]

@@ -1,8 +1,8 @@
 """Run the planned steps: skip the finished ones, re-run the stale ones, ``--jobs`` at a time, and honour signals.
 
 - Each step is the CLI's own entry on the step's config, run in one of ``jobs`` long-lived worker processes
-  (:mod:`~..launch.workers`) that import Lightning once (or here, one at a time, with ``in_process``); its output goes to
-  ``logs/<step>.log``.
+  (:mod:`~..launch.workers`) that import Lightning once (or here, one at a time, with ``in_process``); its output
+  goes to ``logs/<step>.log``.
 - A step is skipped when its marker (``steps/<step>.json``) records the same config and the same content digests
   (:func:`~..io.digests.file_digest`) of its inputs and product; a step whose config or inputs changed is re-run, and
   its old folder is renamed ``<folder>.stale-<UTC time>`` first (nothing is deleted); steps downstream of it then see

@@ -175,8 +175,8 @@ def analyse_panels(products: Products, res: SectionResult) -> None:
         for c, (s, (x, y)) in enumerate(sorted(samples[m.key].items())):
             scatter(axes[r][c + 1], x, y, f"{m.label} s={s:g}")
     res.numbers = {"samples_per_class": products.preset.fractal_samples_per_class,
-                   "methods_shown": [m.key for m in rows], "scales_shown": {m.key: sorted(samples[m.key]) for m in rows},
-                   "postprocessed_shown": list(flows)}
+                   "methods_shown": [m.key for m in rows],
+                   "scales_shown": {m.key: sorted(samples[m.key]) for m in rows}, "postprocessed_shown": list(flows)}
     res.figure(fig, "fractal_panels.png", "2D fractal: exact samples, CG and CFG samples at several scales")
     if flows:
         fig, axes = plt.subplots(2, len(flows), figsize=(2.6 * len(flows), 5.2), squeeze=False)

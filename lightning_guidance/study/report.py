@@ -118,7 +118,7 @@ def attribute_steps(run_dir: Path, steps: dict[str, dict], previous: dict) -> No
 def analyse(plan, status: dict[str, str], requested: list[str]) -> dict[str, SectionResult]:
     """Every section of the plan in order (a section that raises is marked failed, the others still render); the
     requested ones."""
-    products = Products(plan.preset, plan.root, plan.steps, status, [s.key for s in plan.sections])
+    products = Products(plan.preset, plan.root, plan.steps, status)
     for section in plan.sections:
         res = products.results[section.key] = SectionResult(section.key, section.title, plan.root)
         try:

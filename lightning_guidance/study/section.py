@@ -77,10 +77,9 @@ class Products:
     """What a section's analysis reads: the preset, the steps and how they ended, their products, and the results
     of the sections analysed before it."""
 
-    def __init__(self, preset, run_dir: Path, steps: dict[str, Step], status: dict[str, str], sections: list[str]):
+    def __init__(self, preset, run_dir: Path, steps: dict[str, Step], status: dict[str, str]):
         self.preset, self.run_dir, self.steps, self.status = preset, Path(run_dir), steps, status
-        self.sections = sections  # every section analysed (the requested ones and what they read)
-        self.results: dict[str, SectionResult] = {}
+        self.results: dict[str, SectionResult] = {}  # the sections analysed so far
 
     def ok(self, name: str) -> bool:
         return self.status.get(name) in DONE_STATES
