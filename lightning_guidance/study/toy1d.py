@@ -38,7 +38,7 @@ def sample_step(tag: str, method: str) -> str:
 
 def plan(plan: Plan) -> None:
     p = plan.preset
-    n = 2 * p.toy_samples_per_class  # one shard and one batch per scale: the samples of the report before
+    n = 2 * p.toy_samples_per_class  # one shard and one batch per scale, as every method of the section
     for mu in p.mus:
         tag = mu_tag(mu)
         data = {"data.init_args.mu": mu, "data.init_args.batch_size": p.toy_batch_size}
