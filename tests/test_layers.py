@@ -144,3 +144,30 @@ def test_checker_accepts_downward_imports(tmp_path, monkeypatch):
     _write(tmp_path, "data/x.py", "import lightning as L\nfrom ..toy import fractal_2d\n")
     monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "lightning_guidance")
     assert violations() == []
+
+
+# ---- the study reads what its steps wrote -----------------------------------------------------------------
+#: a section never builds a model or samples: its numbers come from the products of its steps
+STUDY_NEVER_IMPORTS = ("modules", "diffusion")
+
+
+def study_violations() -> list[str]:
+    return [f"{path.relative_to(PACKAGE.parent)}:{line}: the study imports {name} (it reads what its steps wrote)"
+            for path in package_files() if layer_of(path) == "study"
+            for line, name in imports_of(path) if _package_of(name) in STUDY_NEVER_IMPORTS]
+
+
+def test_the_study_imports_no_model_and_no_sampler():
+    assert study_violations() == []
+
+
+@pytest.mark.parametrize("text", ["def f():\n    from ..modules.cfg_diffusion import CFGDiffusion\n",
+                                  "from ..diffusion.sampling import sample\n",
+                                  "import lightning_guidance.modules.sampling as m\n"])
+def test_checker_finds_study_code_that_builds_a_model_or_samples(tmp_path, monkeypatch, text):
+    _write(tmp_path, "__init__.py", "")
+    _write(tmp_path, "study/ok.py", "from ..io.shards import read_shard\nfrom ..guidance.sweep import Sweep\n")
+    path = _write(tmp_path, "study/x.py", text)
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "lightning_guidance")
+    found = study_violations()
+    assert len(found) == 1 and found[0].startswith("lightning_guidance/study/x.py"), (path, found)

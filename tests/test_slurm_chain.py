@@ -117,31 +117,7 @@ def test_contradicting_resources_are_named(step, message):
         step.check()
 
 
-def _study(tmp_path: Path, slurm: dict) -> Path:
-    study = {"title": "t", "report": str(tmp_path / "report.md"),
-             "steps": [{"name": "fit", "command": "fit", "config": str(ROOT / "configs/digits/cfg.yaml"),
-                        "args": ["--trainer.devices", "1"], "slurm": slurm}]}
-    path = tmp_path / "study.yaml"
-    path.write_text(yaml.safe_dump(study))
-    return path
-
-
-@pytest.mark.parametrize("slurm, path, message", [
-    ({"nodes": 1, "ntasks_per_node": 2}, None, "its arguments say --trainer.devices 1 but its slurm resources say "
-                                              "ntasks_per_node: 2"),
-    ({"nodes": 1}, "/nonexistent", "--launcher slurm needs 'sbatch' on PATH"),
-])
-def test_the_console_names_bad_input_before_submitting(tmp_path, slurm, path, message):
-    env = dict(os.environ, PATH=path or os.environ["PATH"])
-    done = subprocess.run([sys.executable, "cli.py", "study", "--config", str(_study(tmp_path, slurm)), "--launcher",
-                           "slurm"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode != 0
-    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and message in errors[0], done.stderr[-2000:]
-    assert not (tmp_path / "report_slurm").exists()
-
-
-# ---- the built-in study (presets and sections) as a chain ---------------------------------------------------------
+# ---- the study as a chain --------------------------------------------------------------------------------------
 MICRO_CFG = ["study", "--preset", "micro", "--sections", "digits_cfg"]
 
 
@@ -156,7 +132,7 @@ def builtin(tmp_path: Path, bin_dir: Path | None, *args: str, config: dict | Non
     if bin_dir is None:
         return subprocess.run([sys.executable, "cli.py", *argv], cwd=ROOT, env=dict(os.environ, PATH="/nonexistent"),
                               capture_output=True, text=True, timeout=300)
-    from lightning_guidance.study.runner import main
+    from lightning_guidance.study.command import main
 
     out = io.StringIO()
     path = os.environ["PATH"]

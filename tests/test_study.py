@@ -12,12 +12,13 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import CONFIGS
 
 from lightning_guidance.cli import main
-from lightning_guidance.study.overview import CLAIMS
+from lightning_guidance.study.engine import StepRunner
 from lightning_guidance.study.plan import Step, apply_edits
-from lightning_guidance.study.results import fmt
-from lightning_guidance.study.runner import SECTIONS, StepRunner
+from lightning_guidance.study.section import fmt
+from lightning_guidance.study.sections import CLAIMS, KEYS
 
 NUMBER = re.compile(r"(?<![\w.\-/])-?(?:\d+(?:\.\d+)?|\.\d+)(?:e[+-]?\d+)?(?![\w.])")
 
@@ -63,7 +64,7 @@ def json_numbers(node, out: set[str]) -> set[str]:
 def test_micro_report_has_every_section_figure_and_claim(micro):
     report = json.loads((micro / "report.json").read_text())
     md = (micro / "report.md").read_text()
-    assert list(report["sections"]) == list(SECTIONS)
+    assert list(report["sections"]) == list(KEYS)
     for key, sec in report["sections"].items():
         assert sec["title"] in md
         assert sec["status"] == "ok", (key, sec["reason"])
@@ -75,7 +76,7 @@ def test_micro_report_has_every_section_figure_and_claim(micro):
         assert claim.claim in md
     for row in report["agreement"]:
         assert row["verdict"] in ("agree", "disagree", "not measured")
-        assert bool(row["likely_reason"]) == (row["verdict"] == "disagree") or row["key"] == "softplus"
+        assert bool(row["likely_reason"]) == (row["verdict"] == "disagree")
     assert "not built" not in md.lower()
     for key in ("preset", "machine", "commit", "wall_seconds", "started_utc"):
         assert key in report
@@ -89,7 +90,8 @@ def test_the_postprocessor_and_the_cfg_variants_are_measured(micro):
     """Section 7 grades the unseen CFG scales before and after the flow; sections 2/3 show the fractal flows and score
     every modern CFG variant on the same model and seeds as CFG; their claims are measured, not skipped."""
     from lightning_guidance.study.digits import METRICS
-    from lightning_guidance.study.fractal import SCORES, VARIANTS, fractal_flows
+    from lightning_guidance.study.fractal import VARIANTS, fractal_flows
+    from lightning_guidance.study.fractal_benchmark import SCORES
     from lightning_guidance.study.presets import MICRO
 
     report = json.loads((micro / "report.json").read_text())
@@ -197,10 +199,10 @@ def test_full_presets_train_and_grade_on_their_dataset(tmp_path, capsys, preset,
 
     from lightning_guidance.study.plan import step_config
     from lightning_guidance.study.presets import get_preset
-    from lightning_guidance.study.runner import build_plan
+    from lightning_guidance.study.sections import plan_study
 
-    plan, _ = build_plan(get_preset(preset), tmp_path / "run", ["digits_cfg", "digits_calibration",
-                                                                  "digits_postprocessor"])
+    plan = plan_study(get_preset(preset), tmp_path / "run", CONFIGS, ["digits_cfg", "digits_calibration",
+                                                                       "digits_postprocessor", "ece_vs_fd"])
     to_parse = {}
     for step in plan.steps.values():
         config = step_config(step)
@@ -238,7 +240,7 @@ def test_a_failed_step_is_marked_and_the_other_sections_still_run(tmp_path, monk
     report = json.loads((tmp_path / "broken" / "report.json").read_text())
     toy = report["sections"]["toy1d"]
     assert toy["status"] == "failed" and "toy1d-mu1-cfg failed" in toy["reason"]
-    assert "**FAILED**: input step toy1d-mu1-cfg failed" in (tmp_path / "broken" / "report.md").read_text()
+    assert f"**FAILED**: {toy['reason']}" in (tmp_path / "broken" / "report.md").read_text()
     assert report["steps"]["sample-fractal-cg"]["status"] == "blocked"
     bench = report["sections"]["fractal_benchmark"]
     assert bench["status"] == "ok" and "cfg" in bench["numbers"]["methods"] and "cg" not in bench["numbers"]["methods"]
@@ -273,22 +275,23 @@ def test_a_stale_step_reruns_and_keeps_the_old_outputs(tmp_path):
              "down": Step("down", "s", "fit", [], {"trainer.default_root_dir": str(home)}, ["up"],
                           str(home / "checkpoints" / "last.ckpt"))}
     runner = StepRunner(tmp_path, steps)
-    ident = runner.identity(steps["down"], "config")
-    runner.finish(steps["down"], ident, 0, 1.0)
-    assert runner.is_current(steps["down"], runner.identity(steps["down"], "config")) == (True, False)
+    config = tmp_path / "down.yaml"
+    config.write_text("model: {}\n")
+    runner.finish(steps["down"], runner.identity(steps["down"], config), 0, 1.0)
+    assert runner.is_current(steps["down"], runner.identity(steps["down"], config)) == (True, False)
     upstream.write_bytes(b"v2")  # retrained upstream
-    current, stale = runner.is_current(steps["down"], runner.identity(steps["down"], "config"))
+    current, stale = runner.is_current(steps["down"], runner.identity(steps["down"], config))
     assert (current, stale) == (False, True)
     runner.move_aside(steps["down"])
     kept = list(tmp_path.glob("fit.stale-*"))
     assert len(kept) == 1 and (kept[0] / "checkpoints" / "last.ckpt").read_bytes() == b"old"
 
 
-def test_a_study_file_that_lists_its_own_steps_runs_as_a_custom_chain(tmp_path):
-    """``steps:`` in the study file: the chain runner (study/chain.py) takes it, with its own checks."""
+def test_a_study_file_that_lists_its_own_steps_is_refused(tmp_path):
+    """The study has one engine: its sections plan the steps; a study file listing ``steps:`` is refused by name."""
     chain = tmp_path / "chain.yaml"
-    chain.write_text("title: mine\nsteps:\n  - {name: s, command: fly, config: configs/digits/cfg.yaml}\n")
-    with pytest.raises(ValueError, match="step 0 \\(s\\): unknown command 'fly'"):
+    chain.write_text("title: mine\nsteps:\n  - {name: s, command: fit, config: configs/digits/cfg.yaml}\n")
+    with pytest.raises(ValueError, match="unknown key steps; a study config takes description, jobs, name"):
         study("--config", chain)
 
 
@@ -357,3 +360,37 @@ def test_a_rebuilt_report_names_the_code_that_made_each_steps_product(micro, tmp
     made = "; ".join(f"`{c}`{dirty if c == report['commit'] else ''} ({n} step{'s' * (n != 1)})"
                      for c, n in counts.items())
     assert f"Its steps' products were made at: {made}." in (copy / "report.md").read_text().split("## Agreement")[0]
+
+
+def test_every_preset_field_sizes_a_declared_section():
+    """Each section declares the preset fields it reads (``--list`` shows them): they exist, and no field is read
+    by no section (a stale field, or a section that reads one it does not declare)."""
+    from dataclasses import fields
+
+    from lightning_guidance.study.presets import Preset
+    from lightning_guidance.study.sections import SECTIONS
+
+    declared = {f for s in SECTIONS for f in s.preset_fields}
+    names = {f.name for f in fields(Preset)}
+    assert declared <= names, sorted(declared - names)
+    assert names - declared == {"name", "summary", "slurm"}
+
+
+def test_the_step_configs_come_from_the_study_configs_folder(tmp_path, monkeypatch, capsys):
+    """Outside a checkout (here: another working folder) the shipped configs are found beside the study config; when
+    they cannot be found, one line says where it looked and what to pass."""
+    import lightning_guidance.study.plan as plan_module
+    from helpers import ROOT
+
+    monkeypatch.chdir(tmp_path)
+    assert study("--config", ROOT / "configs/digits/study.yaml", "--preset", "micro", "--sections", "toy1d",
+                 "--list") == 0
+    listed = [line.split()[-1] for line in capsys.readouterr().out.splitlines() if line.startswith("toy1d ")]
+    assert listed and all(c.startswith(str(ROOT / "configs")) and Path(c).is_file() for c in listed)
+    own = tmp_path / "mine" / "study.yaml"
+    own.parent.mkdir()
+    own.write_text("preset: micro\n")
+    monkeypatch.setattr(plan_module, "__file__", str(tmp_path / "site-packages" / "study" / "plan.py"))
+    with pytest.raises(FileNotFoundError, match=r"^the study's configs are not in .*: pass --config "
+                                                r"<checkout>/configs/digits/study.yaml"):
+        study("--config", own, "--list")

@@ -1,4 +1,4 @@
-"""The study's step workers (study/worker.py): a step run in a long-lived worker after another step writes the same
+"""The study's step workers (launch/workers.py): a step run in a long-lived worker after another step writes the same
 bytes as in a fresh ``cli.py`` process; the state a step can change is put back before the next; SIGTERM to the study
 stops the step a worker is running at a safe point (no worker outlives the study) and a re-run resumes it."""
 
@@ -21,10 +21,12 @@ import yaml
 from helpers import CONFIGS, ROOT, load
 from subprocess_cli import cli_env, running_with, wait_until
 
+from lightning_guidance.io.digests import file_digest
+from lightning_guidance.study.engine import StepRunner
 from lightning_guidance.study.plan import Step
 from lightning_guidance.study.presets import get_preset
-from lightning_guidance.study.runner import StepRunner, build_plan, file_digest
-from lightning_guidance.study.worker import ProcessState
+from lightning_guidance.study.sections import plan_study
+from lightning_guidance.launch.workers import ProcessState
 
 
 def test_process_state_puts_back_what_a_step_changes(tmp_path):
@@ -66,7 +68,7 @@ def test_a_step_after_another_in_one_worker_writes_what_a_fresh_process_writes(t
     """micro preset: toy1d-mu1-cfg, then toy1d-mu1-linear in the same worker; the linear classifier's checkpoint is
     byte for byte the one a fresh ``python -m lightning_guidance.cli fit`` writes from the same config."""
     run_dir = tmp_path / "run"
-    plan, _ = build_plan(get_preset("micro"), run_dir, ["toy1d"])
+    plan = plan_study(get_preset("micro"), run_dir, CONFIGS, ["toy1d"])
     first, second = plan.steps["toy1d-mu1-cfg"], plan.steps["toy1d-mu1-linear"]
     assert not second.needs  # it can run in either order
     runner = StepRunner(run_dir, {s.name: s for s in (first, second)}, jobs=1, threads=1)
@@ -79,8 +81,8 @@ def test_a_step_after_another_in_one_worker_writes_what_a_fresh_process_writes(t
 
     home = Path(second.edits["trainer.default_root_dir"])
     home.rename(home.with_name("in-worker"))  # the same paths for the fresh run (they are in the checkpoint)
-    fresh = subprocess.run([sys.executable, "-m", "lightning_guidance.cli", *runner.command(
-        second, run_dir / "configs" / f"{second.name}.yaml")], cwd=ROOT, env=cli_env(), capture_output=True,
+    fresh = subprocess.run([sys.executable, "-m", "lightning_guidance.cli", *second.args(
+        run_dir / "configs" / f"{second.name}.yaml")], cwd=ROOT, env=cli_env(), capture_output=True,
         text=True, timeout=600)
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert file_digest(second.product) == in_worker
@@ -104,7 +106,7 @@ def test_sigterm_stops_the_step_in_its_worker_and_a_rerun_resumes(tmp_path):
     spec = tmp_path / "step.yaml"
     spec.write_text(yaml.safe_dump({"run_dir": str(run_dir), "step": step.__dict__}))
     driver = ("import sys, yaml; from pathlib import Path; from lightning_guidance.study.plan import Step; "
-              "from lightning_guidance.study.runner import StepRunner; spec = yaml.safe_load(open(sys.argv[1])); "
+              "from lightning_guidance.study.engine import StepRunner; spec = yaml.safe_load(open(sys.argv[1])); "
               "step = Step(**spec['step']); runner = StepRunner(Path(spec['run_dir']), {step.name: step}, jobs=2, "
               "threads=1); status = runner.run(); print('status', status[step.name], flush=True); "
               "sys.exit(128 + runner.interrupted if runner.interrupted else 0)")

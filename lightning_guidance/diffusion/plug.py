@@ -111,17 +111,18 @@ def denoise_for_guidance(denoiser: Denoiser, terms: Sequence[GuidanceTerm], x_t:
 
 
 def total_guidance(terms: Sequence[GuidanceTerm], state: GuidanceState) -> Tensor | None:
-    """Sum of every term's correction; None if no term. Raises on a non-finite correction (with the step)."""
-    if not terms:
-        return None
-    total = torch.zeros_like(state.x_t)
+    """Sum of every term's correction; None if no term corrects (a term that only watches returns None). Raises on a
+    non-finite correction (with the step)."""
+    total = None
     for term in terms:
         g = term(state)
+        if g is None:
+            continue
         if g.shape != state.x_t.shape:
             raise ValueError(f"{type(term).__name__} returned shape {tuple(g.shape)}, expected {tuple(state.x_t.shape)}")
         if not torch.isfinite(g).all():
             raise FloatingPointError(f"{type(term).__name__} produced a non-finite guidance gradient at sampling "
                                      f"step {state.step}/{state.num_steps} ({state.sampler}); lower its scale or "
                                      "check the classifier")
-        total = total + g
+        total = g if total is None else total + g
     return total

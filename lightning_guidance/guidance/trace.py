@@ -1,4 +1,4 @@
-"""Watch a guidance term during sampling: its gradient size, how often it vanishes, and the classifier's confidence.
+"""Watch sampling: a guidance term's gradient size, how often it vanishes, the classifier's confidence; the path.
 
 Javid et al. (2025; docs/math.md §4): an overconfident classifier has ``p(y|x) -> 1`` early in sampling, so
 ``∇ log p(y|x) -> 0`` and guidance does nothing when it matters most. :class:`GuidanceTrace` wraps a term, passes its
@@ -101,3 +101,22 @@ def summarize_trace(sums: Tensor, vanishing_rms: float) -> dict[str, list[float]
         "mean_vanishing_fraction": float(sums[:, 3].sum()) / max(total, 1),
         "final_confidence": float(confidence[-1]) if bool(has_conf[-1]) else float("nan"),
     }
+
+
+class TrajectoryRecorder(GuidanceTerm):
+    """Changes nothing (it returns no correction) and keeps the state ``x_t`` (VP coordinates) each sampler step
+    starts from, batch after batch; :meth:`path` gives ``(steps + 1, N, ...)``, the final samples last."""
+
+    def __init__(self):
+        super().__init__(0.0)
+        self.batches: list[list[Tensor]] = []
+
+    def __call__(self, state: GuidanceState) -> None:
+        if not self.batches or (state.step == 0 and len(self.batches[-1]) == state.num_steps):
+            self.batches.append([])
+        if len(self.batches[-1]) == state.step:  # EDM's corrector calls again within a step
+            self.batches[-1].append(state.x_t.detach().cpu().clone())
+
+    def path(self, samples: Tensor) -> Tensor:
+        steps = torch.cat([torch.stack(states) for states in self.batches], dim=1)
+        return torch.cat([steps, samples.detach().cpu()[None].to(steps.dtype)])

@@ -13,7 +13,7 @@ from torch import Tensor
 from .atomic import atomic_write
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -23,7 +23,7 @@ def _pyplot():
 
 
 def _save(fig, path: str | Path) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     try:
         fig.tight_layout()
         return atomic_write(path, lambda p: fig.savefig(p, format="png"), suffix=".png")
@@ -31,9 +31,19 @@ def _save(fig, path: str | Path) -> Path:
         plt.close(fig)
 
 
+def save_figure(fig, path: str | Path) -> Path:
+    """A report's figure as PNG (110 dpi): constrained layout, so that the titles and labels of neighbouring panels
+    do not overlap."""
+    fig.set_layout_engine("constrained")
+    try:
+        return atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110, bbox_inches="tight"), suffix=".png")
+    finally:
+        pyplot().close(fig)
+
+
 def read_png(path: str | Path) -> Tensor:
     """A PNG as an RGB float tensor (H, W, 3) in [0, 1]."""
-    return torch.from_numpy(_pyplot().imread(str(path))[..., :3].copy())
+    return torch.from_numpy(pyplot().imread(str(path))[..., :3].copy())
 
 
 def _rows_by_class(samples: Tensor, labels: Tensor, per_class: int) -> Tensor:
@@ -55,7 +65,7 @@ def save_sample_picture(samples: Tensor, labels: Tensor, path: str | Path, title
         big = torch.nn.functional.interpolate((grid + 1) / 2, scale_factor=max(1, 64 // grid.shape[-1]), mode="nearest")
         return atomic_write(path, lambda p: save_image(big, p, nrow=width, padding=4, pad_value=0.5, format="png"),
                             suffix=".png")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
     for c in labels.unique(sorted=True).tolist():
         pts = samples[labels == c]
@@ -84,7 +94,7 @@ def save_move_picture(before: Tensor, after: Tensor, labels: Tensor, path: str |
         big = torch.nn.functional.interpolate((pairs + 1) / 2, scale_factor=max(1, 64 // pairs.shape[-1]), mode="nearest")
         return atomic_write(path, lambda p: save_image(big, p, nrow=width, padding=4, pad_value=0.5, format="png"),
                             suffix=".png")
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     move = after - before
     if before.shape[1] == 2:
@@ -112,7 +122,7 @@ def save_calibration_over_time(bucket_names: Sequence[str], bucket_centers: Sequ
     """Right: the reliability diagram of each time bucket. Left: ECE and Smooth ECE per bucket against t (the
     integral ECE is their mean), or, for a single (clean) bucket, how many samples fall in each confidence bin.
     ``metrics`` holds ``ece_<bucket>`` / ``smooth_ece_<bucket>`` (or ``ece`` / ``smooth_ece``)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.6), dpi=100)
     count, confidence_sum, correct_sum = bins
     if len(bucket_names) == 1:
@@ -138,7 +148,7 @@ def save_calibration_over_time(bucket_names: Sequence[str], bucket_centers: Sequ
 def save_metrics_vs_scale(scales: Sequence[float], rows: Sequence[Mapping[str, float]], path: str | Path,
                           scale_name: str = "scale", title: str = "") -> Path:
     """One panel per metric, the metric against the guidance scale."""
-    plt = _pyplot()
+    plt = pyplot()
     keys = [k for k in rows[0] if all(k in r for r in rows)]
     fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys), 2.6), dpi=100, squeeze=False)
     for ax, key in zip(axes[0], keys):
@@ -154,7 +164,7 @@ def save_guidance_diagnostics(traces: Mapping[str, Mapping[str, Sequence[float]]
     """Per guidance term (``name -> {'t', 'gradient_rms', 'vanishing_fraction', 'confidence'}``): the RMS of its
     gradient, the fraction of samples whose gradient vanished and the classifier's confidence in the requested class,
     each against the diffusion time of the step (time runs right to left during sampling)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(10, 3), dpi=100)
     for name, trace in traces.items():
         t = list(trace["t"])

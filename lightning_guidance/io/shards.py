@@ -4,7 +4,8 @@ Keys: ``images`` (uint8, N×C×H×W) for image data or ``points`` (float32, N×D
 ``seeds``, ``sample_ids`` (int64), ``scale`` (float), ``config_hash`` (str), ``config`` (the JSON the hash is of: it
 names every checkpoint and weights file the samples depend on by content digest), ``data_shape`` (int array); a
 post-processed shard adds ``source_config_hash`` (the sampling config of its source, what ``check_shards`` grades it
-as), ``source_scale``, ``source_file``, ``displacement`` and ``nfe``.
+as), ``source_scale``, ``source_file``, ``displacement`` and ``nfe``; a shard sampled with ``save_trajectory`` adds
+``trajectory`` (float32, (steps + 1)×N×D: the state each sampler step starts from, then the samples).
 Images are mapped from [-1, 1] to uint8 only here, at the file boundary. A sweep value's shards live in one folder
 as ``shard_<first id, 7 digits>.npz``. This module is the only one that knows the format: everyone else reads and
 writes shards through it.
@@ -104,6 +105,12 @@ def read_shard(path: str | Path) -> Shard:
                      config_hash=str(z["config_hash"]), config=_config_of(z))
 
 
+def read_extra(path: str | Path, key: str) -> np.ndarray | None:
+    """One of a shard's optional arrays (``trajectory``, ``source_file``, ...), or None if it has none."""
+    with open_shard(path) as z:
+        return np.asarray(z[key]) if key in z.files else None
+
+
 def _config_of(z) -> dict | None:
     return json.loads(str(z["config"])) if "config" in z else None
 
@@ -140,6 +147,16 @@ def _digests(value) -> list[str]:
         for v in value:
             found += _digests(v)
     return found
+
+
+def read_postprocessed(folder: str | Path) -> tuple[Tensor, Tensor, Tensor]:
+    """(samples after, their sources before, labels) of a folder of post-processed shards (in the same order)."""
+    paths = shard_paths(folder)
+    if not paths:
+        raise FileNotFoundError(f"no post-processed shards in {folder}")
+    after = [read_shard(p) for p in paths]
+    before = [read_shard(str(read_extra(p, "source_file"))).samples.float() for p in paths]
+    return torch.cat([s.samples.float() for s in after]), torch.cat(before), torch.cat([s.labels for s in after])
 
 
 def read_shard_rows(path: str | Path, rows: np.ndarray) -> tuple[Tensor, Tensor]:
@@ -238,3 +255,13 @@ def read_manifest(output_dir: str | Path) -> dict | None:
     """The manifest a ``predict`` wrote in ``output_dir``, or None if there is none."""
     path = Path(output_dir) / "manifest.json"
     return json.loads(path.read_text()) if path.is_file() else None
+
+
+def manifest_shards(output_dir: str | Path) -> dict[str, list[Path]]:
+    """``{sweep value label: its shard files}`` of a finished ``predict`` (its manifest; each value's folder holds
+    its ``grid.png``)."""
+    manifest = read_manifest(output_dir)
+    if manifest is None:
+        raise FileNotFoundError(f"no manifest.json in {output_dir}: its predict step did not finish")
+    return {label: [(Path(output_dir) / info["grid"]).parent / name for name in info["shards"]]
+            for label, info in manifest["scales"].items()}

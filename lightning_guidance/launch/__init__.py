@@ -1,2 +1,3 @@
 """Face layer: where processes run. Checks of a run's resources against the machine and the cluster environment
-(``resources``), and the SLURM job-chain launcher of the study (``slurm``)."""
+(``resources``), the SLURM job-chain launcher of the study (``slurm``), and the long-lived workers that run the
+study's steps on one machine (``workers``)."""

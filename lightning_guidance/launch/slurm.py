@@ -2,9 +2,9 @@
 ``--dependency=afterok`` on the jobs of the steps it needs (by default the one before), so a step starts only when
 what it reads was written.
 
-The interface is small on purpose, so that both study runners use it (the built-in study and a custom step list):
-a list of :class:`SlurmStep` in, ``{step name: job id}`` out (:meth:`SlurmChain.submit`; :func:`submit_with_report`
-adds the job that writes the report and prints the ids), and :meth:`SlurmChain.status` for the chain's state.
+The interface is small on purpose: a list of :class:`SlurmStep` in, ``{step name: job id}`` out
+(:meth:`SlurmChain.submit`; :func:`submit_with_report` adds the job that writes the report and prints the ids), and
+:meth:`SlurmChain.status` for the chain's state; the study (``study/slurm.py``) is its user.
 
 - ``fit`` steps run ``slurm/train.sbatch`` (which always resumes with ``--ckpt_path last``), every other command
   ``slurm/predict.sbatch`` with ``SUBCOMMAND`` set; both requeue themselves before their time limit.

@@ -5,7 +5,8 @@
 (:mod:`lightning_guidance.io.shards`); a shard already on disk with the same config hash is skipped, so a killed job
 resumes where it was. Under DDP each rank takes whole shards (Lightning's unrepeated sampler for predict).
 ``shard_part: [i, k]`` keeps only the shards i, i + k, ... (task i of a k-task job array; a later run without it
-skips them all and writes the manifest).
+skips them all and writes the manifest). ``save_trajectory: true`` also stores in each shard the path the sampler
+took (``trajectory``: the state each step starts from, then the samples; :func:`~..io.shards.read_extra`).
 
 ``test`` grades the shards of every sweep value, images or toy points, against the real data of ``data:`` (its test
 split) with a judge (:class:`~lightning_guidance.metrics.judge.Judge`): Fréchet distance in the judge's features
@@ -32,6 +33,7 @@ from ..data.rank_split import LoaderBatchIds, check_enough_per_rank, owned_block
 from ..diffusion.cfg_rule import ClassifierFreeGuidance
 from ..diffusion.sampling import check_sampling, sample_ids, seeds_for_ids
 from ..guidance.sweep import Sweep
+from ..guidance.trace import TrajectoryRecorder
 from ..io.digests import file_identity
 from ..io.shards import (Shard, check_shards, config_difference, config_hash, open_shard, plan_shards, shard_config,
                          shard_hash, write_manifest, write_shard)
@@ -75,7 +77,7 @@ class SamplingModule(L.LightningModule):
                  use_ema: bool = True, net: nn.Module | None = None, grid_per_class: int = 10,
                  judge: nn.Module | None = None, fd_name: str = "fd_judge", precision_recall_k: int = 3,
                  inception_weights: str | None = None, overwrite: bool = False,
-                 shard_part: tuple[int, int] | None = None):
+                 shard_part: tuple[int, int] | None = None, save_trajectory: bool = False):
         super().__init__()
         if shard_part is not None and not (len(shard_part) == 2 and 0 <= int(shard_part[0]) < int(shard_part[1])):
             raise ValueError(f"shard_part must be [i, k] with 0 <= i < k (this job samples shards i, i + k, ...), "
@@ -122,7 +124,8 @@ class SamplingModule(L.LightningModule):
                 "guidance": sweep["guidance"], "classes": self.classes,
                 **({"cfg_rule": sweep["cfg_rule"]} if "cfg_rule" in sweep else {}),
                 # a batch-coupled term (tilted guidance) makes samples depend on who shares their batch
-                "batch_size": hp.batch_size if self.sweep.couples_batch else None}
+                "batch_size": hp.batch_size if self.sweep.couples_batch else None,
+                **({"trajectory": True} if hp.get("save_trajectory") else {})}
 
     def folder(self, value: float) -> Path:
         return self.output_dir / self.sweep.folder(value)
@@ -136,12 +139,14 @@ class SamplingModule(L.LightningModule):
             plans = plans[i::k]
         return DataLoader(plans, batch_size=1, shuffle=False, collate_fn=_first)
 
-    def sample(self, ids, value: float, batch_size: int | None = None, guidance=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Samples and labels of sample ids ``ids`` at one sweep value (``guidance``: other terms, e.g. traced)."""
+    def sample(self, ids, value: float, batch_size: int | None = None, guidance=None,
+               record: TrajectoryRecorder | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples and labels of sample ids ``ids`` at one sweep value (``guidance``: other terms, e.g. traced;
+        ``record``: keeps the sampler's path)."""
         cfg, terms = self.sweep.at(value)
         return sample_ids(self.diffusion, ids, self.classes, self.hparams.seed, sampler=self.hparams.sampler,
                           sampler_kwargs=self.sampler_kwargs, cfg_scale=cfg,
-                          guidance=terms if guidance is None else guidance,
+                          guidance=[*(terms if guidance is None else guidance), *([record] if record else [])],
                           batch_size=batch_size or self.hparams.batch_size, cfg_rule=self.sweep.cfg_rule,
                           guide=self.guide_diffusion)
 
@@ -158,9 +163,10 @@ class SamplingModule(L.LightningModule):
             raise ValueError(f"stale shard {path}: made with another sampling config "
                              f"({config_difference(shard_config(path), config)}); re-run with "
                              "--model.init_args.overwrite true to regenerate it, or choose another output_dir")
-        x, labels = self.sample(list(ids), value)
+        recorder = TrajectoryRecorder() if self.hparams.get("save_trajectory") else None
+        x, labels = self.sample(list(ids), value, record=recorder)
         write_shard(path, Shard(x, labels, seeds_for_ids(ids, self.hparams.seed), torch.tensor(ids), value, expected,
-                                config))
+                                config), {"trajectory": recorder.path(x).numpy()} if recorder else None)
         return {"path": str(path), "skipped": False}
 
     def on_predict_epoch_end(self) -> None:

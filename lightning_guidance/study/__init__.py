@@ -1,9 +1,11 @@
 """The study: every seed paper's question on data that ships with the suite, one command, one report.
 
-``python cli.py study --config configs/digits/study.yaml`` (preset ``tiny``); see :mod:`.runner` for how steps run
-and :mod:`.presets` for the presets.
+``python cli.py study --config configs/digits/study.yaml`` (preset ``tiny``): :mod:`.sections` lists the sections
+(each a :class:`~.section.Section` in its own module), :mod:`.engine` runs their steps, :mod:`.report` writes the
+report; :mod:`.presets` sizes them.
 """
 
-from .runner import SECTIONS, main
+from .command import main
+from .sections import SECTIONS
 
 __all__ = ["SECTIONS", "main"]

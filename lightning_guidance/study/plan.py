@@ -1,34 +1,59 @@
-"""The study's steps: one ``cli.py fit | predict | test`` call each, built from a shipped config plus edits.
+"""The study's steps: one ``cli.py fit | validate | test | predict`` call each, built from shipped configs plus edits.
 
 A step's config is the shipped YAML (several are merged in order, as ``--config a --config b`` would) with a few
 values edited (paths under the run's folder, sizes from the preset); the runner writes it to
 ``runs/<name>/configs/<step>.yaml`` and calls ``cli.py <command> --config`` on it, so every step can be re-run by hand.
 Edits name a value by its dotted path; ``[ClassName]`` picks the element of a list of class specs whose class_path
 ends in that name (``trainer.callbacks[ModelCheckpoint].init_args.every_n_train_steps``), and the value
-:data:`DELETE` removes it.
+:data:`DELETE` removes it. The shipped configs are read from the plan's configs root (:func:`configs_root`).
 """
 
 from __future__ import annotations
 
 import copy
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from .presets import Preset
-
-CONFIGS = Path("configs")
 DELETE = object()
-COMMANDS = ("fit", "validate", "test", "predict")
 DONE_STATES = ("done", "skipped")  # a step whose product is there and current
+# where a sampling config keeps its sweep values (one place to change if the config layout moves)
+SWEEP_VALUES = "model.init_args.sweep.values"
+
+
+def term(index: int = 0) -> str:
+    """The dotted path of guidance term ``index`` of a sampling config."""
+    return f"model.init_args.sweep.terms.{index}"
+
+
+def guide_checkpoint(index: int = 0) -> str:
+    return f"{term(index)}.init_args.classifier.init_args.checkpoint"
+
+
+def study_command(*args: str) -> list[str]:
+    """``cli.py study <args>`` in this interpreter (the step workers, the report job of a SLURM chain)."""
+    return [sys.executable, "-m", "lightning_guidance.cli", "study", *args]
+
+
+def configs_root(study_config: str | Path | None = None) -> Path:
+    """The folder of shipped configs: the one holding the study config's folder (``configs/digits/study.yaml`` ->
+    ``configs``), else ``./configs``, else the one beside the package (a checkout)."""
+    candidates = [Path(study_config).parent.parent] if study_config else []
+    candidates += [Path("configs"), Path(__file__).resolve().parents[2] / "configs"]
+    for root in candidates:
+        if (root / "digits" / "cfg.yaml").is_file():
+            return root
+    raise FileNotFoundError(f"the study's configs are not in {' nor '.join(str(c) for c in candidates)}: pass "
+                            "--config <checkout>/configs/digits/study.yaml (the configs root is its folder's parent)")
 
 
 @dataclass
 class Step:
     name: str
-    section: str  # the stage it belongs to (progress and report)
+    section: str  # the key of the section that planned it
     command: str
     configs: list[str]
     edits: dict = field(default_factory=dict)
@@ -39,6 +64,10 @@ class Step:
     @property
     def out_dir(self) -> Path:
         return Path(self.product).parent
+
+    def args(self, config: str | Path) -> list[str]:
+        """The ``cli.py`` arguments that run it on its written config."""
+        return [self.command, "--config", str(config), *(["--ckpt_path", "last"] if self.resume else [])]
 
 
 # ---- editing configs ---------------------------------------------------------------------------------------------
@@ -53,7 +82,7 @@ def merge(base: dict, extra: dict) -> dict:
     return out
 
 
-def _child(node, part: str, path: str, create: bool):
+def _child(node, part: str, path: str):
     m = _SELECTOR.match(part)
     if m:
         items = node.get(m["key"]) if m["key"] else node
@@ -65,10 +94,7 @@ def _child(node, part: str, path: str, create: bool):
         raise KeyError(f"config edit {path}: no {m['cls']} in {m['key']}")
     if isinstance(node, list):
         return node, int(part)
-    if part not in node:
-        if not create:
-            raise KeyError(f"config edit {path}: no key {part!r}")
-        node[part] = {}
+    node.setdefault(part, {})
     return node, part
 
 
@@ -78,11 +104,11 @@ def apply_edits(config: dict, edits: dict) -> dict:
         parts = re.findall(r"[^.\[]+(?:\[[^\]]+\])?", path)
         node = out
         for part in parts[:-1]:
-            parent, key = _child(node, part, path, create=True)
+            parent, key = _child(node, part, path)
             node = parent[key]
             if node is None:
                 parent[key] = node = {}
-        parent, key = _child(node, parts[-1], path, create=True)
+        parent, key = _child(node, parts[-1], path)
         if value is DELETE:
             del parent[key]
         else:
@@ -102,11 +128,13 @@ def step_config(step: Step) -> dict:
 
 # ---- step builders ------------------------------------------------------------------------------------------------
 class Plan:
-    """Collects the steps of the chosen sections (each step once, in dependency order)."""
+    """Collects the steps of the chosen sections (each step once, in dependency order); ``section`` is the key of the
+    section planning now (its steps carry it)."""
 
-    def __init__(self, preset: Preset, root: Path):
-        self.preset, self.root = preset, Path(root)
+    def __init__(self, preset, root: Path, configs: Path):
+        self.preset, self.root, self.configs = preset, Path(root), Path(configs)
         self.steps: dict[str, Step] = {}
+        self.section = ""
 
     def add(self, step: Step) -> Step:
         if step.name not in self.steps:
@@ -119,64 +147,52 @@ class Plan:
     def dir(self, *parts: str) -> str:
         return str(self.root.joinpath(*parts))
 
-    def fit(self, name: str, section: str, config: str, folder: str, max_steps: int | None, edits: dict | None = None,
-            needs: list[str] | None = None, product: str = "checkpoints/last.ckpt", every_n: bool = True) -> Step:
+    def config(self, name: str) -> str:
+        return str(self.configs / name)
+
+    def shipped(self, name: str) -> dict:
+        """A shipped config as it is on disk."""
+        return yaml.safe_load(Path(self.config(name)).read_text())
+
+    def fit(self, name: str, config: str, folder: str, max_steps: int | None, edits: dict | None = None,
+            needs: list[str] | None = None, product: str = "checkpoints/last.ckpt") -> Step:
         root = self.dir(folder)
         e = {"trainer.default_root_dir": root, "trainer.enable_progress_bar": False,
              "trainer.accelerator": self.preset.accelerator}
         if max_steps is not None:
-            e["trainer.max_steps"] = max_steps
-            if every_n:  # the last step writes last.ckpt whatever the config's period
-                e["trainer.callbacks[ModelCheckpoint].init_args.every_n_train_steps"] = max_steps
+            e["trainer.max_steps"] = max_steps  # the last step writes last.ckpt whatever the config's period
+            e["trainer.callbacks[ModelCheckpoint].init_args.every_n_train_steps"] = max_steps
         e.update(edits or {})
-        return self.add(Step(name, section, "fit", [str(CONFIGS / config)], e, list(needs or []),
+        return self.add(Step(name, self.section, "fit", [self.config(config)], e, list(needs or []),
                              str(Path(root) / product), resume=True))
 
-    def sample(self, name: str, section: str, config: str, folder: str, checkpoint: str, edits: dict,
-               needs: list[str], extra_configs: tuple[str, ...] = ()) -> Step:
+    def sample(self, name: str, config: str, folder: str, checkpoint: str, edits: dict, needs: list[str]) -> Step:
         out = self.dir(folder)
         e = {"trainer.default_root_dir": out, "trainer.accelerator": self.preset.accelerator,
              "trainer.enable_progress_bar": False, "model.init_args.output_dir": out,
-             "model.init_args.checkpoint": self.product(checkpoint)}
-        e.update(edits)
-        configs = [str(CONFIGS / config), *(str(CONFIGS / c) for c in extra_configs)]
-        return self.add(Step(name, section, "predict", configs, e, needs, str(Path(out) / "manifest.json")))
+             "model.init_args.checkpoint": self.product(checkpoint), **edits}
+        return self.add(Step(name, self.section, "predict", [self.config(config)], e, needs,
+                             str(Path(out) / "manifest.json")))
 
     def grade(self, sample: Step, judge: str, data_edits: dict) -> Step:
         """``test`` of a sampling step's shards with the judge (same sampling config: the shards' hash matches)."""
-        e = dict(sample.edits)
-        e["model.init_args.judge.init_args.checkpoint"] = self.product(judge)
-        e.update(data_edits)
-        return self.add(Step(f"grade-{sample.name.removeprefix('sample-')}", sample.section, "test",
-                             [*sample.configs, str(CONFIGS / "digits/grade_with_judge.yaml")], e,
+        e = {**sample.edits, "model.init_args.judge.init_args.checkpoint": self.product(judge), **data_edits}
+        return self.add(Step(f"grade-{sample.name.removeprefix('sample-')}", self.section, "test",
+                             [*sample.configs, self.config("digits/grade_with_judge.yaml")], e,
                              [*sample.needs, sample.name, judge], str(sample.out_dir / "metrics_table.json")))
 
-    def flow(self, name: str, section: str, config: str, folder: str, max_steps: int, edits: dict,
+    def flow(self, name: str, config: str, folder: str, max_steps: int, edits: dict,
              needs: list[str]) -> tuple[Step, Step]:
         """A rectified-flow post-processor: ``fit`` of ``config`` and the ``predict`` that applies the trained flow to
         the config's ``predict_shards`` (same config and edits, ``ckpt_path`` the fit's last checkpoint); the predict's
         product is ``<output_dir>/postprocess_summary.json``, its shards ``<output_dir>/<source folder>/``."""
         out = self.dir(folder, "postprocessed")
-        e = {"model.init_args.output_dir": out, **edits}
-        fit = self.fit(name, section, config, folder, max_steps, e, needs=needs)
+        fit = self.fit(name, config, folder, max_steps, {"model.init_args.output_dir": out, **edits}, needs=needs)
         e = {**fit.edits, "ckpt_path": fit.product, "trainer.logger": False}
         e.pop("trainer.max_steps", None)
-        post = self.add(Step(f"{name}-postprocess", section, "predict", list(fit.configs), e, [*needs, name],
+        post = self.add(Step(f"{name}-postprocess", self.section, "predict", list(fit.configs), e, [*needs, name],
                              str(Path(out) / "postprocess_summary.json")))
         return fit, post
 
     def product(self, step_name: str) -> str:
         return self.steps[step_name].product
-
-
-# where a sampling config keeps its sweep and its guidance terms (one place to change if the config layout moves)
-SWEEP_VALUES = "model.init_args.sweep.values"
-
-
-def term(index: int = 0) -> str:
-    """The dotted path of guidance term ``index`` of a sampling config."""
-    return f"model.init_args.sweep.terms.{index}"
-
-
-def guide_checkpoint(index: int = 0) -> str:
-    return f"{term(index)}.init_args.classifier.init_args.checkpoint"

@@ -1,9 +1,10 @@
 """Study presets: how much of each experiment a run does (training steps, samples, scales, ablation lists).
 
-``micro`` is for tests (seconds per step), ``tiny`` the README's first command (≤ 10 minutes on 2 CPU cores),
-``small`` numbers worth reading (≤ 1 hour on 2 CPU cores), ``full`` and ``full-cifar10`` the image sections on MNIST
-or CIFAR-10 from ``data/`` on a GPU. A preset only sets sizes: every experiment's design (models, samplers, guidance terms) is the shipped config it
-starts from.
+``tiny`` is the README's first command (≤ 10 minutes on 2 CPU cores), ``small`` numbers worth reading (≤ 1 hour on
+2 CPU cores), ``full`` and ``full-cifar10`` the image sections on MNIST or CIFAR-10 from ``data/`` on a GPU. ``micro``
+is the tests' (``tests/test_study*.py``): every section, figure and claim in seconds per step, numbers that mean
+nothing. A preset only sets sizes: every experiment's design (models, samplers, guidance terms) is the shipped config
+it starts from. Which section reads which field: each ``Section.preset_fields`` (``cli.py study --list``).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class Preset:
     fractal_cfg_plus_cg_scales: tuple[float, ...] = (1.5, 2.0, 3.0)
     fractal_divergences: tuple[str, ...] = ("reverse_kl", "forward_kl", "js", "hellinger")
     fractal_reference_per_class: int = 2000  # exact samples for the sliced Wasserstein distance, spread and recall
-    fractal_variant_scales: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0)  # the modern CFG variants (issue 13)
+    fractal_variant_scales: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0)  # the modern CFG variants
     fractal_autoguide_bad_steps: int = 300  # autoguidance's worse model (configs/fractal/cfg_autoguide_bad.yaml)
     fractal_cg_flow_scales: tuple[float, ...] = (1.0, 10.0)  # CG of the unconditional model, Fig. 4: weak and large
     fractal_flow_steps: int = 2000  # each fractal post-processor (configs/fractal/flow_*.yaml)
@@ -59,8 +60,8 @@ class Preset:
     cfg_plus_cg_scales: tuple[float, ...] = (2.0, 3.0)
     divergences: tuple[str, ...] = ("reverse_kl", "forward_kl", "js", "hellinger")
     calibration_epochs: int = 20
-    ece_time_points: int = 5  # t values of the integral ECE (section 8)
-    ece_samples: int = 360  # held-out images per t
+    ece_time_points: int = 5  # time buckets of the integral ECE (section 8)
+    ece_samples: int = 360  # held-out images, each noised into every bucket
     # ---- digits post-processor (section 7: configs/digits/flow.yaml, one flow for all scales)
     flow_train_scales: tuple[float, ...] = (1.0, 2.0, 3.0)
     flow_unseen_scales: tuple[float, ...] = (2.25, 2.5, 2.75)

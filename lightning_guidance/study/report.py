@@ -14,37 +14,52 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
+import platform
+import subprocess
 import time
 import traceback
 from collections import Counter
 from pathlib import Path
 
 from ..io.atomic import atomic_write_text
-from .overview import agreement, agreement_markdown, analyse_quality
 from .plan import DONE_STATES
-from .results import SectionResult, fmt, md_table
-
-TITLES = {
-    "toy1d": "1. 1D two-class mixture: trajectories and distance from the decision boundary",
-    "fractal_panels": "2. 2D fractal: ground truth, CG and CFG at several scales, before and after the post-processor",
-    "fractal_benchmark": "3. Exact-distribution benchmark on the fractal",
-    "digits_cfg": "4. Digits, classifier-free guidance: a fine scale sweep",
-    "digits_cg": "5. Digits, classifier guidance mirroring EluCD's tables",
-    "digits_calibration": "6. Digits, calibration and regularised guidance",
-    "digits_postprocessor": "7. Digits, the one-for-all-scales postprocessor",
-    "ece_vs_fd": "8. Integral ECE vs fd_digits across the classifier-guided runs",
-    "quality_vs_scale": "9. Quality vs scale, one figure per dataset (same seeds)",
-}
+from .section import Products, SectionResult, agreement, agreement_markdown, fmt, md_table
+from .sections import CLAIMS
 
 
-def markers_digest(ctx) -> str:
+def markers_digest(run_dir: Path, steps, sections: list[str]) -> str:
     h = hashlib.sha256()
-    for name in sorted(ctx.steps):
-        path = ctx.run_dir / "steps" / f"{name}.json"
+    for name in sorted(steps):
+        path = Path(run_dir) / "steps" / f"{name}.json"
         h.update(name.encode())
         h.update(path.read_bytes() if path.is_file() else b"-")
-    h.update(json.dumps(sorted(ctx.sections)).encode())
+    h.update(json.dumps(sorted(sections)).encode())
     return h.hexdigest()
+
+
+def machine() -> dict:
+    import torch
+
+    info = {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
+            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
+    if "SLURM_JOB_ID" in os.environ:
+        info["slurm_job"] = os.environ["SLURM_JOB_ID"]
+    return info
+
+
+def commit() -> dict:
+    """The commit of the code (and whether it has uncommitted changes): what a step marker and the report record."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                    capture_output=True, text=True).stdout.strip())
+        return {"commit": rev, "dirty": dirty}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": "unknown (not a git checkout)", "dirty": None}
 
 
 RUN_RECORD = "run.json"
@@ -100,52 +115,28 @@ def attribute_steps(run_dir: Path, steps: dict[str, dict], previous: dict) -> No
         entry["dirty"] = source.get("dirty")
 
 
-def _guarded(key: str, fn, *args) -> list[SectionResult]:
-    try:
-        out = fn(*args)
-        return list(out) if isinstance(out, tuple) else [out]
-    except LookupError as err:  # a needed step failed or did not run
-        return [SectionResult(key, TITLES[key], status="failed", reason=str(err).strip("'\""))]
-    except Exception as err:  # noqa: BLE001 - the other sections still render
-        tb = traceback.format_exc(limit=3).strip().splitlines()[-1]
-        return [SectionResult(key, TITLES[key], status="failed", reason=f"{type(err).__name__}: {err} ({tb})")]
-
-
-def run_sections(ctx, requested: list[str], digits_runs: dict) -> dict[str, SectionResult]:
-    from .digits import analyse_digits
-    from .fractal import analyse_fractal
-    from .toy1d import analyse_toy1d
-
-    done: dict[str, SectionResult] = {}
-    wanted = set(ctx.sections)
-    if "toy1d" in wanted:
-        for r in _guarded("toy1d", analyse_toy1d, ctx):
-            done[r.key] = r
-    if wanted & {"fractal_panels", "fractal_benchmark"}:
-        results = _guarded("fractal_panels", analyse_fractal, ctx)
-        if len(results) == 1 and results[0].status == "failed":  # both sections share the failure
-            results.append(SectionResult("fractal_benchmark", TITLES["fractal_benchmark"], "failed", results[0].reason))
-        for r in results:
-            done[r.key] = r
-    digits = [k for k in ("digits_cfg", "digits_cg", "digits_calibration", "digits_postprocessor", "ece_vs_fd")
-              if k in wanted]
-    if digits:
+def analyse(plan, status: dict[str, str], requested: list[str]) -> dict[str, SectionResult]:
+    """Every section of the plan in order (a section that raises is marked failed, the others still render); the
+    requested ones."""
+    products = Products(plan.preset, plan.root, plan.steps, status)
+    for section in plan.sections:
+        res = products.results[section.key] = SectionResult(section.key, section.title, plan.root)
         try:
-            done.update(analyse_digits(ctx, digits_runs))
-        except Exception as err:  # noqa: BLE001
-            for k in digits:
-                done[k] = SectionResult(k, TITLES[k], "failed", f"{type(err).__name__}: {err}")
-    if "quality_vs_scale" in wanted:
-        done["quality_vs_scale"] = _guarded("quality_vs_scale", analyse_quality, ctx, done)[0]
-    return {k: done[k] for k in TITLES if k in requested and k in done}
+            section.analyse(products, res)
+        except LookupError as err:  # a needed step failed or did not run
+            res.fail(str(err).strip("'\""))
+        except Exception as err:  # noqa: BLE001 - the other sections still render
+            tb = traceback.format_exc(limit=3).strip().splitlines()[-1]
+            res.fail(f"{type(err).__name__}: {err} ({tb})")
+    return {k: r for k, r in products.results.items() if k in requested}
 
 
-def write_report(ctx, meta: dict, requested: list[str], digits_runs: dict, t0: float, console=None,
+def write_report(plan, status: dict[str, str], meta: dict, requested: list[str], t0: float, console=None,
                  rebuilt: bool = False) -> dict:
     """Write report.json and report.md; ``rebuilt``: no step ran (the header keeps the recorded run's wall time)."""
-    run_dir = Path(ctx.run_dir)
+    run_dir = plan.root
     json_path, md_path = run_dir / "report.json", run_dir / "report.md"
-    digest = markers_digest(ctx)
+    digest = markers_digest(run_dir, plan.steps, [s.key for s in plan.sections])
     previous = json.loads(json_path.read_text()) if json_path.is_file() else {}
     all_skipped = all(s["status"] == "skipped" for s in meta["steps"].values())
     if all_skipped and previous and md_path.is_file():
@@ -153,13 +144,12 @@ def write_report(ctx, meta: dict, requested: list[str], digits_runs: dict, t0: f
             if console is not None:
                 console.print("every step finished earlier and is still valid; the report is current (unchanged)")
             return previous
-    sections = run_sections(ctx, requested, digits_runs)
+    sections = analyse(plan, status, requested)
     numbers = {k: v.as_json() for k, v in sections.items()}
-    claims = agreement(numbers)
     wall = time.perf_counter() - t0
     attribute_steps(run_dir, meta["steps"], previous)
     report = {**meta, **timing(run_dir, meta["started_utc"], wall, rebuilt, previous), "markers_digest": digest,
-              "sections": numbers, "agreement": claims}
+              "sections": numbers, "agreement": agreement(CLAIMS, numbers)}
     atomic_write_text(json_path, json.dumps(report, indent=2, default=str))
     atomic_write_text(md_path, "\n".join(render(report, sections)) + "\n")
     return report

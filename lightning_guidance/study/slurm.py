@@ -7,7 +7,7 @@ Resources (sbatch's names) come from the preset (``Preset.slurm``), then the stu
 
     slurm:
       default: {cpus_per_task: 4, time: "02:00:00"}    # every step
-      steps:                                           # shell patterns on step names or sections; later ones win
+      steps:                                           # shell patterns on step names or section keys; later win
         digits-cfg: {nodes: 2, ntasks_per_node: 4, sbatch: ["--gpus-per-node=4"]}
         "sample-digits-*": {array: 4}                  # predict: a job array over the shards
 
@@ -76,9 +76,9 @@ def plan_jobs(runner, preset, study: dict) -> list[SlurmStep]:
     for name, step in list(runner.steps.items()):
         resources = step_resources(step, preset, study)
         step = runner.steps[name] = with_world_size(step, resources)
-        path, text = runner.write_config(step)
+        path = runner.write_config(step)  # the template resumes a fit itself (--ckpt_path last)
         job = SlurmStep(name, step.command, ("--config", str(path)), needs=tuple(step.needs),
-                        key=runner.identity(step, text)["config_sha256"], **resources)
+                        key=runner.identity(step, path)["config_sha256"], **resources)
         job.check()
         jobs.append(job)
     return jobs
@@ -95,8 +95,8 @@ def adopt(runner, chain: SlurmChain, job: SlurmStep) -> bool:
     inputs = [Path(runner.steps[n].product) for n in step.needs]
     if any(not p.is_file() or p.stat().st_mtime > ended for p in inputs):
         return False
-    _, text = runner.write_config(step)
-    runner.finish(step, runner.identity(step, text), 0, float(json.loads(marker.read_text()).get("seconds", 0)))
+    runner.finish(step, runner.identity(step, runner.write_config(step)), 0,
+                  float(json.loads(marker.read_text()).get("seconds", 0)))
     return True
 
 
@@ -108,8 +108,7 @@ def submit_study(runner, preset, study: dict, report_command: list[str], say=pri
     for job in jobs:
         step = runner.steps[job.name]
         if not any(n in submitted for n in step.needs):
-            _, text = runner.write_config(step)
-            current, stale = runner.is_current(step, runner.identity(step, text))
+            current, stale = runner.is_current(step, runner.identity(step, runner.write_config(step)))
             if current or adopt(runner, chain, job):
                 skipped.add(job.name)
                 continue
@@ -118,7 +117,7 @@ def submit_study(runner, preset, study: dict, report_command: list[str], say=pri
         elif runner.marker_path(step).is_file():  # finished once, but what it reads is being made again
             runner.move_aside(step)
         submitted.add(job.name)
-    report = step_resources(Step("report", "report", "report", []), preset, study)  # the report samples and scores
+    report = step_resources(Step("report", "report", "report", []), preset, study)  # the report scores samples
     options = [f"--cpus-per-task={report['cpus_per_task']}"] if report.get("cpus_per_task") else []
     options += [f"--time={report['time']}"] if report.get("time") else []
     return submit_with_report(chain, jobs, report_command, runner.run_dir / "report.md",
@@ -131,8 +130,7 @@ def record_finished_jobs(runner, preset, study: dict) -> None:
     chain = SlurmChain(state_dir(runner.run_dir))
     for job in plan_jobs(runner, preset, study):
         step = runner.steps[job.name]
-        _, text = runner.write_config(step)
-        if not runner.is_current(step, runner.identity(step, text))[0]:
+        if not runner.is_current(step, runner.identity(step, runner.write_config(step)))[0]:
             adopt(runner, chain, job)
         marker = chain.done_file(job)
         if marker.is_file():

@@ -1,0 +1,199 @@
+"""``cli.py study``: plan the chosen sections' steps, run them (:mod:`.engine`, or as SLURM jobs: :mod:`.slurm`),
+then write the report (:mod:`.report`).
+
+The exit code is 0 when every step and section finished, 1 when something failed (the report still names it), and
+``128 + signal`` after SIGINT/SIGTERM (the report is still written; a re-run resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from .plan import DONE_STATES, configs_root, study_command
+from .presets import PRESETS, get_preset
+from .sections import KEYS, choose, plan_study
+
+STUDY_KEYS = ("title", "name", "preset", "sections", "description", "jobs", "slurm")
+
+
+def load_study_file(path: str | None) -> dict:
+    if path is None:
+        return {}
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"study config not found: {p}")
+    study = yaml.safe_load(p.read_text()) or {}
+    if not isinstance(study, dict):
+        raise ValueError(f"{p}: a study config is a mapping (title, name, preset, sections)")
+    unknown = sorted(set(study) - set(STUDY_KEYS))
+    if unknown:
+        raise ValueError(f"{p}: unknown key {', '.join(unknown)}; a study config takes {', '.join(sorted(STUDY_KEYS))}")
+    return study
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cli.py study", description="Run the study and write runs/<name>/report.md.")
+    parser.add_argument("--config", help="study YAML (configs/digits/study.yaml): title, name, preset, sections; the "
+                        "shipped step configs are read from the folder above its own")
+    parser.add_argument("--preset", help=f"one of {', '.join(PRESETS)} (overrides the config's)")
+    parser.add_argument("--sections", nargs="+", help=f"run only these sections: {', '.join(KEYS)}")
+    parser.add_argument("--name", help="run folder runs/<name> (default: study-<preset>)")
+    parser.add_argument("--jobs", type=int, help="steps run at once (default: 2, or 1 with one CPU)")
+    parser.add_argument("--threads", type=int, help="CPU threads per step (default: CPUs / jobs; oversubscribed "
+                        "OpenMP threads slow a loaded CPU many times over)")
+    parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                        help="local: run the steps here; slurm: submit each step as a job, chained by what it reads, "
+                        "and a last job that writes the report (resources: the preset's, then the config's slurm:)")
+    parser.add_argument("--status", action="store_true", help="with --launcher slurm: show the chain's jobs")
+    parser.add_argument("--runs-root", default="runs", help="parent folder of the run folder")
+    parser.add_argument("--in-process", action="store_true", help=argparse.SUPPRESS)  # tests: no interpreter start-up
+    # a step worker of the run in this folder (launch/workers.py): started by the engine, reads steps from stdin
+    parser.add_argument("--serve-steps", metavar="RUN_FOLDER", help=argparse.SUPPRESS)
+    parser.add_argument("--list", action="store_true", help="print the sections and their planned steps and exit")
+    parser.add_argument("--report-only", action="store_true", help="run no step: write the report from what the "
+                        "steps wrote (a step counts as done when its output exists)")
+    parser.add_argument("--publish", help="also copy the report (md, json, figures, step configs) into this folder, "
+                        "e.g. docs/results/small")
+    return parser
+
+
+def without_launcher(argv: list[str]) -> list[str]:
+    """The study's arguments less ``--launcher <kind>`` and ``--status``: what its report job is given."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--launcher":
+            skip = True
+        elif not arg.startswith("--launcher=") and arg != "--status":
+            out.append(arg)
+    return out
+
+
+def main(argv: list[str] | None = None, run_in_process=None) -> int:
+    """``cli.py study``; ``run_in_process`` (the CLI's own entry, passed down by it) serves ``--in-process`` and the
+    step workers."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ns = make_parser().parse_args(argv)
+    if (ns.serve_steps or ns.in_process) and run_in_process is None:
+        raise ValueError("--serve-steps and --in-process need the CLI's entry point: run them as `cli.py study`")
+    if ns.serve_steps:
+        from ..launch.workers import serve
+
+        return serve(run_in_process, ns.threads)
+    if ns.launcher == "slurm":
+        from ..launch.slurm import require_sbatch
+
+        require_sbatch()  # says what is missing before anything runs
+    elif ns.status:
+        raise ValueError("--status shows a SLURM chain: add --launcher slurm")
+    study = load_study_file(ns.config)
+    preset = get_preset(ns.preset or study.get("preset", "tiny"))
+    sections = choose(ns.sections or study.get("sections"))
+    missing = preset.missing_data()
+    if missing:
+        raise FileNotFoundError(f"the {preset.name} preset reads {', '.join(missing)}, which "
+                                f"{'is' if len(missing) == 1 else 'are'} not on disk: put the dataset there "
+                                "(see data/README.md) or choose --preset small")
+    name = (ns.name or study.get("name") or f"study-{preset.name}").replace("{preset}", preset.name)
+    run_dir = Path(ns.runs_root) / name
+    plan = plan_study(preset, run_dir, configs_root(ns.config), sections)
+    if ns.list:
+        for s in plan.sections:
+            print(f"{s.key}: {s.title}\n    data: {s.data}\n    preset: {', '.join(s.preset_fields)}")
+        for step in plan.steps.values():
+            print(f"{step.section:22s} {step.name:40s} {step.command:8s} {' + '.join(step.configs)}")
+        return 0
+    jobs = ns.jobs or study.get("jobs") or (2 if (os.cpu_count() or 1) > 1 else 1)
+    threads = ns.threads or max(1, (os.cpu_count() or 1) // jobs)
+    import torch
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the report's own scoring, too
+    if ns.launcher == "slurm" and not ns.report_only:
+        from .engine import StepRunner
+        from .report import commit
+        from .slurm import show_status, submit_study
+
+        if ns.status:
+            return show_status(run_dir)
+        print(f"study preset {preset.name} ({preset.summary}); {len(plan.steps)} steps as SLURM jobs; folder {run_dir}")
+        report_cmd = study_command(*without_launcher(argv), "--report-only")
+        submit_study(StepRunner(run_dir, plan.steps, code=commit()), preset, study, report_cmd)
+        return 0
+    try:
+        return _run(ns, study, preset, sections, run_dir, plan, jobs, threads,
+                    run_in_process if ns.in_process else None)
+    finally:
+        torch.set_num_threads(threads_before)  # in-process callers (tests) get their setting back
+
+
+def _run(ns, study, preset, sections, run_dir, plan, jobs, threads, run_in_process) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from .engine import StepRunner
+    from .report import RUN_SETTINGS, commit, machine, record_run, write_report
+
+    console = Console(stderr=False)
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    console.print(f"[bold]study[/bold] preset {preset.name} ({preset.summary}); {len(plan.steps)} steps, "
+                  f"{jobs} at a time, {threads} thread(s) each; folder {run_dir}")
+    code = commit()
+    runner = StepRunner(run_dir, plan.steps, jobs=jobs, in_process=run_in_process, console=console, threads=threads,
+                        code=code)
+    if ns.report_only:
+        if (run_dir / "slurm").is_dir():  # steps that SLURM jobs finished: recorded as the local runner would
+            from .slurm import record_finished_jobs
+
+            record_finished_jobs(runner, preset, study)
+        status = runner.status = {n: "done" if Path(s.product).is_file() else "not run" for n, s in plan.steps.items()}
+        for name, step in plan.steps.items():  # each step's own seconds, as its run recorded them
+            marker = runner.marker_path(step)
+            if name not in runner.seconds and status[name] == "done" and marker.is_file():
+                runner.seconds[name] = float(json.loads(marker.read_text()).get("seconds", 0.0))
+        ran = False
+    else:
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=console, transient=False) as progress:
+            runner.console = progress.console
+            status = runner.run(progress)
+        ran = bool(runner.seconds)  # at least one step was started (not only skipped)
+    meta = {"title": study.get("title", "lightning-guidance study"), "description": study.get("description", ""),
+            "preset": preset.as_dict(), "sections_requested": sections, "machine": machine(), **code,
+            "started_utc": started.isoformat(timespec="seconds"), "jobs": jobs, "threads_per_step": threads,
+            "steps": {n: {"section": s.section, "command": s.command, "status": status.get(n, "not run"),
+                          "seconds": round(runner.seconds.get(n, 0.0), 1), "config": f"configs/{n}.yaml"}
+                      for n, s in plan.steps.items()}}
+    report = write_report(plan, status, meta, sections, t0, console, rebuilt=not ran)
+    failed = [n for n, s in status.items() if s not in DONE_STATES]
+    if ran:  # what a later rebuild of the report shows as the run's wall time
+        record_run(run_dir, {"started_utc": report["started_utc"], "wall_seconds": report["wall_seconds"],
+                             **{k: report[k] for k in RUN_SETTINGS},
+                             "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                             "steps_run": len(runner.seconds),
+                             "exit": "interrupted" if runner.interrupted else "failed" if failed else "ok"})
+    if ns.publish:
+        from .report import publish
+
+        console.print(f"published: {publish(run_dir, Path(ns.publish))}")
+    failed_sections = [k for k, v in report["sections"].items() if v["status"] == "failed"]
+    console.print(f"report: {run_dir / 'report.md'}")
+    if runner.interrupted is not None:
+        console.print(f"[red]interrupted by signal {runner.interrupted}; re-run to resume")
+        return 128 + runner.interrupted
+    if failed or failed_sections:
+        console.print(f"[red]failed steps: {', '.join(failed) or 'none'}; failed sections: "
+                      f"{', '.join(failed_sections) or 'none'}")
+        return 1
+    return 0
