@@ -36,6 +36,8 @@ from ..io.shards import (Shard, check_shards, config_difference, config_hash, op
 from ..metrics.judge import check_judge
 from ..metrics.sample_quality import SampleQuality, write_quality_table
 from .cfg_diffusion import CFGDiffusion
+from .pretrained_diffusion import (PretrainedOptions, check_null_class, load_diffusion, pretrained_identity,
+                                   shard_samples)
 
 
 def _first(items):
@@ -53,7 +55,7 @@ def load_rule_guide(rule: ClassifierFreeGuidance | None, diffusion: CFGDiffusion
     if not rule.guide_is_other_model:
         return None
     name = type(rule).__name__
-    guide = CFGDiffusion.from_checkpoint(rule.guide_checkpoint, use_ema=rule.guide_use_ema).requires_grad_(False)
+    guide = load_diffusion(rule.guide_checkpoint, use_ema=rule.guide_use_ema).requires_grad_(False)
     ghp, hp = guide.hparams, diffusion.hparams
     if (guide.num_classes, guide.data_shape) != (diffusion.num_classes, diffusion.data_shape):
         raise ValueError(f"{name}: the guide {rule.guide_checkpoint} models {guide.num_classes} classes of shape "
@@ -73,7 +75,7 @@ class SamplingModule(L.LightningModule):
                  use_ema: bool = True, net: nn.Module | None = None, grid_per_class: int = 10,
                  judge: nn.Module | None = None, fd_name: str = "fd_judge", precision_recall_k: int = 3,
                  inception_weights: str | None = None, overwrite: bool = False,
-                 shard_part: tuple[int, int] | None = None):
+                 shard_part: tuple[int, int] | None = None, pretrained: PretrainedOptions | None = None):
         super().__init__()
         if shard_part is not None and not (len(shard_part) == 2 and 0 <= int(shard_part[0]) < int(shard_part[1])):
             raise ValueError(f"shard_part must be [i, k] with 0 <= i < k (this job samples shards i, i + k, ...), "
@@ -84,9 +86,12 @@ class SamplingModule(L.LightningModule):
         self.sweep = sweep if sweep is not None else Sweep()
         self.sampler_kwargs = check_sampling(sampler, sampler_kwargs, self.sweep.terms)
         self.save_hyperparameters(ignore=["net", "sweep", "judge"])
-        self.diffusion = CFGDiffusion.from_checkpoint(checkpoint, net=net, use_ema=use_ema).requires_grad_(False)
+        # a suite checkpoint file, or a diffusers model folder (with its `pretrained` options)
+        self.pretrained = pretrained
+        self.diffusion = load_diffusion(checkpoint, net=net, use_ema=use_ema, pretrained=pretrained).requires_grad_(False)
         hp = self.diffusion.hparams
         self.sweep.check_against(self.diffusion.num_classes, self.diffusion.data_shape, hp.schedule, hp.num_train_steps)
+        check_null_class(self.diffusion, self.sweep, checkpoint)
         # registered, so that the terms' classifiers move to the sampling device with this module (each once)
         self.term_classifiers = nn.ModuleList(self.sweep.classifiers).requires_grad_(False)
         self.guide_diffusion = load_rule_guide(self.sweep.cfg_rule, self.diffusion)
@@ -120,7 +125,8 @@ class SamplingModule(L.LightningModule):
                 "guidance": sweep["guidance"], "classes": self.classes,
                 **({"cfg_rule": sweep["cfg_rule"]} if "cfg_rule" in sweep else {}),
                 # a batch-coupled term (tilted guidance) makes samples depend on who shares their batch
-                "batch_size": hp.batch_size if self.sweep.couples_batch else None}
+                "batch_size": hp.batch_size if self.sweep.couples_batch else None,
+                **pretrained_identity(self.pretrained)}
 
     def folder(self, value: float) -> Path:
         return self.output_dir / self.sweep.folder(value)
@@ -157,8 +163,9 @@ class SamplingModule(L.LightningModule):
                              f"({config_difference(shard_config(path), config)}); re-run with "
                              "--model.init_args.overwrite true to regenerate it, or choose another output_dir")
         x, labels = self.sample(list(ids), value)
-        write_shard(path, Shard(x, labels, seeds_for_ids(ids, self.hparams.seed), torch.tensor(ids), value, expected,
-                                config))
+        images, latents = shard_samples(self.diffusion, x, self.pretrained, self.hparams.batch_size)
+        write_shard(path, Shard(images, labels, seeds_for_ids(ids, self.hparams.seed), torch.tensor(ids), value,
+                                expected, config), latents)
         return {"path": str(path), "skipped": False}
 
     def on_predict_epoch_end(self) -> None:
@@ -190,7 +197,8 @@ class SamplingModule(L.LightningModule):
             raise ValueError(f"{self.num_samples} samples per scale are too few: precision/recall with "
                              f"k={hp.precision_recall_k} and the Fréchet distance need at least {need}; "
                              "raise samples_per_class")
-        self._real_shape = tuple(getattr(dm, "data_shape", ()) or ()) or self.diffusion.data_shape
+        shard_shape = getattr(self.diffusion, "image_shape", self.diffusion.data_shape)  # a latent model's: decoded
+        self._real_shape = tuple(getattr(dm, "data_shape", ()) or ()) or tuple(shard_shape)
         self.quality = SampleQuality(self.judge, [self.sweep.folder(v) for v in self.sweep.values], hp.fd_name,
                                      hp.precision_recall_k, inception_weights=hp.inception_weights)
         self._shards = {v: check_shards(self.folder(v), config_hash(self.shard_config(v)), self.num_samples,
