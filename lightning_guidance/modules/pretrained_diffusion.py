@@ -120,6 +120,13 @@ def load_diffusion(checkpoint: str | Path, net: nn.Module | None = None, use_ema
     return PretrainedDiffusion(checkpoint, num_classes=options.num_classes, image_size=options.image_size)
 
 
+def load_guide_model(checkpoint: str | Path, diffusion: nn.Module, use_ema: bool = True) -> nn.Module:
+    """A second model that guides ``diffusion`` (autoguidance's worse model): a suite checkpoint, or a diffusers
+    folder read with the classes of the model it guides."""
+    pretrained = PretrainedOptions(num_classes=diffusion.num_classes) if is_model_folder(checkpoint, None) else None
+    return load_diffusion(checkpoint, use_ema=use_ema, pretrained=pretrained)
+
+
 def pretrained_identity(pretrained: PretrainedOptions | None) -> dict:
     """What a shard's config records of the pretrained options (nothing for a suite checkpoint)."""
     return {} if pretrained is None else {"pretrained": asdict(pretrained)}

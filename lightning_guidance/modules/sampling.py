@@ -36,8 +36,8 @@ from ..io.shards import (Shard, check_shards, config_difference, config_hash, op
 from ..metrics.judge import check_judge
 from ..metrics.sample_quality import SampleQuality, write_quality_table
 from .cfg_diffusion import CFGDiffusion
-from .pretrained_diffusion import (PretrainedOptions, check_null_class, load_diffusion, pretrained_identity,
-                                   shard_samples)
+from .pretrained_diffusion import (PretrainedOptions, check_null_class, load_diffusion, load_guide_model,
+                                   pretrained_identity, shard_samples)
 
 
 def _first(items):
@@ -55,7 +55,7 @@ def load_rule_guide(rule: ClassifierFreeGuidance | None, diffusion: CFGDiffusion
     if not rule.guide_is_other_model:
         return None
     name = type(rule).__name__
-    guide = load_diffusion(rule.guide_checkpoint, use_ema=rule.guide_use_ema).requires_grad_(False)
+    guide = load_guide_model(rule.guide_checkpoint, diffusion, use_ema=rule.guide_use_ema).requires_grad_(False)
     ghp, hp = guide.hparams, diffusion.hparams
     if (guide.num_classes, guide.data_shape) != (diffusion.num_classes, diffusion.data_shape):
         raise ValueError(f"{name}: the guide {rule.guide_checkpoint} models {guide.num_classes} classes of shape "
