@@ -89,7 +89,7 @@ def test_class_embeddings_and_the_null_class(tmp_path):
 
 # ---- one line each for what cannot be read ------------------------------------------------------------------
 def predict(tmp_path, checkpoint, *extra):
-    return ["predict", "--config", CONFIGS / "cifar10/sample_ddpm_cg.yaml", "--model.init_args.checkpoint", checkpoint,
+    return ["predict", "--config", CONFIGS / "cifar10/pretrained_ddpm_cg.yaml", "--model.init_args.checkpoint", checkpoint,
             "--trainer.default_root_dir", tmp_path / "out", "--model.init_args.sweep.terms", "[]",
             "--trainer.accelerator", "cpu", *extra]
 

@@ -93,7 +93,7 @@ class SpacedVPSchedule(VPSchedule):
 
     @classmethod
     def from_alphas_cumprod(cls, alphas_cumprod: torch.Tensor, **kwargs) -> "SpacedVPSchedule":
-        """The schedule whose (float64) ``alphas_cumprod`` are the given values: ``beta_i = 1 - abar_i / abar_{i-1}``."""
+        """The schedule whose (float64) ``alphas_cumprod`` are the given ones: ``beta_i = 1 - abar_i / abar_{i-1}``."""
         abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
         return cls(1 - abar / torch.cat([torch.ones(1, dtype=torch.float64), abar[:-1]]), **kwargs)
 

@@ -1,5 +1,8 @@
 """``SamplingModule``: generate shards of samples from a trained diffusion checkpoint over a sweep, and grade them.
 
+``checkpoint`` is a suite checkpoint file or a diffusers model folder (``save_pretrained`` layout, with the
+``pretrained`` options of :mod:`.pretrained_diffusion`); a latent model's shards hold the decoded images.
+
 ``predict`` walks the shards of every sweep value (sample ids ``0..N-1``, label ``classes[id % len(classes)]``, seed
 ``seed + id``: the same ids at every value, so a sample can be followed across the sweep) and writes each atomically
 (:mod:`lightning_guidance.io.shards`); a shard already on disk with the same config hash is skipped, so a killed job
@@ -10,10 +13,11 @@ skips them all and writes the manifest).
 ``test`` grades the shards of every sweep value, images or toy points, against the real data of ``data:`` (its test
 split) with a judge (:class:`~lightning_guidance.metrics.judge.Judge`): Fréchet distance in the judge's features
 (``fd_name``, e.g. ``fd_digits``), precision/recall, judge accuracy and score, and Inception FID when
-``inception_weights`` names a local file. Lightning's test loop iterates the real data (padded repeats dropped by
-sample index); at the end of the epoch each rank reads its own block of sample ids from the shards, and the figures
-are reduced across ranks. Rank 0 writes ``<output_dir>/metrics_table.{json,md}`` (one row per sweep value and a
-reference row: the judge on the real data), which the study report quotes.
+``inception_weights`` names a local file (against ``inception_reference``, a file of reference statistics, when
+given). Lightning's test loop iterates the real data (padded repeats dropped by sample index); at the end of the
+epoch each rank reads its own block of sample ids from the shards, and the figures are reduced across ranks.
+Rank 0 writes ``<output_dir>/metrics_table.{json,md}`` (one row per sweep value and a reference row: the judge on the
+real data), which the study report quotes.
 """
 
 from __future__ import annotations
@@ -75,7 +79,8 @@ class SamplingModule(L.LightningModule):
                  use_ema: bool = True, net: nn.Module | None = None, grid_per_class: int = 10,
                  judge: nn.Module | None = None, fd_name: str = "fd_judge", precision_recall_k: int = 3,
                  inception_weights: str | None = None, overwrite: bool = False,
-                 shard_part: tuple[int, int] | None = None, pretrained: PretrainedOptions | None = None):
+                 shard_part: tuple[int, int] | None = None, pretrained: PretrainedOptions | None = None,
+                 inception_reference: str | None = None):
         super().__init__()
         if shard_part is not None and not (len(shard_part) == 2 and 0 <= int(shard_part[0]) < int(shard_part[1])):
             raise ValueError(f"shard_part must be [i, k] with 0 <= i < k (this job samples shards i, i + k, ...), "
@@ -88,7 +93,7 @@ class SamplingModule(L.LightningModule):
         self.save_hyperparameters(ignore=["net", "sweep", "judge"])
         # a suite checkpoint file, or a diffusers model folder (with its `pretrained` options)
         self.pretrained = pretrained
-        self.diffusion = load_diffusion(checkpoint, net=net, use_ema=use_ema, pretrained=pretrained).requires_grad_(False)
+        self.diffusion = load_diffusion(checkpoint, net, use_ema, pretrained).requires_grad_(False)
         hp = self.diffusion.hparams
         self.sweep.check_against(self.diffusion.num_classes, self.diffusion.data_shape, hp.schedule, hp.num_train_steps)
         check_null_class(self.diffusion, self.sweep, checkpoint)
@@ -200,7 +205,8 @@ class SamplingModule(L.LightningModule):
         shard_shape = getattr(self.diffusion, "image_shape", self.diffusion.data_shape)  # a latent model's: decoded
         self._real_shape = tuple(getattr(dm, "data_shape", ()) or ()) or tuple(shard_shape)
         self.quality = SampleQuality(self.judge, [self.sweep.folder(v) for v in self.sweep.values], hp.fd_name,
-                                     hp.precision_recall_k, inception_weights=hp.inception_weights)
+                                     hp.precision_recall_k, inception_weights=hp.inception_weights,
+                                     inception_reference=hp.get("inception_reference"))
         self._shards = {v: check_shards(self.folder(v), config_hash(self.shard_config(v)), self.num_samples,
                                         self._real_shape, self.judge.num_classes, type(dm).__name__,
                                         self.shard_config(v))
