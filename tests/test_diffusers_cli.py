@@ -129,3 +129,33 @@ def test_classifier_guidance_of_an_unconditional_unet_through_predict_and_test(t
     cli("test", "--config", config, *QUIET, *grade_args(judge))
     table = yaml.safe_load((tmp_path / "out/metrics_table.json").read_text())
     assert [row["scale"] for row in table["rows"]] == [0.0, 3.0]
+
+
+def test_elucd_dit_row_runs_with_a_torchvision_classifier_from_a_weights_file(dit_folder, tmp_path):
+    """configs/imagenet/pretrained_dit_elucd.yaml on the tiny DiT: CFG 1.5 plus the classifier through the decoder,
+    the classifier a torchvision network read from a local weights file (a ResNet-18 over the tiny model's 10
+    classes here, at 32 px, in place of the ImageNet ResNet-50)."""
+    import torchvision
+
+    weights = tmp_path / "resnet18.pth"
+    torch.manual_seed(0)
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), weights)
+    cfg = read_yaml(CONFIGS / "imagenet/pretrained_dit_elucd.yaml")
+    init = cfg["model"]["init_args"]
+    init["checkpoint"], init["pretrained"]["image_size"] = str(dit_folder), 8
+    decoded = init["sweep"]["terms"][0]["init_args"]["classifier"]["init_args"]
+    decoded["model_folder"] = str(dit_folder)
+    decoded["classifier"]["init_args"].update(arch="resnet18", weights_path=str(weights), input_size=32,
+                                              torchvision_weights="IMAGENET1K_V1",
+                                              model_kwargs={"num_classes": 10})
+    init["sweep"]["values"] = [0.0, 4.0]
+    init.update(output_dir=str(tmp_path / "out"), sampler_kwargs={"num_steps": 3}, samples_per_class=1,
+                shard_size=10, batch_size=10)
+    config = tmp_path / "elucd.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    cli("predict", "--config", config, *QUIET)
+    cfg_only, guided = (read_shard(tmp_path / f"out/guidance_{v}/shard_0000000.npz") for v in ("0", "4"))
+    assert cfg_only.samples.shape == (10, 1, 8, 8) and not torch.equal(cfg_only.samples, guided.samples)
+    term = cfg_only.config["guidance"][0]
+    assert term["class"] == "CFGPlusClassifierGuidance" and cfg_only.config["cfg_scale"] == 1.5
+    assert "sha256" in term["classifier"] and "on images decoded by the VAE" in term["classifier"]["settings"]

@@ -166,3 +166,69 @@ def test_cfg_plus_an_off_the_shelf_classifier_through_the_decoder_runs_on_the_di
                        sweep=sweep, samples_per_class=1)
     plain, guided = guided_and_not(m)
     assert not torch.allclose(plain, guided)
+
+
+# ---- perturbed self-attention of diffusers networks (PAG, SLG, SEG) --------------------------------------------
+@pytest.mark.parametrize("kind", ["unet", "dit"])
+def test_identity_attention_equals_diffusers_attention_score_skip(folders, kind):
+    """PAG's identity map on one self-attention module equals that module run under diffusers' own
+    ``AttentionScoreSkipFunctionMode`` (its layer-skip hook for ``skip_attention_scores``); the others are untouched."""
+    from diffusers.hooks.layer_skip import AttentionScoreSkipFunctionMode
+
+    from lightning_guidance.nets.diffusers_attention import DiffusersPerturbedAttention
+
+    net = PretrainedDiffusion(folders[kind]).net
+    layers = net.self_attention_layers()
+    assert len(layers) == {"unet": 4, "dit": 2}[kind]  # down 1, middle 1, up 2 / one per transformer block
+    seen = {}
+    hooks = [m.register_forward_hook(lambda m, a, k, out, i=i: seen.__setitem__(i, out), with_kwargs=True)
+             for i, m in enumerate(layers)]
+    x, t, y = torch.randn(2, *net.data_shape), torch.full((2,), 0.4), torch.tensor([1, 2])
+    with torch.no_grad():
+        DiffusersPerturbedAttention(net, "identity", [1])(x, t, y)
+        perturbed = dict(seen)
+        inputs = {}
+        pre = layers[1].register_forward_pre_hook(lambda m, a, k: inputs.update(args=a, kwargs=k), with_kwargs=True)
+        net(x, t, y)
+        pre.remove()
+        plain = dict(seen)
+        with AttentionScoreSkipFunctionMode():
+            expected = layers[1](*inputs["args"], **inputs["kwargs"])
+    for h in hooks:
+        h.remove()
+    torch.testing.assert_close(perturbed[0], plain[0], rtol=0, atol=0)  # before the perturbed layer: unchanged
+    assert not torch.allclose(perturbed[1], plain[1])
+    # the perturbed layer's own input is the same in both runs (layer 0 and what precedes it are unperturbed)
+    torch.testing.assert_close(perturbed[1], expected, rtol=1e-5, atol=1e-6)
+    assert "forward" not in vars(layers[1])  # restored after the call
+
+
+def test_skip_and_infinite_blur_on_a_unet_attention(folders):
+    """Skip: the module returns its residual input; infinite blur: every query is the mean query, so every position
+    attends alike and the attention's contribution (output minus input) is one vector for all positions."""
+    from lightning_guidance.nets.diffusers_attention import DiffusersPerturbedAttention
+
+    net = PretrainedDiffusion(folders["unet"]).net
+    layer = net.self_attention_layers()[1]  # the middle block's attention (residual connection)
+    h = torch.randn(2, layer.to_q.in_features, 2, 2)
+    with torch.no_grad():
+        skip = DiffusersPerturbedAttention(net, "skip", [1])
+        skip.perturb(layer)
+        torch.testing.assert_close(layer(h), h / layer.rescale_output_factor)
+        skip.restore(layer)
+        blur = DiffusersPerturbedAttention(net, "blur", [1], blur_sigma=1e7, blur_threshold_inf=1e4)
+        blur.perturb(layer)
+        added = layer(h) * layer.rescale_output_factor - h
+        blur.restore(layer)
+        assert not torch.allclose(layer(h) * layer.rescale_output_factor - h, added[:, :, :1, :1].expand_as(h))
+    torch.testing.assert_close(added, added[:, :, :1, :1].expand_as(added), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("rule", ["PerturbedAttentionGuidance", "SkipLayerGuidance", "SmoothedEnergyGuidance"])
+@pytest.mark.parametrize("kind", ["unet", "dit"])
+def test_perturbed_attention_rules_run_on_diffusers_models(folders, rule, kind):
+    options = dict(perturbed_guidance_start=0.0, perturbed_guidance_stop=1.0)
+    if rule == "SmoothedEnergyGuidance":
+        options = dict(seg_guidance_start=0.0, seg_guidance_stop=1.0)
+    plain, guided = guided_and_not(module(folders[kind], cfg_rule=getattr(variants, rule)(layers=[0], **options)))
+    assert not torch.allclose(plain, guided)

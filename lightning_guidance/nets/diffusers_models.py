@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..diffusion.diffusers_schedule import import_diffusers, model_folder
 from ..io.digests import file_identity
+from .diffusers_attention import DiffusersPerturbedAttention, diffusers_self_attention
 
 #: the distance from an integer below which a model step counts as that integer (float32 rounding of i / (T - 1))
 SNAP_TO_STEP = 1e-3
@@ -70,6 +71,8 @@ class DiffusersUNet(nn.Module):
     makes the last row the null class of CFG.
     """
 
+    perturbed_attention = DiffusersPerturbedAttention  # what PAG, SLG and SEG perturb (nets.diffusers_attention)
+
     def __init__(self, unet: nn.Module, num_train_steps: int, num_classes: int | None = None):
         super().__init__()
         config = unet.config
@@ -96,6 +99,10 @@ class DiffusersUNet(nn.Module):
         self.prediction_channels = _prediction_channels(config.out_channels, config.in_channels, "the UNet2DModel")
         self.data_shape = _image_shape(config.in_channels, config.sample_size)
 
+    def self_attention_layers(self) -> list[nn.Module]:
+        """Self-attention modules in forward order: down path, middle, up path."""
+        return diffusers_self_attention([self.unet.down_blocks, self.unet.mid_block, self.unet.up_blocks])
+
     def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         labels = None
         if self.conditional:
@@ -111,6 +118,8 @@ class DiffusersDiT(nn.Module):
     (DiT's learned variance, the other ``C``, is dropped as ``DiTPipeline`` drops it). The null class of CFG is
     ``num_embeds_ada_norm``."""
 
+    perturbed_attention = DiffusersPerturbedAttention  # what PAG, SLG and SEG perturb (nets.diffusers_attention)
+
     def __init__(self, transformer: nn.Module, num_train_steps: int, num_classes: int | None = None):
         super().__init__()
         config = transformer.config
@@ -123,6 +132,10 @@ class DiffusersDiT(nn.Module):
         out_channels = config.out_channels or config.in_channels
         self.prediction_channels = _prediction_channels(out_channels, config.in_channels, "the DiT")
         self.data_shape = _image_shape(config.in_channels, config.sample_size)
+
+    def self_attention_layers(self) -> list[nn.Module]:
+        """Each transformer block's self-attention, in order."""
+        return diffusers_self_attention([self.transformer.transformer_blocks])
 
     def forward(self, z: Tensor, t: Tensor, y: Tensor) -> Tensor:
         out = self.transformer(z, timestep=model_timesteps(t, self.num_train_steps), class_labels=y).sample
