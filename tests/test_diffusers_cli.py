@@ -104,6 +104,22 @@ def test_two_processes_write_the_shards_of_one(dit_folder, dit_shards, tmp_path)
             np.testing.assert_array_equal(one[name][key], two[name][key], err_msg=f"{name} {key}")
 
 
+def shipped_config_on(config: str, folder: Path, out: Path, values: list[float], num_steps: int,
+                      edit_guide) -> Path:
+    """The shipped ``config`` with the model ``folder`` (8 px images), the sweep ``values``, 10 samples in one shard
+    written to ``out``, and its guidance term's classifier edited by ``edit_guide(init_args)``; saved next to out."""
+    cfg = read_yaml(CONFIGS / config)
+    init = cfg["model"]["init_args"]
+    init["checkpoint"], init["pretrained"]["image_size"] = str(folder), 8
+    edit_guide(init["sweep"]["terms"][0]["init_args"]["classifier"]["init_args"])
+    init["sweep"]["values"] = values
+    init.update(output_dir=str(out), sampler_kwargs={"num_steps": num_steps}, samples_per_class=1, shard_size=10,
+                batch_size=10)
+    path = out.parent / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 def test_classifier_guidance_of_an_unconditional_unet_through_predict_and_test(tmp_path, judge):
     """configs/cifar10/pretrained_ddpm_cg.yaml with a tiny unconditional UNet and a tiny noisy classifier trained by
     the suite on the folder's (linear) schedule: guidance scale 0 and 3, graded."""
@@ -113,16 +129,9 @@ def test_classifier_guidance_of_an_unconditional_unet_through_predict_and_test(t
         "model_channels", "8", "--model.init_args.net.init_args.channel_mult", "[1]", *QUIET)
     folder = save_unet_folder(tmp_path / "ddpm", unet(image_size=8, channels=1, num_class_embeds=None),
                               ddpm_scheduler())
-    cfg = read_yaml(CONFIGS / "cifar10/pretrained_ddpm_cg.yaml")
-    init = cfg["model"]["init_args"]
-    init["checkpoint"], init["pretrained"]["image_size"] = str(folder), 8
-    guide = init["sweep"]["terms"][0]["init_args"]["classifier"]["init_args"]
-    guide["checkpoint"] = str(classifier_root / "checkpoints" / "last.ckpt")
-    init["sweep"]["values"] = [0.0, 3.0]
-    init.update(output_dir=str(tmp_path / "out"), sampler_kwargs={"num_steps": 4}, samples_per_class=1,
-                shard_size=10, batch_size=10)
-    config = tmp_path / "ddpm_cg.yaml"
-    config.write_text(yaml.safe_dump(cfg))
+    guide = str(classifier_root / "checkpoints" / "last.ckpt")
+    config = shipped_config_on("cifar10/pretrained_ddpm_cg.yaml", folder, tmp_path / "out", [0.0, 3.0], 4,
+                               lambda classifier: classifier.update(checkpoint=guide))
     cli("predict", "--config", config, *QUIET)
     unguided, guided = (read_shard(tmp_path / f"out/guidance_{v}/shard_0000000.npz").samples for v in ("0", "3"))
     assert unguided.shape == (10, 1, 8, 8) and not torch.equal(unguided, guided)
@@ -140,22 +149,35 @@ def test_elucd_dit_row_runs_with_a_torchvision_classifier_from_a_weights_file(di
     weights = tmp_path / "resnet18.pth"
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), weights)
-    cfg = read_yaml(CONFIGS / "imagenet/pretrained_dit_elucd.yaml")
-    init = cfg["model"]["init_args"]
-    init["checkpoint"], init["pretrained"]["image_size"] = str(dit_folder), 8
-    decoded = init["sweep"]["terms"][0]["init_args"]["classifier"]["init_args"]
-    decoded["model_folder"] = str(dit_folder)
-    decoded["classifier"]["init_args"].update(arch="resnet18", weights_path=str(weights), input_size=32,
-                                              torchvision_weights="IMAGENET1K_V1",
-                                              model_kwargs={"num_classes": 10})
-    init["sweep"]["values"] = [0.0, 4.0]
-    init.update(output_dir=str(tmp_path / "out"), sampler_kwargs={"num_steps": 3}, samples_per_class=1,
-                shard_size=10, batch_size=10)
-    config = tmp_path / "elucd.yaml"
-    config.write_text(yaml.safe_dump(cfg))
+    def small_resnet(decoded: dict) -> None:
+        decoded["model_folder"] = str(dit_folder)
+        decoded["classifier"]["init_args"].update(arch="resnet18", weights_path=str(weights), input_size=32,
+                                                  torchvision_weights="IMAGENET1K_V1", model_kwargs={"num_classes": 10})
+
+    config = shipped_config_on("imagenet/pretrained_dit_elucd.yaml", dit_folder, tmp_path / "out", [0.0, 4.0], 3,
+                               small_resnet)
     cli("predict", "--config", config, *QUIET)
     cfg_only, guided = (read_shard(tmp_path / f"out/guidance_{v}/shard_0000000.npz") for v in ("0", "4"))
     assert cfg_only.samples.shape == (10, 1, 8, 8) and not torch.equal(cfg_only.samples, guided.samples)
     term = cfg_only.config["guidance"][0]
     assert term["class"] == "CFGPlusClassifierGuidance" and cfg_only.config["cfg_scale"] == 1.5
     assert "sha256" in term["classifier"] and "on images decoded by the VAE" in term["classifier"]["settings"]
+
+
+def test_the_postprocessor_moves_the_decoded_images_and_test_grades_them(dit_folder, dit_shards, judge, tmp_path):
+    """configs/digits/flow.yaml trained for a few steps on the DiT's decoded shards, applied to them, and the
+    post-processed shards graded by the DiT sampling config's test stage (as the samples they came from)."""
+    folders = "[" + ", ".join(str(dit_shards / f"cfg_{s}") for s in ("1", "4")) + "]"
+    flow = ["--config", CONFIGS / "digits/flow.yaml", "--trainer.default_root_dir", tmp_path / "flow", *QUIET,
+            "--model.init_args.net.init_args.model_channels", "8", "--model.init_args.net.init_args.channel_mult",
+            "[1]", "--model.init_args.k", "3", "--model.init_args.integrator_kwargs", "{num_steps: 2}",
+            "--model.init_args.output_dir", tmp_path / "post", "--data.init_args.shards", folders,
+            "--data.init_args.predict_shards", folders, "--data.init_args.batch_size", "8"]
+    cli("fit", *flow, "--trainer.max_steps", "2")
+    cli("predict", *flow, "--ckpt_path", tmp_path / "flow/checkpoints/last.ckpt")
+    before, after = (read_shard(root / "cfg_4/shard_0000000.npz") for root in (dit_shards, tmp_path / "post"))
+    assert after.samples.shape == before.samples.shape and not torch.equal(after.samples, before.samples)
+    args = dit_predict_args(dit_folder, tmp_path / "post")[3:]
+    cli("test", "--config", CONFIGS / "imagenet/pretrained_dit_cfg.yaml", *args, *grade_args(judge))
+    table = yaml.safe_load((tmp_path / "post/metrics_table.json").read_text())
+    assert [row["scale"] for row in table["rows"]] == [1.0, 4.0]

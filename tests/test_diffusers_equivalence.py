@@ -25,14 +25,6 @@ TOLERANCE = 1e-5
 SEEDS, LABELS = [3, 1, 4, 1, 5], torch.tensor([0, 5, 9, 2, 7])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def generators(seeds):
     return [torch.Generator().manual_seed(s) for s in seeds]
 

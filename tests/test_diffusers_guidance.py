@@ -24,14 +24,6 @@ from lightning_guidance.modules.sampling import SamplingModule
 from lightning_guidance.nets import DecodedImageClassifier, EncoderClassifier, OffTheShelfClassifier
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def resnet(num_classes: int = 10) -> OffTheShelfClassifier:
     torch.manual_seed(0)
     return OffTheShelfClassifier("torchvision", "resnet18", allow_random_init=True, softplus_beta=3.0, input_size=32,
@@ -232,3 +224,16 @@ def test_perturbed_attention_rules_run_on_diffusers_models(folders, rule, kind):
         options = dict(seg_guidance_start=0.0, seg_guidance_stop=1.0)
     plain, guided = guided_and_not(module(folders[kind], cfg_rule=getattr(variants, rule)(layers=[0], **options)))
     assert not torch.allclose(plain, guided)
+
+
+def test_autoguidance_stacks_two_diffusers_models_into_one_call(folders):
+    """On CUDA the denoiser evaluates autoguidance's two networks as one vmapped call (StackedPair): it must give
+    what the two calls give, for diffusers networks too."""
+    from lightning_guidance.diffusion.denoiser import StackedPair
+
+    good, bad = (PretrainedDiffusion(folders[k], num_classes=10).net for k in ("unet", "worse_unet"))
+    x, t, y = torch.randn(2, *good.data_shape), torch.tensor([0.3, 0.6]), torch.tensor([1, 10])
+    with torch.no_grad():
+        stacked = StackedPair(good, bad)(x, t, y)
+        torch.testing.assert_close(stacked[0], good(x, t, y), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(stacked[1], bad(x, t, y), rtol=1e-5, atol=1e-5)

@@ -85,6 +85,9 @@ def test_class_embeddings_and_the_null_class(tmp_path):
     assert (unconditional.num_classes, unconditional.has_null_class) == (10, False)
     x, t = torch.randn(2, 3, 8, 8), torch.full((2,), 0.5)
     torch.testing.assert_close(unconditional.net(x, t, torch.tensor([0, 1])), unconditional.net(x, t, torch.tensor([9, 3])))
+    for model in (unconditional, PretrainedDiffusion(tmp_path / "a")):  # the null id of a model that has none
+        with pytest.raises(ValueError, match="^this UNet2DModel has no null class for classifier-free guidance$"):
+            model.net(x, t, torch.tensor([0, model.num_classes]))
 
 
 # ---- one line each for what cannot be read ------------------------------------------------------------------

@@ -16,8 +16,6 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor, nn
 
-from ..diffusion.cfg_rule import ClassifierFreeGuidance
-from ..diffusion.denoiser import NetDenoiser
 from ..diffusion.diffusers_schedule import model_folder, read_scheduler_config
 from ..guidance.sweep import Sweep
 from ..nets.diffusers_models import DiffusersDiT, DiffusersUNet, LatentDecoder, load_pretrained
@@ -80,18 +78,9 @@ class PretrainedDiffusion(nn.Module):
     def train(self, mode: bool = True) -> PretrainedDiffusion:
         return super().train(False)  # a DiT drops labels at random in train mode: never train here
 
-    def denoiser(self, cfg_scale: float | Tensor = 1.0, rule: ClassifierFreeGuidance | None = None,
-                 guide: nn.Module | None = None) -> NetDenoiser:
-        """The sampler's denoiser, as ``CFGDiffusion.denoiser`` (``guide``: autoguidance's worse model)."""
-        perturbed = None
-        if rule is not None and rule.perturbation is not None:
-            from ..nets.attention_perturbation import PerturbedAttention
-
-            perturbed = PerturbedAttention.for_rule(self.net, rule)
-        return NetDenoiser(self.net, self.num_classes, self.hparams.prediction, cfg_scale, self.hparams.clip_x0,
-                           rule=rule, guide_net=None if guide is None else guide.net,
-                           guide_prediction=None if guide is None else guide.hparams.prediction,
-                           perturbed_net=perturbed)
+    #: the sampler's denoiser, made as a CFGDiffusion makes its own (one place): from ``net``, ``num_classes`` and
+    #: ``hparams.prediction`` / ``hparams.clip_x0``, with a CFG rule and autoguidance's worse model
+    denoiser = CFGDiffusion.denoiser
 
     @torch.no_grad()
     def decode(self, latents: Tensor, batch_size: int | None = None) -> Tensor:

@@ -104,11 +104,9 @@ class DiffusersUNet(nn.Module):
         return diffusers_self_attention([self.unet.down_blocks, self.unet.mid_block, self.unet.up_blocks])
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
-        labels = None
-        if self.conditional:
-            if not self.has_null_class and bool((y >= self.num_classes).any()):
-                raise ValueError("this UNet2DModel has no null class for classifier-free guidance")
-            labels = y
+        if not self.has_null_class and bool((y >= self.num_classes).any()):
+            raise ValueError("this UNet2DModel has no null class for classifier-free guidance")
+        labels = y if self.conditional else None
         out = self.unet(x, model_timesteps(t, self.num_train_steps), class_labels=labels).sample
         return out[:, :self.prediction_channels]
 
