@@ -173,7 +173,7 @@ def test_the_postprocessor_moves_the_decoded_images_and_test_grades_them(dit_fol
             "[1]", "--model.init_args.k", "3", "--model.init_args.integrator_kwargs", "{num_steps: 2}",
             "--model.init_args.output_dir", tmp_path / "post", "--data.init_args.shards", folders,
             "--data.init_args.predict_shards", folders, "--data.init_args.batch_size", "8"]
-    cli("fit", *flow, "--trainer.max_steps", "2")
+    cli("fit", *flow, "--trainer.max_steps", "4", "--model.init_args.lr", "0.01", "--model.init_args.warmup_steps", "0")
     cli("predict", *flow, "--ckpt_path", tmp_path / "flow/checkpoints/last.ckpt")
     before, after = (read_shard(root / "cfg_4/shard_0000000.npz") for root in (dit_shards, tmp_path / "post"))
     assert after.samples.shape == before.samples.shape and not torch.equal(after.samples, before.samples)
