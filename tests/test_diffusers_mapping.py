@@ -63,8 +63,8 @@ def test_a_grid_that_leaves_the_training_steps_is_refused(tmp_path):
 
 
 def test_model_time_is_the_models_own_integer_step():
-    """Every DDPM/DDIM step reaches the network as the exact integer diffusers passes (float32 i / (T - 1) times
-    T - 1 misses it by up to 1e-4); EDM's fractional steps stay fractional."""
+    """Every DDPM/DDIM step reaches the network as the exact integer diffusers passes; EDM's fractional steps stay
+    fractional."""
     T = 1000
     steps = torch.arange(T)
     t = (steps.double() / (T - 1)).float()

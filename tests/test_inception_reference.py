@@ -43,7 +43,7 @@ def test_fid_against_reference_statistics_equals_fid_against_the_real_images(ran
 
     ours = inception_fid(random_inception_weights, reference=path)
     ours.update(fake, real=False)
-    assert float(ours.compute()) == pytest.approx(expected, rel=1e-6)
+    assert float(ours.compute()) == pytest.approx(expected, rel=1e-6, abs=0)  # random weights: FID ~ 1e-13
     assert expected > 0
     with pytest.raises(ValueError, match=r"fid_inception reads the real statistics from .*reference.npz"):
         ours.update(real, real=True)

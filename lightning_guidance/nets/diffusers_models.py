@@ -24,10 +24,6 @@ from ..diffusion.diffusers_schedule import import_diffusers, model_folder
 from ..io.digests import file_identity
 from .diffusers_attention import DiffusersPerturbedAttention, diffusers_self_attention
 
-#: the distance from an integer below which a model step counts as that integer (float32 rounding of i / (T - 1))
-SNAP_TO_STEP = 1e-3
-
-
 def load_pretrained(folder: str | Path, subfolder: str, classes: tuple[str, ...]) -> nn.Module:
     """``<folder>/<subfolder>`` loaded with its diffusers class (one of ``classes``), frozen, in eval mode."""
     diffusers = import_diffusers()
@@ -41,12 +37,10 @@ def load_pretrained(folder: str | Path, subfolder: str, classes: tuple[str, ...]
 
 
 def model_timesteps(t: Tensor, num_train_steps: int) -> Tensor:
-    """The model's step ``i = t (T - 1)`` (float32) for the suite's time ``t``; within ``SNAP_TO_STEP`` of an integer
-    it is that integer, so DDPM and DDIM give the model exactly the steps diffusers gives it (EDM's steps between
-    training steps stay fractional, which a sinusoidal time embedding takes)."""
-    steps = t.to(torch.float64) * (num_train_steps - 1)
-    nearest = steps.round()
-    return torch.where((steps - nearest).abs() < SNAP_TO_STEP, nearest, steps).to(torch.float32)
+    """The model's own step ``i = t (T - 1)`` (float32) for the suite's time ``t``: at a DDPM or DDIM step the exact
+    integer diffusers passes (tests/test_diffusers_mapping.py checks every step of T = 1000); EDM's steps between
+    training steps stay fractional, which a sinusoidal time embedding takes."""
+    return (t.to(torch.float64) * (num_train_steps - 1)).to(torch.float32)
 
 
 def _prediction_channels(out_channels: int, in_channels: int, name: str) -> int:
