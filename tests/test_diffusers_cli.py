@@ -9,6 +9,7 @@ classes, so that the digits judge and data grade them. Oracle for the shards: th
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -181,3 +182,16 @@ def test_the_postprocessor_moves_the_decoded_images_and_test_grades_them(dit_fol
     cli("test", "--config", CONFIGS / "imagenet/pretrained_dit_cfg.yaml", *args, *grade_args(judge))
     table = yaml.safe_load((tmp_path / "post/metrics_table.json").read_text())
     assert [row["scale"] for row in table["rows"]] == [1.0, 4.0]
+
+
+def test_a_shard_records_the_options_that_change_it(dit_folder, dit_shards, tmp_path):
+    """The model folder by its content, and store_latents, which changes what a shard holds: a re-run without it is
+    told the shards are stale (the image-size check changes nothing and is not recorded)."""
+    config = read_shard(shard_paths(dit_shards / "cfg_4")[0]).config
+    assert config["pretrained"] == {"num_classes": None, "store_latents": True}
+    assert "sha256" in config["checkpoint"]
+    shutil.copytree(dit_shards, tmp_path / "copy")
+    args = dit_predict_args(dit_folder, tmp_path / "copy")
+    args[args.index("--model.init_args.pretrained.store_latents") + 1] = "false"
+    with pytest.raises(ValueError, match=r"stale shard .*pretrained: \{\"num_classes\": null, \"store_latents\": true\}"):
+        cli(*args)

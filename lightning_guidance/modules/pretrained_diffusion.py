@@ -9,7 +9,7 @@ A latent model samples latents (``data_shape``) and its shards hold the decoded 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -117,8 +117,11 @@ def load_guide_model(checkpoint: str | Path, diffusion: nn.Module, use_ema: bool
 
 
 def pretrained_identity(pretrained: PretrainedOptions | None) -> dict:
-    """What a shard's config records of the pretrained options (nothing for a suite checkpoint)."""
-    return {} if pretrained is None else {"pretrained": asdict(pretrained)}
+    """What a shard's config records of the pretrained options (nothing for a suite checkpoint): the ones that change
+    what a shard holds (the classes, and so whether there is a null class; the latents), not the checks or batching."""
+    if pretrained is None:
+        return {}
+    return {"pretrained": {"num_classes": pretrained.num_classes, "store_latents": pretrained.store_latents}}
 
 
 def check_null_class(diffusion: nn.Module, sweep: Sweep, checkpoint: str) -> None:
