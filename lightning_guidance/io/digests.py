@@ -2,6 +2,8 @@
 
 ``file_digest(path)`` is the SHA-256 of the file's bytes (first 16 hex digits). It is computed once per file
 version: cached by (real path, mtime in ns, size), so a large checkpoint named by many shards is hashed once.
+A model stored as a folder (diffusers' ``save_pretrained`` layout) is named by :func:`folder_digest`: the SHA-256 of
+its files' relative paths and digests.
 """
 
 from __future__ import annotations
@@ -30,9 +32,23 @@ def file_digest(path: str | os.PathLike) -> str:
     return digest
 
 
+def folder_digest(path: str | os.PathLike) -> str:
+    """SHA-256 (16 hex digits) over every file below a folder: each one's path relative to it and its
+    :func:`file_digest`, in sorted order (hidden files and folders, such as caches, left out)."""
+    root = os.path.realpath(path)
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [os.path.join(folder, f) for f in files if not f.startswith(".")]
+    h = hashlib.sha256()
+    for full in sorted(found):
+        h.update(f"{os.path.relpath(full, root)}\0{file_digest(full)}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def file_identity(path: str | os.PathLike | None) -> dict:
-    """``{"sha256": <digest>}`` of a file a result depends on (empty for no file). The content, not the path: a
-    copied run folder keeps its identities, a retrained model at the same path does not."""
+    """``{"sha256": <digest>}`` of a file (or model folder) a result depends on (empty for no file). The content,
+    not the path: a copied run folder keeps its identities, a retrained model at the same path does not."""
     if not path:
         return {}
-    return {"sha256": file_digest(path)}
+    return {"sha256": folder_digest(path) if os.path.isdir(path) else file_digest(path)}

@@ -57,14 +57,16 @@ class SampleQuality(nn.Module):
 
     ``groups``: names of the generated sets. ``fd_name``: the key of the Fréchet distance, named after the judge's
     feature space (``fd_digits``), never "fid"; the kernel distance is ``kd_<same>``. ``inception_weights``: a local
-    Inception weights file for the standard FID (FileNotFoundError naming it when absent). Images are float in
-    [-1, 1], NCHW. ``ids``: the sample ids (dataset indices for real data); without them the kernel distance's
-    subsets follow the order the samples arrived in, which depends on the number of processes.
+    Inception weights file for the standard FID (FileNotFoundError naming it when absent), against the real images or
+    against the mean and covariance of ``inception_reference`` (an ``.npz``). Images are float in [-1, 1], NCHW.
+    ``ids``: the sample ids (dataset indices for real data); without them the kernel distance's subsets follow the
+    order the samples arrived in, which depends on the number of processes.
     """
 
     def __init__(self, judge: Judge, groups: Sequence[str], fd_name: str = "fd_judge", precision_recall_k: int = 3,
-                 knn_backend: str = "auto", inception_weights: str | None = None, kd_subsets: int = 100,
-                 kd_subset_size: int = 1000, kd_seed: int = 0):
+                 knn_backend: str = "auto", inception_weights: str | None = None,
+                 inception_reference: str | None = None, kd_subsets: int = 100, kd_subset_size: int = 1000,
+                 kd_seed: int = 0):
         super().__init__()
         groups = [str(g) for g in groups]
         if not groups or len({_key(g) for g in groups}) != len(groups):
@@ -90,7 +92,11 @@ class SampleQuality(nn.Module):
         self.kd_subsets, self.kd_subset_size, self.kd_seed = int(kd_subsets), int(kd_subset_size), int(kd_seed)
         self.inception = None
         if inception_weights is not None:
-            self.inception = nn.ModuleDict({_key(g): inception_fid(inception_weights) for g in groups})
+            self.inception = nn.ModuleDict({_key(g): inception_fid(inception_weights, reference=inception_reference)
+                                            for g in groups})
+        elif inception_reference is not None:
+            raise ValueError("inception_reference holds Inception statistics: give inception_weights too (the "
+                             "generated images' features come from that network)")
 
     def _check_group(self, group: str) -> str:
         if group not in self.groups:
@@ -104,7 +110,7 @@ class SampleQuality(nn.Module):
             key = _key(g)
             self.frechet[key].update(features, real=True)
             self.precision_recall[key].update(features, real=True)
-            if self.inception is not None:
+            if self.inception is not None and self.inception[key].reference is None:
                 self.inception[key].update(x, real=True)
         self.real_accuracy.update(logits, labels)
         self.real_score.update(logits)

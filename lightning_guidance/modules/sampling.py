@@ -1,5 +1,8 @@
 """``SamplingModule``: generate shards of samples from a trained diffusion checkpoint over a sweep, and grade them.
 
+``checkpoint`` is a suite checkpoint file or a diffusers model folder (``save_pretrained`` layout, with the
+``pretrained`` options of :mod:`.pretrained_diffusion`); a latent model's shards hold the decoded images.
+
 ``predict`` walks the shards of every sweep value (sample ids ``0..N-1``, label ``classes[id % len(classes)]``, seed
 ``seed + id``: the same ids at every value, so a sample can be followed across the sweep) and writes each atomically
 (:mod:`lightning_guidance.io.shards`); a shard already on disk with the same config hash is skipped, so a killed job
@@ -11,12 +14,13 @@ took (``trajectory``: the state each step starts from, then the samples; :func:`
 ``test`` grades the shards of every sweep value, images or toy points, against the real data of ``data:`` (its test
 split) with a judge (:class:`~lightning_guidance.metrics.judge.Judge`): Fréchet distance in the judge's features
 (``fd_name``, e.g. ``fd_digits``), the kernel distance in the same features (``kd_digits``), precision/recall, judge
-accuracy and score, and Inception FID when
-``inception_weights`` names a local file. Lightning's test loop iterates the real data (padded repeats dropped by
-sample index); at the end of the epoch each rank reads its own block of sample ids from the shards, and the figures
-are reduced across ranks. Rank 0 writes ``<output_dir>/metrics_table.{json,md}`` (one row per sweep value, a
-reference row: the judge on the real data, and the real-vs-real floor), which the study report quotes, and beside it
-``sample_products/<group>.npz``: what the judge saw of each sample, for bootstraps (``io.sample_products``).
+accuracy and score, and Inception FID when ``inception_weights`` names a local file (against
+``inception_reference``, a file of reference statistics, when given). Lightning's test loop iterates the real data
+(padded repeats dropped by sample index); at the end of the epoch each rank reads its own block of sample ids from
+the shards, and the figures are reduced across ranks. Rank 0 writes ``<output_dir>/metrics_table.{json,md}`` (one row
+per sweep value, a reference row: the judge on the real data, and the real-vs-real floor), which the study report
+quotes, and beside it ``sample_products/<group>.npz``: what the judge saw of each sample, for bootstraps
+(``io.sample_products``).
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ from ..io.shards import (Shard, check_shards, config_difference, config_hash, op
 from ..metrics.judge import check_judge
 from ..metrics.sample_quality import SampleQuality, write_quality_table
 from .cfg_diffusion import CFGDiffusion
+from .pretrained_diffusion import (PretrainedOptions, check_null_class, load_diffusion, load_guide_model,
+                                   pretrained_identity, shard_samples)
 
 
 def _first(items):
@@ -57,7 +63,7 @@ def load_rule_guide(rule: ClassifierFreeGuidance | None, diffusion: CFGDiffusion
     if not rule.guide_is_other_model:
         return None
     name = type(rule).__name__
-    guide = CFGDiffusion.from_checkpoint(rule.guide_checkpoint, use_ema=rule.guide_use_ema).requires_grad_(False)
+    guide = load_guide_model(rule.guide_checkpoint, diffusion, use_ema=rule.guide_use_ema).requires_grad_(False)
     ghp, hp = guide.hparams, diffusion.hparams
     if (guide.num_classes, guide.data_shape) != (diffusion.num_classes, diffusion.data_shape):
         raise ValueError(f"{name}: the guide {rule.guide_checkpoint} models {guide.num_classes} classes of shape "
@@ -77,7 +83,8 @@ class SamplingModule(L.LightningModule):
                  use_ema: bool = True, net: nn.Module | None = None, grid_per_class: int = 10,
                  judge: nn.Module | None = None, fd_name: str = "fd_judge", precision_recall_k: int = 3,
                  inception_weights: str | None = None, overwrite: bool = False,
-                 shard_part: tuple[int, int] | None = None, save_trajectory: bool = False):
+                 shard_part: tuple[int, int] | None = None, save_trajectory: bool = False,
+                 pretrained: PretrainedOptions | None = None, inception_reference: str | None = None):
         super().__init__()
         if shard_part is not None and not (len(shard_part) == 2 and 0 <= int(shard_part[0]) < int(shard_part[1])):
             raise ValueError(f"shard_part must be [i, k] with 0 <= i < k (this job samples shards i, i + k, ...), "
@@ -88,9 +95,12 @@ class SamplingModule(L.LightningModule):
         self.sweep = sweep if sweep is not None else Sweep()
         self.sampler_kwargs = check_sampling(sampler, sampler_kwargs, self.sweep.terms)
         self.save_hyperparameters(ignore=["net", "sweep", "judge"])
-        self.diffusion = CFGDiffusion.from_checkpoint(checkpoint, net=net, use_ema=use_ema).requires_grad_(False)
+        # a suite checkpoint file, or a diffusers model folder (with its `pretrained` options)
+        self.pretrained = pretrained
+        self.diffusion = load_diffusion(checkpoint, net, use_ema, pretrained).requires_grad_(False)
         hp = self.diffusion.hparams
         self.sweep.check_against(self.diffusion.num_classes, self.diffusion.data_shape, hp.schedule, hp.num_train_steps)
+        check_null_class(self.diffusion, self.sweep, checkpoint)
         # registered, so that the terms' classifiers move to the sampling device with this module (each once)
         self.term_classifiers = nn.ModuleList(self.sweep.classifiers).requires_grad_(False)
         self.guide_diffusion = load_rule_guide(self.sweep.cfg_rule, self.diffusion)
@@ -125,7 +135,8 @@ class SamplingModule(L.LightningModule):
                 **({"cfg_rule": sweep["cfg_rule"]} if "cfg_rule" in sweep else {}),
                 # a batch-coupled term (tilted guidance) makes samples depend on who shares their batch
                 "batch_size": hp.batch_size if self.sweep.couples_batch else None,
-                **({"trajectory": True} if hp.get("save_trajectory") else {})}
+                **({"trajectory": True} if hp.get("save_trajectory") else {}),
+                **pretrained_identity(self.pretrained)}
 
     def folder(self, value: float) -> Path:
         return self.output_dir / self.sweep.folder(value)
@@ -165,8 +176,11 @@ class SamplingModule(L.LightningModule):
                              "--model.init_args.overwrite true to regenerate it, or choose another output_dir")
         recorder = TrajectoryRecorder() if self.hparams.get("save_trajectory") else None
         x, labels = self.sample(list(ids), value, record=recorder)
-        write_shard(path, Shard(x, labels, seeds_for_ids(ids, self.hparams.seed), torch.tensor(ids), value, expected,
-                                config), {"trajectory": recorder.path(x).numpy()} if recorder else None)
+        images, extra = shard_samples(self.diffusion, x, self.pretrained, self.hparams.batch_size)
+        if recorder is not None:
+            extra = {**(extra or {}), "trajectory": recorder.path(x).numpy()}
+        write_shard(path, Shard(images, labels, seeds_for_ids(ids, self.hparams.seed), torch.tensor(ids), value,
+                                expected, config), extra)
         return {"path": str(path), "skipped": False}
 
     def on_predict_epoch_end(self) -> None:
@@ -198,9 +212,11 @@ class SamplingModule(L.LightningModule):
             raise ValueError(f"{self.num_samples} samples per scale are too few: precision/recall with "
                              f"k={hp.precision_recall_k} and the Fréchet distance need at least {need}; "
                              "raise samples_per_class")
-        self._real_shape = tuple(getattr(dm, "data_shape", ()) or ()) or self.diffusion.data_shape
+        shard_shape = getattr(self.diffusion, "image_shape", self.diffusion.data_shape)  # a latent model's: decoded
+        self._real_shape = tuple(getattr(dm, "data_shape", ()) or ()) or tuple(shard_shape)
         self.quality = SampleQuality(self.judge, [self.sweep.folder(v) for v in self.sweep.values], hp.fd_name,
-                                     hp.precision_recall_k, inception_weights=hp.inception_weights)
+                                     hp.precision_recall_k, inception_weights=hp.inception_weights,
+                                     inception_reference=hp.get("inception_reference"))
         self._shards = {v: check_shards(self.folder(v), config_hash(self.shard_config(v)), self.num_samples,
                                         self._real_shape, self.judge.num_classes, type(dm).__name__,
                                         self.shard_config(v))
