@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +127,79 @@ def test_fit_killed_right_after_a_checkpoint_resumes_exactly(uninterrupted, tmp_
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_training_state(load(root / "checkpoints" / "last.ckpt"), reference)
     assert metrics_rows(root) == reference_rows
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_no_file_outside_the_run(uninterrupted, tmp_path):
+    """SIGKILL while the step-12 checkpoints are being written (made 64 MiB larger so that the write lasts): the only
+    partial file is the checkpoint's temp name in the run folder, which the next run removes, and the system temp
+    folder (TMPDIR) holds nothing; the resumed run is exact. Catches: a save that writes the whole file in the
+    system temp folder first and moves it (Lightning's, through fsspec), which nothing ever cleaned."""
+    reference, reference_rows = uninterrupted
+    root, system_tmp = tmp_path / "run", tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    args = fit_args(root)
+    args[4] = tmp_path / "pad.yaml"  # the callbacks, and after them the padding
+    args[4].write_text(CALLBACKS + "    - {class_path: kill_switch.PadCheckpoint, init_args: {step: 12}}\n")
+    log = tmp_path / "first.log"
+    proc = start_cli(*args, log=log, env={"TMPDIR": str(system_tmp)})
+
+    def bytes_being_written() -> int:
+        written = 0
+        for p in [*system_tmp.rglob("*"), *root.rglob("*.tmp*")]:
+            try:
+                written = max(written, p.stat().st_size if p.is_file() else 0)
+            except FileNotFoundError:  # renamed or removed meanwhile
+                pass
+        return written
+
+    deadline = time.monotonic() + 240
+    while bytes_being_written() < 2**20:  # 1 MiB: a checkpoint without the padding is ~0.3 MiB
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.001)
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert not list(system_tmp.iterdir()), list(system_tmp.iterdir())
+    assert [p.parent.name for p in temp_files(root)] == ["checkpoints"]  # the partial file, under a temp name
+    assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 8  # the previous one, whole
+    done = run_cli(*fit_args(root, "--ckpt_path", "last"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not temp_files(root)
+    assert_same_training_state(load(root / "checkpoints" / "last.ckpt"), reference)
+    assert metrics_rows(root) == reference_rows
+
+
+def test_a_full_disk_stops_with_one_line_and_the_resume_after_making_room_is_exact(uninterrupted, tmp_path):
+    """The run folder on a 1.2 MB tmpfs (real ENOSPC, root only): the fit stops at the checkpoint that does not fit
+    with one line naming that file, the room it needs and the room there is (no traceback); the previous checkpoint
+    is whole, nothing partial is left, and after the tmpfs is grown the resume ends exactly like the straight run."""
+    if os.geteuid() != 0:
+        pytest.skip("a small tmpfs can only be mounted by root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("this machine does not let root mount a tmpfs")
+    try:
+        reference, reference_rows = uninterrupted
+        root = mount / "run"
+        full = run_cli(*fit_args(root))
+        assert full.returncode == 1, full.stderr[-3000:]
+        assert "Traceback" not in full.stderr, full.stderr[-3000:]
+        (line,) = [ln for ln in full.stderr.splitlines() if ln.startswith("error")]
+        assert full.stderr.rstrip().endswith(line)
+        size = r"[\d.]+ (B|KiB)"
+        assert re.fullmatch(rf"error: disk full: writing {re.escape(str(root))}/\S+ needs {size} free in \S+ "
+                            rf"\({size} free now\); make room there and re-run the same command to continue", line), line
+        stopped = load(root / "checkpoints" / "last.ckpt")["global_step"]
+        assert 0 < stopped < MAX_STEPS
+        assert not temp_files(root)
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
+        done = run_cli(*fit_args(root, "--ckpt_path", "last"))
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert_same_training_state(load(root / "checkpoints" / "last.ckpt"), reference)
+        assert metrics_rows(root) == reference_rows
+        assert not temp_files(root)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)])
 
 
 def test_fit_ends_with_a_checkpoint_of_its_final_step(tmp_path, capfd):

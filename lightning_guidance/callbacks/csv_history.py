@@ -33,7 +33,7 @@ from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from ..io.atomic import atomic_write_text, keep_aside
+from ..io.atomic import DiskFullError, atomic_write_text, is_disk_full, keep_aside
 
 
 def _rows_text(keys: list[str], rows: list[dict]) -> str:
@@ -105,12 +105,21 @@ class _HistoryWriter(ExperimentWriter):
         exists = os.path.isfile(self.metrics_file_path) and os.path.getsize(self.metrics_file_path) > 0
         if new_keys and exists:
             self._rewrite_with_new_header(self.metrics_keys)
-        with open(self.metrics_file_path, "a" if exists else "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.metrics_keys, lineterminator="\n")
-            if not exists:
-                writer.writeheader()
-            writer.writerows(self.metrics)
-            f.flush()
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self.metrics_keys, lineterminator="\n")
+        if not exists:
+            writer.writeheader()
+        writer.writerows(self.metrics)
+        before = os.path.getsize(self.metrics_file_path) if exists else 0
+        try:
+            with open(self.metrics_file_path, "a" if exists else "w", newline="") as f:
+                f.write(text.getvalue())
+                f.flush()
+        except OSError as err:
+            if is_disk_full(err):  # no half row left behind: the file as it was, and one line saying why
+                os.truncate(self.metrics_file_path, before)
+                raise DiskFullError(self.metrics_file_path, len(text.getvalue().encode())) from None
+            raise
         self.metrics = []
 
 
