@@ -202,6 +202,22 @@ def test_a_full_disk_stops_with_one_line_and_the_resume_after_making_room_is_exa
         subprocess.run(["umount", "-l", str(mount)])
 
 
+def test_sigint_during_start_up_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C while ``cli.py`` is still importing torch (before the command line's own handlers exist): one line and
+    exit 130 (128 + SIGINT), nothing written; before, a KeyboardInterrupt traceback from inside the import."""
+    root, log = tmp_path / "run", tmp_path / "start.log"
+    proc = start_cli(*fit_args(root), log=log)
+    maps = Path(f"/proc/{proc.pid}/maps")
+    deadline = time.monotonic() + 120
+    while "libtorch" not in maps.read_text():  # torch's libraries are being loaded: mid-import
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.005)
+    rc = stop(proc, signal.SIGINT)
+    assert rc == 128 + signal.SIGINT, log.read_text()[-3000:]
+    assert log.read_text() == "stopped by SIGINT during start-up; nothing was written\n"
+    assert not list(root.iterdir())
+
+
 def test_fit_ends_with_a_checkpoint_of_its_final_step(tmp_path, capfd):
     """max_steps that is not a multiple of every_n_train_steps: last.ckpt is still the final step, and it is quiet:
     progress counts steps (not "Epoch 1/-2"), no vendor tip, no logging-interval warning for an 8-batch epoch."""
