@@ -20,6 +20,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .callbacks import stop_on_signal
 from .callbacks.csv_history import RowsBeforeCheckpoint
+from .callbacks.epoch_end_resume import EpochEndResume
 from .callbacks.final_checkpoint import FinalCheckpoint, keep_earlier_checkpoints
 from .callbacks.progress import StepProgressBar
 from .callbacks.stop_on_signal import StopOnSignal
@@ -111,7 +112,7 @@ class GuidanceCLI(LightningCLI):
         # the step's metrics row before any checkpoint callback saves that step (Lightning sorted those last)
         first = next((i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, Checkpoint)), len(trainer.callbacks))
         trainer.callbacks.insert(first, RowsBeforeCheckpoint())
-        trainer.callbacks += [FinalCheckpoint(), StopOnSignal()]
+        trainer.callbacks += [FinalCheckpoint(), StopOnSignal(), EpochEndResume()]
         return trainer
 
     def before_fit(self) -> None:
