@@ -1,5 +1,6 @@
 """Test-only callbacks: one SIGKILLs its own process right after the checkpoints of a given step are saved, one
-makes the checkpoints of a given step large (so that a test can kill the process while they are being written).
+sends it SIGTERM during the batch that makes a given step, one makes the checkpoints of a given step large (so
+that a test can kill the process while they are being written).
 
 ``KillAfterCheckpoint`` is a ``Checkpoint`` so that Lightning orders it after the ModelCheckpoints listed before it:
 its ``on_train_batch_end`` runs once they have written the step's files, and before Lightning logs that step's row."""
@@ -30,3 +31,14 @@ class PadCheckpoint(L.Callback):
     def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         if trainer.global_step == self.step:
             checkpoint["test_padding"] = torch.zeros(self.megabytes * 2**18)
+
+
+class SignalDuringStep(L.Callback):
+    """Sends SIGTERM (``signum``) to its own process as the batch that brings ``global_step`` to ``step`` starts."""
+
+    def __init__(self, step: int, signum: int = 15):
+        self.step, self.signum = step, signum
+
+    def on_train_batch_start(self, trainer, *args, **kwargs) -> None:
+        if trainer.global_step == self.step - 1:
+            os.kill(os.getpid(), self.signum)
