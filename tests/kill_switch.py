@@ -34,11 +34,12 @@ class PadCheckpoint(L.Callback):
 
 
 class SignalDuringStep(L.Callback):
-    """Sends SIGTERM (``signum``) to its own process as the batch that brings ``global_step`` to ``step`` starts."""
+    """Sends SIGTERM (``signum``) to its own process as the batch that brings ``global_step`` to ``step`` starts;
+    under DDP only on global rank ``rank`` (None: every rank)."""
 
-    def __init__(self, step: int, signum: int = 15):
-        self.step, self.signum = step, signum
+    def __init__(self, step: int, signum: int = 15, rank: int | None = None):
+        self.step, self.signum, self.rank = step, signum, rank
 
     def on_train_batch_start(self, trainer, *args, **kwargs) -> None:
-        if trainer.global_step == self.step - 1:
+        if trainer.global_step == self.step - 1 and self.rank in (None, trainer.global_rank):
             os.kill(os.getpid(), self.signum)
