@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -9,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import lightning as L
+import torch
 import yaml
 from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, RichProgressBar
@@ -18,21 +20,26 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .callbacks import stop_on_signal
 from .callbacks.csv_history import RowsBeforeCheckpoint
+from .callbacks.epoch_end_resume import EpochEndResume
 from .callbacks.final_checkpoint import FinalCheckpoint, keep_earlier_checkpoints
 from .callbacks.progress import StepProgressBar
 from .callbacks.stop_on_signal import StopOnSignal
-from .io.atomic import atomic_path, remove_stale_temps
+from .io.atomic import DiskFullError, atomic_write_bytes, remove_stale_temps
 from .modules.resume_checks import check_resume_config, check_resume_weights, resolve_ckpt_path
 from .launch.resources import check_trainer_resources
 from .launch.slurm import SubmitError
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO that writes ``x.ckpt`` via a temp file and a rename."""
+    """Lightning checkpoint IO that writes ``x.ckpt`` via a temp file beside it and a rename. Lightning's own save
+    goes through fsspec, which writes the whole file in the system temp folder first (a kill left it there)."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        with atomic_path(path) as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
+        if storage_options is not None:
+            return super().save_checkpoint(checkpoint, path, storage_options)  # its error for storage_options
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(path, buffer.getbuffer())
 
 
 def _first_process() -> bool:
@@ -105,7 +112,7 @@ class GuidanceCLI(LightningCLI):
         # the step's metrics row before any checkpoint callback saves that step (Lightning sorted those last)
         first = next((i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, Checkpoint)), len(trainer.callbacks))
         trainer.callbacks.insert(first, RowsBeforeCheckpoint())
-        trainer.callbacks += [FinalCheckpoint(), StopOnSignal()]
+        trainer.callbacks += [FinalCheckpoint(), StopOnSignal(), EpochEndResume()]
         return trainer
 
     def before_fit(self) -> None:
@@ -283,7 +290,7 @@ def console_main() -> None:
     """The shell entry point: a one-line message instead of a traceback for errors of use."""
     try:
         main()
-    except UsageError as err:
+    except (UsageError, DiskFullError) as err:
         sys.exit(f"error: {err}")
     except (FileNotFoundError, ValueError, TypeError, FloatingPointError, ImportError, SubmitError) as err:
         if os.environ.get("LG_TRACEBACK"):

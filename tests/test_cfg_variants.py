@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -177,6 +178,49 @@ def test_interval_covering_all_is_cfg_and_empty_is_conditional(shape):
     torch.testing.assert_close(ours(empty, cond, guide, 3.0, ctx_at(shape, abar=0.3)), cond, rtol=0, atol=0)
     torch.testing.assert_close(ours(outside, cond, guide, 3.0, ctx_at(shape, abar=0.3)), cond, rtol=0, atol=0)
     assert not empty.needs_guide(3.0, ctx_at(shape, abar=0.3))  # the null forward is skipped there
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "edm"])
+def test_interval_guides_exactly_the_steps_whose_edm_sigma_is_inside(sampler):
+    """Kynkäänniemi et al. 2024 guide where ``sigma_lo < sigma <= sigma_hi`` with EDM's noise level ``sigma =
+    sqrt((1 - abar) / abar)``. Oracle, written here from the definitions: DDPM's linear betas (1e-4 .. 0.02 over
+    1000 steps), the 20 respaced steps ``round(i 999 / 19)`` (DDPM/DDIM) or Karras et al.'s eq. 5 grid (EDM: 20 steps
+    from 80 to the schedule's smallest sigma, each Heun step calling at sigma_i and, but the last, at sigma_i+1).
+    The record: which network calls carried the null class (CFG's guiding half). Bounds 0.28 and 5.42 are the
+    paper's EDM2 setting; the ends are checked at abar = 1/2, where sigma is exactly 1 (open below, closed above).
+    Catches: sigma taken as sqrt(1 - abar) (or any other noise level), the ends swapped, the interval ignored by one
+    sampler."""
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))
+    steps, lo, hi = 20, 0.28, 5.42
+    if sampler == "edm":
+        smin, smax = math.sqrt((1 - abar[0]) / abar[0]), 80.0
+        grid = [(smax ** (1 / 7) + i / (steps - 1) * (smin ** (1 / 7) - smax ** (1 / 7))) ** 7 for i in range(steps)]
+        sigmas = [s for i in range(steps) for s in ([grid[i], grid[i + 1]] if i < steps - 1 else [grid[i]])]
+    else:
+        kept = [round(i * 999 / (steps - 1)) for i in range(steps)][::-1]
+        sigmas = [math.sqrt((1 - abar[k]) / abar[k]) for k in kept]
+    expected = [lo < s <= hi for s in sigmas]
+    assert 0 < sum(expected) < len(expected)
+    assert expected != [lo < math.sqrt(1 - 1 / (1 + s**2)) <= hi for s in sigmas]  # the other sigma would differ
+    assert min(abs(s - b) for s in sigmas for b in (lo, hi)) > 1e-3  # no grid point on a bound: float-proof
+
+    class RecordNull(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.guided = []
+
+        def forward(self, x, t, y):
+            self.guided.append(bool((y == 3).any()))
+            return 0.1 * x
+
+    net = RecordNull()
+    den = NetDenoiser(net, 3, cfg_scale=3.0, clip_x0=False, rule=GuidanceInterval(sigma_lo=lo, sigma_hi=hi))
+    sample(sampler, den, VPSchedule.linear(), torch.tensor([0, 1]), PerSampleNoise([0, 1]), (2,), num_steps=steps,
+           **({"sigma_max": 80.0} if sampler == "edm" else {}))
+    assert net.guided == expected
+    at_one = RuleContext(x_t=torch.zeros(1, 2), abar=torch.tensor([0.5]), step=None)
+    assert not GuidanceInterval(sigma_lo=1.0, sigma_hi=2.0).active(at_one).item()
+    assert GuidanceInterval(sigma_lo=0.5, sigma_hi=1.0).active(at_one).item()
 
 
 def test_interval_needs_a_bound():

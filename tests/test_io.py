@@ -99,6 +99,41 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
     assert target.read_text() == "new" and sorted(os.listdir(tmp_path)) == ["out.txt"]
 
 
+def test_a_full_disk_is_one_line_naming_the_file_and_the_room_it_needs(tmp_path, monkeypatch):
+    """ENOSPC at the OS boundary (a writer that hits it; a folder whose statvfs reports too little room) becomes a
+    ``DiskFullError`` whose text is one line: the file, the bytes it needs when known, the room there is. The old file
+    stays, no temp file is left. (A real full disk: test_kill_resume.py, on a tmpfs.)"""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    import lightning_guidance.io.atomic as atomic
+    from lightning_guidance.io.atomic import DiskFullError, atomic_write_bytes
+
+    target = tmp_path / "out.ckpt"
+    target.write_bytes(b"old")
+
+    def no_room(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFullError) as err:
+        atomic_write(target, no_room)
+    assert str(err.value).startswith(f"disk full: writing {target} needs more room than that in {tmp_path} (")
+    assert err.value.errno == errno.ENOSPC and "\n" not in str(err.value)
+    assert target.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["out.ckpt"]
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda folder: usage(10**6, 10**6 - 2048, 2048))
+    with pytest.raises(DiskFullError, match=r"^disk full: writing \S+out.ckpt needs 3.0 KiB free in \S+ "
+                                            r"\(2.0 KiB free now\); make room there and re-run the same command"):
+        atomic_write_bytes(target, b"x" * 3072)
+    assert target.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["out.ckpt"]
+    monkeypatch.setattr(atomic.shutil, "disk_usage", shutil.disk_usage)
+    atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new" and sorted(os.listdir(tmp_path)) == ["out.ckpt"]
+
+
 # ---- checkpoints --------------------------------------------------------------------------------------------
 NET_SPEC = {"class_path": "lightning_guidance.nets.MLPDenoiser",
             "init_args": {"data_dim": 2, "num_classes": 3, "hidden_dim": 8, "num_layers": 1}}

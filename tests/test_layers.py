@@ -24,6 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("launch",),  # the face: where processes run (resource checks, the SLURM job chain) ...
     ("study",),  # ... the study runner chains cli calls (as subprocesses or SLURM jobs) ...
     ("cli",),  # ... and the cli runs the study
+    ("console",),  # the shell entry point: imports the cli late, so that a Ctrl-C during start-up is one line
 ]
 TIER = {name: i for i, names in enumerate(LAYERS) for name in names}
 #: Lightning from here up: the data modules are LightningDataModules; everything below runs without Lightning
