@@ -3,6 +3,8 @@ warm-up, finite-loss and data checks, and :class:`NetTrainingModule`, the base o
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,10 +17,6 @@ from torch import Tensor, nn
 from ..diffusion.noise import GlobalBatchDraws
 from ..io.checkpoints import build_net, check_checkpoint_class, checkpoint_hparams, load_module_weights, read_checkpoint
 
-#: constructor arguments renamed since checkpoints were first written: old name -> new name
-RENAMED_HPARAMS = {"clip_denoised": "clip_x0"}
-
-
 def rebuild_from_checkpoint(cls, path: str | Path, net: nn.Module | None = None, use_ema: bool = True,
                             hint: str = ""):
     """An instance of LightningModule ``cls`` with the checkpoint's hyper-parameters and (EMA) weights, in eval mode.
@@ -29,14 +27,26 @@ def rebuild_from_checkpoint(cls, path: str | Path, net: nn.Module | None = None,
     ckpt = read_checkpoint(path, hint)
     check_checkpoint_class(ckpt, path, cls)
     hp = checkpoint_hparams(ckpt)
-    for old, new in RENAMED_HPARAMS.items():  # checkpoints written before a rename still load
-        if old in hp:
-            hp[new] = hp.pop(old)
+    check_recorded_arguments(cls, hp, path)
     hp["net"] = build_net(ckpt, path, net)
     with _own_hyperparameters(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module` and is already saved")
         module = cls(**hp)
     return load_module_weights(module, ckpt, path, use_ema).eval()
+
+
+def check_recorded_arguments(cls, hp: dict, path: Path) -> None:
+    """Refuse in one line a checkpoint that records constructor arguments ``cls`` does not take (written by another
+    version of the suite), naming each with the nearest argument ``cls`` has."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(hp) - set(params))
+    if unknown:
+        named = ", ".join(f"{k}" + (f" (nearest: {near[0]})" if (near := difflib.get_close_matches(k, params, 1)) else "")
+                          for k in unknown)
+        raise ValueError(f"checkpoint {path} records arguments {cls.__name__} does not take: {named}; it was written "
+                         "by another version of lightning-guidance: retrain it with this one")
 
 
 @contextmanager

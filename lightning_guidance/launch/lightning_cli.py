@@ -1,0 +1,158 @@
+"""The suite's LightningCLI: ``fit|validate|test|predict --config ...`` with one knob, ``default_root_dir``, that places
+a run's files (:class:`GuidanceCLI`). Imported by :mod:`lightning_guidance.cli` only when a subcommand runs."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import lightning as L
+from jsonargparse import ArgumentError, Namespace
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from ..callbacks.csv_history import RowsBeforeCheckpoint
+from ..callbacks.final_checkpoint import FinalCheckpoint, keep_earlier_checkpoints
+from ..callbacks.progress import StepProgressBar
+from ..callbacks.stop_on_signal import StopOnSignal
+from ..io.atomic import atomic_path, remove_stale_temps
+from ..modules.resume_checks import check_resume_config, check_resume_weights, resolve_ckpt_path
+from .config_errors import UsageError, explain_parser_error
+from .resources import check_trainer_resources
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint IO that writes ``x.ckpt`` via a temp file and a rename."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+def _first_process() -> bool:
+    """Global rank 0, as the launcher's environment says before Lightning sets the ranks up (a DDP child, an srun
+    task or a node started by hand has one of these set to another number)."""
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"))
+
+
+class GuidanceCLI(LightningCLI):
+    """LightningCLI where one knob, ``--trainer.default_root_dir``, places a run's files.
+
+    Unless a config says otherwise: metrics go to ``<root>/logs/metrics.csv`` (a CSV logger that keeps the history
+    across resumes and re-runs), checkpoints to ``<root>/checkpoints`` (so ``--ckpt_path last`` finds them), and
+    checkpoint files are written atomically. Every fit ends with a checkpoint of its final step; SIGTERM/SIGINT stop
+    at a safe point; a resume from a checkpoint of another class or architecture, or one that the command line
+    contradicts, is refused; temp files of killed writers under the run's folders are removed.
+    """
+
+    def init_parser(self, **kwargs):
+        kwargs.setdefault("exit_on_error", False)  # the error first, in one line (not after the usage text)
+        kwargs.setdefault("allow_abbrev", False)  # --trainer.max_step is refused, not read as --trainer.max_steps
+        return super().init_parser(**kwargs)
+
+    def parse_arguments(self, parser, args) -> None:
+        """A refused config or option is one line naming the key and the nearest valid name."""
+        try:
+            super().parse_arguments(parser, args)
+        except ArgumentError as err:
+            given = sys.argv[1:] if args is None else list(args)
+            sub = next((a for a in given if a in getattr(self, "_subcommand_parsers", {})), None)
+            options = (self._subcommand_parsers[sub] if sub else parser)._option_string_actions
+            files = [given[i + 1] for i, a in enumerate(given[:-1]) if a in ("--config", "-c")]
+            raise UsageError(explain_parser_error(str(err), options, files), detail=str(err)) from None
+
+    def _parse_ckpt_path(self) -> None:
+        """Check a resume checkpoint against the run's config instead of loading its hyper-parameters over it."""
+        self._resume_from = None
+        self._fresh_fit = False
+        sub = self.config.get("subcommand")
+        if not sub or sub != "fit":
+            return super()._parse_ckpt_path()
+        cfg = self.config[sub]
+        root = cfg.trainer.default_root_dir or os.path.join("runs", "default")
+        path = resolve_ckpt_path(cfg.get("ckpt_path"), root)
+        if path is None:
+            # nothing to resume (Lightning resumes a SLURM hpc_ckpt_*.ckpt by itself when ckpt_path is None)
+            self._fresh_fit = cfg.get("ckpt_path") in (None, "last") and not any(Path(root).glob("hpc_ckpt_*.ckpt"))
+            return None
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint not found: {path} (--ckpt_path)")
+        self._resume_from = (path, check_resume_config(path, cfg.model))
+        warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # resuming
+        return None
+
+    def before_instantiate_classes(self) -> None:
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = cfg.trainer
+        if trainer.default_root_dir is None:
+            trainer.default_root_dir = os.path.join("runs", "default")
+        # one clear line now, instead of a failure deep inside Lightning or a rendezvous that waits forever
+        check_trainer_resources(trainer.accelerator, trainer.devices, trainer.num_nodes)
+        if trainer.logger in (None, True):
+            trainer.logger = Namespace(class_path="lightning_guidance.callbacks.csv_history.HistoryCSVLogger",
+                                       init_args=Namespace(save_dir=trainer.default_root_dir, name="logs", version=""))
+        folders = {trainer.default_root_dir}
+        model_args = getattr(cfg.get("model"), "init_args", None)
+        if model_args is not None and model_args.get("output_dir"):
+            folders.add(model_args.output_dir)
+        for folder in folders:
+            remove_stale_temps(folder)
+
+    def instantiate_trainer(self, **kwargs) -> L.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the user chose none of their own
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        for cb in trainer.checkpoint_callbacks:
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
+                cb.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
+        bar = trainer.progress_bar_callback
+        if type(bar) is RichProgressBar:  # Lightning's default: show steps, not "Epoch 24/-2"
+            trainer.callbacks[trainer.callbacks.index(bar)] = StepProgressBar()
+        # the step's metrics row before any checkpoint callback saves that step (Lightning sorted those last)
+        first = next((i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, Checkpoint)), len(trainer.callbacks))
+        trainer.callbacks.insert(first, RowsBeforeCheckpoint())
+        trainer.callbacks += [FinalCheckpoint(), StopOnSignal()]
+        return trainer
+
+    def before_fit(self) -> None:
+        if getattr(self, "_resume_from", None) is not None:
+            path, ckpt = self._resume_from
+            check_resume_weights(path, ckpt, self.model)
+        if getattr(self, "_fresh_fit", False) and _first_process():
+            keep_earlier_checkpoints(self.trainer)  # so checkpoints/last.ckpt will be this run's
+
+
+class _NoVendorTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip: For seamless cloud" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """No vendor tips, and no warning that is false for this suite."""
+    # Lightning 2.6 on torch 2.14 warns about its own use of a deprecated pytree API on every run
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # the suite always passes the command line to LightningCLI as a list (its own parsing comes first)
+    warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    # logging is by global step, so a short epoch still logs every log_every_n_steps steps
+    warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval")
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NoVendorTips) for f in logger.filters):
+            logger.addFilter(_NoVendorTips())
+
+
+def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> GuidanceCLI:
+    quiet_lightning()
+    return GuidanceCLI(
+        L.LightningModule,
+        None,  # any LightningDataModule, and optional: SamplingModule brings its own predict loader
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )
