@@ -11,13 +11,14 @@ from pathlib import Path
 
 import lightning as L
 from jsonargparse import ArgumentError, Namespace
-from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ModelSummary, RichModelSummary, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.utilities import rank_zero_info
 
 from ..callbacks.csv_history import RowsBeforeCheckpoint
-from ..callbacks.final_checkpoint import FinalCheckpoint, keep_earlier_checkpoints
-from ..callbacks.progress import StepProgressBar
+from ..callbacks.final_checkpoint import FinalCheckpoint, keep_earlier_checkpoints, one_last_checkpoint
+from ..callbacks.progress import NothingLoggedNote, OneLineSummary, StepProgressBar
 from ..callbacks.stop_on_signal import StopOnSignal
 from ..io.atomic import atomic_path, remove_stale_temps
 from ..modules.resume_checks import check_resume_config, check_resume_weights, resolve_ckpt_path
@@ -37,6 +38,20 @@ def _first_process() -> bool:
     """Global rank 0, as the launcher's environment says before Lightning sets the ranks up (a DDP child, an srun
     task or a node started by hand has one of these set to another number)."""
     return all(os.environ.get(k, "0") == "0" for k in ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK"))
+
+
+def check_nothing_to_resume(root: str) -> None:
+    """``--ckpt_path last`` found no ``last*.ckpt``: refuse when other checkpoints are there (resuming none of them
+    would silently start from step 0), else say in one line that the fit starts from step 0."""
+    folder = Path(root, "checkpoints")
+    if any(Path(root).glob("hpc_ckpt_*.ckpt")):
+        return  # Lightning resumes a SLURM requeue's checkpoint itself
+    others = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if others:
+        raise ValueError(f"--ckpt_path last: {folder} has no last.ckpt but {len(others)} other checkpoint(s), the "
+                         f"newest {others[-1].name}: resume from it with --ckpt_path {others[-1]}, or leave out "
+                         "--ckpt_path to start from step 0 (they are then kept as checkpoints.1/)")
+    rank_zero_info(f"--ckpt_path last: no checkpoint in {folder} yet, so this fit starts from step 0")
 
 
 class GuidanceCLI(LightningCLI):
@@ -75,6 +90,9 @@ class GuidanceCLI(LightningCLI):
         cfg = self.config[sub]
         root = cfg.trainer.default_root_dir or os.path.join("runs", "default")
         path = resolve_ckpt_path(cfg.get("ckpt_path"), root)
+        if path is None and cfg.get("ckpt_path") == "last":
+            check_nothing_to_resume(root)
+            cfg.ckpt_path = None  # a fresh fit, said in one line
         if path is None:
             # nothing to resume (Lightning resumes a SLURM hpc_ckpt_*.ckpt by itself when ckpt_path is None)
             self._fresh_fit = cfg.get("ckpt_path") in (None, "last") and not any(Path(root).glob("hpc_ckpt_*.ckpt"))
@@ -82,6 +100,7 @@ class GuidanceCLI(LightningCLI):
         if not path.is_file():
             raise FileNotFoundError(f"checkpoint not found: {path} (--ckpt_path)")
         self._resume_from = (path, check_resume_config(path, cfg.model))
+        cfg.ckpt_path = str(path)  # the file checked is the file Lightning loads
         warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")  # resuming
         return None
 
@@ -101,21 +120,29 @@ class GuidanceCLI(LightningCLI):
             folders.add(model_args.output_dir)
         for folder in folders:
             remove_stale_temps(folder)
+        # test grades what predict wrote in the same folder: its config beside predict's, not over it
+        self.save_config_kwargs["config_filename"] = \
+            "config.yaml" if self.subcommand in ("fit", "predict", None) else f"{self.subcommand}_config.yaml"
 
     def instantiate_trainer(self, **kwargs) -> L.Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the user chose none of their own
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        folder = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
         for cb in trainer.checkpoint_callbacks:
             if isinstance(cb, ModelCheckpoint) and cb.dirpath is None:
-                cb.dirpath = os.path.realpath(os.path.join(trainer.default_root_dir, "checkpoints"))
+                cb.dirpath = folder
+        one_last_checkpoint(trainer, folder)  # checkpoints/last.ckpt whatever the config says, and no -v1 names
         bar = trainer.progress_bar_callback
-        if type(bar) is RichProgressBar:  # Lightning's default: show steps, not "Epoch 24/-2"
+        if type(bar) is RichProgressBar:  # Lightning's default: show steps, not "Epoch 24/-2", and the run's time
             trainer.callbacks[trainer.callbacks.index(bar)] = StepProgressBar()
+        for i, cb in enumerate(trainer.callbacks):  # Lightning's default table has a FLOPs column of zeros
+            if type(cb) in (ModelSummary, RichModelSummary):
+                trainer.callbacks[i] = OneLineSummary(max_depth=cb._max_depth)
         # the step's metrics row before any checkpoint callback saves that step (Lightning sorted those last)
         first = next((i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, Checkpoint)), len(trainer.callbacks))
         trainer.callbacks.insert(first, RowsBeforeCheckpoint())
-        trainer.callbacks += [FinalCheckpoint(), StopOnSignal()]
+        trainer.callbacks += [FinalCheckpoint(), StopOnSignal(), NothingLoggedNote()]
         return trainer
 
     def before_fit(self) -> None:
@@ -126,13 +153,32 @@ class GuidanceCLI(LightningCLI):
             keep_earlier_checkpoints(self.trainer)  # so checkpoints/last.ckpt will be this run's
 
 
-class _NoVendorTips(logging.Filter):
+#: Lightning's console lines that are noise here: a vendor's tip, the TPU line of a machine without TPUs, and the
+#: EMA callback's note on every resume that it restores the raw weights (what a resume does)
+QUIET_LINES = ("Tip: For seamless cloud", "TPU available: False", "Found current_model_state in the checkpoint")
+
+
+class _QuietLines(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Tip: For seamless cloud" not in record.getMessage()
+        message = record.getMessage()
+        return not any(line in message for line in QUIET_LINES)
+
+
+_format_warning = warnings.formatwarning
+
+
+def _warning_of_ours(message, category, filename, lineno, line=None) -> str:
+    """A warning raised inside an installed library names the library, not a line of its code (the cause is this
+    run's config, not that file); the suite's own warnings keep their file and line."""
+    if "site-packages" in str(filename) or "dist-packages" in str(filename):
+        library = str(filename).replace("\\", "/").split("-packages/")[-1].split("/")[0]
+        return f"warning ({library}): {message}\n"
+    return _format_warning(message, category, filename, lineno, line)
 
 
 def quiet_lightning() -> None:
-    """No vendor tips, and no warning that is false for this suite."""
+    """No vendor tips, no line that is false for this suite, and warnings that do not point into a library."""
+    warnings.formatwarning = _warning_of_ours
     # Lightning 2.6 on torch 2.14 warns about its own use of a deprecated pytree API on every run
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # the suite always passes the command line to LightningCLI as a list (its own parsing comes first)
@@ -141,8 +187,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval")
     for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logger = logging.getLogger(name)
-        if not any(isinstance(f, _NoVendorTips) for f in logger.filters):
-            logger.addFilter(_NoVendorTips())
+        if not any(isinstance(f, _QuietLines) for f in logger.filters):
+            logger.addFilter(_QuietLines())
 
 
 def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> GuidanceCLI:
@@ -153,6 +199,7 @@ def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> Guidan
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,  # a config without seed_everything: seed 0 (not a warning that no seed was found)
         args=args,
         run=run,
     )

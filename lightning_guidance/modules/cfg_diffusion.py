@@ -54,7 +54,7 @@ class CFGDiffusion(NetTrainingModule):
     def from_checkpoint(cls, path: str | Path, net: nn.Module | None = None, use_ema: bool = True) -> CFGDiffusion:
         """The model of a checkpoint (EMA weights by default), in eval mode."""
         return rebuild_from_checkpoint(cls, path, net, use_ema,
-                                       "train one first with: python cli.py fit --config configs/digits/cfg.yaml")
+                                       "train one first with: python cli.py fit --config configs/<data>/cfg.yaml")
 
     # ---- properties -------------------------------------------------------------------------------
     @property

@@ -50,7 +50,7 @@ class Classifier(NetTrainingModule):
     def from_checkpoint(cls, path: str | Path, net: nn.Module | None = None, use_ema: bool = True) -> Classifier:
         """The classifier of a checkpoint (noisy or clean twin; EMA weights by default), frozen, in eval mode."""
         module = rebuild_from_checkpoint(
-            cls, path, net, use_ema, "train one first with: python cli.py fit --config configs/digits/classifier.yaml")
+            cls, path, net, use_ema, "train one first with: python cli.py fit --config configs/<data>/classifier.yaml")
         return module.requires_grad_(False)
 
     def setup(self, stage: str) -> None:

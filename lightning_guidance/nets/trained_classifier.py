@@ -6,7 +6,11 @@ from pathlib import Path
 
 from torch import nn
 
-from ..io.checkpoints import build_net, checkpoint_hparams, load_module_weights, read_checkpoint
+from ..io.checkpoints import (build_net, check_checkpoint_class, checkpoint_hparams, load_module_weights,
+                              read_checkpoint)
+
+#: the module class whose checkpoints hold a classifier (its subclasses too; a calibrated export records it)
+CLASSIFIER_MODULE = "lightning_guidance.modules.classifier.Classifier"
 
 
 class TrainedClassifier(nn.Module):
@@ -21,7 +25,8 @@ class TrainedClassifier(nn.Module):
     def __init__(self, checkpoint: str, use_ema: bool = True):
         super().__init__()
         path = Path(checkpoint)
-        ckpt = read_checkpoint(path, "train one first with: python cli.py fit --config configs/digits/classifier.yaml")
+        ckpt = read_checkpoint(path, "train one first with: python cli.py fit --config configs/<data>/classifier.yaml")
+        check_checkpoint_class(ckpt, path, CLASSIFIER_MODULE, "classifier checkpoint")  # e.g. a diffusion model given as a classifier
         hp = checkpoint_hparams(ckpt)
         net = build_net(ckpt, path)
         if not hasattr(net, "num_classes"):
