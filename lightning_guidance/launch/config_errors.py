@@ -234,6 +234,9 @@ def _explain(text: str, first: str, options: Iterable[str]) -> tuple[str, str, o
     key, cls, cause = _cause(tree)
     short = cls.rpartition(".")[2] if cls else None
     if m := re.search(r"Expected a dot import path string: (\w+)", cause):
+        from .help import import_suite_classes
+
+        import_suite_classes()  # the suite's classes are candidates even when none was imported yet
         names = _subclass_names(tree)
         best = nearest(m.group(1), names)
         return key, f"no class named {m.group(1)}" + (f"; did you mean {names[best]}?" if best else

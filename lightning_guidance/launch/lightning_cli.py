@@ -23,6 +23,7 @@ from ..callbacks.stop_on_signal import StopOnSignal
 from ..io.atomic import atomic_path, remove_stale_temps
 from ..modules.resume_checks import check_resume_config, check_resume_weights, resolve_ckpt_path
 from .config_errors import UsageError, explain_parser_error
+from .help import import_suite_classes, short_class_lists
 from .resources import check_trainer_resources
 
 
@@ -191,8 +192,15 @@ def quiet_lightning() -> None:
             logger.addFilter(_QuietLines())
 
 
+def asks_for_help(args: list[str]) -> bool:
+    return any(a in ("-h", "--help") or a.split("=")[0].endswith(".help") for a in args)
+
+
 def run_lightning_cli(args: list[str] | None = None, run: bool = True) -> GuidanceCLI:
     quiet_lightning()
+    if asks_for_help(sys.argv[1:] if args is None else args):
+        import_suite_classes()  # so that help lists the suite's classes and --model.help SamplingModule resolves
+        short_class_lists()  # ... and not every nn.Module
     return GuidanceCLI(
         L.LightningModule,
         None,  # any LightningDataModule, and optional: SamplingModule brings its own predict loader
