@@ -3,6 +3,7 @@ a run's files (:class:`GuidanceCLI`). Imported by :mod:`lightning_guidance.cli` 
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -108,15 +109,20 @@ class GuidanceCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         cfg = self.config[self.subcommand] if self.subcommand else self.config
         trainer = cfg.trainer
-        if trainer.default_root_dir is None:
-            trainer.default_root_dir = os.path.join("runs", "default")
+        model_args = getattr(cfg.get("model"), "init_args", None)
+        if trainer.default_root_dir is None:  # a folder of samples being graded holds its grading, else runs/default
+            samples = model_args.get("samples") if model_args is not None else None
+            trainer.default_root_dir = samples if isinstance(samples, str) else os.path.join("runs", "default")
         # one clear line now, instead of a failure deep inside Lightning or a rendezvous that waits forever
         check_trainer_resources(trainer.accelerator, trainer.devices, trainer.num_nodes)
+        logger_class = str(getattr(trainer.logger, "class_path", trainer.logger))
+        if logger_class.endswith("TensorBoardLogger") and not any(map(importlib.util.find_spec, ("tensorboard",
+                                                                                              "tensorboardX"))):
+            raise ImportError("TensorBoardLogger needs TensorBoard, an optional extra: pip install -e '.[tensorboard]'")
         if trainer.logger in (None, True):
             trainer.logger = Namespace(class_path="lightning_guidance.callbacks.csv_history.HistoryCSVLogger",
                                        init_args=Namespace(save_dir=trainer.default_root_dir, name="logs", version=""))
         folders = {trainer.default_root_dir}
-        model_args = getattr(cfg.get("model"), "init_args", None)
         if model_args is not None and model_args.get("output_dir"):
             folders.add(model_args.output_dir)
         for folder in folders:

@@ -60,6 +60,18 @@ def _own_hyperparameters():
         _given_hyperparameters.reset(token)
 
 
+def compile_net(net: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
+    """``net`` with its forward compiled by ``torch.compile`` (in place: the same module and state_dict keys).
+    Refused in one line where it cannot work: on CPU, inductor builds C++ and needs a compiler."""
+    import shutil
+
+    if torch.device(device).type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        raise ValueError("compile: true needs a C++ compiler on CPU (torch.compile builds C++ kernels): install one "
+                         "(Debian/Ubuntu: apt-get install g++) or set compile: false")
+    net.compile()
+    return net
+
+
 def seed_for_step(seed: int, step: int) -> int:
     """A distinct, reproducible seed per (run seed, optimizer step); the same on every rank."""
     return (seed * 1_000_003 + step * 9_973) % (2**63 - 1)
