@@ -41,6 +41,15 @@ def is_public_suite_class(path: str) -> bool:
     return exported is None or parts[-1] in exported
 
 
+def _is_module_or_metric(path: str) -> bool:
+    from lightning.pytorch import LightningModule
+    from torchmetrics import Metric
+
+    module, _, name = path.rpartition(".")
+    cls = getattr(importlib.import_module(module), name, None)
+    return isinstance(cls, type) and issubclass(cls, (LightningModule, Metric))
+
+
 def shorten(extra: str) -> str:
     """``, known subclasses: a, b, ...`` cut to the suite's public classes and Lightning's callbacks and loggers."""
     head, found, tail = extra.partition(", known subclasses: ")
@@ -48,6 +57,8 @@ def shorten(extra: str) -> str:
         return extra
     listed = [p.strip() for p in tail.split(",") if p.strip()]
     shown = [p for p in listed if is_public_suite_class(p) or p.startswith(LIGHTNING_SHOWN)]
+    if "torch.nn.Module" in listed:  # a network argument: not the suite's LightningModules and metrics
+        shown = [p for p in shown if not _is_module_or_metric(p)]
     rest = len(listed) - len(shown)
     return f"{head}{', e.g. ' + ', '.join(shown) if shown else ''}{f'; or any class path ({rest} others known)' if rest else ''}"
 

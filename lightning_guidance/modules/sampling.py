@@ -31,7 +31,7 @@ from ..guidance.sweep import Sweep
 from ..io.digests import file_identity
 from ..io.shards import (Shard, config_difference, config_hash, open_shard, plan_shards, shard_config,
                          shard_hash, write_manifest, write_shard)
-from ..metrics.judge import check_judge
+from ..metrics.judge import Judge, check_judge
 from .cfg_diffusion import CFGDiffusion
 from .common import compile_net
 from .grading import JudgeGrading, SampleFolder
@@ -75,8 +75,8 @@ class SamplingModule(JudgeGrading, L.LightningModule):
         sampler_kwargs: the sampler's options, checked when the config is built: ``{num_steps: 50}``; ``ddim``:
             ``eta``; ``edm``: ``S_churn``, ``S_tmin``, ``S_tmax``, ``S_noise``, ``rho``...
         sweep: the sweep, ``{target, values, cfg_scale, terms, cfg_rule}``: ``target: cfg`` makes each value the CFG
-            scale (``s = 1``: the conditional model; s >= 0, and s >= 1 for classifier terms' rules); ``target:
-            guidance`` multiplies every term's own scale by the value (0 = unguided).
+            scale (``s = 0``: the unconditional model, ``s = 1``: the conditional one; a negative scale is refused);
+            ``target: guidance`` multiplies every term's own scale by the value (0 = unguided).
         classes: the class ids to sample (default: every class of the model).
         samples_per_class: samples per class and sweep value (>= 1).
         shard_size: samples per shard file (>= 1).
@@ -99,7 +99,7 @@ class SamplingModule(JudgeGrading, L.LightningModule):
                  sampler_kwargs: dict | None = None, sweep: Sweep | None = None, classes: list[int] | None = None,
                  samples_per_class: int = 16, shard_size: int = 64, batch_size: int = 64, seed: int = 0,
                  use_ema: bool = True, net: nn.Module | None = None, grid_per_class: int = 10,
-                 judge: nn.Module | None = None, fd_name: str = "fd_judge", precision_recall_k: int = 3,
+                 judge: Judge | None = None, fd_name: str = "fd_judge", precision_recall_k: int = 3,
                  inception_weights: str | None = None, overwrite: bool = False,
                  shard_part: tuple[int, int] | None = None, compile: bool = False):
         super().__init__()
