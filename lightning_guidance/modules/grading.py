@@ -47,6 +47,8 @@ def describe_config(config: dict | None) -> str:
     if not config:
         return "(not recorded)"
     value, target = float(config.get("scale", 0.0)), config.get("scale_target", "cfg")
+    if "source" in config:  # samples written with io.shards.write_sample_folder
+        return f"{config['source']}, {target} {value:g}"
     cfg = value if target == "cfg" else float(config.get("cfg_scale", 1.0))
     rule = (config.get("cfg_rule") or {}).get("class", "CFG") if isinstance(config.get("cfg_rule"), dict) else "CFG"
     terms = [f"{t.get('class', 'term')} (scale {float(t.get('scale', 1.0)) * (value if target == 'guidance' else 1):g})"
