@@ -8,11 +8,11 @@ the parser's whole message or the traceback.
 
 from __future__ import annotations
 
-import difflib
 import os
 import sys
 from pathlib import Path
 
+from .io.instantiate import nearest_name
 from .launch.config_errors import UsageError
 
 #: the subcommands and what each does (the top-level help, and the errors that list them)
@@ -51,8 +51,8 @@ def check_subcommand(argv: list[str]) -> None:
     first = argv[0]
     if first.startswith("-") or first in SUBCOMMANDS:
         return
-    near = difflib.get_close_matches(first, SUBCOMMANDS, n=1)
-    hint = f"did you mean {near[0]}? " if near else ""
+    near = nearest_name(first, SUBCOMMANDS)
+    hint = f"did you mean {near}? " if near else ""
     raise UsageError(f"unknown subcommand {first!r}: {hint}the subcommands are {names}")
 
 

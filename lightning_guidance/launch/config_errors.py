@@ -11,12 +11,13 @@ recognise keeps its innermost line, still with the key. No Lightning is imported
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import pkgutil
 import re
 from collections.abc import Iterable
+
+from ..io.instantiate import nearest_name
 
 
 class UsageError(ValueError):
@@ -83,8 +84,7 @@ def _import(path: str):
 
 
 def nearest(name: str, candidates: Iterable[str]) -> str | None:
-    found = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
-    return found[0] if found else None
+    return nearest_name(name, candidates)
 
 
 def _did_you_mean(name: str, candidates: Iterable[str], accepted: bool = False) -> str:

@@ -3,7 +3,6 @@ warm-up, finite-loss and data checks, and :class:`NetTrainingModule`, the base o
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import warnings
 from contextlib import contextmanager
@@ -16,6 +15,7 @@ from torch import Tensor, nn
 
 from ..diffusion.noise import GlobalBatchDraws
 from ..io.checkpoints import build_net, check_checkpoint_class, checkpoint_hparams, load_module_weights, read_checkpoint
+from ..io.instantiate import nearest_name
 
 def rebuild_from_checkpoint(cls, path: str | Path, net: nn.Module | None = None, use_ema: bool = True,
                             hint: str = ""):
@@ -43,8 +43,7 @@ def check_recorded_arguments(cls, hp: dict, path: Path) -> None:
         return
     unknown = sorted(set(hp) - set(params))
     if unknown:
-        named = ", ".join(f"{k}" + (f" (nearest: {near[0]})" if (near := difflib.get_close_matches(k, params, 1)) else "")
-                          for k in unknown)
+        named = ", ".join(k + (f" (nearest: {near})" if (near := nearest_name(k, params)) else "") for k in unknown)
         raise ValueError(f"checkpoint {path} records arguments {cls.__name__} does not take: {named}; it was written "
                          "by another version of lightning-guidance: retrain it with this one")
 
