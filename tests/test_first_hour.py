@@ -346,6 +346,11 @@ def test_a_fit_and_its_resume_print_no_false_line(tmp_path, caplog, capsys):
         # a fit shorter than the logging interval says why metrics.csv got no row
         assert "no training metrics were logged" in text and "--trainer.log_every_n_steps 50" in text
     assert "Restored all states from the checkpoint" in resume
+    cli("predict", "--config", CONFIGS / "toy/sample_cfg_1d.yaml", "--trainer.default_root_dir", tmp_path / "samples",
+        "--model.init_args.checkpoint", root / "checkpoints/last.ckpt", "--model.init_args.samples_per_class", "4",
+        "--model.init_args.sampler_kwargs", "{num_steps: 2}", "--trainer.enable_progress_bar", "false")
+    predict = console(caplog, capsys)  # a config that names no seed
+    assert "Seed set to 0" in predict and not [bad for bad in FALSE_LINES if bad in predict], predict
 
 
 def test_the_progress_bar_times_the_run_not_the_epoch():
