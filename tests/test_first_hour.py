@@ -324,32 +324,38 @@ def test_a_users_own_model_checkpoint_makes_no_v1_files(tmp_path):
 FALSE_LINES = ("No seed found", "FLOPs", "Found current_model_state", "Tip:", "site-packages", "TPU available")
 
 
-def console(caplog, capsys) -> str:
-    """What a run printed: its log lines (Lightning's logger) and what it wrote to the terminal; then cleared."""
-    text = caplog.text + capsys.readouterr().out
+def console(caplog, capsys, run) -> str:
+    """What ``run()`` printed: its log lines (Lightning's logger), its warnings, what it wrote to the terminal."""
+    import warnings
+
     caplog.clear()
-    return text
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run()
+    return caplog.text + capsys.readouterr().out + "".join(warnings.formatwarning(w.message, w.category, w.filename,
+                                                                                    w.lineno) for w in caught)
 
 
-def test_a_fit_and_its_resume_print_no_false_line(tmp_path, caplog, capsys):
+def test_a_fit_and_its_resume_print_no_false_line(tmp_path, caplog, capsys, monkeypatch):
     import logging
 
     caplog.set_level(logging.INFO)
     root = tmp_path / "run"
-    toy_fit(root, "--trainer.log_every_n_steps", "50")
-    first = console(caplog, capsys)
-    toy_fit(root, "--trainer.max_steps", "4", "--ckpt_path", "last", "--trainer.log_every_n_steps", "50")
-    resume = console(caplog, capsys)
+    first = console(caplog, capsys, lambda: toy_fit(root, "--trainer.log_every_n_steps", "50"))
+    resume = console(caplog, capsys, lambda: toy_fit(root, "--trainer.max_steps", "4", "--ckpt_path", "last",
+                                                     "--trainer.log_every_n_steps", "50"))
     for text in (first, resume):
         assert not [bad for bad in FALSE_LINES if bad in text], text
         assert "CFGDiffusion: 5.2 K parameters" in text  # the one-line model summary
         # a fit shorter than the logging interval says why metrics.csv got no row
         assert "no training metrics were logged" in text and "--trainer.log_every_n_steps 50" in text
     assert "Restored all states from the checkpoint" in resume
-    cli("predict", "--config", CONFIGS / "toy/sample_cfg_1d.yaml", "--trainer.default_root_dir", tmp_path / "samples",
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)  # as in a fresh process: the fits above set it
+    predict = console(caplog, capsys, lambda: cli(  # a config that names no seed
+        "predict", "--config", CONFIGS / "toy/sample_cfg_1d.yaml", "--trainer.default_root_dir", tmp_path / "samples",
         "--model.init_args.checkpoint", root / "checkpoints/last.ckpt", "--model.init_args.samples_per_class", "4",
-        "--model.init_args.sampler_kwargs", "{num_steps: 2}", "--trainer.enable_progress_bar", "false")
-    predict = console(caplog, capsys)  # a config that names no seed
+        "--model.init_args.sampler_kwargs", "{num_steps: 2}", "--trainer.enable_progress_bar", "false"))
     assert "Seed set to 0" in predict and not [bad for bad in FALSE_LINES if bad in predict], predict
 
 
