@@ -192,18 +192,20 @@ def _documented_classes():
 
     import lightning as L
 
-    for package in ("modules", "callbacks"):
+    for package in ("modules", "callbacks", "data"):
         root = importlib.import_module(f"lightning_guidance.{package}")
         for info in pkgutil.iter_modules(root.__path__):
             module = importlib.import_module(f"{root.__name__}.{info.name}")
             for name, cls in vars(module).items():
                 if (inspect.isclass(cls) and cls.__module__ == module.__name__ and not name.startswith("_")
-                        and issubclass(cls, (L.LightningModule, L.Callback, L.pytorch.loggers.Logger))):
+                        and issubclass(cls, (L.LightningModule, L.LightningDataModule, L.Callback,
+                                             L.pytorch.loggers.Logger))):
                     yield cls
 
 
 def test_every_module_and_callback_documents_its_arguments():
-    """Each argument a config can set has its line under ``Args:`` (what LightningCLI's help shows)."""
+    """Each argument a config can set (of a LightningModule, data module, callback or logger of the suite) has its
+    line under ``Args:``: what LightningCLI's help shows."""
     import inspect
 
     import docstring_parser
