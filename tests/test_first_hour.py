@@ -407,3 +407,19 @@ def test_tensorboard_logger_with_the_runs_root(tmp_path):
                 "--trainer.logger.save_dir", root, "--trainer.log_every_n_steps", "1", *resume)
     assert len(list(root.glob("lightning_logs/version_*/events.out.tfevents.*"))) == 2
     assert torch.load(root / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 4
+
+
+def test_an_image_grid_has_a_title_and_each_rows_class(monkeypatch, tmp_path):
+    from lightning_guidance.io import figures
+
+    drawn = {}
+
+    def keep(fig, path):
+        ax = fig.axes[0]
+        drawn.update(title=ax.get_title(), rows=[t.get_text() for t in ax.get_yticklabels()])
+        return figures._pyplot().close(fig)
+
+    monkeypatch.setattr(figures, "_save", keep)
+    labels = torch.tensor([2, 0, 2, 1, 0, 1])
+    figures.save_sample_picture(torch.rand(6, 1, 8, 8) * 2 - 1, labels, tmp_path / "grid.png", title="cfg scale 3")
+    assert drawn == {"title": "cfg scale 3", "rows": ["class 0", "class 1", "class 2"]}
