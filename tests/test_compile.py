@@ -26,7 +26,8 @@ def test_compiled_sampling_gives_the_same_samples(tmp_path):
     for compiled in ("false", "true"):
         out = tmp_path / f"samples_{compiled}"
         cli("predict", "--config", CONFIGS / "toy/sample_cfg_1d.yaml", "--trainer.default_root_dir", out,
-            "--trainer.enable_progress_bar", "false", "--model.init_args.checkpoint", tmp_path / "cfg/checkpoints/last.ckpt",
+            "--trainer.enable_progress_bar", "false",
+            "--model.init_args.checkpoint", tmp_path / "cfg/checkpoints/last.ckpt",
             "--model.init_args.samples_per_class", "32", "--model.init_args.sampler_kwargs", "{num_steps: 8}",
             "--model.init_args.sweep.values", "[3.0]", "--model.init_args.compile", compiled)
         samples[compiled] = torch.cat([read_shard(p).samples for p in shard_paths(out / "cfg_3")])

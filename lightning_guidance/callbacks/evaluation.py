@@ -32,7 +32,7 @@ from ..modules.trainer_io import evaluation_due, figure_dir, log_image
 
 
 class SampleQualityEvaluation(L.Callback):
-    """Sample quality while a diffusion model trains: Fréchet distance, precision/recall and judge accuracy per sweep value.
+    """Sample quality while a diffusion model trains: Fréchet distance, precision/recall, judge accuracy per value.
 
     Args:
         judge: the grading classifier (``lightning_guidance.metrics.judge.Judge``).

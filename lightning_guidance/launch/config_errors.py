@@ -124,7 +124,7 @@ def _arguments(cls_path: str | None) -> list[str]:
         params = inspect.signature(cls.__init__ if isinstance(cls, type) else cls).parameters
     except (ImportError, AttributeError, ValueError, TypeError):
         return []
-    return [p for p in params if p != "self" and params[p].kind not in (params[p].VAR_POSITIONAL, params[p].VAR_KEYWORD)]
+    return [p for p, v in params.items() if p != "self" and v.kind not in (v.VAR_POSITIONAL, v.VAR_KEYWORD)]
 
 
 def _unknown_key(key: str, options: Iterable[str]) -> tuple[str, str | None]:

@@ -60,7 +60,8 @@ def shorten(extra: str) -> str:
     if "torch.nn.Module" in listed:  # a network argument: not the suite's LightningModules and metrics
         shown = [p for p in shown if not _is_module_or_metric(p)]
     rest = len(listed) - len(shown)
-    return f"{head}{', e.g. ' + ', '.join(shown) if shown else ''}{f'; or any class path ({rest} others known)' if rest else ''}"
+    examples = f", e.g. {', '.join(shown)}" if shown else ""
+    return f"{head}{examples}{f'; or any class path ({rest} others known)' if rest else ''}"
 
 
 def short_class_lists() -> None:

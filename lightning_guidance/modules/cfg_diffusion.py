@@ -27,11 +27,11 @@ from .common import (NetTrainingModule, check_against_datamodule, check_finite_l
 
 
 class CFGDiffusion(NetTrainingModule):
-    """Class-conditional diffusion model trained for classifier-free guidance (``fit --config configs/<data>/cfg.yaml``).
+    """A class-conditional diffusion model trained for classifier-free guidance (``configs/<data>/cfg.yaml``).
 
     Args:
         net: the denoiser ``net(x_t, t, y)``, with ``num_classes`` and ``data_shape`` (label ``num_classes`` is the
-            null class): ``lightning_guidance.nets.UNet`` for images, ``lightning_guidance.nets.MLPDenoiser`` for points.
+            null class): ``lightning_guidance.nets.UNet`` for images, ``MLPDenoiser`` for points.
         schedule: noise schedule: ``linear`` or ``cosine``.
         num_train_steps: number of diffusion steps T of the schedule (e.g. 1000).
         prediction: what the net predicts: ``eps`` (the noise), ``x0`` (the clean sample) or ``v``.
@@ -40,8 +40,8 @@ class CFGDiffusion(NetTrainingModule):
         weight_decay: AdamW weight decay (>= 0).
         warmup_steps: steps of linear learning-rate warm-up (>= 0).
         clip_x0: clamp the predicted x0 to [-1, 1] when sampling (true for images, false for unbounded toy data).
-        noise_seed: seed of the per-step draws (timesteps, noise, dropped labels), so that a resume draws what a straight
-            run draws.
+        noise_seed: seed of the per-step draws (timesteps, noise, dropped labels): a resume draws what a straight run
+            draws.
         compile: train with ``torch.compile`` of the net (same results, faster per step after a first compile; needs a
             C++ compiler on CPU). Off by default; not a hyper-parameter (a checkpoint resumes with it on or off).
     """

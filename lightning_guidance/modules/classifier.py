@@ -24,11 +24,11 @@ from .common import (NetTrainingModule, check_against_datamodule, check_finite_l
 
 
 class Classifier(NetTrainingModule):
-    """A classifier for guidance or grading (``fit --config configs/<data>/classifier.yaml``; ``judge.yaml`` for a judge).
+    """A classifier for guidance or grading (``configs/<data>/classifier.yaml``; ``judge.yaml`` for a judge).
 
     Args:
-        net: the classifier ``net(x, t=None) -> logits`` with ``num_classes``: ``lightning_guidance.nets.EncoderClassifier``
-            for images, ``MLPClassifier`` or ``LinearClassifier`` for points.
+        net: the classifier ``net(x, t=None) -> logits`` with ``num_classes``: ``EncoderClassifier`` (of
+            ``lightning_guidance.nets``) for images, ``MLPClassifier`` or ``LinearClassifier`` for points.
         noisy: true: a time-dependent classifier ``p(y | x_t, t)`` trained on noised data (classifier guidance);
             false: a clean classifier (off-the-shelf guidance, a judge).
         schedule: noise schedule of the diffusion model it guides: ``linear`` or ``cosine``.

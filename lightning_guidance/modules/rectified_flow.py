@@ -46,7 +46,7 @@ PREDICT_OPTIONS = ("integrator", "integrator_kwargs", "output_dir", "batch_size"
 
 
 class RectifiedFlowPostprocessor(NetTrainingModule):
-    """A rectified flow that carries generated samples toward their k nearest real neighbours (``configs/<data>/flow*.yaml``).
+    """A rectified flow carrying generated samples toward their k nearest real neighbours (``configs/*/flow*.yaml``).
 
     Args:
         net: the velocity net ``net(x, t, y)`` (``UNet`` for images, ``MLPDenoiser`` for points).

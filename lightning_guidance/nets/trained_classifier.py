@@ -26,7 +26,8 @@ class TrainedClassifier(nn.Module):
         super().__init__()
         path = Path(checkpoint)
         ckpt = read_checkpoint(path, "train one first with: python cli.py fit --config configs/<data>/classifier.yaml")
-        check_checkpoint_class(ckpt, path, CLASSIFIER_MODULE, "classifier checkpoint")  # e.g. a diffusion model given as a classifier
+        # a diffusion model (or anything else) given as a classifier is refused here, naming its class
+        check_checkpoint_class(ckpt, path, CLASSIFIER_MODULE, "classifier checkpoint")
         hp = checkpoint_hparams(ckpt)
         net = build_net(ckpt, path)
         if not hasattr(net, "num_classes"):
