@@ -190,6 +190,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # the suite always passes the command line to LightningCLI as a list (its own parsing comes first)
     warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+    # on a machine with SLURM's tools a run started by hand is meant to run here (slurm/train.sbatch uses srun)
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
     # logging is by global step, so a short epoch still logs every log_every_n_steps steps
     warnings.filterwarnings("ignore", message=r".*is smaller than the logging interval")
     for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
