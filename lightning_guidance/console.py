@@ -20,20 +20,22 @@ def _stop_during_start_up(signum, frame) -> None:
 
 
 def main() -> None:
+    """Torch and Lightning are imported inside ``console_main`` (``cli.py`` itself is light), so the start-up handler
+    stays until the command installs its own (:func:`.callbacks.stop_on_signal.install` replaces it)."""
     try:
         previous = signal.signal(signal.SIGINT, _stop_during_start_up)
     except ValueError:  # not the main thread: nothing to install
         previous = None
     try:
         from .cli import console_main
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
-    try:
+
         console_main()
     except KeyboardInterrupt:
         sys.stderr.write("stopped by SIGINT; every file written is whole. Re-run the same command to continue\n")
         raise SystemExit(INTERRUPTED) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 if __name__ == "__main__":

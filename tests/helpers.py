@@ -21,6 +21,25 @@ def cli(*args: str) -> None:
     main([str(a) for a in args])
 
 
+def user_sees(monkeypatch, *args, lines: int = 1) -> str:
+    """The exit message of ``cli.py <args>`` through the shell entry point (``console_main``): it must fail with a
+    message of ``lines`` lines, the first starting with ``error:``, and exit status 1 (a string exit code)."""
+    import sys
+
+    import pytest
+
+    from lightning_guidance.cli import console_main
+
+    monkeypatch.setattr(sys, "argv", ["cli.py", *map(str, args)])
+    monkeypatch.delenv("LG_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        console_main()
+    message = exit_info.value.code
+    assert isinstance(message, str), f"exit code {message!r}, expected a message (exit status 1)"
+    assert message.startswith("error: ") and len(message.splitlines()) <= lines, message
+    return message.splitlines()[0]
+
+
 TWO_CPU_PROCESSES = ("--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp_spawn")
 
 

@@ -9,24 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import CONFIGS, tiny_digits_fit
+from helpers import CONFIGS, tiny_digits_fit, user_sees
 
 from lightning_guidance.cli import console_main
 
 TINY = ["--model.init_args.net.init_args.model_channels", "8", "--model.init_args.net.init_args.channel_mult", "[1]",
         "--data.init_args.batch_size", "16", "--trainer.enable_progress_bar", "false"]
-
-
-def user_sees(monkeypatch, *args) -> str:
-    """The exit message of ``cli.py <args>`` (it must fail with exactly one line of error + the traceback hint)."""
-    monkeypatch.setattr(sys, "argv", ["cli.py", *map(str, args)])
-    monkeypatch.delenv("LG_TRACEBACK", raising=False)
-    with pytest.raises(SystemExit) as exit_info:
-        console_main()
-    message = str(exit_info.value.code)
-    lines = message.splitlines()
-    assert lines[0].startswith("error: ") and len(lines) <= 2, message
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,14 @@ class _HistoryWriter(ExperimentWriter):
 
 
 class HistoryCSVLogger(CSVLogger):
-    """CSVLogger (fixed folder ``<save_dir>/<name>``) that keeps every row once across resumes and re-runs."""
+    """CSVLogger (fixed folder ``<save_dir>/<name>``) that keeps every row once across resumes and re-runs.
+
+    Args:
+        save_dir: the run's folder (the suite's default: ``trainer.default_root_dir``).
+        name: the sub-folder of ``metrics.csv`` (the suite's default: ``logs``).
+        version: a further sub-folder (the suite's default: none).
+        flush_logs_every_n_steps: kept for Lightning's signature; every row is flushed as it is logged.
+    """
 
     def __init__(self, save_dir: str, name: str = "logs", version: str = "", flush_logs_every_n_steps: int = 1,
                  **kwargs):

@@ -32,6 +32,23 @@ from ..modules.trainer_io import evaluation_due, figure_dir, log_image
 
 
 class SampleQualityEvaluation(L.Callback):
+    """Sample quality while a diffusion model trains: Fréchet distance, precision/recall, judge accuracy per value.
+
+    Args:
+        judge: the grading classifier (``lightning_guidance.metrics.judge.Judge``).
+        every_n_epochs: evaluate every N validation epochs (>= 1; and at every ``validate``).
+        num_samples: generated samples per sweep value (>= 1).
+        sweep: the values to evaluate at, as in ``SamplingModule`` (default: CFG scale 1).
+        sampler: ``ddpm``, ``ddim`` or ``edm``.
+        sampler_kwargs: the sampler's options (e.g. ``{num_steps: 50}``).
+        seed: sample ``i`` uses seed ``seed + i``.
+        batch_size: samples per sampler call (>= 1).
+        fd_name: the name of the Fréchet distance in the judge's features (``fd_digits``).
+        precision_recall_k: k of the k-NN precision/recall (>= 1).
+        inception_weights: a local Inception weights file: adds Inception FID.
+        dirname: the folder under the run's log folder.
+    """
+
     def __init__(self, judge: nn.Module, every_n_epochs: int = 1, num_samples: int = 100, sweep: Sweep | None = None,
                  sampler: str = "ddim", sampler_kwargs: dict | None = None, seed: int = 0, batch_size: int = 100,
                  fd_name: str = "fd_judge", precision_recall_k: int = 3, inception_weights: str | None = None,

@@ -36,6 +36,21 @@ from ..modules.trainer_io import evaluation_due, figure_dir, log_image
 
 
 class GuidanceDiagnostics(L.Callback):
+    """The guidance gradient's size against t, the share of samples whose gradient vanished, and the final confidence.
+
+    Args:
+        sweep: for ``CFGDiffusion`` validation: the values and terms to trace (the terms need a classifier); leave it
+            empty under ``SamplingModule`` test, which traces its own sweep.
+        every_n_epochs: trace every N validation epochs (>= 1).
+        num_samples: samples per sweep value (>= 1).
+        sampler: ``ddpm``, ``ddim`` or ``edm``.
+        sampler_kwargs: the sampler's options (e.g. ``{num_steps: 50}``).
+        seed: sample ``i`` uses seed ``seed + i``.
+        batch_size: samples per sampler call (>= 1).
+        vanishing_rms: a sample's guidance gradient counts as vanished below this RMS (> 0).
+        dirname: the folder under the run's log folder.
+    """
+
     def __init__(self, sweep: Sweep | None = None, every_n_epochs: int = 1, num_samples: int = 64, sampler: str = "ddim", sampler_kwargs: dict | None = None, seed: int = 0,
                  batch_size: int = 64, vanishing_rms: float = 1e-3, dirname: str = "guidance_diagnostics"):
         if every_n_epochs < 1 or num_samples < 1 or batch_size < 1:

@@ -89,6 +89,18 @@ def check_shards_against_real(generated: GeneratedSet, data_shape: tuple[int, ..
 
 
 class GeneratedShardsDataModule(LabeledDataModule):
+    """Generated sample shards beside the real data they are moved toward (the post-processor's training data).
+
+    Args:
+        shards: folders of ``shard_*.npz`` (one sweep value each, as ``predict`` writes them) or shard files.
+        real: the real data (a data module of this suite, e.g. ``DigitsDataModule``); its training split is used.
+        batch_size: generated samples per batch and process (>= 1).
+        seed: seed of the training order.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        equal_mix: every sweep value must hold the same number of samples (an equal mix of scales).
+        predict_shards: for ``predict``: the folders or files of shards to post-process.
+    """
+
     def __init__(self, shards: list[str], real: LabeledDataModule, batch_size: int = 128, seed: int = 0,
                  num_workers: int = 0, equal_mix: bool = True, predict_shards: list[str] | None = None):
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)

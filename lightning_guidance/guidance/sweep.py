@@ -38,6 +38,10 @@ class Sweep:
             raise ValueError("the sweep must list at least one value")
         self.values = [float(v) for v in self.values]
         self.cfg_scale = float(self.cfg_scale)
+        negative = [s for s in self.cfg_scales if s < 0]
+        if negative:  # s = 0 is the unconditional model, 1 the conditional; no method here defines s < 0
+            raise ValueError(f"CFG scale {negative[0]:g} < 0 refused: s = 0 is the unconditional model, s = 1 the "
+                             "conditional, s > 1 guides toward the class; no method here defines a negative scale")
         self.terms = list(self.terms)
 
     def at(self, value: float) -> tuple[float, list[GuidanceTerm]]:

@@ -243,6 +243,29 @@ def write_manifest(output_dir: str | Path, folders: dict[str, Path], configs: di
     return manifest
 
 
+def write_sample_folder(output_dir: str | Path, sets: dict[float, tuple[Tensor, Tensor]], source: str,
+                        target: str = "cfg", shard_size: int = 1000, per_class: int = 10) -> dict:
+    """Samples made anywhere, written as a folder the suite grades like a ``predict`` output: per sweep value
+    ``(samples, labels)`` (images (N, C, H, W) in [-1, 1], or points (N, D); the same N for every value) become
+    shards in ``<output_dir>/<target>_<value>`` and a ``manifest.json``; each shard's config records ``source``."""
+    counts = {len(labels) for _, labels in sets.values()}
+    if len(counts) != 1 or not counts.pop():
+        sizes = [len(y) for _, y in sets.values()]
+        raise ValueError(f"every sweep value needs the same, non-zero number of samples; got {sizes}")
+    folders, configs = {}, {}
+    for value, (samples, labels) in sets.items():
+        classes = sorted(int(c) for c in torch.unique(labels))
+        config = {"source": source, "scale": float(value), "scale_target": target, "classes": classes}
+        folder = Path(output_dir) / f"{target}_{value:g}"
+        for path, ids in plan_shards(folder, len(labels), shard_size):
+            rows = torch.tensor(ids)
+            write_shard(path, Shard(samples[rows], labels[rows], torch.full_like(rows, -1), rows, float(value),
+                                    config_hash(config), config))
+        folders[f"{value:g}"], configs[f"{value:g}"] = folder, config
+    classes = sorted({c for config in configs.values() for c in config["classes"]})
+    return write_manifest(output_dir, folders, configs, len(labels), classes, f"{target} scale", per_class)
+
+
 def _relative(path: Path, folder: str | Path) -> str:
     """``path`` relative to ``folder`` when inside it (so a copied run folder keeps its links)."""
     try:

@@ -22,11 +22,30 @@ from ..diffusion.parameterization import check_prediction, training_target
 from ..diffusion.schedules import VPSchedule
 from ..diffusion.plug import GuidanceTerm
 from ..diffusion.sampling import sample_batches
-from .common import (NetTrainingModule, check_against_datamodule, check_finite_loss, global_batch_draws,
+from .common import (NetTrainingModule, check_against_datamodule, check_finite_loss, compile_net, global_batch_draws,
                      rebuild_from_checkpoint, reseed_for_step)
 
 
 class CFGDiffusion(NetTrainingModule):
+    """A class-conditional diffusion model trained for classifier-free guidance (``configs/<data>/cfg.yaml``).
+
+    Args:
+        net: the denoiser ``net(x_t, t, y)``, with ``num_classes`` and ``data_shape`` (label ``num_classes`` is the
+            null class): ``lightning_guidance.nets.UNet`` for images, ``MLPDenoiser`` for points.
+        schedule: noise schedule: ``linear`` or ``cosine``.
+        num_train_steps: number of diffusion steps T of the schedule (e.g. 1000).
+        prediction: what the net predicts: ``eps`` (the noise), ``x0`` (the clean sample) or ``v``.
+        p_uncond: probability of replacing a label by the null class in training, in [0, 1) (the paper's best: 0.1).
+        lr: AdamW learning rate (> 0).
+        weight_decay: AdamW weight decay (>= 0).
+        warmup_steps: steps of linear learning-rate warm-up (>= 0).
+        clip_x0: clamp the predicted x0 to [-1, 1] when sampling (true for images, false for unbounded toy data).
+        noise_seed: seed of the per-step draws (timesteps, noise, dropped labels): a resume draws what a straight run
+            draws.
+        compile: train with ``torch.compile`` of the net (same results, faster per step after a first compile; needs a
+            C++ compiler on CPU). Off by default; not a hyper-parameter (a checkpoint resumes with it on or off).
+    """
+
     def __init__(
         self,
         net: nn.Module,
@@ -39,6 +58,7 @@ class CFGDiffusion(NetTrainingModule):
         warmup_steps: int = 0,
         clip_x0: bool = True,
         noise_seed: int = 0,
+        compile: bool = False,
     ):
         super().__init__()
         if not 0.0 <= p_uncond < 1.0:
@@ -46,15 +66,16 @@ class CFGDiffusion(NetTrainingModule):
         check_prediction(prediction)
         if not hasattr(net, "num_classes"):
             raise ValueError(f"{type(net).__name__} has no num_classes attribute; CFGDiffusion needs a class-conditional net")
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["compile"])  # how it runs, not what it computes: a resume may change it
         self.net = net
+        self.compile_net = bool(compile)
         self.schedule = VPSchedule.from_name(schedule, num_train_steps)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, net: nn.Module | None = None, use_ema: bool = True) -> CFGDiffusion:
         """The model of a checkpoint (EMA weights by default), in eval mode."""
         return rebuild_from_checkpoint(cls, path, net, use_ema,
-                                       "train one first with: python cli.py fit --config configs/digits/cfg.yaml")
+                                       "train one first with: python cli.py fit --config configs/<data>/cfg.yaml")
 
     # ---- properties -------------------------------------------------------------------------------
     @property
@@ -63,6 +84,8 @@ class CFGDiffusion(NetTrainingModule):
 
     def setup(self, stage: str) -> None:
         check_against_datamodule(self, "CFGDiffusion")
+        if self.compile_net and stage == "fit":
+            compile_net(self.net, self.device)
 
     # ---- training ---------------------------------------------------------------------------------
     def diffusion_loss(self, x0: Tensor, y: Tensor, p_uncond: float, draws: GlobalBatchDraws | None = None) -> Tensor:

@@ -46,6 +46,31 @@ PREDICT_OPTIONS = ("integrator", "integrator_kwargs", "output_dir", "batch_size"
 
 
 class RectifiedFlowPostprocessor(NetTrainingModule):
+    """A rectified flow carrying generated samples toward their k nearest real neighbours (``configs/*/flow*.yaml``).
+
+    Args:
+        net: the velocity net ``net(x, t, y)`` (``UNet`` for images, ``MLPDenoiser`` for points).
+        k: neighbours per generated sample (>= 1; the paper: 20).
+        same_class: search neighbours among real samples of the sample's class only.
+        feature_net: search in this network's features (e.g. the judge, an ``OffTheShelfClassifier``) instead of pixels.
+        index: faiss index: ``flat`` (exact) or ``ivf`` (approximate, with ``nlist`` and ``nprobe``).
+        nlist: IVF cells (>= 1).
+        nprobe: IVF cells searched per query (>= 1).
+        faiss_device: ``auto``, ``cpu`` or ``gpu``.
+        neighbour_cache_dir: where the neighbour lists are cached (default: ``<default_root_dir>/neighbours``).
+        class_conditional: condition the velocity on the sample's label (else on the null class).
+        lr: AdamW learning rate (> 0).
+        weight_decay: AdamW weight decay (>= 0).
+        warmup_steps: steps of linear learning-rate warm-up (>= 0).
+        flow_seed: seed of the per-(sample, step) draws of neighbour and time.
+        integrator: ``predict``: ``euler`` or ``dopri5``.
+        integrator_kwargs: the integrator's options (``euler``: ``num_steps``; ``dopri5``: ``rtol``, ``atol``).
+        output_dir: ``predict``: where the post-processed shards go.
+        batch_size: ``predict``: samples per integration batch (>= 1).
+        feature_batch_size: samples per ``feature_net`` batch when searching (>= 1).
+        per_class: ``predict``: samples per class in ``moves.png``.
+    """
+
     def __init__(
         self,
         net: nn.Module,

@@ -15,12 +15,11 @@ took (``trajectory``: the state each step starts from, then the samples; :func:`
 split) with a judge (:class:`~lightning_guidance.metrics.judge.Judge`): Fréchet distance in the judge's features
 (``fd_name``, e.g. ``fd_digits``), the kernel distance in the same features (``kd_digits``), precision/recall, judge
 accuracy and score, and Inception FID when ``inception_weights`` names a local file (against
-``inception_reference``, a file of reference statistics, when given). Lightning's test loop iterates the real data
-(padded repeats dropped by sample index); at the end of the epoch each rank reads its own block of sample ids from
-the shards, and the figures are reduced across ranks. Rank 0 writes ``<output_dir>/metrics_table.{json,md}`` (one row
-per sweep value, a reference row: the judge on the real data, and the real-vs-real floor), which the study report
-quotes, and beside it ``sample_products/<group>.npz``: what the judge saw of each sample, for bootstraps
-(``io.sample_products``).
+``inception_reference``, a file of reference statistics, when given) (:class:`~lightning_guidance.modules.grading.
+JudgeGrading`, which ``GradeSamples`` shares: that module grades a folder from its manifest alone). Rank 0 writes
+``<output_dir>/metrics_table.{json,md}`` (one row per sweep value, a reference row: the judge on the real data, and
+the real-vs-real floor), which the study report quotes, and beside it ``sample_products/<group>.npz``: what the judge
+saw of each sample, for bootstraps (``io.sample_products``).
 """
 
 from __future__ import annotations
@@ -28,22 +27,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data.rank_split import LoaderBatchIds, check_enough_per_rank, owned_block
 from ..diffusion.cfg_rule import ClassifierFreeGuidance
 from ..diffusion.sampling import check_sampling, sample_ids, seeds_for_ids
 from ..guidance.sweep import Sweep
 from ..guidance.trace import TrajectoryRecorder
 from ..io.digests import file_identity
-from ..io.shards import (Shard, check_shards, config_difference, config_hash, open_shard, plan_shards, shard_config,
+from ..io.shards import (Shard, config_difference, config_hash, open_shard, plan_shards, shard_config,
                          shard_hash, write_manifest, write_shard)
-from ..metrics.judge import check_judge
-from ..metrics.sample_quality import SampleQuality, write_quality_table
+from ..metrics.judge import Judge, check_judge
 from .cfg_diffusion import CFGDiffusion
+from .common import compile_net
+from .grading import JudgeGrading, SampleFolder
 from .pretrained_diffusion import (PretrainedOptions, check_null_class, load_diffusion, load_guide_model,
                                    pretrained_identity, shard_samples)
 
@@ -76,15 +74,50 @@ def load_rule_guide(rule: ClassifierFreeGuidance | None, diffusion: CFGDiffusion
     return guide
 
 
-class SamplingModule(L.LightningModule):
+class SamplingModule(JudgeGrading, L.LightningModule):
+    """Samples shards from a trained ``CFGDiffusion`` over a guidance sweep (``predict``), and grades them (``test``).
+
+    Args:
+        checkpoint: the diffusion model's checkpoint (e.g. ``runs/digits/cfg/checkpoints/last.ckpt``), or a diffusers
+            model folder (``save_pretrained`` layout; see ``pretrained``).
+        output_dir: where the shards, grids and manifest go (default: ``trainer.default_root_dir``).
+        sampler: ``ddpm`` (ancestral), ``ddim`` or ``edm`` (Heun).
+        sampler_kwargs: the sampler's options, checked when the config is built: ``{num_steps: 50}``; ``ddim``:
+            ``eta``; ``edm``: ``S_churn``, ``S_tmin``, ``S_tmax``, ``S_noise``, ``rho``...
+        sweep: the sweep, ``{target, values, cfg_scale, terms, cfg_rule}``: ``target: cfg`` makes each value the CFG
+            scale (``s = 0``: the unconditional model, ``s = 1``: the conditional one; a negative scale is refused);
+            ``target: guidance`` multiplies every term's own scale by the value (0 = unguided).
+        classes: the class ids to sample (default: every class of the model).
+        samples_per_class: samples per class and sweep value (>= 1).
+        shard_size: samples per shard file (>= 1).
+        batch_size: samples per sampler call (>= 1; samples do not depend on it unless a term couples the batch).
+        seed: sample ``i`` uses seed ``seed + i`` at every sweep value.
+        use_ema: sample from the EMA weights (else the raw ones).
+        net: the denoiser, only for a checkpoint that does not record how to build it.
+        grid_per_class: samples per class (row) in each sweep value's ``grid.png``.
+        judge: for ``test``: the classifier that grades (``lightning_guidance.metrics.judge.Judge``).
+        fd_name: the name of the Fréchet distance in the judge's features (``fd_digits``; never "fid").
+        precision_recall_k: k of the k-NN precision/recall (>= 1).
+        inception_weights: a local Inception weights file: adds Inception FID to ``test``.
+        inception_reference: an ``.npz`` of reference Inception statistics (``mu``, ``sigma``): FID against it
+            instead of against the real images (needs ``inception_weights``).
+        overwrite: regenerate shards made with another config (else they are refused).
+        shard_part: ``[i, k]``: this job samples shards i, i + k, ... (task i of a k-task job array).
+        save_trajectory: also store in each shard the path the sampler took (``trajectory``).
+        pretrained: options of a diffusers model folder (:class:`~.pretrained_diffusion.PretrainedOptions`).
+        compile: sample with ``torch.compile`` of the denoiser (equal samples to float rounding; a first compile per
+            batch shape). Off by default.
+    """
+
     def __init__(self, checkpoint: str, output_dir: str | None = None, sampler: str = "ddim",
                  sampler_kwargs: dict | None = None, sweep: Sweep | None = None, classes: list[int] | None = None,
                  samples_per_class: int = 16, shard_size: int = 64, batch_size: int = 64, seed: int = 0,
                  use_ema: bool = True, net: nn.Module | None = None, grid_per_class: int = 10,
-                 judge: nn.Module | None = None, fd_name: str = "fd_judge", precision_recall_k: int = 3,
+                 judge: Judge | None = None, fd_name: str = "fd_judge", precision_recall_k: int = 3,
                  inception_weights: str | None = None, overwrite: bool = False,
                  shard_part: tuple[int, int] | None = None, save_trajectory: bool = False,
-                 pretrained: PretrainedOptions | None = None, inception_reference: str | None = None):
+                 pretrained: PretrainedOptions | None = None, inception_reference: str | None = None,
+                 compile: bool = False):
         super().__init__()
         if shard_part is not None and not (len(shard_part) == 2 and 0 <= int(shard_part[0]) < int(shard_part[1])):
             raise ValueError(f"shard_part must be [i, k] with 0 <= i < k (this job samples shards i, i + k, ...), "
@@ -94,16 +127,19 @@ class SamplingModule(L.LightningModule):
                 raise ValueError(f"{name} must be >= 1, got {v}")
         self.sweep = sweep if sweep is not None else Sweep()
         self.sampler_kwargs = check_sampling(sampler, sampler_kwargs, self.sweep.terms)
-        self.save_hyperparameters(ignore=["net", "sweep", "judge"])
+        self.save_hyperparameters(ignore=["net", "sweep", "judge", "compile"])
         # a suite checkpoint file, or a diffusers model folder (with its `pretrained` options)
         self.pretrained = pretrained
         self.diffusion = load_diffusion(checkpoint, net, use_ema, pretrained).requires_grad_(False)
+        check_null_class(self.diffusion, self.sweep, checkpoint)
         hp = self.diffusion.hparams
         self.sweep.check_against(self.diffusion.num_classes, self.diffusion.data_shape, hp.schedule, hp.num_train_steps)
-        check_null_class(self.diffusion, self.sweep, checkpoint)
         # registered, so that the terms' classifiers move to the sampling device with this module (each once)
         self.term_classifiers = nn.ModuleList(self.sweep.classifiers).requires_grad_(False)
         self.guide_diffusion = load_rule_guide(self.sweep.cfg_rule, self.diffusion)
+        if compile:  # the denoisers' forward; the samples equal the eager ones to float rounding
+            for model in filter(None, (self.diffusion, self.guide_diffusion)):
+                compile_net(model.net)
         k = self.diffusion.num_classes
         self.classes = list(range(k)) if classes is None else [int(c) for c in classes]
         bad = [c for c in self.classes if not 0 <= c < k]
@@ -111,9 +147,6 @@ class SamplingModule(L.LightningModule):
             raise ValueError(f"classes {bad} out of range: the checkpoint's model knows classes 0..{k - 1}")
         self.num_samples = samples_per_class * len(self.classes)
         self.judge = judge
-        self.quality: SampleQuality | None = None
-        self._shards: dict[float, list[tuple[Path, np.ndarray]]] = {}
-        self._batch_ids = LoaderBatchIds()
 
     @property
     def output_dir(self) -> Path:
@@ -192,11 +225,11 @@ class SamplingModule(L.LightningModule):
                            {f"{v:g}": self.shard_config(v) for v in values}, self.num_samples, self.classes,
                            f"{self.sweep.target} scale", self.hparams.grid_per_class)
 
-    # ---- test: the shards graded against real data by a judge -------------------------------------------
+    # ---- test: the shards graded against real data by a judge (JudgeGrading) ------------------------------
     def setup(self, stage: str) -> None:
         if stage != "test":
             return
-        hp, dm = self.hparams, self.trainer.datamodule
+        dm = self.trainer.datamodule
         if self.judge is None:
             raise ValueError("SamplingModule test grades samples with a judge classifier: add judge: {class_path: "
                              "lightning_guidance.metrics.judge.Judge, init_args: {checkpoint: <a clean classifier "
@@ -206,57 +239,10 @@ class SamplingModule(L.LightningModule):
                              "model was trained on as data: (e.g. lightning_guidance.data.digits.DigitsDataModule)")
         check_judge(self.judge, getattr(dm, "num_classes", self.diffusion.num_classes), self.diffusion.num_classes,
                     self.sweep.terms)
-        check_enough_per_rank(self.num_samples, self.trainer.world_size, f"SamplingModule test of {self.output_dir}")
-        need = max(2, hp.precision_recall_k + 1)
-        if self.num_samples < need:
-            raise ValueError(f"{self.num_samples} samples per scale are too few: precision/recall with "
-                             f"k={hp.precision_recall_k} and the Fréchet distance need at least {need}; "
-                             "raise samples_per_class")
-        shard_shape = getattr(self.diffusion, "image_shape", self.diffusion.data_shape)  # a latent model's: decoded
-        self._real_shape = tuple(getattr(dm, "data_shape", ()) or ()) or tuple(shard_shape)
-        self.quality = SampleQuality(self.judge, [self.sweep.folder(v) for v in self.sweep.values], hp.fd_name,
-                                     hp.precision_recall_k, inception_weights=hp.inception_weights,
-                                     inception_reference=hp.get("inception_reference"))
-        self._shards = {v: check_shards(self.folder(v), config_hash(self.shard_config(v)), self.num_samples,
-                                        self._real_shape, self.judge.num_classes, type(dm).__name__,
-                                        self.shard_config(v))
-                        for v in self.sweep.values}
-
-    def on_test_epoch_start(self) -> None:
-        self._batch_ids.reset()
-        self.quality.reset()
-
-    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
-        x, y = batch[0], batch[1]
-        if tuple(x.shape[1:]) != tuple(self._real_shape):
-            raise ValueError(f"real batch of shape {tuple(x.shape[1:])}, shards of shape {tuple(self._real_shape)}: "
-                             "the data module does not match the shards")
-        ids, keep = self._batch_ids(self.trainer, batch_idx, len(y), dataloader_idx)
-        ids, keep = ids.to(y.device), keep.to(y.device)
-        if keep.any():
-            self.quality.update_real(x[keep], y[keep], ids[keep])
-
-    def on_test_epoch_end(self) -> None:
-        rows, counts = {}, {}
-        for value in self.sweep.values:  # the same order on every rank: compute is collective
-            group = self.sweep.folder(value)
-            owned = owned_block(self.num_samples, self.global_rank, self.trainer.world_size)
-            self.quality.update_from_shards(group, self._shards[value], owned, self.hparams.batch_size, self.device)
-            rows[group], counts[group] = self.quality.compute(group), self.quality.num_samples(group)
-        real, counts["real"] = self.quality.compute_real(), self.quality.num_samples()
-        floor = self.quality.real_floor(self.num_samples)  # collective, like the per-sample files below
-        self.quality.write_products(self.output_dir, write=self.trainer.is_global_zero)
-        for group, row in rows.items():
-            self.log_dict({f"test/{group}/{k}": v for k, v in row.items()}, sync_dist=True)  # equal on all ranks
-        self.log_dict({f"test/real/{k}": v for k, v in real.items()}, sync_dist=True)
-        if self.trainer.is_global_zero:
-            self.write_metrics_table(rows, real, counts, floor)
-
-    def write_metrics_table(self, rows: dict[str, dict[str, float]], real: dict[str, float],
-                            counts: dict[str, int], real_floor: dict | None = None) -> tuple[Path, Path]:
-        hp, sweep = self.hparams, self.sweep
-        table = [{"scale": v, "guidance": f"{hp.sampler} {dict(self.sampler_kwargs)}, " + sweep.describe(v),
-                  "num_samples": counts[sweep.folder(v)], "metrics": rows[sweep.folder(v)]} for v in sweep.values]
-        return write_quality_table(self.output_dir, self.judge, type(self.trainer.datamodule).__name__, hp.fd_name,
-                                   self.num_samples, sweep.target, table, real, counts["real"], real_floor,
-                                   self.quality.settings())
+        hp = self.hparams
+        folders = [SampleFolder(v, self.folder(v), config_hash(self.shard_config(v)), self.shard_config(v),
+                                f"{hp.sampler} {dict(self.sampler_kwargs)}, " + self.sweep.describe(v))
+                   for v in self.sweep.values]
+        # a latent model's shards hold decoded images
+        self.start_grading(folders, self.num_samples, self.sweep.target, self.output_dir,
+                           getattr(self.diffusion, "image_shape", self.diffusion.data_shape))

@@ -7,7 +7,11 @@ from pathlib import Path
 
 from torch import nn
 
-from ..io.checkpoints import build_net, checkpoint_hparams, load_module_weights, read_checkpoint
+from ..io.checkpoints import (build_net, check_checkpoint_class, checkpoint_hparams, load_module_weights,
+                              read_checkpoint)
+
+#: the module class whose checkpoints hold a classifier (its subclasses too; a calibrated export records it)
+CLASSIFIER_MODULE = "lightning_guidance.modules.classifier.Classifier"
 
 
 class TrainedClassifier(nn.Module):
@@ -29,7 +33,9 @@ class TrainedClassifier(nn.Module):
             raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
         self.temperature = float(temperature)
         path = Path(checkpoint)
-        ckpt = read_checkpoint(path, "train one first with: python cli.py fit --config configs/digits/classifier.yaml")
+        ckpt = read_checkpoint(path, "train one first with: python cli.py fit --config configs/<data>/classifier.yaml")
+        # a diffusion model (or anything else) given as a classifier is refused here, naming its class
+        check_checkpoint_class(ckpt, path, CLASSIFIER_MODULE, "classifier checkpoint")
         hp = checkpoint_hparams(ckpt)
         net = build_net(ckpt, path)
         if not hasattr(net, "num_classes"):
