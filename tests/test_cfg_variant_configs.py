@@ -51,7 +51,7 @@ def test_variant_config_runs_on_every_sampler(config, sampler, tiny_checkpoint, 
     x = read_shard(shard).samples
     assert torch.isfinite(x).all()
     rule = read_yaml(CONFIGS / config)["model"]["init_args"]["sweep"]["cfg_rule"]
-    made = json.loads((out / "manifest.json").read_text())["scales"]["2.5"]["config"]
+    made = json.loads((out / "manifest.json").read_text())["values"]["2.5"]["config"]
     assert made["cfg_rule"]["class"] == rule["class_path"].rsplit(".", 1)[1]  # the rule is in the shard's hash
     if "guide_checkpoint" in (rule.get("init_args") or {}):
         # the worse model is named by its content digest, so a retrained guide makes these shards stale

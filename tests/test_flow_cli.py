@@ -81,9 +81,9 @@ def test_fit_predict_test_through_the_cli(flow_inputs, tmp_path):
         for src in sources:
             a, b = read_shard(src), read_shard(post / f"cfg_{scale}" / src.name)
             assert torch.equal(a.sample_ids, b.sample_ids) and torch.equal(a.labels, b.labels)
-            assert torch.equal(a.seeds, b.seeds) and a.scale == b.scale == float(scale)
+            assert torch.equal(a.seeds, b.seeds) and a.value == b.value == float(scale)
             with np.load(post / f"cfg_{scale}" / src.name) as z:
-                assert float(z["source_scale"]) == float(scale)
+                assert float(z["source_value"]) == float(scale)
                 assert str(z["source_config_hash"]) == a.config_hash != str(z["config_hash"])
                 moved = (b.samples - a.samples).flatten(1).norm(dim=1).numpy()
                 # the stored move is measured before the uint8 rounding: it agrees within that rounding
@@ -95,7 +95,7 @@ def test_fit_predict_test_through_the_cli(flow_inputs, tmp_path):
 
     before, after = grade(cfg_ckpt, judge, unseen), grade(cfg_ckpt, judge, post)
     for table in (before, after):
-        assert [r["scale"] for r in table["rows"]] == [float(s) for s in UNSEEN_SCALES]
+        assert [r["value"] for r in table["rows"]] == [float(s) for s in UNSEEN_SCALES]
         for row in table["rows"]:
             assert {"fd_digits", "precision", "recall", "judge_accuracy"} <= set(row["metrics"])
     # the same samples before and after: at least one figure differs

@@ -543,16 +543,17 @@ def test_sweep_descriptions_name_every_setting_that_changes_samples(tmp_path):
     assert describe_term(NoSchedule(scale=0.5)) == {"class": "NoSchedule", "scale": 0.5}
 
     sweep = Sweep("guidance", [0.0, 2.0], 1.5, [term])
-    assert sweep.describe(2.0) == "CFG 1.5, ClassifierGuidance (scale 4)"
-    assert sweep.describe(0.0) == "CFG 1.5, ClassifierGuidance (scale 0)"
-    assert Sweep("cfg", [1.0, 3.0], 1.0, [term]).describe(3.0) == "CFG 3, ClassifierGuidance (scale 2)"
-    ident = sweep.identity()
-    assert ident == {"scale_target": "guidance", "cfg_scale": 1.5, "guidance": [d]}
+    assert sweep.describe(2.0) == "CFG s = 1.5, ClassifierGuidance (scale 4)"
+    assert sweep.describe(0.0) == "CFG s = 1.5, ClassifierGuidance (scale 0)"
+    assert Sweep("cfg", [1.0, 3.0], 1.0, [term]).describe(3.0) == "CFG s = 3, ClassifierGuidance (scale 2)"
+    assert sweep.identity(2.0) == {"target": "guidance", "value": 2.0, "cfg_scale": 1.5, "guidance": [d]}
+    # in a CFG sweep the swept value is the CFG scale: the unused fixed cfg_scale is not recorded
+    assert Sweep("cfg", [3.0], 1.0, [term]).identity(3.0) == {"target": "cfg", "value": 3.0, "guidance": [d]}
     ruled = Sweep("cfg", [2.0], 1.0, [], cfg_rule=CFGZeroStar(zero_init_steps=1))
-    assert ruled.describe(2.0) == "CFGZeroStar 2"
-    assert ruled.identity()["cfg_rule"] == CFGZeroStar(zero_init_steps=1).settings()
-    assert ruled.identity()["cfg_rule"] != CFGZeroStar(zero_init_steps=2).settings()
-    assert "cfg_rule" not in Sweep("cfg", [2.0], 1.0, [], cfg_rule=None).identity()
+    assert ruled.describe(2.0) == "CFGZeroStar s = 2"
+    assert ruled.identity(2.0)["cfg_rule"] == CFGZeroStar(zero_init_steps=1).settings()
+    assert ruled.identity(2.0)["cfg_rule"] != CFGZeroStar(zero_init_steps=2).settings()
+    assert "cfg_rule" not in Sweep("cfg", [2.0], 1.0, [], cfg_rule=None).identity(2.0)
     assert isinstance(ruled.cfg_rule, ClassifierFreeGuidance)
     # a term without a classifier (e.g. a fixed correction) passes the classifier checks untouched
     Sweep("guidance", [1.0], 2.0, [_FixedTerm(torch.zeros(B, D, dtype=DT), 1.0)]).check_against(K, (D,), "linear", 100)

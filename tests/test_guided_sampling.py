@@ -112,9 +112,9 @@ def test_sampling_config_runs_on_each_sampler_its_term_supports(config, sampler,
     manifest = json.loads((out / "manifest.json").read_text())
     term = cfg["sweep"]["terms"][0]
     for s in scales:
-        made = manifest["scales"][f"{s:g}"]["config"]
+        made = manifest["values"][f"{s:g}"]["config"]
         assert [g["class"] for g in made["guidance"]] == [term["class_path"].rsplit(".", 1)[1]]
-        assert (made["scale"], made["scale_target"]) == (s, cfg["sweep"]["target"])
+        assert (made["value"], made["target"]) == (s, cfg["sweep"]["target"])
         assert made["guidance"][0]["scale"] == term["init_args"]["scale"]
     by_hand = sample_by_hand(path, sampler)
     for name, (x, _) in found.items():
@@ -138,7 +138,8 @@ def sample_by_hand(config_path: Path, sampler: str) -> dict[str, torch.Tensor]:
     import copy
 
     from lightning_guidance.diffusion.noise import PerSampleNoise
-    from lightning_guidance.diffusion.sampling import sample
+    from lightning_guidance.diffusion.guidance_setting import GuidanceSetting
+    from lightning_guidance.diffusion.sampling import build_denoiser, sample
     from lightning_guidance.io.instantiate import instantiate
     from lightning_guidance.modules.cfg_diffusion import CFGDiffusion
 
@@ -155,8 +156,9 @@ def sample_by_hand(config_path: Path, sampler: str) -> dict[str, torch.Tensor]:
         for t in scaled:
             t.scale = t.scale * (s if target == "guidance" else 1.0)
         cfg = sweep.get("cfg_scale", 1.0) if target == "guidance" else s
-        out[f"{target}_{s:g}"] = sample(sampler, model.denoiser(cfg), model.schedule, labels, PerSampleNoise(seeds),
-                                        model.data_shape, guidance=scaled, **init["sampler_kwargs"])
+        out[f"{target}_{s:g}"] = sample(sampler, build_denoiser(model, GuidanceSetting(cfg)), model.schedule, labels,
+                                        PerSampleNoise(seeds), model.data_shape, guidance=scaled,
+                                        **init["sampler_kwargs"])
     return out
 
 

@@ -165,10 +165,10 @@ def test_metrics_table_matches_an_independent_computation(setup_paths, shards_co
     real_logits, real_features = judge_logits_and_features(judge, x_real)
     assert table["real"]["judge_accuracy"] == pytest.approx((real_logits.argmax(1) == y_real.numpy()).mean())
     assert table["judge_num_features"] == real_features.shape[1]
-    assert [row["scale"] for row in table["rows"]] == [1.0, 3.0]
+    assert [row["value"] for row in table["rows"]] == [1.0, 3.0]
     assert table["num_real_samples"] == len(y_real) and all(r["num_samples"] == 70 for r in table["rows"])
     for row in table["rows"]:
-        shards = [read_shard(p) for p in sorted((shards_copy / f"cfg_{row['scale']:g}").glob("shard_*.npz"))]
+        shards = [read_shard(p) for p in sorted((shards_copy / f"cfg_{row['value']:g}").glob("shard_*.npz"))]
         x = torch.cat([s.samples for s in shards])
         y = torch.cat([s.labels for s in shards]).numpy()
         assert len(x) == 10 * SAMPLES_PER_CLASS
@@ -179,7 +179,7 @@ def test_metrics_table_matches_an_independent_computation(setup_paths, shards_co
         assert m["recall"] == pytest.approx(coverage(real_features, features, 3), abs=1e-12)
         assert m["judge_accuracy"] == pytest.approx((logits.argmax(1) == y).mean(), abs=1e-6)
         assert m["judge_score"] == pytest.approx(classifier_score(logits), rel=1e-6)
-        assert f"| {row['scale']:g} | ddim" in markdown
+        assert f"| {row['value']:g} | ddim" in markdown
 
 
 def test_any_sampling_config_is_graded_with_the_judge_overlay(setup_paths, shards_copy):
@@ -202,14 +202,14 @@ def test_the_judge_rates_real_data_far_above_noise(setup_paths, shards_copy):
     for path in sorted((shards_copy / "cfg_1").glob("shard_*.npz")):
         shard = read_shard(path)
         rows = shard.sample_ids
-        write_shard(path, Shard(x_real[rows], y_real[rows], shard.seeds, shard.sample_ids, shard.scale,
+        write_shard(path, Shard(x_real[rows], y_real[rows], shard.seeds, shard.sample_ids, shard.value,
                                 shard.config_hash))
     for path in sorted((shards_copy / "cfg_3").glob("shard_*.npz")):
         shard = read_shard(path)
         noise = torch.rand(shard.samples.shape, generator=g) * 2 - 1
-        write_shard(path, Shard(noise, shard.labels, shard.seeds, shard.sample_ids, shard.scale, shard.config_hash))
+        write_shard(path, Shard(noise, shard.labels, shard.seeds, shard.sample_ids, shard.value, shard.config_hash))
     cli(*stage_args(ckpt, shards_copy, judge))
-    rows = {r["scale"]: r["metrics"] for r in json.loads((shards_copy / "metrics_table.json").read_text())["rows"]}
+    rows = {r["value"]: r["metrics"] for r in json.loads((shards_copy / "metrics_table.json").read_text())["rows"]}
     assert rows[1.0]["judge_accuracy"] > 0.9 and rows[3.0]["judge_accuracy"] < 0.5
     assert rows[1.0]["fd_digits"] * 5 < rows[3.0]["fd_digits"]
 
@@ -271,7 +271,7 @@ def test_shards_of_another_resolution_are_a_clear_error(setup_paths, shards_copy
     for path in sorted(shards_copy.glob("cfg_*/shard_*.npz")):
         shard = read_shard(path)
         big = torch.nn.functional.interpolate(shard.samples, scale_factor=2, mode="nearest")
-        write_shard(path, Shard(big, shard.labels, shard.seeds, shard.sample_ids, shard.scale, shard.config_hash))
+        write_shard(path, Shard(big, shard.labels, shard.seeds, shard.sample_ids, shard.value, shard.config_hash))
     with pytest.raises(ValueError, match=r"shape \(1, 16, 16\) but the real data \(DigitsDataModule\) has shape "
                                          r"\(1, 8, 8\)"):
         cli(*stage_args(ckpt, shards_copy, judge))

@@ -53,7 +53,7 @@ def test_predict_then_test_grades_toy_shards(tmp_path, family):
     assert table["num_real_samples"] == 200
     net = TrainedClassifier(str(judge_ckpt)).net
     for row in table["rows"]:
-        shards = sorted((out / f"cfg_{row['scale']:g}").glob("shard_*.npz"))
+        shards = sorted((out / f"cfg_{row['value']:g}").glob("shard_*.npz"))
         points = np.concatenate([np.load(p)["points"] for p in shards])
         labels = np.concatenate([np.load(p)["labels"] for p in shards])
         assert points.shape == (24, 1 if family == "toy1d" else 2) and row["num_samples"] == 24

@@ -1,10 +1,11 @@
 """Sample shards: one ``.npz`` per block of sample ids at one guidance setting, written atomically.
 
 Keys: ``images`` (uint8, N×C×H×W) for image data or ``points`` (float32, N×D) for toy data, ``labels``,
-``seeds``, ``sample_ids`` (int64), ``scale`` (float), ``config_hash`` (str), ``config`` (the JSON the hash is of: it
-names every checkpoint and weights file the samples depend on by content digest), ``data_shape`` (int array); a
-post-processed shard adds ``source_config_hash`` (the sampling config of its source, what ``check_shards`` grades it
-as), ``source_scale``, ``source_file``, ``displacement`` and ``nfe``.
+``seeds``, ``sample_ids`` (int64), ``value`` (float: the swept value, the glossary of docs/architecture.md),
+``config_hash`` (str), ``config`` (the JSON the hash is of: it names every checkpoint and weights file the samples
+depend on by content digest), ``data_shape`` (int array); a post-processed shard adds ``source_config_hash`` (the
+sampling config of its source, what ``check_shards`` grades it as), ``source_value``, ``source_file``,
+``displacement`` and ``nfe``.
 Images are mapped from [-1, 1] to uint8 only here, at the file boundary. A sweep value's shards live in one folder
 as ``shard_<first id, 7 digits>.npz``. This module is the only one that knows the format: everyone else reads and
 writes shards through it.
@@ -47,7 +48,7 @@ class Shard:
     labels: Tensor
     seeds: Tensor
     sample_ids: Tensor
-    scale: float
+    value: float  # the swept value the shard was sampled at
     config_hash: str
     config: dict | None = None
 
@@ -59,7 +60,7 @@ def write_shard(path: str | Path, shard: Shard, extra: dict | None = None) -> Pa
         labels=shard.labels.cpu().numpy().astype(np.int64),
         seeds=shard.seeds.cpu().numpy().astype(np.int64),
         sample_ids=shard.sample_ids.cpu().numpy().astype(np.int64),
-        scale=np.float64(shard.scale),
+        value=np.float64(shard.value),
         config_hash=np.array(shard.config_hash),
         config=np.array(json.dumps(shard.config or {}, sort_keys=True, default=str)),
         data_shape=np.array(shard.samples.shape[1:], dtype=np.int64),
@@ -100,7 +101,7 @@ def open_shard(path: str | Path):
 def read_shard(path: str | Path) -> Shard:
     with open_shard(path) as z:
         return Shard(samples=_samples(z), labels=torch.from_numpy(z["labels"]), seeds=torch.from_numpy(z["seeds"]),
-                     sample_ids=torch.from_numpy(z["sample_ids"]), scale=float(z["scale"]),
+                     sample_ids=torch.from_numpy(z["sample_ids"]), value=float(z["value"]),
                      config_hash=str(z["config_hash"]), config=_config_of(z))
 
 
@@ -209,18 +210,19 @@ def shard_hash(path: str | Path) -> str | None:
 
 
 def write_manifest(output_dir: str | Path, folders: dict[str, Path], configs: dict[str, dict], num_samples: int,
-                   classes: list[int], title: str, per_class: int) -> dict:
-    """``<output_dir>/manifest.json``: per sweep value (``folders``: its label -> its shard folder) the shard files,
-    the sample count, the config they were written with, and a picture of the samples (``grid.png`` in the folder)."""
-    manifest = {"num_samples_per_scale": num_samples, "classes": classes, "scales": {}}
+                   classes: list[int], titles: dict[str, str], per_class: int) -> dict:
+    """``<output_dir>/manifest.json``: per swept value (``folders``: its label -> its shard folder) the shard files,
+    the sample count, the config they were written with, and a picture of the samples (``grid.png`` in the folder,
+    titled ``titles[label]``)."""
+    manifest = {"num_samples_per_value": num_samples, "classes": classes, "values": {}}
     for label, folder in folders.items():
         paths = shard_paths(folder)
         if not paths:
             continue
         loaded = [read_shard(p) for p in paths]
         x, y = torch.cat([sh.samples for sh in loaded]), torch.cat([sh.labels for sh in loaded])
-        picture = save_sample_picture(x, y, Path(folder) / "grid.png", title=f"{title} {label}", per_class=per_class)
-        manifest["scales"][label] = {"shards": [p.name for p in paths], "count": int(len(y)), "grid": _relative(picture, output_dir),
+        picture = save_sample_picture(x, y, Path(folder) / "grid.png", title=titles[label], per_class=per_class)
+        manifest["values"][label] = {"shards": [p.name for p in paths], "count": int(len(y)), "grid": _relative(picture, output_dir),
                                      "config": configs[label]}
     atomic_write_text(Path(output_dir) / "manifest.json", json.dumps(manifest, indent=2))
     return manifest

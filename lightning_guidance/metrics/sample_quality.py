@@ -141,19 +141,19 @@ class SampleQuality(nn.Module):
 
 
 def write_quality_table(folder: str | Path, judge: Judge, real_data: str, fd_name: str, num_samples: int, target: str,
-                        rows: Sequence[dict], real: dict[str, float], num_real: int) -> tuple[Path, Path]:
-    """``<folder>/metrics_table.{json,md}``: one row per sweep value (``{'scale', 'guidance', 'num_samples',
-    'metrics'}``) and a reference row, the judge on the real data."""
+                        axis: str, rows: Sequence[dict], real: dict[str, float], num_real: int) -> tuple[Path, Path]:
+    """``<folder>/metrics_table.{json,md}``: one row per swept value (``{'value', 'guidance', 'num_samples',
+    'metrics'}``; ``axis`` names the value in the markdown table) and a reference row, the judge on the real data."""
     name = getattr(judge, "checkpoint", None) or type(judge).__name__
     table = {"judge": name, "judge_num_features": judge.num_features, "real_data": real_data, "fd_name": fd_name,
-             "num_samples_per_scale": num_samples, "scale_target": target, "rows": list(rows), "real": real,
+             "num_samples_per_value": num_samples, "target": target, "rows": list(rows), "real": real,
              "num_real_samples": num_real}
     keys = list(rows[0]["metrics"])
     intro = (f"Samples graded by the judge `{name}` against the real data of {real_data}, {num_samples} samples per "
-             f"scale. `{fd_name}` is the Fréchet distance in the judge's {judge.num_features} penultimate features "
+             f"value. `{fd_name}` is the Fréchet distance in the judge's {judge.num_features} penultimate features "
              "(not Inception FID).")
-    cells = [[f"{r['scale']:g}", r["guidance"], str(r["num_samples"])] + [f"{r['metrics'][k]:.4f}" for k in keys]
+    cells = [[f"{r['value']:g}", r["guidance"], str(r["num_samples"])] + [f"{r['metrics'][k]:.4f}" for k in keys]
              for r in rows]
     cells.append(["real data", "(the judge on the real data)", str(num_real)]
                  + [f"{real[k]:.4f}" if k in real else "—" for k in keys])
-    return write_table(folder, "metrics_table", table, intro, [f"{target} scale", "guidance", "samples", *keys], cells)
+    return write_table(folder, "metrics_table", table, intro, [axis, "guidance", "samples", *keys], cells)

@@ -9,9 +9,9 @@ inputs (faiss, pixels or the features of ``feature_net``), each rank searching i
 against the full real index, and stored in a digest-keyed cache. EMA, periodic checkpoints and exact resume work as
 for ``CFGDiffusion`` (EMA callback, draws that depend on (sample, step) only, ``EpochShuffleSampler``).
 
-Predict: every shard of the data module's ``predict_shards`` (folders of ``shard_*.npz``, any guidance and scale) is integrated from
+Predict: every shard of the data module's ``predict_shards`` (folders of ``shard_*.npz``, any guidance and swept value) is integrated from
 t = 0 to 1 (Euler or dopri5) and written atomically to ``<output_dir>/<folder name>/<shard name>`` with the same
-ids, labels, seeds and scale, plus ``source_scale``, ``source_config_hash`` (so ``SamplingModule``'s ``test`` stage
+ids, labels, seeds and swept value, plus ``source_value``, ``source_config_hash`` (so ``SamplingModule``'s ``test`` stage
 grades it with the sampling config that made the source), ``displacement`` (L2 move per sample) and ``nfe``.
 """
 
@@ -177,7 +177,7 @@ class RectifiedFlowPostprocessor(NetTrainingModule):
         distances, indices = self.find_neighbours(dm)
         gen = dm.generated
         self._pairs = {"real_x": dm.real_x.float(), "neighbours": torch.from_numpy(indices),
-                       "keys": sample_keys(gen.seeds, gen.scales),
+                       "keys": sample_keys(gen.seeds, gen.values),
                        "nearest_distance": torch.from_numpy(distances[:, 0]).float()}
 
     def on_fit_start(self) -> None:
@@ -244,10 +244,10 @@ class RectifiedFlowPostprocessor(NetTrainingModule):
                                  f"now {expected}); choose another output_dir or delete the old shards")
         x1, nfe = self.postprocess(source.samples.float(), source.labels.long())
         moved = (x1.cpu() - source.samples.float()).flatten(1).norm(dim=1)
-        extra = {"source_config_hash": source.config_hash, "source_scale": np.float64(source.scale),
+        extra = {"source_config_hash": source.config_hash, "source_value": np.float64(source.value),
                  "source_file": plan_source, "displacement": moved.numpy().astype(np.float32),
                  "nfe": np.int64(nfe), "postprocessed": True}
-        write_shard(target, Shard(x1, source.labels, source.seeds, source.sample_ids, source.scale, expected), extra)
+        write_shard(target, Shard(x1, source.labels, source.seeds, source.sample_ids, source.value, expected), extra)
         return {"path": str(target), "skipped": False, "nfe": nfe}
 
     def on_predict_epoch_end(self) -> None:

@@ -18,6 +18,7 @@ reference row: the judge on the real data), which the study report quotes.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import lightning as L
@@ -27,7 +28,6 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.rank_split import LoaderBatchIds, check_enough_per_rank, owned_block
-from ..diffusion.cfg_rule import ClassifierFreeGuidance
 from ..diffusion.sampling import check_sampling, sample_ids, seeds_for_ids
 from ..guidance.sweep import Sweep
 from ..io.digests import file_identity
@@ -40,30 +40,6 @@ from .cfg_diffusion import CFGDiffusion
 
 def _first(items):
     return items[0]
-
-
-def load_rule_guide(rule: ClassifierFreeGuidance | None, diffusion: CFGDiffusion) -> CFGDiffusion | None:
-    """Check a CFG rule against the model's network; return autoguidance's worse model (frozen) or None."""
-    if rule is None:
-        return None
-    if rule.perturbation is not None:
-        from ..nets.attention_perturbation import PerturbedAttention
-
-        PerturbedAttention.for_rule(diffusion.net, rule)  # refuses a net without those layers
-    if not rule.guide_is_other_model:
-        return None
-    name = type(rule).__name__
-    guide = CFGDiffusion.from_checkpoint(rule.guide_checkpoint, use_ema=rule.guide_use_ema).requires_grad_(False)
-    ghp, hp = guide.hparams, diffusion.hparams
-    if (guide.num_classes, guide.data_shape) != (diffusion.num_classes, diffusion.data_shape):
-        raise ValueError(f"{name}: the guide {rule.guide_checkpoint} models {guide.num_classes} classes of shape "
-                         f"{guide.data_shape}, the main model {diffusion.num_classes} of {diffusion.data_shape}; "
-                         "train the worse model on the same data")
-    if (ghp.schedule, ghp.num_train_steps) != (hp.schedule, hp.num_train_steps):
-        raise ValueError(f"{name}: the guide {rule.guide_checkpoint} was trained on a {ghp.schedule}/"
-                         f"{ghp.num_train_steps} schedule, the main model on {hp.schedule}/{hp.num_train_steps}: "
-                         "its t means another noise level; retrain it to match")
-    return guide
 
 
 class SamplingModule(L.LightningModule):
@@ -89,7 +65,9 @@ class SamplingModule(L.LightningModule):
         self.sweep.check_against(self.diffusion.num_classes, self.diffusion.data_shape, hp.schedule, hp.num_train_steps)
         # registered, so that the terms' classifiers move to the sampling device with this module (each once)
         self.term_classifiers = nn.ModuleList(self.sweep.classifiers).requires_grad_(False)
-        self.guide_diffusion = load_rule_guide(self.sweep.cfg_rule, self.diffusion)
+        self.weak_model = self.diffusion.weak_model(self.sweep.cfg_rule)
+        # autoguidance's worse network, registered likewise (a perturbed-attention view is of the main net)
+        self.weak_net = self.weak_model.net if isinstance(getattr(self.weak_model, "net", None), nn.Module) else None
         k = self.diffusion.num_classes
         self.classes = list(range(k)) if classes is None else [int(c) for c in classes]
         bad = [c for c in self.classes if not 0 <= c < k]
@@ -111,16 +89,15 @@ class SamplingModule(L.LightningModule):
         raise ValueError("SamplingModule needs output_dir, or a trainer whose default_root_dir places the shards")
 
     def shard_config(self, value: float) -> dict:
-        """What a shard's config hash covers: the model file (by content digest), the sampler, the sweep at
-        ``value`` (its guides' weights files by digest), the seeds."""
-        hp, sweep = self.hparams, self.sweep.identity()
-        return {"checkpoint": file_identity(hp.checkpoint), "use_ema": hp.use_ema,
-                "sampler": hp.sampler, "sampler_kwargs": dict(self.sampler_kwargs), "scale": float(value),
-                "scale_target": sweep["scale_target"], "cfg_scale": sweep["cfg_scale"], "seed": hp.seed,
-                "guidance": sweep["guidance"], "classes": self.classes,
-                **({"cfg_rule": sweep["cfg_rule"]} if "cfg_rule" in sweep else {}),
-                # a batch-coupled term (tilted guidance) makes samples depend on who shares their batch
-                "batch_size": hp.batch_size if self.sweep.couples_batch else None}
+        """What a shard's config hash covers: the model file (by content digest) and its weights (EMA or raw), the
+        sampler, the sweep at ``value`` (its guides' weights files by digest), the classes and seeds, and the batch
+        size where a batch-coupled term makes samples depend on who shares their batch. Every other argument is
+        result-neutral (tests/test_shard_identity.py holds the list)."""
+        hp = self.hparams
+        return {"checkpoint": file_identity(hp.checkpoint), "use_ema": hp.use_ema, "sampler": hp.sampler,
+                "sampler_kwargs": dict(self.sampler_kwargs), "seed": hp.seed, "classes": self.classes,
+                **self.sweep.identity(value),
+                **({"batch_size": hp.batch_size} if self.sweep.couples_batch else {})}
 
     def folder(self, value: float) -> Path:
         return self.output_dir / self.sweep.folder(value)
@@ -134,14 +111,15 @@ class SamplingModule(L.LightningModule):
             plans = plans[i::k]
         return DataLoader(plans, batch_size=1, shuffle=False, collate_fn=_first)
 
-    def sample(self, ids, value: float, batch_size: int | None = None, guidance=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Samples and labels of sample ids ``ids`` at one sweep value (``guidance``: other terms, e.g. traced)."""
-        cfg, terms = self.sweep.at(value)
+    def sample(self, ids, value: float, batch_size: int | None = None,
+               terms: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples and labels of sample ids ``ids`` at one swept value (``terms``: others, e.g. traced)."""
+        setting = self.sweep.at(value, self.weak_model)
+        if terms is not None:
+            setting = dataclasses.replace(setting, terms=terms)
         return sample_ids(self.diffusion, ids, self.classes, self.hparams.seed, sampler=self.hparams.sampler,
-                          sampler_kwargs=self.sampler_kwargs, cfg_scale=cfg,
-                          guidance=terms if guidance is None else guidance,
-                          batch_size=batch_size or self.hparams.batch_size, cfg_rule=self.sweep.cfg_rule,
-                          guide=self.guide_diffusion)
+                          sampler_kwargs=self.sampler_kwargs, setting=setting,
+                          batch_size=batch_size or self.hparams.batch_size)
 
     def predict_step(self, plan, batch_idx: int = 0):
         path, value, ids = plan
@@ -168,7 +146,7 @@ class SamplingModule(L.LightningModule):
             values = self.sweep.values
             write_manifest(self.output_dir, {f"{v:g}": self.folder(v) for v in values},
                            {f"{v:g}": self.shard_config(v) for v in values}, self.num_samples, self.classes,
-                           f"{self.sweep.target} scale", self.hparams.grid_per_class)
+                           {f"{v:g}": self.sweep.describe(v) for v in values}, self.hparams.grid_per_class)
 
     # ---- test: the shards graded against real data by a judge -------------------------------------------
     def setup(self, stage: str) -> None:
@@ -229,7 +207,7 @@ class SamplingModule(L.LightningModule):
     def write_metrics_table(self, rows: dict[str, dict[str, float]], real: dict[str, float],
                             counts: dict[str, int]) -> tuple[Path, Path]:
         hp, sweep = self.hparams, self.sweep
-        table = [{"scale": v, "guidance": f"{hp.sampler} {dict(self.sampler_kwargs)}, " + sweep.describe(v),
+        table = [{"value": v, "guidance": f"{hp.sampler} {dict(self.sampler_kwargs)}, " + sweep.describe(v),
                   "num_samples": counts[sweep.folder(v)], "metrics": rows[sweep.folder(v)]} for v in sweep.values]
         return write_quality_table(self.output_dir, self.judge, type(self.trainer.datamodule).__name__, hp.fd_name,
-                                   self.num_samples, sweep.target, table, real, counts["real"])
+                                   self.num_samples, sweep.target, sweep.axis, table, real, counts["real"])

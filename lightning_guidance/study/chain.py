@@ -192,7 +192,7 @@ def summarize_step(step: Step, report_dir: Path) -> list[str]:
     if data is not None:
         lines += markdown_table(["scale", "samples", "picture"],
                                 [(s, info["count"], f"![{s}]({_link(root / info['grid'], report_dir)})")
-                                 for s, info in data["scales"].items()]) + [""]
+                                 for s, info in data["values"].items()]) + [""]
     for table in sorted(root.rglob("metrics_table.md")) if step.command != "predict" else []:
         lines += [f"Metrics ([{table.name}]({_link(table, report_dir)})):", "", table.read_text(), ""]
     return lines

@@ -205,10 +205,10 @@ def read_table(step: Step) -> dict:
     """``{"scales": {"2": {metric: value}}, "real": {...}, "fd_name": ...}`` from a test step's metrics_table.json."""
     table = json.loads(Path(step.product).read_text())
     fd = table["fd_name"]
-    out = {"fd_name": fd, "num_samples": table["num_samples_per_scale"], "scales": {}}
+    out = {"fd_name": fd, "num_samples": table["num_samples_per_value"], "scales": {}}
     for row in table["rows"]:
         m = row["metrics"]
-        out["scales"][f"{row['scale']:g}"] = {"fd_digits" if k == fd else k: float(v) for k, v in m.items()}
+        out["scales"][f"{row['value']:g}"] = {"fd_digits" if k == fd else k: float(v) for k, v in m.items()}
     out["real"] = {("fd_digits" if k == fd else k): float(v) for k, v in table["real"].items()}
     return out
 

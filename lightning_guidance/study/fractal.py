@@ -142,8 +142,8 @@ def read_samples(out_dir: Path) -> dict[float, tuple[torch.Tensor, torch.Tensor]
     if manifest is None:
         raise FileNotFoundError(f"no manifest.json in {out_dir}: its predict step did not finish")
     out = {}
-    for key, info in manifest["scales"].items():
-        target = info["config"]["scale_target"]
+    for key, info in manifest["values"].items():
+        target = info["config"]["target"]
         shards = [read_shard(Path(out_dir) / f"{target}_{key}" / s) for s in info["shards"]]
         out[float(key)] = (torch.cat([s.samples for s in shards]), torch.cat([s.labels for s in shards]))
     return out

@@ -59,13 +59,14 @@ class _Recorder:
 def sample_with_trajectories(diffusion, labels, seed: int, num_steps: int, cfg_scale: float = 1.0,
                              guidance=()) -> tuple[torch.Tensor, torch.Tensor]:
     """``(final samples (N, D), trajectory (steps + 1, N, D))`` of DDIM (eta 0) with per-sample seeds."""
+    from ..diffusion.guidance_setting import GuidanceSetting
     from ..diffusion.noise import PerSampleNoise
-    from ..diffusion.sampling import sample
+    from ..diffusion.sampling import build_denoiser, sample
 
     recorder = _Recorder()
     seeds = torch.arange(len(labels)) + seed
     with torch.no_grad():
-        x = sample("ddim", diffusion.denoiser(cfg_scale), diffusion.schedule, labels, PerSampleNoise(seeds),
+        x = sample("ddim", build_denoiser(diffusion, GuidanceSetting(cfg_scale)), diffusion.schedule, labels, PerSampleNoise(seeds),
                    diffusion.data_shape, guidance=[*guidance, recorder], num_steps=num_steps, eta=0.0)
     return x, torch.stack([*recorder.states, x])
 
