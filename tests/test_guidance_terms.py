@@ -122,11 +122,15 @@ def test_classifier_guidance_uses_noisy_input_time_scale_and_schedule():
 
 
 def test_offtheshelf_clamps_the_denoised_input():
+    """clip_x0=True clamps x0_hat to [-1, 1]; the default (None) takes x0_hat as the denoiser gives it (clamped there
+    when the diffusion model clips). Catches: a default that clamps data that is not bounded (the toy mixtures)."""
     clf = TinyClassifier()
     x_t = torch.randn(B, D, dtype=DT)
     x0 = 3 * torch.randn(B, D, dtype=DT)  # well outside [-1, 1]
     state = make_state(x_t=x_t, out=DenoiserOutput(eps=torch.zeros_like(x0), x0=x0))
     f, G = logit_jacobian(clf, x0.clamp(-1, 1), None)
+    torch.testing.assert_close(OffTheShelfGuidance(clf, clip_x0=True)(state), cg_closed_form(f, G, state.y))
+    f, G = logit_jacobian(clf, x0, None)
     torch.testing.assert_close(OffTheShelfGuidance(clf)(state), cg_closed_form(f, G, state.y))
 
 
@@ -582,7 +586,7 @@ def test_every_classifier_term_uses_and_records_the_settings_it_is_given(term_cl
     scheduled = term_cls(clf, scale=0.7, clip_x0=False, schedule=schedule)(state)
     plain = term_cls(clf, scale=0.7, clip_x0=False)(state)
     torch.testing.assert_close(scheduled, (1 - 0.75 * 3 / 9) * plain)
-    assert not torch.allclose(plain, term_cls(clf, scale=0.7)(state))  # clip_x0 defaults to True and matters
+    assert not torch.allclose(plain, term_cls(clf, scale=0.7, clip_x0=True)(state))  # clip_x0 matters here
     d = describe_term(term_cls(clf, scale=0.7, clip_x0=False, schedule=schedule, through_denoiser=True))
     assert d["clip_x0"] is False and d["through_denoiser"] is True and d["input"] == "x0_hat"
     assert d["schedule"] == {"class": "LinearSchedule", "start": 1.0, "end": 0.25}

@@ -104,12 +104,13 @@ class ClassifierTerm(GuidanceTerm):
 
     ``input``: ``"x_t"`` (time-dependent classifier) or ``"x0_hat"`` (off-the-shelf classifier, see module doc);
     ``through_denoiser`` only applies to ``"x0_hat"``; ``clip_x0``: ``x0_hat`` is clamped to ``[-1, 1]``, the range
-    of images (false for data that is not bounded, e.g. the toy mixtures);
+    of images (false: never, e.g. for the toy mixtures; None: as the denoiser gives it, clamped when the diffusion
+    model clips its x0_hat, ``CFGDiffusion(clip_x0)``);
     ``schedule``: a callable ``(step, num_steps, t) -> weight`` from :mod:`.schedules` (None: 1).
     """
 
     def __init__(self, classifier: nn.Module, scale: float = 1.0, schedule: Callable | None = None,
-                 input: str = "x_t", through_denoiser: bool = False, clip_x0: bool = True):
+                 input: str = "x_t", through_denoiser: bool = False, clip_x0: bool | None = None):
         super().__init__(scale)
         if input not in CLASSIFIER_INPUTS:
             raise ValueError(f"unknown classifier input {input!r}; choose one of {CLASSIFIER_INPUTS}")
@@ -119,7 +120,7 @@ class ClassifierTerm(GuidanceTerm):
         self.schedule = schedule
         self.input = input
         self.through_denoiser = bool(through_denoiser)
-        self.clip_x0 = bool(clip_x0)
+        self.clip_x0 = None if clip_x0 is None else bool(clip_x0)
         self._classes_checked = False
 
     @property

@@ -45,7 +45,7 @@ class OffTheShelfGuidance(ClassifierTerm):
 
     def __init__(self, classifier: nn.Module, scale: float = 1.0, tau1: float = 1.0, tau2: float = 1.0,
                  input: str = "x0_hat", through_denoiser: bool = False, sine_gamma: float = 0.0,
-                 edm_g_max: float | None = None, clip_x0: bool = True, schedule: Callable | None = None):
+                 edm_g_max: float | None = None, clip_x0: bool | None = None, schedule: Callable | None = None):
         super().__init__(classifier, scale=scale, schedule=schedule, input=input, through_denoiser=through_denoiser,
                          clip_x0=clip_x0)
         if edm_g_max is not None and input != "x0_hat":
