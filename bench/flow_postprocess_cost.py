@@ -1,5 +1,5 @@
 """What post-processing costs next to sampling the same samples: DDIM (50 steps, CFG as one doubled batch, the
-shipped configs/digits/sample_cfg_unseen.yaml sampler) against the flow's integration (Euler, 20 steps, the
+configs/digits/sampling.yaml sampler) against the flow's integration (Euler, 20 steps, the
 configs/digits/flow.yaml default; and dopri5 with its NFE), digits-sized UNets (the cost does not depend on the
 weights, except dopri5's NFE: give a trained flow with --flow-checkpoint; random-init layers are perturbed so the
 field is not zero). Timed in turns, medians.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import lightning as L
 import yaml
-from jsonargparse import ArgumentError, Namespace
+from jsonargparse import ArgumentError, Namespace, set_parsing_settings
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -53,7 +53,16 @@ class GuidanceCLI(LightningCLI):
 
     def init_parser(self, **kwargs):
         kwargs.setdefault("exit_on_error", False)  # the error first, in one line (not after the usage text)
+        # ${...} in a config is resolved after every --config is merged, relative to the subcommand: a guidance
+        # config reads the paths of the dataset config it is combined with (configs/README.md)
+        kwargs.setdefault("parser_mode", "omegaconf+")
+        set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
         return super().init_parser(**kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--paths", type=dict[str, str], default={},
+                            help="a dataset config's named paths (runs, classifier, ...), read by the guidance "
+                                 "configs combined with it as ${paths.<name>} (configs/README.md)")
 
     def _parse_ckpt_path(self) -> None:
         """Check a resume checkpoint against the run's config instead of loading its hyper-parameters over it."""

@@ -10,7 +10,7 @@ from helpers import CONFIGS, cli, load, tiny_digits_fit
 
 
 def _predict(ckpt, out, *extra):
-    cli("predict", "--config", CONFIGS / "digits/sample_cfg.yaml", "--trainer.default_root_dir", out,
+    cli("predict", "--config", CONFIGS / "digits/sampling.yaml", "--trainer.default_root_dir", out,
         "--trainer.enable_progress_bar", "false",
         "--model.init_args.checkpoint", ckpt, "--model.init_args.output_dir", out,
         "--model.init_args.samples_per_class", "3", "--model.init_args.shard_size", "16",

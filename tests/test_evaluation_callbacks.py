@@ -407,8 +407,7 @@ trainer:
     ("fit", ["digits/overconfident_classifier.yaml"]),
     ("fit", ["digits/calibrate.yaml"]),
     ("fit", ["digits/calibrate_overconfident.yaml"]),
-    ("test", ["digits/test_cfg.yaml"]),
-    ("test", ["digits/sample_cfg.yaml", "digits/grade_with_judge.yaml"]),
+    ("test", ["digits/sampling.yaml", "digits/grade_with_judge.yaml"]),
     ("fit", ["digits/cfg.yaml", "digits/cfg_evaluation.yaml"]),
     ("fit", ["digits/classifier.yaml", "digits/classifier_calibration.yaml"]),
 ])

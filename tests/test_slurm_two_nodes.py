@@ -70,7 +70,7 @@ def test_two_slurm_nodes_fit_resume_and_predict_like_one_process(tmp_path, two_n
         assert real <= WEIGHT_ATOL and noise <= summed_learning_rate(a)
 
     ckpt = nodes / "checkpoints/last.ckpt"
-    run_job(two_nodes, "slurm/predict.sbatch", CONFIGS / "digits/sample_cfg.yaml", tmp_path / "predict.out",
+    run_job(two_nodes, "slurm/predict.sbatch", CONFIGS / "digits/sampling.yaml", tmp_path / "predict.out",
             *predict_args(ckpt, tmp_path / "sample_nodes")[3:])
     cli(*predict_args(ckpt, tmp_path / "sample_one"), *COMMON)
     shards = sorted(p.relative_to(tmp_path / "sample_one") for p in (tmp_path / "sample_one").glob("cfg_*/shard_*"))

@@ -52,9 +52,9 @@ def micro_study(base: Path, cfg_steps: int) -> Path:
             {"name": "train-judge", "command": "fit", "config": str(CONFIGS / "digits/judge.yaml"),
              "args": ["--trainer.default_root_dir", str(judge), "--trainer.max_steps", "2",
                       "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false"]},
-            {"name": "sample", "command": "predict", "config": str(CONFIGS / "digits/sample_cfg.yaml"),
+            {"name": "sample", "command": "predict", "config": str(CONFIGS / "digits/sampling.yaml"),
              "args": sampling},
-            {"name": "grade", "command": "test", "config": str(CONFIGS / "digits/sample_cfg.yaml"),
+            {"name": "grade", "command": "test", "config": str(CONFIGS / "digits/sampling.yaml"),
              "args": [*sampling, "--config", str(CONFIGS / "digits/grade_with_judge.yaml"),
                       "--model.init_args.judge.init_args.checkpoint", str(judge / "checkpoints" / "last.ckpt")]},
         ]}

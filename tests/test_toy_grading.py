@@ -16,10 +16,10 @@ from helpers import CONFIGS, cli
 from lightning_guidance.nets import TrainedClassifier
 
 FAMILIES = {
-    "toy1d": ("toy/cfg_1d.yaml", "toy/classifier_1d.yaml", "toy/sample_cfg_1d.yaml",
+    "toy1d": ("toy/cfg_1d.yaml", "toy/classifier_1d.yaml", "toy/sampling.yaml",
               "{class_path: lightning_guidance.data.toy.Mixture1DDataModule, "
               "init_args: {n_train: 512, n_val: 200, batch_size: 64, seed: 0}}"),
-    "fractal": ("fractal/cfg.yaml", "fractal/classifier.yaml", "fractal/sample_cfg.yaml",
+    "fractal": ("fractal/cfg.yaml", "fractal/classifier.yaml", "fractal/sampling.yaml",
                 "{class_path: lightning_guidance.data.toy.Fractal2DDataModule, "
                 "init_args: {n_train: 512, n_val: 200, batch_size: 64, seed: 0}}"),
 }

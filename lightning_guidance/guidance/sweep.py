@@ -24,7 +24,7 @@ from .log_likelihood import num_classes_of
 
 SWEEP_TARGETS = ("cfg", "guidance")
 #: the swept value's name in tables and on figure axes, per target (the glossary of docs/architecture.md)
-SWEEP_AXES = {"cfg": "CFG scale s", "guidance": "guidance weight v (each term's scale x v)"}
+SWEEP_AXES = {"cfg": "CFG scale s", "guidance": "swept value v (x each term's scale)"}
 
 
 @dataclass

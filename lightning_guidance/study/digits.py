@@ -11,7 +11,8 @@
    (``configs/digits/flow.yaml``), unseen scales graded before and after it.
 8. Integral ECE vs ``fd_digits`` across the classifier-guided runs, with Spearman's rank correlation.
 
-Every sampling run is a ``predict`` of a shipped ``configs/digits/sample_*.yaml`` and a ``test`` of its shards with
+Every sampling run is a ``predict`` of ``configs/digits/sampling.yaml`` (with a ``configs/guidance/`` file) and a
+``test`` of its shards with
 ``configs/digits/grade_with_judge.yaml``; the report reads the ``metrics_table.json`` each test wrote.
 """
 
@@ -111,16 +112,16 @@ def plan_digits(plan: Plan, sections: set[str]) -> dict[str, Run]:
         return r
 
     guided_scales = sorted({*p.cg_scales, p.ablation_scale})
-    run("cfg", "CFG", S_CFG, "digits/sample_cfg.yaml", p.cfg_fine_scales, None, ddpm=False)
+    run("cfg", "CFG", S_CFG, "digits/sampling.yaml", p.cfg_fine_scales, None, ddpm=False)
     if sections & {"digits_cg", "digits_calibration", "ece_vs_fd", "quality_vs_scale"}:
         plan.fit("digits-classifier", S_CG, "digits/classifier.yaml", "digits/classifier", p.digits_classifier_steps,
                  {**fit_data, "model.init_args.net.init_args.model_channels": p.digits_model_channels})
         plan.fit("digits-clean", S_CG, "digits/clean_classifier.yaml", "digits/clean_classifier", p.digits_clean_steps,
                  {**fit_data, "model.init_args.net.init_args.model_channels": p.digits_model_channels})
-        run("cg-noisy", "CG, noisy classifier on x_t", S_CG, "digits/sample_cg.yaml", guided_scales,
+        run("cg-noisy", "CG, noisy classifier on x_t", S_CG, ("digits/sampling.yaml", "guidance/cg.yaml"), guided_scales,
             "digits-classifier")
         plain = {f"{TERM0}.init_args.tau2": 1.0, f"{TERM0}.init_args.sine_gamma": 0.0}
-        run("cg-clean", "CG, clean classifier on x0_hat", S_CG, "digits/sample_offtheshelf.yaml", guided_scales,
+        run("cg-clean", "CG, clean classifier on x0_hat", S_CG, ("digits/sampling.yaml", "guidance/offtheshelf.yaml"), guided_scales,
             "digits-clean", plain)
     if sections & {"digits_cg", "ece_vs_fd"}:
         ref_tau, ref_gamma = REFERENCE["tau2"], REFERENCE["gamma"]
@@ -132,10 +133,10 @@ def plan_digits(plan: Plan, sections: set[str]) -> dict[str, Run]:
                 continue
             label = (f"off-the-shelf, tau2/tau1={tau2:g}, gamma={gamma:g}"
                      + (", through the denoiser" if through else ""))
-            run(key, label, S_CG, "digits/sample_offtheshelf.yaml", [p.ablation_scale], "digits-clean",
+            run(key, label, S_CG, ("digits/sampling.yaml", "guidance/offtheshelf.yaml"), [p.ablation_scale], "digits-clean",
                 {f"{TERM0}.init_args.tau2": tau2, f"{TERM0}.init_args.sine_gamma":
                  gamma, f"{TERM0}.init_args.through_denoiser": through})
-        run("cfg-plus-cg", "CFG + clean classifier", S_CG, "digits/sample_cfg_plus_cg.yaml", p.cfg_plus_cg_scales,
+        run("cfg-plus-cg", "CFG + clean classifier", S_CG, ("digits/sampling.yaml", "guidance/cfg_plus_cg.yaml"), p.cfg_plus_cg_scales,
             "digits-clean", ddpm=False)
     if sections & {"digits_calibration", "ece_vs_fd", "quality_vs_scale"}:
         cal_data = image_edits(p, "calibrate")
@@ -146,15 +147,15 @@ def plan_digits(plan: Plan, sections: set[str]) -> dict[str, Run]:
                       "trainer.check_val_every_n_epoch": p.calibration_epochs,
                       "model.init_args.smooth_ece_weight": weight}, needs=["digits-classifier"],
                      product="checkpoints/calibrated_classifier.ckpt")
-        run("cg-calibrated", "CG, Smooth-ECE fine-tuned classifier", S_CAL, "digits/sample_cg.yaml", guided_scales,
+        run("cg-calibrated", "CG, Smooth-ECE fine-tuned classifier", S_CAL, ("digits/sampling.yaml", "guidance/cg.yaml"), guided_scales,
             "digits-calibrated")
-        run("cg-lambda0", "CG, fine-tuned with lambda = 0 (control)", S_CAL, "digits/sample_cg.yaml", guided_scales,
+        run("cg-lambda0", "CG, fine-tuned with lambda = 0 (control)", S_CAL, ("digits/sampling.yaml", "guidance/cg.yaml"), guided_scales,
             "digits-calibrated-lambda0")
-        run("tilted", "tilted (clean classifier)", S_CAL, "digits/sample_tilted.yaml", guided_scales, "digits-clean")
-        run("entropy", "entropy-adaptive (clean classifier)", S_CAL, "digits/sample_entropy.yaml", guided_scales,
+        run("tilted", "tilted (clean classifier)", S_CAL, ("digits/sampling.yaml", "guidance/tilted.yaml"), guided_scales, "digits-clean")
+        run("entropy", "entropy-adaptive (clean classifier)", S_CAL, ("digits/sampling.yaml", "guidance/entropy.yaml"), guided_scales,
             "digits-clean")
         for d in p.divergences:
-            run(f"divergence-{d}", f"f-divergence {d} (clean classifier)", S_CAL, "digits/sample_divergence.yaml",
+            run(f"divergence-{d}", f"f-divergence {d} (clean classifier)", S_CAL, ("digits/sampling.yaml", "guidance/divergence.yaml"),
                 guided_scales, "digits-clean", {f"{TERM0}.init_args.divergence": d})
     if "digits_postprocessor" in sections:
         plan_postprocessor(plan, run)
@@ -174,13 +175,13 @@ def plan_postprocessor(plan: Plan, run) -> None:
     ddim = {"model.init_args.sampler": "ddim",
             "model.init_args.sampler_kwargs": {"num_steps": p.digits_ddim_steps, "eta": 0.0}}
     per_scale = 10 * p.flow_train_samples_per_class
-    train = plan.sample(FLOW_TRAIN, S_POST, "digits/sample_cfg_flow_train.yaml", "digits/samples_flow_train",
+    train = plan.sample(FLOW_TRAIN, S_POST, ("digits/sampling.yaml", "digits/flow_train_samples.yaml"), "digits/samples_flow_train",
                         "digits-cfg", {SWEEP_VALUES: [float(s) for s in p.flow_train_scales],
                                        "model.init_args.samples_per_class": p.flow_train_samples_per_class,
                                        "model.init_args.shard_size": per_scale, "model.init_args.batch_size": per_scale,
                                        **ddim}, ["digits-cfg"])
     unseen = run("flow-unseen", "CFG at unseen scales, before the post-processor", S_POST,
-                 "digits/sample_cfg_unseen.yaml", p.flow_unseen_scales, None, ddpm=False)
+                 "digits/sampling.yaml", p.flow_unseen_scales, None, ddpm=False)
     unseen_sample = plan.steps[unseen.sample]
     folders = lambda step, scales: [str(step.out_dir / Sweep("cfg").folder(s)) for s in scales]  # noqa: E731
     edits = {**image_edits(p, "flow"), "model.init_args.net.init_args.model_channels": p.digits_model_channels,

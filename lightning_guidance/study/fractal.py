@@ -14,9 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 
-from .plan import CONFIGS, SWEEP_VALUES, Plan, guide_checkpoint, term
+from .plan import SWEEP_VALUES, Plan, Step, configs_of, guide_checkpoint, step_config, term
 from .results import SectionResult, fmt, md_table, pyplot, save_figure
 
 SECTION = "2D fractal"
@@ -41,26 +40,26 @@ class FractalMethod:
 
 
 #: the modern CFG variants that apply to points (frequency-decoupled and the attention perturbations need images)
-VARIANTS = (("interval", "CFG, guidance interval", "fractal/sample_cfg_interval.yaml"),
-            ("rescale", "CFG rescale", "fractal/sample_cfg_rescale.yaml"),
-            ("apg", "adaptive projected guidance", "fractal/sample_apg.yaml"),
-            ("cfg_zero_star", "CFG-Zero*", "fractal/sample_cfg_zero_star.yaml"),
-            ("tangential", "tangential CFG", "fractal/sample_tangential_cfg.yaml"),
-            ("autoguidance", "autoguidance", "fractal/sample_autoguidance.yaml"))
+VARIANTS = (("interval", "CFG, guidance interval", ("fractal/sampling.yaml", "guidance/cfg_interval.yaml")),
+            ("rescale", "CFG rescale", ("fractal/sampling.yaml", "guidance/cfg_rescale.yaml")),
+            ("apg", "adaptive projected guidance", ("fractal/sampling.yaml", "guidance/apg.yaml")),
+            ("cfg_zero_star", "CFG-Zero*", ("fractal/sampling.yaml", "guidance/cfg_zero_star.yaml")),
+            ("tangential", "tangential CFG", ("fractal/sampling.yaml", "guidance/tangential_cfg.yaml")),
+            ("autoguidance", "autoguidance", ("fractal/sampling.yaml", "guidance/autoguidance.yaml")))
 
 
 def fractal_methods(preset) -> list[FractalMethod]:
-    methods = [FractalMethod("cfg", "CFG", "fractal/sample_cfg.yaml", "fractal_cfg_scales", guided=False),
-               FractalMethod("cg", "CG (linear classifier, x_t)", "fractal/sample_cg.yaml", "fractal_guidance_scales"),
+    methods = [FractalMethod("cfg", "CFG", "fractal/sampling.yaml", "fractal_cfg_scales", guided=False),
+               FractalMethod("cg", "CG (linear classifier, x_t)", ("fractal/sampling.yaml", "guidance/cg.yaml"), "fractal_guidance_scales"),
                FractalMethod("cg_uncond", "CG of the unconditional model (linear classifier)",
-                             "fractal/sample_cg_flow.yaml", "fractal_cg_flow_scales"),
-               FractalMethod("cfg_plus_cg", "CFG + classifier", "fractal/sample_cfg_plus_cg.yaml",
+                             ("fractal/sampling.yaml", "guidance/cg_unconditional.yaml"), "fractal_cg_flow_scales"),
+               FractalMethod("cfg_plus_cg", "CFG + classifier", ("fractal/sampling.yaml", "guidance/cfg_plus_cg.yaml"),
                              "fractal_cfg_plus_cg_scales"),
-               FractalMethod("offtheshelf", "off-the-shelf (x0_hat)", "fractal/sample_offtheshelf.yaml",
+               FractalMethod("offtheshelf", "off-the-shelf (x0_hat)", ("fractal/sampling.yaml", "guidance/offtheshelf.yaml"),
                              "fractal_guidance_scales"),
-               FractalMethod("tilted", "tilted", "fractal/sample_tilted.yaml", "fractal_guidance_scales"),
-               FractalMethod("entropy", "entropy-adaptive", "fractal/sample_entropy.yaml", "fractal_guidance_scales")]
-    methods += [FractalMethod(f"divergence_{d}", f"f-divergence ({d})", "fractal/sample_divergence.yaml",
+               FractalMethod("tilted", "tilted", ("fractal/sampling.yaml", "guidance/tilted.yaml"), "fractal_guidance_scales"),
+               FractalMethod("entropy", "entropy-adaptive", ("fractal/sampling.yaml", "guidance/entropy.yaml"), "fractal_guidance_scales")]
+    methods += [FractalMethod(f"divergence_{d}", f"f-divergence ({d})", ("fractal/sampling.yaml", "guidance/divergence.yaml"),
                               "fractal_guidance_scales", edits=((f"{TERM0}.init_args.divergence", d),))
                 for d in preset.fractal_divergences]
     methods += [FractalMethod(key, label, config, "fractal_variant_scales", guided=False, family="variant",
@@ -79,17 +78,17 @@ class FractalFlow:
 
 def fractal_flows(preset) -> list[FractalFlow]:
     weak, large = min(preset.fractal_cg_flow_scales), max(preset.fractal_cg_flow_scales)
-    return [FractalFlow("cg_weak", "fractal/flow_cg_1.yaml", "cg_uncond", weak),
-            FractalFlow("cg_large", "fractal/flow_cg_large.yaml", "cg_uncond", large),
-            FractalFlow("cfg", "fractal/flow_cfg.yaml", "cfg", max(preset.fractal_cfg_scales))]
+    return [FractalFlow("cg_weak", "fractal/flow.yaml", "cg_uncond", weak),
+            FractalFlow("cg_large", "fractal/flow.yaml", "cg_uncond", large),
+            FractalFlow("cfg", "fractal/flow.yaml", "cfg", max(preset.fractal_cfg_scales))]
 
 
 def sample_step(method: str) -> str:
     return f"sample-fractal-{method}"
 
 
-def _sampling(config: str) -> dict:
-    return yaml.safe_load((CONFIGS / config).read_text())["model"]["init_args"]
+def _sampling(config) -> dict:
+    return step_config(Step("", "", "predict", configs_of(config)))["model"]["init_args"]
 
 
 def plan_fractal(plan: Plan) -> list[str]:

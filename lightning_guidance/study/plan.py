@@ -100,6 +100,11 @@ def step_config(step: Step) -> dict:
     return apply_edits(config, step.edits)
 
 
+def configs_of(config: str | tuple[str, ...]) -> list[str]:
+    """The files of a shipped config, or of several combined in order (``--config a --config b``)."""
+    return [str(CONFIGS / c) for c in ((config,) if isinstance(config, str) else config)]
+
+
 # ---- step builders ------------------------------------------------------------------------------------------------
 class Plan:
     """Collects the steps of the chosen sections (each step once, in dependency order)."""
@@ -119,7 +124,7 @@ class Plan:
     def dir(self, *parts: str) -> str:
         return str(self.root.joinpath(*parts))
 
-    def fit(self, name: str, section: str, config: str, folder: str, max_steps: int | None, edits: dict | None = None,
+    def fit(self, name: str, section: str, config: str | tuple[str, ...], folder: str, max_steps: int | None, edits: dict | None = None,
             needs: list[str] | None = None, product: str = "checkpoints/last.ckpt", every_n: bool = True) -> Step:
         root = self.dir(folder)
         e = {"trainer.default_root_dir": root, "trainer.enable_progress_bar": False,
@@ -129,17 +134,17 @@ class Plan:
             if every_n:  # the last step writes last.ckpt whatever the config's period
                 e["trainer.callbacks[ModelCheckpoint].init_args.every_n_train_steps"] = max_steps
         e.update(edits or {})
-        return self.add(Step(name, section, "fit", [str(CONFIGS / config)], e, list(needs or []),
+        return self.add(Step(name, section, "fit", configs_of(config), e, list(needs or []),
                              str(Path(root) / product), resume=True))
 
-    def sample(self, name: str, section: str, config: str, folder: str, checkpoint: str, edits: dict,
-               needs: list[str], extra_configs: tuple[str, ...] = ()) -> Step:
+    def sample(self, name: str, section: str, config: str | tuple[str, ...], folder: str, checkpoint: str,
+               edits: dict, needs: list[str], extra_configs: tuple[str, ...] = ()) -> Step:
         out = self.dir(folder)
         e = {"trainer.default_root_dir": out, "trainer.accelerator": self.preset.accelerator,
              "trainer.enable_progress_bar": False, "model.init_args.output_dir": out,
              "model.init_args.checkpoint": self.product(checkpoint)}
         e.update(edits)
-        configs = [str(CONFIGS / config), *(str(CONFIGS / c) for c in extra_configs)]
+        configs = [*configs_of(config), *(str(CONFIGS / c) for c in extra_configs)]
         return self.add(Step(name, section, "predict", configs, e, needs, str(Path(out) / "manifest.json")))
 
     def grade(self, sample: Step, judge: str, data_edits: dict) -> Step:
