@@ -1,7 +1,7 @@
 """Shard and checkpoint IO without the CLI: the uint8 file boundary in closed form, shard round trips, atomic
 writes, and checkpoints rebuilt from their recorded specs with the EMA or the raw weights (hand-made files).
 
-These run in a second each, so that they also serve as the per-mutant tests of scripts/mutation_test.py.
+These run in a second each, so that they also serve as the per-mutant tests of scripts/dev/mutation_test.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`cli.py study --launcher slurm` on a real one-host SLURM (scripts/slurm_local.sh; slow).
+"""`cli.py study --launcher slurm` on a real one-host SLURM (scripts/slurm/slurm_local.sh; slow).
 
 - A custom micro study of four dependent steps (judge fit, CFG fit, sampling as a 2-task job array plus its
   collector, grading) runs as a job chain in order, `--status` shows it completed, a re-submission skips every step,

@@ -1,4 +1,4 @@
-"""A real two-node SLURM job on one machine (slow): scripts/slurm_two_nodes.sh starts two slurmd, each in its own
+"""A real two-node SLURM job on one machine (slow): scripts/slurm/slurm_two_nodes.sh starts two slurmd, each in its own
 network and UTS namespace (nodes n1, n2 with their own addresses), and slurm/train.sbatch / predict.sbatch run
 `--nodes=2 --ntasks-per-node=1` jobs whose ranks talk gloo over that network. The 2-node fit, resumed from its
 periodic step-3 checkpoint by a second job, equals one process with the global batch; 2-node sampling equals one
@@ -21,7 +21,7 @@ from test_multinode import CALLBACKS, COMMON, fit_args, free_port, predict_args
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = ROOT / "scripts" / "slurm_two_nodes.sh"
+SCRIPT = ROOT / "scripts" / "slurm" / "slurm_two_nodes.sh"
 WAIT_S = 900
 
 

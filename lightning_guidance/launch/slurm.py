@@ -140,7 +140,7 @@ def require_sbatch(sbatch: str = "sbatch") -> str:
     found = shutil.which(sbatch)
     if found is None:
         raise FileNotFoundError(f"--launcher slurm needs {sbatch!r} on PATH and there is none: run on a SLURM login "
-                                "node (or scripts/slurm_local.sh up <dir> for a local cluster), or drop --launcher")
+                                "node (or scripts/slurm/slurm_local.sh up <dir> for a local cluster), or drop --launcher")
     return found
 
 

@@ -3,9 +3,9 @@
 # UTS namespace (nodes n1 and n2 with their own addresses on a private bridge), so that a 2-node job's tasks talk
 # over IP between two "machines" as on a cluster. For tests/test_multinode.py (slow).
 #
-#   scripts/slurm_two_nodes.sh up <dir>     needs root; installs slurm-wlm + munge with apt-get when missing, starts
+#   scripts/slurm/slurm_two_nodes.sh up <dir>     needs root; installs slurm-wlm + munge with apt-get when missing, starts
 #                                           munged unless one answers; prints the `export SLURM_CONF=...` line
-#   scripts/slurm_two_nodes.sh down <dir>   cancel the jobs, stop the daemons by their pid files, remove the
+#   scripts/slurm/slurm_two_nodes.sh down <dir>   cancel the jobs, stop the daemons by their pid files, remove the
 #                                           namespaces, veths and bridge this script made
 #
 # Names: bridge lgbr<K>, namespaces lg<K>-n1/-n2 (K = SLURM_TWO_NODES_ID, default 7), addresses 10.213.<K>.0/24.
@@ -65,7 +65,7 @@ write_conf() {
   mkdir -p "$dir/etc" "$dir/state" "$dir/spool/n1" "$dir/spool/n2" "$dir/log" "$dir/run"
   {
     cat <<EOF
-# written by scripts/slurm_two_nodes.sh: two nodes in their own network namespaces, under $dir
+# written by scripts/slurm/slurm_two_nodes.sh: two nodes in their own network namespaces, under $dir
 ClusterName=lgtwo$K
 SlurmctldHost=$(hostname -s)($NET.1)
 SlurmctldPort=$CTLD_PORT

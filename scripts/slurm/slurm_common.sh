@@ -1,4 +1,4 @@
-# What scripts/slurm_local.sh and scripts/slurm_two_nodes.sh share; sourced by both, not run on its own.
+# What scripts/slurm/slurm_local.sh and scripts/slurm/slurm_two_nodes.sh share; sourced by both, not run on its own.
 # The sourcing script defines die() (its message prefix, and what to clean up) and sets $dir (the cluster's folder,
 # absolute) before calling these. Written for Debian 12 / slurm-wlm 22.05 (slurm/README.md). Processes are stopped
 # by pid file only, never by name; every wait is bounded.

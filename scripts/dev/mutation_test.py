@@ -1,8 +1,8 @@
 """Mutation testing of the math layer and the shard/checkpoint IO with mutmut, outside the default CI.
 
-    python scripts/mutation_test.py                          # every module below, on the working tree
-    python scripts/mutation_test.py --modules io toy         # some of them (a later run may add the rest)
-    python scripts/mutation_test.py --rev <commit>           # the tree of a commit (e.g. the score before a change)
+    python scripts/dev/mutation_test.py                          # every module below, on the working tree
+    python scripts/dev/mutation_test.py --modules io toy         # some of them (a later run may add the rest)
+    python scripts/dev/mutation_test.py --rev <commit>           # the tree of a commit (e.g. the score before a change)
 
 It copies the source (the working tree, or ``--rev``) into a scratch folder (``--workdir``, default
 ``/tmp/lg-mutation/<rev or worktree>``), writes mutmut's settings into that copy's pyproject.toml, runs
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from tree_copy import copy_working_tree
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PKG = "lightning_guidance"
 
 # module name -> glob patterns (mutmut's only_mutate), relative to the repository root. Both the old layout and the

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # A real one-host SLURM cluster under a directory, for trying the slurm/*.sbatch templates and for tests/test_slurm.py.
 #
-#   scripts/slurm_local.sh up <dir>      install slurm-wlm + munge if missing, write <dir>/etc/slurm.conf, start
+#   scripts/slurm/slurm_local.sh up <dir>      install slurm-wlm + munge if missing, write <dir>/etc/slurm.conf, start
 #                                        munged (unless one answers already), slurmctld and slurmd; wait for `idle`
-#   scripts/slurm_local.sh down <dir>    cancel the cluster's jobs, stop the daemons it started, by their pid files
-#   scripts/slurm_local.sh env <dir>     print the `export SLURM_CONF=...` line that points sbatch/srun/squeue at it
+#   scripts/slurm/slurm_local.sh down <dir>    cancel the cluster's jobs, stop the daemons it started, by their pid files
+#   scripts/slurm/slurm_local.sh env <dir>     print the `export SLURM_CONF=...` line that points sbatch/srun/squeue at it
 #
-# Needs root (apt-get, munged as user munge, slurmd). What it takes on Debian 12 / slurm-wlm 22.05 is written up in
-# shared/design/SLURM-LOCAL.md. Processes are stopped by pid only, never by name. Every wait is bounded.
+# Needs root (apt-get, munged as user munge, slurmd); tested on Debian 12 with slurm-wlm 22.05 (slurm/README.md).
+# Processes are stopped by pid only, never by name. Every wait is bounded.
 set -euo pipefail
 
 UP_TIMEOUT_S=${SLURM_LOCAL_UP_TIMEOUT_S:-60}
@@ -38,7 +38,7 @@ write_conf() {
   mkdir -p "$dir/etc" "$dir/state" "$dir/spool" "$dir/log" "$dir/run"
   {
     cat <<EOF
-# written by scripts/slurm_local.sh: a one-host cluster under $dir
+# written by scripts/slurm/slurm_local.sh: a one-host cluster under $dir
 ClusterName=local
 SlurmctldHost=$host
 SlurmctldPort=$CTLD_PORT
@@ -60,7 +60,7 @@ up() {
   install_if_missing
   mkdir -p "$dir/run" "$dir/log"
   if pid_alive "$dir/run/slurmctld.pid" || pid_alive "$dir/run/slurmd.pid"; then
-    die "a cluster from $dir is running already (scripts/slurm_local.sh down $dir first)"
+    die "a cluster from $dir is running already (scripts/slurm/slurm_local.sh down $dir first)"
   fi
   local port
   for port in "$CTLD_PORT" "$SLURMD_PORT"; do

@@ -1,7 +1,7 @@
 """Break the code on purpose, six plausible bugs one at a time, and show that the default CI tests catch each.
 
-    python scripts/break_and_test.py            # all six
-    python scripts/break_and_test.py ema ddim   # some of them (names below)
+    python scripts/dev/break_and_test.py            # all six
+    python scripts/dev/break_and_test.py ema ddim   # some of them (names below)
 
 Each mutation is applied to a scratch copy of the working tree (tracked and untracked-not-ignored files) in a
 temporary folder; the repository itself is never touched. The relevant test files run there with ``-x``; a mutation
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tree_copy import copy_working_tree
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
