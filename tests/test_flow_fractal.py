@@ -1,4 +1,4 @@
-"""The post-processor on the 2D fractal, graded by the exact density (MATH.md §6): guided samples drawn with the
+"""The post-processor on the 2D fractal, graded by the exact density (docs/math.md §6): guided samples drawn with the
 exact mixture denoiser (classifier guidance of the unconditional model by a linear classifier at scale 1 and 10, and
 classifier-free guidance at scale 3), one flow trained per set through the CLI (configs/fractal/flow_*.yaml, fewer
 steps), then applied to it. Claims checked (Zhao & Schwing 2025, §5 and Fig. 4/5): the mean exact log-density under

@@ -1,4 +1,4 @@
-"""Rectified-flow post-processing with top-k nearest-neighbour targets (Zhao & Schwing 2025, §5; MATH.md §5).
+"""Rectified-flow post-processing with top-k nearest-neighbour targets (Zhao & Schwing 2025, §5; docs/math.md §5).
 
 Math only, no Lightning: the straight path and its target (:mod:`.path`), per-sample seeded draws of the
 neighbour and the time (:mod:`.draws`), ODE integration with a count of function evaluations (:mod:`.integrate`),

@@ -1,4 +1,4 @@
-"""The modern CFG variants as CFG rules (MATH.md §8; reference behaviour: ``diffusers.guiders`` 0.42.1).
+"""The modern CFG variants as CFG rules (docs/math.md §8; reference behaviour: ``diffusers.guiders`` 0.42.1).
 
 Each class is a :class:`~lightning_guidance.diffusion.cfg_rule.ClassifierFreeGuidance` (the plug a
 :class:`~lightning_guidance.diffusion.denoiser.NetDenoiser` calls): ``c`` the conditional prediction, ``g`` the

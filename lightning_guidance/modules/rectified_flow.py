@@ -1,5 +1,5 @@
 """``RectifiedFlowPostprocessor``: a rectified flow that carries generated samples to their top-k nearest real
-neighbours (Zhao & Schwing 2025, §5 eq. 9 and App. B; MATH.md §5).
+neighbours (Zhao & Schwing 2025, §5 eq. 9 and App. B; docs/math.md §5).
 
 Training: for a generated ``x0`` (from ``GeneratedShardsDataModule``) one of its ``k`` nearest real samples ``x1`` is
 drawn at every step (per-sample seeded, :mod:`lightning_guidance.flow.draws`), and the velocity net regresses
