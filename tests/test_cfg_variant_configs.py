@@ -37,7 +37,8 @@ def no_pictures(monkeypatch):
 def test_every_variant_has_a_config_per_family():
     variants = {"cfg_interval", "cfg_rescale", "apg", "cfg_zero_star", "tangential_cfg", "autoguidance"}
     assert {(SAMPLING["fractal"], f"guidance/{v}.yaml") for v in variants} <= set(RULE_CONFIGS)
-    assert {(SAMPLING["digits"], f"guidance/{v}.yaml") for v in variants | {"fdg", "pag", "slg", "seg"}} <= set(RULE_CONFIGS)
+    digits = variants | {"fdg", "pag", "slg", "seg"}
+    assert {(SAMPLING["digits"], f"guidance/{v}.yaml") for v in digits} <= set(RULE_CONFIGS)
 
 
 @pytest.mark.parametrize("sampler", SAMPLERS)
@@ -103,3 +104,13 @@ def test_attention_perturbation_is_refused_on_the_fractal_mlp(rule, tiny_checkpo
     path.write_text(yaml.safe_dump(cfg))
     with pytest.raises(ValueError, match="MLPDenoiser has no self-attention layers"):
         _predict(path)
+
+
+def test_rescale_is_refused_on_samples_of_one_value(tiny_checkpoint, tmp_path):
+    """guidance_rescale divides by a sample's standard deviation: on the 1D toy (one value per sample) it is 0/0,
+    so the rule is refused when the module is built, not met as a NaN at the first sampling step."""
+    path = rewrite_sampling_config((SAMPLING["toy"], "guidance/cfg_rescale.yaml"), tmp_path / "rescale",
+                                   tiny_checkpoint, samples_per_class=2)
+    with pytest.raises(ValueError, match=r"CFGRescale: guidance_rescale .* hold one value"):
+        _predict(path)
+    assert not list((tmp_path / "rescale").rglob("*.npz"))

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .parameterization import eps_to_x0, x0_to_eps
+from .parameterization import eps_to_x0, per_sample, x0_to_eps
 
 RULE_SPACES = ("eps", "x0")
 
@@ -65,11 +65,6 @@ def rescale_to_conditional_std(pred: Tensor, cond: Tensor, phi: float) -> Tensor
     dims = list(range(1, pred.ndim))
     rescaled = pred * (cond.std(dim=dims, keepdim=True) / pred.std(dim=dims, keepdim=True))
     return phi * rescaled + (1 - phi) * pred
-
-
-def per_sample(value: float | Tensor, like: Tensor) -> Tensor:
-    """A float or (B,) tensor shaped to broadcast against ``like`` (B, ...)."""
-    return torch.as_tensor(value, dtype=like.dtype, device=like.device).reshape(-1, *([1] * (like.ndim - 1)))
 
 
 class ClassifierFreeGuidance:
@@ -153,7 +148,11 @@ class ClassifierFreeGuidance:
         return pred
 
     def check_data_shape(self, data_shape: tuple[int, ...]) -> None:
-        """Raise a clear error if the rule cannot act on samples of this shape (default: any shape)."""
+        """Raise a clear error if the rule cannot act on samples of this shape (any shape, but the rescale needs a
+        standard deviation over at least two values per sample)."""
+        if self.guidance_rescale > 0 and math.prod(data_shape) < 2:
+            raise ValueError(f"{type(self).__name__}: guidance_rescale rescales to a sample's standard deviation, and "
+                             f"samples of shape {tuple(data_shape)} hold one value: use another rule for this data")
 
     def settings(self) -> dict:
         """Plain values that identify the rule (config hash, reports)."""

@@ -16,8 +16,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from ..diffusion.parameterization import per_sample
 from ..diffusion.plug import GuidanceState
-from .log_likelihood import ClassifierTerm, log_likelihood, per_sample, per_sample_rms
+from .log_likelihood import ClassifierTerm, log_likelihood, per_sample_rms
 
 
 class CFGPlusClassifierGuidance(ClassifierTerm):

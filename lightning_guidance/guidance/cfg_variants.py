@@ -16,7 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..diffusion.cfg_rule import ClassifierFreeGuidance, RuleContext, per_sample, rescale_to_conditional_std
+from ..diffusion.cfg_rule import ClassifierFreeGuidance, RuleContext, rescale_to_conditional_std
+from ..diffusion.parameterization import per_sample
 
 __all__ = ["AdaptiveProjectedGuidance", "Autoguidance", "CFGRescale", "CFGZeroStar", "ClassifierFreeGuidance",
            "FrequencyDecoupledGuidance", "GuidanceInterval", "PerturbedAttentionGuidance", "SkipLayerGuidance",
@@ -118,7 +119,7 @@ class CFGZeroStar(ClassifierFreeGuidance):
     def guide(self, cond: Tensor, guide: Tensor, s: Tensor, ctx: RuleContext, state: dict) -> Tensor:
         c, g = cond.flatten(1).float(), guide.flatten(1).float()
         a = ((c * g).sum(1, keepdim=True) / ((g ** 2).sum(1, keepdim=True) + 1e-8)).to(cond.dtype)
-        scaled_guide = guide * a.view(-1, *([1] * (cond.ndim - 1)))
+        scaled_guide = guide * per_sample(a, cond)
         return scaled_guide + s * (cond - scaled_guide)
 
     def __call__(self, cond: Tensor, guide: Tensor | None, s: float | Tensor, ctx: RuleContext,
@@ -171,6 +172,7 @@ class FrequencyDecoupledGuidance(ClassifierFreeGuidance):
         self.parallel_weights = parallel
 
     def check_data_shape(self, data_shape: tuple[int, ...]) -> None:
+        super().check_data_shape(data_shape)
         levels = len(self.level_weights)
         if len(data_shape) != 3:
             raise ValueError(f"FrequencyDecoupledGuidance splits images into frequency bands; samples of shape "

@@ -18,8 +18,9 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from ..diffusion.parameterization import per_sample
 from ..diffusion.plug import GuidanceState
-from .log_likelihood import ClassifierTerm, entropy, log_likelihood, per_sample
+from .log_likelihood import ClassifierTerm, entropy, log_likelihood
 
 ENTROPY_MODES = ("scale", "bonus")
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ..diffusion.cfg_rule import SamplingStep
 from ..diffusion.denoiser import DenoiserOutput, check_labels
+from ..diffusion.parameterization import per_sample
 from ..diffusion.plug import DenoiserGraph, GuidanceState, GuidanceTerm
 
 CLASSIFIER_INPUTS = ("x_t", "x0_hat")
@@ -46,14 +47,7 @@ def entropy(logits: Tensor) -> Tensor:
 
 def per_sample_rms(x: Tensor) -> Tensor:
     """Root mean square over every dimension but the batch, shaped (B, 1, ..., 1) to broadcast against ``x``."""
-    return x.pow(2).flatten(1).mean(dim=1).sqrt().view(-1, *([1] * (x.ndim - 1)))
-
-
-def per_sample(w: float | Tensor, like: Tensor) -> float | Tensor:
-    """A scalar or a (B,) weight, shaped to broadcast against ``like`` (B, ...)."""
-    if isinstance(w, Tensor) and w.ndim > 0:
-        return w.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
-    return w
+    return per_sample(x.pow(2).flatten(1).mean(dim=1).sqrt(), x)
 
 
 def objective_gradient(classifier: nn.Module, x: Tensor, t: Tensor | None, y: Tensor, objective: Objective,

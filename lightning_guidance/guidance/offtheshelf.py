@@ -15,8 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from ..diffusion.denoiser import DenoiserOutput
+from ..diffusion.parameterization import per_sample
 from ..diffusion.plug import GuidanceState
-from .log_likelihood import ClassifierTerm, log_likelihood, per_sample, per_sample_rms
+from .log_likelihood import ClassifierTerm, log_likelihood, per_sample_rms
 from .schedules import edm_sine_weight, sine_boost_factor
 
 

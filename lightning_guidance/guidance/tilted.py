@@ -15,8 +15,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from ..diffusion.parameterization import per_sample
 from ..diffusion.plug import GuidanceState
-from .log_likelihood import ClassifierTerm, log_likelihood, per_sample
+from .log_likelihood import ClassifierTerm, log_likelihood
 
 
 def tilt_weights(log_p: Tensor, tilt: float) -> Tensor:
