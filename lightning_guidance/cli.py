@@ -23,6 +23,7 @@ from .callbacks.progress import StepProgressBar
 from .callbacks.stop_on_signal import StopOnSignal
 from .io.atomic import atomic_path, remove_stale_temps
 from .modules.resume_checks import check_resume_config, check_resume_weights, resolve_ckpt_path
+from .launch.arguments import config_files
 from .launch.resources import check_trainer_resources
 from .launch.slurm import SubmitError
 
@@ -223,10 +224,8 @@ def check_old_names(argv: list[str]) -> None:
 
 def check_config_files(argv: list[str]) -> None:
     """Each ``--config`` file must exist and be a YAML mapping: else one line naming it (not a parser traceback)."""
-    for i, arg in enumerate(argv):
-        value = argv[i + 1] if arg in ("--config", "-c") and i + 1 < len(argv) else \
-            arg.split("=", 1)[1] if arg.startswith("--config=") else None
-        if value is None or value.lstrip().startswith(("{", "[")):
+    for value in config_files(argv):
+        if value.lstrip().startswith(("{", "[")):  # a config given inline
             continue
         path = Path(value)
         if not path.is_file():

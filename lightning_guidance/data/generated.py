@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..flow.cache import array_digest, file_digest
+from ..flow.cache import array_digest
+from ..io.digests import file_digest
 from ..io.shards import read_shard
 from .base import InMemoryDataset, LabeledDataModule
 
@@ -63,7 +64,7 @@ def read_generated(entries: list[str]) -> GeneratedSet:
                         labels=torch.cat([s.labels.long() for s in shards]),
                         seeds=torch.cat([s.seeds.long() for s in shards]),
                         values=torch.cat([torch.full((len(s.labels),), s.value, dtype=torch.float64) for s in shards]),
-                        files=[str(f) for f in files], file_digests=[file_digest(f) for f in files])
+                        files=[str(f) for f in files], file_digests=[file_digest(f, digits=64) for f in files])
 
 
 def tensors_of(dataset) -> tuple[Tensor, Tensor]:

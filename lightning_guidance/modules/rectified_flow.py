@@ -25,12 +25,13 @@ import torch
 from torch import Tensor, nn
 
 from ..data.rank_split import owned_block
-from ..flow.cache import NeighbourCache, array_digest, file_digest, json_digest
+from ..flow.cache import NeighbourCache, array_digest, json_digest
 from ..flow.draws import draw_neighbour_and_time, sample_keys
 from ..flow.integrate import check_integrator, integrate
 from ..flow.neighbours import IndexSettings, top_k_neighbours
 from ..flow.path import flow_matching_loss
 from ..io.atomic import atomic_write_text
+from ..io.digests import file_digest
 from ..io.figures import save_move_picture
 from ..io.shards import Shard, config_hash, read_shard, shard_hash, write_shard
 from .common import NetTrainingModule, check_data_shape, check_finite_loss
@@ -234,7 +235,7 @@ class RectifiedFlowPostprocessor(NetTrainingModule):
         if len(source.labels) and (source.labels.min() < 0 or source.labels.max() >= self.num_classes):
             raise ValueError(f"{plan_source} holds labels outside 0..{self.num_classes - 1}: it was generated for "
                              "another dataset")
-        expected = config_hash(self.output_config(source.config_hash, file_digest(plan_source)))
+        expected = config_hash(self.output_config(source.config_hash, file_digest(plan_source, digits=64)))
         if target.exists():
             found = shard_hash(target)
             if found == expected:

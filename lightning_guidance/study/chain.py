@@ -37,8 +37,7 @@ from ..io.atomic import atomic_write_text, remove_stale_temps
 from ..io.digests import file_digest
 from ..io.shards import read_manifest
 from ..io.tables import markdown_table
-
-SUBCOMMANDS = ("fit", "validate", "test", "predict")
+from ..launch.arguments import COMMANDS, config_files
 
 
 @dataclass
@@ -59,8 +58,8 @@ def load_study(path: str | Path) -> dict:
     steps = []
     for i, raw in enumerate(study.get("steps") or []):
         step = Step(**raw)
-        if step.command not in SUBCOMMANDS:
-            raise ValueError(f"step {i} ({step.name}): unknown command {step.command!r}; choose one of {SUBCOMMANDS}")
+        if step.command not in COMMANDS:
+            raise ValueError(f"step {i} ({step.name}): unknown command {step.command!r}; choose one of {COMMANDS}")
         if not Path(step.config).is_file():
             raise FileNotFoundError(f"step {i} ({step.name}): config not found: {step.config}")
         steps.append(step)
@@ -77,9 +76,7 @@ class StepInterrupted(Exception):
 
 
 def _config_files(step: Step) -> list[str]:
-    files = [step.config]
-    files += [step.args[i + 1] for i, a in enumerate(step.args[:-1]) if a in ("--config", "-c")]
-    return files
+    return [step.config, *config_files(step.args)]
 
 
 def _strings(value) -> list[str]:

@@ -21,7 +21,6 @@ from .presets import Preset
 
 CONFIGS = Path("configs")
 DELETE = object()
-COMMANDS = ("fit", "validate", "test", "predict")
 DONE_STATES = ("done", "skipped")  # a step whose product is there and current
 
 

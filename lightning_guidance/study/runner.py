@@ -35,6 +35,7 @@ from pathlib import Path
 import yaml
 
 from ..io.atomic import atomic_write_text
+from ..launch.arguments import config_files
 from .plan import DONE_STATES, Plan, Step, step_config
 from .presets import PRESETS, Preset, get_preset
 from .worker import ProcessState, WorkerPool, run_step
@@ -406,10 +407,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 def lists_own_steps(argv: list[str]) -> bool:
     """Whether ``--config`` names a custom chain study (a YAML with ``steps:``) rather than the built-in one."""
-    for i, arg in enumerate(argv):
-        path = (argv[i + 1] if arg == "--config" and i + 1 < len(argv)
-                else arg.split("=", 1)[1] if arg.startswith("--config=") else None)
-        if path and Path(path).is_file():
+    for path in config_files(argv):
+        if Path(path).is_file():
             study = yaml.safe_load(Path(path).read_text())
             return isinstance(study, dict) and "steps" in study
     return False
