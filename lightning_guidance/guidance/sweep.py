@@ -11,6 +11,7 @@ and multiplies every term's own ``scale`` by v (0 is the unguided baseline with 
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -144,6 +145,13 @@ def describe_classifier(classifier: nn.Module) -> dict:
     if index is not None:
         out["class_index"] = index.tolist()
     return out
+
+
+def describe_network(net: nn.Module) -> dict:
+    """A network given as an object (its weights come from elsewhere): its class and the digest of its printed
+    structure (layers and their settings)."""
+    structure = hashlib.sha256(repr(net).encode()).hexdigest()[:16]
+    return {"class": f"{type(net).__module__}.{type(net).__qualname__}", "structure_sha256": structure}
 
 
 def describe_rule(rule: ClassifierFreeGuidance) -> dict:

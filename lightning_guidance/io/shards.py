@@ -202,9 +202,15 @@ def check_shards(folder: str | Path, expected_hash: str, num_samples: int, data_
 
 def shard_hash(path: str | Path) -> str | None:
     """The config hash a finished shard was written with, or None if the file is unreadable (e.g. truncated)."""
+    found = finished_shard(path)
+    return None if found is None else found[0]
+
+
+def finished_shard(path: str | Path) -> tuple[str, tuple[int, ...]] | None:
+    """``(config hash, sample ids)`` of a finished shard, or None if the file is unreadable (e.g. truncated)."""
     try:
         with np.load(path) as z:
-            return str(z["config_hash"])
+            return str(z["config_hash"]), tuple(int(i) for i in z["sample_ids"])
     except Exception:  # noqa: BLE001 - any unreadable file counts as unfinished
         return None
 

@@ -2,8 +2,10 @@
 
 ``predict`` walks the shards of every sweep value (sample ids ``0..N-1``, label ``classes[id % len(classes)]``, seed
 ``seed + id``: the same ids at every value, so a sample can be followed across the sweep) and writes each atomically
-(:mod:`lightning_guidance.io.shards`); a shard already on disk with the same config hash is skipped, so a killed job
-resumes where it was. Under DDP each rank takes whole shards (Lightning's unrepeated sampler for predict).
+(:mod:`lightning_guidance.io.shards`); a shard already on disk with the same config hash and the same sample ids
+is skipped, so a killed job resumes where it was, and one of another config is refused as stale (what enters a shard's
+config is listed in tests/test_shard_identity.py). Under DDP each rank takes whole shards (Lightning's unrepeated
+sampler for predict).
 ``shard_part: [i, k]`` keeps only the shards i, i + k, ... (task i of a k-task job array; a later run without it
 skips them all and writes the manifest).
 
@@ -28,11 +30,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..data.rank_split import LoaderBatchIds, check_enough_per_rank, owned_block
-from ..diffusion.sampling import check_sampling, sample_ids, seeds_for_ids
-from ..guidance.sweep import Sweep
+from ..diffusion.sampling import check_sampling, sample_ids, sampler_options, seeds_for_ids
+from ..guidance.sweep import Sweep, describe_network
 from ..io.digests import file_identity
-from ..io.shards import (Shard, check_shards, config_difference, config_hash, open_shard, plan_shards, shard_config,
-                         shard_hash, write_manifest, write_shard)
+from ..io.shards import (Shard, check_shards, config_difference, config_hash, finished_shard, open_shard, plan_shards,
+                         shard_config, write_manifest, write_shard)
 from ..metrics.judge import check_judge
 from ..metrics.sample_quality import SampleQuality, write_quality_table
 from .cfg_diffusion import CFGDiffusion
@@ -61,6 +63,8 @@ class SamplingModule(L.LightningModule):
         self.sampler_kwargs = check_sampling(sampler, sampler_kwargs, self.sweep.terms)
         self.save_hyperparameters(ignore=["net", "sweep", "judge"])
         self.diffusion = CFGDiffusion.from_checkpoint(checkpoint, net=net, use_ema=use_ema).requires_grad_(False)
+        # a net given here replaces the one the checkpoint records: its structure enters the shards' identity
+        self._net_identity = None if net is None else describe_network(net)
         hp = self.diffusion.hparams
         self.sweep.check_against(self.diffusion.num_classes, self.diffusion.data_shape, hp.schedule, hp.num_train_steps)
         # registered, so that the terms' classifiers move to the sampling device with this module (each once)
@@ -95,8 +99,9 @@ class SamplingModule(L.LightningModule):
         result-neutral (tests/test_shard_identity.py holds the list)."""
         hp = self.hparams
         return {"checkpoint": file_identity(hp.checkpoint), "use_ema": hp.use_ema, "sampler": hp.sampler,
-                "sampler_kwargs": dict(self.sampler_kwargs), "seed": hp.seed, "classes": self.classes,
-                **self.sweep.identity(value),
+                "sampler_kwargs": {**sampler_options(hp.sampler), **self.sampler_kwargs}, "seed": hp.seed,
+                "classes": self.classes, **self.sweep.identity(value),
+                **({"net": self._net_identity} if self._net_identity is not None else {}),
                 **({"batch_size": hp.batch_size} if self.sweep.couples_batch else {})}
 
     def folder(self, value: float) -> Path:
@@ -125,14 +130,16 @@ class SamplingModule(L.LightningModule):
         path, value, ids = plan
         config = self.shard_config(value)
         expected = config_hash(config)
-        found = shard_hash(path) if path.exists() else None
-        if found == expected:
+        found = finished_shard(path) if path.exists() else None
+        if found == (expected, tuple(ids)):  # this config's samples of exactly these ids
             return {"path": str(path), "skipped": True}
         if path.exists() and not self.hparams.overwrite:
             if found is None:
                 open_shard(path)  # raises the one-line message naming the damaged file
-            raise ValueError(f"stale shard {path}: made with another sampling config "
-                             f"({config_difference(shard_config(path), config)}); re-run with "
+            why = (config_difference(shard_config(path), config) if found[0] != expected else
+                   f"it holds sample ids {found[1][0]}..{found[1][-1]}, this run's shard {ids[0]}..{ids[-1]}: "
+                   "samples_per_class, classes or shard_size changed")
+            raise ValueError(f"stale shard {path}: made with another sampling config ({why}); re-run with "
                              "--model.init_args.overwrite true to regenerate it, or choose another output_dir")
         x, labels = self.sample(list(ids), value)
         write_shard(path, Shard(x, labels, seeds_for_ids(ids, self.hparams.seed), torch.tensor(ids), value, expected,

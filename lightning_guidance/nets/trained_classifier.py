@@ -27,13 +27,16 @@ class TrainedClassifier(nn.Module):
         if not hasattr(net, "num_classes"):
             raise ValueError(f"{path} holds a {type(net).__name__}, which has no num_classes: not a classifier")
         self.net = load_module_weights(net, ckpt, path, use_ema, prefix="net.").requires_grad_(False)
-        self.checkpoint = str(checkpoint)
+        self.checkpoint, self.use_ema = str(checkpoint), bool(use_ema)
         self.num_classes = int(net.num_classes)
         self.data_shape = tuple(getattr(net, "data_shape", ()))
         self.noisy = bool(hp.get("noisy", True))
         self.schedule_name = hp.get("schedule", "linear")
         self.num_train_steps = hp.get("num_train_steps", 1000)
         self.eval()
+
+    def extra_repr(self) -> str:
+        return f"use_ema={self.use_ema}"  # the weights file is named by its digest (guidance.sweep.describe_classifier)
 
     def train(self, mode: bool = True) -> TrainedClassifier:
         return super().train(False)  # a guide or judge never trains (BatchNorm/dropout stay in eval)
