@@ -20,7 +20,7 @@ import torch
 import yaml
 from torch import nn
 
-from helpers import SAMPLING, cli, composed, guidance_combinations, read_yaml, tiny_checkpoints
+from helpers import CONFIGS, SAMPLING, cli, composed, guidance_combinations, read_yaml, tiny_checkpoints
 from helpers import rewrite_sampling_config as rewrite
 from lightning_guidance.nets import TrainedClassifier
 from lightning_guidance.io.shards import read_shard, to_uint8
