@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -422,12 +423,15 @@ def test_shipped_configs_parse(command, configs, capsys):
         cli(command, *args, "--print_config")
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    expected_class, expected_args = None, {}
+    expected_class, expected_args, paths = None, {}, {}
     for c in configs:
-        model = (yaml.safe_load((CONFIGS / c).read_text()) or {}).get("model") or {}
+        config = yaml.safe_load((CONFIGS / c).read_text()) or {}
+        model, paths = config.get("model") or {}, {**paths, **(config.get("paths") or {})}
         expected_class = model.get("class_path", expected_class)
         expected_args.update({k: v for k, v in (model.get("init_args") or {}).items()
                               if isinstance(v, (str, int, float, bool))})
     assert printed["model"]["class_path"] == expected_class
     for key, value in expected_args.items():
+        if isinstance(value, str):  # ${paths.<name>}: the dataset config's path of that name
+            value = re.sub(r"\$\{paths\.(\w+)\}", lambda m: paths[m.group(1)], value)
         assert printed["model"]["init_args"][key] == value, key

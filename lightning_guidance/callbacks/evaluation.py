@@ -25,7 +25,7 @@ from ..data.rank_split import LoaderBatchIds, check_enough_per_rank, owned_block
 from ..diffusion.sampling import check_sampling, sample_ids
 from ..guidance.sweep import Sweep
 from ..io.atomic import atomic_write_text
-from ..io.figures import save_metrics_vs_scale
+from ..io.figures import save_metrics_vs_value
 from ..metrics.sample_quality import SampleQuality
 from ..modules.cfg_diffusion import CFGDiffusion
 from ..modules.trainer_io import evaluation_due, figure_dir, log_image
@@ -107,6 +107,6 @@ class SampleQualityEvaluation(L.Callback):
              "sampler": self.sampler, "sampler_kwargs": self.sampler_kwargs, "sweep_target": self.sweep.target,
              "sweep_values": self.sweep.values,
              "judge": getattr(self.judge, "checkpoint", None), "real_data_judge": real, "rows": rows}, indent=2))
-        path = save_metrics_vs_scale(self.sweep.values, list(rows.values()), out_dir / f"{name}.png", self.sweep.axis,
+        path = save_metrics_vs_value(self.sweep.values, list(rows.values()), out_dir / f"{name}.png", self.sweep.axis,
                                      title=f"epoch {trainer.current_epoch}, {self.num_samples} samples per value")
         log_image(trainer, f"evaluation/metrics_vs_{self.sweep.target}", path)
