@@ -492,6 +492,7 @@ def guide_integral_eces(ctx, runs: list[Run]) -> dict[str, float]:
     """Integral ECE of each run's guide on the input it reads (see section 8's text); runs sharing a guide and an
     input share the value."""
     from ..calibration.ece import expected_calibration_error, integral_ece, top_label_confidence
+    from ..diffusion.sampling import build_denoiser
     from ..io.instantiate import instantiate
     from ..modules.cfg_diffusion import CFGDiffusion
 
@@ -521,7 +522,7 @@ def guide_integral_eces(ctx, runs: list[Run]) -> dict[str, float]:
                     if guide.input == "x_t":
                         logits = classifier(x_t, t)
                     else:
-                        x0 = diffusion.denoiser(1.0)(x_t, t, torch.full_like(t, abar), labels).x0
+                        x0 = build_denoiser(diffusion)(x_t, t, torch.full_like(t, abar), labels).x0
                         logits = classifier(guide.x0_input(x0), None)
                 conf, correct = top_label_confidence(torch.softmax(logits.double(), dim=1), labels)
                 eces.append(float(expected_calibration_error(conf, correct, ECE_BINS)))

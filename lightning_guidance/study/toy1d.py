@@ -66,7 +66,8 @@ def sample_with_trajectories(diffusion, labels, seed: int, num_steps: int, cfg_s
     recorder = _Recorder()
     seeds = torch.arange(len(labels)) + seed
     with torch.no_grad():
-        x = sample("ddim", build_denoiser(diffusion, GuidanceSetting(cfg_scale)), diffusion.schedule, labels, PerSampleNoise(seeds),
+        x = sample("ddim", build_denoiser(diffusion, GuidanceSetting(cfg_scale)), diffusion.schedule, labels,
+                   PerSampleNoise(seeds),
                    diffusion.data_shape, guidance=[*guidance, recorder], num_steps=num_steps, eta=0.0)
     return x, torch.stack([*recorder.states, x])
 
