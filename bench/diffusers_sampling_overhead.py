@@ -27,6 +27,7 @@ from diffusers.utils.torch_utils import randn_tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import interleaved_medians, machine  # noqa: E402
 
+from lightning_guidance.diffusion.guidance_setting import GuidanceSetting  # noqa: E402
 from lightning_guidance.diffusion.sampling import sample_batches  # noqa: E402
 from lightning_guidance.modules.pretrained_diffusion import PretrainedDiffusion  # noqa: E402
 
@@ -82,7 +83,7 @@ def main() -> None:
 
     def ours():
         return sample_batches(model, labels, seeds, sampler="ddim", sampler_kwargs={"num_steps": args.steps},
-                              cfg_scale=args.scale)[0]
+                              setting=GuidanceSetting(args.scale))[0]
 
     def theirs():
         return bare_loop(transformer, scheduler, labels, seeds, args.steps, args.scale, device)

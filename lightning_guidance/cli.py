@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .io.instantiate import nearest_name
 from .io.atomic import DiskFullError
+from .launch.arguments import config_files
 from .launch.config_errors import UsageError
 
 #: the subcommands and what each does (the top-level help, and the errors that list them)
@@ -61,10 +62,8 @@ def check_config_files(argv: list[str]) -> None:
     """Each ``--config`` file must exist and be a YAML mapping: else one line naming it (not a parser traceback)."""
     import yaml
 
-    for i, arg in enumerate(argv):
-        value = argv[i + 1] if arg in ("--config", "-c") and i + 1 < len(argv) else \
-            arg.split("=", 1)[1] if arg.startswith("--config=") else None
-        if value is None or value.lstrip().startswith(("{", "[")):
+    for value in config_files(argv):
+        if value.lstrip().startswith(("{", "[")):  # a config given inline
             continue
         path = Path(value)
         if not path.is_file():

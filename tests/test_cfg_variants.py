@@ -17,6 +17,7 @@ import torch
 from lightning_guidance.diffusion.cfg_rule import (ClassifierFreeGuidance, RuleContext, SamplingStep,
                                                    combine_predictions)
 from lightning_guidance.diffusion.denoiser import NetDenoiser, StackedPair
+from lightning_guidance.diffusion.guidance_setting import GuidanceSetting, WeakModel
 from lightning_guidance.diffusion.noise import PerSampleNoise
 from lightning_guidance.diffusion.parameterization import eps_to_x0
 from lightning_guidance.diffusion.sampling import sample
@@ -214,7 +215,7 @@ def test_interval_guides_exactly_the_steps_whose_edm_sigma_is_inside(sampler):
             return 0.1 * x
 
     net = RecordNull()
-    den = NetDenoiser(net, 3, cfg_scale=3.0, clip_x0=False, rule=GuidanceInterval(sigma_lo=lo, sigma_hi=hi))
+    den = NetDenoiser(net, 3, setting=GuidanceSetting(3.0, GuidanceInterval(sigma_lo=lo, sigma_hi=hi)), clip_x0=False)
     sample(sampler, den, VPSchedule.linear(), torch.tensor([0, 1]), PerSampleNoise([0, 1]), (2,), num_steps=steps,
            **({"sigma_max": 80.0} if sampler == "edm" else {}))
     assert net.guided == expected
@@ -311,12 +312,12 @@ def test_autoguidance_with_the_good_model_as_guide_is_the_good_model(sampler):
     plain = _sample(NetDenoiser(net, 3, clip_x0=False), sampler, (2,))
     rule = Autoguidance("same-model.ckpt")
     for batch_guide in (True, False):
-        auto = NetDenoiser(net, 3, cfg_scale=2.5, clip_x0=False, rule=rule, guide_net=_mlp(0),
+        auto = NetDenoiser(net, 3, setting=GuidanceSetting(2.5, rule, WeakModel(_mlp(0))), clip_x0=False,
                            batch_guide=batch_guide)
         assert (auto.pair is not None) == batch_guide
         torch.testing.assert_close(_sample(auto, sampler, (2,)), plain, rtol=1e-5, atol=1e-5)
     # a different guide moves the samples; a guide of another architecture runs as two calls
-    other = NetDenoiser(net, 3, cfg_scale=2.5, clip_x0=False, rule=rule, guide_net=_mlp(1, hidden=8))
+    other = NetDenoiser(net, 3, setting=GuidanceSetting(2.5, rule, WeakModel(_mlp(1, hidden=8))), clip_x0=False)
     assert other.pair is None
     assert not torch.allclose(_sample(other, sampler, (2,)), plain, atol=1e-3)
 
@@ -324,19 +325,19 @@ def test_autoguidance_with_the_good_model_as_guide_is_the_good_model(sampler):
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "edm"])
 def test_interval_covering_everything_samples_like_cfg(sampler):
     net = _tiny_unet(0)
-    cfg = _sample(NetDenoiser(net, 3, cfg_scale=3.0), sampler, (1, 8, 8))
+    cfg = _sample(NetDenoiser(net, 3, setting=GuidanceSetting(3.0)), sampler, (1, 8, 8))
     whole = GuidanceInterval(sigma_lo=0.0, sigma_hi=1e9)
-    got = _sample(NetDenoiser(net, 3, cfg_scale=3.0, rule=whole), sampler, (1, 8, 8))
+    got = _sample(NetDenoiser(net, 3, setting=GuidanceSetting(3.0, whole)), sampler, (1, 8, 8))
     torch.testing.assert_close(got, cfg, rtol=0, atol=0)
-    conditional = _sample(NetDenoiser(net, 3, cfg_scale=1.0), sampler, (1, 8, 8))
-    nothing = _sample(NetDenoiser(net, 3, cfg_scale=3.0, rule=GuidanceInterval(start=0.5, stop=0.5)), sampler,
-                      (1, 8, 8))
+    conditional = _sample(NetDenoiser(net, 3, setting=GuidanceSetting(1.0)), sampler, (1, 8, 8))
+    nothing = _sample(NetDenoiser(net, 3, setting=GuidanceSetting(3.0, GuidanceInterval(start=0.5, stop=0.5))),
+                      sampler, (1, 8, 8))
     torch.testing.assert_close(nothing, conditional, rtol=0, atol=0)
 
 
 def test_apg_momentum_restarts_with_each_sampling_run():
     net = _mlp(0)
-    den = NetDenoiser(net, 3, cfg_scale=3.0, clip_x0=False, rule=AdaptiveProjectedGuidance(momentum=-0.5))
+    den = NetDenoiser(net, 3, setting=GuidanceSetting(3.0, AdaptiveProjectedGuidance(momentum=-0.5)), clip_x0=False)
     first = _sample(den, "ddim", (2,))
     again = _sample(den, "ddim", (2,))  # same denoiser object: the step index going back to 0 restarts the buffer
     torch.testing.assert_close(again, first, rtol=0, atol=0)
@@ -346,7 +347,7 @@ def test_apg_momentum_restarts_with_each_sampling_run():
 def test_cfg_zero_star_zero_init_keeps_the_edm_state_in_place():
     """With eps = 0 the EDM denoiser returns D = x: the zeroed first step does not move the state (the flow-model
     meaning of CFG-Zero*'s zero init)."""
-    den = NetDenoiser(_mlp(0), 3, cfg_scale=3.0, clip_x0=False, rule=CFGZeroStar(zero_init_steps=1))
+    den = NetDenoiser(_mlp(0), 3, setting=GuidanceSetting(3.0, CFGZeroStar(zero_init_steps=1)), clip_x0=False)
     x = torch.randn(4, 2)
     out = den(x, torch.full((4,), 0.5), torch.full((4,), 0.3), torch.tensor([0, 1, 2, 0]), step=SamplingStep(0, 10))
     assert bool((out.eps == 0).all()) and out.eps_cond is None  # no guiding forward at a zeroed step
@@ -495,14 +496,15 @@ def test_perturbed_attention_through_the_denoiser(sampler):
 
     net = _tiny_unet(0)
     rule = PerturbedAttentionGuidance(perturbed_guidance_scale=0.0)
-    off = NetDenoiser(net, 3, cfg_scale=3.0, rule=rule, perturbed_net=PerturbedAttention(net, "identity"))
-    torch.testing.assert_close(_sample(off, sampler, (1, 8, 8)), _sample(NetDenoiser(net, 3, cfg_scale=3.0), sampler,
-                                                                         (1, 8, 8)), rtol=0, atol=0)
+    perturbed = WeakModel(PerturbedAttention(net, "identity"))
+    off = NetDenoiser(net, 3, setting=GuidanceSetting(3.0, rule, perturbed))
+    plain = NetDenoiser(net, 3, setting=GuidanceSetting(3.0))
+    torch.testing.assert_close(_sample(off, sampler, (1, 8, 8)), _sample(plain, sampler, (1, 8, 8)), rtol=0, atol=0)
     rule = PerturbedAttentionGuidance(perturbed_guidance_start=0.0, perturbed_guidance_stop=1.0)
-    on = NetDenoiser(net, 3, cfg_scale=3.0, rule=rule, perturbed_net=PerturbedAttention(net, "identity"))
+    on = NetDenoiser(net, 3, setting=GuidanceSetting(3.0, rule, perturbed))
     assert not torch.allclose(_sample(on, sampler, (1, 8, 8)), _sample(off, sampler, (1, 8, 8)))
-    with pytest.raises(ValueError, match="perturbed_net"):
-        NetDenoiser(net, 3, rule=rule)
+    with pytest.raises(ValueError, match="self-attention perturbed"):
+        GuidanceSetting(3.0, rule)
 
 
 # ---------------------------------------------------------------- smoothed-energy guidance: the query blur
@@ -615,10 +617,10 @@ def test_smoothed_energy_guidance_through_the_denoiser(sampler):
     net = _sharp_attention_unet(0)
 
     def run(rule):
-        return _sample(NetDenoiser(net, 3, cfg_scale=3.0, rule=rule,
-                                   perturbed_net=PerturbedAttention.for_rule(net, rule)), sampler, (1, 8, 8))
+        weak = WeakModel(PerturbedAttention.for_rule(net, rule))
+        return _sample(NetDenoiser(net, 3, setting=GuidanceSetting(3.0, rule, weak)), sampler, (1, 8, 8))
 
-    cfg = _sample(NetDenoiser(net, 3, cfg_scale=3.0), sampler, (1, 8, 8))
+    cfg = _sample(NetDenoiser(net, 3, setting=GuidanceSetting(3.0)), sampler, (1, 8, 8))
     for limit in (dict(seg_blur_sigma=0.0), dict(seg_blur_sigma=0.1), dict(seg_guidance_scale=0.0)):
         torch.testing.assert_close(run(SmoothedEnergyGuidance(**limit)), cfg, rtol=0, atol=0, msg=str(limit))
     assert _differ(run(SmoothedEnergyGuidance(seg_blur_sigma=1.0)), cfg)
@@ -681,8 +683,8 @@ def test_autoguidance_converts_each_models_prediction_with_its_own_parameterizat
     is the guide's. Catches: the guide's conversion fed the wrong x_t (or none), the main model's
     parameterization used for the guide."""
     net, guide = _mlp(0), _mlp(1)
-    den = NetDenoiser(net, 3, cfg_scale=0.0, clip_x0=False, rule=Autoguidance("bad.ckpt"), guide_net=guide,
-                      guide_prediction="x0")
+    den = NetDenoiser(net, 3, setting=GuidanceSetting(0.0, Autoguidance("bad.ckpt"), WeakModel(guide, "x0")),
+                      clip_x0=False)
     x_t = torch.randn(4, 2, generator=torch.Generator().manual_seed(3))
     t, abar, y = torch.full((4,), 0.4), torch.full((4,), 0.6), torch.tensor([0, 1, 2, 1])
     with torch.no_grad():
@@ -699,7 +701,7 @@ def test_an_x0_space_rule_runs_through_the_denoiser():
     x_t = torch.randn(4, 2, generator=torch.Generator().manual_seed(5))
     t, abar, y = torch.full((4,), 0.3), torch.full((4,), 0.7), torch.tensor([0, 1, 2, 0])
     with torch.no_grad():
-        eps_space = NetDenoiser(net, 3, cfg_scale=2.5, clip_x0=False)(x_t, t, abar, y).eps
-        x0_space = NetDenoiser(net, 3, cfg_scale=2.5, clip_x0=False,
-                               rule=ClassifierFreeGuidance(space="x0"))(x_t, t, abar, y).eps
+        eps_space = NetDenoiser(net, 3, setting=GuidanceSetting(2.5), clip_x0=False)(x_t, t, abar, y).eps
+        x0_space = NetDenoiser(net, 3, setting=GuidanceSetting(2.5, ClassifierFreeGuidance(space="x0")),
+                               clip_x0=False)(x_t, t, abar, y).eps
     torch.testing.assert_close(x0_space, eps_space, rtol=1e-5, atol=1e-5)

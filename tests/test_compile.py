@@ -25,7 +25,7 @@ def test_compiled_sampling_gives_the_same_samples(tmp_path):
     samples = {}
     for compiled in ("false", "true"):
         out = tmp_path / f"samples_{compiled}"
-        cli("predict", "--config", CONFIGS / "toy/sample_cfg_1d.yaml", "--trainer.default_root_dir", out,
+        cli("predict", "--config", CONFIGS / "toy/sampling.yaml", "--trainer.default_root_dir", out,
             "--trainer.enable_progress_bar", "false",
             "--model.init_args.checkpoint", tmp_path / "cfg/checkpoints/last.ckpt",
             "--model.init_args.samples_per_class", "32", "--model.init_args.sampler_kwargs", "{num_steps: 8}",

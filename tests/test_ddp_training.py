@@ -203,8 +203,8 @@ def test_two_processes_train_the_flow_postprocessor_what_one_process_trains(tmp_
              "--data.init_args.real.init_args.n_train", "2000", "--data.init_args.real.init_args.n_val", "64",
              "--model.init_args.net.init_args.hidden_dim", "32", "--model.init_args.net.init_args.num_layers", "2",
              "--model.init_args.k", str(FLOW_K)]
-    _fit("fractal/flow_cfg.yaml", tmp_path / "one", 1, extra)
-    _fit("fractal/flow_cfg.yaml", tmp_path / "two", 2, extra)
+    _fit("fractal/flow.yaml", tmp_path / "one", 1, extra)
+    _fit("fractal/flow.yaml", tmp_path / "two", 2, extra)
     (d1, i1), (d2, i2) = _neighbour_table(tmp_path / "one"), _neighbour_table(tmp_path / "two")
     assert i1.shape == (2 * FLOW_PER_SCALE, FLOW_K)
     np.testing.assert_array_equal(i1, i2)

@@ -19,6 +19,7 @@ import yaml
 from helpers import CONFIGS, cli, cli_on_two_processes, read_yaml
 from tiny_diffusers import ddim_scheduler, ddpm_scheduler, dit, save_dit_folder, save_unet_folder, unet, vae
 
+from lightning_guidance.diffusion.guidance_setting import GuidanceSetting
 from lightning_guidance.diffusion.sampling import sample_ids
 from lightning_guidance.io.shards import read_shard, shard_paths, to_uint8
 from lightning_guidance.modules.pretrained_diffusion import PretrainedDiffusion
@@ -83,7 +84,7 @@ def test_predict_writes_decoded_images_and_latents_that_test_grades(dit_folder, 
                 latents = torch.from_numpy(z["latents"])
             ids = shard.sample_ids.tolist()
             by_hand, labels = sample_ids(model, ids, list(range(10)), 0, sampler="ddim",
-                                         sampler_kwargs={"num_steps": 4}, cfg_scale=scale)
+                                         sampler_kwargs={"num_steps": 4}, setting=GuidanceSetting(scale))
             torch.testing.assert_close(latents, by_hand, rtol=0, atol=1e-5)
             assert shard.samples.shape == (len(ids), 1, 8, 8) and torch.equal(shard.labels, labels)
             decoded = to_uint8(model.decode(latents))
@@ -91,7 +92,7 @@ def test_predict_writes_decoded_images_and_latents_that_test_grades(dit_folder, 
     cli("test", "--config", CONFIGS / "imagenet/pretrained_dit_cfg.yaml", *dit_predict_args(dit_folder, dit_shards)[3:],
         *grade_args(judge))
     table = yaml.safe_load((dit_shards / "metrics_table.json").read_text())
-    assert [row["scale"] for row in table["rows"]] == [1.0, 4.0]
+    assert [row["value"] for row in table["rows"]] == [1.0, 4.0]
     for row in table["rows"]:
         assert row["num_samples"] == 20 and all(np.isfinite(v) for v in row["metrics"].values())
 
@@ -138,7 +139,7 @@ def test_classifier_guidance_of_an_unconditional_unet_through_predict_and_test(t
     assert unguided.shape == (10, 1, 8, 8) and not torch.equal(unguided, guided)
     cli("test", "--config", config, *QUIET, *grade_args(judge))
     table = yaml.safe_load((tmp_path / "out/metrics_table.json").read_text())
-    assert [row["scale"] for row in table["rows"]] == [0.0, 3.0]
+    assert [row["value"] for row in table["rows"]] == [0.0, 3.0]
 
 
 def test_elucd_dit_row_runs_with_a_torchvision_classifier_from_a_weights_file(dit_folder, tmp_path):
@@ -181,7 +182,7 @@ def test_the_postprocessor_moves_the_decoded_images_and_test_grades_them(dit_fol
     args = dit_predict_args(dit_folder, tmp_path / "post")[3:]
     cli("test", "--config", CONFIGS / "imagenet/pretrained_dit_cfg.yaml", *args, *grade_args(judge))
     table = yaml.safe_load((tmp_path / "post/metrics_table.json").read_text())
-    assert [row["scale"] for row in table["rows"]] == [1.0, 4.0]
+    assert [row["value"] for row in table["rows"]] == [1.0, 4.0]
 
 
 def test_a_shard_records_the_options_that_change_it(dit_folder, dit_shards, tmp_path):

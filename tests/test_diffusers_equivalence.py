@@ -18,6 +18,7 @@ from diffusers import DiTPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from tiny_diffusers import ddim_scheduler, ddpm_scheduler, dit, save_dit_folder, save_unet_folder, unet, vae
 
+from lightning_guidance.diffusion.guidance_setting import GuidanceSetting
 from lightning_guidance.diffusion.sampling import sample_batches
 from lightning_guidance.modules.pretrained_diffusion import PretrainedDiffusion
 
@@ -104,7 +105,7 @@ def test_cfg_sampling_of_dit_and_vae_equals_dit_pipeline(tiny_dit, scale):
     model = PretrainedDiffusion(folder)
     labels = torch.tensor([0, 500, 999, 7, 7])
     latents, _ = sample_batches(model, labels, SEEDS, sampler="ddim", sampler_kwargs=dict(num_steps=10),
-                                cfg_scale=scale)
+                                setting=GuidanceSetting(scale))
     images = model.decode(latents)
     their_latents, their_images = pipeline_latents_and_images(pipe, labels, scale, 10)
     assert model.num_classes == 1000 and model.has_null_class and model.image_shape == (3, 8, 8)

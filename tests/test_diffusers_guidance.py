@@ -13,7 +13,9 @@ import torch
 from tiny_diffusers import ddim_scheduler, ddpm_scheduler, dit, save_dit_folder, save_unet_folder, unet, vae
 
 from lightning_guidance.diffusion.cfg_rule import SamplingStep
+from lightning_guidance.diffusion.guidance_setting import GuidanceSetting
 from lightning_guidance.diffusion.plug import GuidanceState, denoise_for_guidance
+from lightning_guidance.diffusion.sampling import build_denoiser
 from lightning_guidance.guidance import (CFGPlusClassifierGuidance, ClassifierGuidance, DivergenceGuidance,
                                          EntropyAdaptiveGuidance, OffTheShelfGuidance, TiltedGuidance)
 from lightning_guidance.guidance import cfg_variants as variants
@@ -53,7 +55,7 @@ def test_gradient_through_the_decoder_equals_finite_differences(folders, through
     y, step = torch.tensor([3, 7]), SamplingStep(4, 10)
     t = torch.full((2,), 300 / 999, dtype=torch.float64)
     abar = model.schedule.alphas_cumprod[300].expand(2).clone()
-    denoiser = model.denoiser(cfg_scale=1.5)
+    denoiser = build_denoiser(model, GuidanceSetting(1.5))
     out, graph = denoise_for_guidance(denoiser, [term], x_t, t, abar, y, step)
     state = GuidanceState(x_t=x_t, t=t, abar=abar, y=y, out=out, step=4, num_steps=10, sampler="ddim",
                           denoiser=denoiser, denoiser_graph=graph)

@@ -44,6 +44,13 @@ def edited(tmp_path: Path, config: str, edit) -> Path:
     return path
 
 
+def configs_with_the_last_edited(tmp_path: Path, configs: str | tuple[str, ...], edit) -> list:
+    """``--config`` arguments of ``configs`` in order (a dataset's sampling config, then a guidance file), the last
+    one with ``edit`` applied."""
+    *base, last = (configs,) if isinstance(configs, str) else configs
+    return [*(x for c in base for x in ("--config", CONFIGS / c)), "--config", edited(tmp_path, last, edit)]
+
+
 def _drop_net(c):
     del c["model"]["init_args"]["net"]
 
@@ -84,8 +91,9 @@ def _wrong_type(c):
     c["model"]["init_args"]["lr"] = "fast"
 
 
-TOY_CFG, ZERO_STAR = "toy/cfg_1d.yaml", "fractal/sample_cfg_zero_star.yaml"
-#: (id, subcommand, the config and how it is broken (or None), extra arguments, what the line must hold)
+TOY_CFG, ZERO_STAR = "toy/cfg_1d.yaml", ("fractal/sampling.yaml", "guidance/cfg_zero_star.yaml")
+#: (id, subcommand, the config (or several combined: the last one is broken) and how it is broken (or None), extra
+#: arguments, what the line must hold)
 BAD_CONFIGS = [
     ("missing required net", "fit", (TOY_CFG, _drop_net), [],
      ["model.init_args.net: required by CFGDiffusion", "--model.init_args.net"]),
@@ -123,7 +131,7 @@ BAD_CONFIGS = [
     ("value of the wrong type", "fit", (TOY_CFG, _wrong_type), [],
      ["model.init_args.lr (in ", "expected a float, got fast"]),
     ("negative CFG scale", "predict", None,
-     ["--config", CONFIGS / "toy/sample_cfg_1d.yaml", "--model.init_args.sweep.values", "[-1.0, 2.0]"],
+     ["--config", CONFIGS / "toy/sampling.yaml", "--model.init_args.sweep.values", "[-1.0, 2.0]"],
      ["CFG scale -1 < 0 refused", "no method here defines a negative scale"]),
     ("GPU accelerator without a GPU", "fit", None, ["--config", CONFIGS / TOY_CFG, "--trainer.accelerator", "gpu"],
      ["--trainer.accelerator gpu but this machine has no CUDA GPUs", "--trainer.accelerator cpu"]),
@@ -134,7 +142,7 @@ BAD_CONFIGS = [
 def test_a_bad_config_is_one_line_naming_the_key(monkeypatch, tmp_path, sub, config, extra, expected):
     if "accelerator" in extra and torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    args = [] if config is None else ["--config", edited(tmp_path, *config)]
+    args = [] if config is None else configs_with_the_last_edited(tmp_path, *config)
     line = user_sees(monkeypatch, sub, *args, *extra, "--trainer.default_root_dir", tmp_path / "run")
     for part in expected:
         assert part in line, (part, line)
@@ -223,7 +231,7 @@ def test_every_module_and_callback_documents_its_arguments():
 
 # ---- checkpoints checked by what they are -------------------------------------------------------------------------
 def test_a_diffusion_checkpoint_as_guidance_classifier_is_refused_at_construction(monkeypatch, tmp_path, toy_ckpt):
-    config = rewrite_sampling_config("toy/sample_cg_1d.yaml", tmp_path / "out", lambda _: toy_ckpt)
+    config = rewrite_sampling_config(("toy/sampling.yaml", "guidance/cg.yaml"), tmp_path / "out", lambda _: toy_ckpt)
     line = user_sees(monkeypatch, "predict", "--config", config)
     assert f"classifier checkpoint {toy_ckpt} was written by {DIFFUSION}" in line
     assert "expected a lightning_guidance.modules.classifier.Classifier checkpoint" in line
@@ -242,14 +250,14 @@ def test_a_checkpoint_of_another_version_names_the_argument(monkeypatch, tmp_pat
     ckpt["hyper_parameters"]["clip_denoised"] = ckpt["hyper_parameters"].pop("clip_x0")
     old = tmp_path / "old.ckpt"
     torch.save(ckpt, old)
-    line = user_sees(monkeypatch, "predict", "--config", CONFIGS / "toy/sample_cfg_1d.yaml",
+    line = user_sees(monkeypatch, "predict", "--config", CONFIGS / "toy/sampling.yaml",
                      "--model.init_args.checkpoint", old, "--trainer.default_root_dir", tmp_path / "out")
     assert f"checkpoint {old} records arguments CFGDiffusion does not take: clip_denoised (nearest: clip_x0)" in line
 
 
 def test_a_missing_checkpoint_names_the_config_of_its_family(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no runs/ here: the fractal model was never trained
-    line = user_sees(monkeypatch, "predict", "--config", CONFIGS / "fractal/sample_cfg.yaml")
+    line = user_sees(monkeypatch, "predict", "--config", CONFIGS / "fractal/sampling.yaml")
     assert "checkpoint not found: runs/fractal/cfg/checkpoints/last.ckpt" in line
     assert "train it first with: python cli.py fit --config" in line and "configs/fractal/cfg.yaml" in line
 
@@ -265,7 +273,8 @@ def test_a_timm_file_with_another_head_names_model_kwargs(monkeypatch, tmp_path)
                               "init_args": {"source": "timm", "arch": "resnet18", "weights_path": str(weights),
                                             "input_size": 32}}
 
-    line = user_sees(monkeypatch, "predict", "--config", edited(tmp_path, "digits/sample_offtheshelf.yaml", timm_guide),
+    line = user_sees(monkeypatch, "predict", *configs_with_the_last_edited(
+        tmp_path, ("digits/sampling.yaml", "guidance/offtheshelf.yaml"), timm_guide),
                      "--trainer.default_root_dir", tmp_path / "out")
     assert f"{weights} has a class layer of 7 outputs" in line and "add model_kwargs: {num_classes: 7}" in line
 
@@ -274,7 +283,7 @@ def test_compile_without_a_compiler_is_one_line(monkeypatch, tmp_path, toy_ckpt)
     import shutil
 
     monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
-    line = user_sees(monkeypatch, "predict", "--config", CONFIGS / "toy/sample_cfg_1d.yaml",
+    line = user_sees(monkeypatch, "predict", "--config", CONFIGS / "toy/sampling.yaml",
                      "--model.init_args.checkpoint", toy_ckpt, "--model.init_args.compile", "true",
                      "--trainer.default_root_dir", tmp_path)
     assert "compile: true needs a C++ compiler on CPU" in line and "compile: false" in line
@@ -355,7 +364,7 @@ def test_a_fit_and_its_resume_print_no_false_line(tmp_path, caplog, capsys, monk
     assert "Restored all states from the checkpoint" in resume
     monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)  # as in a fresh process: the fits above set it
     predict = console(caplog, capsys, lambda: cli(  # a config that names no seed
-        "predict", "--config", CONFIGS / "toy/sample_cfg_1d.yaml", "--trainer.default_root_dir", tmp_path / "samples",
+        "predict", "--config", CONFIGS / "toy/sampling.yaml", "--trainer.default_root_dir", tmp_path / "samples",
         "--model.init_args.checkpoint", root / "checkpoints/last.ckpt", "--model.init_args.samples_per_class", "4",
         "--model.init_args.sampler_kwargs", "{num_steps: 2}", "--trainer.enable_progress_bar", "false"))
     assert "Seed set to 0" in predict and not [bad for bad in FALSE_LINES if bad in predict], predict
@@ -417,7 +426,7 @@ def test_an_image_grid_has_a_title_and_each_rows_class(monkeypatch, tmp_path):
     def keep(fig, path):
         ax = fig.axes[0]
         drawn.update(title=ax.get_title(), rows=[t.get_text() for t in ax.get_yticklabels()])
-        return figures._pyplot().close(fig)
+        return figures.pyplot().close(fig)
 
     monkeypatch.setattr(figures, "_save", keep)
     labels = torch.tensor([2, 0, 2, 1, 0, 1])

@@ -49,7 +49,7 @@ def test_exact_grading_of_a_folder(tmp_path, config, mixture):
     cli("test", "--config", CONFIGS / config, "--model.init_args.samples", folder,
         "--trainer.enable_progress_bar", "false")
     table = json.loads((folder / "metrics_table.json").read_text())
-    assert [r["scale"] for r in table["rows"]] == [1.0, 3.0] and table["grader"] == "exact density"
+    assert [r["value"] for r in table["rows"]] == [1.0, 3.0] and table["grader"] == "exact density"
     for row, value in zip(table["rows"], (1.0, 3.0)):
         oracle_log_density, oracle_wrong = scipy_scores(mixture, folder / f"cfg_{value:g}")
         m = row["metrics"]
@@ -68,7 +68,7 @@ def test_a_folder_without_manifest_is_graded_from_its_shards(tmp_path):
     cli("test", "--config", CONFIGS / "toy/grade_1d.yaml", "--model.init_args.samples", folder,
         "--trainer.enable_progress_bar", "false")
     row = json.loads((folder / "metrics_table.json").read_text())["rows"][0]
-    assert row["scale"] == 2.0 and row["metrics"]["mean_log_density"] == pytest.approx(
+    assert row["value"] == 2.0 and row["metrics"]["mean_log_density"] == pytest.approx(
         scipy_scores(mixture, folder / "cfg_2")[0], rel=1e-6)
 
 
@@ -82,7 +82,7 @@ def test_judge_grading_of_a_predict_folder_equals_sampling_modules_test(tmp_path
     cli("fit", "--config", CONFIGS / "digits/judge.yaml", "--trainer.default_root_dir", tmp_path / "judge", *TINY_JUDGE)
     judge = tmp_path / "judge" / "checkpoints" / "last.ckpt"
     out = tmp_path / "samples"
-    sampling = ["--config", CONFIGS / "digits/sample_cfg.yaml", "--trainer.default_root_dir", out,
+    sampling = ["--config", CONFIGS / "digits/sampling.yaml", "--trainer.default_root_dir", out,
                 "--trainer.enable_progress_bar", "false", "--model.init_args.checkpoint", ckpt,
                 "--model.init_args.output_dir", out, "--model.init_args.samples_per_class", "2",
                 "--model.init_args.sampler_kwargs", "{num_steps: 2}", "--model.init_args.sweep.values", "[1.0, 2.0]"]
@@ -93,7 +93,7 @@ def test_judge_grading_of_a_predict_folder_equals_sampling_modules_test(tmp_path
     cli("test", "--config", CONFIGS / "digits/grade.yaml", "--model.init_args.samples", out,
         "--model.init_args.judge.init_args.checkpoint", judge, "--trainer.enable_progress_bar", "false")
     after = json.loads((out / "metrics_table.json").read_text())
-    assert [r["scale"] for r in after["rows"]] == [1.0, 2.0] and after["fd_name"] == "fd_digits"
+    assert [r["value"] for r in after["rows"]] == [1.0, 2.0] and after["fd_name"] == "fd_digits"
     for a, b in zip(after["rows"], before["rows"]):
         assert a["guidance"] == b["guidance"] and a["num_samples"] == b["num_samples"] == 20
         assert a["metrics"] == pytest.approx(b["metrics"], rel=1e-5)

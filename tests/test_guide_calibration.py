@@ -12,11 +12,12 @@ import json
 import pytest
 import torch
 import yaml
-from helpers import CONFIGS, cli, tiny_checkpoints
+from helpers import CONFIGS, cli, composed, tiny_checkpoints
 from torchmetrics.classification import MulticlassCalibrationError
 
 from lightning_guidance.calibration.ece import time_buckets
 from lightning_guidance.data.digits import DigitsDataModule
+from lightning_guidance.diffusion.sampling import build_denoiser
 from lightning_guidance.metrics.classifier_calibration import noised_views
 from lightning_guidance.modules.cfg_diffusion import CFGDiffusion
 from lightning_guidance.nets import TrainedClassifier
@@ -42,7 +43,7 @@ def expected(cfg_ckpt, clf_ckpt, x0_hat: bool) -> list[float]:
                                     noised_views(schedule, x0, torch.arange(N), time_buckets((0, 1), BUCKETS), 0)):
             if x0_hat:
                 abar = schedule.abar(torch.full((N,), round((a + b) / 2 * top))).float()
-                logits = classifier(diffusion.denoiser(1.0)(x_t, t, abar, y).x0.clamp(-1, 1), None)
+                logits = classifier(build_denoiser(diffusion)(x_t, t, abar, y).x0.clamp(-1, 1), None)
             else:
                 logits = classifier(x_t, t)
             metric = MulticlassCalibrationError(num_classes=10, n_bins=10, norm="l1")
@@ -50,10 +51,9 @@ def expected(cfg_ckpt, clf_ckpt, x0_hat: bool) -> list[float]:
     return eces
 
 
-@pytest.mark.parametrize("sampling, x0_hat", [("digits/sample_cg.yaml", False),
-                                              ("digits/sample_offtheshelf.yaml", True)])
-def test_integral_ece_of_a_guide_on_its_input(tmp_path, checkpoint_for, sampling, x0_hat):
-    term = yaml.safe_load((CONFIGS / sampling).read_text())["model"]["init_args"]["sweep"]["terms"][0]
+@pytest.mark.parametrize("guidance, x0_hat", [("guidance/cg.yaml", False), ("guidance/offtheshelf.yaml", True)])
+def test_integral_ece_of_a_guide_on_its_input(tmp_path, checkpoint_for, guidance, x0_hat):
+    term = composed("digits/sampling.yaml", guidance)["model"]["init_args"]["sweep"]["terms"][0]
     clf = checkpoint_for(term["init_args"]["classifier"]["init_args"]["checkpoint"])
     term["init_args"]["classifier"]["init_args"]["checkpoint"] = str(clf)
     cfg = checkpoint_for("runs/digits/cfg/checkpoints/last.ckpt")

@@ -1,7 +1,7 @@
 """Shard and checkpoint IO without the CLI: the uint8 file boundary in closed form, shard round trips, atomic
 writes, and checkpoints rebuilt from their recorded specs with the EMA or the raw weights (hand-made files).
 
-These run in a second each, so that they also serve as the per-mutant tests of scripts/mutation_test.py.
+These run in a second each, so that they also serve as the per-mutant tests of scripts/dev/mutation_test.py.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def test_shard_round_trip(tmp_path, kind):
     torch.testing.assert_close(back.samples, expected, rtol=0, atol=0)
     assert back.labels.tolist() == [0, 1, 2, 0, 1] and back.seeds.tolist() == [100, 101, 102, 103, 104]
     assert back.sample_ids.tolist() == [7, 8, 9, 10, 11]
-    assert back.scale == 2.5 and back.config_hash == config_hash({"a": 1})
+    assert back.value == 2.5 and back.config_hash == config_hash({"a": 1})
     with np.load(path) as z:
         assert (kind in z) and z["data_shape"].tolist() == list(samples.shape[1:])
         assert z["labels"].dtype == np.int64 and z["seeds"].dtype == np.int64 and z["sample_ids"].dtype == np.int64
@@ -376,8 +376,8 @@ def test_manifest_is_read_back_from_the_run_folder(tmp_path):
     from lightning_guidance.io.shards import read_manifest
 
     assert read_manifest(tmp_path) is None
-    (tmp_path / "manifest.json").write_text('{"num_samples_per_scale": 4, "scales": {}}')
-    assert read_manifest(str(tmp_path)) == {"num_samples_per_scale": 4, "scales": {}}
+    (tmp_path / "manifest.json").write_text('{"num_samples_per_value": 4, "values": {}}')
+    assert read_manifest(str(tmp_path)) == {"num_samples_per_value": 4, "values": {}}
 
 
 # ---- checkpoints: safe loading and its messages ----------------------------------------------------------
@@ -439,9 +439,9 @@ def test_write_manifest_records_each_sweep_value_and_its_picture(tmp_path):
         shard.sample_ids = torch.arange(first, first + 4)
         write_shard(a / f"shard_{first:07d}.npz", shard)
     manifest = write_manifest(tmp_path, {"1": a, "2": empty}, {"1": {"cfg": 1.0}, "2": {"cfg": 2.0}}, num_samples=8,
-                              classes=[0, 1, 2], title="digits", per_class=2)
-    expected = {"num_samples_per_scale": 8, "classes": [0, 1, 2],
-                "scales": {"1": {"shards": ["shard_0000000.npz", "shard_0000004.npz"], "count": 8,
+                              classes=[0, 1, 2], titles={"1": "s = 1", "2": "s = 2"}, per_class=2)
+    expected = {"num_samples_per_value": 8, "classes": [0, 1, 2],
+                "values": {"1": {"shards": ["shard_0000000.npz", "shard_0000004.npz"], "count": 8,
                                  "grid": "scale_1/grid.png", "config": {"cfg": 1.0}}}}
     assert manifest == expected and read_manifest(tmp_path) == expected
     assert (a / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

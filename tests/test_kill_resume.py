@@ -357,7 +357,7 @@ def predict_args(ckpt: Path, out: Path, throttle: bool = True) -> list:
         (out.parent / "throttle.yaml").write_text(
             "trainer:\n  callbacks:\n    - {class_path: throttle.Throttle, init_args: {seconds: 0.3}}\n")
         extra = ["--config", out.parent / "throttle.yaml"]
-    return ["predict", "--config", CONFIGS / "digits/sample_cfg.yaml", *extra, "--trainer.default_root_dir", out,
+    return ["predict", "--config", CONFIGS / "digits/sampling.yaml", *extra, "--trainer.default_root_dir", out,
             "--trainer.enable_progress_bar", "false", "--model.init_args.checkpoint", ckpt,
             "--model.init_args.samples_per_class", 2, "--model.init_args.shard_size", 4,
             "--model.init_args.batch_size", 4, "--model.init_args.sampler_kwargs", "{num_steps: 2}",

@@ -66,8 +66,8 @@ def test_bring_your_own_snippets_run_as_printed(user_folder):
     assert torch.load(runs / "imagefolder/cfg/checkpoints/last.ckpt", weights_only=True)["global_step"] == 10
     # your classifier: the guided sweep sampled with the 10-class timm file as the guide
     manifest = json.loads((runs / "digits/samples_offtheshelf/manifest.json").read_text())
-    assert list(manifest["scales"]) == ["0", "1", "2", "4"] and manifest["num_samples_per_scale"] == 20
-    guide = manifest["scales"]["1"]["config"]["guidance"][0]["classifier"]
+    assert list(manifest["values"]) == ["0", "1", "2", "4"] and manifest["num_samples_per_value"] == 20
+    guide = manifest["values"]["1"]["config"]["guidance"][0]["classifier"]
     assert guide["class"] == "OffTheShelfClassifier" and guide["sha256"]
     # the Python API: its picture; grading the folder written from Python
     assert (user_folder / "my_samples.png").stat().st_size > 0

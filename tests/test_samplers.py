@@ -465,51 +465,53 @@ def test_per_sample_noise_depends_only_on_the_sample_id():
         PerSampleNoise([])
 
 
-class _ExactModel:
-    """The DiffusionModel protocol around the exact 1D-mixture denoiser; records the CFG scales it was asked for."""
+class _NetModel:
+    """The DiffusionModel protocol around a small random class-conditional MLP (2 classes, 1D points)."""
 
     def __init__(self):
-        from lightning_guidance.diffusion.schedules import VPSchedule
-        from lightning_guidance.toy import two_class_mixture_1d
+        from lightning_guidance.nets import MLPDenoiser
 
-        self.mixture = two_class_mixture_1d(mu=1.0, sigma=0.3)
+        torch.manual_seed(0)
+        self.net = MLPDenoiser(data_dim=1, num_classes=2, hidden_dim=16).eval()
+        with torch.no_grad():  # the class embedding and the output layer start at zero: make the classes matter
+            for p in self.net.parameters():
+                if not p.any():
+                    p.copy_(0.1 * torch.randn_like(p))
         self.num_classes, self.data_shape, self.device = 2, (1,), torch.device("cpu")
+        self.prediction, self.clip_x0 = "eps", False
         self.schedule = VPSchedule.from_name("linear", 100)
-        self.scales = []
-
-    def denoiser(self, cfg_scale=1.0, rule=None, guide=None):
-        from lightning_guidance.toy import ExactMixtureDenoiser
-
-        self.scales.append(cfg_scale)
-        return ExactMixtureDenoiser(self.mixture, cfg_scale=cfg_scale)
 
 
 def test_sample_ids_are_label_and_seed_of_the_id_whatever_the_batch():
     """sample_ids: id i gets label classes[i % len(classes)] and the noise of seed + i, so the same id gives the same
-    sample alone, in another batch or another order; the CFG scale reaches the denoiser. Oracle: the sampler called
-    directly with PerSampleNoise([seed + i]). Catches: labels by position instead of id, seed + position, a
-    batch_size that changes the samples, the scale not forwarded, on_batch batches that miss rows."""
-    from lightning_guidance.diffusion.noise import PerSampleNoise
-    from lightning_guidance.diffusion.sampling import labels_for_ids, sample, sample_ids, seeds_for_ids
+    sample alone, in another batch or another order; the guidance setting reaches the denoiser. Oracle: the sampler
+    called directly on the model's net under that setting with PerSampleNoise([seed + i]). Catches: labels by
+    position instead of id, seed + position, a batch_size that changes the samples, the setting not forwarded,
+    on_batch batches that miss rows."""
+    from lightning_guidance.diffusion.guidance_setting import GuidanceSetting
+    from lightning_guidance.diffusion.sampling import labels_for_ids, sample_ids, seeds_for_ids
 
     assert labels_for_ids([0, 1, 2, 3, 4], classes=[1, 0, 1]).tolist() == [1, 0, 1, 1, 0]
     assert labels_for_ids(torch.tensor([5]), classes=[7]).dtype == torch.long
     assert seeds_for_ids([2, 5], 10).tolist() == [12, 15]
-    model = _ExactModel()
-    kw = dict(sampler="ddim", sampler_kwargs={"num_steps": 4}, cfg_scale=2.0)
+    model = _NetModel()
+    kw = dict(sampler="ddim", sampler_kwargs={"num_steps": 4}, setting=GuidanceSetting(2.0))
     x, y = sample_ids(model, [0, 1, 2, 3, 4], classes=[1, 0], seed=10, batch_size=2, **kw)
-    assert y.tolist() == [1, 0, 1, 0, 1] and model.scales == [2.0, 2.0, 2.0]
+    assert y.tolist() == [1, 0, 1, 0, 1]
     again, y2 = sample_ids(model, [3, 0], classes=[1, 0], seed=10, **kw)
     assert y2.tolist() == [0, 1] and torch.equal(again, x[[3, 0]])
-    from lightning_guidance.toy import ExactMixtureDenoiser
-    direct = sample("ddim", ExactMixtureDenoiser(model.mixture, cfg_scale=2.0), model.schedule, torch.tensor([0]),
-                    PerSampleNoise([13]), (1,), num_steps=4)
-    torch.testing.assert_close(x[3:4], direct, rtol=0, atol=1e-6)
+    with torch.no_grad():
+        direct = sample("ddim", NetDenoiser(model.net, 2, setting=GuidanceSetting(2.0), clip_x0=False),
+                        model.schedule, torch.tensor([0]), PerSampleNoise([13]), (1,), num_steps=4)
+        unguided = sample("ddim", NetDenoiser(model.net, 2, clip_x0=False), model.schedule, torch.tensor([0]),
+                          PerSampleNoise([13]), (1,), num_steps=4)
+    torch.testing.assert_close(x[3:4], direct, rtol=1e-6, atol=1e-6)
+    assert not torch.allclose(direct, unguided, atol=1e-4)  # the CFG scale matters here, so it was forwarded
     batches = []
     assert sample_ids(model, [0, 1, 2, 3, 4], classes=[1, 0], seed=10, batch_size=3,
                       on_batch=lambda s, lab: batches.append((s, lab)), **kw) is None
     assert [len(b[0]) for b in batches] == [3, 2]
-    assert torch.equal(torch.cat([b[0] for b in batches]), x)
+    torch.testing.assert_close(torch.cat([b[0] for b in batches]), x, rtol=1e-6, atol=1e-6)
 
 
 def test_time_buckets_split_the_range_equally_and_are_named_by_their_ends():

@@ -2,7 +2,7 @@
 ``--signal=B:USR1@N`` sends before the time limit), requeue, resume: the run ends exactly like a straight run. And
 pre-emption: SIGTERM to both tasks (``scancel --signal=TERM``) stops them at one checkpoint; a resubmit resumes.
 
-The cluster comes from scripts/slurm_local.sh (installs slurm-wlm + munge with apt-get when missing; needs root) and
+The cluster comes from scripts/slurm/slurm_local.sh (installs slurm-wlm + munge with apt-get when missing; needs root) and
 is torn down after. Oracle: the same fit run straight through on the same cluster with the same world size.
 """
 
@@ -25,7 +25,7 @@ from helpers import CONFIGS, ROOT, load
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = ROOT / "scripts" / "slurm_local.sh"
+SCRIPT = ROOT / "scripts" / "slurm" / "slurm_local.sh"
 MAX_STEPS = 120
 EVERY = 20  # periodic checkpoint interval (steps)
 SIGNAL_AFTER = 40  # USR1 once this step's checkpoint exists
@@ -54,7 +54,7 @@ def _free_port() -> int:
 def slurm_env(tmp_path_factory):
     """Environment (SLURM_CONF) of a one-host cluster brought up for this module, torn down after it."""
     if shutil.which("sbatch") is None and (os.geteuid() != 0 or shutil.which("apt-get") is None):
-        pytest.skip("sbatch is not on PATH and SLURM cannot be installed here (scripts/slurm_local.sh needs root "
+        pytest.skip("sbatch is not on PATH and SLURM cannot be installed here (scripts/slurm/slurm_local.sh needs root "
                     "and apt-get)")
     where = tmp_path_factory.mktemp("slurm")
     env = dict(os.environ, SLURM_LOCAL_CTLD_PORT=str(_free_port()), SLURM_LOCAL_SLURMD_PORT=str(_free_port()))

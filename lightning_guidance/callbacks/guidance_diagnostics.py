@@ -18,6 +18,7 @@ per run under ``<log_dir>/<dirname>/`` (SamplingModule: ``<output_dir>/<dirname>
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -114,16 +115,18 @@ class GuidanceDiagnostics(L.Callback):
             return
         self._active = False
         classes, self._pending = list(range(pl_module.num_classes)), {}
+        weak_model = pl_module.weak_model(self.sweep.cfg_rule)
         for value in self.sweep.values:
-            cfg, terms = self.sweep.at(value)
+            setting = self.sweep.at(value, weak_model)
 
-            def draw(ids, traced, cfg=cfg):
+            def draw(ids, traced, setting=setting):
                 sample_ids(pl_module, ids, classes, self.seed, sampler=self.sampler, sampler_kwargs=self.sampler_kwargs,
-                           cfg_scale=cfg, guidance=traced, batch_size=self.batch_size, on_batch=lambda x, y: None)
+                           setting=dataclasses.replace(setting, terms=traced), batch_size=self.batch_size,
+                           on_batch=lambda x, y: None)
 
             # one sweep value: the figures carry no tag (val/<term>/...); several: one tag per value
             tag = self.sweep.folder(value) if len(self.sweep.values) > 1 else ""
-            self._pending[tag] = self.trace(trainer, draw, terms, pl_module.device)
+            self._pending[tag] = self.trace(trainer, draw, setting.terms, pl_module.device)
         self.last = self._pending if len(self._pending) > 1 else self._pending[""]
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
@@ -144,10 +147,10 @@ class GuidanceDiagnostics(L.Callback):
         self.last = {}
         for value in sweep.values:
             def draw(ids, traced, value=value):
-                pl_module.sample(ids, value, guidance=traced)
+                pl_module.sample(ids, value, terms=traced)
 
-            traces = self.trace(trainer, draw, sweep.at(value)[1], pl_module.device)
+            traces = self.trace(trainer, draw, pl_module.sweep.at(value, pl_module.weak_model).terms, pl_module.device)
             tag = sweep.folder(value)
             self.last[tag] = traces
             self._report(trainer, pl_module, "test", tag, traces, pl_module.output_dir / self.dirname, tag,
-                         f"{sweep.target} scale {value:g}")
+                         sweep.describe(value))

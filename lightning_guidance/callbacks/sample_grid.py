@@ -52,11 +52,11 @@ class SampleGrid(L.Callback):
         labels = torch.arange(k).repeat_interleave(self.per_class)
         seeds = self.seed + torch.arange(len(labels))
         self.last_paths = []
+        weak_model = pl_module.weak_model(self.sweep.cfg_rule)
         for value in self.sweep.values:
-            cfg, terms = self.sweep.at(value)
-            x = pl_module.generate(labels, seeds, sampler=self.sampler, cfg_scale=cfg, guidance=terms,
+            x = pl_module.generate(labels, seeds, sampler=self.sampler, setting=self.sweep.at(value, weak_model),
                                    **self.sampler_kwargs)
-            tag = f"{self.sweep.target}{value:g}"
+            tag = self.sweep.folder(value)
             path = out_dir / f"epoch{trainer.current_epoch:04d}_{tag}.png"
             title = f"{type(pl_module).__name__}, epoch {trainer.current_epoch}: {self.sweep.describe(value)}"
             self.last_paths.append(save_sample_picture(x, labels, path, title=title))

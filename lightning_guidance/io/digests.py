@@ -1,7 +1,8 @@
 """Content digests of files, so that a retrained model or a swapped weights file is never taken for the old one.
 
-``file_digest(path)`` is the SHA-256 of the file's bytes (first 16 hex digits). It is computed once per file
-version: cached by (real path, mtime in ns, size), so a large checkpoint named by many shards is hashed once.
+``file_digest(path)`` is the SHA-256 of the file's bytes (its first 16 hex digits; ``digits=64`` gives all of it).
+It is computed once per file version: cached by (real path, mtime in ns, size), so a large checkpoint named by many
+shards is hashed once. The package's one file digest: shards, guides, neighbour caches and study markers use it.
 A model stored as a folder (diffusers' ``save_pretrained`` layout) is named by :func:`folder_digest`: the SHA-256 of
 its files' relative paths and digests.
 """
@@ -14,8 +15,9 @@ import os
 _CACHE: dict[tuple[str, int, int], str] = {}
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """SHA-256 (16 hex digits) of the file's content; ``FileNotFoundError`` naming the file if it is missing."""
+def file_digest(path: str | os.PathLike, digits: int = 16) -> str:
+    """SHA-256 of the file's content, its first ``digits`` hex digits; ``FileNotFoundError`` naming the file if it
+    is missing."""
     real = os.path.realpath(path)
     try:
         st = os.stat(real)
@@ -28,8 +30,8 @@ def file_digest(path: str | os.PathLike) -> str:
         with open(real, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-        digest = _CACHE[key] = h.hexdigest()[:16]
-    return digest
+        digest = _CACHE[key] = h.hexdigest()
+    return digest[:digits]
 
 
 def folder_digest(path: str | os.PathLike) -> str:

@@ -156,15 +156,15 @@ def save_calibration_over_time(bucket_names: Sequence[str], bucket_centers: Sequ
     return _save(fig, path)
 
 
-def save_metrics_vs_scale(scales: Sequence[float], rows: Sequence[Mapping[str, float]], path: str | Path,
-                          scale_name: str = "scale", title: str = "") -> Path:
-    """One panel per metric, the metric against the guidance scale."""
+def save_metrics_vs_value(values: Sequence[float], rows: Sequence[Mapping[str, float]], path: str | Path, axis: str,
+                          title: str = "") -> Path:
+    """One panel per metric, the metric against the swept value (``axis``: its name, ``Sweep.axis``)."""
     plt = pyplot()
     keys = [k for k in rows[0] if all(k in r for r in rows)]
     fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys), 2.6), dpi=100, squeeze=False)
     for ax, key in zip(axes[0], keys):
-        ax.plot(list(scales), [r[key] for r in rows], marker="o")
-        ax.set(xlabel=scale_name, title=key)
+        ax.plot(list(values), [r[key] for r in rows], marker="o")
+        ax.set(xlabel=axis, title=key)
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path)

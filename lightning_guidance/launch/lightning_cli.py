@@ -13,7 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from jsonargparse import ArgumentError, Namespace
+from jsonargparse import ArgumentError, Namespace, set_parsing_settings
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint, ModelSummary, RichModelSummary, RichProgressBar
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -26,6 +26,7 @@ from ..callbacks.progress import NothingLoggedNote, OneLineSummary, StepProgress
 from ..callbacks.stop_on_signal import StopOnSignal
 from ..io.atomic import atomic_write_bytes, remove_stale_temps
 from ..modules.resume_checks import check_resume_config, check_resume_weights, resolve_ckpt_path
+from .arguments import config_files
 from .config_errors import UsageError, explain_parser_error
 from .help import import_suite_classes, short_class_lists
 from .resources import check_trainer_resources
@@ -76,7 +77,16 @@ class GuidanceCLI(LightningCLI):
     def init_parser(self, **kwargs):
         kwargs.setdefault("exit_on_error", False)  # the error first, in one line (not after the usage text)
         kwargs.setdefault("allow_abbrev", False)  # --trainer.max_step is refused, not read as --trainer.max_steps
+        # ${...} in a config is resolved after every --config is merged, relative to the subcommand: a guidance
+        # config reads the paths of the dataset config it is combined with (docs/architecture.md, the data path)
+        kwargs.setdefault("parser_mode", "omegaconf+")
+        set_parsing_settings(omegaconf_absolute_to_relative_paths=True)
         return super().init_parser(**kwargs)
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--paths", type=dict[str, str], default={},
+                            help="a dataset config's named paths (runs, classifier, ...), read by the guidance "
+                                 "configs combined with it as ${paths.<name>}")
 
     def parse_arguments(self, parser, args) -> None:
         """A refused config or option is one line naming the key and the nearest valid name."""
@@ -86,7 +96,7 @@ class GuidanceCLI(LightningCLI):
             given = sys.argv[1:] if args is None else list(args)
             sub = next((a for a in given if a in getattr(self, "_subcommand_parsers", {})), None)
             options = (self._subcommand_parsers[sub] if sub else parser)._option_string_actions
-            files = [given[i + 1] for i, a in enumerate(given[:-1]) if a in ("--config", "-c")]
+            files = config_files(given)
             raise UsageError(explain_parser_error(str(err), options, files), detail=str(err)) from None
 
     def _parse_ckpt_path(self) -> None:

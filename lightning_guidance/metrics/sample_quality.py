@@ -201,15 +201,16 @@ def _cell(value: float) -> str:
 
 
 def write_quality_table(folder: str | Path, judge: Judge, real_data: str, fd_name: str, num_samples: int, target: str,
-                        rows: Sequence[dict], real: dict[str, float], num_real: int, real_floor: dict | None = None,
-                        settings: dict | None = None) -> tuple[Path, Path]:
-    """``<folder>/metrics_table.{json,md}``: one row per sweep value (``{'scale', 'guidance', 'num_samples',
-    'metrics'}``), a reference row (the judge on the real data), the real-vs-real floor (``{'num_samples',
-    'metrics'}``: every figure between two disjoint halves of the real data) and the ``settings`` the figures were
-    computed with (what ``metrics.products.quality_from_products`` needs to recompute them)."""
+                        axis: str, rows: Sequence[dict], real: dict[str, float], num_real: int,
+                        real_floor: dict | None = None, settings: dict | None = None) -> tuple[Path, Path]:
+    """``<folder>/metrics_table.{json,md}``: one row per swept value (``{'value', 'guidance', 'num_samples',
+    'metrics'}``; ``axis`` names the value in the markdown table), a reference row (the judge on the real data), the
+    real-vs-real floor (``{'num_samples', 'metrics'}``: every figure between two disjoint halves of the real data)
+    and the ``settings`` the figures were computed with (what ``metrics.products.quality_from_products`` needs to
+    recompute them)."""
     name = getattr(judge, "checkpoint", None) or type(judge).__name__
     table = {"judge": name, "judge_num_features": judge.num_features, "real_data": real_data, "fd_name": fd_name,
-             "num_samples_per_scale": num_samples, "scale_target": target, "rows": list(rows), "real": real,
+             "num_samples_per_value": num_samples, "target": target, "rows": list(rows), "real": real,
              "num_real_samples": num_real}
     if real_floor is not None:
         table["real_floor"] = real_floor
@@ -217,10 +218,10 @@ def write_quality_table(folder: str | Path, judge: Judge, real_data: str, fd_nam
         table["settings"] = settings
     keys = list(rows[0]["metrics"])
     intro = (f"Samples graded by the judge `{name}` against the real data of {real_data}, {num_samples} samples per "
-             f"scale. `{fd_name}` is the Fréchet distance in the judge's {judge.num_features} penultimate features "
+             f"value. `{fd_name}` is the Fréchet distance in the judge's {judge.num_features} penultimate features "
              f"(not Inception FID), `{kd_name(fd_name)}` the kernel distance (KID's unbiased estimator) in the same "
              "features, with its standard deviation over subsets.")
-    cells = [[f"{r['scale']:g}", r["guidance"], str(r["num_samples"])] + [_cell(r["metrics"][k]) for k in keys]
+    cells = [[f"{r['value']:g}", r["guidance"], str(r["num_samples"])] + [_cell(r["metrics"][k]) for k in keys]
              for r in rows]
     cells.append(["real data", "(the judge on the real data)", str(num_real)]
                  + [_cell(real[k]) if k in real else "—" for k in keys])
@@ -228,4 +229,4 @@ def write_quality_table(folder: str | Path, judge: Judge, real_data: str, fd_nam
         floor = real_floor["metrics"]
         cells.append(["real vs real", "(two disjoint halves of the real data: the floor at this n)",
                       str(real_floor["num_samples"])] + [_cell(floor[k]) if k in floor else "—" for k in keys])
-    return write_table(folder, "metrics_table", table, intro, [f"{target} scale", "guidance", "samples", *keys], cells)
+    return write_table(folder, "metrics_table", table, intro, [axis, "guidance", "samples", *keys], cells)

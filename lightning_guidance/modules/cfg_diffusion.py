@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..diffusion.cfg_rule import ClassifierFreeGuidance
-from ..diffusion.denoiser import NetDenoiser, check_labels
+from ..diffusion.denoiser import check_labels
+from ..diffusion.guidance_setting import GuidanceSetting, WeakModel, needs_weak_model
 from ..diffusion.noise import GlobalBatchDraws
 from ..diffusion.parameterization import check_prediction, training_target
 from ..diffusion.schedules import VPSchedule
-from ..diffusion.plug import GuidanceTerm
 from ..diffusion.sampling import sample_batches
 from .common import (NetTrainingModule, check_against_datamodule, check_finite_loss, compile_net, global_batch_draws,
                      rebuild_from_checkpoint, reseed_for_step)
@@ -122,23 +122,44 @@ class CFGDiffusion(NetTrainingModule):
         return loss
 
     # ---- sampling ---------------------------------------------------------------------------------
-    def denoiser(self, cfg_scale: float | Tensor = 1.0, rule: ClassifierFreeGuidance | None = None,
-                 guide: "CFGDiffusion | None" = None) -> NetDenoiser:
-        """The sampler's denoiser at ``cfg_scale`` with a CFG ``rule`` (default: plain CFG) and, for autoguidance,
-        the worse model ``guide``; a perturbed-attention rule gets this net with its self-attention perturbed."""
-        perturbed = None
-        if rule is not None and rule.perturbation is not None:
+    @property
+    def prediction(self) -> str:
+        """What the network predicts (eps / x0 / v)."""
+        return self.hparams.prediction
+
+    @property
+    def clip_x0(self) -> bool:
+        return self.hparams.clip_x0
+
+    def weak_model(self, rule: ClassifierFreeGuidance | None) -> WeakModel | None:
+        """The worse model a CFG ``rule`` guides away from, checked against this model once: autoguidance's
+        ``guide_checkpoint`` (a suite checkpoint or a diffusers model folder; frozen, in eval mode), or this network
+        with the rule's self-attention blocks perturbed (refused for a network without them); None for a rule that
+        guides with the null class. ``PretrainedDiffusion`` uses this same method."""
+        if not needs_weak_model(rule):
+            return None
+        if rule.perturbation is not None:
             from ..nets.attention_perturbation import PerturbedAttention
 
-            perturbed = PerturbedAttention.for_rule(self.net, rule)
-        return NetDenoiser(self.net, self.num_classes, self.hparams.prediction, cfg_scale, self.hparams.clip_x0,
-                           rule=rule, guide_net=None if guide is None else guide.net,
-                           guide_prediction=None if guide is None else guide.hparams.prediction,
-                           perturbed_net=perturbed)
+            return WeakModel(PerturbedAttention.for_rule(self.net, rule), self.prediction)
+        from .pretrained_diffusion import load_guide_model  # it builds on this module
+
+        name = type(rule).__name__
+        guide = load_guide_model(rule.guide_checkpoint, self, use_ema=rule.guide_use_ema).requires_grad_(False)
+        ghp, hp = guide.hparams, self.hparams
+        if (guide.num_classes, guide.data_shape) != (self.num_classes, self.data_shape):
+            raise ValueError(f"{name}: the guide {rule.guide_checkpoint} models {guide.num_classes} classes of shape "
+                             f"{guide.data_shape}, the main model {self.num_classes} of {self.data_shape}; "
+                             "train the worse model on the same data")
+        if (ghp.schedule, ghp.num_train_steps) != (hp.schedule, hp.num_train_steps):
+            raise ValueError(f"{name}: the guide {rule.guide_checkpoint} was trained on a {ghp.schedule}/"
+                             f"{ghp.num_train_steps} schedule, the main model on {hp.schedule}/{hp.num_train_steps}: "
+                             "its t means another noise level; retrain it to match")
+        return WeakModel(guide.net.to(self.device), guide.prediction)
 
     @torch.no_grad()
     def generate(self, labels: Tensor, seeds: Sequence[int] | Tensor, sampler: str = "ddim",
-                 cfg_scale: float | Tensor = 1.0, guidance: Sequence[GuidanceTerm] = (), **sampler_kwargs) -> Tensor:
-        """Samples for ``labels`` with per-sample ``seeds`` (a sample depends on its seed only), in one batch."""
-        return sample_batches(self, labels, seeds, sampler=sampler, sampler_kwargs=sampler_kwargs,
-                              cfg_scale=cfg_scale, guidance=guidance)[0]
+                 setting: GuidanceSetting | None = None, **sampler_kwargs) -> Tensor:
+        """Samples for ``labels`` with per-sample ``seeds`` under guidance ``setting`` (default: the conditional
+        model); a sample depends on its seed only. One batch."""
+        return sample_batches(self, labels, seeds, sampler=sampler, sampler_kwargs=sampler_kwargs, setting=setting)[0]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from ..data.rank_split import LoaderBatchIds, check_enough_per_rank, owned_block
+from ..guidance.sweep import SWEEP_AXES
 from ..io.digests import file_identity
 from ..io.shards import check_shards, config_hash, open_shard, read_manifest, read_shard, shard_paths
 from ..io.tables import write_table
@@ -34,7 +35,7 @@ from ..metrics.sample_quality import SampleQuality, write_quality_table
 
 @dataclass(frozen=True)
 class SampleFolder:
-    """One sweep value's folder of shards, with the config hash its shards must carry."""
+    """One swept value's folder of shards, with the config hash its shards must carry."""
     value: float
     folder: Path
     config_hash: str
@@ -43,17 +44,18 @@ class SampleFolder:
 
 
 def describe_config(config: dict | None) -> str:
-    """One line for a table: the sampler and the guidance a shard config records (``ddim {num_steps: 50}, CFG 3``)."""
+    """One line for a table: the sampler and the guidance a shard config records (``ddim {num_steps: 50}, CFG s =
+    3``), as :meth:`~lightning_guidance.guidance.sweep.Sweep.describe` words it."""
     if not config:
         return "(not recorded)"
-    value, target = float(config.get("scale", 0.0)), config.get("scale_target", "cfg")
+    value, target = float(config.get("value", 0.0)), config.get("target", "cfg")
     if "source" in config:  # samples written with io.shards.write_sample_folder
         return f"{config['source']}, {target} {value:g}"
-    cfg = value if target == "cfg" else float(config.get("cfg_scale", 1.0))
+    s = value if target == "cfg" else float(config.get("cfg_scale", 1.0))  # a CFG sweep's value is the CFG scale
     rule = (config.get("cfg_rule") or {}).get("class", "CFG") if isinstance(config.get("cfg_rule"), dict) else "CFG"
     terms = [f"{t.get('class', 'term')} (scale {float(t.get('scale', 1.0)) * (value if target == 'guidance' else 1):g})"
              for t in config.get("guidance") or []]
-    return ", ".join([f"{config.get('sampler', '?')} {config.get('sampler_kwargs', {})}", f"{rule} {cfg:g}", *terms])
+    return ", ".join([f"{config.get('sampler', '?')} {config.get('sampler_kwargs', {})}", f"{rule} s = {s:g}", *terms])
 
 
 def sample_folders(samples: str | Path) -> tuple[list[SampleFolder], int, str]:
@@ -65,14 +67,14 @@ def sample_folders(samples: str | Path) -> tuple[list[SampleFolder], int, str]:
     manifest = read_manifest(root)
     if manifest is not None:
         out = []
-        for label, entry in manifest["scales"].items():
+        for label, entry in manifest["values"].items():
             config = entry.get("config")
-            target = (config or {}).get("scale_target", "cfg")
+            target = (config or {}).get("target", "cfg")
             folder = root / (Path(entry["grid"]).parent if entry.get("grid") else f"{target}_{label}")
             out.append(SampleFolder(float(label), folder, config_hash(config), config, describe_config(config)))
         if not out:
             raise ValueError(f"{root / 'manifest.json'} lists no samples: run predict again")
-        return out, int(manifest["num_samples_per_scale"]), (out[0].config or {}).get("scale_target", "cfg")
+        return out, int(manifest["num_samples_per_value"]), (out[0].config or {}).get("target", "cfg")
     out, counts = [], set()
     for folder in sorted(p for p in root.iterdir() if p.is_dir() and shard_paths(p)):
         first = read_shard(shard_paths(folder)[0])
@@ -80,13 +82,18 @@ def sample_folders(samples: str | Path) -> tuple[list[SampleFolder], int, str]:
             expected = str(z["source_config_hash"]) if "source_config_hash" in z.files else first.config_hash
         ids = np.concatenate([np.asarray(read_shard(p).sample_ids) for p in shard_paths(folder)])
         counts.add(int(ids.max()) + 1)
-        out.append(SampleFolder(first.scale, folder, expected, None, describe_config(first.config)))
+        out.append(SampleFolder(first.value, folder, expected, None, describe_config(first.config)))
     if not out:
         raise FileNotFoundError(f"no samples in {root}: neither a manifest.json nor folders of shard_*.npz (run "
                                 "predict first)")
     if len(counts) != 1:
         raise ValueError(f"the folders of {root} hold different numbers of samples {sorted(counts)}: re-run predict")
-    return out, counts.pop(), (read_shard(shard_paths(out[0].folder)[0]).config or {}).get("scale_target", "cfg")
+    return out, counts.pop(), (read_shard(shard_paths(out[0].folder)[0]).config or {}).get("target", "cfg")
+
+
+def axis_name(target: str) -> str:
+    """The swept value's name in a table's header (``CFG scale s``; the glossary of docs/architecture.md)."""
+    return SWEEP_AXES.get(target, f"{target} value")
 
 
 def guide_digests(config: dict | None) -> set[str]:
@@ -108,7 +115,7 @@ class JudgeGrading:
         check_enough_per_rank(num_samples, self.trainer.world_size, f"test of {output_dir}")
         need = max(2, hp.precision_recall_k + 1)
         if num_samples < need:
-            raise ValueError(f"{num_samples} samples per scale are too few: precision/recall with "
+            raise ValueError(f"{num_samples} samples per swept value are too few: precision/recall with "
                              f"k={hp.precision_recall_k} and the Fréchet distance need at least {need}; "
                              "raise samples_per_class")
         self._real_shape = tuple(getattr(dm, "data_shape", ()) or ()) or tuple(sample_shape or ())
@@ -150,10 +157,11 @@ class JudgeGrading:
         floor = self.quality.real_floor(num_samples)  # collective, like the per-sample files below
         self.quality.write_products(output_dir, write=self.trainer.is_global_zero)
         if self.trainer.is_global_zero:
-            table = [{"scale": f.value, "guidance": f.description, "num_samples": counts[f.folder.name],
+            table = [{"value": f.value, "guidance": f.description, "num_samples": counts[f.folder.name],
                       "metrics": rows[f.folder.name]} for f in folders]
             write_quality_table(output_dir, self.judge, type(self.trainer.datamodule).__name__, self.hparams.fd_name,
-                                num_samples, target, table, real, counts["real"], floor, self.quality.settings())
+                                num_samples, target, axis_name(target), table, real, counts["real"], floor,
+                                self.quality.settings())
 
 
 class GradeSamples(JudgeGrading, L.LightningModule):
@@ -248,17 +256,17 @@ class GradeSamples(JudgeGrading, L.LightningModule):
     def write_exact_table(self, rows: list[dict[str, float]]) -> tuple[Path, Path]:
         hp, name = self.hparams, type(self.trainer.datamodule).__name__
         keys = [k for k in rows[0] if k != "num_samples"]
-        data = {"grader": "exact density", "real_data": name, "scale_target": self.target,
-                "num_samples_per_scale": self.num_samples, "seed": hp.seed, "num_projections": hp.num_projections,
-                "rows": [{"scale": f.value, "guidance": f.description, "metrics": row}
+        data = {"grader": "exact density", "real_data": name, "target": self.target,
+                "num_samples_per_value": self.num_samples, "seed": hp.seed, "num_projections": hp.num_projections,
+                "rows": [{"value": f.value, "guidance": f.description, "metrics": row}
                          for f, row in zip(self.folders, rows)]}
-        intro = (f"Samples scored against the exact distribution of {name}, {self.num_samples} samples per scale: "
+        intro = (f"Samples scored against the exact distribution of {name}, {self.num_samples} samples per value: "
                  "log p(x|y), the Bayes wrong-class share, sliced W1 "
                  f"({hp.num_projections} directions), spread (1 = exact) and recall against exact samples.")
         cells = [[f"{f.value:g}", f.description, str(row["num_samples"])] + [f"{row[k]:.4f}" for k in keys]
                  for f, row in zip(self.folders, rows)]
         return write_table(self.output_dir, "metrics_table", data, intro,
-                           [f"{self.target} scale", "guidance", "samples", *keys], cells)
+                           [axis_name(self.target), "guidance", "samples", *keys], cells)
 
     def configure_optimizers(self):
         return None

@@ -4,7 +4,7 @@
 noised to the centre of each of ``num_buckets`` equal time buckets of [0, 1] with its own noise, as a classifier's
 own validation does (:class:`~..metrics.classifier_calibration.ClassifierCalibration`), then read as the term reads
 it: ``x_t`` at ``t``, or for an ``input: x0_hat`` term the diffusion model's denoised ``x0_hat`` (CFG scale 1,
-clamped when the term clamps). Binned ECE per bucket and their mean, the integral ECE ``(1/K) sum_k ECE(t_k)``
+as the term reads it: clamped where the model clamps, or as the term's ``clip_x0`` forces). Binned ECE per bucket and their mean, the integral ECE ``(1/K) sum_k ECE(t_k)``
 (EluCD, Ma et al.; docs/math.md §3), go to ``<output_dir>/guide_calibration.json``.
 """
 
@@ -18,6 +18,7 @@ from torch import Tensor
 
 from ..calibration.ece import time_buckets
 from ..data.rank_split import LoaderBatchIds
+from ..diffusion.sampling import build_denoiser
 from ..guidance.log_likelihood import ClassifierTerm
 from ..guidance.sweep import describe_term
 from ..io.atomic import atomic_write_text
@@ -29,6 +30,21 @@ PRODUCT = "guide_calibration.json"
 
 
 class GuideCalibration(L.LightningModule):
+    """The integral ECE of a guidance term's classifier on what it reads while sampling (``test`` only;
+    ``configs/digits/guide_calibration.yaml``).
+
+    Args:
+        checkpoint: the diffusion model's checkpoint (an ``x0_hat`` term reads its denoised ``x0_hat``).
+        term: the guidance term whose classifier is measured, as in a sampling config's ``sweep.terms``
+            (``input: x_t`` or ``x0_hat``).
+        output_dir: where ``guide_calibration.json`` goes (default: ``trainer.default_root_dir``).
+        num_buckets: equal time buckets of [0, 1]; each image is noised to each bucket's centre (>= 1).
+        n_bins: confidence bins of the binned ECE (>= 1).
+        num_samples: the test split's first sample ids measured (null: all of it).
+        seed: seed of the per-sample noise.
+        use_ema: read the diffusion model's EMA weights (else the raw ones).
+    """
+
     def __init__(self, checkpoint: str, term: ClassifierTerm, output_dir: str | None = None, num_buckets: int = 4,
                  n_bins: int = 10, num_samples: int | None = None, seed: int = 0, use_ema: bool = True):
         super().__init__()
@@ -45,7 +61,7 @@ class GuideCalibration(L.LightningModule):
         term, schedule = self.term, self.diffusion.schedule
         if term.input == "x_t":
             return term.classifier
-        denoiser = self.diffusion.denoiser(1.0)
+        denoiser = build_denoiser(self.diffusion)  # the conditional model (CFG scale 1), clipped as the model clips
 
         def read(x_t: Tensor, t: Tensor) -> Tensor:
             abar = schedule.abar((t.double() * (schedule.num_train_steps - 1)).round()).to(x_t)

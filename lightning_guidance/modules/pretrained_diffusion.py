@@ -40,8 +40,9 @@ class PretrainedOptions:
 
 class PretrainedDiffusion(nn.Module):
     """The diffusers model of ``folder`` behind the interface :func:`~lightning_guidance.diffusion.sampling.sample_ids`
-    and ``SamplingModule`` use of ``CFGDiffusion``: ``num_classes``, ``schedule``, ``data_shape``, ``device``,
-    ``denoiser(...)`` and ``hparams`` (schedule name, number of training steps, prediction kind, ``clip_x0``)."""
+    and ``SamplingModule`` use of ``CFGDiffusion``: ``net``, ``num_classes``, ``schedule``, ``data_shape``,
+    ``device``, ``prediction``, ``clip_x0``, ``weak_model(rule)`` and ``hparams`` (schedule name, number of training
+    steps, prediction kind, ``clip_x0``)."""
 
     def __init__(self, folder: str | Path, num_classes: int | None = None, image_size: int | None = None):
         super().__init__()
@@ -78,9 +79,11 @@ class PretrainedDiffusion(nn.Module):
     def train(self, mode: bool = True) -> PretrainedDiffusion:
         return super().train(False)  # a DiT drops labels at random in train mode: never train here
 
-    #: the sampler's denoiser, made as a CFGDiffusion makes its own (one place): from ``net``, ``num_classes`` and
-    #: ``hparams.prediction`` / ``hparams.clip_x0``, with a CFG rule and autoguidance's worse model
-    denoiser = CFGDiffusion.denoiser
+    #: what :func:`~lightning_guidance.diffusion.sampling.build_denoiser` reads, and the weak model of a CFG rule
+    #: (autoguidance's worse model, a perturbed-attention view), as a CFGDiffusion has them (one place)
+    prediction = CFGDiffusion.prediction
+    clip_x0 = CFGDiffusion.clip_x0
+    weak_model = CFGDiffusion.weak_model
 
     @torch.no_grad()
     def decode(self, latents: Tensor, batch_size: int | None = None) -> Tensor:

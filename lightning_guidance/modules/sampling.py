@@ -5,8 +5,10 @@
 
 ``predict`` walks the shards of every sweep value (sample ids ``0..N-1``, label ``classes[id % len(classes)]``, seed
 ``seed + id``: the same ids at every value, so a sample can be followed across the sweep) and writes each atomically
-(:mod:`lightning_guidance.io.shards`); a shard already on disk with the same config hash is skipped, so a killed job
-resumes where it was. Under DDP each rank takes whole shards (Lightning's unrepeated sampler for predict).
+(:mod:`lightning_guidance.io.shards`); a shard already on disk with the same config hash and the same sample ids
+is skipped, so a killed job resumes where it was, and one of another config is refused as stale (what enters a shard's
+config is listed in tests/test_shard_identity.py). Under DDP each rank takes whole shards (Lightning's unrepeated
+sampler for predict).
 ``shard_part: [i, k]`` keeps only the shards i, i + k, ... (task i of a k-task job array; a later run without it
 skips them all and writes the manifest). ``save_trajectory: true`` also stores in each shard the path the sampler
 took (``trajectory``: the state each step starts from, then the samples; :func:`~..io.shards.read_extra`).
@@ -24,6 +26,7 @@ saw of each sample, for bootstraps (``io.sample_products``).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import lightning as L
@@ -31,47 +34,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..diffusion.cfg_rule import ClassifierFreeGuidance
-from ..diffusion.sampling import check_sampling, sample_ids, seeds_for_ids
-from ..guidance.sweep import Sweep
+from ..diffusion.sampling import check_sampling, sample_ids, sampler_options, seeds_for_ids
+from ..guidance.sweep import Sweep, describe_network
 from ..guidance.trace import TrajectoryRecorder
 from ..io.digests import file_identity
-from ..io.shards import (Shard, config_difference, config_hash, open_shard, plan_shards, shard_config,
-                         shard_hash, write_manifest, write_shard)
+from ..io.shards import (Shard, config_difference, config_hash, finished_shard, open_shard, plan_shards, shard_config,
+                         write_manifest, write_shard)
 from ..metrics.judge import Judge, check_judge
-from .cfg_diffusion import CFGDiffusion
 from .common import compile_net
-from .grading import JudgeGrading, SampleFolder
-from .pretrained_diffusion import (PretrainedOptions, check_null_class, load_diffusion, load_guide_model,
-                                   pretrained_identity, shard_samples)
+from .grading import JudgeGrading, SampleFolder, describe_config
+from .pretrained_diffusion import (PretrainedOptions, check_null_class, load_diffusion, pretrained_identity,
+                                   shard_samples)
 
 
 def _first(items):
     return items[0]
-
-
-def load_rule_guide(rule: ClassifierFreeGuidance | None, diffusion: CFGDiffusion) -> CFGDiffusion | None:
-    """Check a CFG rule against the model's network; return autoguidance's worse model (frozen) or None."""
-    if rule is None:
-        return None
-    if rule.perturbation is not None:
-        from ..nets.attention_perturbation import PerturbedAttention
-
-        PerturbedAttention.for_rule(diffusion.net, rule)  # refuses a net without those layers
-    if not rule.guide_is_other_model:
-        return None
-    name = type(rule).__name__
-    guide = load_guide_model(rule.guide_checkpoint, diffusion, use_ema=rule.guide_use_ema).requires_grad_(False)
-    ghp, hp = guide.hparams, diffusion.hparams
-    if (guide.num_classes, guide.data_shape) != (diffusion.num_classes, diffusion.data_shape):
-        raise ValueError(f"{name}: the guide {rule.guide_checkpoint} models {guide.num_classes} classes of shape "
-                         f"{guide.data_shape}, the main model {diffusion.num_classes} of {diffusion.data_shape}; "
-                         "train the worse model on the same data")
-    if (ghp.schedule, ghp.num_train_steps) != (hp.schedule, hp.num_train_steps):
-        raise ValueError(f"{name}: the guide {rule.guide_checkpoint} was trained on a {ghp.schedule}/"
-                         f"{ghp.num_train_steps} schedule, the main model on {hp.schedule}/{hp.num_train_steps}: "
-                         "its t means another noise level; retrain it to match")
-    return guide
 
 
 class SamplingModule(JudgeGrading, L.LightningModule):
@@ -132,14 +109,18 @@ class SamplingModule(JudgeGrading, L.LightningModule):
         self.pretrained = pretrained
         self.diffusion = load_diffusion(checkpoint, net, use_ema, pretrained).requires_grad_(False)
         check_null_class(self.diffusion, self.sweep, checkpoint)
+        # a net given here replaces the one the checkpoint records: its structure enters the shards' identity
+        self._net_identity = None if net is None else describe_network(net)
         hp = self.diffusion.hparams
         self.sweep.check_against(self.diffusion.num_classes, self.diffusion.data_shape, hp.schedule, hp.num_train_steps)
         # registered, so that the terms' classifiers move to the sampling device with this module (each once)
         self.term_classifiers = nn.ModuleList(self.sweep.classifiers).requires_grad_(False)
-        self.guide_diffusion = load_rule_guide(self.sweep.cfg_rule, self.diffusion)
+        self.weak_model = self.diffusion.weak_model(self.sweep.cfg_rule)
+        # autoguidance's worse network, registered likewise (a perturbed-attention view is of the main net)
+        self.weak_net = self.weak_model.net if isinstance(getattr(self.weak_model, "net", None), nn.Module) else None
         if compile:  # the denoisers' forward; the samples equal the eager ones to float rounding
-            for model in filter(None, (self.diffusion, self.guide_diffusion)):
-                compile_net(model.net)
+            for net_ in filter(None, (self.diffusion.net, self.weak_net)):
+                compile_net(net_)
         k = self.diffusion.num_classes
         self.classes = list(range(k)) if classes is None else [int(c) for c in classes]
         bad = [c for c in self.classes if not 0 <= c < k]
@@ -158,16 +139,17 @@ class SamplingModule(JudgeGrading, L.LightningModule):
         raise ValueError("SamplingModule needs output_dir, or a trainer whose default_root_dir places the shards")
 
     def shard_config(self, value: float) -> dict:
-        """What a shard's config hash covers: the model file (by content digest), the sampler, the sweep at
-        ``value`` (its guides' weights files by digest), the seeds."""
-        hp, sweep = self.hparams, self.sweep.identity()
-        return {"checkpoint": file_identity(hp.checkpoint), "use_ema": hp.use_ema,
-                "sampler": hp.sampler, "sampler_kwargs": dict(self.sampler_kwargs), "scale": float(value),
-                "scale_target": sweep["scale_target"], "cfg_scale": sweep["cfg_scale"], "seed": hp.seed,
-                "guidance": sweep["guidance"], "classes": self.classes,
-                **({"cfg_rule": sweep["cfg_rule"]} if "cfg_rule" in sweep else {}),
-                # a batch-coupled term (tilted guidance) makes samples depend on who shares their batch
-                "batch_size": hp.batch_size if self.sweep.couples_batch else None,
+        """What a shard's config hash covers: the model file (by content digest) and its weights (EMA or raw), the
+        sampler, the sweep at ``value`` (its guides' weights files by digest), the classes and seeds, the batch size
+        where a batch-coupled term makes samples depend on who shares their batch, the trajectory when one is kept
+        and the pretrained options that change a shard. Every other argument is result-neutral
+        (tests/test_shard_identity.py holds the list)."""
+        hp = self.hparams
+        return {"checkpoint": file_identity(hp.checkpoint), "use_ema": hp.use_ema, "sampler": hp.sampler,
+                "sampler_kwargs": {**sampler_options(hp.sampler), **self.sampler_kwargs}, "seed": hp.seed,
+                "classes": self.classes, **self.sweep.identity(value),
+                **({"net": self._net_identity} if self._net_identity is not None else {}),
+                **({"batch_size": hp.batch_size} if self.sweep.couples_batch else {}),
                 **({"trajectory": True} if hp.get("save_trajectory") else {}),
                 **pretrained_identity(self.pretrained)}
 
@@ -183,29 +165,32 @@ class SamplingModule(JudgeGrading, L.LightningModule):
             plans = plans[i::k]
         return DataLoader(plans, batch_size=1, shuffle=False, collate_fn=_first)
 
-    def sample(self, ids, value: float, batch_size: int | None = None, guidance=None,
+    def sample(self, ids, value: float, batch_size: int | None = None, terms: tuple | None = None,
                record: TrajectoryRecorder | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Samples and labels of sample ids ``ids`` at one sweep value (``guidance``: other terms, e.g. traced;
-        ``record``: keeps the sampler's path)."""
-        cfg, terms = self.sweep.at(value)
+        """Samples and labels of sample ids ``ids`` at one swept value (``terms``: others, e.g. traced; ``record``:
+        keeps the sampler's path)."""
+        setting = self.sweep.at(value, self.weak_model)
+        if terms is not None or record is not None:
+            own = setting.terms if terms is None else tuple(terms)
+            setting = dataclasses.replace(setting, terms=(*own, *([record] if record else [])))
         return sample_ids(self.diffusion, ids, self.classes, self.hparams.seed, sampler=self.hparams.sampler,
-                          sampler_kwargs=self.sampler_kwargs, cfg_scale=cfg,
-                          guidance=[*(terms if guidance is None else guidance), *([record] if record else [])],
-                          batch_size=batch_size or self.hparams.batch_size, cfg_rule=self.sweep.cfg_rule,
-                          guide=self.guide_diffusion)
+                          sampler_kwargs=self.sampler_kwargs, setting=setting,
+                          batch_size=batch_size or self.hparams.batch_size)
 
     def predict_step(self, plan, batch_idx: int = 0):
         path, value, ids = plan
         config = self.shard_config(value)
         expected = config_hash(config)
-        found = shard_hash(path) if path.exists() else None
-        if found == expected:
+        found = finished_shard(path) if path.exists() else None
+        if found == (expected, tuple(ids)):  # this config's samples of exactly these ids
             return {"path": str(path), "skipped": True}
         if path.exists() and not self.hparams.overwrite:
             if found is None:
                 open_shard(path)  # raises the one-line message naming the damaged file
-            raise ValueError(f"stale shard {path}: made with another sampling config "
-                             f"({config_difference(shard_config(path), config)}); re-run with "
+            why = (config_difference(shard_config(path), config) if found[0] != expected else
+                   f"it holds sample ids {found[1][0]}..{found[1][-1]}, this run's shard {ids[0]}..{ids[-1]}: "
+                   "samples_per_class, classes or shard_size changed")
+            raise ValueError(f"stale shard {path}: made with another sampling config ({why}); re-run with "
                              "--model.init_args.overwrite true to regenerate it, or choose another output_dir")
         recorder = TrajectoryRecorder() if self.hparams.get("save_trajectory") else None
         x, labels = self.sample(list(ids), value, record=recorder)
@@ -223,7 +208,7 @@ class SamplingModule(JudgeGrading, L.LightningModule):
             values = self.sweep.values
             write_manifest(self.output_dir, {f"{v:g}": self.folder(v) for v in values},
                            {f"{v:g}": self.shard_config(v) for v in values}, self.num_samples, self.classes,
-                           f"{self.sweep.target} scale", self.hparams.grid_per_class)
+                           {f"{v:g}": self.sweep.describe(v) for v in values}, self.hparams.grid_per_class)
 
     # ---- test: the shards graded against real data by a judge (JudgeGrading) ------------------------------
     def setup(self, stage: str) -> None:
@@ -239,10 +224,9 @@ class SamplingModule(JudgeGrading, L.LightningModule):
                              "model was trained on as data: (e.g. lightning_guidance.data.digits.DigitsDataModule)")
         check_judge(self.judge, getattr(dm, "num_classes", self.diffusion.num_classes), self.diffusion.num_classes,
                     self.sweep.terms)
-        hp = self.hparams
+        # described from the shard config, as GradeSamples describes a folder from its manifest (one wording)
         folders = [SampleFolder(v, self.folder(v), config_hash(self.shard_config(v)), self.shard_config(v),
-                                f"{hp.sampler} {dict(self.sampler_kwargs)}, " + self.sweep.describe(v))
-                   for v in self.sweep.values]
+                                describe_config(self.shard_config(v))) for v in self.sweep.values]
         # a latent model's shards hold decoded images
         self.start_grading(folders, self.num_samples, self.sweep.target, self.output_dir,
                            getattr(self.diffusion, "image_shape", self.diffusion.data_shape))

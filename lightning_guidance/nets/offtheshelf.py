@@ -186,6 +186,7 @@ class OffTheShelfClassifier(nn.Module):
             raise ValueError(f"mean/std need {data['in_channels']} entries (got {len(mean)} and {len(std)})")
 
         self.source, self.arch, self.weights_path = source, arch, None if path is None else str(path)
+        self.model_kwargs = model_kwargs
         self.input_size: tuple[int, int] = data["size"]
         self.interpolation: str = data["interpolation"]
         self.in_channels: int = data["in_channels"]
@@ -256,6 +257,8 @@ class OffTheShelfClassifier(nn.Module):
 
     def extra_repr(self) -> str:
         beta = self.swap_report.beta
+        mean, std = [round(v, 6) for v in self.mean.tolist()], [round(v, 6) for v in self.std.tolist()]
         return (f"source={self.source}, arch={self.arch}, num_classes={self.num_classes}, "
-                f"input_size={self.input_size}, interpolation={self.interpolation}, "
-                f"softplus_beta={'ReLU kept' if beta is None else beta}")
+                f"input_size={self.input_size}, interpolation={self.interpolation}, mean={mean}, std={std}, "
+                f"model_kwargs={self.model_kwargs}, softplus_beta={'ReLU kept' if beta is None else beta}"
+                + (", weights=random init" if self.weights_path is None else ""))

@@ -1,9 +1,10 @@
 """The steps and readers that the image sections (4 to 9) share: scikit-learn's 8x8 digits, or MNIST / CIFAR-10 in the
 ``full`` presets.
 
-Every guided sampling run (:class:`Run`, all declared in :func:`runs`) is a ``predict`` of a shipped
-``configs/digits/sample_*.yaml`` and a ``test`` of its shards with ``configs/digits/grade_with_judge.yaml``; the
-sections read the ``metrics_table.json`` each test wrote (:func:`read_tables`). The models they sample from are
+Every guided sampling run (:class:`Run`, all declared in :func:`runs`) is a ``predict`` of
+``configs/digits/sampling.yaml`` (with a ``configs/guidance/`` file) and a ``test`` of its shards with
+``configs/digits/grade_with_judge.yaml``; the sections read the ``metrics_table.json`` each test wrote
+(:func:`read_tables`). The models they sample from are
 trained once: the judge, the CFG model, the noisy and the clean classifier.
 """
 
@@ -21,8 +22,14 @@ METRICS = ("fd_digits", "precision", "recall", "judge_accuracy")
 #: EluCD's DDPM reference settings (app. C): every ablation changes one of them
 REFERENCE = {"tau1": 1.0, "tau2": 0.5, "gamma": 0.3}
 DATA = "scikit-learn's 8x8 digits (embedded; the full presets: MNIST or CIFAR-10 under data/)"
+SAMPLING = "digits/sampling.yaml"  # the sampling skeleton every run starts from (CFG alone)
 SIZES = ("digits_train_steps", "digits_judge_steps", "digits_model_channels", "digits_samples_per_class",
          "digits_ddim_steps", "digits_ddpm_steps", "dataset", "accelerator")
+
+
+def with_guidance(name: str) -> tuple[str, str]:
+    """The digits sampling config combined with ``configs/guidance/<name>.yaml``."""
+    return SAMPLING, f"guidance/{name}.yaml"
 
 
 def image_edits(preset, kind: str) -> dict:
@@ -52,7 +59,7 @@ class Run:
     key: str
     label: str
     section: str
-    config: str
+    config: str | tuple[str, ...]  # shipped configs, combined in order
     scales: list[float]
     classifier: str | None = None  # the fit step of its guide (None: CFG only)
     edits: dict = field(default_factory=dict)
@@ -74,34 +81,34 @@ def offtheshelf_key(tau2: float, gamma: float, through: bool) -> str:
 def runs(p) -> dict[str, Run]:
     """Every sampling run of the image sections, in report order."""
     guided = sorted({*p.cg_scales, p.ablation_scale})
-    out = [Run("cfg", "CFG", "digits_cfg", "digits/sample_cfg.yaml", p.cfg_fine_scales, ddpm=False),
-           Run("cg-noisy", "CG, noisy classifier on x_t", "digits_cg", "digits/sample_cg.yaml", guided,
+    out = [Run("cfg", "CFG", "digits_cfg", SAMPLING, p.cfg_fine_scales, ddpm=False),
+           Run("cg-noisy", "CG, noisy classifier on x_t", "digits_cg", with_guidance("cg"), guided,
                "digits-classifier"),
-           Run("cg-clean", "CG, clean classifier on x0_hat", "digits_cg", "digits/sample_offtheshelf.yaml", guided,
+           Run("cg-clean", "CG, clean classifier on x0_hat", "digits_cg", with_guidance("offtheshelf"), guided,
                "digits-clean", {f"{TERM0}.init_args.tau2": 1.0, f"{TERM0}.init_args.sine_gamma": 0.0})]
     tau, gamma = REFERENCE["tau2"], REFERENCE["gamma"]
     for tau2, g, through in [*((t, gamma, False) for t in p.tau_ratios), *((tau, g, False) for g in p.sine_gammas),
                              (tau, gamma, True)]:
         out.append(Run(offtheshelf_key(tau2, g, through), f"off-the-shelf, tau2/tau1={tau2:g}, gamma={g:g}"
-                       + (", through the denoiser" if through else ""), "digits_cg", "digits/sample_offtheshelf.yaml",
+                       + (", through the denoiser" if through else ""), "digits_cg", with_guidance("offtheshelf"),
                        [p.ablation_scale], "digits-clean", {f"{TERM0}.init_args.tau2": tau2,
                                                             f"{TERM0}.init_args.sine_gamma": g,
                                                             f"{TERM0}.init_args.through_denoiser": through}))
-    out += [Run("cfg-plus-cg", "CFG + clean classifier", "digits_cg", "digits/sample_cfg_plus_cg.yaml",
+    out += [Run("cfg-plus-cg", "CFG + clean classifier", "digits_cg", with_guidance("cfg_plus_cg"),
                 p.cfg_plus_cg_scales, "digits-clean", ddpm=False),
-            Run("cg-calibrated", "CG, Smooth-ECE fine-tuned classifier", "digits_calibration", "digits/sample_cg.yaml",
+            Run("cg-calibrated", "CG, Smooth-ECE fine-tuned classifier", "digits_calibration", with_guidance("cg"),
                 guided, "digits-calibrated"),
             Run("cg-lambda0", "CG, fine-tuned with lambda = 0 (control)", "digits_calibration",
-                "digits/sample_cg.yaml", guided, "digits-calibrated-lambda0"),
-            Run("tilted", "tilted (clean classifier)", "digits_calibration", "digits/sample_tilted.yaml", guided,
+                with_guidance("cg"), guided, "digits-calibrated-lambda0"),
+            Run("tilted", "tilted (clean classifier)", "digits_calibration", with_guidance("tilted"), guided,
                 "digits-clean"),
-            Run("entropy", "entropy-adaptive (clean classifier)", "digits_calibration", "digits/sample_entropy.yaml",
+            Run("entropy", "entropy-adaptive (clean classifier)", "digits_calibration", with_guidance("entropy"),
                 guided, "digits-clean")]
     out += [Run(f"divergence-{d}", f"f-divergence {d} (clean classifier)", "digits_calibration",
-                "digits/sample_divergence.yaml", guided, "digits-clean", {f"{TERM0}.init_args.divergence": d})
+                with_guidance("divergence"), guided, "digits-clean", {f"{TERM0}.init_args.divergence": d})
             for d in p.divergences]
     out.append(Run("flow-unseen", "CFG at unseen scales, before the post-processor", "digits_postprocessor",
-                   "digits/sample_cfg_unseen.yaml", p.flow_unseen_scales, ddpm=False))
+                   SAMPLING, p.flow_unseen_scales, ddpm=False))
     found: dict[str, Run] = {}
     for r in out:  # an ablation at the reference settings is listed once, where it comes first
         found.setdefault(r.key, r)
@@ -156,10 +163,10 @@ def read_table(path: str | Path) -> dict:
     """``{"scales": {"2": {metric: value}}, "real": {...}, "fd_name": ...}`` from a test step's metrics_table.json."""
     table = json.loads(Path(path).read_text())
     fd = table["fd_name"]
-    out = {"fd_name": fd, "num_samples": table["num_samples_per_scale"], "scales": {}}
+    out = {"fd_name": fd, "num_samples": table["num_samples_per_value"], "scales": {}}
     for row in table["rows"]:
         m = row["metrics"]
-        out["scales"][f"{row['scale']:g}"] = {"fd_digits" if k == fd else k: float(v) for k, v in m.items()}
+        out["scales"][f"{row['value']:g}"] = {"fd_digits" if k == fd else k: float(v) for k, v in m.items()}
     out["real"] = {("fd_digits" if k == fd else k): float(v) for k, v in table["real"].items()}
     return out
 

@@ -21,7 +21,8 @@ def plan(plan) -> None:
     p = plan.preset
     digits.plan_base(plan)
     per_scale = 10 * p.flow_train_samples_per_class
-    train = plan.sample(FLOW_TRAIN, "digits/sample_cfg_flow_train.yaml", "digits/samples_flow_train", "digits-cfg",
+    train = plan.sample(FLOW_TRAIN, (digits.SAMPLING, "digits/flow_train_samples.yaml"), "digits/samples_flow_train",
+                        "digits-cfg",
                         {SWEEP_VALUES: [float(s) for s in p.flow_train_scales],
                          "model.init_args.samples_per_class": p.flow_train_samples_per_class,
                          "model.init_args.shard_size": per_scale, "model.init_args.batch_size": per_scale,

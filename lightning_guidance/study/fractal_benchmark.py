@@ -84,7 +84,7 @@ def analyse(products: Products, res: SectionResult) -> None:
                     "CFG model with the same per-sample seeds; scores are against the exact mixture (sliced W1 on "
                     f"{fmt(SCORING['num_projections'])} directions, spread and recall against {fmt(n_ref)} exact "
                     "samples per class; the first row scores exact samples themselves: the floor or ideal of each "
-                    "column). The modern CFG variants use the settings of their shipped configs/fractal/sample_*.yaml; "
+                    "column). The modern CFG variants use the settings of their shipped configs/guidance/*.yaml; "
                     "autoguidance's worse model is configs/fractal/cfg_autoguide_bad.yaml trained "
                     f"{fmt(p.fractal_autoguide_bad_steps)} steps.", "", *md_table(header, table)]
     if ranking:
@@ -97,7 +97,7 @@ def analyse(products: Products, res: SectionResult) -> None:
                                                                    "sliced_wasserstein") for w in ("before", "after")),
                  fmt(v["median_move_by_density_decile"][0]), fmt(v["median_move_by_density_decile"][-1])]
                 for v in post.values()]
-        res.markdown += ["The nearest-neighbour rectified-flow post-processor (configs/fractal/flow_*.yaml, "
+        res.markdown += ["The nearest-neighbour rectified-flow post-processor (configs/fractal/flow.yaml, "
                          f"{fmt(p.fractal_flow_steps)} training steps each, trained on the set it is applied to as in "
                          "the classifier-centric study's fractal figures). The last two columns: median move of the "
                          "samples in the lowest and the highest decile of exact log-density before the flow.", "",

@@ -150,12 +150,21 @@ class Plan:
     def config(self, name: str) -> str:
         return str(self.configs / name)
 
-    def shipped(self, name: str) -> dict:
-        """A shipped config as it is on disk."""
-        return yaml.safe_load(Path(self.config(name)).read_text())
+    def configs_of(self, config: str | tuple[str, ...]) -> list[str]:
+        """The files of a shipped config, or of several combined in order (``--config a --config b``: a dataset's
+        ``sampling.yaml`` and a ``guidance/`` file)."""
+        return [self.config(c) for c in ((config,) if isinstance(config, str) else config)]
 
-    def fit(self, name: str, config: str, folder: str, max_steps: int | None, edits: dict | None = None,
-            needs: list[str] | None = None, product: str = "checkpoints/last.ckpt") -> Step:
+    def shipped(self, config: str | tuple[str, ...]) -> dict:
+        """A shipped config as it is on disk (several: merged in order, ``${...}`` left as written)."""
+        out: dict = {}
+        for path in self.configs_of(config):
+            out = merge(out, yaml.safe_load(Path(path).read_text()) or {})
+        return out
+
+    def fit(self, name: str, config: str | tuple[str, ...], folder: str, max_steps: int | None,
+            edits: dict | None = None, needs: list[str] | None = None,
+            product: str = "checkpoints/last.ckpt") -> Step:
         root = self.dir(folder)
         e = {"trainer.default_root_dir": root, "trainer.enable_progress_bar": False,
              "trainer.accelerator": self.preset.accelerator}
@@ -163,15 +172,16 @@ class Plan:
             e["trainer.max_steps"] = max_steps  # the last step writes last.ckpt whatever the config's period
             e["trainer.callbacks[ModelCheckpoint].init_args.every_n_train_steps"] = max_steps
         e.update(edits or {})
-        return self.add(Step(name, self.section, "fit", [self.config(config)], e, list(needs or []),
+        return self.add(Step(name, self.section, "fit", self.configs_of(config), e, list(needs or []),
                              str(Path(root) / product), resume=True))
 
-    def sample(self, name: str, config: str, folder: str, checkpoint: str, edits: dict, needs: list[str]) -> Step:
+    def sample(self, name: str, config: str | tuple[str, ...], folder: str, checkpoint: str, edits: dict,
+               needs: list[str]) -> Step:
         out = self.dir(folder)
         e = {"trainer.default_root_dir": out, "trainer.accelerator": self.preset.accelerator,
              "trainer.enable_progress_bar": False, "model.init_args.output_dir": out,
              "model.init_args.checkpoint": self.product(checkpoint), **edits}
-        return self.add(Step(name, self.section, "predict", [self.config(config)], e, needs,
+        return self.add(Step(name, self.section, "predict", self.configs_of(config), e, needs,
                              str(Path(out) / "manifest.json")))
 
     def grade(self, sample: Step, judge: str, data_edits: dict) -> Step:
@@ -181,7 +191,7 @@ class Plan:
                              [*sample.configs, self.config("digits/grade_with_judge.yaml")], e,
                              [*sample.needs, sample.name, judge], str(sample.out_dir / "metrics_table.json")))
 
-    def flow(self, name: str, config: str, folder: str, max_steps: int, edits: dict,
+    def flow(self, name: str, config: str | tuple[str, ...], folder: str, max_steps: int, edits: dict,
              needs: list[str]) -> tuple[Step, Step]:
         """A rectified-flow post-processor: ``fit`` of ``config`` and the ``predict`` that applies the trained flow to
         the config's ``predict_shards`` (same config and edits, ``ckpt_path`` the fit's last checkpoint); the predict's

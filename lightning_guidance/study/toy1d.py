@@ -17,10 +17,11 @@ from .section import Claim, Products, Section, SectionResult, fmt, md_table, mon
 
 SIGMA_KEY = "data.init_args.sigma"
 SCALE_AXIS = "scale (CFG: s; CG: its guidance scale)"
-#: method -> (sampling config, classifier fit kind or None, preset field of its scales)
-METHODS = {"CFG": ("toy/sample_cfg_1d.yaml", None, "toy_cfg_scales"),
-           "CG, linear classifier": ("toy/sample_cg_1d.yaml", "linear", "toy_cg_scales"),
-           "CG, MLP classifier": ("toy/sample_cg_1d.yaml", "classifier", "toy_cg_scales")}
+SAMPLING, CG = "toy/sampling.yaml", ("toy/sampling.yaml", "guidance/cg.yaml")
+#: method -> (sampling configs, classifier fit kind or None, preset field of its scales)
+METHODS = {"CFG": (SAMPLING, None, "toy_cfg_scales"),
+           "CG, linear classifier": (CG, "linear", "toy_cg_scales"),
+           "CG, MLP classifier": (CG, "classifier", "toy_cg_scales")}
 
 
 def mu_tag(mu: float) -> str:
