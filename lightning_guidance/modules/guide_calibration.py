@@ -29,6 +29,21 @@ PRODUCT = "guide_calibration.json"
 
 
 class GuideCalibration(L.LightningModule):
+    """Integral ECE of a guidance term's classifier on what the term reads (``test`` only).
+
+    Args:
+        checkpoint: the diffusion model's checkpoint: its schedule noises the images, and an ``input: x0_hat`` term
+            reads its denoised ``x0_hat``.
+        term: the guidance term whose classifier is measured (a classifier-based term, e.g.
+            ``lightning_guidance.guidance.OffTheShelfGuidance``): its ``input`` (``x_t`` or ``x0_hat``) and clamping.
+        output_dir: where ``guide_calibration.json`` goes (default: ``trainer.default_root_dir``).
+        num_buckets: equal time buckets of [0, 1] (>= 1); each image is noised to every bucket's centre.
+        n_bins: confidence bins of each bucket's ECE (>= 1).
+        num_samples: the first sample ids of the test split only (>= 1; null: all of it).
+        seed: seed of the per-sample noise.
+        use_ema: the diffusion model's EMA weights (else the raw ones).
+    """
+
     def __init__(self, checkpoint: str, term: ClassifierTerm, output_dir: str | None = None, num_buckets: int = 4,
                  n_bins: int = 10, num_samples: int | None = None, seed: int = 0, use_ema: bool = True):
         super().__init__()
