@@ -417,7 +417,7 @@ def test_an_image_grid_has_a_title_and_each_rows_class(monkeypatch, tmp_path):
     def keep(fig, path):
         ax = fig.axes[0]
         drawn.update(title=ax.get_title(), rows=[t.get_text() for t in ax.get_yticklabels()])
-        return figures._pyplot().close(fig)
+        return figures.pyplot().close(fig)
 
     monkeypatch.setattr(figures, "_save", keep)
     labels = torch.tensor([2, 0, 2, 1, 0, 1])
