@@ -165,4 +165,4 @@ def test_without_diffusers_the_adapter_says_how_to_install_it(monkeypatch, tmp_p
     monkeypatch.setitem(sys.modules, "diffusers", None)  # `import diffusers` raises ImportError
     line = user_sees(monkeypatch, *predict(tmp_path, folder))
     assert line == ("error: ImportError: diffusers is not installed; models in the diffusers format need it: "
-                    "pip install -e '.[diffusers]'")
+                    "pip install -e '.[diffusers]' (--debug: the traceback)")
