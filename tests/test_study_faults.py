@@ -181,3 +181,18 @@ def test_a_temp_file_is_group_readable_while_it_is_written(tmp_path):
 
 def _read(path: Path) -> str:
     return path.read_text() if path.is_file() else ""
+
+
+def test_sigterm_during_start_up_is_one_line_and_exit_143(tmp_path):
+    """SIGTERM while ``cli.py study`` is still importing torch: one line and 143, not a silent death by signal."""
+    run = tmp_path / "run"
+    proc, _, err = start(run, "--report-only")
+    maps = Path(f"/proc/{proc.pid}/maps")
+    deadline = time.monotonic() + 120
+    while "libtorch" not in maps.read_text():  # torch's libraries are being loaded: mid-import
+        assert proc.poll() is None and time.monotonic() < deadline, err.read_text()[-3000:]
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGTERM)
+    assert finish(proc) == 128 + signal.SIGTERM, err.read_text()
+    lines = stop_lines(err)
+    assert len(lines) == 1 and lines[0].startswith("stopped by SIGTERM "), lines
