@@ -1,9 +1,10 @@
 """Write-to-temp-then-rename, so that a killed job never leaves a half-written file under the final name.
 
-The temp file sits next to the target as ``.<name>.<host>-<pid>.<random>.tmp<suffix>``: it is fsynced, given the
-mode the umask gives (``mkstemp`` makes 0600, and a rename keeps the mode), renamed onto the target, and the folder
-is fsynced so that the rename survives a crash. A writer killed with SIGKILL leaves its temp file behind;
-:func:`remove_stale_temps` deletes those whose writer (same host, named pid) is gone, and nothing else.
+The temp file sits next to the target as ``.<name>.<host>-<pid>.<random>.tmp<suffix>``: it has the mode the
+umask gives from its creation on (``mkstemp`` makes 0600, and a rename keeps the mode), is fsynced, renamed onto
+the target, and the folder is fsynced so that the rename survives a crash. A writer killed with SIGKILL leaves its
+temp file behind; :func:`remove_stale_temps` deletes those whose writer (same host, named pid) is gone, and nothing
+else.
 
 A write that finds the disk full raises :class:`DiskFullError`, one line naming the file and the room it needs (the
 temp file is removed; the target keeps its previous content).
@@ -105,6 +106,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "", size: int | None = No
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=f".tmp{suffix}",
                                    dir=path.parent)
+        os.chmod(tmp, 0o666 & ~umask())  # readable as the final file will be, even if its writer is killed
     except OSError as err:
         if is_disk_full(err):
             raise DiskFullError(path, size) from None

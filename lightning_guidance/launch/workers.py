@@ -13,6 +13,10 @@ suite before the step starts; the study's tiny preset has 83 steps. A worker (th
 
 The protocol: one JSON request per line on the worker's stdin (``{"args": [...], "log": path}``), one JSON answer
 per line on its stdout (``{"rc": int}``); the first line a worker writes is ``{"ready": pid}``. End of input ends it.
+
+A worker dies with the study that started it (:func:`die_with_parent`): when the study ends, even by SIGKILL, the
+worker gets SIGTERM (Linux's parent-death signal, and a thread that watches the parent's pid elsewhere), so the step it
+runs stops at its next safe point; one that has not stopped after ``STOP_GRACE`` seconds is killed.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import traceback
 import warnings
 from pathlib import Path
@@ -135,8 +140,51 @@ def run_step(entry, args: list[str], log: str | Path, state: ProcessState | None
     return rc
 
 
+PARENT_PID = "LG_STUDY_PID"  # the study's pid, given to its workers
+PAUSE = "LG_STUDY_PAUSE"  # tests only: see pause_for_tests
+STOP_GRACE = 60.0  # seconds a worker whose study died has to stop its step before it is killed
+
+
+def pause_for_tests(phase: str, stopped=lambda: False) -> None:
+    """Tests only: with ``LG_STUDY_PAUSE=<phase>:<seconds>`` (phases: ``planning``, ``step``, ``report``) wait that
+    long as the phase starts, or until ``stopped()``, after one line on stderr, so that a test can signal the study (or
+    its worker) in that phase."""
+    name, _, seconds = os.environ.get(PAUSE, "").partition(":")
+    if name != phase:
+        return
+    sys.stderr.write(f"paused in {phase} for {seconds} s ({PAUSE})\n")
+    sys.stderr.flush()
+    end = time.monotonic() + float(seconds)
+    while time.monotonic() < end and not stopped():
+        time.sleep(0.05)
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGTERM to this process when ``parent`` ends: Linux's ``PR_SET_PDEATHSIG``, and a daemon thread that watches
+    the parent pid (other systems, and a parent that ended before the call); SIGKILL ``STOP_GRACE`` seconds later."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGTERM)  # a second SIGTERM after the kernel's changes nothing
+        time.sleep(STOP_GRACE)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
 def serve(entry, threads: int | None = None) -> int:
     """The worker's loop (``cli.py study --serve-steps``): answer step requests from stdin until it closes."""
+    parent = os.environ.get(PARENT_PID)
+    if parent:
+        die_with_parent(int(parent))
     import torch
 
     answers = os.fdopen(os.dup(1), "w", buffering=1)
@@ -150,14 +198,18 @@ def serve(entry, threads: int | None = None) -> int:
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, lambda signum, frame: idle_signals.append(signum))
     state = ProcessState(threads)
-    answers.write(json.dumps({"ready": os.getpid()}) + "\n")
-    for line in requests:
-        request = json.loads(line)
-        if idle_signals:  # stopped before this step began: it does not start
-            rc = 128 + idle_signals[0]
-        else:
-            rc = run_step(entry, request["args"], request["log"], state)
-        answers.write(json.dumps({"rc": rc}) + "\n")
+    try:
+        answers.write(json.dumps({"ready": os.getpid()}) + "\n")
+        for line in requests:
+            request = json.loads(line)
+            pause_for_tests("step", stopped=lambda: bool(idle_signals))
+            if idle_signals:  # stopped before this step began: it does not start
+                rc = 128 + idle_signals[0]
+            else:
+                rc = run_step(entry, request["args"], request["log"], state)
+            answers.write(json.dumps({"rc": rc}) + "\n")
+    except BrokenPipeError:  # the study is gone: nobody to answer
+        return 128 + (idle_signals or [signal.SIGTERM])[0]
     return 0
 
 
@@ -169,12 +221,14 @@ class WorkerDied(RuntimeError):
 class Worker:
     """One worker process: ``run`` sends it a step and waits for the exit code."""
 
-    def __init__(self, command: list[str], env: dict, log: Path):
+    def __init__(self, command: list[str], env: dict, log: Path, keep_fds: tuple[int, ...] = ()):
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a") as err:
-            # its own session: a Ctrl-C in the terminal reaches the steps once, through the study
+            # its own session: a Ctrl-C in the terminal reaches the steps once, through the study; it dies with the
+            # study (PARENT_PID) and holds ``keep_fds`` (the run folder's lock) while it lives
             self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
-                                         text=True, bufsize=1, env=env, start_new_session=True)
+                                         text=True, bufsize=1, env={**env, PARENT_PID: str(os.getpid())},
+                                         start_new_session=True, pass_fds=keep_fds)
         self.log = log
         self.busy = False
         self._answer()  # "ready": the imports are done
@@ -218,8 +272,8 @@ class Worker:
 class WorkerPool:
     """Up to ``size`` workers, started when first needed; a worker that dies is replaced by a fresh one."""
 
-    def __init__(self, size: int, command: list[str], env: dict, log_dir: Path):
-        self.size, self.command, self.env, self.log_dir = size, command, env, log_dir
+    def __init__(self, size: int, command: list[str], env: dict, log_dir: Path, keep_fds: tuple[int, ...] = ()):
+        self.size, self.command, self.env, self.log_dir, self.keep_fds = size, command, env, log_dir, keep_fds
         self.idle: list[Worker] = []
         self.all: list[Worker] = []
         self._lock = threading.Condition()
@@ -238,7 +292,7 @@ class WorkerPool:
             placeholder = object()
             self.all.append(placeholder)  # counts against the size while it starts
         try:
-            worker = Worker(self.command, self.env, self.log_dir / f"worker-{number}.log")
+            worker = Worker(self.command, self.env, self.log_dir / f"worker-{number}.log", self.keep_fds)
         except BaseException:
             with self._lock:
                 self.all.remove(placeholder)

@@ -2,7 +2,10 @@
 then write the report (:mod:`.report`).
 
 The exit code is 0 when every step and section finished, 1 when something failed (the report still names it), and
-``128 + signal`` after SIGINT/SIGTERM (the report is still written; a re-run resumes).
+``128 + signal`` after SIGINT/SIGTERM, in any phase: planning, steps (they stop at a safe point and the report is
+still written), report (it stops at once; each file keeps its old or its new content). One line on stderr names the
+phase and how to resume, and ``run.json`` records the interrupted run. One study at a time holds a run folder
+(:mod:`~..launch.run_lock`), and it first removes the temp files that killed writers left there.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ import argparse
 import datetime as dt
 import json
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +27,62 @@ from .presets import PRESETS, get_preset
 from .sections import KEYS, choose, plan_study
 
 STUDY_KEYS = ("title", "name", "preset", "sections", "description", "jobs", "slurm")
+
+
+class StudyInterrupted(BaseException):
+    """SIGTERM/SIGINT while the study plans or writes its report (the steps stop at their own safe point): unwinds the
+    phase; a file being written keeps its old content and its temp file is removed. Not an ``Exception``: a section's
+    ``except Exception`` does not swallow it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_interrupted(signum, frame) -> None:
+    raise StudyInterrupted(signum)
+
+
+class Attempt:
+    """This run of the study as far as it got: what ``run.json`` and the stop line say when it is interrupted."""
+
+    def __init__(self):
+        self.phase, self.run_dir, self.runner, self.settings = "planning", None, None, {}
+        self.locked = False  # the run folder is ours: run.json may be written
+        self.started, self.t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+
+    def record(self, exit_: str) -> None:
+        from .report import record_run
+
+        seconds = self.runner.seconds if self.runner is not None else {}
+        record_run(self.run_dir, {"started_utc": self.started.isoformat(timespec="seconds"),
+                                  "wall_seconds": round(time.perf_counter() - self.t0, 1), **self.settings,
+                                  "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                                  "steps_run": len(seconds), "exit": exit_, "interrupted_in": self.phase})
+
+    def stop_line(self, signum: int) -> str:
+        name, where = signal.Signals(signum).name, f" in {self.run_dir}" if self.run_dir else ""
+        if self.phase == "planning":
+            return f"stopped by {name} while planning the study{where}; no step ran. Re-run the same command to start"
+        if self.phase == "steps":
+            status = list(self.runner.status.values()) if self.runner is not None else []
+            return (f"stopped by {name} while running the study's steps{where} ({status.count('interrupted')} "
+                    f"interrupted, {sum(s.startswith('not run') for s in status)} not started); every file written is"
+                    " whole. Re-run the same command to resume (finished steps are skipped)")
+        return (f"stopped by {name} while writing the report{where}; every step's output is kept. Re-run the same "
+                "command to write it (finished steps are skipped)")
+
+
+def _on_signals(handler) -> dict:
+    """Install ``handler`` for SIGTERM and SIGINT (main thread only); the previous handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore(previous: dict) -> None:
+    for s, handler in previous.items():
+        signal.signal(s, handler)
 
 
 def load_study_file(path: str | None) -> dict:
@@ -89,6 +150,26 @@ def main(argv: list[str] | None = None, run_in_process=None) -> int:
         from ..launch.workers import serve
 
         return serve(run_in_process, ns.threads)
+    attempt = Attempt()
+    previous = _on_signals(_raise_interrupted)
+    try:
+        return _study(ns, argv, run_in_process, attempt)
+    except StudyInterrupted as stop:  # before the run folder was locked: nothing to record
+        return _stopped(attempt, stop.signum)
+    finally:
+        _restore(previous)
+
+
+def _stopped(attempt: Attempt, signum: int) -> int:
+    """Record the interrupted run (when its folder is locked) and say so in one line; ``128 + signal``."""
+    _on_signals(signal.SIG_IGN)  # the record is short: a second signal does not cut it
+    if attempt.locked:
+        attempt.record("interrupted")
+    sys.stderr.write(attempt.stop_line(signum) + "\n")
+    return 128 + signum
+
+
+def _study(ns, argv, run_in_process, attempt: Attempt) -> int:
     if ns.launcher == "slurm":
         from ..launch.slurm import require_sbatch
 
@@ -112,6 +193,23 @@ def main(argv: list[str] | None = None, run_in_process=None) -> int:
         for step in plan.steps.values():
             print(f"{step.section:22s} {step.name:40s} {step.command:8s} {' + '.join(step.configs)}")
         return 0
+    from ..io.atomic import remove_stale_temps
+    from ..launch.run_lock import RunFolderLock
+    from ..launch.workers import pause_for_tests
+
+    with RunFolderLock(run_dir, say=lambda line: print(line, file=sys.stderr)) as lock:
+        attempt.run_dir, attempt.locked = run_dir, True
+        try:
+            remove_stale_temps(run_dir)  # what writers killed mid-write left (their pid is gone), nothing else
+            pause_for_tests("planning")
+            return _locked(ns, argv, run_in_process, attempt, study, preset, sections, run_dir, plan, lock.fd)
+        except StudyInterrupted as stop:
+            return _stopped(attempt, stop.signum)
+        finally:
+            attempt.locked = False
+
+
+def _locked(ns, argv, run_in_process, attempt, study, preset, sections, run_dir, plan, lock_fd) -> int:
     jobs = ns.jobs or study.get("jobs") or (2 if (os.cpu_count() or 1) > 1 else 1)
     threads = ns.threads or max(1, (os.cpu_count() or 1) // jobs)
     import torch
@@ -131,12 +229,12 @@ def main(argv: list[str] | None = None, run_in_process=None) -> int:
         return 0
     try:
         return _run(ns, study, preset, sections, run_dir, plan, jobs, threads,
-                    run_in_process if ns.in_process else None)
+                    run_in_process if ns.in_process else None, attempt, lock_fd)
     finally:
         torch.set_num_threads(threads_before)  # in-process callers (tests) get their setting back
 
 
-def _run(ns, study, preset, sections, run_dir, plan, jobs, threads, run_in_process) -> int:
+def _run(ns, study, preset, sections, run_dir, plan, jobs, threads, run_in_process, attempt, lock_fd) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -144,13 +242,13 @@ def _run(ns, study, preset, sections, run_dir, plan, jobs, threads, run_in_proce
     from .report import RUN_SETTINGS, commit, machine, record_run, write_report
 
     console = Console(stderr=False)
-    started = dt.datetime.now(dt.timezone.utc)
-    t0 = time.perf_counter()
+    started, t0 = attempt.started, attempt.t0
     console.print(f"[bold]study[/bold] preset {preset.name} ({preset.summary}); {len(plan.steps)} steps, "
                   f"{jobs} at a time, {threads} thread(s) each; folder {run_dir}")
     code = commit()
-    runner = StepRunner(run_dir, plan.steps, jobs=jobs, in_process=run_in_process, console=console, threads=threads,
-                        code=code)
+    runner = attempt.runner = StepRunner(run_dir, plan.steps, jobs=jobs, in_process=run_in_process, console=console,
+                                         threads=threads, code=code, keep_fds=(lock_fd,) if lock_fd else ())
+    attempt.settings = {"machine": machine(), "jobs": jobs, "threads_per_step": threads}
     if ns.report_only:
         if (run_dir / "slurm").is_dir():  # steps that SLURM jobs finished: recorded as the local runner would
             from .slurm import record_finished_jobs
@@ -165,32 +263,39 @@ def _run(ns, study, preset, sections, run_dir, plan, jobs, threads, run_in_proce
     else:
         columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn())
+        attempt.phase = "steps"
         with Progress(*columns, console=console, transient=False) as progress:
             runner.console = progress.console
             status = runner.run(progress)
         ran = bool(runner.seconds)  # at least one step was started (not only skipped)
+        if runner.interrupted is not None:
+            sys.stderr.write(attempt.stop_line(runner.interrupted) + "\n")  # the report follows
+    attempt.phase = "report"
+    from ..launch.workers import pause_for_tests
+
+    pause_for_tests("report")  # tests: a signal while the report is written
     meta = {"title": study.get("title", "lightning-guidance study"), "description": study.get("description", ""),
-            "preset": preset.as_dict(), "sections_requested": sections, "machine": machine(), **code,
-            "started_utc": started.isoformat(timespec="seconds"), "jobs": jobs, "threads_per_step": threads,
+            "preset": preset.as_dict(), "sections_requested": sections, **attempt.settings, **code,
+            "started_utc": started.isoformat(timespec="seconds"),
             "steps": {n: {"section": s.section, "command": s.command, "status": status.get(n, "not run"),
                           "seconds": round(runner.seconds.get(n, 0.0), 1), "config": f"configs/{n}.yaml"}
                       for n, s in plan.steps.items()}}
     report = write_report(plan, status, meta, sections, t0, console, rebuilt=not ran)
     failed = [n for n, s in status.items() if s not in DONE_STATES]
-    if ran:  # what a later rebuild of the report shows as the run's wall time
+    if ran or runner.interrupted is not None:  # what a later rebuild of the report shows as the run's wall time
         record_run(run_dir, {"started_utc": report["started_utc"], "wall_seconds": report["wall_seconds"],
                              **{k: report[k] for k in RUN_SETTINGS},
                              "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                              "steps_run": len(runner.seconds),
-                             "exit": "interrupted" if runner.interrupted else "failed" if failed else "ok"})
+                             **({"exit": "interrupted", "interrupted_in": "steps"} if runner.interrupted is not None
+                                else {"exit": "failed" if failed else "ok"})})
     if ns.publish:
         from .report import publish
 
         console.print(f"published: {publish(run_dir, Path(ns.publish))}")
     failed_sections = [k for k, v in report["sections"].items() if v["status"] == "failed"]
     console.print(f"report: {run_dir / 'report.md'}")
-    if runner.interrupted is not None:
-        console.print(f"[red]interrupted by signal {runner.interrupted}; re-run to resume")
+    if runner.interrupted is not None:  # said on stderr as the steps stopped
         return 128 + runner.interrupted
     if failed or failed_sections:
         console.print(f"[red]failed steps: {', '.join(failed) or 'none'}; failed sections: "

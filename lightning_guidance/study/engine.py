@@ -9,7 +9,7 @@
   a new input digest. A marker also records the commit of the code that made the product.
 - ``fit`` steps pass ``--ckpt_path last`` (a killed training resumes), ``predict`` skips shards already written.
 - SIGINT/SIGTERM are forwarded to the workers running a step, which stops at a safe point and is marked interrupted;
-  the steps not started are not run.
+  the steps not started are not run. A worker dies with the study (a SIGKILL of the study stops its steps too).
 - A failed step is marked failed, the steps that need it are marked blocked, every other step still runs.
 """
 
@@ -41,8 +41,9 @@ def digest(path: str | Path) -> str | None:
 
 class StepRunner:
     def __init__(self, run_dir: Path, steps: dict[str, Step], jobs: int = 1, in_process=None, console=None,
-                 threads: int | None = None, code: dict | None = None):
+                 threads: int | None = None, code: dict | None = None, keep_fds: tuple[int, ...] = ()):
         self.run_dir, self.steps = Path(run_dir), steps
+        self.keep_fds = keep_fds  # held by the workers while they live (the run folder's lock)
         self.jobs = 1 if in_process else max(1, jobs)
         self.in_process, self.threads, self.console = in_process, threads, console
         self.code = code or {}  # recorded in each marker: which code produced the step's product
@@ -132,7 +133,7 @@ class StepRunner:
         if self.threads:  # steps running side by side on a CPU: no more threads than cores
             env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
             command += ["--threads", str(self.threads)]
-        return WorkerPool(self.jobs, command, env, self.run_dir / "logs")
+        return WorkerPool(self.jobs, command, env, self.run_dir / "logs", self.keep_fds)
 
     def forward(self, signum: int, _frame=None) -> None:
         self.interrupted = signum

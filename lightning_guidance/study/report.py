@@ -4,9 +4,9 @@ Sections run one by one; a section that raises, or whose input steps failed, is 
 the others still render. When every step was skipped and the existing report was made from the same step markers,
 nothing is rewritten: re-running a finished study changes nothing.
 
-A run that ran steps appends its start and wall time to ``run.json`` in the run folder; a report rebuilt without
-running a step (``--report-only``, or a re-run that only skipped steps) shows that run's wall time and says when it
-was rebuilt, never the rebuild's own few seconds.
+A run that ran steps (or was interrupted) appends its start and wall time to ``run.json`` in the run folder; a report
+rebuilt without running a step (``--report-only``, or a re-run that only skipped steps) shows that run's wall time
+and says when it was rebuilt, never the rebuild's own few seconds.
 """
 
 from __future__ import annotations
@@ -78,14 +78,16 @@ def record_run(run_dir: Path, run: dict) -> None:
 
 
 def timing(run_dir: Path, started_utc: str, wall: float, rebuilt: bool, previous: dict) -> dict:
-    """The report's timing fields: this run's, or for a rebuild the recorded run's (the last run.json entry, else the
-    ``previous`` report's) with the rebuild's own time beside it."""
+    """The report's timing fields: this run's, or for a rebuild the recorded run's (the last run.json entry that ran a
+    step, else the ``previous`` report's) with the rebuild's own time beside it. Attempts stopped before any step ran
+    are recorded (``steps_run`` 0) but count as no run."""
     runs = read_runs(run_dir)
+    ran = [r for r in runs if r.get("steps_run", 1)]  # not an attempt stopped before any step ran
     out: dict = {}
     if not rebuilt:
         out = {"started_utc": started_utc, "wall_seconds": round(wall, 1)}
     else:
-        source = runs[-1] if runs else previous
+        source = ran[-1] if ran else previous
         out = {"started_utc": source.get("started_utc"), "wall_seconds": source.get("wall_seconds")}
         for key in RUN_SETTINGS:  # where and how the run ran (not the rebuild): its record, else the report it wrote
             value = source.get(key, previous.get(key))
@@ -94,7 +96,7 @@ def timing(run_dir: Path, started_utc: str, wall: float, rebuilt: bool, previous
         out.update(rebuilt_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                    rebuild_seconds=round(wall, 1))
     # a run is recorded after its report is written: for a run every entry is earlier, for a rebuild all but the last
-    earlier = runs[:-1] if rebuilt else runs
+    earlier = ran[:-1] if rebuilt else ran
     if earlier:
         out.update(earlier_runs=len(earlier),
                    earlier_runs_seconds=round(sum(r["wall_seconds"] for r in earlier), 1))
@@ -150,8 +152,9 @@ def write_report(plan, status: dict[str, str], meta: dict, requested: list[str],
     attribute_steps(run_dir, meta["steps"], previous)
     report = {**meta, **timing(run_dir, meta["started_utc"], wall, rebuilt, previous), "markers_digest": digest,
               "sections": numbers, "agreement": agreement(CLAIMS, numbers)}
-    atomic_write_text(json_path, json.dumps(report, indent=2, default=str))
+    # report.json last: its markers digest says the report is current, so it must not be newer than report.md
     atomic_write_text(md_path, "\n".join(render(report, sections)) + "\n")
+    atomic_write_text(json_path, json.dumps(report, indent=2, default=str))
     return report
 
 
