@@ -13,7 +13,6 @@ paired, on the same sample ids and seeds (:func:`contrast`).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -246,10 +245,12 @@ def estimate(g: Graded, scale: str, metric: str, ids=None, resamples: int | None
     return Estimate.from_interval(interval, len(sets[0][0]["labels"]), g.seeds)
 
 
-def contrast(sets: dict[str, tuple[Graded, str]], metric: str, combine: Callable[[dict], float], ids=None,
-             resamples: int = CONTRAST_RESAMPLES) -> Estimate:
+def contrast(sets: dict[str, tuple[Graded, str]], metric: str, combine, ids=None,
+             resamples: int = CONTRAST_RESAMPLES) -> Estimate | dict[str, Estimate]:
     """``combine({name: metric of that run at that scale})`` with its interval, paired: every set on the same
-    training seeds and on the sample ids they share (or ``ids``), each resample drawing one set of ids for all."""
+    training seeds and on the sample ids they share (or ``ids``), each resample drawing one set of ids for all.
+    ``combine``: elementwise on arrays of resamples (``np.minimum``, not ``min``); a mapping of them gives an
+    estimate each, from the same draws."""
     from ..metrics.intervals import contrast_interval, keep_ids
 
     graded_sets = list(sets.values())
@@ -262,8 +263,10 @@ def contrast(sets: dict[str, tuple[Graded, str]], metric: str, combine: Callable
             shared &= set(np.asarray(ids).tolist())
         keep = sorted(shared)
         per_seed.append(({name: keep_ids(p, keep) for name, p in got.items()}, graded_sets[0][0].real()[k]))
-    interval = contrast_interval(per_seed, metric, combine, num_resamples=resamples, **graded_sets[0][0].settings)
-    return Estimate.from_interval(interval, len(per_seed[0][0][next(iter(sets))]["labels"]), seeds)
+    got = contrast_interval(per_seed, metric, combine, num_resamples=resamples, **graded_sets[0][0].settings)
+    n = len(per_seed[0][0][next(iter(sets))]["labels"])
+    return {k: Estimate.from_interval(v, n, seeds) for k, v in got.items()} if isinstance(got, dict) else \
+        Estimate.from_interval(got, n, seeds)
 
 
 def half_ids(num_samples: int, half: int) -> list[int]:
@@ -303,9 +306,15 @@ def cell(table: dict, scale: str, metric: str) -> str:
     return Estimate.from_json(est).text() if est else fmt(table["scales"][scale].get(metric))
 
 
-def run_table(rs: list[Run], tables: dict[str, dict], scale_name: str = "scale") -> list[str]:
-    rows = [[r.label, s, *(cell(tables[r.key], s, k) for k in METRICS)] for r in rs for s in tables[r.key]["scales"]]
-    return md_table(["run", scale_name, *METRICS], rows)
+def run_table(rs: list[Run], tables: dict[str, dict], scale_name: str = "scale",
+              metrics: tuple[str, ...] = METRICS) -> list[str]:
+    """The runs' figures per scale, each with its interval, and a last row: real vs real at the same n (the floor)."""
+    rows = [[r.label, s, *(cell(tables[r.key], s, k) for k in metrics)] for r in rs for s in tables[r.key]["scales"]]
+    floor = tables[rs[0].key].get("real_floor") if rs else None
+    if floor:
+        rows.append([f"real vs real (n = {fmt(floor['num_samples'])})", "—",
+                     *(fmt(floor["metrics"].get(k)) for k in metrics)])
+    return md_table(["run", scale_name, *metrics], rows)
 
 
 def best(table: dict, key: str = "fd_digits", exclude_zero: bool = False) -> tuple[float, float]:
