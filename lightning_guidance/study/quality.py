@@ -44,10 +44,10 @@ def analyse(products: Products, res: SectionResult) -> None:
         series["toy1d"] = {}
         for c, (tag, info) in enumerate(mus.items()):
             series["toy1d"][tag] = {}
-            for method, rows in info["methods"].items():
-                xs, ys = [r["scale"] for r in rows], [r["mean_log_density"] for r in rows]
-                series["toy1d"][tag][method] = {"mu": info["mu"], "scale": xs, "mean_log_density": ys}
-                axes[0][c].plot(xs, ys, "o-", label=method, ms=3)
+            for m in info["methods"].values():
+                xs, ys = [r["scale"] for r in m["rows"]], [r["mean_log_density"]["value"] for r in m["rows"]]
+                series["toy1d"][tag][m["label"]] = {"mu": info["mu"], "scale": xs, "mean_log_density": ys}
+                axes[0][c].plot(xs, ys, "o-", label=m["label"], ms=3)
             axes[0][c].set_title(f"1D, mu = {info['mu']:g}", fontsize=9)
             axes[0][c].set_xlabel(SCALE_AXIS, fontsize=8)
         axes[0][0].set_ylabel("mean exact log p(x|y)", fontsize=8)
@@ -59,7 +59,7 @@ def analyse(products: Products, res: SectionResult) -> None:
         series["fractal"] = {}
         for key, info in bench["methods"].items():
             xs = [float(s) for s in info["scales"]]
-            ys = [v["mean_log_density"] for v in info["scales"].values()]
+            ys = [v["mean_log_density"]["value"] for v in info["scales"].values()]
             series["fractal"][key] = {"label": info["label"], "scale": xs, "mean_log_density": ys}
             ax.plot(xs, ys, "o-", label=info["label"], ms=3)
         # each post-processed set: its point before (on its method's curve) and after the flow, joined by an arrow
@@ -68,15 +68,15 @@ def analyse(products: Products, res: SectionResult) -> None:
             curve = post.setdefault(flow["method"], {"label": flow["label"] + POST, "scale": [],
                                                      "mean_log_density_before": [], "mean_log_density": []})
             curve["scale"].append(float(flow["scale"]))
-            curve["mean_log_density_before"].append(flow["before"]["mean_log_density"])
-            curve["mean_log_density"].append(flow["after"]["mean_log_density"])
+            curve["mean_log_density_before"].append(flow["before"]["mean_log_density"]["value"])
+            curve["mean_log_density"].append(flow["after"]["mean_log_density"]["value"])
         for curve in post.values():
             for x, b, a in zip(curve["scale"], curve["mean_log_density_before"], curve["mean_log_density"]):
                 ax.annotate("", (x, a), (x, b), arrowprops={"arrowstyle": "->", "lw": 0.8, "color": "0.4"})
             ax.plot(curve["scale"], curve["mean_log_density"], "*", ms=9, label=curve["label"])
         if post:
             series["fractal_postprocessed"] = post
-        ax.axhline(bench["exact_samples"]["mean_log_density"], color="k", ls=":", lw=0.8)
+        ax.axhline(bench["exact_samples"]["mean_log_density"]["value"], color="k", ls=":", lw=0.8)
         ax.set_yscale("symlog", linthresh=1.0)  # far-off samples reach log p of -1e5; the good ones sit near 0
         ax.set_xlabel("scale", fontsize=8), ax.set_ylabel("mean exact log p(x|y) (symlog)", fontsize=8)
         ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
