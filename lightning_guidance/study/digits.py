@@ -25,8 +25,9 @@ from .section import Products, fmt, md_table
 
 TERM0 = term(0)
 METRICS = ("fd_digits", "kd_digits", "precision", "recall", "judge_accuracy", "judge_score")
-RESAMPLES = 200  # bootstrap resamples of each table figure (a claim's contrast: CONTRAST_RESAMPLES)
-CONTRAST_RESAMPLES = 1000
+#: bootstrap resamples of a table figure (precision and recall, which redo a k-NN search per resample: half as many),
+#: and of a claim's paired contrast
+RESAMPLES, CONTRAST_RESAMPLES = 200, 1000
 #: EluCD's DDPM reference settings (app. C): every ablation changes one of them
 REFERENCE = {"tau1": 1.0, "tau2": 0.5, "gamma": 0.3}
 DATA = "scikit-learn's 8x8 digits (embedded; the full presets: MNIST or CIFAR-10 under data/)"
@@ -232,12 +233,13 @@ def graded(products: Products, r: Run) -> Graded:
                   tables[0].get("settings", {"fd_name": tables[0]["fd_name"]}))
 
 
-def estimate(g: Graded, scale: str, metric: str, ids=None, resamples: int = RESAMPLES) -> Estimate:
+def estimate(g: Graded, scale: str, metric: str, ids=None, resamples: int | None = None) -> Estimate:
     """A figure of the run at one scale with its 95 % interval: bootstrap over sample ids (and the real set's), over
     training seeds then ids when there are several (``seed_t``); ``ids``: only these sample ids."""
     from ..metrics.intervals import keep_ids, hierarchical_metric_interval
 
     sets = [(s if ids is None else keep_ids(s, ids), None, real) for s, real in zip(g.products(scale), g.real())]
+    resamples = resamples or (RESAMPLES // 2 if metric in ("precision", "recall") else RESAMPLES)
     interval = hierarchical_metric_interval(sets, metric, num_resamples=resamples, **g.settings)
     return Estimate.from_interval(interval, len(sets[0][0]["labels"]), g.seeds)
 

@@ -8,6 +8,8 @@ fd(s_max) - fd(best) are measured, paired, on the other half.
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import digits
 from .section import Claim, Measurement, Products, Section, SectionResult, fmt, numbers_of
 from ..stats import Estimate
@@ -47,7 +49,7 @@ def u_shape(g: digits.Graded, scales: list[str]) -> dict:
            "fd_half0": chosen, "low_scale": float(low), "high_scale": float(high)}
     for key, combine in (("low_minus_best", lambda v: v["low"] - v["best"]),
                          ("high_minus_best", lambda v: v["high"] - v["best"]),
-                         ("u_depth", lambda v: min(v["low"] - v["best"], v["high"] - v["best"]))):
+                         ("u_depth", lambda v: np.minimum(v["low"] - v["best"], v["high"] - v["best"]))):
         out[key] = digits.contrast(sets, "fd_digits", combine, ids=measure).as_json()
     return out
 
