@@ -78,9 +78,9 @@ def test_knn_recall_by_hand():
 
 
 def test_best_at_equal_wrong_class_rate_keeps_each_methods_best_scale_within_the_budget():
-    """The study's variant comparison (study/fractal_benchmark.py): per method, among its scales whose wrong-class
+    """The study's variant comparison (section 3, the fractal benchmark): per method, among its scales whose wrong-class
     rate is within the budget, the one with the highest mean log-density; methods with no scale inside are left out."""
-    from lightning_guidance.study.fractal_benchmark import best_at_equal_wrong_class_rate
+    from lightning_guidance.toy.exact_scores import best_at_equal_wrong_class_rate
 
     def sc(log_p, wrong):
         return {"mean_log_density": log_p, "wrong_class_fraction": wrong}

@@ -19,7 +19,8 @@ from textwrap import fill
 import numpy as np
 import torch
 
-from ..io.figures import axis_labels, pyplot
+from ..io.figures import pyplot
+from ..io.toy_figures import scatter_framed
 from .plan import SWEEP_VALUES, Plan, guide_checkpoint, term
 from .section import Products, Section, SectionResult
 
@@ -46,7 +47,8 @@ VARIANTS = (("interval", "CFG, guidance interval", "fractal/sample_cfg_interval.
 
 def fractal_methods(preset) -> list[FractalMethod]:
     methods = [FractalMethod("cfg", "CFG", "fractal/sample_cfg.yaml", "fractal_cfg_scales", guided=False),
-               FractalMethod("cg", "CG (linear classifier, x_t)", "fractal/sample_cg.yaml", "fractal_guidance_scales"),
+               FractalMethod("cg", "CG of the conditional model (linear classifier)", "fractal/sample_cg.yaml",
+                             "fractal_guidance_scales"),
                FractalMethod("cg_uncond", "CG of the unconditional model (linear classifier)",
                              "fractal/sample_cg_flow.yaml", "fractal_cg_flow_scales"),
                FractalMethod("cfg_plus_cg", "CFG + classifier", "fractal/sample_cfg_plus_cg.yaml",
@@ -148,21 +150,6 @@ def read_all(products: Products):
     return methods, samples, failed, flows, flows_failed, truth, labels
 
 
-def scatter(ax, x, y, title):
-    """Both classes' points, the panel framed on them: limits at the 0.5 and 99.5 % quantiles of each coordinate
-    (padded), the number of points beyond them in the title."""
-    pts = x.double().numpy()
-    lo, hi = np.quantile(pts, 0.005, axis=0), np.quantile(pts, 0.995, axis=0)
-    pad = 0.08 * np.maximum(hi - lo, 1e-3)
-    lo, hi = lo - pad, hi + pad
-    outside = int((~((pts >= lo) & (pts <= hi)).all(axis=1)).sum())
-    for cls, color in ((0, "tab:blue"), (1, "tab:red")):
-        ax.scatter(pts[y.numpy() == cls, 0], pts[y.numpy() == cls, 1], s=1.5, color=color, alpha=0.6,
-                   label=f"class {cls}")
-    ax.set_xlim(lo[0], hi[0]), ax.set_ylim(lo[1], hi[1])
-    axis_labels(ax, "x1", "x2", title + (f"\n({outside} points outside the frame)" if outside else ""))
-
-
 def label_of(methods, key: str) -> str:
     return next(m.label for m in methods if m.key == key)
 
@@ -177,9 +164,9 @@ def analyse_panels(products: Products, res: SectionResult) -> None:
     for sub, m in zip(np.atleast_1d(fig.subfigures(max(1, len(rows)), 1)), rows or [None]):
         scales = sorted(samples[m.key].items()) if m else []
         axes = np.atleast_1d(sub.subplots(1, 1 + len(scales)))
-        scatter(axes[0], truth, labels, "exact samples")
+        scatter_framed(axes[0], truth, labels, "exact samples")
         for ax, (s, (x, y)) in zip(axes[1:], scales):
-            scatter(ax, x, y, f"{fill(m.label, 30)}\nscale {s:g}")
+            scatter_framed(ax, x, y, f"{fill(m.label, 30)}\nscale {s:g}")
     res.numbers = {"samples_per_class": products.preset.fractal_samples_per_class,
                    "methods_shown": [m.key for m in rows],
                    "scales_shown": {m.key: sorted(samples[m.key]) for m in rows}, "postprocessed_shown": list(flows)}
@@ -193,8 +180,8 @@ def analyse_panels(products: Products, res: SectionResult) -> None:
     if flows:
         fig, axes = plt.subplots(2, len(flows), figsize=(2.8 * len(flows), 5.6), squeeze=False)
         for c, (f, after, before, y) in enumerate(flows.values()):
-            scatter(axes[0][c], before, y, f"{fill(label_of(methods, f.method), 30)}\nscale {f.scale:g}: before")
-            scatter(axes[1][c], after, y, "after the post-processor")
+            scatter_framed(axes[0][c], before, y, f"{fill(label_of(methods, f.method), 30)}\nscale {f.scale:g}: before")
+            scatter_framed(axes[1][c], after, y, "after the post-processor")
         res.figure(fig, "fractal_postprocessor.png", "2D fractal: samples before (top) and after (bottom) the "
                    "nearest-neighbour rectified flow, each panel framed on its points")
     if flows_failed:

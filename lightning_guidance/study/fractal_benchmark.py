@@ -8,10 +8,10 @@ every claim is a paired effect on the same ids.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..io.figures import axis_labels, fit_axis, legend_outside, plot_with_band, pyplot
 from ..stats import Estimate
+from ..toy.exact_scores import best_at_equal_wrong_class_rate, density_deciles, move_by_density_decile
 from .fractal import DATA, PRESET_FIELDS, label_of, plan, read_all
 from .section import Claim, Measurement, Products, Section, SectionResult, fmt, md_table, numbers_of
 
@@ -21,32 +21,6 @@ SCORING = {"seed": 0, "num_projections": 64, "p": 1}
 SCORES = (("mean_log_density", "mean log p(x|y) ↑"), ("median_log_density", "median log p(x|y) ↑"),
           ("wrong_class_fraction", "wrong class ↓"), ("sliced_wasserstein", "sliced W1 ↓"),
           ("spread", "spread (1 = exact)"), ("recall", "recall ↑"))
-
-
-def density_deciles(log_density: torch.Tensor) -> torch.Tensor:
-    """Each sample's decile (0: lowest) of exact log-density among its set."""
-    edges = torch.quantile(log_density, torch.linspace(0, 1, 11, dtype=log_density.dtype))
-    return (torch.searchsorted(edges, log_density, right=True) - 1).clamp(0, 9)
-
-
-def move_by_density_decile(log_density: torch.Tensor, moves: torch.Tensor) -> list[float]:
-    """Median move of the samples in each decile of exact log-density before the flow (lowest density first): the
-    classifier-centric study's claim is that the first deciles move much more than the last."""
-    bins = density_deciles(log_density)
-    return [float(moves[bins == d].median()) if (bins == d).any() else float("nan") for d in range(10)]
-
-
-def best_at_equal_wrong_class_rate(scores: dict[str, dict], budget: float) -> list[tuple[str, str, dict]]:
-    """Per method, its scale with the highest mean log-density among those whose wrong-class rate is <= ``budget``;
-    ``(method, scale, scores)`` sorted best first (the variants' comparison at equal class separation)."""
-    best: dict[str, tuple[str, dict]] = {}
-    for method, by_scale in scores.items():
-        for scale, sc in by_scale.items():
-            if sc["wrong_class_fraction"] > budget:
-                continue
-            if method not in best or sc["mean_log_density"] > best[method][1]["mean_log_density"]:
-                best[method] = (scale, sc)
-    return sorted(((m, s, sc) for m, (s, sc) in best.items()), key=lambda r: -r[2]["mean_log_density"])
 
 
 def estimates(scores) -> dict:

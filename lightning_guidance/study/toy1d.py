@@ -15,13 +15,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..io.figures import axis_labels, fit_axis, legend_outside, plot_with_band, pyplot
+from ..io.toy_figures import paths_1d
 from ..stats import Estimate
 from .plan import SWEEP_VALUES, Plan, guide_checkpoint, seeded
 from .section import Claim, Measurement, Products, Section, SectionResult, fmt, md_table, numbers_of
 
 SIGMA_KEY = "data.init_args.sigma"
 SCALE_AXIS = "scale (CFG: s; CG: its guidance scale)"
-FIGURES = ("path_distance", "mean_log_density", "median_log_density", "wrong_class_fraction")
+#: the section's figures: (the per-sample figure it reduces, mean or median)
+FIGURES = {"path_distance": ("path_distance", "mean"), "mean_log_density": ("log_density", "mean"),
+           "median_log_density": ("log_density", "median"), "wrong_class_fraction": ("wrong_class", "mean")}
 #: key -> (label, sampling config, classifier fit kind or None, preset field of its scales, the claim's baseline)
 METHODS = {"cfg": ("CFG", "toy/sample_cfg_1d.yaml", None, "toy_cfg_scales", 1.0),
            "cg_uncond_linear": ("CG of the unconditional model, linear classifier", "toy/sample_cg_uncond_1d.yaml",
@@ -69,9 +72,8 @@ def plan(plan: Plan) -> None:
 
 def read(products: Products, mu: float, seeds) -> tuple[float, dict, dict]:
     """sigma, ``{method: {scale: [per seed: {figure: (N,) array}]}}`` and seed 0's trajectories."""
-    import torch
-
     from ..toy import two_class_mixture_1d
+    from ..toy.exact_scores import per_sample_scores
     from ..toy.mixture1d import boundary_path_distance
 
     tag = mu_tag(mu)
@@ -82,22 +84,12 @@ def read(products: Products, mu: float, seeds) -> tuple[float, dict, dict]:
         per_sample[method] = {}
         for seed in seeds:
             for s, (x, labels, traj) in products.samples(seeded(sample_step(tag, method), seed), True).items():
-                x64 = x.to(torch.float64)
-                per_sample[method].setdefault(s, []).append({
-                    "path_distance": boundary_path_distance(traj, labels, mu).numpy(),
-                    "log_density": mixture.log_prob(x64, labels).numpy(),
-                    "wrong_class": (mixture.class_posterior(x64).argmax(1) != labels).to(torch.float64).numpy()})
+                rows = per_sample_scores(mixture, x, labels)
+                rows["path_distance"] = boundary_path_distance(traj, labels, mu)
+                per_sample[method].setdefault(s, []).append({k: v.numpy() for k, v in rows.items()})
                 if seed == seeds[0]:
                     paths[(method, s)] = (traj[:, :, 0].numpy(), labels.numpy())
     return sigma, per_sample, paths
-
-
-def row_estimates(runs: list[dict]) -> dict:
-    from ..metrics.exact_intervals import per_sample_estimate
-
-    of = lambda key, reduce="mean": per_sample_estimate([r[key] for r in runs], reduce=reduce).as_json()  # noqa: E731
-    return {"path_distance": of("path_distance"), "mean_log_density": of("log_density"),
-            "median_log_density": of("log_density", "median"), "wrong_class_fraction": of("wrong_class")}
 
 
 def analyse(products: Products, res: SectionResult) -> None:
@@ -120,7 +112,9 @@ def analyse(products: Products, res: SectionResult) -> None:
                     effects[family].append(effect)
             methods[method] = {"label": label, "baseline": base, "top": top,
                                "effect": per_sample_estimate(effect).as_json(),
-                               "rows": [{"scale": s, **row_estimates(runs[s])} for s in sorted(runs)]}
+                               "rows": [{"scale": s, **{k: per_sample_estimate([r[src] for r in runs[s]], reduce=red)
+                                                        .as_json() for k, (src, red) in FIGURES.items()}}
+                                        for s in sorted(runs)]}
         per_mu[tag] = {"mu": float(mu), "sigma": sigma, "methods": methods,
                        "exact": {k: Estimate.exact(v).as_json() for k, v in exact.items()}}
     pooled = lambda cells: [np.mean([c[s] for c in cells], axis=0) for s in range(len(seeds))]  # noqa: E731
@@ -131,7 +125,7 @@ def analyse(products: Products, res: SectionResult) -> None:
     table = []
     for info in per_mu.values():
         table.append([fmt(info["mu"]), "exact p(x | y) (closed form)", "—", "—",
-                      *(fmt(info["exact"][k]["value"]) for k in FIGURES[1:])])
+                      *(fmt(info["exact"][k]["value"]) for k in list(FIGURES)[1:])])
         for m in info["methods"].values():
             table += [[fmt(info["mu"]), m["label"], fmt(r["scale"]),
                        *(Estimate.from_json(r[k]).text() for k in FIGURES)] for r in m["rows"]]
@@ -176,10 +170,7 @@ def figures(p, res: SectionResult, per_mu: dict, paths: dict) -> None:
         for c, (method, s, title) in enumerate(cols):
             traj, labels = paths[mu_tag(mu)][(method, s)]
             ax = axes[r][c]
-            for cls, color in ((0, "tab:blue"), (1, "tab:red")):
-                for i in np.flatnonzero(labels == cls)[:p.toy_trajectories_per_class]:
-                    ax.plot(np.arange(len(traj)), traj[:, i], color=color, lw=0.6, alpha=0.7)
-            ax.axhline(0, color="k", lw=0.6, ls=":")
+            paths_1d(ax, traj, labels, p.toy_trajectories_per_class)
             axis_labels(ax, "sampler step" if r == len(p.mus) - 1 else "", f"x_t (mu = {mu:g})" if c == 0 else "",
                         title if r == 0 else "")
     res.figure(fig, "toy1d_trajectories.png", "1D sampling paths of the first training seed (blue: class 0 at -mu, "

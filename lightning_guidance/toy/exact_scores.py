@@ -177,3 +177,29 @@ def score_samples(mixture: GaussianMixture, samples: Tensor, labels: Tensor, ref
     projections come from ``seed``, so two sets of samples scored with the same seed meet the same reference.
     """
     return ExactScores(mixture, samples, labels, reference_per_class, seed, num_projections, p).values()
+
+
+def density_deciles(log_density: torch.Tensor) -> torch.Tensor:
+    """Each sample's decile (0: lowest) of exact log-density among its set."""
+    edges = torch.quantile(log_density, torch.linspace(0, 1, 11, dtype=log_density.dtype))
+    return (torch.searchsorted(edges, log_density, right=True) - 1).clamp(0, 9)
+
+
+def move_by_density_decile(log_density: torch.Tensor, moves: torch.Tensor) -> list[float]:
+    """Median move of the samples in each decile of exact log-density before the flow (lowest density first): the
+    classifier-centric study's claim is that the first deciles move much more than the last."""
+    bins = density_deciles(log_density)
+    return [float(moves[bins == d].median()) if (bins == d).any() else float("nan") for d in range(10)]
+
+
+def best_at_equal_wrong_class_rate(scores: dict[str, dict], budget: float) -> list[tuple[str, str, dict]]:
+    """Per method, its scale with the highest mean log-density among those whose wrong-class rate is <= ``budget``;
+    ``(method, scale, scores)`` sorted best first (the variants' comparison at equal class separation)."""
+    best: dict[str, tuple[str, dict]] = {}
+    for method, by_scale in scores.items():
+        for scale, sc in by_scale.items():
+            if sc["wrong_class_fraction"] > budget:
+                continue
+            if method not in best or sc["mean_log_density"] > best[method][1]["mean_log_density"]:
+                best[method] = (scale, sc)
+    return sorted(((m, s, sc) for m, (s, sc) in best.items()), key=lambda r: -r[2]["mean_log_density"])
