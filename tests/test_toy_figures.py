@@ -2,6 +2,7 @@
 is counted in the title), 1D paths drawn per class."""
 
 import numpy as np
+import pytest
 
 from lightning_guidance.io.figures import pyplot
 from lightning_guidance.io.toy_figures import paths_1d, scatter_framed
@@ -25,4 +26,18 @@ def test_paths_are_drawn_per_class_with_the_boundary():
     paths_1d(ax, traj, np.arange(6) % 2, per_class=2)
     lines = ax.get_lines()
     assert len(lines) == 5 and {tuple(line.get_ydata()[-1:]) for line in lines[:4]} == {(-5.0,), (5.0,)}
+    pyplot().close(fig)
+
+
+def test_a_symlog_axis_is_filled_by_its_data():
+    """Values from -1e5 to 2: the panel spans them with 5 % of the drawn range to spare, not decades of empty axis."""
+    from lightning_guidance.io.toy_figures import frame
+
+    fig, ax = pyplot().subplots()
+    values = [-1e5, -30.0, -2.0, 0.5, 2.0]
+    ax.plot(range(5), values)
+    frame(ax, values, "symlog")
+    forward = ax.yaxis.get_transform()
+    (lo, hi), (dlo, dhi) = forward.transform(ax.get_ylim()), forward.transform([min(values), max(values)])
+    assert ax.get_yscale() == "symlog" and (dlo - lo, hi - dhi) == pytest.approx((0.05 * (dhi - dlo),) * 2)
     pyplot().close(fig)

@@ -33,3 +33,20 @@ def paths_1d(ax, trajectory, labels, per_class: int, boundary: float = 0.0) -> N
         for i in np.flatnonzero(y == cls)[:per_class]:
             ax.plot(np.arange(len(traj)), traj[:, i], color=color, lw=0.6, alpha=0.7)
     ax.axhline(boundary, color="k", lw=0.6, ls=":")
+
+
+def frame(ax, values, scale: str = "linear", linthresh: float = 1.0) -> None:
+    """The y axis on ``scale`` (``linear``, ``log``, or ``symlog`` linear within ``linthresh`` of 0), its limits the
+    data's (``values``: curves and band ends) padded by 5 % of the range as drawn, so the data fill the panel; the
+    scale named in the axis label."""
+    vals = np.asarray([float(v) for v in np.ravel(values) if v is not None], dtype=float)
+    vals = vals[np.isfinite(vals) & ((vals > 0) if scale == "log" else True)]
+    if scale != "linear":
+        ax.set_yscale(scale, **({"linthresh": linthresh} if scale == "symlog" else {}))
+        ax.set_ylabel(f"{ax.get_ylabel()} ({scale})", fontsize=8)
+    if not len(vals):
+        return
+    forward = ax.yaxis.get_transform()
+    lo, hi = forward.transform([vals.min(), vals.max()])
+    pad = 0.05 * (hi - lo) if hi > lo else 0.5
+    ax.set_ylim(*forward.inverted().transform([lo - pad, hi + pad]))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..io.figures import axis_labels, fit_axis, legend_outside, plot_with_band, pyplot
+from ..io.figures import axis_labels, legend_outside, plot_with_band, pyplot
+from ..io.toy_figures import frame
 from ..stats import Estimate
 from ..toy.exact_scores import best_at_equal_wrong_class_rate, density_deciles, move_by_density_decile
 from .fractal import DATA, PRESET_FIELDS, label_of, plan, read_all
@@ -115,6 +116,11 @@ def analyse(products: Products, res: SectionResult) -> None:
     figure(res, methods, scores, reference)
 
 
+#: each panel's y scale: far-off samples reach log p of -1e5 while good ones sit near 0; shares are bounded
+FIGURE_SCALES = {"mean_log_density": "symlog", "median_log_density": "symlog", "wrong_class_fraction": "linear",
+                 "sliced_wasserstein": "log"}
+
+
 def figure(res: SectionResult, methods, scores: dict, reference: dict) -> None:
     fig, axes = pyplot().subplots(2, 2, figsize=(10, 7))
     for ax, (key, title) in zip(axes.flat, SCORES[:4]):
@@ -125,7 +131,7 @@ def figure(res: SectionResult, methods, scores: dict, reference: dict) -> None:
             values += [v for e in est for v in (e["lo"], e["hi"])]
         ax.axhline(reference[key]["value"], color="k", ls=":", lw=1, label="exact samples")
         axis_labels(ax, "scale (CFG and variants: s; classifier terms: guidance scale)", title.rstrip(" ↑↓"))
-        fit_axis(ax, values + [reference[key]["value"]])
+        frame(ax, values + [reference[key]["value"]], FIGURE_SCALES[key])
     legend_outside(fig)
     res.figure(fig, "fractal_benchmark.png", "fractal: exact scores vs scale for every method, with 95 % bootstrap "
                                              "intervals (dotted: exact samples)")
