@@ -12,7 +12,8 @@ import numpy as np
 from ..io.figures import axis_labels, legend_outside, plot_with_band, pyplot
 from ..io.toy_figures import frame
 from ..stats import Estimate
-from ..toy.exact_scores import best_at_equal_wrong_class_rate, density_deciles, move_by_density_decile
+from ..toy.exact_scores import (best_at_equal_wrong_class_rate, density_deciles, move_by_density_decile,
+                                per_sample_scores)
 from .fractal import DATA, PRESET_FIELDS, label_of, plan, read_all
 from .section import Claim, Measurement, Products, Section, SectionResult, fmt, md_table, numbers_of
 
@@ -50,8 +51,9 @@ def analyse(products: Products, res: SectionResult) -> None:
     post, deltas, ratios = {}, [], []
     for key, (f, after, before, y) in flows.items():
         b, a = ExactScores(mixture, before, y, n_ref, **SCORING), ExactScores(mixture, after, y, n_ref, **SCORING)
-        moves, log_p = (after.double() - before.double()).norm(dim=1), mixture.log_prob(before.double(), y)
-        deltas.append((mixture.log_prob(after.double(), y) - log_p).numpy())
+        was, now = per_sample_scores(mixture, before, y), per_sample_scores(mixture, after, y)
+        moves, log_p = (after.double() - before.double()).norm(dim=1), was["log_density"]
+        deltas.append({k: (now[k] - was[k]).numpy() for k in now})  # per sample, after - before
         bins = density_deciles(log_p)
         ratios.append((moves[bins == 0].numpy(), moves[bins == 9].numpy()))
         post[key] = {"method": f.method, "label": label_of(methods, f.method), "scale": f"{f.scale:g}",
@@ -140,7 +142,7 @@ def figure(res: SectionResult, methods, scores: dict, reference: dict) -> None:
 # ---- claims ---------------------------------------------------------------------------------------------------------
 def claim_effects(exact: dict, labels: dict, deltas: list, ratios: list) -> dict:
     """Each claim's paired effect (an Estimate) and the parts its text lists."""
-    from ..metrics.exact_intervals import score_estimate, seeds_estimate
+    from ..metrics.exact_intervals import per_sample_estimate, score_estimate, seeds_estimate
 
     out, parts = {}, []
     for key in ("cg_uncond", "cfg", "cg"):  # the paper's set-up (CG of the unconditional model) first: it is graded
@@ -162,8 +164,11 @@ def claim_effects(exact: dict, labels: dict, deltas: list, ratios: list) -> dict
             out["autoguidance_variety"] = {"effect": score_estimate([exact["autoguidance"][s]], "recall",
                                                                     baseline=[exact["cfg"][s]]).as_json(),
                                            "parts": [[f"recall, autoguidance − CFG at s = {s}", None]]}
-    if deltas:
-        pooled = np.stack(deltas, axis=1)  # (ids, sets): the sets share their sample ids
+    if deltas:  # the sets share their sample ids: pooled per id
+        wrong = np.mean([d["wrong_class"] for d in deltas], axis=0)
+        out["postprocessor_fractal_wrong_class"] = {"effect": per_sample_estimate([wrong]).as_json(), "parts": [
+            ["wrong-class share after − before, mean over the sets", None]]}
+        pooled = np.stack([d["log_density"] for d in deltas], axis=1)
         out["postprocessor_fractal"] = {"effect": seeds_estimate(
             [lambda idx: np.median(pooled[idx].reshape(len(idx), -1), axis=-1)], [(len(pooled),)]).as_json(),
             "parts": [["median over samples and sets of the change of exact log p(x|y)", None]]}
@@ -177,14 +182,14 @@ def claim_effects(exact: dict, labels: dict, deltas: list, ratios: list) -> dict
     return out
 
 
-def stored(key: str, unit: str):
+def stored(key: str, unit: str, sign: int = 1):
     def measure(n) -> Measurement:
         c = numbers_of(n, "fractal_benchmark")["claims"].get(key)
         if c is None:
             raise LookupError(f"the runs {key} reads did not finish")
         effect = Estimate.from_json(c["effect"])
         text = "; ".join(f"{label}: {Estimate.from_json(e).text() if e else effect.text()}" for label, e in c["parts"])
-        return Measurement(text, effect, +1, unit)
+        return Measurement(text, effect, sign, unit)
     return measure
 
 
@@ -205,6 +210,10 @@ SECTION = Section(
               "median per-sample change of exact log p(x|y) (CG weak and large, CFG) > 0",
               stored("postprocessor_fractal", "log p(x|y)"), "a briefly trained flow; at a large CG scale samples sit "
               "far outside the data and a few flow steps do not carry them all the way"),
+        Claim("postprocessor_fractal_wrong_class", PAPER, "the post-processor moves samples generated in the wrong "
+              "class into the requested one (its Fig. 4, scale 1)", "wrong-class share after − before (CG weak and "
+              "large, CFG) < 0", stored("postprocessor_fractal_wrong_class", "wrong-class share", -1),
+              "far-off samples of the large CG scale are carried to the nearest branch, of either class"),
         Claim("postprocessor_moves", PAPER, "samples already in high density barely move, those near the class "
               "boundary move the most", "log(median move, lowest-density decile / highest) > 0",
               stored("postprocessor_moves", "log ratio"),
