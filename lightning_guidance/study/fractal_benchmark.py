@@ -76,7 +76,7 @@ def analyse(products: Products, res: SectionResult) -> None:
                    "methods_failed": failed, "postprocessed": post, "postprocessed_failed": flows_failed,
                    "equal_wrong_class": {"cfg_scale": budget_scale, "ranking": ranking},
                    "claims": claim_effects(exact, {m.key: m.label for m in methods}, deltas, ratios)}
-    text = lambda e: Estimate.from_json(e).text(3)  # noqa: E731
+    text = lambda e: Estimate.from_json(e).text()  # noqa: E731
     header = ["method", "scale", *(title for _, title in SCORES), "after post-processor: mean log p / wrong class"]
     after_of = {(v["method"], v["scale"]): v["after"] for v in post.values()}
     table = [["exact samples", "—", *(text(reference[k]) for k, _ in SCORES), "—"]]
