@@ -170,7 +170,7 @@ def analyse_panels(products: Products, res: SectionResult) -> None:
     res.numbers = {"samples_per_class": products.preset.fractal_samples_per_class,
                    "methods_shown": [m.key for m in rows],
                    "scales_shown": {m.key: sorted(samples[m.key]) for m in rows}, "postprocessed_shown": list(flows)}
-    res.markdown = ["The fractal is Karras et al.'s (2024, autoguidance, App. C): two classes, each a tree of "
+    res.markdown = ["The fractal is Karras et al.'s (the autoguidance paper's App. C): two classes, each a tree of "
                     "elongated Gaussians, interleaved. The classifier-centric study's fractal figures (its Fig. 4 "
                     "a-c) use variants of it whose classes are entangled to three degrees; we run the one fractal. "
                     "Each panel is framed on its own points (0.5-99.5 % quantiles; the points beyond are counted in "
