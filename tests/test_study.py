@@ -148,6 +148,56 @@ def test_the_postprocessor_and_the_cfg_variants_are_measured(micro):
         assert f"| {curve['label']} |" in section9  # a row of the section's table
 
 
+def test_the_toy_sections_measure_paths_exact_rows_and_unconditional_cg(micro):
+    """Section 1: the path distance is the mean over the saved trajectory's states (recomputed here with numpy from
+    the shards), the exact rows are the closed forms, classifier guidance of the unconditional model ran with the
+    null class (cfg_scale 0) and its boundary claim is graded from an interval; section 3's wrong-class claim grades
+    the unconditional-model CG run, paired scale 1 against the large scale."""
+    import numpy as np
+    import yaml
+
+    from lightning_guidance.io.shards import manifest_shards, read_extra, read_shard
+    from lightning_guidance.study.presets import MICRO
+    from lightning_guidance.toy import exact_conditional_scores
+
+    report = json.loads((micro / "report.json").read_text())
+    toy = report["sections"]["toy1d"]["numbers"]
+    verdicts = {row["key"]: row for row in report["agreement"]}
+    for mu in MICRO.mus:
+        info = toy["mus"][f"mu{mu:g}"]
+        exact = exact_conditional_scores(mu, info["sigma"])
+        assert {k: v["value"] for k, v in info["exact"].items()} == exact
+        assert all(v["method"] == "exact" for v in info["exact"].values())
+        for method in ("cg_uncond_linear", "cg_uncond_mlp"):
+            config = yaml.safe_load((micro / "configs" / f"sample-toy1d-mu{mu:g}-{method.replace('_', '-')}.yaml")
+                                    .read_text())["model"]["init_args"]
+            assert config["sweep"]["cfg_scale"] == 0.0 and config["sweep"]["target"] == "guidance"
+            assert [r["scale"] for r in info["methods"][method]["rows"]] == list(MICRO.toy_cg_scales)
+        rows = info["methods"]["cfg"]["rows"]
+        out = Path(yaml.safe_load((micro / "configs" / f"sample-toy1d-mu{mu:g}-cfg.yaml").read_text())
+                   ["model"]["init_args"]["output_dir"])
+        for value, paths in manifest_shards(out).items():
+            traj = np.concatenate([read_extra(p, "trajectory") for p in paths], axis=1)[..., 0].astype(np.float64)
+            labels = np.concatenate([read_shard(p).labels.numpy() for p in paths])
+            by_hand = np.mean([np.mean(traj[:, i]) * (1 if labels[i] else -1) / mu for i in range(len(labels))])
+            row = next(r for r in rows if r["scale"] == float(value))
+            assert row["path_distance"]["value"] == pytest.approx(by_hand, rel=1e-9)
+            assert row["path_distance"]["lo"] <= row["path_distance"]["value"] <= row["path_distance"]["hi"]
+    for key in ("boundary_cg", "boundary_cg_conditional", "boundary_cfg", "fractal_wrong_class"):
+        assert verdicts[key]["verdict"] in ("agree", "disagree", "inconclusive"), key
+        assert verdicts[key]["effect"]["n"] > 0, key
+    assert verdicts["boundary_cg"]["effect"] == toy["claims"]["cg_uncond"]
+    bench = report["sections"]["fractal_benchmark"]["numbers"]
+    wrong = bench["claims"]["fractal_wrong_class"]
+    assert verdicts["fractal_wrong_class"]["effect"] == wrong["effect"] == wrong["parts"][0][1]
+    assert "unconditional model" in wrong["parts"][0][0] and "unconditional model" in verdicts["fractal_wrong_class"][
+        "measured"]
+    scales = bench["methods"]["cg_uncond"]["scales"]
+    first, last = min(scales, key=float), max(scales, key=float)
+    point = scales[first]["wrong_class_fraction"]["value"] - scales[last]["wrong_class_fraction"]["value"]
+    assert wrong["effect"]["value"] == pytest.approx(point, abs=1e-12)
+
+
 def test_every_number_in_the_report_comes_from_report_json(micro):
     report = json.loads((micro / "report.json").read_text())
     md = (micro / "report.md").read_text()

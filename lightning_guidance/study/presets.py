@@ -19,7 +19,7 @@ class Preset:
     summary: str
     # ---- 1D two-class mixture (classifier-centric study §D.3)
     mus: tuple[float, ...] = (1.0, 0.5, 0.1)
-    toy_train_steps: int = 1500
+    toy_train_steps: int = 1200  # x 3 mus x 3 training seeds in small: the section's budget (~1700 CPU-s)
     toy_classifier_steps: int = 800
     toy_batch_size: int = 1024
     toy_samples_per_class: int = 500
@@ -41,7 +41,7 @@ class Preset:
     fractal_variant_scales: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0)  # the modern CFG variants
     fractal_autoguide_bad_steps: int = 300  # autoguidance's worse model (configs/fractal/cfg_autoguide_bad.yaml)
     fractal_cg_flow_scales: tuple[float, ...] = (1.0, 10.0)  # CG of the unconditional model, Fig. 4: weak and large
-    fractal_flow_steps: int = 2000  # each fractal post-processor (configs/fractal/flow_*.yaml)
+    fractal_flow_steps: int = 1200  # each fractal post-processor (configs/fractal/flow_*.yaml)
     fractal_flow_euler_steps: int = 0  # 0: the configs' integrator (dopri5); n: Euler with n steps
     # ---- digits (CFG, EluCD ablations, calibration)
     digits_train_steps: int = 1500
@@ -114,7 +114,7 @@ SMALL = Preset(
 TINY = replace(
     SMALL, name="tiny",
     summary="the README's first command: every section at its smallest (sized for 10 minutes on an idle 2-core CPU)",
-    toy_train_steps=600, toy_classifier_steps=300, toy_samples_per_class=200, toy_cfg_scales=(1.0, 2.0, 4.0),
+    toy_train_steps=550, toy_classifier_steps=250, toy_samples_per_class=200, toy_cfg_scales=(1.0, 2.0, 4.0),
     toy_cg_scales=(0.0, 1.0, 4.0), toy_num_steps=40,
     fractal_train_steps=1200, fractal_classifier_steps=300, fractal_samples_per_class=250,
     fractal_cfg_scales=(1.0, 2.0, 4.0), fractal_guidance_scales=(0.0, 1.0, 4.0), fractal_cfg_plus_cg_scales=(2.0,),

@@ -62,9 +62,9 @@ def toy_figure(res: SectionResult, toy: dict, series: dict) -> None:
     series["toy1d"] = {}
     for ax, (tag, info) in zip(axes[0], mus.items()):
         curves = series["toy1d"][tag] = {
-            method: {"mu": info["mu"], "scale": [r["scale"] for r in rows],
-                     "mean_log_density": [r["mean_log_density"] for r in rows]}
-            for method, rows in info["methods"].items()}
+            m["label"]: {"mu": info["mu"], "scale": [r["scale"] for r in m["rows"]],
+                         "mean_log_density": [r["mean_log_density"] for r in m["rows"]]}
+            for m in info["methods"].values()}
         draw(ax, [(m, c["scale"], c["mean_log_density"], {}) for m, c in curves.items()], "mean exact log p(x|y)")
         ax.set_title(f"1D, mu = {fmt(info['mu'])}", fontsize=9)
     res.figure(fig, "quality_toy1d.png", "1D mixture: exact log-density of the samples vs scale")
