@@ -100,8 +100,8 @@ def runs(p) -> dict[str, Run]:
     out += [Run(f"divergence-{d}", f"f-divergence {d} (clean classifier)", "digits_calibration",
                 "digits/sample_divergence.yaml", guided, "digits-clean", {f"{TERM0}.init_args.divergence": d})
             for d in p.divergences]
-    out.append(Run("flow-unseen", "CFG at unseen scales, before the post-processor", "digits_postprocessor",
-                   "digits/sample_cfg_unseen.yaml", p.flow_unseen_scales, ddpm=False))
+    out.append(Run("flow-unseen", "CFG at s = 1 and at scales the post-processor never saw, before it",
+                   "digits_postprocessor", "digits/sample_cfg_unseen.yaml", [1.0, *p.flow_unseen_scales], ddpm=False))
     found: dict[str, Run] = {}
     for r in out:  # an ablation at the reference settings is listed once, where it comes first
         found.setdefault(r.key, r)

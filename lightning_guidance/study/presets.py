@@ -65,6 +65,7 @@ class Preset:
     # ---- digits post-processor (section 7: configs/digits/flow.yaml, one flow for all scales)
     flow_train_scales: tuple[float, ...] = (1.0, 2.0, 3.0)
     flow_unseen_scales: tuple[float, ...] = (2.25, 2.5, 2.75)
+    flow_per_scale: float = 2.5  # the unseen scale at which a flow trained on that scale alone is compared
     flow_train_samples_per_class: int = 100
     flow_steps: int = 1500
     flow_euler_steps: int = 20
