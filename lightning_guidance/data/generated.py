@@ -3,9 +3,9 @@ rectified-flow post-processor (``RectifiedFlowPostprocessor``).
 
 ``shards`` lists folders of ``shard_*.npz`` (one guidance scale each, as ``SamplingModule.predict`` writes them) or
 single shard files (empty for a predict-only use, which gives ``predict_shards``). Several scales make the
-one-for-all-scales training set of Zhao & Schwing 2025 (App. B): an equal mix, each scale the same number of samples. The train loader yields ``(x0, label, row)`` batches of generated
-samples (``row`` indexes :attr:`generated`), shuffled by ``EpochShuffleSampler`` (exact resume, split under DDP).
-The real set is the training split of ``real`` (any ``LabeledDataModule``). The predict loader yields the shard
+one-for-all-scales training set of Zhao & Schwing 2025 (App. B): an equal mix, each scale the same number of
+samples. The train loader yields ``(x0, label, row)`` batches of generated samples (``row`` indexes
+:attr:`generated`), shuffled by ``EpochShuffleSampler`` (exact resume, split under DDP). The real set is the training split of ``real`` (any ``LabeledDataModule``). The predict loader yields the shard
 files of ``predict_shards`` (folders or files, any guidance and scale), one path per item: the post-processor
 writes one output shard per input shard (under DDP each rank takes whole shards).
 """

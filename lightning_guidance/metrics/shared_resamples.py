@@ -9,7 +9,8 @@ ones) are computed once, and a resample only reweights or indexes them:
 - ``kd_*``: the unbiased ``MMD^2`` with KID's cubic kernel over *all* pairs of the drawn rows (the estimator that
   ``kernel_distance`` averages over random subsets, here on the whole resample: same expectation, no subset noise);
 - ``precision`` / ``recall``: the union of the k-NN balls of the *distinct* drawn points, as ``quality_from_products``;
-- ``judge_accuracy``: the share of drawn samples the judge assigns to their label.
+- ``judge_accuracy``: the share of drawn samples the judge assigns to their label; ``judge_score``: the classifier
+  score ``exp(E KL(p(y|x) || p(y)))`` of the drawn rows (``products.classifier_score``).
 
 One draw of (generated ids, real ids) serves every set, so the difference of two sets is paired (same ids); the
 draws are ``stats.bootstrap``'s for the same seed, and :meth:`SharedResamples.interval` gives, through it, the interval
@@ -65,6 +66,14 @@ def _radii(distances: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
     return np.partition(distances[np.ix_(rows, rows)], k, axis=1)[:, k]
 
 
+def _classifier_score(counts: torch.Tensor, probs: torch.Tensor, p_log_p: torch.Tensor) -> torch.Tensor:
+    """``exp(E KL(p(y|x) || p(y)))`` of the rows drawn ``counts[b]`` times (``products.classifier_score``)."""
+    n = counts.sum(1)
+    marginal = counts @ probs / n[:, None]
+    mean_kl = -torch.special.xlogy(marginal, marginal).sum(1) + counts @ p_log_p / n
+    return mean_kl.clamp_min(0).exp()
+
+
 @dataclass
 class SharedResamples:
     """Figures of each set on all ids (``estimates[set][figure]``) and on each shared resample (``replicates``)."""
@@ -93,7 +102,7 @@ class SharedResamples:
 
 def shared_resamples(sets: dict[str, dict], real: dict, *, fd_name: str = "fd_judge", k: int = 3,
                      num_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> SharedResamples:
-    """The figures (``fd_name``, its ``kd_`` twin, precision, recall, judge accuracy) of every set of ``sets``
+    """The figures (``fd_name``, its ``kd_`` twin, precision, recall, judge accuracy and score) of every set of ``sets``
     (per-sample products with ``ids``, ``labels``, ``features``, ``logits``; all with the same ids and labels) against
     ``real``, on all ids and on ``num_resamples`` resamples of (generated ids, real ids) shared by every set."""
     from .kernel_distance import kd_name
@@ -124,6 +133,8 @@ def shared_resamples(sets: dict[str, dict], real: dict, *, fd_name: str = "fd_ju
         g_dist, gr_dist = torch.cdist(g_feat, g_feat).numpy(), torch.cdist(g_feat, r_feat).numpy()
         g_kern, gr_kern = _kernel(g_feat, g_feat), _kernel(g_feat, r_feat)
         correct = torch.from_numpy((np.asarray(s["logits"]).argmax(1) == np.asarray(s["labels"])).astype(np.float64))
+        log_p = torch.log_softmax(_f64(s["logits"]), dim=1)
+        p_log_p = (log_p.exp() * log_p).sum(1)
         counts = torch.cat([full_g, g_counts])
         g_term = (((counts @ g_kern) * counts).sum(1) - counts @ g_kern.diagonal()) / (n * (n - 1))
         cross = ((counts @ gr_kern) * r_counts_all).sum(1) / (n * m)
@@ -135,7 +146,8 @@ def shared_resamples(sets: dict[str, dict], real: dict, *, fd_name: str = "fd_ju
             precision.append(counts_np[b] @ (gr_dist[:, ru] <= r_radii[b]).any(1) / n)
             recall.append(r_counts_np[b] @ (gr_dist[u] <= _radii(g_dist, u, k)[:, None]).any(0) / m)
         figures = {fd_name: fd.numpy(), kd: (g_term + r_term - 2 * cross).numpy(), "precision": np.array(precision),
-                   "recall": np.array(recall), "judge_accuracy": (counts @ correct / n).numpy()}
+                   "recall": np.array(recall), "judge_accuracy": (counts @ correct / n).numpy(),
+                   "judge_score": _classifier_score(counts, log_p.exp(), p_log_p).numpy()}
         estimates[name] = {key: float(v[0]) for key, v in figures.items()}
         replicates[name] = {key: v[1:] for key, v in figures.items()}
     return SharedResamples(estimates, replicates, (n, m), seed, level)

@@ -48,9 +48,9 @@ class _NearestReal(L.LightningModule):
             raise ValueError(f"{type(self).__name__} is a search on one process: run it with devices: 1")
         dm = self.trainer.datamodule
         if dm is None or not hasattr(dm, "real") or not getattr(dm, "predict_shards", None):
-            raise ValueError(f"{type(self).__name__} reads the flow's data module: data: {{class_path: lightning_guidance."
-                             "data.generated.GeneratedShardsDataModule, init_args: {shards: [], real: ..., "
-                             "predict_shards: [...]}}")
+            raise ValueError(f"{type(self).__name__} reads the flow's data module: data: {{class_path: "
+                             "lightning_guidance.data.generated.GeneratedShardsDataModule, init_args: {shards: [], "
+                             "real: ..., predict_shards: [...]}}")
         dm.real.setup("fit")
         real = dm.real
         held_out = real.test_set if real.test_set is not None else real.val_set
