@@ -5,9 +5,10 @@ rectified-flow post-processor (``RectifiedFlowPostprocessor``).
 single shard files (empty for a predict-only use, which gives ``predict_shards``). Several scales make the
 one-for-all-scales training set of Zhao & Schwing 2025 (App. B): an equal mix, each scale the same number of
 samples. The train loader yields ``(x0, label, row)`` batches of generated samples (``row`` indexes
-:attr:`generated`), shuffled by ``EpochShuffleSampler`` (exact resume, split under DDP). The real set is the training split of ``real`` (any ``LabeledDataModule``). The predict loader yields the shard
-files of ``predict_shards`` (folders or files, any guidance and scale), one path per item: the post-processor
-writes one output shard per input shard (under DDP each rank takes whole shards).
+:attr:`generated`), shuffled by ``EpochShuffleSampler`` (exact resume, split under DDP). The real set is the
+training split of ``real`` (any ``LabeledDataModule``). The predict loader yields the shard files of
+``predict_shards`` (folders or files, any guidance and scale), one path per item: the post-processor writes one output
+shard per input shard (under DDP each rank takes whole shards).
 """
 
 from __future__ import annotations
