@@ -59,14 +59,12 @@ def plan(plan) -> None:
     n, k = p.flow_train_samples_per_class, len(p.flow_train_scales)
 
     def train_shards(name: str, scales, per_class: int, edits: dict) -> Step:
-        return plan.sample(name, "digits/sample_cfg_flow_train.yaml", f"digits/samples_{name.removeprefix('sample-')}",
-                           "digits-cfg", {SWEEP_VALUES: [float(s) for s in scales],
-                                          "model.init_args.samples_per_class": per_class,
-                                          "model.init_args.shard_size": 10 * per_class,
-                                          "model.init_args.batch_size": 10 * per_class,
-                                          "model.init_args.sampler": "ddim", **edits,
-                                          "model.init_args.sampler_kwargs": {"num_steps": p.digits_ddim_steps,
-                                                                             "eta": 0.0}}, ["digits-cfg"])
+        folder = f"digits/samples_{name.removeprefix('sample-digits-')}"
+        e = {SWEEP_VALUES: [float(s) for s in scales], "model.init_args.samples_per_class": per_class,
+             "model.init_args.shard_size": 10 * per_class, "model.init_args.batch_size": 10 * per_class,
+             "model.init_args.sampler": "ddim",
+             "model.init_args.sampler_kwargs": {"num_steps": p.digits_ddim_steps, "eta": 0.0}, **edits}
+        return plan.sample(name, "digits/sample_cfg_flow_train.yaml", folder, "digits-cfg", e, ["digits-cfg"])
 
     train = train_shards(FLOW_TRAIN, p.flow_train_scales, n, {})
     # App. B's fair comparison: the per-scale flow gets as many training samples as the one-for-all one, other seeds
@@ -86,6 +84,7 @@ def plan(plan) -> None:
 
     common = {**digits.image_edits(p, "flow"), "model.init_args.net.init_args.model_channels": p.digits_model_channels,
               "data.init_args.batch_size": min(128, 10 * n * k), "model.init_args.integrator": "euler",
+              "model.init_args.warmup_steps": min(100, p.flow_steps // 4),  # a short run still reaches its rate
               "model.init_args.integrator_kwargs": {"num_steps": p.flow_euler_steps}}
     posts = []
     for key, name, shards, scales, edits in (

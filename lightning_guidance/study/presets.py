@@ -127,7 +127,7 @@ TINY = replace(
     sine_gammas=(0.0, 0.3), cfg_plus_cg_scales=(2.0,), divergences=("js",), calibration_epochs=8,
     ece_time_points=4, ece_samples=200, slurm={"cpus_per_task": 2, "time": "01:00:00"},
     fractal_variant_scales=(2.0, 4.0), fractal_autoguide_bad_steps=150, fractal_flow_steps=150,
-    fractal_flow_euler_steps=10, flow_train_samples_per_class=20, flow_steps=120, flow_euler_steps=8,
+    fractal_flow_euler_steps=10, flow_train_samples_per_class=10, flow_steps=60, flow_euler_steps=8,
 )
 
 MICRO = replace(
