@@ -31,7 +31,8 @@ RESAMPLES, CONTRAST_RESAMPLES = 200, 1000
 #: EluCD's DDPM reference settings (app. C): every ablation changes one of them
 REFERENCE = {"tau1": 1.0, "tau2": 0.5, "gamma": 0.3}
 DATA = "scikit-learn's 8x8 digits (embedded; the full presets: MNIST or CIFAR-10 under data/)"
-SIZES = ("training_seeds", "digits_train_steps", "digits_judge_steps", "digits_model_channels", "digits_samples_per_class",
+SIZES = ("training_seeds", "digits_train_steps", "digits_judge_steps", "digits_model_channels",
+         "digits_samples_per_class",
          "digits_ddim_steps", "digits_ddpm_steps", "dataset", "accelerator")
 
 
@@ -77,9 +78,9 @@ class Run:
     def grade(self) -> str:
         return f"grade-digits-{self.key}"
 
-    def grades(self, p) -> list[str]:
-        """Its test steps, one per training seed of the preset."""
-        return [seeded(self.grade, s) for s in p.training_seeds]
+    def grades(self, p, by: str = "") -> list[str]:
+        """Its test steps, one per training seed of the preset (``by``: those of another judge, Plan.grade)."""
+        return [seeded(self.grade.replace("grade-", f"grade-{by}-") if by else self.grade, s) for s in p.training_seeds]
 
 
 def offtheshelf_key(tau2: float, gamma: float, through: bool) -> str:
@@ -200,6 +201,7 @@ class Graded:
     folders: list[Path]  # the test steps' output folders, in training-seed order
     tables: list[dict]  # their metrics_table.json, as read by read_table
     settings: dict
+    target: str  # the sweep's target: a scale's products are the group ``<target>_<scale>``
     _cache: dict = field(default_factory=dict)
 
     @property
@@ -209,11 +211,10 @@ class Graded:
     def products(self, scale: str) -> list[dict]:
         """Per seed, the per-sample products of the set sampled at ``scale`` (a label such as ``"2"``)."""
         from ..io.sample_products import products_path, read_sample_products
-        from ..io.shards import manifest_shards
 
         if scale not in self._cache:
-            groups = [manifest_shards(f)[scale][0].parent.name for f in self.folders]
-            self._cache[scale] = [read_sample_products(products_path(f, g)) for f, g in zip(self.folders, groups)]
+            group = f"{self.target}_{float(scale):g}"
+            self._cache[scale] = [read_sample_products(products_path(f, group)) for f in self.folders]
         return self._cache[scale]
 
     def real(self) -> list[dict]:
@@ -224,12 +225,13 @@ class Graded:
         return self._cache[REAL_GROUP]
 
 
-def graded(products: Products, r: Run) -> Graded:
-    """The run's grading at every training seed; ``LookupError`` naming a test step that did not finish."""
-    steps = [products.step(name) for name in r.grades(products.preset)]
-    tables = [json.loads(Path(s.product).read_text()) for s in steps]
+def graded(products: Products, r: Run, by: str = "") -> Graded:
+    """The run's grading at every training seed (``by``: another judge's); ``LookupError`` naming a test step that
+    did not finish."""
+    steps = [products.step(name) for name in r.grades(products.preset, by)]
+    raw = json.loads(Path(steps[0].product).read_text())
     return Graded(r, [s.out_dir for s in steps], [read_table(s.product) for s in steps],
-                  tables[0].get("settings", {"fd_name": tables[0]["fd_name"]}))
+                  raw.get("settings", {"fd_name": raw["fd_name"]}), raw.get("scale_target", "cfg"))
 
 
 def estimate(g: Graded, scale: str, metric: str, ids=None, resamples: int | None = None) -> Estimate:
