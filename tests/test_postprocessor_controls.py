@@ -192,3 +192,19 @@ def test_a_difference_of_two_sets_is_paired_and_is_stats_bootstrap_of_that_diffe
     assert (got.estimate, got.low, got.high) == pytest.approx((want.estimate, want.low, want.high), abs=1e-12)
     with pytest.raises(ValueError, match="same ids"):
         shared_resamples({"a": a, "c": {**b, "ids": b["ids"] + 1}}, real, num_resamples=2)
+
+
+def test_the_memorisation_check_tells_copies_from_new_samples():
+    """A set drawn like the held-out distances has about ``quantile`` of it below their ``quantile`` (its interval
+    holds it) and a median gap whose interval holds 0; a set of near-copies sits below: share 1, gap < 0. Bug caught:
+    the quantile taken of the set itself, or the gap's sign reversed."""
+    from lightning_guidance.metrics.memorisation import memorisation_check
+
+    rng = np.random.default_rng(4)
+    held = rng.gamma(9.0, 0.3, size=400)
+    like = memorisation_check(rng.gamma(9.0, 0.3, size=(300, 2)), held, 0.05, num_resamples=400)
+    assert like["share_below_held_out_quantile"].low <= 0.05 <= like["share_below_held_out_quantile"].high
+    assert like["median_minus_held_out"].low <= 0 <= like["median_minus_held_out"].high
+    copies = memorisation_check(rng.uniform(0, 0.05, size=300), held, 0.05, num_resamples=400)
+    assert copies["share_below_held_out_quantile"].estimate == 1 and copies["median_minus_held_out"].high < 0
+    assert copies["median"].high < 0.05

@@ -177,41 +177,6 @@ def save_sample_picture(samples: Tensor, labels: Tensor, path: str | Path, title
     return _save(fig, path)
 
 
-def draw_digit_grid(ax, samples: Tensor, labels: Tensor, title: str = "", per_class: int = 8) -> None:
-    """Images in [-1, 1] on one axes: a row per class (its label on the y axis), the first ``per_class`` samples of
-    each class in id order across, grey padding; ``title`` above (say the method and the scale)."""
-    from torchvision.utils import make_grid
-
-    samples, labels = samples.detach().float().cpu(), labels.detach().cpu()
-    grid, width = _rows_by_class(samples, labels, per_class)
-    pad, (h, w) = 1, samples.shape[-2:]
-    picture = make_grid((grid.clamp(-1, 1) + 1) / 2, nrow=width, padding=pad, pad_value=0.5)
-    ax.imshow(picture.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    classes = labels.unique(sorted=True).tolist()
-    ax.set_yticks([pad + r * (h + pad) + h / 2 - 0.5 for r in range(len(classes))], [str(c) for c in classes],
-                  fontsize=6)
-    ax.set_xticks([pad + c * (w + pad) + w / 2 - 0.5 for c in range(width)], [str(c + 1) for c in range(width)],
-                  fontsize=5)
-    ax.set_ylabel("class", fontsize=7)
-    ax.set_xlabel("sample (id order)", fontsize=7)
-    ax.set_title(title, fontsize=8)
-
-
-def plot_ecdf(ax, values, label: str, i: int, level: float = 0.95):
-    """The empirical CDF of ``values`` (curve ``i``, :func:`style`) with its ``level`` band (Dvoretzky-Kiefer-Wolfowitz:
-    ``+-sqrt(log(2 / (1 - level)) / (2 n))``, Massart's constant); returns the line."""
-    import numpy as np
-
-    x = np.sort(np.asarray(values, dtype=float))
-    y = np.arange(1, len(x) + 1) / len(x)
-    eps = np.sqrt(np.log(2 / (1 - level)) / (2 * len(x)))
-    st = style(i)
-    (line,) = ax.step(x, y, where="post", label=label, color=st["color"], linestyle=st["linestyle"], linewidth=1.2)
-    ax.fill_between(x, np.clip(y - eps, 0, 1), np.clip(y + eps, 0, 1), step="post", color=st["color"], alpha=0.15,
-                    linewidth=0)
-    return line
-
-
 def save_move_picture(before: Tensor, after: Tensor, labels: Tensor, path: str | Path, title: str = "",
                       per_class: int = 10) -> Path:
     """What a post-processor moved: images as pairs of rows per class (before above after); 2D points as arrows

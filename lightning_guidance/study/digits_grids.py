@@ -20,7 +20,7 @@ def panels(scales: list[float]) -> list[float]:
 
 
 def analyse(products: Products, res: SectionResult) -> None:
-    from ..io.figures import draw_digit_grid, pyplot
+    from ..io.panels import digit_grids_figure
 
     have = [r for r in digits.runs(products.preset).values() if r.sample in products.steps and products.ok(r.sample)]
     if not have:
@@ -33,18 +33,13 @@ def analyse(products: Products, res: SectionResult) -> None:
         name = {s: f"s = {s:g}" if cfg else f"scale {s:g}" for s in shown}  # a CFG scale is s, never s - 1
         rows.append([r.label, r.key, ", ".join(f"{s:g}" for s in shown)])
         if len(got) == 1:
-            single.append((r, name[shown[0]], *got[shown[0]]))
+            single.append((f"{r.label.replace(', ', chr(10), 1)}\n{name[shown[0]]}", *got[shown[0]]))
             continue
-        fig, axes = pyplot().subplots(1, len(shown), figsize=(2.1 * len(shown), 3.0), squeeze=False)
-        for ax, s in zip(axes[0], shown):
-            draw_digit_grid(ax, *got[s], f"{r.label}\n{name[s]}", PER_CLASS)
-        res.figure(fig, f"digits_grid_{r.key}.png", f"digits, {r.label}: samples at each scale (rows: class)")
+        res.figure(digit_grids_figure([(f"{r.label}\n{name[s]}", *got[s]) for s in shown], PER_CLASS),
+                   f"digits_grid_{r.key}.png", f"digits, {r.label}: samples at each scale (rows: class)")
     for start in range(0, len(single), MAX_PANELS):
-        chunk = single[start:start + MAX_PANELS]
-        fig, axes = pyplot().subplots(1, len(chunk), figsize=(2.3 * len(chunk), 3.1), squeeze=False)
-        for ax, (r, s, x, y) in zip(axes[0], chunk):
-            draw_digit_grid(ax, x, y, f"{r.label.replace(', ', chr(10), 1)}\n{s}", PER_CLASS)
-        res.figure(fig, f"digits_grid_one_scale_{start // MAX_PANELS + 1}.png",
+        res.figure(digit_grids_figure(single[start:start + MAX_PANELS], PER_CLASS),
+                   f"digits_grid_one_scale_{start // MAX_PANELS + 1}.png",
                    "digits: the runs sampled at one scale (the ablations), rows: class")
     res.markdown = ["The first samples of each class (training seed 0, the same sample ids and seeds in every run) "
                     "of every digits sampling run this study made; the post-processed sets are in section 7.", "",

@@ -161,36 +161,24 @@ def quality(products: Products, scales: list[str]) -> tuple[dict, dict, dict]:
 
 
 def memorisation(products: Products, scales: list[str]) -> tuple[dict, dict]:
-    """Each set's L2 distance (pixels) to its nearest training digit against held-out real digits': the median, the
-    difference of medians (unpaired bootstrap), and the share below the held-out distances' 5 % quantile (0.05 for a
-    set as far from the training digits as new real ones). Ids are resampled with all their scales. Returns the
-    numbers and the distances themselves (for the figure)."""
+    """Each set's L2 distance (pixels) to its nearest training digit against held-out real digits'
+    (``metrics.memorisation``), at s = 1 and pooled over the unseen scales; the numbers, and the distances."""
     from ..io.nearest_training import read_nearest_training
-    from ..stats import bootstrap, unpaired_bootstrap
+    from ..metrics.memorisation import memorisation_check
 
     found = read_nearest_training(products.step(MEMORISATION).product)
-    held = found["held_out"]["distance"].astype(np.float64)
+    held = found["held_out"]["distance"]
     folders = {k: products.step(step).out_dir for k, (_, step) in SETS.items() if k != "copy" and products.ok(step)}
-    folders["before"] = products.step(source(products.preset).sample).out_dir
     out, distances = {"held_out": {"n": len(held), "quantile": CLOSE}, "sets": {}}, {"held_out": held}
     for key, folder in folders.items():
         for group, wanted in (("s = 1", scales[:1]), ("unseen s", scales[1:])):
             got = [s for s in wanted if str(folder / cfg_folder(float(s))) in found]
-            if not got:
-                continue
-            d = np.stack([found[str(folder / cfg_folder(float(s)))]["distance"] for s in got], 1).astype(np.float64)
-            n = len(d)
-            out["sets"][f"{key}|{group}"] = {
-                "set": key, "group": group, "scales": got,
-                "median": Estimate.from_interval(bootstrap(lambda i: np.median(d[i]), n, num_resamples=RESAMPLES), n),
-                "median_minus_held_out": Estimate.from_interval(unpaired_bootstrap(
-                    lambda i: np.median(d[i]), n, lambda j: np.median(held[j]), len(held), num_resamples=RESAMPLES), n),
-                "share_below_held_out_q05": Estimate.from_interval(bootstrap(
-                    lambda i, j: np.mean(d[i] < np.quantile(held[j], CLOSE)), (n, len(held)),
-                    num_resamples=RESAMPLES), n)}
-            distances[f"{key}|{group}"] = d.ravel()
-    for row in out["sets"].values():
-        row.update({k: row[k].as_json() for k in ("median", "median_minus_held_out", "share_below_held_out_q05")})
+            if got:
+                d = np.stack([found[str(folder / cfg_folder(float(s)))]["distance"] for s in got], 1)
+                checks = memorisation_check(d, held, CLOSE, RESAMPLES)
+                out["sets"][f"{key}|{group}"] = {"set": key, "scales": got, "group": group, **{
+                    k: Estimate.from_interval(v, len(d)).as_json() for k, v in checks.items()}}
+                distances[f"{key}|{group}"] = d.ravel()
     return out, distances
 
 
@@ -199,82 +187,60 @@ def text(e: dict) -> str:
     return Estimate.from_json(e).text()
 
 
-def figure_quality(res: SectionResult, sets: dict, table: dict, scales: list[str]) -> None:
-    from ..io.figures import axis_labels, legend_outside, plot_with_band, pyplot
+def figures(res: SectionResult, products: Products, numbers: dict, table: dict, scales: list[str]) -> None:
+    import torch
 
-    floor = (table.get("real_floor") or {}).get("metrics", {})
-    fig, axes = pyplot().subplots(2, 3, figsize=(10, 5.6))
-    for ax, m in zip(axes.flat, digits.METRICS):
-        for i, (key, got) in enumerate(sets.items()):
-            xs = [s for s in scales if s in got["estimates"]]
-            plot_with_band(ax, [float(s) + 0.025 * (i - 2) for s in xs], [got["estimates"][s][m] for s in xs],
-                           SETS[key][0], i, band=False)
-        name = table["fd_name"] if m == "fd_digits" else m.replace("kd_digits", "kd_" + table["fd_name"][3:])
-        if name in floor:
-            ax.axhline(floor[name], color="0.4", linestyle=":", linewidth=1, label="real vs real at this n (floor)")
-        axis_labels(ax, "CFG scale s", m)
-    legend_outside(fig)
-    res.figure(fig, "digits_postprocessor.png", "digits: the judge's figures of each set at each CFG scale (95 % "
-                                                "intervals over sample ids; sets shifted apart along s for legibility; "
-                                                "dotted: real vs real at the same n)")
+    from ..io.panels import digit_grids_figure, estimate_panels
+    from ..io.shards import read_shard, shard_paths
 
+    floor, names = (table.get("real_floor") or {}).get("metrics", {}), {"fd_digits": table["fd_name"], "kd_digits":
+                                                                        "kd_" + table["fd_name"].removeprefix("fd_")}
+    floors = {m: (floor[names.get(m, m)], "real vs real at this n (floor)") for m in digits.METRICS
+              if names.get(m, m) in floor}
 
-def figure_effects(res: SectionResult, contrasts: dict, scales: list[str]) -> None:
-    from ..io.figures import axis_labels, legend_outside, plot_with_band, pyplot
+    def curves(by_key: dict, m: str) -> dict:
+        return {SETS[k][0]: ([float(s) for s in got], [got[s][m] for s in got]) for k, got in by_key.items()}
 
-    fig, axes = pyplot().subplots(1, 3, figsize=(10, 3.2))
-    for ax, m in zip(axes, ("fd_digits", "kd_digits", "judge_accuracy")):
-        for i, (key, by_scale) in enumerate(contrasts["vs_before"].items(), start=1):
-            xs = [s for s in scales if s in by_scale]
-            plot_with_band(ax, [float(s) + 0.03 * (i - 2.5) for s in xs], [by_scale[s][m] for s in xs], SETS[key][0],
-                           i, band=False)
-        ax.axhline(0, color="k", linewidth=0.8)
-        axis_labels(ax, "CFG scale s", f"{m}(set) - {m}(before)")
-    legend_outside(fig)
-    res.figure(fig, "digits_postprocessor_effects.png", "digits: each set minus the CFG samples it came from, paired "
-                                                        "over the same sample ids (95 % intervals; below 0 is lower)")
+    estimates = {k: v["estimates"] for k, v in numbers["sets"].items()}
+    res.figure(estimate_panels({m: curves(estimates, m) for m in digits.METRICS}, "CFG scale s", reference=floors),
+               "digits_postprocessor.png", "digits: the judge's figures of each set at each CFG scale (95 % intervals "
+               "over sample ids; sets shifted apart along s for legibility; dotted: real vs real at the same n)")
+    res.figure(estimate_panels({f"{m}: set − CFG samples": curves(numbers["vs_before"], m)
+                                for m in ("fd_digits", "kd_digits", "judge_accuracy")}, "CFG scale s", zero=True),
+               "digits_postprocessor_effects.png", "digits: each set minus the CFG samples it came from, paired over the "
+               "same sample ids (95 % intervals; below 0: lower than before)")
+    for s in scales:
+        panels = []
+        for k, (label, step) in SETS.items():
+            parts = [read_shard(p) for p in shard_paths(products.step(step).out_dir / cfg_folder(float(s)))
+                     ] if products.ok(step) else []
+            if parts:
+                panels.append((f"s = {s}\n{label}", torch.cat([sh.samples.float() for sh in parts]),
+                               torch.cat([sh.labels for sh in parts])))
+        res.figure(digit_grids_figure(panels), f"digits_postprocessor_grid_s{s}.png", f"digits, CFG s = {s}: the "
+                   "same samples (rows: class) before, after each flow, and copied from the nearest training digit")
 
 
 def figure_memorisation(res: SectionResult, mem: dict, distances: dict) -> None:
-    from ..io.figures import axis_labels, legend_outside, plot_ecdf, pyplot
+    from ..io.figures import axis_labels, legend_outside, pyplot
+    from ..io.panels import plot_ecdf
 
     fig, ax = pyplot().subplots(figsize=(7, 3.6))
     plot_ecdf(ax, distances["held_out"], "held-out real digits", 0)
     for i, (name, row) in enumerate(((k, r) for k, r in mem["sets"].items() if r["group"] == "unseen s"), start=1):
         plot_ecdf(ax, distances[name], f"{SETS[row['set']][0]}, s = {', '.join(row['scales'])}", i)
-    ax.axvline(0, color="k", linewidth=0.8)
     axis_labels(ax, "L2 distance to the nearest training digit (pixels in [-1, 1])", "share of samples at or below")
     legend_outside(fig)
     res.figure(fig, "digits_memorisation.png", "digits: distance to the nearest training digit, outputs vs held-out "
                                                "real digits (empirical CDFs, 95 % DKW bands; the copy sits at 0)")
 
 
-def figure_grids(res: SectionResult, products: Products, scales: list[str], per_class: int = 8) -> None:
-    """The paper's Fig. 6 / S5: per CFG scale, the same samples before, after each flow, and the copy."""
-    import torch
-
-    from ..io.figures import draw_digit_grid, pyplot
-    from ..io.shards import read_shard, shard_paths
-
-    folders = {k: products.step(step).out_dir for k, (_, step) in SETS.items() if products.ok(step)}
-    for s in scales:
-        have = [(k, f / cfg_folder(float(s))) for k, f in folders.items() if shard_paths(f / cfg_folder(float(s)))]
-        fig, axes = pyplot().subplots(1, len(have), figsize=(2.3 * len(have), 3.1), squeeze=False)
-        for ax, (key, folder) in zip(axes[0], have):
-            shards = [read_shard(path) for path in shard_paths(folder)]
-            draw_digit_grid(ax, torch.cat([sh.samples.float() for sh in shards]),
-                            torch.cat([sh.labels for sh in shards]), f"s = {s}\n{SETS[key][0]}", per_class)
-        res.figure(fig, f"digits_postprocessor_grid_s{s}.png", f"digits, CFG s = {s}: the same samples (rows: "
-                                                               "class) before, after each flow, and copied")
-
-
 def analyse(products: Products, res: SectionResult) -> None:
     p = products.preset
     scales = [f"{s:g}" for s in source(p).scales]
     sets, contrasts, table = quality(products, scales)
-    unseen = scales[1:]
     n = contrasts["worst_unseen"]["fd_digits"]["n"]
-    res.numbers = {"sets": sets, **contrasts, "scales": unseen, "before": sets["before"], "after": sets["flow"],
+    res.numbers = {"sets": sets, **contrasts, "scales": scales[1:], "before": sets["before"], "after": sets["flow"],
                    "samples_per_scale": n, "train_scales": [f"{s:g}" for s in p.flow_train_scales],
                    "per_scale": f"{p.flow_per_scale:g}", "train_samples_per_scale": 10 * p.flow_train_samples_per_class,
                    "flow_steps": p.flow_steps, "euler_steps": p.flow_euler_steps, "resamples": RESAMPLES,
@@ -303,8 +269,7 @@ def analyse(products: Products, res: SectionResult) -> None:
         "direction only, with fd_digits and kd_digits.", "",
         *md_table(["set", "s", *digits.METRICS], rows),
         "Paired differences (same sample ids):", "", *md_table(["difference", "s", *digits.METRICS], diffs)]
-    figure_quality(res, sets, table, scales)
-    figure_effects(res, contrasts, scales)
+    figures(res, products, res.numbers, table, scales)
     if products.ok(MEMORISATION):
         mem, distances = memorisation(products, scales)
         res.numbers["memorisation"] = mem
@@ -313,10 +278,9 @@ def analyse(products: Products, res: SectionResult) -> None:
                          *md_table(["set", "s", "median distance", "median − held-out median",
                                     f"share below the held-out {fmt(CLOSE)} quantile ({fmt(CLOSE)}: like real)"],
                                    [[SETS[r["set"]][0], ", ".join(r["scales"]), text(r["median"]),
-                                     text(r["median_minus_held_out"]), text(r["share_below_held_out_q05"])]
+                                     text(r["median_minus_held_out"]), text(r["share_below_held_out_quantile"])]
                                     for r in mem["sets"].values()])]
         figure_memorisation(res, mem, distances)
-    figure_grids(res, products, scales)
 
 
 # ---- claims ---------------------------------------------------------------------------------------------------------
