@@ -31,11 +31,17 @@ def draw_digit_grid(ax, samples: Tensor, labels: Tensor, title: str = "", per_cl
     ax.set_title(title, fontsize=8)
 
 
-def digit_grids_figure(panels: Sequence[tuple[str, Tensor, Tensor]], per_class: int = 8):
-    """A row of :func:`draw_digit_grid` panels, one per ``(title, samples, labels)``; returns the figure."""
-    fig, axes = pyplot().subplots(1, len(panels), figsize=(2.3 * len(panels), 3.1), squeeze=False)
-    for ax, (title, samples, labels) in zip(axes[0], panels):
-        draw_digit_grid(ax, samples, labels, title, per_class)
+def digit_grids_figure(rows: Sequence[Sequence[tuple[str, Tensor, Tensor] | None]], per_class: int = 8):
+    """Rows of :func:`draw_digit_grid` panels, one per ``(title, samples, labels)`` (``None``: an empty place);
+    returns the figure."""
+    ncols = max(len(r) for r in rows)
+    fig, axes = pyplot().subplots(len(rows), ncols, figsize=(2.3 * ncols, 3.1 * len(rows)), squeeze=False)
+    for r, row in enumerate(rows):
+        for c in range(ncols):
+            if c < len(row) and row[c] is not None:
+                draw_digit_grid(axes[r][c], row[c][1], row[c][2], row[c][0], per_class)
+            else:
+                axes[r][c].set_visible(False)
     return fig
 
 

@@ -35,10 +35,10 @@ def analyse(products: Products, res: SectionResult) -> None:
         if len(got) == 1:
             single.append((f"{r.label.replace(', ', chr(10), 1)}\n{name[shown[0]]}", *got[shown[0]]))
             continue
-        res.figure(digit_grids_figure([(f"{r.label}\n{name[s]}", *got[s]) for s in shown], PER_CLASS),
+        res.figure(digit_grids_figure([[(f"{r.label}\n{name[s]}", *got[s]) for s in shown]], PER_CLASS),
                    f"digits_grid_{r.key}.png", f"digits, {r.label}: samples at each scale (rows: class)")
     for start in range(0, len(single), MAX_PANELS):
-        res.figure(digit_grids_figure(single[start:start + MAX_PANELS], PER_CLASS),
+        res.figure(digit_grids_figure([single[start:start + MAX_PANELS]], PER_CLASS),
                    f"digits_grid_one_scale_{start // MAX_PANELS + 1}.png",
                    "digits: the runs sampled at one scale (the ablations), rows: class")
     res.markdown = ["The first samples of each class (training seed 0, the same sample ids and seeds in every run) "

@@ -31,7 +31,6 @@ SETS = {"before": ("CFG samples (before)", "grade-digits-flow-unseen"),
         "any_class": ("+ flow, neighbours of any class", "grade-digits-flow-any-class"),
         "per_scale": ("+ flow trained at this scale only", "grade-digits-flow-per-scale"),
         "copy": ("nearest training digit (copy)", "grade-digits-nn-copy")}
-RESAMPLES = 1000  # the shared bootstrap resamples of sample ids (and real ids)
 #: the paper's only table for this method: CIFAR-10, EDM base model, Inception FID at three CFG scales (its Tab. 2)
 PAPER_TABLE = {"dataset": "CIFAR-10", "model": "EDM", "metric": "Inception FID", "scales": [2.25, 2.5, 2.75],
                "before": [8.02, 9.40, 10.75], "after": [5.82, 5.94, 6.18]}
@@ -135,7 +134,8 @@ def quality(products: Products, scales: list[str]) -> tuple[dict, dict, dict]:
     found = {f"{k}@{s}": products_path(folder, cfg_folder(float(s))) for k, folder in have.items() for s in scales}
     draws = shared_resamples({name: read_sample_products(path) for name, path in found.items() if path.is_file()},
                              read_sample_products(products_path(have["before"], REAL_GROUP)),
-                             fd_name=table["fd_name"], k=settings.get("k", 3), num_resamples=RESAMPLES)
+                             fd_name=table["fd_name"], k=settings.get("k", 3),
+                             num_resamples=products.preset.flow_resamples)
     n = draws.sizes[0]
 
     def est(statistic) -> dict:
@@ -175,7 +175,7 @@ def memorisation(products: Products, scales: list[str]) -> tuple[dict, dict]:
             got = [s for s in wanted if str(folder / cfg_folder(float(s))) in found]
             if got:
                 d = np.stack([found[str(folder / cfg_folder(float(s)))]["distance"] for s in got], 1)
-                checks = memorisation_check(d, held, CLOSE, RESAMPLES)
+                checks = memorisation_check(d, held, CLOSE, products.preset.flow_resamples)
                 out["sets"][f"{key}|{group}"] = {"set": key, "scales": got, "group": group, **{
                     k: Estimate.from_interval(v, len(d)).as_json() for k, v in checks.items()}}
                 distances[f"{key}|{group}"] = d.ravel()
@@ -209,16 +209,17 @@ def figures(res: SectionResult, products: Products, numbers: dict, table: dict, 
                                 for m in ("fd_digits", "kd_digits", "judge_accuracy")}, "CFG scale s", zero=True),
                "digits_postprocessor_effects.png", "digits: each set minus the CFG samples it came from, paired over the "
                "same sample ids (95 % intervals; below 0: lower than before)")
+    rows = []
     for s in scales:
-        panels = []
+        rows.append([])
         for k, (label, step) in SETS.items():
             parts = [read_shard(p) for p in shard_paths(products.step(step).out_dir / cfg_folder(float(s)))
                      ] if products.ok(step) else []
-            if parts:
-                panels.append((f"s = {s}\n{label}", torch.cat([sh.samples.float() for sh in parts]),
-                               torch.cat([sh.labels for sh in parts])))
-        res.figure(digit_grids_figure(panels), f"digits_postprocessor_grid_s{s}.png", f"digits, CFG s = {s}: the "
-                   "same samples (rows: class) before, after each flow, and copied from the nearest training digit")
+            rows[-1].append((f"s = {s}\n{label}", torch.cat([sh.samples.float() for sh in parts]),
+                             torch.cat([sh.labels for sh in parts])) if parts else None)
+    res.figure(digit_grids_figure(rows), "digits_postprocessor_grids.png", "digits: the same samples (rows of each "
+               "grid: class) at each CFG scale s (figure rows), before, after each flow, and copied from the nearest "
+               "training digit (columns)")
 
 
 def figure_memorisation(res: SectionResult, mem: dict, distances: dict) -> None:
@@ -243,7 +244,7 @@ def analyse(products: Products, res: SectionResult) -> None:
     res.numbers = {"sets": sets, **contrasts, "scales": scales[1:], "before": sets["before"], "after": sets["flow"],
                    "samples_per_scale": n, "train_scales": [f"{s:g}" for s in p.flow_train_scales],
                    "per_scale": f"{p.flow_per_scale:g}", "train_samples_per_scale": 10 * p.flow_train_samples_per_class,
-                   "flow_steps": p.flow_steps, "euler_steps": p.flow_euler_steps, "resamples": RESAMPLES,
+                   "flow_steps": p.flow_steps, "euler_steps": p.flow_euler_steps, "resamples": p.flow_resamples,
                    "real_floor": table.get("real_floor"), "paper_table": PAPER_TABLE}
     rows = [[SETS[k][0], s, *(text(got["estimates"][s][m]) for m in digits.METRICS)]
             for k, got in sets.items() for s in scales if s in got["estimates"]]
@@ -262,7 +263,7 @@ def analyse(products: Products, res: SectionResult) -> None:
         f"s = {res.numbers['per_scale']} only on as many samples, and each sample's nearest training digit (same "
         "class, pixels: what a flow that only memorised would give). The flows are trained once, on the samples of "
         "the CFG model of training seed 0: every interval (95 %) is a bootstrap over sample ids and real ids "
-        f"({fmt(RESAMPLES)} resamples, shared by all sets, so differences are paired); flow and CFG training noise "
+        f"({fmt(p.flow_resamples)} resamples, shared by all sets, so differences are paired); flow and CFG training noise "
         f"are not in it. The paper reports this method's numbers on {t['dataset']} only ({t['model']}, {t['metric']} "
         f"{' / '.join(map(fmt, t['before']))} → {' / '.join(map(fmt, t['after']))} at s = "
         f"{' / '.join(map(fmt, t['scales']))}, its Tab. 2); on MNIST it shows figures (Fig. 6, S5). We test the "
@@ -310,7 +311,7 @@ PAPER, FLOW_REASON = "Zhao & Schwing (classifier-centric)", (
 SECTION = Section(
     "digits_postprocessor", "7. Digits, the nearest-neighbour post-processor and its controls", digits.DATA,
     (*digits.SIZES, "flow_train_scales", "flow_unseen_scales", "flow_per_scale", "flow_train_samples_per_class",
-     "flow_steps", "flow_euler_steps"), plan, analyse, claims=(
+     "flow_steps", "flow_euler_steps", "flow_resamples"), plan, analyse, claims=(
         Claim("postprocessor", PAPER, "the NN rectified-flow postprocessor improves quality at every CFG scale it "
               "never saw (their numbers: CIFAR-10 Tab. 2, EDM, Inception FID; MNIST: Fig. 6 and S5, figures only)",
               "fd_digits after < before at every unseen scale (direction only)", c_lowers("fd_digits"), FLOW_REASON),
