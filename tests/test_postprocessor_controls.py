@@ -208,3 +208,32 @@ def test_the_memorisation_check_tells_copies_from_new_samples():
     copies = memorisation_check(rng.uniform(0, 0.05, size=300), held, 0.05, num_resamples=400)
     assert copies["share_below_held_out_quantile"].estimate == 1 and copies["median_minus_held_out"].high < 0
     assert copies["median"].high < 0.05
+
+
+def test_half_samples_give_one_sets_figures_an_interval_around_them():
+    """A bootstrap's repeats bias one set's Fréchet distance upward (its estimate falls below most replicates);
+    half-samples without replacement do not repeat, match ``quality_from_products`` on the drawn halves, and their
+    spread is the full sample's standard error (for a share: close to the binomial one). Bug caught: the drawn sizes
+    taken as n in the normalisations, repeats in a half-sample."""
+    from lightning_guidance.metrics.products import quality_from_products
+    from lightning_guidance.metrics.shared_resamples import _draws, shared_resamples
+
+    rng = np.random.default_rng(6)
+    a, real = products(rng, 200), products(rng, 240)
+    boot = shared_resamples({"a": a}, real, fd_name="fd_digits", num_resamples=200, seed=2)
+    half = shared_resamples({"a": a}, real, fd_name="fd_digits", num_resamples=200, seed=2, scheme="half")
+    assert np.mean(boot.replicates["a"]["fd_digits"] > boot.estimates["a"]["fd_digits"]) > 0.9  # the bias
+    gi, ri = _draws(np.random.default_rng(2), (200, 240), 200, "half")
+    assert all(len(np.unique(g)) == 100 for g in gi) and all(len(np.unique(r)) == 120 for r in ri)
+    keys = ["fd_digits", "kd_digits", "precision", "recall", "judge_accuracy", "judge_score"]
+    for b in (0, 9):
+        want = quality_from_products(a, real, gi[b], ri[b], fd_name="fd_digits", knn_backend="torch",
+                                     kd_subsets=1, kd_subset_size=100, metrics=keys)
+        for key in ("fd_digits", "precision", "recall", "judge_accuracy", "judge_score"):
+            assert half.replicates["a"][key][b] == pytest.approx(want[key], rel=1e-9), (b, key)
+    acc = half.interval(lambda f: f["a"]["judge_accuracy"])
+    p = acc.estimate
+    assert acc.low < p < acc.high and acc.high - p == pytest.approx(p - acc.low)
+    assert acc.standard_error == pytest.approx(np.sqrt(p * (1 - p) / 200), rel=0.25)
+    fd = half.interval(lambda f: f["a"]["fd_digits"])
+    assert fd.low < fd.estimate < fd.high
