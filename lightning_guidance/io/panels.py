@@ -46,10 +46,12 @@ def digit_grids_figure(rows: Sequence[Sequence[tuple[str, Tensor, Tensor] | None
 
 
 def estimate_panels(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence]]], x_label: str,
-                    ncols: int = 3, reference: Mapping[str, tuple[float, str]] | None = None, zero: bool = False):
+                    ncols: int = 3, reference: Mapping[str, tuple[float, str]] | None = None, zero: bool = False,
+                    index: Mapping[str, int] | None = None):
     """One panel per key of ``panels`` (its y label), in it a curve per ``label: (xs, estimates)`` with 95 % error
     bars, the curves shifted apart along x by 1 % of its range so that their bars stay apart; ``reference[key] =
-    (y, label)``: a dotted line; ``zero``: a line at 0; the legend below the figure. Returns the figure."""
+    (y, label)``: a dotted line; ``zero``: a line at 0; ``index[label]``: the curve's :func:`.style` (the same thing
+    in the same style across figures; default: its order); the legend below the figure. Returns the figure."""
     import numpy as np
 
     rows = -(-len(panels) // ncols)
@@ -59,7 +61,8 @@ def estimate_panels(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Seq
         step = 0.01 * (max(xs_all) - min(xs_all) or 1)
         for i, (label, (xs, estimates)) in enumerate(curves.items()):
             shift = step * (i - (len(curves) - 1) / 2)
-            plot_with_band(ax, list(np.asarray(xs, dtype=float) + shift), estimates, label, i, band=False)
+            plot_with_band(ax, list(np.asarray(xs, dtype=float) + shift), estimates, label,
+                           (index or {}).get(label, i), band=False)
         if reference and key in reference:
             ax.axhline(reference[key][0], color="0.4", linestyle=":", linewidth=1, label=reference[key][1])
         if zero:

@@ -204,12 +204,15 @@ def figures(res: SectionResult, products: Products, numbers: dict, table: dict, 
         return {SETS[k][0]: ([float(s) for s in got], [got[s][m] for s in got]) for k, got in by_key.items()}
 
     estimates = {k: v["estimates"] for k, v in numbers["sets"].items()}
-    res.figure(estimate_panels({m: curves(estimates, m) for m in digits.METRICS}, "CFG scale s", reference=floors),
+    index = {label: i for i, (label, _) in enumerate(SETS.values())}  # one style per set in every figure
+    res.figure(estimate_panels({m: curves(estimates, m) for m in digits.METRICS}, "CFG scale s", reference=floors,
+                               index=index),
                "digits_postprocessor.png", "digits: the judge's figures of each set at each CFG scale (95 % intervals "
                "from half-samples of the ids; sets shifted apart along s for legibility; dotted: real vs real at the "
                "same n)")
     res.figure(estimate_panels({f"{m}: set − CFG samples": curves(numbers["vs_before"], m)
-                                for m in ("fd_digits", "kd_digits", "judge_accuracy")}, "CFG scale s", zero=True),
+                                for m in ("fd_digits", "kd_digits", "judge_accuracy")}, "CFG scale s", zero=True,
+                               index=index),
                "digits_postprocessor_effects.png", "digits: each set minus the CFG samples it came from, paired over "
                "the same sample ids (95 % intervals; below 0: lower than before)")
     rows = []
@@ -230,9 +233,11 @@ def figure_memorisation(res: SectionResult, mem: dict, distances: dict) -> None:
     from ..io.panels import plot_ecdf
 
     fig, ax = pyplot().subplots(figsize=(7, 3.6))
-    plot_ecdf(ax, distances["held_out"], "held-out real digits", 0)
-    for i, (name, row) in enumerate(((k, r) for k, r in mem["sets"].items() if r["group"] == "unseen s"), start=1):
-        plot_ecdf(ax, distances[name], f"{SETS[row['set']][0]}, s = {', '.join(row['scales'])}", i)
+    plot_ecdf(ax, distances["held_out"], "held-out real digits", len(SETS))
+    for name, row in mem["sets"].items():
+        if row["group"] == "unseen s":
+            plot_ecdf(ax, distances[name], f"{SETS[row['set']][0]}, s = {', '.join(row['scales'])}",
+                      list(SETS).index(row["set"]))
     axis_labels(ax, "L2 distance to the nearest training digit (pixels in [-1, 1])", "share of samples at or below")
     legend_outside(fig)
     res.figure(fig, "digits_memorisation.png", "digits: distance to the nearest training digit, outputs vs held-out "

@@ -129,7 +129,7 @@ TINY = replace(
     ece_time_points=4, ece_samples=200, slurm={"cpus_per_task": 2, "time": "01:00:00"},
     fractal_variant_scales=(2.0, 4.0), fractal_autoguide_bad_steps=150, fractal_flow_steps=150,
     fractal_flow_euler_steps=10, flow_train_samples_per_class=5, flow_steps=40, flow_euler_steps=5,
-    flow_resamples=300,
+    flow_resamples=200,
 )
 
 MICRO = replace(
