@@ -7,17 +7,18 @@ contrasts of several runs or scales (same seeds, same sample ids: :func:`contras
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..io.sample_products import REAL_GROUP, products_path, read_sample_products
 from ..stats import Estimate
+from ..stats.bootstrap import normal_quantile
 from .intervals import contrast_interval, hierarchical_metric_interval, keep_ids
 
-#: bootstrap resamples of a table figure (precision and recall, which redo a k-NN search per resample: half as many),
-#: and of a paired contrast
+#: bootstrap resamples of a table figure (precision and recall, which redo a k-NN search per resample: a quarter as
+#: many; their interval comes from the replicates' spread), and of a paired contrast
 RESAMPLES, CONTRAST_RESAMPLES = 200, 1000
 FIGURES = ("fd_digits", "kd_digits", "precision", "recall", "judge_accuracy", "judge_score")
 
@@ -75,11 +76,16 @@ class Graded:
 
 
 def estimate(g: Graded, scale: str, metric: str, ids=None, resamples: int | None = None) -> Estimate:
-    """A figure of the run at one scale with its 95 % interval: bootstrap over sample ids (and the real set's), over
-    training seeds then ids when there are several (``seed_t``); ``ids``: only these sample ids."""
+    """A figure of the run at one scale with its 95 % interval: over training seeds then sample ids (and the real
+    set's) when there are several (``seed_t``); with one seed the normal bootstrap interval, value ± 1.96 SE (Efron &
+    Tibshirani 1993, §13.2): resampling with duplicates shifts set-level figures (fd, the judge score, coverage), so
+    their percentile interval can miss the value itself. ``ids``: only these sample ids."""
     sets = [(s if ids is None else keep_ids(s, ids), None, real) for s, real in zip(g.products(scale), g.real())]
-    resamples = resamples or (RESAMPLES // 2 if metric in ("precision", "recall") else RESAMPLES)
+    resamples = resamples or (RESAMPLES // 4 if metric in ("precision", "recall") else RESAMPLES)
     interval = hierarchical_metric_interval(sets, metric, num_resamples=resamples, **g.settings)
+    if g.seeds == 1:
+        half = normal_quantile((1 + interval.level) / 2) * interval.standard_error
+        interval = replace(interval, low=interval.estimate - half, high=interval.estimate + half)
     return Estimate.from_interval(interval, len(sets[0][0]["labels"]), g.seeds)
 
 
