@@ -109,8 +109,6 @@ def runs(p) -> dict[str, Run]:
     out += [Run(f"divergence-{d}", f"f-divergence {d} (clean classifier)", "digits_calibration",
                 "digits/sample_divergence.yaml", guided, "digits-clean", {f"{TERM0}.init_args.divergence": d})
             for d in p.divergences]
-    out.append(Run("flow-unseen", "CFG at unseen scales, before the post-processor", "digits_postprocessor",
-                   "digits/sample_cfg_unseen.yaml", p.flow_unseen_scales, ddpm=False))
     found: dict[str, Run] = {}
     for r in out:  # an ablation at the reference settings is listed once, where it comes first
         found.setdefault(r.key, r)
@@ -147,9 +145,10 @@ def plan_classifiers(plan: Plan) -> None:
         plan_run(plan, runs(p)[key])
 
 
-def plan_run(plan: Plan, r: Run, samples_per_class: int | None = None) -> None:
-    """The run's ``predict`` and the ``test`` that grades its shards with the judge, for each training seed: the
-    seed's CFG model and guide (a guide trained once, e.g. a fine-tune without seeds, serves every seed)."""
+def plan_run(plan: Plan, r: Run, samples_per_class: int | None = None, seeds: tuple[int, ...] | None = None) -> None:
+    """The run's ``predict`` and the ``test`` that grades its shards with the judge, for each training seed (``seeds``:
+    only these): the seed's CFG model and guide (a guide trained once, e.g. a fine-tune without seeds, serves every
+    seed)."""
     p = plan.preset
     n = samples_per_class or p.digits_samples_per_class
     e = {SWEEP_VALUES: [float(s) for s in r.scales], "model.init_args.samples_per_class": n,
@@ -157,7 +156,7 @@ def plan_run(plan: Plan, r: Run, samples_per_class: int | None = None) -> None:
          "model.init_args.sampler": "ddpm" if r.ddpm else "ddim",
          "model.init_args.sampler_kwargs": {"num_steps": p.digits_ddpm_steps} if r.ddpm else
          {"num_steps": p.digits_ddim_steps, "eta": 0.0}}
-    for seed in p.training_seeds:
+    for seed in p.training_seeds if seeds is None else seeds:
         needs = ["digits-cfg"]
         if r.classifier:
             guide = seeded(r.classifier, seed) if seeded(r.classifier, seed) in plan.steps else r.classifier

@@ -67,9 +67,11 @@ class Preset:
     # ---- digits post-processor (section 7: configs/digits/flow.yaml, one flow for all scales)
     flow_train_scales: tuple[float, ...] = (1.0, 2.0, 3.0)
     flow_unseen_scales: tuple[float, ...] = (2.25, 2.5, 2.75)
+    flow_per_scale: float = 2.5  # the unseen scale at which a flow trained on that scale alone is compared
     flow_train_samples_per_class: int = 100
     flow_steps: int = 1500
     flow_euler_steps: int = 20
+    flow_resamples: int = 1000  # the bootstrap resamples of section 7's intervals (one draw shared by every set)
     # ---- replication: the training seeds of every model a claim rests on (the judges are instruments: one seed);
     # sampling noise is each sample's own seed (seed + id), the same for every training seed and method
     training_seeds: tuple[int, ...] = (0, 1, 2)
@@ -126,7 +128,8 @@ TINY = replace(
     sine_gammas=(0.0, 0.3), cfg_plus_cg_scales=(2.0,), divergences=("js",), calibration_epochs=8,
     ece_time_points=4, ece_samples=200, slurm={"cpus_per_task": 2, "time": "01:00:00"},
     fractal_variant_scales=(2.0, 4.0), fractal_autoguide_bad_steps=150, fractal_flow_steps=150,
-    fractal_flow_euler_steps=10, flow_train_samples_per_class=20, flow_steps=120, flow_euler_steps=8,
+    fractal_flow_euler_steps=10, flow_train_samples_per_class=5, flow_steps=40, flow_euler_steps=5,
+    flow_resamples=200,
 )
 
 MICRO = replace(
@@ -140,7 +143,7 @@ MICRO = replace(
     digits_model_channels=8, digits_samples_per_class=1, digits_ddim_steps=3, digits_ddpm_steps=3,
     cfg_fine_scales=(1.0, 1.5, 2.0), cfg_samples_per_class=2, calibration_epochs=1, ece_time_points=2, ece_samples=20,
     slurm={"cpus_per_task": 1, "time": "00:30:00"},
-    flow_train_samples_per_class=2, flow_steps=3, flow_euler_steps=2,
+    flow_train_samples_per_class=2, flow_steps=3, flow_euler_steps=2, flow_resamples=50,
 )
 
 FULL = replace(

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import (digits_calibration, digits_cfg, digits_cg, digits_postprocessor, ece_vs_fd, fractal, fractal_benchmark,
-               quality, toy1d)
+from . import (digits_calibration, digits_cfg, digits_cg, digits_grids, digits_postprocessor, ece_vs_fd, fractal,
+               fractal_benchmark, quality, toy1d)
 from .plan import Plan
 from .section import Claim, Section
 
 SECTIONS: tuple[Section, ...] = (toy1d.SECTION, fractal.SECTION, fractal_benchmark.SECTION, digits_cfg.SECTION,
                                  digits_cg.SECTION, digits_calibration.SECTION, digits_postprocessor.SECTION,
-                                 ece_vs_fd.SECTION, quality.SECTION)
+                                 ece_vs_fd.SECTION, quality.SECTION, digits_grids.SECTION)
 KEYS = tuple(s.key for s in SECTIONS)
 
 NO_INCEPTION = "needs ImageNet or CIFAR-10 graded by an Inception network, which cannot be read offline"
