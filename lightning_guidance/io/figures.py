@@ -1,6 +1,11 @@
 """Figures as PNG files, written atomically: sample pictures (an image grid with one row per class, or a scatter /
 histogram of toy points), calibration over diffusion time with reliability diagrams, metrics against the sweep
-value, and guidance diagnostics along the sampling trajectory."""
+value, and guidance diagnostics along the sampling trajectory.
+
+The report's figures share a few rules, kept here: every curve has its own colour, marker and dash (:func:`style`),
+its 95 % band (:func:`plot_with_band`), labelled axes (:func:`axis_labels`), a legend off the data
+(:func:`legend_outside`), and axes that outliers do not flatten (:func:`fit_axis`: clipped with a note, or symlog).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,98 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+DASHES = ("-", "--", "-.", ":")
+
+
+def style(i: int) -> dict:
+    """Curve ``i``'s ``color``, ``marker`` and ``linestyle``: the 20 colours of tab20 (dark shades first), and markers
+    and dashes cycling at other periods, so no two of the first 20 curves share a colour and neighbours differ in
+    all three."""
+    from matplotlib import colormaps
+
+    k = i % 20
+    return {"color": colormaps["tab20"].colors[2 * k % 20 + k // 10], "marker": MARKERS[i % len(MARKERS)],
+            "linestyle": DASHES[i % len(DASHES)]}
+
+
+def _triples(values) -> tuple[list[float], list[float], list[float]]:
+    """(values, lows, highs) of estimates: objects with ``value/lo/hi``, their JSON dicts, or ``(v, lo, hi)``."""
+    out = []
+    for e in values:
+        if isinstance(e, Mapping):
+            out.append((e["value"], e["lo"], e["hi"]))
+        elif hasattr(e, "lo"):
+            out.append((e.value, e.lo, e.hi))
+        else:
+            v, lo, hi = e
+            out.append((v, lo, hi))
+    return tuple(list(map(float, col)) for col in zip(*out)) if out else ([], [], [])
+
+
+def plot_with_band(ax, x: Sequence[float], estimates, label: str, i: int, band: bool = True, **kwargs):
+    """Curve ``i`` (:func:`style`) through the estimates' values with their 95 % interval as a shaded band (or error
+    bars for fewer than 3 points, or with ``band=False``); returns the line."""
+    v, lo, hi = _triples(estimates)
+    st = {**style(i), "markersize": 4, "linewidth": 1.2, **kwargs}
+    if band and len(x) >= 3:
+        (line,) = ax.plot(x, v, label=label, **st)
+        ax.fill_between(x, lo, hi, color=st["color"], alpha=0.18, linewidth=0)
+        return line
+    err = [[a - b for a, b in zip(v, lo)], [b - a for a, b in zip(v, hi)]]
+    return ax.errorbar(x, v, yerr=err, label=label, capsize=2, **st)
+
+
+def axis_labels(ax, x: str, y: str, title: str = "") -> None:
+    ax.set_xlabel(x, fontsize=8)
+    ax.set_ylabel(y, fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+
+
+def legend_outside(target, fontsize: int = 7, **kwargs):
+    """The legend to the right of an axes, or below a whole figure (its axes' labels, each once): never on data."""
+    if hasattr(target, "get_axes") and not hasattr(target, "plot"):  # a Figure
+        handles: dict = {}
+        for ax in target.get_axes():
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(lab, h)
+        return target.legend(list(handles.values()), list(handles), loc="outside lower center", fontsize=fontsize,
+                             ncols=min(4, max(1, len(handles))), frameon=False, **kwargs)
+    return target.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=fontsize, frameon=False,
+                         borderaxespad=0.0, **kwargs)
+
+
+def fit_axis(ax, values, clip_quantiles: tuple[float, float] = (0.02, 0.98), axis: str = "y") -> str:
+    """Frame an axis on its data: ``symlog`` when the finite values span more than two decades (the linear range
+    around 0 set from the data, so it fills the panel), else limits at the ``clip_quantiles`` with a margin when points
+    lie far outside them, named in the axis label ("k points off the axis"). Returns ``linear``, ``clipped`` or
+    ``symlog``."""
+    import numpy as np
+
+    vals = np.asarray([float(v) for v in np.ravel(values) if v is not None], dtype=float)
+    vals = vals[np.isfinite(vals)]
+    if len(vals) < 3:
+        return "linear"
+    mag = np.abs(vals[vals != 0])
+    set_scale, set_lim = (ax.set_yscale, ax.set_ylim) if axis == "y" else (ax.set_xscale, ax.set_xlim)
+    label = ax.get_ylabel() if axis == "y" else ax.get_xlabel()
+    set_label = ax.set_ylabel if axis == "y" else ax.set_xlabel
+    if len(mag) and mag.max() / max(np.quantile(mag, 0.05), 1e-300) > 100:
+        set_scale("symlog", linthresh=float(np.quantile(mag, 0.05)))
+        set_label(f"{label} (symlog)", fontsize=8)
+        return "symlog"
+    lo, hi = np.quantile(vals, clip_quantiles)
+    pad = 0.1 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.1
+    outside = int(np.sum((vals < lo - pad) | (vals > hi + pad)))
+    if not outside:
+        return "linear"
+    set_lim(lo - pad, hi + pad)
+    set_label(f"{label} ({outside} point{'s' * (outside != 1)} off the axis)", fontsize=8)
+    return "clipped"
 
 
 def _save(fig, path: str | Path) -> Path:

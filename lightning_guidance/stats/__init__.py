@@ -14,9 +14,13 @@ from .bootstrap import (
     resample,
     unpaired_bootstrap,
 )
+from .estimate import ESTIMATE_METHODS, Estimate, difference
 from .verdict import VERDICTS, effect_size, samples_needed, verdict
 
 __all__ = [
+    "ESTIMATE_METHODS",
+    "Estimate",
+    "difference",
     "HIERARCHICAL_METHODS",
     "METHODS",
     "VERDICTS",

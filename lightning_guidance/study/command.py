@@ -47,8 +47,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sections", nargs="+", help=f"run only these sections: {', '.join(KEYS)}")
     parser.add_argument("--name", help="run folder runs/<name> (default: study-<preset>)")
     parser.add_argument("--jobs", type=int, help="steps run at once (default: 2, or 1 with one CPU)")
-    parser.add_argument("--threads", type=int, help="CPU threads per step (default: CPUs / jobs; oversubscribed "
-                        "OpenMP threads slow a loaded CPU many times over)")
+    parser.add_argument("--threads", type=int, help="CPU threads per step: the preset's (threads_per_step); training "
+                        "differs with the thread count, so another count is refused unless --allow-other-threads")
+    parser.add_argument("--allow-other-threads", action="store_true", help="run with --threads other than the "
+                        "preset's; the report's header names it as a different run (its numbers are another draw)")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
                         help="local: run the steps here; slurm: submit each step as a job, chained by what it reads, "
                         "and a last job that writes the report (resources: the preset's, then the config's slurm:)")
@@ -78,6 +80,21 @@ def without_launcher(argv: list[str]) -> list[str]:
     return out
 
 
+def check_threads(preset, threads: int | None, allowed: bool) -> int:
+    """The torch threads of each step: the preset's ``threads_per_step``. Training gives other weights at another
+    thread count (docs/results/README.md, "Thread count"), so a run at another count is another draw of the
+    experiment: refused in one line unless ``allowed`` (then the report's header names it)."""
+    if threads is None or threads == preset.threads_per_step:
+        return preset.threads_per_step
+    if threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    if not allowed:
+        raise ValueError(f"--threads {threads}: the {preset.name} preset runs {preset.threads_per_step} thread(s) per "
+                         "step, and training differs with the thread count; --jobs sets how many steps run side by "
+                         "side. Add --allow-other-threads to make a different run (its report says so)")
+    return threads
+
+
 def main(argv: list[str] | None = None, run_in_process=None) -> int:
     """``cli.py study``; ``run_in_process`` (the CLI's own entry, passed down by it) serves ``--in-process`` and the
     step workers."""
@@ -98,6 +115,7 @@ def main(argv: list[str] | None = None, run_in_process=None) -> int:
     study = load_study_file(ns.config)
     preset = get_preset(ns.preset or study.get("preset", "tiny"))
     sections = choose(ns.sections or study.get("sections"))
+    threads = check_threads(preset, ns.threads, ns.allow_other_threads or ns.report_only)
     missing = preset.missing_data()
     if missing:
         raise FileNotFoundError(f"the {preset.name} preset reads {', '.join(missing)}, which "
@@ -113,7 +131,6 @@ def main(argv: list[str] | None = None, run_in_process=None) -> int:
             print(f"{step.section:22s} {step.name:40s} {step.command:8s} {' + '.join(step.configs)}")
         return 0
     jobs = ns.jobs or study.get("jobs") or (2 if (os.cpu_count() or 1) > 1 else 1)
-    threads = ns.threads or max(1, (os.cpu_count() or 1) // jobs)
     import torch
 
     threads_before = torch.get_num_threads()

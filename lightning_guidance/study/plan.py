@@ -33,6 +33,12 @@ def guide_checkpoint(index: int = 0) -> str:
     return f"{term(index)}.init_args.classifier.init_args.checkpoint"
 
 
+def seeded(name: str, seed: int) -> str:
+    """The name of a step (or folder) of training seed ``seed``: ``name-s<seed>``; seed 0 keeps ``name``, so a one-seed
+    preset plans the steps it always did."""
+    return name if seed == 0 else f"{name}-s{seed}"
+
+
 def study_command(*args: str) -> list[str]:
     """``cli.py study <args>`` in this interpreter (the step workers, the report job of a SLURM chain)."""
     return [sys.executable, "-m", "lightning_guidance.cli", "study", *args]
@@ -154,11 +160,25 @@ class Plan:
         """A shipped config as it is on disk."""
         return yaml.safe_load(Path(self.config(name)).read_text())
 
+    def seed_edits(self, config: str, seed: int) -> dict:
+        """Training seed ``seed``: the config's ``seed_everything`` and its model's ``noise_seed`` offset by ``seed``
+        (seed 0 is the shipped config). The data seed is the train/held-out split, the same for every model and seed
+        (a model of another split would have trained on the images it is graded against), so it is not varied."""
+        if seed == 0:
+            return {}
+        shipped = self.shipped(config)
+        model = (shipped.get("model") or {}).get("init_args") or {}
+        e = {"seed_everything": int(shipped.get("seed_everything") or 0) + seed}
+        if "noise_seed" in model:
+            e["model.init_args.noise_seed"] = int(model["noise_seed"]) + seed
+        return e
+
     def fit(self, name: str, config: str, folder: str, max_steps: int | None, edits: dict | None = None,
-            needs: list[str] | None = None, product: str = "checkpoints/last.ckpt") -> Step:
-        root = self.dir(folder)
+            needs: list[str] | None = None, product: str = "checkpoints/last.ckpt", seed: int = 0) -> Step:
+        """``fit`` of ``config`` (training seed ``seed``: step ``seeded(name, seed)`` in ``seeded(folder, seed)``)."""
+        name, root = seeded(name, seed), self.dir(seeded(folder, seed))
         e = {"trainer.default_root_dir": root, "trainer.enable_progress_bar": False,
-             "trainer.accelerator": self.preset.accelerator}
+             "trainer.accelerator": self.preset.accelerator, **self.seed_edits(config, seed)}
         if max_steps is not None:
             e["trainer.max_steps"] = max_steps  # the last step writes last.ckpt whatever the config's period
             e["trainer.callbacks[ModelCheckpoint].init_args.every_n_train_steps"] = max_steps
@@ -166,8 +186,14 @@ class Plan:
         return self.add(Step(name, self.section, "fit", [self.config(config)], e, list(needs or []),
                              str(Path(root) / product), resume=True))
 
-    def sample(self, name: str, config: str, folder: str, checkpoint: str, edits: dict, needs: list[str]) -> Step:
-        out = self.dir(folder)
+    def sample(self, name: str, config: str, folder: str, checkpoint: str, edits: dict, needs: list[str],
+               seed: int = 0) -> Step:
+        """``predict`` of ``config`` from the models of training seed ``seed`` (step ``seeded(name, seed)``, folder
+        ``seeded(folder, seed)``; ``checkpoint`` and ``needs`` name seed 0's steps and are mapped to ``seed``'s).
+        Sampling noise is the config's per-sample seeds (``seed + id``), the same for every training seed."""
+        name, out = seeded(name, seed), self.dir(seeded(folder, seed))
+        checkpoint, needs = seeded(checkpoint, seed), [seeded(n, seed) if seeded(n, seed) in self.steps else n
+                                                       for n in needs]
         e = {"trainer.default_root_dir": out, "trainer.accelerator": self.preset.accelerator,
              "trainer.enable_progress_bar": False, "model.init_args.output_dir": out,
              "model.init_args.checkpoint": self.product(checkpoint), **edits}

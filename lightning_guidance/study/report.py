@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..io.atomic import atomic_write_text
 from .plan import DONE_STATES
-from .section import Products, SectionResult, agreement, agreement_markdown, fmt, md_table
+from .section import Products, SectionResult, agreement, agreement_markdown, fmt, md_table, verdict_counts
 from .sections import CLAIMS
 
 
@@ -150,6 +150,8 @@ def write_report(plan, status: dict[str, str], meta: dict, requested: list[str],
     attribute_steps(run_dir, meta["steps"], previous)
     report = {**meta, **timing(run_dir, meta["started_utc"], wall, rebuilt, previous), "markers_digest": digest,
               "sections": numbers, "agreement": agreement(CLAIMS, numbers)}
+    report["verdicts"] = verdict_counts(report["agreement"])
+    report["statistics"] = {"interval_percent": 95, "power_percent": 80}  # what the agreement note names
     atomic_write_text(json_path, json.dumps(report, indent=2, default=str))
     atomic_write_text(md_path, "\n".join(render(report, sections)) + "\n")
     return report
@@ -166,7 +168,7 @@ def render(report: dict, sections: dict[str, SectionResult]) -> list[str]:
               f"({m['torch_threads']} threads), GPU: {m['gpu']}.",
               f"- Commit: `{report['commit']}`{dirty}.{steps_commits(report)}",
               f"- {run_timing(report)}, {report['jobs']} step{'s' * (report['jobs'] != 1)} at a time, "
-              f"{report['threads_per_step']} thread(s) each.",
+              f"{report['threads_per_step']} thread(s) each.{other_threads(report)}",
               "- Quality of digit samples is `fd_digits`: the Fréchet distance in the feature space of a judge "
               "classifier the suite trains (never used for guidance), not Inception FID.", ""]
     lines += ["## Agreement with the papers", "",
@@ -183,6 +185,16 @@ def render(report: dict, sections: dict[str, SectionResult]) -> list[str]:
               "`python cli.py <command> --config runs/<name>/<config>`); logs are in `logs/`.", "",
               *md_table(["step", "section", "command", "status", "seconds", "config"], rows)]
     return lines
+
+
+def other_threads(report: dict) -> str:
+    """`` **A different run** ...`` when the steps ran at another thread count than the preset's (--allow-other-threads):
+    training differs with the thread count, so its numbers are another draw of the experiment."""
+    fixed = report["preset"].get("threads_per_step")
+    if fixed is None or report["threads_per_step"] == fixed:
+        return ""
+    return (f" **A different run:** the preset fixes {fmt(fixed)} thread(s) per step; training differs with the "
+            "thread count, so these numbers are another draw of the experiment, not its report.")
 
 
 def steps_commits(report: dict) -> str:
