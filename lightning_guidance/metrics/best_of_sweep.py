@@ -141,6 +141,9 @@ def crossfit(per_seed: Sequence[tuple[Sweep, Sweep | None]], num_resamples: int 
                 next(iter(b.candidates.values()))["ids"], next(iter(a.candidates.values()))["ids"])):
             raise ValueError("a paired best-of-sweep comparison needs the same sample ids in both methods")
         parts = halves(labels)
+        if min(len(h) for h in parts) < 2:
+            raise ValueError(f"{len(labels)} samples are too few to choose on one half and grade on the other (each "
+                             "half needs two)")
         picks = {name: tuple(best_key(sw, parts[1 - h]) for h in (0, 1))
                  for name, sw in (("a", a), ("b", b)) if sw is not None}
         chosen.append(picks)
