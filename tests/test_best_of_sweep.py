@@ -1,0 +1,132 @@
+"""Best against best without selection bias (metrics.best_of_sweep), a guide's calibration from its logits
+(metrics.calibration_intervals) and a rank correlation over guides (stats.correlation).
+
+Oracles: torchmetrics' Fréchet distance (``metrics.frechet.frechet_distance`` on numpy moments), torchmetrics'
+``MulticlassCalibrationError`` and scipy's ``spearmanr``; the cross-fitted value recomputed by hand from the halves.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from torchmetrics.classification import MulticlassCalibrationError
+
+from lightning_guidance.metrics.best_of_sweep import Frechet, Sweep, crossfit, fd_interval, frechet_of, halves
+from lightning_guidance.metrics.calibration_intervals import calibration_interval, integral_ece_of_logits
+from lightning_guidance.metrics.frechet import frechet_distance
+from lightning_guidance.stats.correlation import spearman, spearman_interval
+
+
+def oracle_fd(gen: np.ndarray, real: np.ndarray) -> float:
+    def moments(x):
+        x = torch.as_tensor(x, dtype=torch.float64)
+        return x.mean(0), torch.as_tensor(np.cov(x.numpy(), rowvar=False))
+    return float(frechet_distance(*moments(real), *moments(gen)))
+
+
+def products(features: np.ndarray, labels: np.ndarray) -> dict:
+    return {"ids": np.arange(len(labels)), "labels": labels, "features": features.astype(np.float32)}
+
+
+@pytest.mark.parametrize("n_real", [300, 40])  # 40 < 64 features: a singular real covariance (eigh, not Cholesky)
+def test_batched_frechet_matches_torchmetrics_on_resamples(n_real):
+    rng = np.random.default_rng(0)
+    real, gen = rng.normal(size=(n_real, 64)), rng.normal(0.3, 1.2, size=(90, 64))
+    fd = Frechet(real)
+    gi, ri = rng.integers(0, 90, size=(5, 90)), rng.integers(0, n_real, size=(5, n_real))
+    got = fd.distance(fd.real_side(ri), gen, gi)
+    want = [oracle_fd(gen[g], real[r]) for g, r in zip(gi, ri)]
+    assert got == pytest.approx(want, rel=1e-7, abs=1e-7)
+
+
+def test_halves_split_every_class_in_two():
+    labels = np.arange(60) % 10
+    a, b = halves(labels)
+    assert not set(a) & set(b) and sorted([*a, *b]) == list(range(60))
+    assert all((labels[a] == c).sum() == (labels[b] == c).sum() == 3 for c in range(10))
+
+
+def test_the_best_is_chosen_on_one_half_and_graded_on_the_other():
+    """Candidate x fits the real data on half 0 of the ids and not on half 1, candidate y the reverse: the minimum over
+    all ids flatters both, the cross-fitted value grades y on half 0 (where it is bad) and x on half 1."""
+    rng = np.random.default_rng(1)
+    labels = np.arange(200) % 10
+    h0, h1 = halves(labels)
+    real = rng.normal(size=(400, 8))
+    good, bad = rng.normal(size=(200, 8)), rng.normal(2.0, 1.0, size=(200, 8))
+    x, y = good.copy(), good.copy()
+    x[h1], y[h0] = bad[h1], bad[h0]
+    x[h0] += 0.05  # on half 0, x is slightly better than... y is bad there; on half 1 y is the good one
+    sweep = Sweep({"x": products(x, labels), "y": products(y, labels)}, products(real, labels[:1].repeat(400)))
+    fit = crossfit([(sweep, None)], num_resamples=50)
+    assert fit.chosen[0]["a"] == ("y", "x")  # half 0 graded with the choice made on half 1, and vice versa
+    want = (oracle_fd(y[h0], real) + oracle_fd(x[h1], real)) / 2
+    assert fit.interval.estimate == pytest.approx(want, rel=1e-7)
+    naive = min(oracle_fd(x[h0], real), oracle_fd(y[h1], real))  # chosen and graded on the same half
+    assert fit.interval.estimate > naive + 1.0
+
+
+def test_a_paired_comparison_of_a_method_with_itself_is_exactly_zero_and_seeds_give_a_seed_t_interval():
+    rng = np.random.default_rng(2)
+    labels = np.arange(100) % 10
+    real = products(rng.normal(size=(200, 6)), np.arange(200) % 10)
+    sweeps = [Sweep({s: products(rng.normal(s / 4, 1, size=(100, 6)), labels) for s in (1.0, 2.0, 4.0)}, real)
+              for _ in range(3)]
+    same = crossfit([(s, s) for s in sweeps], num_resamples=100)
+    assert same.interval.estimate == same.interval.low == same.interval.high == 0.0
+    assert same.interval.method == "seed_t" and same.num_samples == 100
+    alone = fd_interval([(sweeps[0].candidates[1.0], None, real)], num_resamples=100)
+    assert alone.estimate == pytest.approx(oracle_fd(sweeps[0].candidates[1.0]["features"], real["features"]))
+    with pytest.raises(ValueError, match="same sample ids"):
+        other = Sweep({1.0: {**sweeps[0].candidates[1.0], "ids": np.arange(100) + 1}}, real)
+        crossfit([(sweeps[0], other)])
+
+
+def test_frechet_of_one_set():
+    rng = np.random.default_rng(3)
+    gen, real = rng.normal(size=(50, 5)), rng.normal(size=(80, 5))
+    assert frechet_of(gen, real) == pytest.approx(oracle_fd(gen, real), rel=1e-9)
+
+
+def tempered_ece(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
+    """torchmetrics' ECE of softmax(logits / T) per bucket, averaged over buckets."""
+    out = []
+    for k in range(logits.shape[1]):
+        probs = (torch.as_tensor(logits[:, k]) / temperature).softmax(-1)
+        out.append(float(MulticlassCalibrationError(num_classes=logits.shape[2], n_bins=10, norm="l1")(
+            probs, torch.as_tensor(labels))))
+    return float(np.mean(out))
+
+
+def test_the_integral_ece_of_logits_matches_torchmetrics_at_any_temperature_and_on_resamples():
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 10, 150)
+    logits = (rng.normal(size=(150, 3, 10)) + 3 * np.eye(10)[labels][:, None]).astype(np.float32)
+    guide = {"ids": np.arange(150), "labels": labels, "logits": logits}
+    for t in (0.5, 1.0, 3.0):
+        assert integral_ece_of_logits(guide, t) == pytest.approx(tempered_ece(logits, labels, t), abs=1e-6)
+    assert integral_ece_of_logits(guide, 1.0, figure="acc") == pytest.approx(
+        (logits.argmax(-1) == labels[:, None]).mean())
+    # the bootstrap's resamples, given as draw counts, are the figure of the drawn images (repeats included)
+    interval = calibration_interval([(guide, None)], "ece", (2.0, 1.0), num_resamples=20, seed=5)
+    draws = np.random.default_rng(5).integers(0, 150, size=(20, 150))
+    replicates = [tempered_ece(logits[d], labels[d], 2.0) for d in draws]
+    assert interval.standard_error == pytest.approx(np.std(replicates, ddof=1), rel=1e-5)
+    paired = calibration_interval([(guide, guide)], "ece", (2.0, 2.0), num_resamples=20)
+    assert paired.estimate == paired.low == paired.high == 0.0
+
+
+def test_spearman_over_units_with_its_bootstrap_interval():
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=20)
+    y = x + rng.normal(0, 0.5, size=20)
+    got = spearman_interval(x, y, num_resamples=500)
+    assert got.estimate == pytest.approx(scipy.stats.spearmanr(x, y)[0])
+    assert 0 < got.low < got.estimate < got.high <= 1
+    unrelated = spearman_interval(x, rng.normal(size=20), num_resamples=500)
+    assert unrelated.low < 0 < unrelated.high
+    assert spearman([1, 1, 1], [1, 2, 3]) == 0.0
+    with pytest.raises(ValueError, match="at least 3"):
+        spearman_interval([1, 2], [2, 1])
