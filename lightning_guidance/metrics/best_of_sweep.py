@@ -23,6 +23,7 @@ S_r^1/2)^1/2`` with a symmetric eigendecomposition, equal to torchmetrics' to fl
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ from ..stats import Interval, bootstrap, hierarchical_bootstrap
 from ..stats.bootstrap import normal_quantile
 
 CHUNK = 250  # resamples per batched eigendecomposition (memory: CHUNK x n x d doubles)
+_INSTANCES: dict[str, Frechet] = {}
 
 
 def centred(interval: Interval) -> Interval:
@@ -65,6 +67,18 @@ class Frechet:
     def __init__(self, real_features: np.ndarray):
         self.real = self._prepared(real_features)
         self._sets: dict[int, tuple] = {}
+        self._sides: dict[bytes, tuple] = {}  # the bootstraps of one report draw the same real resamples
+
+    @classmethod
+    def of(cls, real_features: np.ndarray) -> Frechet:
+        """One instance per real set (its prepared moments and real resamples shared by every comparison)."""
+        features = np.ascontiguousarray(real_features)
+        key = hashlib.sha1(features.tobytes()).hexdigest() + str(features.shape)
+        if key not in _INSTANCES:
+            if len(_INSTANCES) > 8:
+                _INSTANCES.pop(next(iter(_INSTANCES)))
+            _INSTANCES[key] = cls(features)
+        return _INSTANCES[key]
 
     @staticmethod
     def _prepared(features) -> tuple[torch.Tensor, torch.Tensor]:
@@ -84,6 +98,14 @@ class Frechet:
 
     def real_side(self, real_idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(mu, a factor F with F F^T = S, tr S) of the real resamples."""
+        key = np.ascontiguousarray(real_idx).tobytes()
+        if key not in self._sides:
+            if len(self._sides) > 16:
+                self._sides.pop(next(iter(self._sides)))
+            self._sides[key] = self._real_side(real_idx)
+        return self._sides[key]
+
+    def _real_side(self, real_idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         mu, cov = self.moments(self.real, real_idx)
         factor, info = torch.linalg.cholesky_ex(cov)
         if bool((info != 0).any()):
@@ -131,7 +153,7 @@ class Sweep:
 
 def best_key(sweep: Sweep, idx: np.ndarray, real_idx: np.ndarray | None = None) -> Hashable:
     """The candidate with the lowest Fréchet distance on the rows ``idx`` (ties: the first)."""
-    fd = Frechet(sweep.real["features"])
+    fd = Frechet.of(sweep.real["features"])
     side = fd.real_side(np.arange(len(sweep.real["features"])) if real_idx is None else real_idx)
     values = {k: float(fd.distance(side, c["features"], idx)[0]) for k, c in sweep.candidates.items()}
     return min(values, key=values.get)
@@ -177,7 +199,7 @@ def crossfit(per_seed: Sequence[tuple[Sweep, Sweep | None]], num_resamples: int 
 
 def _statistic(a: Sweep, b: Sweep | None, parts, picks):
     """``(i0 (B, n0), i1 (B, n1), ir (B, m)) -> (B,)``: the mean over halves of the paired difference."""
-    fd = Frechet(a.real["features"])
+    fd = Frechet.of(a.real["features"])
 
     def value(i0, i1, ir):
         out = []
@@ -204,7 +226,7 @@ def fd_interval(per_seed: Sequence[tuple[dict, dict | None, dict]], num_resample
     for a, b, real in per_seed:
         if b is not None and not np.array_equal(a["ids"], b["ids"]):
             raise ValueError("a paired comparison needs the same sample ids in both sets")
-        fd = Frechet(real["features"])
+        fd = Frechet.of(real["features"])
 
         def value(gi, ri, a=a, b=b, fd=fd):
             out = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from . import digits
 from .digits import SMALL_DATA
-from .digits_cg import CLAIM_RESAMPLES, SELECTION, best_of, best_text, figure, run_numbers
+from .digits_cg import CLAIM_RESAMPLES, RESAMPLES, TABLE_NOTE, best_of, figure, run_numbers, runs_table
 from .plan import Step, seeded, step_config
 from .section import Claim, Measurement, Products, Section, SectionResult, fmt, md_table, numbers_of
 from ..stats import Estimate
@@ -134,15 +134,16 @@ def analyse(products: Products, res: SectionResult) -> None:
     pairs = {**{k: v[:2] for k, v in COMPARE.items()}, **{f"plain_vs_{d}": ("cg-clean", d) for d in divs}}
     if "divergence-js" in divs:
         pairs.update({f"{d}_vs_js": (d, "divergence-js") for d in divs if d != "divergence-js"})
-    compare = {}
+    compare, claimed = {}, ("calibrated", "tilted", "entropy")
     for name, (a, b) in pairs.items():
         try:
-            compare[name] = best_of(products, all_runs[a], all_runs[b])
+            compare[name] = best_of(products, all_runs[a], all_runs[b],
+                                    resamples=CLAIM_RESAMPLES if name in claimed else RESAMPLES)
         except (KeyError, LookupError):
             pass
     if "divergence-js" in divs and len(divs) > 1:  # JS against the best other divergence (chosen on the other half)
         compare["others_vs_js"] = others_vs_js(products, divs)
-    res.numbers = {"calibration": cal, "runs": runs, "compare": compare, "selection": SELECTION,
+    res.numbers = {"calibration": cal, "runs": runs, "compare": compare,
                    "reconstruction": RECONSTRUCTED}
     blocks = []
     if cal:
@@ -158,9 +159,7 @@ def analyse(products: Products, res: SectionResult) -> None:
                    + "; lambda = 0 control − fine-tuned: " + Estimate.from_json(cal["lambda0_minus_calibrated"]).text()
                    + " (paired: the same images and noise).", ""]
     if runs:
-        blocks += [SELECTION + " (* a chosen scale at an end of the grid). " + RECONSTRUCTED + ".", "",
-                   *md_table(["run", "scales", "best fd_digits [95 %] at the chosen scales"],
-                             [[v["label"], ", ".join(v["scales"]), best_text(v["best"])] for v in runs.values()])]
+        blocks += [TABLE_NOTE + " " + RECONSTRUCTED + ".", "", *runs_table(runs)]
     if compare:
         blocks += ["Comparisons, paired on the same sample ids and training seeds, best against best (> 0: the "
                    "second named is better; each regularised method against plain guidance, on its own):", "",
@@ -178,9 +177,10 @@ def analyse(products: Products, res: SectionResult) -> None:
     panels = [x for x in (("noisy classifier: original, calibrated, control", ref, noisy),
                           ("clean classifier: plain and regularised", ref, clean)) if x[2]]
     if panels:
-        figure(res, panels, "digits_calibration_guidance.png", "digits: fd_digits against the guidance scale (95 % "
-               "bands over sample ids and training seeds) with the original, Smooth-ECE fine-tuned and lambda = 0 "
-               "classifiers, and plain vs regularised guidance with the clean classifier")
+        figure(res, panels, "digits_calibration_guidance.png", "digits: fd_digits against the guidance scale, paired "
+               "with the unguided samples (95 % bands over sample ids and training seeds), with the original, "
+               "Smooth-ECE fine-tuned and lambda = 0 classifiers, and plain vs regularised guidance with the clean "
+               "classifier")
 
 
 def others_vs_js(products: Products, divs: list[str]) -> dict:

@@ -14,7 +14,7 @@ from .digits import REFERENCE, SMALL_DATA, Run, offtheshelf_key
 from .section import Claim, Measurement, Products, Section, SectionResult, fmt, md_table, numbers_of
 from ..stats import Estimate
 
-RESAMPLES, CLAIM_RESAMPLES = 200, 1000  # bootstrap resamples of a table figure, of a claim's effect
+RESAMPLES, CLAIM_RESAMPLES = 200, 500  # resamples of a table figure, of a claim's effect (the intervals read their SE)
 #: the Softplus betas of EluCD's smoothness ablation, and why it is not run here
 SOFTPLUS_BETAS = (8.0, 5.0, 3.0)
 SOFTPLUS_NOT_RUN = ("every digits classifier of the suite uses SiLU, which has no ReLU for the Softplus swap to "
@@ -56,21 +56,28 @@ def sweeps(products: Products, r: Run, keep=guided, ids=None) -> list:
     return [Sweep({float(s): pick(g.products(s)[k]) for s in scales}, g.real()[k]) for k in range(g.seeds)]
 
 
+def reference(products: Products, r: Run) -> tuple[Run, str]:
+    """The set a run's figures are read against, paired (same sample ids, per-sample seeds and training seed): the
+    unguided DDPM samples (the plain clean-classifier run at scale 0), or for a DDIM CFG run the conditional model
+    (CFG at s = 1). Differences cancel what the two sets share, the Fréchet distance's small-n bias included."""
+    return (digits.runs(products.preset)["cg-clean"], "0") if r.ddpm else (digits.runs(products.preset)["cfg"], "1")
+
+
 def best_of(products: Products, a: Run, b: Run | None = None, keep=(guided, guided),
             resamples: int = CLAIM_RESAMPLES) -> dict:
-    """``fd(a at its best) - fd(b at its best)`` (``b`` None: ``fd(a at its best)``) over the scales ``keep`` accepts,
-    on the sample ids and training seeds the two share: ``{"effect": Estimate, "chosen": [per seed {"a": (scale
-    graded on half 0, on half 1), "b": ...}], "edge": a chosen scale at an end of its method's grid}``."""
+    """``fd(a at its best) - fd(b at its best)`` over the scales ``keep`` accepts (``b`` None: against ``a``'s
+    reference set), on the sample ids and training seeds the two share: ``{"effect": Estimate, "chosen": [per seed
+    {"a": (scale graded on half 0, on half 1), "b": ...}], "edge": a chosen scale at an end of its grid}``."""
     from ..metrics.best_of_sweep import crossfit
 
-    ids = None
-    if b is not None:  # the ids both sampled (the CFG sweep samples more per class than the others)
-        first = [graded(products, r) for r in (a, b)]
-        ids = sorted(set.intersection(*(set(g.products(next(iter(g.tables[0]["scales"])))[0]["ids"].tolist())
-                                        for g in first)))
-    sa = sweeps(products, a, keep[0], ids)
-    sb = sweeps(products, b, keep[1], ids) if b is not None else [None] * len(sa)
-    seeds = min(len(sa), len(sb))
+    if b is None:
+        b, scale = reference(products, a)
+        keep = (keep[0], lambda s: s == scale)
+    first = [graded(products, r) for r in (a, b)]  # the ids both sampled (the CFG sweep samples more per class)
+    ids = sorted(set.intersection(*(set(g.products(next(iter(g.tables[0]["scales"])))[0]["ids"].tolist())
+                                    for g in first)))
+    sa, sb = sweeps(products, a, keep[0], ids), sweeps(products, b, keep[1], ids)
+    seeds = min(len(sa), len(sb))  # a run of fewer seeds has the first ones
     fit = crossfit(list(zip(sa[:seeds], sb[:seeds])), num_resamples=resamples)
     ends = {"a": sa[0], "b": sb[0]}
     edge = any(len(ends[m].candidates) > 1 and s in (min(ends[m].candidates), max(ends[m].candidates))
@@ -80,80 +87,86 @@ def best_of(products: Products, a: Run, b: Run | None = None, keep=(guided, guid
 
 
 def run_numbers(products: Products, r: Run) -> dict:
-    """A run's fd_digits per scale (mean over seeds, and its estimate over sample ids and seeds) and its best."""
+    """A run's fd_digits per scale (``scales``: means over seeds) and, paired against its reference set, the
+    difference at each scale and at its best scale (once per report)."""
+    key = ("run_numbers", r.key)
+    if key not in products.memo:
+        products.memo[key] = _run_numbers(products, r)
+    return products.memo[key]
+
+
+def _run_numbers(products: Products, r: Run) -> dict:
+    from ..metrics.best_of_sweep import fd_interval
+    from ..metrics.intervals import keep_ids
+
+    g, (ref_run, ref_scale) = graded(products, r), reference(products, r)
+    ref = graded(products, ref_run).products(ref_scale)
+    scales = list(g.tables[0]["scales"])
+    vs = {}
+    for s in scales:
+        sets = [(p, keep_ids(q, p["ids"]), real) for p, q, real in zip(g.products(s), ref, g.real())]
+        vs[s] = Estimate.from_interval(fd_interval(sets, num_resamples=RESAMPLES), len(sets[0][0]["ids"]),
+                                       len(sets)).as_json()
+    means = {s: {"fd_digits": sum(t["scales"][s]["fd_digits"] for t in g.tables) / g.seeds} for s in scales}
+    return {"label": r.label, "seeds": g.seeds, "scales": means, "vs_reference": vs,
+            "reference": f"{ref_run.label} at {ref_scale}", "best": best_of(products, r, resamples=RESAMPLES)}
+
+
+def reference_level(products: Products, r: Run) -> dict:
+    """The reference set's own fd_digits with its interval (over sample ids and seeds)."""
     from ..metrics.best_of_sweep import fd_interval
 
     g = graded(products, r)
-    scales = list(g.tables[0]["scales"])
-    estimates = {s: Estimate.from_interval(fd_interval([(p, None, real) for p, real in zip(g.products(s), g.real())],
-                                                       num_resamples=RESAMPLES), len(g.products(s)[0]["ids"]),
-                                           g.seeds).as_json() for s in scales}
-    means = {s: {"fd_digits": sum(t["scales"][s]["fd_digits"] for t in g.tables) / g.seeds} for s in scales}
-    return {"label": r.label, "seeds": g.seeds, "scales": means, "estimates": estimates,
-            "best": best_of(products, r, resamples=RESAMPLES)}
+    sets = [(p, None, real) for p, real in zip(g.products("0" if r.ddpm else "1"), g.real())]
+    return Estimate.from_interval(fd_interval(sets, num_resamples=RESAMPLES), len(sets[0][0]["ids"]),
+                                  len(sets)).as_json()
+
+
+TABLE_NOTE = ("Every figure is read against a reference set sampled with the same ids, per-sample seeds and "
+              "training seed, paired (< 0: better than it): the unguided samples (CFG runs: CFG at s = 1); "
+              "[95 %] over sample ids and training seeds. Best: " + SELECTION + "; shown: the scales chosen on "
+              "seed 0 for the two halves, * where one lies at an end of the grid (the optimum may lie outside it).")
+
+
+def runs_table(runs: dict) -> list[str]:
+    return md_table(["run", "scales", "best: fd_digits − reference [95 %] at the chosen scales"],
+                    [[v["label"], ", ".join(v["scales"]), best_text(v["best"])] for v in runs.values()])
 
 
 def best_text(entry: dict) -> str:
-    """``0.45 [0.41, 0.49] at s = 1 / 2`` (the scales chosen for the two halves, seed 0), ``*`` at a grid edge."""
+    """``-0.05 [-0.09, -0.01] at 1 / 2`` (the scales chosen for the two halves, seed 0), ``*`` at a grid edge."""
     chosen = entry["chosen"][0]["a"]
     return (f"{Estimate.from_json(entry['effect']).text()} at {' / '.join(fmt(s) for s in chosen)}"
             + (" *" if entry["edge"] else ""))
 
 
-def curves(ax, runs: dict, keys: list[str], start: int = 0) -> list[float]:
-    """Each run's fd_digits against the guidance scale with its 95 % band; the band edges (to frame the axis)."""
-    from ..io.figures import plot_with_band
-
-    seen = []
-    for i, k in enumerate(keys):
-        est = runs[k]["estimates"]
-        plot_with_band(ax, [float(s) for s in est], list(est.values()), runs[k]["label"], start + i)
-        seen += [v for e in est.values() for v in (e["lo"], e["hi"])]
-    return seen
-
-
 def figure(res: SectionResult, panels: list[tuple[str, dict, list[str]]], name: str, caption: str,
-           xlabel: str = "guidance scale") -> None:
-    """One panel per ``(title, runs, keys)``: curves with bands, the unguided level dotted where a run has scale 0."""
-    from ..io.figures import axis_labels, fit_axis, legend_outside, pyplot
+           xlabel: str = "guidance scale", reference_name: str = "unguided") -> None:
+    """One panel per ``(title, runs, keys)``: each run's paired difference to its reference set, with 95 % bands."""
+    from ..io.figures import band_panels
 
-    fig, axes = pyplot().subplots(1, len(panels), figsize=(4.6 * len(panels), 3.2), squeeze=False)
-    start = 0
-    for ax, (title, runs, keys) in zip(axes[0], panels):
-        seen = curves(ax, runs, keys, start)
-        start += len(keys)
-        axis_labels(ax, xlabel, "fd_digits (lower is better)", title)
-        fit_axis(ax, seen)
-        legend_outside(ax, fontsize=6)
-    res.figure(fig, name, caption)
+    curves = [(title, [(runs[k]["label"], list(map(float, runs[k]["vs_reference"])),
+                        list(runs[k]["vs_reference"].values())) for k in keys]) for title, runs, keys in panels]
+    res.figure(band_panels(curves, xlabel, f"fd_digits − fd_digits({reference_name}), paired"), name, caption)
 
 
 # ---- section 5 --------------------------------------------------------------------------------------------------
 def sine_boost(products: Products) -> dict:
-    """The factor the sine boost multiplies the guidance by per DDPM step: as our runs apply it (defined against
-    EluCD's linear schedule with 250 steps), as the paper's formula would on our schedule, and in EluCD's setting."""
-    from ..guidance.schedules import SINE_REFERENCES, boost_per_step
+    """Per gamma, the sine boost's factor per DDPM step as our runs apply it (defined against EluCD's linear schedule
+    with 250 steps), as the paper's formula would on our schedule, and in EluCD's own setting."""
+    from ..guidance.schedules import sine_boost_settings
 
-    p = products.preset
-    schedule = products.config_value("digits-cfg", "model.init_args.schedule")
-    train = products.config_value("digits-cfg", "model.init_args.num_train_steps")
-    kind, ref_train, ref_steps = SINE_REFERENCES["linear-250"]
-    settings = {"ours (gamma defined against linear-250)": (schedule, train, p.digits_ddpm_steps, "linear-250"),
-                f"paper's formula on ours ({schedule}, {p.digits_ddpm_steps} steps)":
-                    (schedule, train, p.digits_ddpm_steps, None),
-                f"EluCD's setting ({kind}, {ref_steps} steps)": (kind, ref_train, ref_steps, None)}
-    out = {}
-    for name, args in settings.items():
-        per_gamma = {f"{g:g}": boost_per_step(*args[:3], g, args[3]).tolist() for g in p.sine_gammas if g > 0}
-        out[name] = {"steps": args[2], "factors": per_gamma}
-    return out
+    schedule, train = (products.config_value("digits-cfg", f"model.init_args.{k}") for k in ("schedule",
+                                                                                              "num_train_steps"))
+    return {f"{g:g}": sine_boost_settings(schedule, train, products.preset.digits_ddpm_steps, g)
+            for g in products.preset.sine_gammas if g > 0}
 
 
 def sine_table(boost: dict) -> list[str]:
     import numpy as np
 
-    rows = [[name, g, fmt(float(np.median(f))), fmt(float(np.quantile(f, 0.9))), fmt(max(f))]
-            for name, info in boost.items() for g, f in info["factors"].items()]
+    rows = [[name, g, *(fmt(float(v)) for v in (np.median(f), np.quantile(f, 0.9), max(f)))]
+            for g, settings in boost.items() for name, f in settings.items()]
     return md_table(["setting", "gamma", "median factor", "90th percentile", "max"], rows)
 
 
@@ -161,19 +174,16 @@ def sine_figure(res: SectionResult, boost: dict, gamma: str) -> None:
     from ..io.figures import axis_labels, legend_outside, pyplot, style
 
     fig, ax = pyplot().subplots(figsize=(5.2, 3.0))
-    for i, (name, info) in enumerate(boost.items()):
-        f = info["factors"].get(gamma)
-        if f:
-            st = style(i)
-            ax.plot([(k + 0.5) / len(f) for k in range(len(f))], f, label=name, color=st["color"],
-                    linestyle=st["linestyle"], marker=st["marker"], markersize=2 if len(f) > 60 else 3, linewidth=1)
+    for i, (name, f) in enumerate(boost[gamma].items()):
+        st = style(i)
+        ax.plot([(k + 0.5) / len(f) for k in range(len(f))], f, label=name, color=st["color"], lw=1,
+                linestyle=st["linestyle"], marker=st["marker"], markersize=2 if len(f) > 60 else 3)
     ax.set_yscale("log")
     axis_labels(ax, "sampling progress (step / steps; 0 = pure noise)", "boost factor of g (log)",
                 f"sine boost per DDPM step, gamma = {gamma}")
     legend_outside(ax, fontsize=6)
     res.figure(fig, "digits_sine_boost.png", f"the sine boost's factor per DDPM step at gamma = {gamma}: as our runs "
-                                             "apply it, as the paper's formula would on our schedule, and in EluCD's "
-                                             "setting")
+               "apply it, as the paper's formula would on our schedule, and in EluCD's setting")
 
 
 def analyse(products: Products, res: SectionResult) -> None:
@@ -205,14 +215,12 @@ def analyse(products: Products, res: SectionResult) -> None:
                    "reference": REFERENCE, "selection": SELECTION, "softplus_betas": list(SOFTPLUS_BETAS),
                    "softplus_beta": SOFTPLUS_NOT_RUN}
     seeds = next(iter(runs.values()))["seeds"]
+    res.numbers["unguided"] = reference_level(products, all_runs["cg-clean"]) if "cg-clean" in runs else None
     res.markdown = [f"DDPM with {fmt(p.digits_ddpm_steps)} steps (CFG + classifier: DDIM with "
                     f"{fmt(p.digits_ddim_steps)}), {fmt(p.digits_samples_per_class * 10)} samples per scale and "
-                    f"training seed, {fmt(seeds)} training seed(s) of the diffusion model and of each classifier; every "
-                    "figure with its 95 % interval over sample ids (and training seeds). " + SELECTION + " (shown: "
-                    "the scales chosen on seed 0 for the two halves; * a chosen scale at an end of the grid, where "
-                    "the optimum may lie outside it).", "",
-                    *md_table(["run", "scales", "best fd_digits [95 %] at the chosen scales"],
-                              [[v["label"], ", ".join(v["scales"]), best_text(v["best"])] for v in runs.values()])]
+                    f"training seed, {fmt(seeds)} training seed(s) of the diffusion model and of each classifier. "
+                    + (f"The unguided samples: fd_digits {Estimate.from_json(res.numbers['unguided']).text()}. "
+                       if res.numbers["unguided"] else "") + TABLE_NOTE, "", *runs_table(runs)]
     if compare:
         res.markdown += ["Comparisons, paired on the same sample ids and training seeds, best against best (> 0: "
                          "the second named is better):", "",
@@ -229,14 +237,15 @@ def analyse(products: Products, res: SectionResult) -> None:
     panels = [("noisy vs clean classifier", runs, [k for k in ("cg-noisy", "cg-clean") if k in runs]),
               (f"tau2/tau1 (gamma = {fmt(rg)})", runs, [k for k in ots if k.endswith(f"gamma{rg:g}")]),
               (f"sine boost gamma (tau2/tau1 = {fmt(rt)})", runs, [k for k in ots if k.startswith(f"ots-tau{rt:g}-")])]
-    figure(res, [x for x in panels if x[2]], "digits_cg_sweeps.png", "digits: fd_digits against the guidance scale "
-           "(95 % bands over sample ids and training seeds): noisy vs clean classifier, and EluCD's ablations")
+    figure(res, [x for x in panels if x[2]], "digits_cg_sweeps.png", "digits: fd_digits against the guidance scale, "
+           "paired with the unguided samples (95 % bands over sample ids and training seeds): noisy vs clean "
+           "classifier, and EluCD's ablations")
     if "cfg-plus-cg" in runs and "cfg_plus_cg" in compare:
         both = {**runs, "cfg": run_numbers(products, all_runs["cfg"])}
         figure(res, [("CFG + classifier vs CFG", both, ["cfg", "cfg-plus-cg"])], "digits_cfg_plus_cg.png",
-               "digits: CFG alone and CFG + the clean classifier against the CFG scale s (95 % bands)",
-               "CFG scale s (1 = conditional)")
-    if any(g > 0 for g in p.sine_gammas):
+               "digits: CFG alone and CFG + the clean classifier against the CFG scale s, paired with CFG at s = 1 "
+               "(95 % bands)", "CFG scale s (1 = conditional)", "CFG s = 1")
+    if f"{rg:g}" in boost:
         sine_figure(res, boost, f"{rg:g}")
 
 

@@ -30,11 +30,14 @@ def plan(plan) -> None:
 
 
 def best_on_seed(products: Products, run: digits.Run, seed: int) -> dict:
-    """The run's best fd_digits on training seed ``seed`` alone (a guide is one seed's classifier)."""
+    """The run's best fd_digits on training seed ``seed`` alone (a guide is one seed's classifier), paired with that
+    seed's unguided samples."""
     from ..metrics.best_of_sweep import crossfit
 
-    sweep = digits_cg.sweeps(products, run)[run.training_seeds(products.preset).index(seed)]
-    fit = crossfit([(sweep, None)], num_resamples=RESAMPLES)
+    ref, scale = digits_cg.reference(products, run)
+    pick = (lambda sweeps: sweeps[run.training_seeds(products.preset).index(seed)])
+    sweep = pick(digits_cg.sweeps(products, run))
+    fit = crossfit([(sweep, pick(digits_cg.sweeps(products, ref, lambda s: s == scale)))], num_resamples=RESAMPLES)
     chosen, grid = fit.chosen[0]["a"], sorted(sweep.candidates)
     return {"fd_digits": Estimate.from_interval(fit.interval, fit.num_samples).as_json(), "chosen": list(chosen),
             "edge": len(grid) > 1 and any(c in (grid[0], grid[-1]) for c in chosen)}
@@ -82,10 +85,10 @@ def analyse(products: Products, res: SectionResult) -> None:
                     "used for guidance), and the original, Smooth-ECE fine-tuned and lambda = 0 classifiers of each "
                     f"training seed. Integral ECE: on {fmt(points[0]['ece']['n'])} held-out images that no fine-tune "
                     f"saw, noised to the centres of {fmt(p.ece_time_points)} time buckets (section 6), [95 %] over "
-                    "images. fd_digits: " + digits_cg.SELECTION + ", [95 %] over sample ids (* a chosen scale at an "
-                    f"end of the grid). Spearman's rho over the guides = {Estimate.from_json(res.numbers['spearman_rho']).text()} "
+                    "images. fd_digits: " + digits_cg.SELECTION + ", paired with the seed's unguided samples (< 0: better), "
+                    f"[95 %] over sample ids (* a chosen scale at an end of the grid). Spearman's rho over the guides = {Estimate.from_json(res.numbers['spearman_rho']).text()} "
                     "[95 % bootstrap over guides].", "", *res.markdown,
-                    *md_table(["guide", "integral ECE [95 %]", "best fd_digits [95 %]", "chosen scales"],
+                    *md_table(["guide", "integral ECE [95 %]", "best fd_digits − unguided [95 %]", "chosen scales"],
                               [[g["label"], Estimate.from_json(g["ece"]).text(), Estimate.from_json(g["fd_digits"]).text(),
                                 " / ".join(fmt(c) for c in g["chosen"]) + (" *" if g["edge"] else "")]
                                for g in points])]
@@ -111,7 +114,7 @@ def figure(res: SectionResult, points: list[dict]) -> None:
                 ax.annotate(f"T={g['temperature']:g}", (g["ece"]["value"], g["fd_digits"]["value"]), fontsize=6,
                             xytext=(3, 3), textcoords="offset points")
     axis_labels(ax, "integral ECE of the guide on held-out x_t (lower: better calibrated)",
-                "best fd_digits (lower is better)", "one point per distinct guide, 95 % error bars")
+                "best fd_digits − unguided, paired (lower is better)", "one point per distinct guide, 95 % error bars")
     legend_outside(ax, fontsize=7)
     res.figure(fig, "ece_vs_fd.png", "integral ECE of each distinct noisy guide against the best fd_digits it guides "
                                      "to (95 % intervals: images for ECE, sample ids for fd_digits)")

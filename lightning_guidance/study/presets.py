@@ -124,7 +124,7 @@ TINY = replace(
     digits_train_steps=800, digits_classifier_steps=400, digits_clean_steps=300, digits_judge_steps=300,
     digits_model_channels=16, digits_samples_per_class=10, digits_ddim_steps=15, digits_ddpm_steps=25,
     cfg_fine_scales=(1.0, 1.2, 1.5, 2.0, 3.0, 6.0), cfg_samples_per_class=10, training_seeds=(0,),
-    cg_scales=(0.0, 1.0, 2.0), tau_ratios=(1.0, 0.5), temperatures=(0.5, 2.0),
+    cg_scales=(0.0, 1.0, 2.0), tau_ratios=(1.0, 0.5), temperatures=(2.0,),
     sine_gammas=(0.0, 0.3), cfg_plus_cg_scales=(1.5, 2.0), divergences=("js",), calibration_epochs=4,
     ece_time_points=4, ece_samples=200, slurm={"cpus_per_task": 2, "time": "01:00:00"},
     fractal_variant_scales=(2.0, 4.0), fractal_autoguide_bad_steps=150, fractal_flow_steps=150,
