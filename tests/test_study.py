@@ -398,3 +398,20 @@ def test_the_step_configs_come_from_the_study_configs_folder(tmp_path, monkeypat
     with pytest.raises(FileNotFoundError, match=r"^the study's configs are not in .*: pass --config "
                                                 r"<checkout>/configs/digits/study.yaml"):
         study("--config", own, "--list")
+
+
+def test_the_report_numbers_do_not_depend_on_how_many_steps_run_at_once(micro, tmp_path):
+    """One preset, the same numbers whatever --jobs: the micro run (steps one at a time, in this process) against
+    a run of two sections with --jobs 2 (two worker processes side by side), both at the preset's thread count. Bug
+    caught: a step whose product depends on what runs beside it or on the worker's thread settings."""
+    sections = ["toy1d", "digits_cfg"]
+    assert study("--preset", "micro", "--jobs", "2", "--runs-root", tmp_path, "--name", "two-jobs",
+                 "--sections", *sections) == 0
+    one = json.loads((micro / "report.json").read_text())
+    two = json.loads((tmp_path / "two-jobs" / "report.json").read_text())
+    assert (two["jobs"], one["threads_per_step"], two["threads_per_step"]) == (2, 1, 1)
+    assert not any(s["status"] == "skipped" for s in two["steps"].values())  # every step ran again, in workers
+    for key in sections:
+        assert two["sections"][key]["numbers"] == one["sections"][key]["numbers"], key
+    claims = [row for row in two["agreement"] if row["verdict"] != "not measured"]
+    assert claims and all(row == next(r for r in one["agreement"] if r["key"] == row["key"]) for row in claims)

@@ -90,31 +90,33 @@ def legend_outside(target, fontsize: int = 7, **kwargs):
                          borderaxespad=0.0, **kwargs)
 
 
-def fit_axis(ax, values, clip_quantiles: tuple[float, float] = (0.02, 0.98), axis: str = "y") -> str:
-    """Frame an axis on its data: ``symlog`` when the finite values span more than two decades (the linear range
-    around 0 set from the data, so it fills the panel), else limits at the ``clip_quantiles`` with a margin when points
-    lie far outside them, named in the axis label ("k points off the axis"). Returns ``linear``, ``clipped`` or
-    ``symlog``."""
+def fit_axis(ax, values, core: tuple[float, float] = (0.1, 0.9), reach: float = 3.0, axis: str = "y") -> str:
+    """Frame an axis on its data. ``symlog`` when the finite values span more than two decades (the linear range
+    around 0 from the data, so it fills the panel); else, with 10 values or more, points farther than ``reach`` times
+    the spread of the ``core`` quantiles beyond them are left off the axis and counted in its label ("k points off
+    the axis"). Returns ``linear``, ``clipped`` or ``symlog``. Pass the curves' values and band ends only."""
     import numpy as np
 
     vals = np.asarray([float(v) for v in np.ravel(values) if v is not None], dtype=float)
     vals = vals[np.isfinite(vals)]
-    if len(vals) < 3:
-        return "linear"
-    mag = np.abs(vals[vals != 0])
     set_scale, set_lim = (ax.set_yscale, ax.set_ylim) if axis == "y" else (ax.set_xscale, ax.set_xlim)
     label = ax.get_ylabel() if axis == "y" else ax.get_xlabel()
     set_label = ax.set_ylabel if axis == "y" else ax.set_xlabel
-    if len(mag) and mag.max() / max(np.quantile(mag, 0.05), 1e-300) > 100:
+    mag = np.abs(vals[vals != 0])
+    if len(mag) >= 3 and mag.max() / np.quantile(mag, 0.05) > 100 and np.ptp(vals) > 100 * np.quantile(mag, 0.05):
         set_scale("symlog", linthresh=float(np.quantile(mag, 0.05)))
         set_label(f"{label} (symlog)", fontsize=8)
         return "symlog"
-    lo, hi = np.quantile(vals, clip_quantiles)
-    pad = 0.1 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.1
-    outside = int(np.sum((vals < lo - pad) | (vals > hi + pad)))
+    if len(vals) < 10:
+        return "linear"
+    lo, hi = np.quantile(vals, core)
+    span = max(hi - lo, 1e-12 * max(abs(hi), 1.0))
+    outside = int(np.sum((vals < lo - reach * span) | (vals > hi + reach * span)))
     if not outside:
         return "linear"
-    set_lim(lo - pad, hi + pad)
+    inside = vals[(vals >= lo - reach * span) & (vals <= hi + reach * span)]
+    pad = 0.08 * max(np.ptp(inside), span)
+    set_lim(inside.min() - pad, inside.max() + pad)
     set_label(f"{label} ({outside} point{'s' * (outside != 1)} off the axis)", fontsize=8)
     return "clipped"
 

@@ -11,40 +11,104 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
+import torch
 
 from ..stats import Interval, bootstrap, hierarchical_bootstrap
 from .kernel_distance import kd_name
 from .products import quality_from_products
 
 
-def _kernel_distance_of(generated: dict, real: dict):
-    """The unbiased ``MMD^2`` of all the given ids at once, from kernel matrices computed once per pair of sets (the
-    kernel distance's cubic polynomial kernel): the resampled statistic of ``kd_<space>``. On all ids it estimates
-    what the test stage's subset mean estimates, with less noise."""
-    g, r = (np.asarray(x["features"], dtype=np.float64) for x in (generated, real))
-    d = g.shape[1]
-    kgg, krr, kgr = ((a @ b.T / d + 1.0) ** 3 for a, b in ((g, g), (r, r), (g, r)))
+def _counts(idx: np.ndarray, n: int) -> np.ndarray:
+    """``(B, m)`` resampled ids of a set of ``n`` -> ``(B, n)`` how often each row was drawn."""
+    idx = np.atleast_2d(idx)
+    flat = (idx + n * np.arange(len(idx))[:, None]).ravel()
+    return np.bincount(flat, minlength=len(idx) * n).reshape(len(idx), n).astype(np.float64)
 
-    def within(k: np.ndarray, idx: np.ndarray) -> float:
-        m = len(idx)
-        return float((k[np.ix_(idx, idx)].sum() - k[idx, idx].sum()) / (m * (m - 1)))
 
-    return lambda gi, ri: within(kgg, gi) + within(krr, ri) - 2.0 * float(kgr[np.ix_(gi, ri)].mean())
+def _moments(x: torch.Tensor, c: np.ndarray, chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row of counts ``c (B, n)``: the mean ``(B, D)`` and covariance ``(B, D, D)`` of the drawn rows of ``x``
+    (float64; a row drawn k times counts k times; unbiased, as ``products`` computes them)."""
+    c = torch.from_numpy(c)
+    m = c.sum(dim=1)
+    mu = c @ x / m[:, None]
+    second = torch.cat([torch.matmul(x.T[None] * c[b:b + chunk, None, :], x) for b in range(0, len(c), chunk)])
+    return mu, (second - m[:, None, None] * mu[:, :, None] * mu[:, None, :]) / (m - 1)[:, None, None]
+
+
+def _sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
+    w, v = torch.linalg.eigh(a)
+    return (v * w.clamp_min(0).sqrt()[..., None, :]) @ v.transpose(-1, -2)
+
+
+class _Vectorised:
+    """The figures of ``(B, m)`` resampled ids at once, from draw counts: Fréchet distance (``tr sqrt(S_r S_g)`` as
+    the trace of ``sqrt(S_r^1/2 S_g S_r^1/2)``, which has the same eigenvalues), the kernel distance's unbiased
+    ``MMD^2`` (``sum_{a != b} k(x_a, x_b) = c^T K c - c . diag K`` over drawn positions), judge accuracy and score.
+    The real set's part is computed once per draw of real ids and shared by the sets compared on it."""
+
+    def __init__(self, metric: str, settings: dict):
+        self.metric, self.fd = metric, settings.get("fd_name", "fd_judge")
+        self._real: tuple = (None, None, None)  # (real, ri, its part): held, so the same object is the same draw
+        self._kernels: dict = {}
+
+    @staticmethod
+    def supports(metric: str, settings: dict) -> bool:
+        fd = settings.get("fd_name", "fd_judge")
+        return metric in (fd, kd_name(fd), "judge_accuracy", "judge_score")
+
+    def _real_part(self, real: dict, ri: np.ndarray):
+        if self._real[0] is not real or self._real[1] is not ri:
+            x = np.asarray(real["features"], dtype=np.float64)
+            c = _counts(ri, len(x))
+            part = None
+            if self.metric == self.fd:
+                mu, cov = _moments(torch.from_numpy(x), c)
+                part = (mu, cov, _sqrtm_psd(cov))
+            self._real = (real, ri, (c, part))
+        return self._real[2]
+
+    def __call__(self, generated: dict, real: dict, gi: np.ndarray, ri: np.ndarray) -> np.ndarray:
+        cr, part = self._real_part(real, ri) if self.metric in (self.fd, kd_name(self.fd)) else (None, None)
+        g = np.asarray(generated["features"], dtype=np.float64)
+        cg = _counts(gi, len(g))
+        if self.metric == self.fd:
+            mu_r, cov_r, root_r = part
+            mu_g, cov_g = _moments(torch.from_numpy(g), cg)
+            inner = torch.linalg.eigvalsh(root_r @ cov_g @ root_r)
+            trace = torch.diagonal(cov_r, dim1=1, dim2=2).sum(1) + torch.diagonal(cov_g, dim1=1, dim2=2).sum(1)
+            return (((mu_r - mu_g) ** 2).sum(1) + trace - 2 * inner.clamp_min(0).sqrt().sum(1)).numpy()
+        if self.metric == kd_name(self.fd):
+            key = (id(generated), id(real))
+            if key not in self._kernels:
+                r, d = np.asarray(real["features"], dtype=np.float64), g.shape[1]
+                self._kernels[key] = (generated, real, *((a @ b.T / d + 1.0) ** 3 for a, b in ((g, g), (r, r), (g, r))))
+            _, _, kgg, krr, kgr = self._kernels[key]
+
+            def within(k, c):
+                m = c.sum(1)
+                return (np.einsum("bi,ij,bj->b", c, k, c) - c @ np.diag(k)) / (m * (m - 1))
+            cross = np.einsum("bi,ij,bj->b", cg, kgr, cr) / (cg.sum(1) * cr.sum(1))
+            return within(kgg, cg) + within(krr, cr) - 2 * cross
+        logits = np.asarray(generated["logits"], dtype=np.float64)
+        logp = logits - logits.max(1, keepdims=True)
+        logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+        m = cg.sum(1)
+        if self.metric == "judge_accuracy":
+            return cg @ (logits.argmax(1) == np.asarray(generated["labels"])).astype(np.float64) / m
+        p = np.exp(logp)
+        marginal = cg @ p / m[:, None]
+        entropy = -(marginal * np.log(np.where(marginal > 0, marginal, 1.0))).sum(1)
+        return np.exp(np.clip(entropy + cg @ (p * logp).sum(1) / m, 0, None))
 
 
 def _figure(metric: str, settings: dict):
-    if metric == kd_name(settings.get("fd_name", "fd_judge")):
-        kernels: dict = {}
+    """The figure on ``(B, m)`` resampled ids: ``of(generated, real, gi, ri) -> (B,)`` values."""
+    if _Vectorised.supports(metric, settings):
+        return _Vectorised(metric, settings)
 
-        def kd(generated: dict, real: dict, gi: np.ndarray, ri: np.ndarray) -> float:
-            key = (id(generated), id(real))
-            if key not in kernels:
-                kernels[key] = _kernel_distance_of(generated, real)
-            return kernels[key](gi, ri)
-        return kd
-
-    def of(generated: dict, real: dict, gi: np.ndarray, ri: np.ndarray) -> float:
-        return quality_from_products(generated, real, gi, ri, metrics=[metric], **settings)[metric]
+    def of(generated: dict, real: dict, gi: np.ndarray, ri: np.ndarray) -> np.ndarray:
+        return np.array([quality_from_products(generated, real, g, r, metrics=[metric], **settings)[metric]
+                         for g, r in zip(np.atleast_2d(gi), np.atleast_2d(ri))])
     return of
 
 
@@ -62,7 +126,7 @@ def metric_interval(generated: dict, real: dict, metric: str, *, num_resamples: 
     ``settings``: as ``metrics_table.json``'s ``settings`` (``quality_from_products``'s keywords)."""
     of = _figure(metric, settings)
     return bootstrap(lambda gi, ri: of(generated, real, gi, ri), (len(generated["labels"]), len(real["labels"])),
-                     num_resamples=num_resamples, seed=seed, level=level)
+                     num_resamples=num_resamples, seed=seed, level=level, vectorized=True)
 
 
 def paired_metric_interval(generated_a: dict, generated_b: dict, real: dict, metric: str, *,
@@ -73,7 +137,7 @@ def paired_metric_interval(generated_a: dict, generated_b: dict, real: dict, met
     of = _figure(metric, settings)
     return bootstrap(lambda gi, ri: of(generated_a, real, gi, ri) - of(generated_b, real, gi, ri),
                      (len(generated_a["labels"]), len(real["labels"])), num_resamples=num_resamples, seed=seed,
-                     level=level)
+                     level=level, vectorized=True)
 
 
 def hierarchical_metric_interval(per_seed: Sequence[tuple[dict, dict | None, dict]], metric: str, *,
@@ -87,12 +151,13 @@ def hierarchical_metric_interval(per_seed: Sequence[tuple[dict, dict | None, dic
         if b is not None:
             _check_paired(a, b)
 
-    def value(s: int, gi: np.ndarray, ri: np.ndarray) -> float:
+    def value(s: int, gi: np.ndarray, ri: np.ndarray) -> np.ndarray:
         a, b, real = per_seed[s]
         return of(a, real, gi, ri) - (of(b, real, gi, ri) if b is not None else 0.0)
 
     sizes = [(len(a["labels"]), len(real["labels"])) for a, _, real in per_seed]
-    return hierarchical_bootstrap(value, sizes, num_resamples=num_resamples, seed=seed, level=level, method=method)
+    return hierarchical_bootstrap(value, sizes, num_resamples=num_resamples, seed=seed, level=level, method=method,
+                                  vectorized=True)
 
 
 def contrast_interval(per_seed: Sequence[tuple[Mapping[str, dict], dict]], metric: str,
@@ -100,20 +165,22 @@ def contrast_interval(per_seed: Sequence[tuple[Mapping[str, dict], dict]], metri
                       level: float = 0.95, method: str = "seed_t", **settings) -> Interval:
     """Over training seeds, then sample ids: ``per_seed[s] = ({name: generated set}, real)`` with the sets of a seed
     sampled with the same ids; the statistic is ``combine({name: the figure of that set on the drawn ids})``, every set
-    seeing the same drawn ids (paired). ``combine`` may be a difference (``v['a'] - v['b']``) or, e.g., the smaller of
-    two differences (both must exceed 0 for its interval to). One seed: the bootstrap over samples."""
+    seeing the same drawn ids (paired). ``combine`` works elementwise on arrays of resamples: a difference
+    (``v['a'] - v['b']``) or, e.g., the smaller of two differences (``np.minimum``: both must exceed 0 for its
+    interval to). One seed: the bootstrap over samples."""
     of = _figure(metric, settings)
     for sets, _ in per_seed:
         first = next(iter(sets.values()))
         for other in sets.values():
             _check_paired(first, other)
 
-    def value(s: int, gi: np.ndarray, ri: np.ndarray) -> float:
+    def value(s: int, gi: np.ndarray, ri: np.ndarray) -> np.ndarray:
         sets, real = per_seed[s]
-        return float(combine({name: of(g, real, gi, ri) for name, g in sets.items()}))
+        return np.asarray(combine({name: of(g, real, gi, ri) for name, g in sets.items()}))
 
     sizes = [(len(next(iter(sets.values()))["labels"]), len(real["labels"])) for sets, real in per_seed]
-    return hierarchical_bootstrap(value, sizes, num_resamples=num_resamples, seed=seed, level=level, method=method)
+    return hierarchical_bootstrap(value, sizes, num_resamples=num_resamples, seed=seed, level=level, method=method,
+                                  vectorized=True)
 
 
 def keep_ids(products: dict, ids: Sequence[int]) -> dict:

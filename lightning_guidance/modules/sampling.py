@@ -16,7 +16,8 @@ accuracy and score, and Inception FID when
 sample index); at the end of the epoch each rank reads its own block of sample ids from the shards, and the figures
 are reduced across ranks. Rank 0 writes ``<output_dir>/metrics_table.{json,md}`` (one row per sweep value, a
 reference row: the judge on the real data, and the real-vs-real floor), which the study report quotes, and beside it
-``sample_products/<group>.npz``: what the judge saw of each sample, for bootstraps (``io.sample_products``).
+``sample_products/<group>.npz``: what the judge saw of each sample, for bootstraps (``io.sample_products``); both go
+to ``grade_dir`` instead when it is set (a second judge grading the same shards).
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ class SamplingModule(L.LightningModule):
                  use_ema: bool = True, net: nn.Module | None = None, grid_per_class: int = 10,
                  judge: nn.Module | None = None, fd_name: str = "fd_judge", precision_recall_k: int = 3,
                  inception_weights: str | None = None, overwrite: bool = False,
-                 shard_part: tuple[int, int] | None = None, save_trajectory: bool = False):
+                 shard_part: tuple[int, int] | None = None, save_trajectory: bool = False,
+                 grade_dir: str | None = None):
         super().__init__()
         if shard_part is not None and not (len(shard_part) == 2 and 0 <= int(shard_part[0]) < int(shard_part[1])):
             raise ValueError(f"shard_part must be [i, k] with 0 <= i < k (this job samples shards i, i + k, ...), "
@@ -129,6 +131,12 @@ class SamplingModule(L.LightningModule):
 
     def folder(self, value: float) -> Path:
         return self.output_dir / self.sweep.folder(value)
+
+    @property
+    def grade_dir(self) -> Path:
+        """Where ``test`` writes its table and per-sample products: ``grade_dir`` if given (a second judge grading the
+        same shards), else ``output_dir``, beside the shards."""
+        return Path(self.hparams.grade_dir) if self.hparams.get("grade_dir") else self.output_dir
 
     # ---- predict: the shards ---------------------------------------------------------------------------
     def predict_dataloader(self) -> DataLoader:
@@ -229,7 +237,7 @@ class SamplingModule(L.LightningModule):
             rows[group], counts[group] = self.quality.compute(group), self.quality.num_samples(group)
         real, counts["real"] = self.quality.compute_real(), self.quality.num_samples()
         floor = self.quality.real_floor(self.num_samples)  # collective, like the per-sample files below
-        self.quality.write_products(self.output_dir, write=self.trainer.is_global_zero)
+        self.quality.write_products(self.grade_dir, write=self.trainer.is_global_zero)
         for group, row in rows.items():
             self.log_dict({f"test/{group}/{k}": v for k, v in row.items()}, sync_dist=True)  # equal on all ranks
         self.log_dict({f"test/real/{k}": v for k, v in real.items()}, sync_dist=True)
@@ -241,6 +249,6 @@ class SamplingModule(L.LightningModule):
         hp, sweep = self.hparams, self.sweep
         table = [{"scale": v, "guidance": f"{hp.sampler} {dict(self.sampler_kwargs)}, " + sweep.describe(v),
                   "num_samples": counts[sweep.folder(v)], "metrics": rows[sweep.folder(v)]} for v in sweep.values]
-        return write_quality_table(self.output_dir, self.judge, type(self.trainer.datamodule).__name__, hp.fd_name,
+        return write_quality_table(self.grade_dir, self.judge, type(self.trainer.datamodule).__name__, hp.fd_name,
                                    self.num_samples, sweep.target, table, real, counts["real"], real_floor,
                                    self.quality.settings())

@@ -25,12 +25,14 @@ from .section import Products, fmt, md_table
 
 TERM0 = term(0)
 METRICS = ("fd_digits", "kd_digits", "precision", "recall", "judge_accuracy", "judge_score")
-RESAMPLES = 200  # bootstrap resamples of each table figure (a claim's contrast: CONTRAST_RESAMPLES)
-CONTRAST_RESAMPLES = 1000
+#: bootstrap resamples of a table figure (precision and recall, which redo a k-NN search per resample: half as many),
+#: and of a claim's paired contrast
+RESAMPLES, CONTRAST_RESAMPLES = 200, 1000
 #: EluCD's DDPM reference settings (app. C): every ablation changes one of them
 REFERENCE = {"tau1": 1.0, "tau2": 0.5, "gamma": 0.3}
 DATA = "scikit-learn's 8x8 digits (embedded; the full presets: MNIST or CIFAR-10 under data/)"
-SIZES = ("training_seeds", "digits_train_steps", "digits_judge_steps", "digits_model_channels", "digits_samples_per_class",
+SIZES = ("training_seeds", "digits_train_steps", "digits_judge_steps", "digits_model_channels",
+         "digits_samples_per_class",
          "digits_ddim_steps", "digits_ddpm_steps", "dataset", "accelerator")
 
 
@@ -80,9 +82,10 @@ class Run:
     def training_seeds(self, p) -> tuple[int, ...]:
         return tuple(s for s in p.training_seeds if self.seeds is None or s in self.seeds)
 
-    def grades(self, p) -> list[str]:
-        """Its test steps, one per training seed of the preset."""
-        return [seeded(self.grade, s) for s in self.training_seeds(p)]
+    def grades(self, p, by: str = "") -> list[str]:
+        """Its test steps, one per training seed of the run (``by``: those of another judge, Plan.grade)."""
+        return [seeded(self.grade.replace("grade-", f"grade-{by}-") if by else self.grade, s)
+                for s in self.training_seeds(p)]
 
 
 def offtheshelf_key(tau2: float, gamma: float) -> str:
@@ -205,6 +208,7 @@ class Graded:
     folders: list[Path]  # the test steps' output folders, in training-seed order
     tables: list[dict]  # their metrics_table.json, as read by read_table
     settings: dict
+    target: str  # the sweep's target: a scale's products are the group ``<target>_<scale>``
     _cache: dict = field(default_factory=dict)
 
     @property
@@ -214,11 +218,10 @@ class Graded:
     def products(self, scale: str) -> list[dict]:
         """Per seed, the per-sample products of the set sampled at ``scale`` (a label such as ``"2"``)."""
         from ..io.sample_products import products_path, read_sample_products
-        from ..io.shards import manifest_shards
 
         if scale not in self._cache:
-            groups = [manifest_shards(f)[scale][0].parent.name for f in self.folders]
-            self._cache[scale] = [read_sample_products(products_path(f, g)) for f, g in zip(self.folders, groups)]
+            group = f"{self.target}_{float(scale):g}"
+            self._cache[scale] = [read_sample_products(products_path(f, group)) for f in self.folders]
         return self._cache[scale]
 
     def real(self) -> list[dict]:
@@ -229,20 +232,22 @@ class Graded:
         return self._cache[REAL_GROUP]
 
 
-def graded(products: Products, r: Run) -> Graded:
-    """The run's grading at every training seed; ``LookupError`` naming a test step that did not finish."""
-    steps = [products.step(name) for name in r.grades(products.preset)]
-    tables = [json.loads(Path(s.product).read_text()) for s in steps]
+def graded(products: Products, r: Run, by: str = "") -> Graded:
+    """The run's grading at every training seed (``by``: another judge's); ``LookupError`` naming a test step that
+    did not finish."""
+    steps = [products.step(name) for name in r.grades(products.preset, by)]
+    raw = json.loads(Path(steps[0].product).read_text())
     return Graded(r, [s.out_dir for s in steps], [read_table(s.product) for s in steps],
-                  tables[0].get("settings", {"fd_name": tables[0]["fd_name"]}))
+                  raw.get("settings", {"fd_name": raw["fd_name"]}), raw.get("scale_target", "cfg"))
 
 
-def estimate(g: Graded, scale: str, metric: str, ids=None, resamples: int = RESAMPLES) -> Estimate:
+def estimate(g: Graded, scale: str, metric: str, ids=None, resamples: int | None = None) -> Estimate:
     """A figure of the run at one scale with its 95 % interval: bootstrap over sample ids (and the real set's), over
     training seeds then ids when there are several (``seed_t``); ``ids``: only these sample ids."""
     from ..metrics.intervals import keep_ids, hierarchical_metric_interval
 
     sets = [(s if ids is None else keep_ids(s, ids), None, real) for s, real in zip(g.products(scale), g.real())]
+    resamples = resamples or (RESAMPLES // 2 if metric in ("precision", "recall") else RESAMPLES)
     interval = hierarchical_metric_interval(sets, metric, num_resamples=resamples, **g.settings)
     return Estimate.from_interval(interval, len(sets[0][0]["labels"]), g.seeds)
 

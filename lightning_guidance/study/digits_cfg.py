@@ -8,16 +8,26 @@ fd(s_max) - fd(best) are measured, paired, on the other half.
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import digits
+from .plan import seeded
 from .section import Claim, Measurement, Products, Section, SectionResult, fmt, numbers_of
 from ..stats import Estimate
 
 PAPER = "Ho & Salimans (CFG)"
-PANELS = (("fd_digits", "kd_digits"), ("judge_score", "judge_accuracy"), ("precision", "recall"))
+SECOND_JUDGE, BY = "digits-judge-conv", "conv"  # configs/digits/judge_conv.yaml: a LeNet-like convnet
 
 
 def plan(plan) -> None:
+    """The shared models and CFG's sweep, and a second judge of another architecture grading the same shards."""
+    p = plan.preset
     digits.plan_base(plan)
+    plan.fit(SECOND_JUDGE, "digits/judge_conv.yaml", "digits/judge_conv", p.digits_judge_steps,
+             digits.image_edits(p, "fit"))
+    for seed in p.training_seeds:
+        plan.grade(plan.steps[seeded(digits.runs(p)["cfg"].sample, seed)], SECOND_JUDGE,
+                   digits.image_edits(p, "grade"), by=BY)
 
 
 def u_shape(g: digits.Graded, scales: list[str]) -> dict:
@@ -47,31 +57,29 @@ def u_shape(g: digits.Graded, scales: list[str]) -> dict:
            "fd_half0": chosen, "low_scale": float(low), "high_scale": float(high)}
     for key, combine in (("low_minus_best", lambda v: v["low"] - v["best"]),
                          ("high_minus_best", lambda v: v["high"] - v["best"]),
-                         ("u_depth", lambda v: min(v["low"] - v["best"], v["high"] - v["best"]))):
+                         ("u_depth", lambda v: np.minimum(v["low"] - v["best"], v["high"] - v["best"]))):
         out[key] = digits.contrast(sets, "fd_digits", combine, ids=measure).as_json()
     return out
 
 
-def figure(res: SectionResult, t: dict) -> None:
-    from ..io.figures import axis_labels, fit_axis, legend_outside, plot_with_band, pyplot, style
+def figure(res: SectionResult, t: dict, second: dict) -> None:
+    """One panel per figure of the first judge, then the second judge's fd_digits and kd_digits: the 95 % band and
+    the real-vs-real floor at the same n."""
+    from ..io.figures import axis_labels, fit_axis, legend_outside, plot_with_band, pyplot
 
     scales = list(t["scales"])
     x = [float(s) for s in scales]
-    fig, axes = pyplot().subplots(1, len(PANELS), figsize=(10.5, 3.0))
-    for ax, metrics in zip(axes, PANELS):
-        seen = []
-        for i, m in enumerate(metrics):
-            if m not in t["estimates"][scales[0]]:
-                continue
-            est = [t["estimates"][s][m] for s in scales]
-            plot_with_band(ax, x, est, m, i)
-            seen += [v for e in est for v in (e["lo"], e["hi"])]
-            floor = t.get("real_floor", {}).get("metrics", {}).get(m)
-            if floor is not None:
-                ax.axhline(floor, color=style(i)["color"], lw=0.8, ls=":", label=f"{m}, real vs real")
-        axis_labels(ax, "CFG scale s (1 = conditional)", " / ".join(metrics))
-        fit_axis(ax, seen)
-        legend_outside(ax, fontsize=6)
+    panels = [(t, m, m) for m in digits.METRICS] + [(second, m, f"{m}, second judge") for m in digits.METRICS[:2]]
+    fig, axes = pyplot().subplots(2, 4, figsize=(12, 5.2))
+    for ax, (table, m, ylabel) in zip(axes.flat, panels):
+        est = [table["estimates"][s][m] for s in scales]
+        plot_with_band(ax, x, est, "CFG, 95 % band over ids and seeds", 0)
+        floor = table.get("real_floor", {}).get("metrics", {}).get(m)
+        if floor is not None:
+            ax.axhline(floor, color="0.3", lw=0.8, ls=":", label="real vs real at the same n")
+        axis_labels(ax, "CFG scale s (1 = conditional)", ylabel)
+        fit_axis(ax, [v for e in est for v in (e["value"], e["lo"], e["hi"])])
+    legend_outside(fig)
     res.figure(fig, "digits_cfg_sweep.png", "digits: CFG scale sweep, 95 % bands over sample ids and training seeds "
                                             "(dotted: the real-vs-real floor at the same n)")
 
@@ -89,8 +97,14 @@ def analyse(products: Products, res: SectionResult) -> None:
                    "ddim_steps": p.digits_ddim_steps, "u_shape": u_shape(g, scales),
                    "judge_score_gain": digits.contrast({"high": (g, top), "low": (g, "1")}, "judge_score",
                                                        lambda v: v["high"] - v["low"]).as_json()}
-    u = res.numbers["u_shape"]
-    figure(res, t)
+    conv = digits.graded(products, cfg, by=BY)
+    res.numbers["second_judge"] = {
+        "judge": "LeNet-like convnet (configs/digits/judge_conv.yaml)", "table": digits.table_of(conv),
+        "u_shape": u_shape(conv, scales),
+        "judge_score_gain": digits.contrast({"high": (conv, top), "low": (conv, "1")}, "judge_score",
+                                            lambda v: v["high"] - v["low"]).as_json()}
+    u, u2 = res.numbers["u_shape"], res.numbers["second_judge"]["u_shape"]
+    figure(res, t, res.numbers["second_judge"]["table"])
     floor = t.get("real_floor", {})
     res.markdown = [
         f"DDIM with {fmt(p.digits_ddim_steps)} steps, {fmt(t['num_samples'])} samples per scale and training seed, "
@@ -104,16 +118,25 @@ def analyse(products: Products, res: SectionResult) -> None:
         f"s = {fmt(u['best_scale'])}; on the other half, fd(s = 1) − fd(best) = "
         f"{Estimate.from_json(u['low_minus_best']).text()} and fd(s = {fmt(u['high_scale'])}) − fd(best) = "
         f"{Estimate.from_json(u['high_minus_best']).text()}.", "",
-        *res.markdown, *digits.run_table([cfg], tables, "CFG scale s")]
+        f"The second judge (a LeNet-like convnet, another architecture and seed) on the same shards: best interior "
+        f"s = {fmt(u2['best_scale'])}, smaller of the two fd differences "
+        f"{Estimate.from_json(u2['u_depth']).text()} (first judge: {Estimate.from_json(u['u_depth']).text()}); judge "
+        f"score gain from s = 1 to s = {fmt(u['high_scale'])} "
+        f"{Estimate.from_json(res.numbers['second_judge']['judge_score_gain']).text()} (first judge: "
+        f"{Estimate.from_json(res.numbers['judge_score_gain']).text()}).", "",
+        *res.markdown, *digits.run_table([cfg], tables, "CFG scale s"),
+        "Graded by the second judge:", "",
+        *digits.run_table([cfg], {"cfg": res.numbers["second_judge"]["table"]}, "CFG scale s")]
 
 
 def c_u_shape(n) -> Measurement:
-    u = numbers_of(n, "digits_cfg")["u_shape"]
-    depth = Estimate.from_json(u["u_depth"])
+    s = numbers_of(n, "digits_cfg")
+    u, u2 = s["u_shape"], s["second_judge"]["u_shape"]
+    low, high = (Estimate.from_json(u[k]).text() for k in ("low_minus_best", "high_minus_best"))
     return Measurement(f"best interior s = {fmt(u['best_scale'])} (chosen on half the ids); on the other half "
-                       f"fd(s = 1) − fd(best) {Estimate.from_json(u['low_minus_best']).text()}, "
-                       f"fd(s = {fmt(u['high_scale'])}) − fd(best) {Estimate.from_json(u['high_minus_best']).text()}",
-                       depth, +1, "min of the two fd_digits differences")
+                       f"fd(s = 1) − fd(best) {low}, fd(s = {fmt(u['high_scale'])}) − fd(best) {high}; "
+                       f"second judge: the smaller of the two {Estimate.from_json(u2['u_depth']).text()}",
+                       Estimate.from_json(u["u_depth"]), +1, "the smaller of the two fd_digits differences")
 
 
 def c_fidelity(n) -> Measurement:
@@ -121,7 +144,8 @@ def c_fidelity(n) -> Measurement:
     gain, t = Estimate.from_json(s["judge_score_gain"]), s["table"]["estimates"]
     low, high = "1", list(t)[-1]
     return Measurement(f"judge score {Estimate.from_json(t[low]['judge_score']).text()} at s = 1 → "
-                       f"{Estimate.from_json(t[high]['judge_score']).text()} at s = {high}", gain, +1,
+                       f"{Estimate.from_json(t[high]['judge_score']).text()} at s = {high}; second judge: gain "
+                       f"{Estimate.from_json(s['second_judge']['judge_score_gain']).text()}", gain, +1,
                        "judge_score difference")
 
 

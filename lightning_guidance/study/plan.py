@@ -200,12 +200,16 @@ class Plan:
         return self.add(Step(name, self.section, "predict", [self.config(config)], e, needs,
                              str(Path(out) / "manifest.json")))
 
-    def grade(self, sample: Step, judge: str, data_edits: dict) -> Step:
-        """``test`` of a sampling step's shards with the judge (same sampling config: the shards' hash matches)."""
-        e = {**sample.edits, "model.init_args.judge.init_args.checkpoint": self.product(judge), **data_edits}
-        return self.add(Step(f"grade-{sample.name.removeprefix('sample-')}", self.section, "test",
-                             [*sample.configs, self.config("digits/grade_with_judge.yaml")], e,
-                             [*sample.needs, sample.name, judge], str(sample.out_dir / "metrics_table.json")))
+    def grade(self, sample: Step, judge: str, data_edits: dict, by: str = "") -> Step:
+        """``test`` of a sampling step's shards with the judge (same sampling config: the shards' hash matches): step
+        ``grade-<sample>`` writing beside the shards; with ``by`` (another judge), step ``grade-<by>-<sample>`` writing
+        to ``<shards>/graded-<by>/``."""
+        out = sample.out_dir / f"graded-{by}" if by else sample.out_dir
+        e = {**sample.edits, "model.init_args.judge.init_args.checkpoint": self.product(judge), **data_edits,
+             **({"model.init_args.grade_dir": str(out)} if by else {})}
+        return self.add(Step(f"grade-{by + '-' if by else ''}{sample.name.removeprefix('sample-')}", self.section,
+                             "test", [*sample.configs, self.config("digits/grade_with_judge.yaml")], e,
+                             [*sample.needs, sample.name, judge], str(out / "metrics_table.json")))
 
     def flow(self, name: str, config: str, folder: str, max_steps: int, edits: dict,
              needs: list[str]) -> tuple[Step, Step]:
