@@ -40,6 +40,35 @@ def _sqrtm_psd(a: torch.Tensor) -> torch.Tensor:
     return (v * w.clamp_min(0).sqrt()[..., None, :]) @ v.transpose(-1, -2)
 
 
+def _digest(*arrays: np.ndarray) -> bytes:
+    import hashlib
+
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.digest()
+
+
+_REAL_PARTS: dict = {}  # (real features, drawn real ids, moments?) -> counts and moments: the same draws recur
+
+
+def _real_part(real: dict, ri: np.ndarray, moments: bool):
+    """Draw counts of the real ids, and for the Fréchet distance their moments and the covariances' square roots;
+    kept for the last few draws: every figure of every set is bootstrapped with the same seeded draws of real ids."""
+    x = np.asarray(real["features"], dtype=np.float64)
+    key = (_digest(x, np.asarray(ri)), moments)
+    if key not in _REAL_PARTS:
+        c = _counts(ri, len(x))
+        part = None
+        if moments:
+            mu, cov = _moments(torch.from_numpy(x), c)
+            part = (mu, cov, _sqrtm_psd(cov))
+        while len(_REAL_PARTS) >= 8:
+            _REAL_PARTS.pop(next(iter(_REAL_PARTS)))
+        _REAL_PARTS[key] = (c, part)
+    return _REAL_PARTS[key]
+
+
 class _Vectorised:
     """The figures of ``(B, m)`` resampled ids at once, from draw counts: Fréchet distance (``tr sqrt(S_r S_g)`` as
     the trace of ``sqrt(S_r^1/2 S_g S_r^1/2)``, which has the same eigenvalues), the kernel distance's unbiased
@@ -58,13 +87,7 @@ class _Vectorised:
 
     def _real_part(self, real: dict, ri: np.ndarray):
         if self._real[0] is not real or self._real[1] is not ri:
-            x = np.asarray(real["features"], dtype=np.float64)
-            c = _counts(ri, len(x))
-            part = None
-            if self.metric == self.fd:
-                mu, cov = _moments(torch.from_numpy(x), c)
-                part = (mu, cov, _sqrtm_psd(cov))
-            self._real = (real, ri, (c, part))
+            self._real = (real, ri, _real_part(real, ri, self.metric == self.fd))
         return self._real[2]
 
     def __call__(self, generated: dict, real: dict, gi: np.ndarray, ri: np.ndarray) -> np.ndarray:
@@ -161,26 +184,35 @@ def hierarchical_metric_interval(per_seed: Sequence[tuple[dict, dict | None, dic
 
 
 def contrast_interval(per_seed: Sequence[tuple[Mapping[str, dict], dict]], metric: str,
-                      combine: Callable[[dict[str, float]], float], *, num_resamples: int = 1000, seed: int = 0,
-                      level: float = 0.95, method: str = "seed_t", **settings) -> Interval:
+                      combine: Callable | Mapping[str, Callable], *, num_resamples: int = 1000, seed: int = 0,
+                      level: float = 0.95, method: str = "seed_t", **settings) -> Interval | dict[str, Interval]:
     """Over training seeds, then sample ids: ``per_seed[s] = ({name: generated set}, real)`` with the sets of a seed
     sampled with the same ids; the statistic is ``combine({name: the figure of that set on the drawn ids})``, every set
     seeing the same drawn ids (paired). ``combine`` works elementwise on arrays of resamples: a difference
     (``v['a'] - v['b']``) or, e.g., the smaller of two differences (``np.minimum``: both must exceed 0 for its
-    interval to). One seed: the bootstrap over samples."""
+    interval to). One seed: the bootstrap over samples. A mapping of combines gives one interval each, from the same
+    draws (each set's figure computed once per draw)."""
     of = _figure(metric, settings)
     for sets, _ in per_seed:
         first = next(iter(sets.values()))
         for other in sets.values():
             _check_paired(first, other)
+    figures: dict = {}
 
-    def value(s: int, gi: np.ndarray, ri: np.ndarray) -> np.ndarray:
-        sets, real = per_seed[s]
-        return np.asarray(combine({name: of(g, real, gi, ri) for name, g in sets.items()}))
+    def value_of(fn: Callable) -> Callable:
+        def value(s: int, gi: np.ndarray, ri: np.ndarray) -> np.ndarray:
+            key = (s, _digest(gi, ri))
+            if key not in figures:
+                sets, real = per_seed[s]
+                figures[key] = {name: of(g, real, gi, ri) for name, g in sets.items()}
+            return np.asarray(fn(figures[key]))
+        return value
 
     sizes = [(len(next(iter(sets.values()))["labels"]), len(real["labels"])) for sets, real in per_seed]
-    return hierarchical_bootstrap(value, sizes, num_resamples=num_resamples, seed=seed, level=level, method=method,
-                                  vectorized=True)
+    options = {"num_resamples": num_resamples, "seed": seed, "level": level, "method": method, "vectorized": True}
+    if callable(combine):
+        return hierarchical_bootstrap(value_of(combine), sizes, **options)
+    return {name: hierarchical_bootstrap(value_of(fn), sizes, **options) for name, fn in combine.items()}
 
 
 def keep_ids(products: dict, ids: Sequence[int]) -> dict:

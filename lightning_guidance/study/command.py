@@ -201,7 +201,7 @@ def _run(ns, study, preset, sections, run_dir, plan, jobs, threads, run_in_proce
                              "steps_run": len(runner.seconds),
                              "exit": "interrupted" if runner.interrupted else "failed" if failed else "ok"})
     if ns.publish:
-        from .report import publish
+        from ..launch.provenance import publish
 
         console.print(f"published: {publish(run_dir, Path(ns.publish))}")
     failed_sections = [k for k, v in report["sections"].items() if v["status"] == "failed"]

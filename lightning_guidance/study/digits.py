@@ -12,22 +12,16 @@ paired, on the same sample ids and seeds (:func:`contrast`).
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import numpy as np
-
+from ..metrics.graded import Graded, contrast, estimate, half_ids, read_table, table_of  # noqa: F401
 from ..stats import Estimate
 from .plan import DELETE, SWEEP_VALUES, Plan, guide_checkpoint, seeded, term
 from .section import Products, fmt, md_table
 
 TERM0 = term(0)
-METRICS = ("fd_digits", "kd_digits", "precision", "recall", "judge_accuracy", "judge_score")
-#: bootstrap resamples of a table figure (precision and recall, which redo a k-NN search per resample: half as many),
-#: and of a claim's paired contrast
-RESAMPLES, CONTRAST_RESAMPLES = 200, 1000
+METRICS = ("fd_digits", "kd_digits", "precision", "recall", "judge_accuracy", "judge_score")  # with intervals
 #: EluCD's DDPM reference settings (app. C): every ablation changes one of them
 REFERENCE = {"tau1": 1.0, "tau2": 0.5, "gamma": 0.3}
 DATA = "scikit-learn's 8x8 digits (embedded; the full presets: MNIST or CIFAR-10 under data/)"
@@ -182,111 +176,10 @@ def plan_run(plan: Plan, r: Run, samples_per_class: int | None = None) -> None:
 
 
 # ---- reading ------------------------------------------------------------------------------------------------------
-def read_table(path: str | Path) -> dict:
-    """``{"scales": {"2": {metric: value}}, "real": {...}, "real_floor": {"num_samples", "metrics"}, "fd_name": ...}``
-    from a test step's metrics_table.json (the judge's on the real data; the floor: real vs real at this n)."""
-    table = json.loads(Path(path).read_text())
-    fd = table["fd_name"]
-
-    def named(m: dict) -> dict:
-        return {("fd_digits" if k == fd else k): float(v) for k, v in m.items()}
-
-    out = {"fd_name": fd, "num_samples": table["num_samples_per_scale"], "scales": {}}
-    for row in table["rows"]:
-        out["scales"][f"{row['scale']:g}"] = named(row["metrics"])
-    out["real"] = named(table["real"])
-    if "real_floor" in table:
-        out["real_floor"] = {"num_samples": table["real_floor"]["num_samples"],
-                             "metrics": named(table["real_floor"]["metrics"])}
-    return out
-
-
-@dataclass
-class Graded:
-    """A run's grading, one folder per training seed: its point tables, and its per-sample products on demand."""
-    run: Run
-    folders: list[Path]  # the test steps' output folders, in training-seed order
-    tables: list[dict]  # their metrics_table.json, as read by read_table
-    settings: dict
-    target: str  # the sweep's target: a scale's products are the group ``<target>_<scale>``
-    _cache: dict = field(default_factory=dict)
-
-    @property
-    def seeds(self) -> int:
-        return len(self.folders)
-
-    def products(self, scale: str) -> list[dict]:
-        """Per seed, the per-sample products of the set sampled at ``scale`` (a label such as ``"2"``)."""
-        from ..io.sample_products import products_path, read_sample_products
-
-        if scale not in self._cache:
-            group = f"{self.target}_{float(scale):g}"
-            self._cache[scale] = [read_sample_products(products_path(f, group)) for f in self.folders]
-        return self._cache[scale]
-
-    def real(self) -> list[dict]:
-        from ..io.sample_products import REAL_GROUP, products_path, read_sample_products
-
-        if REAL_GROUP not in self._cache:
-            self._cache[REAL_GROUP] = [read_sample_products(products_path(f, REAL_GROUP)) for f in self.folders]
-        return self._cache[REAL_GROUP]
-
-
 def graded(products: Products, r: Run, by: str = "") -> Graded:
     """The run's grading at every training seed (``by``: another judge's); ``LookupError`` naming a test step that
     did not finish."""
-    steps = [products.step(name) for name in r.grades(products.preset, by)]
-    raw = json.loads(Path(steps[0].product).read_text())
-    return Graded(r, [s.out_dir for s in steps], [read_table(s.product) for s in steps],
-                  raw.get("settings", {"fd_name": raw["fd_name"]}), raw.get("scale_target", "cfg"))
-
-
-def estimate(g: Graded, scale: str, metric: str, ids=None, resamples: int | None = None) -> Estimate:
-    """A figure of the run at one scale with its 95 % interval: bootstrap over sample ids (and the real set's), over
-    training seeds then ids when there are several (``seed_t``); ``ids``: only these sample ids."""
-    from ..metrics.intervals import keep_ids, hierarchical_metric_interval
-
-    sets = [(s if ids is None else keep_ids(s, ids), None, real) for s, real in zip(g.products(scale), g.real())]
-    resamples = resamples or (RESAMPLES // 2 if metric in ("precision", "recall") else RESAMPLES)
-    interval = hierarchical_metric_interval(sets, metric, num_resamples=resamples, **g.settings)
-    return Estimate.from_interval(interval, len(sets[0][0]["labels"]), g.seeds)
-
-
-def contrast(sets: dict[str, tuple[Graded, str]], metric: str, combine: Callable[[dict], float], ids=None,
-             resamples: int = CONTRAST_RESAMPLES) -> Estimate:
-    """``combine({name: metric of that run at that scale})`` with its interval, paired: every set on the same
-    training seeds and on the sample ids they share (or ``ids``), each resample drawing one set of ids for all."""
-    from ..metrics.intervals import contrast_interval, keep_ids
-
-    graded_sets = list(sets.values())
-    seeds = min(g.seeds for g, _ in graded_sets)
-    per_seed = []
-    for k in range(seeds):
-        got = {name: g.products(scale)[k] for name, (g, scale) in sets.items()}
-        shared = set.intersection(*(set(p["ids"].tolist()) for p in got.values()))
-        if ids is not None:
-            shared &= set(np.asarray(ids).tolist())
-        keep = sorted(shared)
-        per_seed.append(({name: keep_ids(p, keep) for name, p in got.items()}, graded_sets[0][0].real()[k]))
-    interval = contrast_interval(per_seed, metric, combine, num_resamples=resamples, **graded_sets[0][0].settings)
-    return Estimate.from_interval(interval, len(per_seed[0][0][next(iter(sets))]["labels"]), seeds)
-
-
-def half_ids(num_samples: int, half: int) -> list[int]:
-    """One half of the sample ids ``0..N-1``, in whole blocks of one id per class (id ``i`` has class ``i % 10``):
-    blocks ``i // 10`` of parity ``half``. Choosing on one half and measuring on the other avoids selection bias."""
-    return [i for i in range(num_samples) if (i // 10) % 2 == half]
-
-
-def table_of(g: Graded, metrics: tuple[str, ...] = METRICS) -> dict:
-    """The run's table: per scale the figures' means over training seeds (``scales``) and their estimates
-    (``estimates``: value, 95 % interval, n, seeds), the judge on real data and the real-vs-real floor at this n."""
-    out = {k: g.tables[0][k] for k in ("fd_name", "num_samples", "real", "real_floor") if k in g.tables[0]}
-    out["seeds"], out["scales"], out["estimates"] = g.seeds, {}, {}
-    for s in g.tables[0]["scales"]:
-        out["scales"][s] = {k: float(np.mean([t["scales"][s][k] for t in g.tables])) for k in g.tables[0]["scales"][s]}
-        out["estimates"][s] = {m: estimate(g, s, m).as_json() for m in metrics if m in out["scales"][s]}
-    return out
+    return Graded.read([products.step(name).product for name in r.grades(products.preset, by)])
 
 
 class Tables(Mapping):
@@ -329,9 +222,15 @@ def cell(table: dict, scale: str, metric: str) -> str:
     return Estimate.from_json(est).text() if est else fmt(table["scales"][scale].get(metric))
 
 
-def run_table(rs: list[Run], tables: dict[str, dict], scale_name: str = "scale") -> list[str]:
-    rows = [[r.label, s, *(cell(tables[r.key], s, k) for k in METRICS)] for r in rs for s in tables[r.key]["scales"]]
-    return md_table(["run", scale_name, *METRICS], rows)
+def run_table(rs: list[Run], tables: dict[str, dict], scale_name: str = "scale",
+              metrics: tuple[str, ...] = METRICS) -> list[str]:
+    """The runs' figures per scale, each with its interval, and a last row: real vs real at the same n (the floor)."""
+    rows = [[r.label, s, *(cell(tables[r.key], s, k) for k in metrics)] for r in rs for s in tables[r.key]["scales"]]
+    floor = tables[rs[0].key].get("real_floor") if rs else None
+    if floor:
+        rows.append([f"real vs real (n = {fmt(floor['num_samples'])})", "—",
+                     *(fmt(floor["metrics"].get(k)) for k in metrics)])
+    return md_table(["run", scale_name, *metrics], rows)
 
 
 def best(table: dict, key: str = "fd_digits", exclude_zero: bool = False) -> tuple[float, float]:

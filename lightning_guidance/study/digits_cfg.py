@@ -17,6 +17,7 @@ from ..stats import Estimate
 
 PAPER = "Ho & Salimans (CFG)"
 SECOND_JUDGE, BY = "digits-judge-conv", "conv"  # configs/digits/judge_conv.yaml: a LeNet-like convnet
+SECOND_METRICS = ("fd_digits", "kd_digits", "judge_accuracy", "judge_score")
 
 
 def plan(plan) -> None:
@@ -55,10 +56,9 @@ def u_shape(g: digits.Graded, scales: list[str]) -> dict:
     sets = {"low": (g, low), "best": (g, best), "high": (g, high)}
     out = {"best_scale": float(best), "chosen_on": "sample ids of half 0", "measured_on": "sample ids of half 1",
            "fd_half0": chosen, "low_scale": float(low), "high_scale": float(high)}
-    for key, combine in (("low_minus_best", lambda v: v["low"] - v["best"]),
-                         ("high_minus_best", lambda v: v["high"] - v["best"]),
-                         ("u_depth", lambda v: np.minimum(v["low"] - v["best"], v["high"] - v["best"]))):
-        out[key] = digits.contrast(sets, "fd_digits", combine, ids=measure).as_json()
+    combine = {"low_minus_best": lambda v: v["low"] - v["best"], "high_minus_best": lambda v: v["high"] - v["best"],
+               "u_depth": lambda v: np.minimum(v["low"] - v["best"], v["high"] - v["best"])}
+    out.update({k: e.as_json() for k, e in digits.contrast(sets, "fd_digits", combine, ids=measure).items()})
     return out
 
 
@@ -99,7 +99,8 @@ def analyse(products: Products, res: SectionResult) -> None:
                                                        lambda v: v["high"] - v["low"]).as_json()}
     conv = digits.graded(products, cfg, by=BY)
     res.numbers["second_judge"] = {
-        "judge": "LeNet-like convnet (configs/digits/judge_conv.yaml)", "table": digits.table_of(conv),
+        "judge": "LeNet-like convnet (configs/digits/judge_conv.yaml)",
+        "table": digits.table_of(conv, SECOND_METRICS),
         "u_shape": u_shape(conv, scales),
         "judge_score_gain": digits.contrast({"high": (conv, top), "low": (conv, "1")}, "judge_score",
                                             lambda v: v["high"] - v["low"]).as_json()}
@@ -126,7 +127,7 @@ def analyse(products: Products, res: SectionResult) -> None:
         f"{Estimate.from_json(res.numbers['judge_score_gain']).text()}).", "",
         *res.markdown, *digits.run_table([cfg], tables, "CFG scale s"),
         "Graded by the second judge:", "",
-        *digits.run_table([cfg], {"cfg": res.numbers["second_judge"]["table"]}, "CFG scale s")]
+        *digits.run_table([cfg], {"cfg": res.numbers["second_judge"]["table"]}, "CFG scale s", SECOND_METRICS)]
 
 
 def c_u_shape(n) -> Measurement:

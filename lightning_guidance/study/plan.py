@@ -1,25 +1,17 @@
-"""The study's steps: one ``cli.py fit | validate | test | predict`` call each, built from shipped configs plus edits.
-
-A step's config is the shipped YAML (several are merged in order, as ``--config a --config b`` would) with a few
-values edited (paths under the run's folder, sizes from the preset); the runner writes it to
-``runs/<name>/configs/<step>.yaml`` and calls ``cli.py <command> --config`` on it, so every step can be re-run by hand.
-Edits name a value by its dotted path; ``[ClassName]`` picks the element of a list of class specs whose class_path
-ends in that name (``trainer.callbacks[ModelCheckpoint].init_args.every_n_train_steps``), and the value
-:data:`DELETE` removes it. The shipped configs are read from the plan's configs root (:func:`configs_root`).
+"""The study's plan: its steps (``launch.steps.Step``: one ``cli.py fit | validate | test | predict`` call each, a
+shipped config plus edits), built with paths under the run's folder and sizes from the preset, one per training seed
+for the models a claim rests on. The shipped configs are read from the plan's configs root (:func:`configs_root`).
 """
 
 from __future__ import annotations
 
-import copy
-import re
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-DELETE = object()
-DONE_STATES = ("done", "skipped")  # a step whose product is there and current
+# a step, its config edits and DELETE are the launch layer's (re-exported here for the sections)
+from ..launch.steps import DELETE, DONE_STATES, Step, apply_edits, merge, step_config, study_command  # noqa: F401
+
 # where a sampling config keeps its sweep values (one place to change if the config layout moves)
 SWEEP_VALUES = "model.init_args.sweep.values"
 
@@ -39,11 +31,6 @@ def seeded(name: str, seed: int) -> str:
     return name if seed == 0 else f"{name}-s{seed}"
 
 
-def study_command(*args: str) -> list[str]:
-    """``cli.py study <args>`` in this interpreter (the step workers, the report job of a SLURM chain)."""
-    return [sys.executable, "-m", "lightning_guidance.cli", "study", *args]
-
-
 def configs_root(study_config: str | Path | None = None) -> Path:
     """The folder of shipped configs: the one holding the study config's folder (``configs/digits/study.yaml`` ->
     ``configs``), else ``./configs``, else the one beside the package (a checkout)."""
@@ -54,82 +41,6 @@ def configs_root(study_config: str | Path | None = None) -> Path:
             return root
     raise FileNotFoundError(f"the study's configs are not in {' nor '.join(str(c) for c in candidates)}: pass "
                             "--config <checkout>/configs/digits/study.yaml (the configs root is its folder's parent)")
-
-
-@dataclass
-class Step:
-    name: str
-    section: str  # the key of the section that planned it
-    command: str
-    configs: list[str]
-    edits: dict = field(default_factory=dict)
-    needs: list[str] = field(default_factory=list)  # steps whose products this one reads
-    product: str = ""  # the file whose existence (and digest) says the step finished
-    resume: bool = False  # fit: --ckpt_path last (a killed run resumes)
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.product).parent
-
-    def args(self, config: str | Path) -> list[str]:
-        """The ``cli.py`` arguments that run it on its written config."""
-        return [self.command, "--config", str(config), *(["--ckpt_path", "last"] if self.resume else [])]
-
-
-# ---- editing configs ---------------------------------------------------------------------------------------------
-_SELECTOR = re.compile(r"^(?P<key>[^\[]*)\[(?P<cls>[A-Za-z_][\w.]*)\]$")
-
-
-def merge(base: dict, extra: dict) -> dict:
-    """Deep merge (dicts merged key by key, anything else replaced): what repeated ``--config`` does."""
-    out = copy.deepcopy(base)
-    for k, v in (extra or {}).items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
-def _child(node, part: str, path: str):
-    m = _SELECTOR.match(part)
-    if m:
-        items = node.get(m["key"]) if m["key"] else node
-        if not isinstance(items, list):
-            raise KeyError(f"config edit {path}: {m['key']} is not a list")
-        for i, item in enumerate(items):
-            if isinstance(item, dict) and str(item.get("class_path", "")).split(".")[-1] == m["cls"]:
-                return items, i
-        raise KeyError(f"config edit {path}: no {m['cls']} in {m['key']}")
-    if isinstance(node, list):
-        return node, int(part)
-    node.setdefault(part, {})
-    return node, part
-
-
-def apply_edits(config: dict, edits: dict) -> dict:
-    out = copy.deepcopy(config)
-    for path, value in edits.items():
-        parts = re.findall(r"[^.\[]+(?:\[[^\]]+\])?", path)
-        node = out
-        for part in parts[:-1]:
-            parent, key = _child(node, part, path)
-            node = parent[key]
-            if node is None:
-                parent[key] = node = {}
-        parent, key = _child(node, parts[-1], path)
-        if value is DELETE:
-            del parent[key]
-        else:
-            parent[key] = copy.deepcopy(value)
-    return out
-
-
-def step_config(step: Step) -> dict:
-    config: dict = {}
-    for path in step.configs:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"step {step.name}: config not found: {p}")
-        config = merge(config, yaml.safe_load(p.read_text()) or {})
-    return apply_edits(config, step.edits)
 
 
 # ---- step builders ------------------------------------------------------------------------------------------------

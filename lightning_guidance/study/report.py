@@ -14,15 +14,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
-import platform
-import subprocess
 import time
 import traceback
 from collections import Counter
 from pathlib import Path
 
 from ..io.atomic import atomic_write_text
+from ..launch.provenance import commit, machine  # noqa: F401 - the study's callers read them here
 from .plan import DONE_STATES
 from .section import Products, SectionResult, agreement, agreement_markdown, fmt, md_table, verdict_counts
 from .sections import CLAIMS, SCOPE
@@ -38,30 +36,6 @@ def markers_digest(run_dir: Path, steps, sections: list[str]) -> str:
         h.update(path.read_bytes() if path.is_file() else b"-")
     h.update(json.dumps(sorted(sections)).encode())
     return h.hexdigest()
-
-
-def machine() -> dict:
-    import torch
-
-    info = {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
-    if "SLURM_JOB_ID" in os.environ:
-        info["slurm_job"] = os.environ["SLURM_JOB_ID"]
-    return info
-
-
-def commit() -> dict:
-    """The commit of the code (and whether it has uncommitted changes): what a step marker and the report record."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True).stdout.strip())
-        return {"commit": rev, "dirty": dirty}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": "unknown (not a git checkout)", "dirty": None}
 
 
 RUN_RECORD = "run.json"
@@ -237,29 +211,3 @@ def run_timing(report: dict) -> str:
         text += (f"; this report was rebuilt from the run's files at {report['rebuilt_utc']} UTC without running a "
                  f"step ({fmt(report['rebuild_seconds'])} s)")
     return text
-
-
-def publish(run_dir: Path, dest: Path) -> Path:
-    """Copy what a reader needs (report.md, report.json, figures/, configs/) into ``dest``: built in a temp folder
-    next to it and renamed into place; an existing ``dest`` is kept as ``<dest>.previous-<n>``."""
-    import shutil
-    import tempfile
-
-    run_dir, dest = Path(run_dir), Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    for name in ("report.md", "report.json"):
-        shutil.copy2(run_dir / name, tmp / name)
-    for folder in ("figures", "configs"):
-        if (run_dir / folder).is_dir():
-            shutil.copytree(run_dir / folder, tmp / folder)
-    for path in tmp.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    tmp.chmod(0o755)
-    if dest.exists():
-        n = 1
-        while dest.with_name(f"{dest.name}.previous-{n}").exists():
-            n += 1
-        dest.rename(dest.with_name(f"{dest.name}.previous-{n}"))
-    tmp.rename(dest)
-    return dest
