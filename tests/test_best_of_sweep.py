@@ -2,7 +2,8 @@
 (metrics.calibration_intervals) and a rank correlation over guides (stats.correlation).
 
 Oracles: torchmetrics' Fréchet distance (``metrics.frechet.frechet_distance`` on numpy moments), torchmetrics'
-``MulticlassCalibrationError`` and scipy's ``spearmanr``; the cross-fitted value recomputed by hand from the halves.
+``MulticlassCalibrationError`` and scipy's ``spearmanr``; the cross-fitted value recomputed by hand from the halves;
+a simulated Gaussian case for the intervals' coverage.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import scipy.stats
 import torch
 from torchmetrics.classification import MulticlassCalibrationError
 
-from lightning_guidance.metrics.best_of_sweep import Frechet, Sweep, crossfit, fd_interval, frechet_of, halves
+from lightning_guidance.metrics.best_of_sweep import Sweep, crossfit, fd_interval, halves
+from lightning_guidance.metrics.intervals import hierarchical_metric_interval
 from lightning_guidance.metrics.calibration_intervals import calibration_interval, integral_ece_of_logits
 from lightning_guidance.metrics.frechet import frechet_distance
 from lightning_guidance.stats.correlation import spearman, spearman_interval
@@ -26,19 +28,11 @@ def oracle_fd(gen: np.ndarray, real: np.ndarray) -> float:
     return float(frechet_distance(*moments(real), *moments(gen)))
 
 
+SETTINGS = {"fd_name": "fd_judge"}
+
+
 def products(features: np.ndarray, labels: np.ndarray) -> dict:
     return {"ids": np.arange(len(labels)), "labels": labels, "features": features.astype(np.float32)}
-
-
-@pytest.mark.parametrize("n_real", [300, 40])  # 40 < 64 features: a singular real covariance (eigh, not Cholesky)
-def test_batched_frechet_matches_torchmetrics_on_resamples(n_real):
-    rng = np.random.default_rng(0)
-    real, gen = rng.normal(size=(n_real, 64)), rng.normal(0.3, 1.2, size=(90, 64))
-    fd = Frechet(real)
-    gi, ri = rng.integers(0, 90, size=(5, 90)), rng.integers(0, n_real, size=(5, n_real))
-    got = fd.distance(fd.real_side(ri), gen, gi)
-    want = [oracle_fd(gen[g], real[r]) for g, r in zip(gi, ri)]
-    assert got == pytest.approx(want, rel=1e-7, abs=1e-7)
 
 
 def test_halves_split_every_class_in_two():
@@ -77,17 +71,11 @@ def test_a_paired_comparison_of_a_method_with_itself_is_exactly_zero_and_seeds_g
     same = crossfit([(s, s) for s in sweeps], num_resamples=100)
     assert same.interval.estimate == same.interval.low == same.interval.high == 0.0
     assert same.interval.method == "seed_t" and same.num_samples == 100
-    alone = fd_interval([(sweeps[0].candidates[1.0], None, real)], num_resamples=100)
+    alone = fd_interval([(sweeps[0].candidates[1.0], None, real)], SETTINGS, num_resamples=100)
     assert alone.estimate == pytest.approx(oracle_fd(sweeps[0].candidates[1.0]["features"], real["features"]))
     with pytest.raises(ValueError, match="same sample ids"):
         other = Sweep({1.0: {**sweeps[0].candidates[1.0], "ids": np.arange(100) + 1}}, real)
         crossfit([(sweeps[0], other)])
-
-
-def test_frechet_of_one_set():
-    rng = np.random.default_rng(3)
-    gen, real = rng.normal(size=(50, 5)), rng.normal(size=(80, 5))
-    assert frechet_of(gen, real) == pytest.approx(oracle_fd(gen, real), rel=1e-9)
 
 
 def tempered_ece(logits: np.ndarray, labels: np.ndarray, temperature: float) -> float:
@@ -146,20 +134,17 @@ def test_the_centred_interval_covers_where_the_percentile_interval_of_a_frechet_
         return (products(real, np.arange(m) % 10), products(z + 0.15, np.arange(n) % 10),
                 products(0.9 * z + 0.2 * rng.normal(size=(n, d)) @ root.T, np.arange(n) % 10))
 
-    truth = np.mean([[frechet_of(a["features"], real["features"]),
-                      frechet_of(a["features"], real["features"]) - frechet_of(b["features"], real["features"])]
+    truth = np.mean([[oracle_fd(a["features"], real["features"]),
+                      oracle_fd(a["features"], real["features"]) - oracle_fd(b["features"], real["features"])]
                      for real, a, b in (data() for _ in range(300))], axis=0)
     covered, percentile = np.zeros(2), 0
     for k in range(50):
         real, a, b = data()
-        one, diff = (fd_interval([(a, other, real)], num_resamples=200, seed=k) for other in (None, b))
+        one, diff = (fd_interval([(a, other, real)], SETTINGS, num_resamples=200, seed=k) for other in (None, b))
         covered += [one.low <= truth[0] <= one.high, diff.low <= truth[1] <= diff.high]
         half = 1.959964 * one.standard_error  # the percentile interval of the same replicates, recovered below
         assert one.high - one.low == pytest.approx(2 * half)
-        from lightning_guidance.stats import bootstrap
-        fd = Frechet(real["features"])
-        raw = bootstrap(lambda gi, ri: fd.distance(fd.real_side(ri), a["features"], gi), (n, m), num_resamples=200,
-                        seed=k, vectorized=True)
+        raw = hierarchical_metric_interval([(a, None, real)], "fd_judge", num_resamples=200, seed=k, **SETTINGS)
         percentile += raw.low <= truth[0] <= raw.high
     assert covered.min() / 50 >= 0.88, covered
     assert percentile / 50 <= 0.2, percentile

@@ -14,7 +14,8 @@ import scipy.stats
 
 from lightning_guidance.cli import main
 from lightning_guidance.io.sample_products import products_path, read_sample_products
-from lightning_guidance.metrics.best_of_sweep import frechet_of, halves
+from lightning_guidance.metrics.best_of_sweep import halves, rows
+from lightning_guidance.metrics.products import quality_from_products
 from lightning_guidance.metrics.calibration_intervals import integral_ece_of_logits, read_guide_logits
 from lightning_guidance.study.presets import MICRO
 from lightning_guidance.study.sections import CLAIMS
@@ -81,12 +82,13 @@ def test_best_against_best_is_chosen_on_one_half_and_graded_on_the_other(report,
     (recomputed here with the unbatched Fréchet distance)."""
     entry = numbers(report, "digits_cg")["compare"]["tau"]
     folders = [micro / "digits" / f"samples_ots-tau{t}-gamma0.3" / "sample_products" for t in ("1", "0.5")]
-    real = read_sample_products(folders[0] / "real.npz")["features"]
+    real = read_sample_products(folders[0] / "real.npz")
     sets = [{s: read_sample_products(f / f"guidance_{s:g}.npz") for s in (1.0, 2.0)} for f in folders]
     parts = halves(sets[0][1.0]["labels"])
 
     def fd(run: int, scale: float, half: int) -> float:
-        return frechet_of(sets[run][scale]["features"][parts[half]], real)
+        return quality_from_products(rows(sets[run][scale], parts[half]), real, fd_name="fd_digits",
+                                     metrics=["fd_digits"])["fd_digits"]
 
     chosen = entry["chosen"][0]
     for half in (0, 1):

@@ -16,25 +16,19 @@ features, by more than their spread). On simulated Gaussian features the percent
 covered its mean 23 % of the time at 100 samples in 64 features, that of one set's distance never; the centred one
 covered both, conservatively (the replicates' spread overstates the noise a little; tests/test_best_of_sweep.py).
 
-The Fréchet distance of many resamples at once (:class:`Frechet`) is the closed form of ``metrics.frechet``
-(Heusel et al. 2017, eq. 6) batched over resamples: ``|mu_r - mu_g|^2 + tr S_r + tr S_g - 2 tr (S_r^1/2 S_g
-S_r^1/2)^1/2`` with a symmetric eigendecomposition, equal to torchmetrics' to float precision.
+The figure of many resamples at once is ``metrics.intervals``' (batched over resamples, from draw counts).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..stats import Interval, bootstrap, hierarchical_bootstrap
 from ..stats.bootstrap import normal_quantile
-
-CHUNK = 250  # resamples per batched eigendecomposition (memory: CHUNK x n x d doubles)
-_INSTANCES: dict[str, Frechet] = {}
+from .intervals import _figure, hierarchical_metric_interval
 
 
 def centred(interval: Interval) -> Interval:
@@ -56,89 +50,21 @@ def halves(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.nonzero(rank % 2 == 0)[0], np.nonzero(rank % 2 == 1)[0]
 
 
-class Frechet:
-    """Fréchet distances of resampled generated sets against resampled real sets, many resamples at once.
-
-    A resample is a (B, n) array of row indices; the moments are those of the drawn rows (a repeat counts as often
-    as drawn), from per-row draw counts: ``mu = W x / n``, ``S = (W (x x^T) - n mu mu^T) / (n - 1)``. With the real
-    covariance ``S_r = L L^T`` (Cholesky; a singular one through its symmetric square root), ``tr (S_r S_g)^1/2`` is the
-    sum of the square roots of the eigenvalues of the symmetric ``L^T S_g L``."""
-
-    def __init__(self, real_features: np.ndarray):
-        self.real = self._prepared(real_features)
-        self._sets: dict[int, tuple] = {}
-        self._sides: dict[bytes, tuple] = {}  # the bootstraps of one report draw the same real resamples
-
-    @classmethod
-    def of(cls, real_features: np.ndarray) -> Frechet:
-        """One instance per real set (its prepared moments and real resamples shared by every comparison)."""
-        features = np.ascontiguousarray(real_features)
-        key = hashlib.sha1(features.tobytes()).hexdigest() + str(features.shape)
-        if key not in _INSTANCES:
-            if len(_INSTANCES) > 8:
-                _INSTANCES.pop(next(iter(_INSTANCES)))
-            _INSTANCES[key] = cls(features)
-        return _INSTANCES[key]
-
-    @staticmethod
-    def _prepared(features) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.as_tensor(np.asarray(features), dtype=torch.float64)
-        return x, (x.unsqueeze(2) * x.unsqueeze(1)).reshape(len(x), -1)
-
-    @staticmethod
-    def moments(prepared, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        x, outer = prepared
-        idx = torch.as_tensor(np.atleast_2d(idx))
-        counts = torch.zeros(len(idx), len(x), dtype=torch.float64).scatter_add_(
-            1, idx, torch.ones(idx.shape, dtype=torch.float64))
-        n, d = idx.shape[1], x.shape[1]
-        mu = counts @ x / n
-        cov = ((counts @ outer).reshape(-1, d, d) - n * mu.unsqueeze(2) * mu.unsqueeze(1)) / (n - 1)
-        return mu, cov
-
-    def real_side(self, real_idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(mu, a factor F with F F^T = S, tr S) of the real resamples."""
-        key = np.ascontiguousarray(real_idx).tobytes()
-        if key not in self._sides:
-            if len(self._sides) > 16:
-                self._sides.pop(next(iter(self._sides)))
-            self._sides[key] = self._real_side(real_idx)
-        return self._sides[key]
-
-    def _real_side(self, real_idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        mu, cov = self.moments(self.real, real_idx)
-        factor, info = torch.linalg.cholesky_ex(cov)
-        if bool((info != 0).any()):
-            w, v = torch.linalg.eigh(cov)
-            factor = (v * w.clamp_min(0).sqrt().unsqueeze(-2)) @ v.transpose(-1, -2)
-        return mu, factor, cov.diagonal(dim1=-2, dim2=-1).sum(-1)
-
-    def distance(self, real_side, features: np.ndarray, idx: np.ndarray) -> np.ndarray:
-        key = id(features)
-        if key not in self._sets:  # the generated sets of a comparison are prepared once
-            self._sets[key] = (features, self._prepared(features))
-        mu_r, factor, trace_r = real_side
-        mu_g, cov_g = self.moments(self._sets[key][1], idx)
-        cross = torch.linalg.eigvalsh(factor.transpose(-1, -2) @ cov_g @ factor).clamp_min(0).sqrt().sum(-1)
-        fd = (mu_r - mu_g).square().sum(-1) + trace_r + cov_g.diagonal(dim1=-2, dim2=-1).sum(-1) - 2 * cross
-        return fd.numpy()
-
-
-def frechet_of(features: np.ndarray, real_features: np.ndarray, idx=None, real_idx=None) -> float:
-    """The Fréchet distance of one generated set (rows ``idx``) against the real set (rows ``real_idx``)."""
-    fd = Frechet(real_features)
-    idx = np.arange(len(features)) if idx is None else np.asarray(idx)
-    real_idx = np.arange(len(real_features)) if real_idx is None else np.asarray(real_idx)
-    return float(fd.distance(fd.real_side(real_idx), features, idx)[0])
+def rows(products: dict, positions: np.ndarray) -> dict:
+    """The per-sample products at ``positions`` (arrays with one row per sample are cut; the rest kept)."""
+    n = len(products["labels"])
+    return {k: (v[positions] if isinstance(v, np.ndarray) and v.ndim and len(v) == n else v)
+            for k, v in products.items()}
 
 
 @dataclass
 class Sweep:
     """One method's candidates on one training seed: ``{key: per-sample products}`` (each with ``features`` and
-    ``labels`` over the same sample ids) and the real set's products."""
+    ``labels`` over the same sample ids), the real set's products, and the settings of the figure (``fd_name``)."""
 
     candidates: Mapping[Hashable, dict]
     real: dict
+    settings: Mapping = None
 
     def check(self) -> np.ndarray:
         sets = list(self.candidates.values())
@@ -150,12 +76,16 @@ class Sweep:
                                  "(sampled with the same ids and seeds)")
         return np.asarray(sets[0]["labels"])
 
+    def figure(self):
+        settings = dict(self.settings or {"fd_name": "fd_judge"})
+        return _figure(settings["fd_name"], settings)
 
-def best_key(sweep: Sweep, idx: np.ndarray, real_idx: np.ndarray | None = None) -> Hashable:
-    """The candidate with the lowest Fréchet distance on the rows ``idx`` (ties: the first)."""
-    fd = Frechet.of(sweep.real["features"])
-    side = fd.real_side(np.arange(len(sweep.real["features"])) if real_idx is None else real_idx)
-    values = {k: float(fd.distance(side, c["features"], idx)[0]) for k, c in sweep.candidates.items()}
+
+def best_key(sweep: Sweep, positions: np.ndarray) -> Hashable:
+    """The candidate with the lowest Fréchet distance on the rows ``positions`` (ties: the first)."""
+    of, real = sweep.figure(), np.arange(len(sweep.real["labels"]))[None]
+    values = {k: float(of(rows(c, positions), sweep.real, np.arange(len(positions))[None], real)[0])
+              for k, c in sweep.candidates.items()}
     return min(values, key=values.get)
 
 
@@ -188,7 +118,7 @@ def crossfit(per_seed: Sequence[tuple[Sweep, Sweep | None]], num_resamples: int 
                  for name, sw in (("a", a), ("b", b)) if sw is not None}
         chosen.append(picks)
         stats.append(_statistic(a, b, parts, picks))
-        sizes.append((len(parts[0]), len(parts[1]), len(a.real["features"])))
+        sizes.append((len(parts[0]), len(parts[1]), len(a.real["labels"])))
     options = {"num_resamples": num_resamples, "seed": seed, "level": level, "vectorized": True}
     if len(stats) == 1:
         interval = bootstrap(stats[0], sizes[0], **options)
@@ -199,46 +129,24 @@ def crossfit(per_seed: Sequence[tuple[Sweep, Sweep | None]], num_resamples: int 
 
 def _statistic(a: Sweep, b: Sweep | None, parts, picks):
     """``(i0 (B, n0), i1 (B, n1), ir (B, m)) -> (B,)``: the mean over halves of the paired difference."""
-    fd = Frechet.of(a.real["features"])
+    of = a.figure()
+    sets = {(m, h): rows(sw.candidates[picks[m][h]], parts[h]) for m, sw in (("a", a), ("b", b)) if sw is not None
+            for h in (0, 1)}
 
     def value(i0, i1, ir):
-        out = []
-        for start in range(0, len(ir), CHUNK):
-            rows = slice(start, start + CHUNK)
-            side = fd.real_side(ir[rows])
-            total = 0.0
-            for h, ih in enumerate((i0[rows], i1[rows])):
-                ids = parts[h][ih]
-                total = total + fd.distance(side, a.candidates[picks["a"][h]]["features"], ids)
-                if b is not None:
-                    total = total - fd.distance(side, b.candidates[picks["b"][h]]["features"], ids)
-            out.append(total / 2)
-        return np.concatenate(out)
+        total = 0.0
+        for h, ih in enumerate((i0, i1)):
+            total = total + of(sets["a", h], a.real, ih, ir)
+            if b is not None:
+                total = total - of(sets["b", h], a.real, ih, ir)
+        return total / 2
 
     return value
 
 
-def fd_interval(per_seed: Sequence[tuple[dict, dict | None, dict]], num_resamples: int = 1000, seed: int = 0,
-                level: float = 0.95) -> Interval:
+def fd_interval(per_seed: Sequence[tuple[dict, dict | None, dict]], settings: Mapping, num_resamples: int = 1000,
+                seed: int = 0, level: float = 0.95) -> Interval:
     """The Fréchet distance of set ``a`` on all its ids, or the paired difference ``a - b`` (same ids): ``per_seed[s]
-    = (a, b or None, real)``; what ``metrics.intervals.hierarchical_metric_interval`` gives for ``fd``, batched."""
-    stats, sizes = [], []
-    for a, b, real in per_seed:
-        if b is not None and not np.array_equal(a["ids"], b["ids"]):
-            raise ValueError("a paired comparison needs the same sample ids in both sets")
-        fd = Frechet.of(real["features"])
-
-        def value(gi, ri, a=a, b=b, fd=fd):
-            out = []
-            for start in range(0, len(ri), CHUNK):
-                side = fd.real_side(ri[start:start + CHUNK])
-                v = fd.distance(side, a["features"], gi[start:start + CHUNK])
-                out.append(v - fd.distance(side, b["features"], gi[start:start + CHUNK]) if b is not None else v)
-            return np.concatenate(out)
-
-        stats.append(value)
-        sizes.append((len(a["features"]), len(real["features"])))
-    options = {"num_resamples": num_resamples, "seed": seed, "level": level, "vectorized": True}
-    if len(stats) == 1:
-        return centred(bootstrap(stats[0], sizes[0], **options))
-    return hierarchical_bootstrap(lambda s, *idx: stats[s](*idx), sizes, **options)
+    = (a, b or None, real)``; ``metrics.intervals.hierarchical_metric_interval``, centred."""
+    return centred(hierarchical_metric_interval(per_seed, settings["fd_name"], num_resamples=num_resamples, seed=seed,
+                                                level=level, **settings))

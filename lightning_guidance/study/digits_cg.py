@@ -53,7 +53,8 @@ def sweeps(products: Products, r: Run, keep=guided, ids=None) -> list:
     g = graded(products, r)
     scales = [s for s in g.tables[0]["scales"] if keep(s)]
     pick = (lambda p: p) if ids is None else (lambda p: keep_ids(p, ids))
-    return [Sweep({float(s): pick(g.products(s)[k]) for s in scales}, g.real()[k]) for k in range(g.seeds)]
+    return [Sweep({float(s): pick(g.products(s)[k]) for s in scales}, g.real()[k], g.settings)
+            for k in range(g.seeds)]
 
 
 def reference(products: Products, r: Run) -> tuple[Run, str]:
@@ -105,7 +106,7 @@ def _run_numbers(products: Products, r: Run) -> dict:
     vs = {}
     for s in scales:
         sets = [(p, keep_ids(q, p["ids"]), real) for p, q, real in zip(g.products(s), ref, g.real())]
-        vs[s] = Estimate.from_interval(fd_interval(sets, num_resamples=RESAMPLES), len(sets[0][0]["ids"]),
+        vs[s] = Estimate.from_interval(fd_interval(sets, g.settings, RESAMPLES), len(sets[0][0]["ids"]),
                                        len(sets)).as_json()
     means = {s: {"fd_digits": sum(t["scales"][s]["fd_digits"] for t in g.tables) / g.seeds} for s in scales}
     return {"label": r.label, "seeds": g.seeds, "scales": means, "vs_reference": vs,
@@ -118,7 +119,7 @@ def reference_level(products: Products, r: Run) -> dict:
 
     g = graded(products, r)
     sets = [(p, None, real) for p, real in zip(g.products("0" if r.ddpm else "1"), g.real())]
-    return Estimate.from_interval(fd_interval(sets, num_resamples=RESAMPLES), len(sets[0][0]["ids"]),
+    return Estimate.from_interval(fd_interval(sets, g.settings, RESAMPLES), len(sets[0][0]["ids"]),
                                   len(sets)).as_json()
 
 
