@@ -7,9 +7,10 @@ it: ``x_t`` at ``t``, or for an ``input: x0_hat`` term the diffusion model's den
 class (the unconditional prediction: the true label is never fed, or ``x0_hat`` would carry the answer the classifier
 is graded on), clamped when the term clamps. Binned ECE per bucket and their mean, the integral ECE
 ``(1/K) sum_k ECE(t_k)`` (EluCD, Ma et al.; docs/math.md §3), go to ``<output_dir>/guide_calibration.json``; each
-image's logits per bucket (``ids``, ``labels``, ``logits`` (N, K, C), sorted by id) to ``<output_dir>/guide_logits.npz``,
-from which any subset of images (a bootstrap) or a temperature ``T`` (``logits / T``: the same classifier with
-``TrainedClassifier(temperature=T)``) gives its figures again (``metrics.calibration_intervals``).
+image's logits per bucket (``ids``, ``labels``, ``logits`` (N, K, C), sorted by id) to
+``<output_dir>/guide_logits.npz``, from which any subset of images (a bootstrap) or a temperature ``T`` (``logits / T``:
+the same classifier with ``TrainedClassifier(temperature=T)``) gives its figures again
+(``metrics.calibration_intervals``).
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ entropy and divergence forms are our reconstruction from the paper's abstract.
 
 from __future__ import annotations
 
-from . import digits
+from . import digits, digits_cg
 from .digits import SMALL_DATA
-from .digits_cg import CLAIM_RESAMPLES, RESAMPLES, TABLE_NOTE, best_of, figure, run_numbers, runs_table
+from .digits_cg import CLAIM_RESAMPLES, TABLE_NOTE, compare_table, comparisons, figure, runs_table, section_runs
 from .plan import Step, seeded, step_config
 from .section import Claim, Measurement, Products, Section, SectionResult, fmt, md_table, numbers_of
 from ..stats import Estimate
@@ -95,8 +95,8 @@ def calibration(products: Products) -> dict:
     logits = {c: guide_logits(products, c, seeds) for c in CLASSIFIERS}
     n = len(logits["digits-classifier"][0]["labels"])
 
-    def est(per_seed, figure="ece") -> dict:
-        return Estimate.from_interval(calibration_interval(per_seed, figure, num_resamples=CLAIM_RESAMPLES), n,
+    def est(per_seed, kind="ece") -> dict:
+        return Estimate.from_interval(calibration_interval(per_seed, kind, num_resamples=CLAIM_RESAMPLES), n,
                                       len(seeds)).as_json()
 
     out = {"guides": {CLASSIFIERS[c]: {f: est([(x, None) for x in logits[c]], f) for f in ("acc", "ece")}
@@ -108,104 +108,66 @@ def calibration(products: Products) -> dict:
     return out
 
 
-#: the paired comparisons of guidance (fd(first) - fd(second), best against best) and what each measures
-COMPARE = {"calibrated": ("cg-noisy", "cg-calibrated", "original − Smooth-ECE fine-tuned classifier"),
-           "calibrated_control": ("cg-lambda0", "cg-calibrated", "lambda = 0 control − Smooth-ECE fine-tuned"),
-           "tilted": ("cg-clean", "tilted", "plain − tilted (clean classifier)"),
-           "entropy": ("cg-clean", "entropy", "plain − entropy-adaptive (clean classifier)")}
+def texts(divergences) -> dict:
+    """What each comparison's effect is (fd_digits of the first named − of the second, best against best)."""
+    out = {"calibrated": "fd_digits original − Smooth-ECE fine-tuned classifier",
+           "calibrated_control": "fd_digits lambda = 0 control − Smooth-ECE fine-tuned",
+           "tilted": "fd_digits plain − tilted (clean classifier)",
+           "entropy": "fd_digits plain − entropy-adaptive (clean classifier)",
+           "others_vs_js": "fd_digits best other f-divergence − JS"}
+    out.update({f"plain_vs_{d}": f"fd_digits plain − {d}" for d in divergences})
+    out.update({f"{d}_vs_js": f"fd_digits {d} − js" for d in divergences if d != "js"})
+    return out
+
+
+def pairs(divs: list[str]) -> dict:
+    """The comparisons (section 5's ``comparisons``): the fine-tune against the original and the control; each
+    regularised method against plain guidance on its own; JS against each divergence and against the best other."""
+    out = {"calibrated": ("cg-noisy", "cg-calibrated"), "calibrated_control": ("cg-lambda0", "cg-calibrated"),
+           "tilted": ("cg-clean", "tilted"), "entropy": ("cg-clean", "entropy")}
+    out.update({f"plain_vs_{d}": ("cg-clean", f"divergence-{d}") for d in divs})
+    if "js" in divs and len(divs) > 1:
+        out.update({f"{d}_vs_js": (f"divergence-{d}", "divergence-js") for d in divs if d != "js"})
+        out["others_vs_js"] = ([f"divergence-{d}" for d in divs if d != "js"], "divergence-js")
+    return out
 
 
 def analyse(products: Products, res: SectionResult) -> None:
-    p, all_runs = products.preset, digits.runs(products.preset)
+    p = products.preset
     want = digits.of_section(p, "digits_calibration")
-    runs = {}
-    for r in want:
-        try:
-            runs[r.key] = run_numbers(products, r)
-        except LookupError:
-            pass
+    runs = section_runs(products, [r.key for r in want])
     try:
         cal = calibration(products)
     except LookupError:
         cal = None
     if not runs and cal is None:
         raise LookupError(products.failed_inputs([g for r in want for g in r.grades(p)]))
-    divs = [f"divergence-{d}" for d in p.divergences if f"divergence-{d}" in runs]
-    pairs = {**{k: v[:2] for k, v in COMPARE.items()}, **{f"plain_vs_{d}": ("cg-clean", d) for d in divs}}
-    if "divergence-js" in divs:
-        pairs.update({f"{d}_vs_js": (d, "divergence-js") for d in divs if d != "divergence-js"})
-    compare, claimed = {}, ("calibrated", "tilted", "entropy")
-    for name, (a, b) in pairs.items():
-        try:
-            compare[name] = best_of(products, all_runs[a], all_runs[b],
-                                    resamples=CLAIM_RESAMPLES if name in claimed else RESAMPLES)
-        except (KeyError, LookupError):
-            pass
-    if "divergence-js" in divs and len(divs) > 1:  # JS against the best other divergence (chosen on the other half)
-        compare["others_vs_js"] = others_vs_js(products, divs)
-    res.numbers = {"calibration": cal, "runs": runs, "compare": compare,
-                   "reconstruction": RECONSTRUCTED}
-    blocks = []
+    divs = [d for d in p.divergences if f"divergence-{d}" in runs]
+    compare = comparisons(products, pairs(divs), claimed=("calibrated", "tilted", "entropy", "others_vs_js"))
+    res.numbers = {"calibration": cal, "runs": runs, "compare": compare, "reconstruction": RECONSTRUCTED}
     if cal:
         g = cal["guides"]
-        blocks += [f"The noisy classifier on {fmt(cal['images'])} held-out images (the fine-tune trains on the other "
-                   f"half of the classifier's validation split), noised to the centres of {fmt(cal['time_buckets'])} "
-                   f"time buckets: accuracy and integral ECE ({fmt(ECE_BINS)} bins), mean over buckets, [95 %] over "
-                   "images and training seeds:", "",
-                   *md_table(["classifier", "accuracy", "integral ECE"],
-                             [[k, Estimate.from_json(v["acc"]).text(), Estimate.from_json(v["ece"]).text()]
-                              for k, v in g.items()]),
-                   "ECE original − fine-tuned: " + Estimate.from_json(cal["original_minus_calibrated"]).text()
-                   + "; lambda = 0 control − fine-tuned: " + Estimate.from_json(cal["lambda0_minus_calibrated"]).text()
-                   + " (paired: the same images and noise).", ""]
+        res.markdown += [
+            f"The noisy classifier on {fmt(cal['images'])} held-out images (the fine-tune trains on the other half of "
+            f"the classifier's validation split), noised to the centres of {fmt(cal['time_buckets'])} time buckets: "
+            f"accuracy and integral ECE ({fmt(ECE_BINS)} bins), mean over buckets, [95 %] over images and training "
+            "seeds:", "", *md_table(["classifier", "accuracy", "integral ECE"],
+                                    [[k, *(Estimate.from_json(v[f]).text() for f in ("acc", "ece"))]
+                                     for k, v in g.items()]),
+            "ECE original − fine-tuned: " + Estimate.from_json(cal["original_minus_calibrated"]).text()
+            + "; lambda = 0 control − fine-tuned: " + Estimate.from_json(cal["lambda0_minus_calibrated"]).text()
+            + " (paired: the same images and noise).", ""]
     if runs:
-        blocks += [TABLE_NOTE + " " + RECONSTRUCTED + ".", "", *runs_table(runs)]
+        res.markdown += [TABLE_NOTE + " " + RECONSTRUCTED + ".", "", *runs_table(runs)]
     if compare:
-        blocks += ["Comparisons, paired on the same sample ids and training seeds, best against best (> 0: the "
-                   "second named is better; each regularised method against plain guidance, on its own):", "",
-                   *md_table(["comparison", "fd_digits difference [95 %]"],
-                             [[compare_text(k), Estimate.from_json(v["effect"]).text()] for k, v in compare.items()])]
-    res.markdown = blocks
-    ref = {**runs}
-    for key in ("cg-noisy", "cg-clean"):
-        try:
-            ref[key] = run_numbers(products, all_runs[key])
-        except LookupError:
-            pass
-    noisy = [k for k in ("cg-noisy", "cg-calibrated", "cg-lambda0") if k in ref]
-    clean = [k for k in ("cg-clean", "tilted", "entropy", *divs) if k in ref]
-    panels = [x for x in (("noisy classifier: original, calibrated, control", ref, noisy),
-                          ("clean classifier: plain and regularised", ref, clean)) if x[2]]
-    if panels:
-        figure(res, panels, "digits_calibration_guidance.png", "digits: fd_digits against the guidance scale, paired "
-               "with the unguided samples (95 % bands over sample ids and training seeds), with the original, "
-               "Smooth-ECE fine-tuned and lambda = 0 classifiers, and plain vs regularised guidance with the clean "
-               "classifier")
-
-
-def others_vs_js(products: Products, divs: list[str]) -> dict:
-    """fd(the best other divergence at its best scale) - fd(JS at its best scale), each chosen on the other half."""
-    from ..metrics.best_of_sweep import Sweep, crossfit
-    from .digits_cg import sweeps
-
-    runs = digits.runs(products.preset)
-    per = {d: sweeps(products, runs[d]) for d in divs}
-    others = [Sweep({(d, s): c for d in divs if d != "divergence-js" for s, c in per[d][k].candidates.items()},
-                    per[divs[0]][k].real) for k in range(len(per[divs[0]]))]
-    fit = crossfit(list(zip(others, per["divergence-js"])), num_resamples=CLAIM_RESAMPLES)
-    return {"effect": Estimate.from_interval(fit.interval, fit.num_samples, len(others)).as_json(),
-            "chosen": [{k: [list(x) if isinstance(x, tuple) else x for x in v] for k, v in c.items()}
-                       for c in fit.chosen], "edge": False}
-
-
-def compare_text(key: str) -> str:
-    if key in COMPARE:
-        return COMPARE[key][2]
-    if key == "others_vs_js":
-        return "best other f-divergence − JS"
-    a, b = key.split("_vs_")
-    return f"{a.removeprefix('divergence-')} − {b.removeprefix('divergence-')}" if a != "plain" else \
-        f"plain − {b.removeprefix('divergence-')}"
+        res.markdown += compare_table(compare, texts(p.divergences))
+    ref = {**runs, **section_runs(products, ["cg-noisy", "cg-clean"])}
+    figure(res, [("noisy classifier: original, calibrated, control", ref, ["cg-noisy", "cg-calibrated", "cg-lambda0"]),
+                 ("clean classifier: plain and regularised", ref,
+                  ["cg-clean", "tilted", "entropy", *(f"divergence-{d}" for d in divs)])],
+           "digits_calibration_guidance.png", "digits: fd_digits against the guidance scale, paired with the "
+           "unguided samples (95 % bands over sample ids and training seeds), with the original, Smooth-ECE "
+           "fine-tuned and lambda = 0 classifiers, and plain vs regularised guidance with the clean classifier")
 
 
 # ---- claims -----------------------------------------------------------------------------------------------------
@@ -224,13 +186,7 @@ def c_lowers_ece(control: bool):
 
 
 def compared(key: str):
-    def measure(n) -> Measurement:
-        c = numbers_of(n, "digits_calibration")["compare"].get(key)
-        if c is None:
-            raise LookupError(f"the runs of {compare_text(key)} did not finish")
-        return Measurement(f"best vs best, fd_digits {compare_text(key)} = {Estimate.from_json(c['effect']).text()}",
-                           Estimate.from_json(c["effect"]), +1, "fd_digits difference")
-    return measure
+    return digits_cg.compared("digits_calibration", key, texts(()))
 
 
 PAPER = "Javid et al. (calibration)"

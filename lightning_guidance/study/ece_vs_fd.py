@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from . import digits, digits_calibration, digits_cg
 from .digits_calibration import CLASSIFIERS, guide_logits
-from .digits_cg import RESAMPLES, best_of
+from .digits_cg import RESAMPLES
 from .section import Claim, Measurement, Products, Section, SectionResult, fmt, md_table, numbers_of
 from ..stats import Estimate
 
@@ -35,9 +35,9 @@ def best_on_seed(products: Products, run: digits.Run, seed: int) -> dict:
     from ..metrics.best_of_sweep import crossfit
 
     ref, scale = digits_cg.reference(products, run)
-    pick = (lambda sweeps: sweeps[run.training_seeds(products.preset).index(seed)])
-    sweep = pick(digits_cg.sweeps(products, run))
-    fit = crossfit([(sweep, pick(digits_cg.sweeps(products, ref, lambda s: s == scale)))], num_resamples=RESAMPLES)
+    sweep, base = (digits_cg.sweeps(products, r, keep)[r.training_seeds(products.preset).index(seed)]
+                   for r, keep in ((run, digits_cg.guided), (ref, lambda s: s == scale)))
+    fit = crossfit([(sweep, base)], num_resamples=RESAMPLES)
     chosen, grid = fit.chosen[0]["a"], sorted(sweep.candidates)
     return {"fd_digits": Estimate.from_interval(fit.interval, fit.num_samples).as_json(), "chosen": list(chosen),
             "edge": len(grid) > 1 and any(c in (grid[0], grid[-1]) for c in chosen)}
@@ -80,18 +80,18 @@ def analyse(products: Products, res: SectionResult) -> None:
                    "distinct_guides": len(points), "time_points": p.ece_time_points,
                    "temperatures": list(p.temperatures)}
     figure(res, points)
-    res.markdown = [f"{fmt(len(points))} distinct guides, all the noisy classifier on x_t: temperature scaling of "
-                    f"training seed 0's classifier (T ∈ {{{', '.join(fmt(t) for t in p.temperatures)}}}, each also "
-                    "used for guidance), and the original, Smooth-ECE fine-tuned and lambda = 0 classifiers of each "
-                    f"training seed. Integral ECE: on {fmt(points[0]['ece']['n'])} held-out images that no fine-tune "
-                    f"saw, noised to the centres of {fmt(p.ece_time_points)} time buckets (section 6), [95 %] over "
-                    "images. fd_digits: " + digits_cg.SELECTION + ", paired with the seed's unguided samples (< 0: better), "
-                    f"[95 %] over sample ids (* a chosen scale at an end of the grid). Spearman's rho over the guides = {Estimate.from_json(res.numbers['spearman_rho']).text()} "
-                    "[95 % bootstrap over guides].", "", *res.markdown,
-                    *md_table(["guide", "integral ECE [95 %]", "best fd_digits − unguided [95 %]", "chosen scales"],
-                              [[g["label"], Estimate.from_json(g["ece"]).text(), Estimate.from_json(g["fd_digits"]).text(),
-                                " / ".join(fmt(c) for c in g["chosen"]) + (" *" if g["edge"] else "")]
-                               for g in points])]
+    res.markdown = [
+        f"{fmt(len(points))} distinct guides, all the noisy classifier on x_t: temperature scaling of training seed "
+        f"0's classifier (T ∈ {{{', '.join(fmt(t) for t in p.temperatures)}}}, each also used for guidance), and the "
+        "original, Smooth-ECE fine-tuned and lambda = 0 classifiers of each training seed. Integral ECE: on "
+        f"{fmt(points[0]['ece']['n'])} held-out images that no fine-tune saw, noised to the centres of "
+        f"{fmt(p.ece_time_points)} time buckets (section 6), [95 %] over images. fd_digits: " + digits_cg.SELECTION
+        + ", paired with the seed's unguided samples (< 0: better), [95 %] over sample ids (* a chosen scale at an end "
+        f"of the grid). Spearman's rho over the guides = {Estimate.from_json(res.numbers['spearman_rho']).text()} "
+        "[95 % bootstrap over guides].", "", *res.markdown,
+        *md_table(["guide", "integral ECE [95 %]", "best fd_digits − unguided [95 %]", "chosen scales"],
+                  [[g["label"], *(Estimate.from_json(g[k]).text() for k in ("ece", "fd_digits")),
+                    " / ".join(fmt(c) for c in g["chosen"]) + (" *" if g["edge"] else "")] for g in points])]
 
 
 def figure(res: SectionResult, points: list[dict]) -> None:
@@ -114,7 +114,8 @@ def figure(res: SectionResult, points: list[dict]) -> None:
                 ax.annotate(f"T={g['temperature']:g}", (g["ece"]["value"], g["fd_digits"]["value"]), fontsize=6,
                             xytext=(3, 3), textcoords="offset points")
     axis_labels(ax, "integral ECE of the guide on held-out x_t (lower: better calibrated)",
-                "best fd_digits − unguided, paired (lower is better)", "one point per distinct guide, 95 % error bars")
+                "best fd_digits − unguided, paired (lower is better)",
+                "one point per distinct guide, 95 % error bars")
     legend_outside(ax, fontsize=7)
     res.figure(fig, "ece_vs_fd.png", "integral ECE of each distinct noisy guide against the best fd_digits it guides "
                                      "to (95 % intervals: images for ECE, sample ids for fd_digits)")
