@@ -200,22 +200,6 @@ def sine_table(boost: dict) -> list[str]:
     return md_table(["setting", "gamma", "median factor", "90th percentile", "max"], rows)
 
 
-def sine_figure(res: SectionResult, boost: dict, gamma: str) -> None:
-    from ..io.figures import axis_labels, legend_outside, pyplot, style
-
-    fig, ax = pyplot().subplots(figsize=(5.2, 3.0))
-    for i, (name, f) in enumerate(boost[gamma].items()):
-        st = style(i)
-        ax.plot([(k + 0.5) / len(f) for k in range(len(f))], f, label=name, color=st["color"], lw=1,
-                linestyle=st["linestyle"], marker=st["marker"], markersize=2 if len(f) > 60 else 3)
-    ax.set_yscale("log")
-    axis_labels(ax, "sampling progress (step / steps; 0 = pure noise)", "boost factor of g (log)",
-                f"sine boost per DDPM step, gamma = {gamma}")
-    legend_outside(ax, fontsize=6)
-    res.figure(fig, "digits_sine_boost.png", f"the sine boost's factor per DDPM step at gamma = {gamma}: as our runs "
-               "apply it, as the paper's formula would on our schedule, and in EluCD's setting")
-
-
 RT, RG = REFERENCE["tau2"], REFERENCE["gamma"]
 #: the claims' comparisons: name -> (run a, run b[, scales of each]); the effect is fd(a's best) - fd(b's best)
 PAIRS = {"clean_vs_noisy": ("cg-noisy", "cg-clean"),
@@ -271,7 +255,12 @@ def analyse(products: Products, res: SectionResult) -> None:
                "digits_cfg_plus_cg.png", "digits: CFG alone and CFG + the clean classifier against the CFG scale s, "
                "paired with CFG at s = 1 (95 % bands)", "CFG scale s (1 = conditional)", "CFG s = 1")
     if f"{RG:g}" in boost:
-        sine_figure(res, boost, f"{RG:g}")
+        from ..io.figures import lines_figure
+
+        res.figure(lines_figure(boost[f"{RG:g}"], "sampling progress (step / steps; 0 = pure noise)",
+                                "boost factor of g (log)", f"sine boost per DDPM step, gamma = {RG:g}", log=True),
+                   "digits_sine_boost.png", f"the sine boost's factor per DDPM step at gamma = {RG:g}: as our runs "
+                   "apply it, as the paper's formula would on our schedule, and in EluCD's setting")
 
 
 PAPER = "Ma et al. (EluCD)"

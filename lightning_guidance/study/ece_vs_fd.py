@@ -95,28 +95,14 @@ def analyse(products: Products, res: SectionResult) -> None:
 
 
 def figure(res: SectionResult, points: list[dict]) -> None:
-    from ..io.figures import axis_labels, legend_outside, pyplot, style
+    from ..io.figures import interval_scatter
 
-    fig, ax = pyplot().subplots(figsize=(5.2, 3.6))
-    for i, kind in enumerate(KINDS):
-        pts = [g for g in points if g["kind"] == kind]
-        if not pts:
-            continue
-        x, y = [[g[k]["value"] for g in pts] for k in ("ece", "fd_digits")]
-        xerr = [[g["ece"]["value"] - g["ece"]["lo"] for g in pts], [g["ece"]["hi"] - g["ece"]["value"] for g in pts]]
-        yerr = [[g["fd_digits"]["value"] - g["fd_digits"]["lo"] for g in pts],
-                [g["fd_digits"]["hi"] - g["fd_digits"]["value"] for g in pts]]
-        st = style(i)
-        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt=st["marker"], color=st["color"], ms=5, capsize=2, lw=0.8,
-                    label=kind)
-        if kind == "temperature":
-            for g in pts:
-                ax.annotate(f"T={g['temperature']:g}", (g["ece"]["value"], g["fd_digits"]["value"]), fontsize=6,
-                            xytext=(3, 3), textcoords="offset points")
-    axis_labels(ax, "integral ECE of the guide on held-out x_t (lower: better calibrated)",
-                "best fd_digits − unguided, paired (lower is better)",
-                "one point per distinct guide, 95 % error bars")
-    legend_outside(ax, fontsize=7)
+    groups = {kind: [(g["ece"], g["fd_digits"], f"T={g['temperature']:g}" if kind == "temperature" else "")
+                     for g in points if g["kind"] == kind] for kind in KINDS}
+    fig = interval_scatter({k: v for k, v in groups.items() if v},
+                           "integral ECE of the guide on held-out x_t (lower: better calibrated)",
+                           "best fd_digits − unguided, paired (lower is better)",
+                           "one point per distinct guide, 95 % error bars")
     res.figure(fig, "ece_vs_fd.png", "integral ECE of each distinct noisy guide against the best fd_digits it guides "
                                      "to (95 % intervals: images for ECE, sample ids for fd_digits)")
 
