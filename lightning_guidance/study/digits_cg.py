@@ -214,28 +214,19 @@ TEXTS = {"clean_vs_noisy": "fd_digits noisy on x_t − clean on x0_hat",
 
 
 def analyse(products: Products, res: SectionResult) -> None:
-    p, all_runs = products.preset, digits.runs(products.preset)
+    p = products.preset
     want = digits.of_section(p, "digits_cg")
     runs = section_runs(products, [r.key for r in want])
     if not runs:
         raise LookupError(products.failed_inputs([g for r in want for g in r.grades(p)]))
     compare, boost = comparisons(products, PAIRS, claimed=PAIRS), sine_boost(products)
-    unguided = run_numbers(products, all_runs["cg-clean"])["vs_reference"] if "cg-clean" in runs else None
-    level = None
-    if unguided:
-        from ..metrics.best_of_sweep import fd_interval
-
-        g = graded(products, all_runs["cg-clean"])
-        level = Estimate.from_interval(fd_interval([(q, None, real) for q, real in zip(g.products("0"), g.real())],
-                                                   g.settings, RESAMPLES), len(g.products("0")[0]["ids"]), g.seeds)
     res.numbers = {"runs": runs, "compare": compare, "sine_boost": boost, "ddpm_steps": p.digits_ddpm_steps,
                    "reference": REFERENCE, "selection": SELECTION, "softplus_betas": list(SOFTPLUS_BETAS),
-                   "softplus_beta": SOFTPLUS_NOT_RUN, "unguided": level.as_json() if level else None}
+                   "softplus_beta": SOFTPLUS_NOT_RUN}
     res.markdown = [f"DDPM with {fmt(p.digits_ddpm_steps)} steps (CFG + classifier: DDIM with "
                     f"{fmt(p.digits_ddim_steps)}), {fmt(p.digits_samples_per_class * 10)} samples per scale and "
                     f"training seed, {fmt(next(iter(runs.values()))['seeds'])} training seed(s) of the diffusion model "
-                    "and of each classifier. " + (f"The unguided samples: fd_digits {level.text()}. " if level else "")
-                    + TABLE_NOTE, "", *runs_table(runs), *(compare_table(compare, TEXTS) if compare else []),
+                    "and of each classifier. " + TABLE_NOTE, "", *runs_table(runs), *(compare_table(compare, TEXTS) if compare else []),
                     "The sine boost multiplies g per DDPM step by the factors below; our runs define gamma against "
                     "EluCD's setting (linear schedule, 250 DDPM steps) at the same noise level:", "",
                     *sine_table(boost),
