@@ -192,12 +192,12 @@ def sine_boost(products: Products) -> dict:
             for g in products.preset.sine_gammas if g > 0}
 
 
-def sine_table(boost: dict) -> list[str]:
+def sine_summary(boost: dict) -> dict:
+    """Per gamma and setting: the median, 90th percentile and largest factor over the steps."""
     import numpy as np
 
-    rows = [[name, g, *(fmt(float(v)) for v in (np.median(f), np.quantile(f, 0.9), max(f)))]
-            for g, settings in boost.items() for name, f in settings.items()]
-    return md_table(["setting", "gamma", "median factor", "90th percentile", "max"], rows)
+    return {g: {name: {"median": float(np.median(f)), "p90": float(np.quantile(f, 0.9)), "max": float(max(f))}
+                for name, f in settings.items()} for g, settings in boost.items()}
 
 
 RT, RG = REFERENCE["tau2"], REFERENCE["gamma"]
@@ -220,16 +220,20 @@ def analyse(products: Products, res: SectionResult) -> None:
     if not runs:
         raise LookupError(products.failed_inputs([g for r in want for g in r.grades(p)]))
     compare, boost = comparisons(products, PAIRS, claimed=PAIRS), sine_boost(products)
-    res.numbers = {"runs": runs, "compare": compare, "sine_boost": boost, "ddpm_steps": p.digits_ddpm_steps,
+    res.numbers = {"runs": runs, "compare": compare, "sine_boost": boost, "sine_summary": sine_summary(boost),
+                   "ddpm_steps": p.digits_ddpm_steps,
                    "reference": REFERENCE, "selection": SELECTION, "softplus_betas": list(SOFTPLUS_BETAS),
                    "softplus_beta": SOFTPLUS_NOT_RUN}
     res.markdown = [f"DDPM with {fmt(p.digits_ddpm_steps)} steps (CFG + classifier: DDIM with "
                     f"{fmt(p.digits_ddim_steps)}), {fmt(p.digits_samples_per_class * 10)} samples per scale and "
                     f"training seed, {fmt(next(iter(runs.values()))['seeds'])} training seed(s) of the diffusion model "
-                    "and of each classifier. " + TABLE_NOTE, "", *runs_table(runs), *(compare_table(compare, TEXTS) if compare else []),
+                    "and of each classifier. " + TABLE_NOTE, "", *runs_table(runs),
+                    *(compare_table(compare, TEXTS) if compare else []),
                     "The sine boost multiplies g per DDPM step by the factors below; our runs define gamma against "
                     "EluCD's setting (linear schedule, 250 DDPM steps) at the same noise level:", "",
-                    *sine_table(boost),
+                    *md_table(["setting", "gamma", "median factor", "90th percentile", "max"],
+                              [[name, g, *(fmt(v) for v in q.values())]
+                               for g, per in res.numbers["sine_summary"].items() for name, q in per.items()]),
                     f"Softplus beta ∈ {{ReLU, {', '.join(fmt(b) for b in SOFTPLUS_BETAS)}}}: {SOFTPLUS_NOT_RUN}.", ""]
     missing = [r.label for r in want if r.key not in runs]
     if missing:

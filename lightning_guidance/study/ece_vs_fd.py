@@ -85,7 +85,8 @@ def analyse(products: Products, res: SectionResult) -> None:
         f"0's classifier (T ∈ {{{', '.join(fmt(t) for t in p.temperatures)}}}, each also used for guidance), and the "
         "original, Smooth-ECE fine-tuned and lambda = 0 classifiers of each training seed. Integral ECE: on "
         f"{fmt(points[0]['ece']['n'])} held-out images that no fine-tune saw, noised to the centres of "
-        f"{fmt(p.ece_time_points)} time buckets (section 6), [95 %] over images. fd_digits: " + digits_cg.SELECTION
+        f"{fmt(p.ece_time_points)} time buckets (the calibration section's steps), [95 %] over images. fd_digits: "
+        + digits_cg.SELECTION
         + ", paired with the seed's unguided samples (< 0: better), [95 %] over sample ids (* a chosen scale at an end "
         f"of the grid). Spearman's rho over the guides = {Estimate.from_json(res.numbers['spearman_rho']).text()} "
         "[95 % bootstrap over guides].", "", *res.markdown,
