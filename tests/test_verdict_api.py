@@ -152,3 +152,56 @@ def test_figure_helpers_draw_distinct_styles_bands_and_a_legend_off_the_data(tmp
     assert fit_axis(other, [1.0, 1.1, 1.2, 1.3]) == "linear"
     path = save_figure(fig, tmp_path / "f.png")
     assert Path(path).stat().st_size > 1000
+
+
+def graded_run(root: Path, seeds: int, n: int, shift: dict[str, float], rng) -> list[Path]:
+    """A graded CFG run as the test stage leaves it: per seed a metrics_table.json and the per-sample products of
+    each scale (judge features: N(shift, 1) in 8 dimensions; logits favouring the label) and of the real set."""
+    from lightning_guidance.io.sample_products import products_path, write_sample_products
+
+    tables = []
+    for s in range(seeds):
+        folder = root / f"seed{s}"
+        rows = []
+        for scale, mu in shift.items():
+            ids = np.arange(n)
+            labels = ids % 10
+            logits = rng.normal(size=(n, 10)) + 3 * np.eye(10)[labels]
+            write_sample_products(products_path(folder, f"cfg_{scale}"), {"ids": ids, "labels": labels, "logits": logits,
+                                  "features": rng.normal(mu, 1, size=(n, 8))}, {})
+            rows.append({"scale": float(scale), "metrics": {"fd_digits": 0.0, "judge_accuracy": 0.0}})
+        real_labels = np.arange(60) % 10
+        write_sample_products(products_path(folder, "real"), {"ids": np.arange(60), "labels": real_labels,
+                              "logits": 3 * np.eye(10)[real_labels], "features": rng.normal(0, 1, size=(60, 8))}, {})
+        table = {"fd_name": "fd_digits", "num_samples_per_scale": n, "scale_target": "cfg", "rows": rows,
+                 "real": {"judge_accuracy": 1.0}, "settings": {"fd_name": "fd_digits", "k": 3, "kd_subsets": 10,
+                                                              "kd_subset_size": 50, "kd_seed": 0}}
+        (folder / "metrics_table.json").write_text(json.dumps(table))
+        tables.append(folder / "metrics_table.json")
+    return tables
+
+
+def test_estimates_and_paired_contrasts_of_a_graded_run(tmp_path):
+    """Constructed products: one seed gives a symmetric (normal bootstrap) interval around the value; two seeds the
+    seed_t interval; a run compared with itself has the effect 0 exactly (paired: same ids drawn for both); a shift of
+    the features away from the real set is a positive fd difference whose interval excludes 0; two runs of different
+    sizes are compared on the ids they share."""
+    from lightning_guidance.metrics.graded import Graded, contrast, estimate
+    from lightning_guidance.metrics.products import quality_from_products
+
+    rng = np.random.default_rng(0)
+    one = Graded.read(graded_run(tmp_path / "one", 1, 40, {"1": 0.0, "2": 1.5}, rng))
+    e = estimate(one, "1", "judge_accuracy")
+    assert (e.seeds, e.n, e.method) == (1, 40, "bootstrap")
+    assert e.value - e.lo == pytest.approx(e.hi - e.value) and e.lo < e.value < e.hi
+    exact = quality_from_products(one.products("2")[0], one.real()[0], metrics=["fd_digits"], fd_name="fd_digits")
+    assert estimate(one, "2", "fd_digits").value == pytest.approx(exact["fd_digits"])
+    same = contrast({"a": (one, "1"), "b": (one, "1")}, "fd_digits", lambda v: v["a"] - v["b"])
+    assert (same.value, same.lo, same.hi) == (0.0, 0.0, 0.0)
+    shifted = contrast({"far": (one, "2"), "near": (one, "1")}, "fd_digits", lambda v: v["far"] - v["near"])
+    assert shifted.lo > 0 and shifted.grade(+1)["verdict"] == "agree"
+    two = Graded.read(graded_run(tmp_path / "two", 2, 20, {"1": 0.0, "2": 1.5}, rng))
+    e2 = estimate(two, "1", "judge_accuracy")
+    assert (e2.seeds, e2.method) == (2, "seed_t")
+    both = contrast({"a": (one, "2"), "b": (two, "1")}, "fd_digits", lambda v: v["a"] - v["b"])
+    assert (both.n, both.seeds) == (20, 1)  # the ids 0..19 both have, on the seeds both have

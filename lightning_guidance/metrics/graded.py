@@ -1,23 +1,26 @@
 """A graded sampling run, read back for a report: per training seed, the ``metrics_table.json`` and the per-sample
 products the ``test`` stage wrote (one folder per seed), and from them every figure's estimate with its 95 %
 interval (over sample ids, and over training seeds then ids where there are several: ``stats.Estimate``), and paired
-contrasts of several runs or scales (same seeds, same sample ids: :func:`contrast`).
+contrasts of several runs or scales (same seeds, same sample ids: :func:`contrast`). The real set is held fixed: every
+run is graded against the same one, so an interval says how far another draw of samples from the same models (and,
+with several seeds, other trainings) would move the figure.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..io.sample_products import REAL_GROUP, products_path, read_sample_products
 from ..stats import Estimate
+from ..stats.bootstrap import normal_quantile
 from .intervals import contrast_interval, hierarchical_metric_interval, keep_ids
 
-#: bootstrap resamples of a table figure (precision and recall, which redo a k-NN search per resample: half as many),
-#: and of a paired contrast
+#: bootstrap resamples of a table figure (precision and recall, which redo a k-NN search per resample: a quarter as
+#: many; their interval comes from the replicates' spread), and of a paired contrast
 RESAMPLES, CONTRAST_RESAMPLES = 200, 1000
 FIGURES = ("fd_digits", "kd_digits", "precision", "recall", "judge_accuracy", "judge_score")
 
@@ -75,11 +78,16 @@ class Graded:
 
 
 def estimate(g: Graded, scale: str, metric: str, ids=None, resamples: int | None = None) -> Estimate:
-    """A figure of the run at one scale with its 95 % interval: bootstrap over sample ids (and the real set's), over
-    training seeds then ids when there are several (``seed_t``); ``ids``: only these sample ids."""
+    """A figure of the run at one scale with its 95 % interval: over training seeds then sample ids (and the real
+    set's) when there are several (``seed_t``); with one seed the normal bootstrap interval, value ± 1.96 SE (Efron &
+    Tibshirani 1993, §13.2): resampling with duplicates shifts set-level figures (fd, the judge score, coverage), so
+    their percentile interval can miss the value itself. ``ids``: only these sample ids."""
     sets = [(s if ids is None else keep_ids(s, ids), None, real) for s, real in zip(g.products(scale), g.real())]
-    resamples = resamples or (RESAMPLES // 2 if metric in ("precision", "recall") else RESAMPLES)
-    interval = hierarchical_metric_interval(sets, metric, num_resamples=resamples, **g.settings)
+    resamples = resamples or (RESAMPLES // 4 if metric in ("precision", "recall") else RESAMPLES)
+    interval = hierarchical_metric_interval(sets, metric, num_resamples=resamples, resample_real=False, **g.settings)
+    if g.seeds == 1:
+        half = normal_quantile((1 + interval.level) / 2) * interval.standard_error
+        interval = replace(interval, low=interval.estimate - half, high=interval.estimate + half)
     return Estimate.from_interval(interval, len(sets[0][0]["labels"]), g.seeds)
 
 
@@ -99,7 +107,8 @@ def contrast(sets: dict[str, tuple[Graded, str]], metric: str, combine, ids=None
             shared &= set(np.asarray(ids).tolist())
         keep = sorted(shared)
         per_seed.append(({name: keep_ids(p, keep) for name, p in got.items()}, graded_sets[0][0].real()[k]))
-    got = contrast_interval(per_seed, metric, combine, num_resamples=resamples, **graded_sets[0][0].settings)
+    got = contrast_interval(per_seed, metric, combine, num_resamples=resamples, resample_real=False,
+                            **graded_sets[0][0].settings)
     n = len(per_seed[0][0][next(iter(sets))]["labels"])
     return {k: Estimate.from_interval(v, n, seeds) for k, v in got.items()} if isinstance(got, dict) else \
         Estimate.from_interval(got, n, seeds)

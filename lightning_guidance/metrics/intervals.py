@@ -163,52 +163,64 @@ def paired_metric_interval(generated_a: dict, generated_b: dict, real: dict, met
                      level=level, vectorized=True)
 
 
+def _axes(sizes: list[tuple[int, int]], resample_real: bool):
+    """The resampled axes, and a function giving the real ids of a draw: drawn, or all of them (held fixed)."""
+    if resample_real:
+        return sizes, lambda s, gi, *ri: ri[0]
+    return [(n,) for n, _ in sizes], lambda s, gi, *ri: np.broadcast_to(np.arange(sizes[s][1]), (len(gi), sizes[s][1]))
+
+
 def hierarchical_metric_interval(per_seed: Sequence[tuple[dict, dict | None, dict]], metric: str, *,
                                  num_resamples: int = 1000, seed: int = 0, level: float = 0.95,
-                                 method: str = "seed_t", **settings) -> Interval:
+                                 method: str = "seed_t", resample_real: bool = True, **settings) -> Interval:
     """Over training seeds, then samples: ``per_seed[s] = (generated_a, generated_b or None, real)`` of the models of
     seed s; the figure of ``a``, or the paired difference ``a - b``, averaged over seeds (``stats``' hierarchical
-    bootstrap; ``method`` as there)."""
+    bootstrap; ``method`` as there). ``resample_real=False`` holds the real set fixed (every method is graded
+    against the same one: the interval is then that of drawing other samples from the same models)."""
     of = _figure(metric, settings)
     for a, b, _ in per_seed:
         if b is not None:
             _check_paired(a, b)
+    sizes, real_ids = _axes([(len(a["labels"]), len(real["labels"])) for a, _, real in per_seed], resample_real)
 
-    def value(s: int, gi: np.ndarray, ri: np.ndarray) -> np.ndarray:
+    def value(s: int, gi: np.ndarray, *ri: np.ndarray) -> np.ndarray:
         a, b, real = per_seed[s]
-        return of(a, real, gi, ri) - (of(b, real, gi, ri) if b is not None else 0.0)
+        r = real_ids(s, gi, *ri)
+        return of(a, real, gi, r) - (of(b, real, gi, r) if b is not None else 0.0)
 
-    sizes = [(len(a["labels"]), len(real["labels"])) for a, _, real in per_seed]
     return hierarchical_bootstrap(value, sizes, num_resamples=num_resamples, seed=seed, level=level, method=method,
                                   vectorized=True)
 
 
 def contrast_interval(per_seed: Sequence[tuple[Mapping[str, dict], dict]], metric: str,
                       combine: Callable | Mapping[str, Callable], *, num_resamples: int = 1000, seed: int = 0,
-                      level: float = 0.95, method: str = "seed_t", **settings) -> Interval | dict[str, Interval]:
+                      level: float = 0.95, method: str = "seed_t", resample_real: bool = True,
+                      **settings) -> Interval | dict[str, Interval]:
     """Over training seeds, then sample ids: ``per_seed[s] = ({name: generated set}, real)`` with the sets of a seed
     sampled with the same ids; the statistic is ``combine({name: the figure of that set on the drawn ids})``, every set
     seeing the same drawn ids (paired). ``combine`` works elementwise on arrays of resamples: a difference
     (``v['a'] - v['b']``) or, e.g., the smaller of two differences (``np.minimum``: both must exceed 0 for its
     interval to). One seed: the bootstrap over samples. A mapping of combines gives one interval each, from the same
-    draws (each set's figure computed once per draw)."""
+    draws (each set's figure computed once per draw). ``resample_real``: as in hierarchical_metric_interval."""
     of = _figure(metric, settings)
     for sets, _ in per_seed:
         first = next(iter(sets.values()))
         for other in sets.values():
             _check_paired(first, other)
     figures: dict = {}
+    sizes, real_ids = _axes([(len(next(iter(sets.values()))["labels"]), len(real["labels"]))
+                             for sets, real in per_seed], resample_real)
 
     def value_of(fn: Callable) -> Callable:
-        def value(s: int, gi: np.ndarray, ri: np.ndarray) -> np.ndarray:
-            key = (s, _digest(gi, ri))
+        def value(s: int, gi: np.ndarray, *ri: np.ndarray) -> np.ndarray:
+            key = (s, _digest(gi, *ri))
             if key not in figures:
                 sets, real = per_seed[s]
-                figures[key] = {name: of(g, real, gi, ri) for name, g in sets.items()}
+                r = real_ids(s, gi, *ri)
+                figures[key] = {name: of(g, real, gi, r) for name, g in sets.items()}
             return np.asarray(fn(figures[key]))
         return value
 
-    sizes = [(len(next(iter(sets.values()))["labels"]), len(real["labels"])) for sets, real in per_seed]
     options = {"num_resamples": num_resamples, "seed": seed, "level": level, "method": method, "vectorized": True}
     if callable(combine):
         return hierarchical_bootstrap(value_of(combine), sizes, **options)
