@@ -246,7 +246,8 @@ def image_datamodule(config: dict) -> str | None:
 def test_full_presets_train_and_grade_on_their_dataset(tmp_path, capsys, preset, datamodule, shape):
     """Bug caught: a ``full`` preset that still trains or grades on the 8x8 digits (a step left unedited), or a
     dataset swap whose config the CLI rejects. Every image step that reads data reads the preset's DataModule,
-    every image net is built for its shape, and the CLI parses a fit, a wrapped-data fit and predict, and a test."""
+    every image net is built for its shape, and the CLI parses a fit, a wrapped-data fit and predict, a test and a
+    wrapped-data test."""
     import yaml
 
     from lightning_guidance.study.plan import step_config
@@ -265,7 +266,8 @@ def test_full_presets_train_and_grade_on_their_dataset(tmp_path, capsys, preset,
         if step.command == "fit" and net is not None:
             assert net["init_args"]["data_shape"] == shape, step.name
         to_parse.setdefault((step.command, config["data"]["class_path"] == image_datamodule(config)), config)
-    assert set(to_parse) == {("fit", True), ("fit", False), ("predict", False), ("test", True)}
+    # a test on wrapped data: a guide's calibration on the held-out half (HeldOutSplit) of the dataset
+    assert set(to_parse) == {("fit", True), ("fit", False), ("predict", False), ("test", True), ("test", False)}
     for (command, _), config in to_parse.items():
         path = tmp_path / "step.yaml"
         path.write_text(yaml.safe_dump(config))

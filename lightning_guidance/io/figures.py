@@ -280,3 +280,60 @@ def save_guidance_diagnostics(traces: Mapping[str, Mapping[str, Sequence[float]]
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def band_panels(panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[float], Sequence]]]], xlabel: str,
+                ylabel: str, zero_line: bool = True, width: float = 4.2, height: float = 3.0):
+    """A figure with one panel per ``(title, curves)``, each curve ``(label, x, estimates)`` drawn with its 95 % band
+    (:func:`plot_with_band`; error bars, nudged apart along x, where a curve has fewer than three points), a dotted
+    line at 0 (``zero_line``: the curves are differences), axes framed on the bands (:func:`fit_axis`) and one legend
+    below the panels; a label keeps one style in every panel, and no two labels share one."""
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(width * len(panels), height), squeeze=False)
+    styles: dict[str, int] = {}
+    for ax, (title, curves) in zip(axes[0], panels):
+        xs = sorted({float(x) for _, x, _ in curves for x in x})
+        nudge = 0.012 * (xs[-1] - xs[0] if len(xs) > 1 else 1.0)
+        seen = []
+        for k, (label, x, est) in enumerate(curves):
+            shift = (k - (len(curves) - 1) / 2) * nudge if len(x) < 3 else 0.0
+            plot_with_band(ax, [float(v) + shift for v in x], est, label, styles.setdefault(label, len(styles)))
+            seen += [v for lo_hi in _triples(est)[1:] for v in lo_hi]
+        if zero_line:
+            ax.axhline(0.0, color="0.5", lw=0.8, ls=":")
+        axis_labels(ax, xlabel, ylabel, title)
+        fit_axis(ax, seen)
+    legend_outside(fig, fontsize=6)
+    return fig
+
+
+def lines_figure(curves: Mapping[str, Sequence[float]], xlabel: str, ylabel: str, title: str = "", log: bool = False):
+    """Curves of values over a shared progress axis ``(k + 0.5) / len`` (curves of different lengths side by side),
+    each in its own style, legend off the data."""
+    fig, ax = pyplot().subplots(figsize=(5.2, 3.0))
+    for i, (label, ys) in enumerate(curves.items()):
+        st = style(i)
+        ax.plot([(k + 0.5) / len(ys) for k in range(len(ys))], ys, label=label, color=st["color"], lw=1,
+                linestyle=st["linestyle"], marker=st["marker"], markersize=2 if len(ys) > 60 else 3)
+    if log:
+        ax.set_yscale("log")
+    axis_labels(ax, xlabel, ylabel, title)
+    legend_outside(ax, fontsize=6)
+    return fig
+
+
+def interval_scatter(groups: Mapping[str, Sequence[tuple]], xlabel: str, ylabel: str, title: str = ""):
+    """One marker style per group of points ``(x estimate, y estimate, note)`` (estimates as for
+    :func:`plot_with_band`), each with its 95 % error bars on both axes and its note (if any) beside it."""
+    fig, ax = pyplot().subplots(figsize=(5.2, 3.6))
+    for i, (label, points) in enumerate(groups.items()):
+        (x, xlo, xhi), (y, ylo, yhi) = (_triples([p[k] for p in points]) for k in (0, 1))
+        st = style(i)
+        ax.errorbar(x, y, xerr=[[a - b for a, b in zip(x, xlo)], [b - a for a, b in zip(x, xhi)]],
+                    yerr=[[a - b for a, b in zip(y, ylo)], [b - a for a, b in zip(y, yhi)]], fmt=st["marker"],
+                    color=st["color"], ms=5, capsize=2, lw=0.8, label=label)
+        for xi, yi, (*_, note) in zip(x, y, points):
+            if note:
+                ax.annotate(note, (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    axis_labels(ax, xlabel, ylabel, title)
+    legend_outside(ax, fontsize=7)
+    return fig

@@ -12,6 +12,7 @@ paired, on the same sample ids and seeds (:func:`contrast`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..metrics.graded import Graded, contrast, estimate, half_ids, read_table, table_of  # noqa: F401
@@ -61,6 +62,7 @@ class Run:
     classifier: str | None = None  # the fit step of its guide (None: CFG only)
     edits: dict = field(default_factory=dict)
     ddpm: bool = True
+    seeds: tuple[int, ...] | None = None  # only these training seeds (default: the preset's)
 
     @property
     def sample(self) -> str:
@@ -71,37 +73,39 @@ class Run:
     def grade(self) -> str:
         return f"grade-digits-{self.key}"
 
+    def training_seeds(self, p) -> tuple[int, ...]:
+        return tuple(s for s in p.training_seeds if self.seeds is None or s in self.seeds)
+
     def grades(self, p, by: str = "") -> list[str]:
-        """Its test steps, one per training seed of the preset (``by``: those of another judge, Plan.grade)."""
-        return [seeded(self.grade.replace("grade-", f"grade-{by}-") if by else self.grade, s) for s in p.training_seeds]
+        """Its test steps, one per training seed of the run (``by``: those of another judge, Plan.grade)."""
+        return [seeded(self.grade.replace("grade-", f"grade-{by}-") if by else self.grade, s)
+                for s in self.training_seeds(p)]
 
 
-def offtheshelf_key(tau2: float, gamma: float, through: bool) -> str:
-    return f"ots-tau{tau2:g}-gamma{gamma:g}" + ("-through" if through else "")
+def offtheshelf_key(tau2: float, gamma: float) -> str:
+    return f"ots-tau{tau2:g}-gamma{gamma:g}"
 
 
 def runs(p) -> dict[str, Run]:
     """Every sampling run of the image sections, in report order."""
-    guided = sorted({*p.cg_scales, p.ablation_scale})
+    sweep = sorted(p.cg_scales)
+    guided = [s for s in sweep if s > 0]  # the unguided baseline (0) is sampled by the plain CG runs only
+    noisy, clean = "digits/sample_cg.yaml", "digits/sample_offtheshelf.yaml"
     out = [Run("cfg", "CFG", "digits_cfg", "digits/sample_cfg.yaml", p.cfg_fine_scales, ddpm=False),
-           Run("cg-noisy", "CG, noisy classifier on x_t", "digits_cg", "digits/sample_cg.yaml", guided,
-               "digits-classifier"),
-           Run("cg-clean", "CG, clean classifier on x0_hat", "digits_cg", "digits/sample_offtheshelf.yaml", guided,
-               "digits-clean", {f"{TERM0}.init_args.tau2": 1.0, f"{TERM0}.init_args.sine_gamma": 0.0})]
+           Run("cg-noisy", "CG, noisy classifier on x_t", "digits_cg", noisy, sweep, "digits-classifier"),
+           Run("cg-clean", "CG, clean classifier on x0_hat", "digits_cg", clean, sweep, "digits-clean",
+               {f"{TERM0}.init_args.tau2": 1.0, f"{TERM0}.init_args.sine_gamma": 0.0})]
     tau, gamma = REFERENCE["tau2"], REFERENCE["gamma"]
-    for tau2, g, through in [*((t, gamma, False) for t in p.tau_ratios), *((tau, g, False) for g in p.sine_gammas),
-                             (tau, gamma, True)]:
-        out.append(Run(offtheshelf_key(tau2, g, through), f"off-the-shelf, tau2/tau1={tau2:g}, gamma={g:g}"
-                       + (", through the denoiser" if through else ""), "digits_cg", "digits/sample_offtheshelf.yaml",
-                       [p.ablation_scale], "digits-clean", {f"{TERM0}.init_args.tau2": tau2,
-                                                            f"{TERM0}.init_args.sine_gamma": g,
-                                                            f"{TERM0}.init_args.through_denoiser": through}))
+    for tau2, g in [*((t, gamma) for t in p.tau_ratios), *((tau, g) for g in p.sine_gammas)]:
+        out.append(Run(offtheshelf_key(tau2, g), f"off-the-shelf, tau2/tau1={tau2:g}, gamma={g:g}", "digits_cg", clean,
+                       guided, "digits-clean", {f"{TERM0}.init_args.tau2": tau2, f"{TERM0}.init_args.sine_gamma": g,
+                                                f"{TERM0}.init_args.sine_reference": "linear-250"}))
     out += [Run("cfg-plus-cg", "CFG + clean classifier", "digits_cg", "digits/sample_cfg_plus_cg.yaml",
                 p.cfg_plus_cg_scales, "digits-clean", ddpm=False),
-            Run("cg-calibrated", "CG, Smooth-ECE fine-tuned classifier", "digits_calibration", "digits/sample_cg.yaml",
-                guided, "digits-calibrated"),
-            Run("cg-lambda0", "CG, fine-tuned with lambda = 0 (control)", "digits_calibration",
-                "digits/sample_cg.yaml", guided, "digits-calibrated-lambda0"),
+            Run("cg-calibrated", "CG, Smooth-ECE fine-tuned classifier", "digits_calibration", noisy, guided,
+                "digits-calibrated"),
+            Run("cg-lambda0", "CG, fine-tuned with lambda = 0 (control)", "digits_calibration", noisy, guided,
+                "digits-calibrated-lambda0"),
             Run("tilted", "tilted (clean classifier)", "digits_calibration", "digits/sample_tilted.yaml", guided,
                 "digits-clean"),
             Run("entropy", "entropy-adaptive (clean classifier)", "digits_calibration", "digits/sample_entropy.yaml",
@@ -109,6 +113,9 @@ def runs(p) -> dict[str, Run]:
     out += [Run(f"divergence-{d}", f"f-divergence {d} (clean classifier)", "digits_calibration",
                 "digits/sample_divergence.yaml", guided, "digits-clean", {f"{TERM0}.init_args.divergence": d})
             for d in p.divergences]
+    out += [Run(f"cg-T{t:g}", f"CG, noisy classifier at temperature {t:g}", "ece_vs_fd", noisy, guided,
+                "digits-classifier", {f"{TERM0}.init_args.classifier.init_args.temperature": float(t)}, seeds=(0,))
+            for t in p.temperatures]
     found: dict[str, Run] = {}
     for r in out:  # an ablation at the reference settings is listed once, where it comes first
         found.setdefault(r.key, r)
@@ -156,7 +163,7 @@ def plan_run(plan: Plan, r: Run, samples_per_class: int | None = None, seeds: tu
          "model.init_args.sampler": "ddpm" if r.ddpm else "ddim",
          "model.init_args.sampler_kwargs": {"num_steps": p.digits_ddpm_steps} if r.ddpm else
          {"num_steps": p.digits_ddim_steps, "eta": 0.0}}
-    for seed in p.training_seeds if seeds is None else seeds:
+    for seed in r.training_seeds(p) if seeds is None else seeds:
         needs = ["digits-cfg"]
         if r.classifier:
             guide = seeded(r.classifier, seed) if seeded(r.classifier, seed) in plan.steps else r.classifier
@@ -174,17 +181,37 @@ def graded(products: Products, r: Run, by: str = "") -> Graded:
     return Graded.read([products.step(name).product for name in r.grades(products.preset, by)])
 
 
-def read_tables(products: Products) -> dict[str, dict]:
-    """The table (:func:`table_of`) of every run graded at every training seed; computed once per report."""
+class Tables(Mapping):
+    """The table (:func:`table_of`) of each run graded at every training seed, computed when a section first reads
+    it: a section pays for the intervals of its own runs only."""
+
+    def __init__(self, products: Products):
+        self.products, self.runs, self.done = products, runs(products.preset), {}
+
+    def _graded(self, key: str) -> bool:
+        return key in self.runs and all(self.products.ok(n) for n in self.runs[key].grades(self.products.preset))
+
+    def __getitem__(self, key: str) -> dict:
+        if key not in self.done:
+            if not self._graded(key):
+                raise KeyError(key)
+            try:
+                self.done[key] = table_of(graded(self.products, self.runs[key]))
+            except (OSError, KeyError, ValueError) as err:
+                raise KeyError(f"{key}: {err}") from None
+        return self.done[key]
+
+    def __iter__(self):
+        return (k for k in self.runs if self._graded(k))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def read_tables(products: Products) -> Tables:
+    """The tables of the runs (:class:`Tables`), one mapping per report."""
     if "digits_tables" not in products.memo:
-        tables = {}
-        for k, r in runs(products.preset).items():
-            if all(products.ok(name) for name in r.grades(products.preset)):
-                try:
-                    tables[k] = table_of(graded(products, r))
-                except (OSError, KeyError, ValueError):
-                    pass
-        products.memo["digits_tables"] = tables
+        products.memo["digits_tables"] = Tables(products)
     return products.memo["digits_tables"]
 
 

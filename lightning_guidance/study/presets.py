@@ -55,11 +55,13 @@ class Preset:
     # CFG's U-shape (Ho & Salimans: best at w = 0.1-0.3, i.e. s = 1.1-1.3): s in [1, 2] by 0.1, then coarse to 6
     cfg_fine_scales: tuple[float, ...] = (*(round(1 + x / 10, 1) for x in range(11)), 2.5, 3.0, 4.0, 5.0, 6.0)
     cfg_samples_per_class: int = 40  # the CFG sweep's samples (the other runs: digits_samples_per_class)
-    cg_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0)
-    ablation_scale: float = 2.0  # the guidance scale every EluCD ablation runs at
-    tau_ratios: tuple[float, ...] = (1.0, 0.8, 0.7, 0.5, 0.3)
-    sine_gammas: tuple[float, ...] = (0.0, 0.1, 0.2, 0.3, 0.4)
-    cfg_plus_cg_scales: tuple[float, ...] = (2.0, 3.0)
+    # every classifier-guided run sweeps these guidance scales (0: the unguided baseline, sampled by the plain CG
+    # runs only) and is compared best against best, the best scale chosen on the other half of the sample ids
+    cg_scales: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
+    tau_ratios: tuple[float, ...] = (1.0, 0.7, 0.5, 0.3)
+    sine_gammas: tuple[float, ...] = (0.0, 0.2, 0.3, 0.4)
+    cfg_plus_cg_scales: tuple[float, ...] = (1.2, 1.5, 2.0, 3.0)  # CFG scales s (the term needs s != 1)
+    temperatures: tuple[float, ...] = (0.25, 0.4, 0.6, 0.8, 1.25, 1.6, 2.5, 4.0, 6.0)  # the noisy guide's (section 8)
     divergences: tuple[str, ...] = ("reverse_kl", "forward_kl", "js", "hellinger")
     calibration_epochs: int = 20
     ece_time_points: int = 5  # time buckets of the integral ECE (section 8)
@@ -124,8 +126,8 @@ TINY = replace(
     digits_train_steps=800, digits_classifier_steps=400, digits_clean_steps=300, digits_judge_steps=300,
     digits_model_channels=16, digits_samples_per_class=10, digits_ddim_steps=15, digits_ddpm_steps=25,
     cfg_fine_scales=(1.0, 1.2, 1.5, 2.0, 3.0, 6.0), cfg_samples_per_class=10, training_seeds=(0,),
-    cg_scales=(0.0, 2.0), tau_ratios=(1.0, 0.5),
-    sine_gammas=(0.0, 0.3), cfg_plus_cg_scales=(2.0,), divergences=("js",), calibration_epochs=8,
+    cg_scales=(0.0, 1.0, 2.0), tau_ratios=(1.0, 0.5), temperatures=(2.0,),
+    sine_gammas=(0.0, 0.3), cfg_plus_cg_scales=(1.5, 2.0), divergences=("js",), calibration_epochs=4,
     ece_time_points=4, ece_samples=200, slurm={"cpus_per_task": 2, "time": "01:00:00"},
     fractal_variant_scales=(2.0, 4.0), fractal_autoguide_bad_steps=150, fractal_flow_steps=150,
     fractal_flow_euler_steps=10, flow_train_samples_per_class=5, flow_steps=40, flow_euler_steps=5,
@@ -140,7 +142,7 @@ MICRO = replace(
     fractal_ddim_steps=5, fractal_reference_per_class=50, fractal_autoguide_bad_steps=5, fractal_flow_steps=5,
     fractal_flow_euler_steps=2,
     digits_train_steps=4, digits_classifier_steps=4, digits_clean_steps=4, digits_judge_steps=4,
-    digits_model_channels=8, digits_samples_per_class=1, digits_ddim_steps=3, digits_ddpm_steps=3,
+    digits_model_channels=8, digits_samples_per_class=2, digits_ddim_steps=3, digits_ddpm_steps=3,
     cfg_fine_scales=(1.0, 1.5, 2.0), cfg_samples_per_class=2, calibration_epochs=1, ece_time_points=2, ece_samples=20,
     slurm={"cpus_per_task": 1, "time": "00:30:00"},
     flow_train_samples_per_class=2, flow_steps=3, flow_euler_steps=2, flow_resamples=50,
