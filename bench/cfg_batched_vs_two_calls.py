@@ -14,6 +14,7 @@ import torch
 
 from common import digits_unet, interleaved_medians, machine
 from lightning_guidance.diffusion.denoiser import NetDenoiser
+from lightning_guidance.diffusion.guidance_setting import GuidanceSetting
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
         prm.data.add_(0.02 * torch.randn_like(prm))
     x, t = torch.randn(a.batch, 1, 8, 8), torch.rand(a.batch)
     abar, y = torch.rand(a.batch) * 0.9 + 0.05, torch.randint(0, 10, (a.batch,))
-    denoiser = NetDenoiser(net, 10, cfg_scale=a.scale, clip_x0=False)
+    denoiser = NetDenoiser(net, 10, setting=GuidanceSetting(a.scale), clip_x0=False)
 
     @torch.no_grad()
     def batched():

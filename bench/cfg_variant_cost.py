@@ -25,6 +25,7 @@ import torch
 from common import digits_unet, machine
 from lightning_guidance.diffusion.cfg_rule import ClassifierFreeGuidance
 from lightning_guidance.diffusion.denoiser import NetDenoiser
+from lightning_guidance.diffusion.guidance_setting import GuidanceSetting, WeakModel
 from lightning_guidance.diffusion.noise import PerSampleNoise
 from lightning_guidance.diffusion.sampling import sample
 from lightning_guidance.diffusion.schedules import VPSchedule
@@ -89,9 +90,10 @@ def main() -> None:
     }
 
     def run(scale: float, rule: ClassifierFreeGuidance | None, guide, batch_guide: bool) -> torch.Tensor:
-        perturbed_net = None if rule is None or rule.perturbation is None else PerturbedAttention.for_rule(unet, rule)
-        denoiser = NetDenoiser(unet, 10, "eps", scale, clip_x0=True, rule=rule, guide_net=guide,
-                               batch_guide=batch_guide, perturbed_net=perturbed_net)
+        weak = None if rule is None or rule.perturbation is None else WeakModel(PerturbedAttention.for_rule(unet, rule))
+        weak = WeakModel(guide) if guide is not None else weak
+        denoiser = NetDenoiser(unet, 10, "eps", GuidanceSetting(scale, rule, weak), clip_x0=True,
+                               batch_guide=batch_guide)
         with torch.inference_mode():
             return sample(a.sampler, denoiser, schedule, labels, PerSampleNoise(seeds), (1, 8, 8), num_steps=a.steps)
 

@@ -1,5 +1,5 @@
 """What post-processing costs next to sampling the same samples: DDIM (50 steps, CFG as one doubled batch, the
-shipped configs/digits/sample_cfg_unseen.yaml sampler) against the flow's integration (Euler, 20 steps, the
+configs/digits/sampling.yaml sampler) against the flow's integration (Euler, 20 steps, the
 configs/digits/flow.yaml default; and dopri5 with its NFE), digits-sized UNets (the cost does not depend on the
 weights, except dopri5's NFE: give a trained flow with --flow-checkpoint; random-init layers are perturbed so the
 field is not zero). Timed in turns, medians.
@@ -15,6 +15,7 @@ import torch
 
 from common import digits_unet, interleaved_medians, machine
 from lightning_guidance.diffusion.denoiser import NetDenoiser
+from lightning_guidance.diffusion.guidance_setting import GuidanceSetting
 from lightning_guidance.diffusion.noise import PerSampleNoise
 from lightning_guidance.diffusion.sampling import sample
 from lightning_guidance.diffusion.schedules import VPSchedule
@@ -54,7 +55,7 @@ def main() -> None:
     nfe = {}
 
     def base():
-        sample("ddim", NetDenoiser(diffusion, 10, "eps", 2.5, True), schedule, labels, PerSampleNoise(seeds), (1, 8, 8),
+        sample("ddim", NetDenoiser(diffusion, 10, "eps", GuidanceSetting(2.5), True), schedule, labels, PerSampleNoise(seeds), (1, 8, 8),
                num_steps=args.ddim_steps, eta=0.0)
 
     def post(method):

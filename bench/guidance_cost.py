@@ -37,6 +37,7 @@ import torch
 
 from common import digits_unet, interleaved_medians, machine
 from lightning_guidance.diffusion.denoiser import NetDenoiser
+from lightning_guidance.diffusion.guidance_setting import GuidanceSetting
 from lightning_guidance.diffusion.noise import PerSampleNoise
 from lightning_guidance.diffusion.sampling import sample
 from lightning_guidance.diffusion.schedules import VPSchedule
@@ -119,7 +120,7 @@ def main() -> None:
 
     def run(cfg_scale: float, terms: list) -> torch.Tensor:
         with torch.inference_mode():
-            return sample(a.sampler, NetDenoiser(unet, 10, "eps", cfg_scale, clip_x0=True), schedule, labels,
+            return sample(a.sampler, NetDenoiser(unet, 10, "eps", GuidanceSetting(cfg_scale), clip_x0=True), schedule, labels,
                           PerSampleNoise(seeds), (1, 8, 8), guidance=terms, num_steps=a.steps)
 
     # the floor's parts: one UNet forward vs one classifier forward+backward on the input (what one guided step

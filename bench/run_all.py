@@ -22,7 +22,8 @@ HERE = Path(__file__).resolve().parent
 BEGIN, END = "<!-- run_all:begin -->", "<!-- run_all:end -->"
 QUICK = {"lightning_vs_plain": ["--steps", "40", "--repeats", "2"], "cfg_batched_vs_two_calls": ["--repeats", "5"],
          "ddim_vs_diffusers": ["--repeats", "2", "--steps", "20"], "guidance_cost": ["--repeats", "1", "--steps", "10"],
-         "cfg_variant_cost": ["--repeats", "1", "--steps", "5", "--batch", "16"]}
+         "cfg_variant_cost": ["--repeats", "1", "--steps", "5", "--batch", "16"],
+         "diffusers_sampling_overhead": ["--quick", "--repeats", "2"], "diffusers_decoder_memory": ["--quick"]}
 RATIO_LINE = re.compile(r"^(?P<label>[^:]*ratio[^:]*):\s*(?P<value>-?\d+(?:\.\d+)?)", re.IGNORECASE)
 TABLE_ROW = re.compile(r"^\|\s*(?P<label>[^|]+?)\s*\|\s*(?P<sec>\d+(?:\.\d+)?)\s*\|\s*(?P<value>\d+(?:\.\d+)?)\s*\|$")
 

@@ -31,6 +31,7 @@ import torch.multiprocessing as mp
 
 from common import digits_unet, interleaved_medians, machine
 from lightning_guidance.diffusion.denoiser import NetDenoiser
+from lightning_guidance.diffusion.guidance_setting import GuidanceSetting
 from lightning_guidance.diffusion.noise import PerSampleNoise
 from lightning_guidance.diffusion.sampling import sample
 from lightning_guidance.diffusion.schedules import VPSchedule
@@ -43,7 +44,7 @@ def sampler_for(unet, steps: int):
 
     def run(ids: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return sample("ddim", NetDenoiser(unet, 10, "eps", CFG_SCALE, clip_x0=True), schedule, ids % 10,
+            return sample("ddim", NetDenoiser(unet, 10, "eps", GuidanceSetting(CFG_SCALE), clip_x0=True), schedule, ids % 10,
                           PerSampleNoise(ids), (1, 8, 8), num_steps=steps)
     return run
 

@@ -3,6 +3,7 @@ the shipped training configs and sampling YAMLs rewritten to use them; metrics r
 
 from __future__ import annotations
 
+import functools
 import os
 import traceback
 from collections.abc import Callable
@@ -19,6 +20,25 @@ CONFIGS = ROOT / "configs"
 
 def cli(*args: str) -> None:
     main([str(a) for a in args])
+
+
+def user_sees(monkeypatch, *args, lines: int = 1) -> str:
+    """The exit message of ``cli.py <args>`` through the shell entry point (``console_main``): it must fail with a
+    message of ``lines`` lines, the first starting with ``error:``, and exit status 1 (a string exit code)."""
+    import sys
+
+    import pytest
+
+    from lightning_guidance.cli import console_main
+
+    monkeypatch.setattr(sys, "argv", ["cli.py", *map(str, args)])
+    monkeypatch.delenv("LG_TRACEBACK", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        console_main()
+    message = exit_info.value.code
+    assert isinstance(message, str), f"exit code {message!r}, expected a message (exit status 1)"
+    assert message.startswith("error: ") and len(message.splitlines()) <= lines, message
+    return message.splitlines()[0]
 
 
 TWO_CPU_PROCESSES = ("--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp_spawn")
@@ -111,12 +131,67 @@ def tiny_checkpoints(tmp_path_factory) -> Callable[[str], Path]:
     return get
 
 
-def rewrite_sampling_config(config: str, out: Path, checkpoint_for: Callable[[str], Path],
+# ---- composed configs: a dataset's sampling config plus a guidance file, parsed by the CLI itself ------------------
+#: each dataset's sampling config (the skeleton a configs/guidance/ file goes on top of)
+SAMPLING = {"digits": "digits/sampling.yaml", "fractal": "fractal/sampling.yaml", "toy": "toy/sampling.yaml"}
+
+
+def guidance_datasets(name: str) -> list[str]:
+    """The datasets a ``configs/guidance/<name>.yaml`` says it applies to (its ``# Datasets: ...`` header line)."""
+    import re
+
+    found = re.search(r"^# Datasets: ([a-z, ]+?) \(", (CONFIGS / "guidance" / f"{name}.yaml").read_text(), re.M)
+    assert found, f"configs/guidance/{name}.yaml has no '# Datasets: ...' line"
+    return [d.strip() for d in found.group(1).split(",")]
+
+
+def guidance_combinations(has: str | None = None) -> list[tuple[str, str]]:
+    """``(dataset sampling config, guidance config)`` for every combination the guidance files document; ``has``:
+    only the guidance files whose sweep has that key (``terms`` or ``cfg_rule``)."""
+    out = []
+    for path in sorted((CONFIGS / "guidance").glob("*.yaml")):
+        sweep = read_yaml(path)["model"]["init_args"]["sweep"]
+        if has is None or sweep.get(has):
+            out += [(SAMPLING[d], f"guidance/{path.name}") for d in guidance_datasets(path.stem)]
+    return out
+
+
+@functools.cache
+def config_parser():
+    """The CLI's own parser (every subcommand), built once; it parses and resolves ``${...}`` without running."""
+    import lightning as L
+
+    from lightning_guidance.launch.lightning_cli import GuidanceCLI
+
+    class ParseOnly(GuidanceCLI):
+        def before_instantiate_classes(self) -> None:
+            pass
+
+        def instantiate_classes(self) -> None:
+            pass
+
+        def _run_subcommand(self, subcommand: str) -> None:
+            pass
+
+    return ParseOnly(L.LightningModule, None, subclass_mode_model=True, subclass_mode_data=True,
+                     args=["predict", "--config", str(CONFIGS / SAMPLING["digits"])]).parser
+
+
+def composed(*configs: str, command: str = "predict", args: tuple = ()) -> dict:
+    """The whole config the CLI makes of ``<command> --config configs/a --config configs/b ... args`` (defaults
+    filled in, ``${...}`` resolved), as a plain dict."""
+    parser = config_parser()
+    argv = [command, *(x for c in configs for x in ("--config", str(CONFIGS / c))), *map(str, args)]
+    return yaml.safe_load(parser.dump(parser.parse_args(argv)))[command]
+
+
+def rewrite_sampling_config(config: str | tuple[str, ...], out: Path, checkpoint_for: Callable[[str], Path],
                             values: list[float] | None = None, **init_overrides) -> Path:
-    """The sampling YAML ``configs/<config>`` with every checkpoint path (the diffusion model, each guidance term's
-    TrainedClassifier, a CFG rule's guide) replaced by ``checkpoint_for(path)``, the sweep's ``values`` if given,
-    ``init_overrides`` and its outputs in ``out``; dumped next to ``out`` for ``--config``."""
-    cfg = read_yaml(CONFIGS / config)
+    """The sampling config ``configs/<config>`` (or several combined, e.g. ``(SAMPLING["digits"],
+    "guidance/cg.yaml")``) as the CLI composes it, with every checkpoint path (the diffusion model, each guidance
+    term's TrainedClassifier, a CFG rule's guide) replaced by ``checkpoint_for(path)``, the sweep's ``values`` if
+    given, ``init_overrides`` and its outputs in ``out``; dumped next to ``out`` for ``--config``."""
+    cfg = composed(*((config,) if isinstance(config, str) else config))
     init = cfg["model"]["init_args"]
     init["checkpoint"] = str(checkpoint_for(init["checkpoint"]))
     sweep = init["sweep"]

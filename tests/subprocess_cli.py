@@ -14,23 +14,24 @@ from helpers import ROOT
 TESTS = Path(__file__).resolve().parent
 
 
-def cli_env() -> dict:
+def cli_env(**extra: str) -> dict:
     return dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(TESTS)]), OMP_NUM_THREADS="1",
-                LG_TEST_THREADS="1")
+                LG_TEST_THREADS="1", **extra)
 
 
 def cli_cmd(*args) -> list[str]:
     return [sys.executable, str(ROOT / "cli.py"), *[str(a) for a in args]]
 
 
-def run_cli(*args, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(cli_cmd(*args), cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=timeout,
-                          umask=0o022)
+def run_cli(*args, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``env``: extra environment variables for the run."""
+    return subprocess.run(cli_cmd(*args), cwd=ROOT, env=cli_env(**(env or {})), capture_output=True, text=True,
+                          timeout=timeout, umask=0o022)
 
 
-def start_cli(*args, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cli_cmd(*args), cwd=ROOT, env=cli_env(), stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            umask=0o022)
+def start_cli(*args, log: Path, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(cli_cmd(*args), cwd=ROOT, env=cli_env(**(env or {})), stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, umask=0o022)
 
 
 def wait_until(condition, proc: subprocess.Popen, timeout: float, what: str, log: Path) -> None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from lightning_guidance.diffusion.cfg_rule import (ClassifierFreeGuidance, RuleContext, SamplingStep,
                                                    combine_predictions)
 from lightning_guidance.diffusion.denoiser import NetDenoiser, StackedPair
+from lightning_guidance.diffusion.guidance_setting import GuidanceSetting, WeakModel
 from lightning_guidance.diffusion.noise import PerSampleNoise
 from lightning_guidance.diffusion.parameterization import eps_to_x0
 from lightning_guidance.diffusion.sampling import sample
@@ -179,6 +181,49 @@ def test_interval_covering_all_is_cfg_and_empty_is_conditional(shape):
     assert not empty.needs_guide(3.0, ctx_at(shape, abar=0.3))  # the null forward is skipped there
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "edm"])
+def test_interval_guides_exactly_the_steps_whose_edm_sigma_is_inside(sampler):
+    """Kynkäänniemi et al. 2024 guide where ``sigma_lo < sigma <= sigma_hi`` with EDM's noise level ``sigma =
+    sqrt((1 - abar) / abar)``. Oracle, written here from the definitions: DDPM's linear betas (1e-4 .. 0.02 over
+    1000 steps), the 20 respaced steps ``round(i 999 / 19)`` (DDPM/DDIM) or Karras et al.'s eq. 5 grid (EDM: 20 steps
+    from 80 to the schedule's smallest sigma, each Heun step calling at sigma_i and, but the last, at sigma_i+1).
+    The record: which network calls carried the null class (CFG's guiding half). Bounds 0.28 and 5.42 are the
+    paper's EDM2 setting; the ends are checked at abar = 1/2, where sigma is exactly 1 (open below, closed above).
+    Catches: sigma taken as sqrt(1 - abar) (or any other noise level), the ends swapped, the interval ignored by one
+    sampler."""
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000, dtype=np.float64))
+    steps, lo, hi = 20, 0.28, 5.42
+    if sampler == "edm":
+        smin, smax = math.sqrt((1 - abar[0]) / abar[0]), 80.0
+        grid = [(smax ** (1 / 7) + i / (steps - 1) * (smin ** (1 / 7) - smax ** (1 / 7))) ** 7 for i in range(steps)]
+        sigmas = [s for i in range(steps) for s in ([grid[i], grid[i + 1]] if i < steps - 1 else [grid[i]])]
+    else:
+        kept = [round(i * 999 / (steps - 1)) for i in range(steps)][::-1]
+        sigmas = [math.sqrt((1 - abar[k]) / abar[k]) for k in kept]
+    expected = [lo < s <= hi for s in sigmas]
+    assert 0 < sum(expected) < len(expected)
+    assert expected != [lo < math.sqrt(1 - 1 / (1 + s**2)) <= hi for s in sigmas]  # the other sigma would differ
+    assert min(abs(s - b) for s in sigmas for b in (lo, hi)) > 1e-3  # no grid point on a bound: float-proof
+
+    class RecordNull(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.guided = []
+
+        def forward(self, x, t, y):
+            self.guided.append(bool((y == 3).any()))
+            return 0.1 * x
+
+    net = RecordNull()
+    den = NetDenoiser(net, 3, setting=GuidanceSetting(3.0, GuidanceInterval(sigma_lo=lo, sigma_hi=hi)), clip_x0=False)
+    sample(sampler, den, VPSchedule.linear(), torch.tensor([0, 1]), PerSampleNoise([0, 1]), (2,), num_steps=steps,
+           **({"sigma_max": 80.0} if sampler == "edm" else {}))
+    assert net.guided == expected
+    at_one = RuleContext(x_t=torch.zeros(1, 2), abar=torch.tensor([0.5]), step=None)
+    assert not GuidanceInterval(sigma_lo=1.0, sigma_hi=2.0).active(at_one).item()
+    assert GuidanceInterval(sigma_lo=0.5, sigma_hi=1.0).active(at_one).item()
+
+
 def test_interval_needs_a_bound():
     with pytest.raises(ValueError, match="needs an interval"):
         GuidanceInterval()
@@ -267,12 +312,12 @@ def test_autoguidance_with_the_good_model_as_guide_is_the_good_model(sampler):
     plain = _sample(NetDenoiser(net, 3, clip_x0=False), sampler, (2,))
     rule = Autoguidance("same-model.ckpt")
     for batch_guide in (True, False):
-        auto = NetDenoiser(net, 3, cfg_scale=2.5, clip_x0=False, rule=rule, guide_net=_mlp(0),
+        auto = NetDenoiser(net, 3, setting=GuidanceSetting(2.5, rule, WeakModel(_mlp(0))), clip_x0=False,
                            batch_guide=batch_guide)
         assert (auto.pair is not None) == batch_guide
         torch.testing.assert_close(_sample(auto, sampler, (2,)), plain, rtol=1e-5, atol=1e-5)
     # a different guide moves the samples; a guide of another architecture runs as two calls
-    other = NetDenoiser(net, 3, cfg_scale=2.5, clip_x0=False, rule=rule, guide_net=_mlp(1, hidden=8))
+    other = NetDenoiser(net, 3, setting=GuidanceSetting(2.5, rule, WeakModel(_mlp(1, hidden=8))), clip_x0=False)
     assert other.pair is None
     assert not torch.allclose(_sample(other, sampler, (2,)), plain, atol=1e-3)
 
@@ -280,19 +325,19 @@ def test_autoguidance_with_the_good_model_as_guide_is_the_good_model(sampler):
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "edm"])
 def test_interval_covering_everything_samples_like_cfg(sampler):
     net = _tiny_unet(0)
-    cfg = _sample(NetDenoiser(net, 3, cfg_scale=3.0), sampler, (1, 8, 8))
+    cfg = _sample(NetDenoiser(net, 3, setting=GuidanceSetting(3.0)), sampler, (1, 8, 8))
     whole = GuidanceInterval(sigma_lo=0.0, sigma_hi=1e9)
-    got = _sample(NetDenoiser(net, 3, cfg_scale=3.0, rule=whole), sampler, (1, 8, 8))
+    got = _sample(NetDenoiser(net, 3, setting=GuidanceSetting(3.0, whole)), sampler, (1, 8, 8))
     torch.testing.assert_close(got, cfg, rtol=0, atol=0)
-    conditional = _sample(NetDenoiser(net, 3, cfg_scale=1.0), sampler, (1, 8, 8))
-    nothing = _sample(NetDenoiser(net, 3, cfg_scale=3.0, rule=GuidanceInterval(start=0.5, stop=0.5)), sampler,
-                      (1, 8, 8))
+    conditional = _sample(NetDenoiser(net, 3, setting=GuidanceSetting(1.0)), sampler, (1, 8, 8))
+    nothing = _sample(NetDenoiser(net, 3, setting=GuidanceSetting(3.0, GuidanceInterval(start=0.5, stop=0.5))),
+                      sampler, (1, 8, 8))
     torch.testing.assert_close(nothing, conditional, rtol=0, atol=0)
 
 
 def test_apg_momentum_restarts_with_each_sampling_run():
     net = _mlp(0)
-    den = NetDenoiser(net, 3, cfg_scale=3.0, clip_x0=False, rule=AdaptiveProjectedGuidance(momentum=-0.5))
+    den = NetDenoiser(net, 3, setting=GuidanceSetting(3.0, AdaptiveProjectedGuidance(momentum=-0.5)), clip_x0=False)
     first = _sample(den, "ddim", (2,))
     again = _sample(den, "ddim", (2,))  # same denoiser object: the step index going back to 0 restarts the buffer
     torch.testing.assert_close(again, first, rtol=0, atol=0)
@@ -302,7 +347,7 @@ def test_apg_momentum_restarts_with_each_sampling_run():
 def test_cfg_zero_star_zero_init_keeps_the_edm_state_in_place():
     """With eps = 0 the EDM denoiser returns D = x: the zeroed first step does not move the state (the flow-model
     meaning of CFG-Zero*'s zero init)."""
-    den = NetDenoiser(_mlp(0), 3, cfg_scale=3.0, clip_x0=False, rule=CFGZeroStar(zero_init_steps=1))
+    den = NetDenoiser(_mlp(0), 3, setting=GuidanceSetting(3.0, CFGZeroStar(zero_init_steps=1)), clip_x0=False)
     x = torch.randn(4, 2)
     out = den(x, torch.full((4,), 0.5), torch.full((4,), 0.3), torch.tensor([0, 1, 2, 0]), step=SamplingStep(0, 10))
     assert bool((out.eps == 0).all()) and out.eps_cond is None  # no guiding forward at a zeroed step
@@ -451,14 +496,15 @@ def test_perturbed_attention_through_the_denoiser(sampler):
 
     net = _tiny_unet(0)
     rule = PerturbedAttentionGuidance(perturbed_guidance_scale=0.0)
-    off = NetDenoiser(net, 3, cfg_scale=3.0, rule=rule, perturbed_net=PerturbedAttention(net, "identity"))
-    torch.testing.assert_close(_sample(off, sampler, (1, 8, 8)), _sample(NetDenoiser(net, 3, cfg_scale=3.0), sampler,
-                                                                         (1, 8, 8)), rtol=0, atol=0)
+    perturbed = WeakModel(PerturbedAttention(net, "identity"))
+    off = NetDenoiser(net, 3, setting=GuidanceSetting(3.0, rule, perturbed))
+    plain = NetDenoiser(net, 3, setting=GuidanceSetting(3.0))
+    torch.testing.assert_close(_sample(off, sampler, (1, 8, 8)), _sample(plain, sampler, (1, 8, 8)), rtol=0, atol=0)
     rule = PerturbedAttentionGuidance(perturbed_guidance_start=0.0, perturbed_guidance_stop=1.0)
-    on = NetDenoiser(net, 3, cfg_scale=3.0, rule=rule, perturbed_net=PerturbedAttention(net, "identity"))
+    on = NetDenoiser(net, 3, setting=GuidanceSetting(3.0, rule, perturbed))
     assert not torch.allclose(_sample(on, sampler, (1, 8, 8)), _sample(off, sampler, (1, 8, 8)))
-    with pytest.raises(ValueError, match="perturbed_net"):
-        NetDenoiser(net, 3, rule=rule)
+    with pytest.raises(ValueError, match="self-attention perturbed"):
+        GuidanceSetting(3.0, rule)
 
 
 # ---------------------------------------------------------------- smoothed-energy guidance: the query blur
@@ -571,10 +617,10 @@ def test_smoothed_energy_guidance_through_the_denoiser(sampler):
     net = _sharp_attention_unet(0)
 
     def run(rule):
-        return _sample(NetDenoiser(net, 3, cfg_scale=3.0, rule=rule,
-                                   perturbed_net=PerturbedAttention.for_rule(net, rule)), sampler, (1, 8, 8))
+        weak = WeakModel(PerturbedAttention.for_rule(net, rule))
+        return _sample(NetDenoiser(net, 3, setting=GuidanceSetting(3.0, rule, weak)), sampler, (1, 8, 8))
 
-    cfg = _sample(NetDenoiser(net, 3, cfg_scale=3.0), sampler, (1, 8, 8))
+    cfg = _sample(NetDenoiser(net, 3, setting=GuidanceSetting(3.0)), sampler, (1, 8, 8))
     for limit in (dict(seg_blur_sigma=0.0), dict(seg_blur_sigma=0.1), dict(seg_guidance_scale=0.0)):
         torch.testing.assert_close(run(SmoothedEnergyGuidance(**limit)), cfg, rtol=0, atol=0, msg=str(limit))
     assert _differ(run(SmoothedEnergyGuidance(seg_blur_sigma=1.0)), cfg)
@@ -637,8 +683,8 @@ def test_autoguidance_converts_each_models_prediction_with_its_own_parameterizat
     is the guide's. Catches: the guide's conversion fed the wrong x_t (or none), the main model's
     parameterization used for the guide."""
     net, guide = _mlp(0), _mlp(1)
-    den = NetDenoiser(net, 3, cfg_scale=0.0, clip_x0=False, rule=Autoguidance("bad.ckpt"), guide_net=guide,
-                      guide_prediction="x0")
+    den = NetDenoiser(net, 3, setting=GuidanceSetting(0.0, Autoguidance("bad.ckpt"), WeakModel(guide, "x0")),
+                      clip_x0=False)
     x_t = torch.randn(4, 2, generator=torch.Generator().manual_seed(3))
     t, abar, y = torch.full((4,), 0.4), torch.full((4,), 0.6), torch.tensor([0, 1, 2, 1])
     with torch.no_grad():
@@ -655,7 +701,7 @@ def test_an_x0_space_rule_runs_through_the_denoiser():
     x_t = torch.randn(4, 2, generator=torch.Generator().manual_seed(5))
     t, abar, y = torch.full((4,), 0.3), torch.full((4,), 0.7), torch.tensor([0, 1, 2, 0])
     with torch.no_grad():
-        eps_space = NetDenoiser(net, 3, cfg_scale=2.5, clip_x0=False)(x_t, t, abar, y).eps
-        x0_space = NetDenoiser(net, 3, cfg_scale=2.5, clip_x0=False,
-                               rule=ClassifierFreeGuidance(space="x0"))(x_t, t, abar, y).eps
+        eps_space = NetDenoiser(net, 3, setting=GuidanceSetting(2.5), clip_x0=False)(x_t, t, abar, y).eps
+        x0_space = NetDenoiser(net, 3, setting=GuidanceSetting(2.5, ClassifierFreeGuidance(space="x0")),
+                               clip_x0=False)(x_t, t, abar, y).eps
     torch.testing.assert_close(x0_space, eps_space, rtol=1e-5, atol=1e-5)

@@ -9,24 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import CONFIGS, tiny_digits_fit
+from helpers import CONFIGS, tiny_digits_fit, user_sees
 
 from lightning_guidance.cli import console_main
 
 TINY = ["--model.init_args.net.init_args.model_channels", "8", "--model.init_args.net.init_args.channel_mult", "[1]",
         "--data.init_args.batch_size", "16", "--trainer.enable_progress_bar", "false"]
-
-
-def user_sees(monkeypatch, *args) -> str:
-    """The exit message of ``cli.py <args>`` (it must fail with exactly one line of error + the traceback hint)."""
-    monkeypatch.setattr(sys, "argv", ["cli.py", *map(str, args)])
-    monkeypatch.delenv("LG_TRACEBACK", raising=False)
-    with pytest.raises(SystemExit) as exit_info:
-        console_main()
-    message = str(exit_info.value.code)
-    lines = message.splitlines()
-    assert lines[0].startswith("error: ") and len(lines) <= 2, message
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +65,7 @@ def test_resume_from_a_checkpoint_of_another_architecture(monkeypatch, tmp_path,
 
 
 def test_a_classifier_checkpoint_given_to_sampling(monkeypatch, tmp_path, classifier_ckpt):
-    line = user_sees(monkeypatch, "predict", "--config", CONFIGS / "digits/sample_cfg.yaml",
+    line = user_sees(monkeypatch, "predict", "--config", CONFIGS / "digits/sampling.yaml",
                      "--trainer.default_root_dir", tmp_path, "--model.init_args.checkpoint", classifier_ckpt)
     assert f"checkpoint {classifier_ckpt} was written by lightning_guidance.modules.classifier.Classifier, " \
            "expected a lightning_guidance.modules.cfg_diffusion.CFGDiffusion checkpoint" in line
@@ -98,7 +86,7 @@ def damaged(path: Path, cfg_ckpt: Path, kind: str) -> Path:
 def test_damaged_checkpoints(monkeypatch, tmp_path, cfg_ckpt, kind, says):
     bad = damaged(tmp_path / "bad.ckpt", cfg_ckpt, kind)
     for args in (fit_cfg(tmp_path / "run", "--ckpt_path", bad),
-                 ["predict", "--config", CONFIGS / "digits/sample_cfg.yaml", "--trainer.default_root_dir",
+                 ["predict", "--config", CONFIGS / "digits/sampling.yaml", "--trainer.default_root_dir",
                   tmp_path / "out", "--model.init_args.checkpoint", bad]):
         line = user_sees(monkeypatch, *args)
         assert f"checkpoint {bad} {says}" in line and "re-create it" in line
@@ -107,7 +95,7 @@ def test_damaged_checkpoints(monkeypatch, tmp_path, cfg_ckpt, kind, says):
 @pytest.mark.parametrize("kind", ["empty", "truncated", "garbage"])
 def test_damaged_shards(monkeypatch, tmp_path, cfg_ckpt, kind):
     out = tmp_path / "out"
-    args = ["predict", "--config", CONFIGS / "digits/sample_cfg.yaml", "--trainer.default_root_dir", out,
+    args = ["predict", "--config", CONFIGS / "digits/sampling.yaml", "--trainer.default_root_dir", out,
             "--trainer.enable_progress_bar", "false", "--model.init_args.checkpoint", cfg_ckpt,
             "--model.init_args.samples_per_class", "1", "--model.init_args.shard_size", "10",
             "--model.init_args.sampler_kwargs", "{num_steps: 2}", "--model.init_args.sweep.values", "[1.0]"]
@@ -128,7 +116,7 @@ def test_damaged_shards(monkeypatch, tmp_path, cfg_ckpt, kind):
 def test_damaged_configs(monkeypatch, tmp_path, text, says):
     config = tmp_path / "bad.yaml"
     config.write_text(text)
-    line = user_sees(monkeypatch, "predict", "--config", CONFIGS / "digits/sample_cfg.yaml", "--config", config)
+    line = user_sees(monkeypatch, "predict", "--config", CONFIGS / "digits/sampling.yaml", "--config", config)
     assert f"config file {config} {says}" in line
 
 

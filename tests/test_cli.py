@@ -10,7 +10,7 @@ from helpers import CONFIGS, cli, load, tiny_digits_fit
 
 
 def _predict(ckpt, out, *extra):
-    cli("predict", "--config", CONFIGS / "digits/sample_cfg.yaml", "--trainer.default_root_dir", out,
+    cli("predict", "--config", CONFIGS / "digits/sampling.yaml", "--trainer.default_root_dir", out,
         "--trainer.enable_progress_bar", "false",
         "--model.init_args.checkpoint", ckpt, "--model.init_args.output_dir", out,
         "--model.init_args.samples_per_class", "3", "--model.init_args.shard_size", "16",
@@ -43,7 +43,7 @@ def test_predict_writes_shards_and_skips_finished_ones(digits_ckpt, tmp_path):
         assert z["images"].dtype == np.uint8 and z["images"].shape == (16, 1, 8, 8)
         assert z["labels"].tolist() == [i % 10 for i in range(16)]
         assert z["seeds"].tolist() == list(range(16))
-        assert float(z["scale"]) == 2.0
+        assert float(z["value"]) == 2.0
     assert (out / "cfg_1" / "grid.png").is_file() and (out / "manifest.json").is_file()
     mtimes = {p: p.stat().st_mtime_ns for p in shards}
     _predict(digits_ckpt, out)  # a re-run skips every finished shard
@@ -179,11 +179,11 @@ trainer:
     finally:
         sample_grid.save_sample_picture = original
     pictures = sorted((tmp_path / "logs" / "samples").glob("*.png"))
-    assert [p.name for p in pictures] == ["epoch0000_cfg1.png", "epoch0000_cfg3.png"]
+    assert [p.name for p in pictures] == ["epoch0000_cfg_1.png", "epoch0000_cfg_3.png"]
     # the grid was drawn from the EMA weights of the checkpoint, not the raw ones
     from lightning_guidance.modules.cfg_diffusion import CFGDiffusion
 
     ema = CFGDiffusion.from_checkpoint(tmp_path / "checkpoints" / "last.ckpt")
     labels = torch.arange(10).repeat_interleave(2)
-    again = ema.generate(labels, torch.arange(20), sampler="ddim", cfg_scale=1.0, num_steps=2)
+    again = ema.generate(labels, torch.arange(20), sampler="ddim", num_steps=2)  # s = 1, the first grid
     torch.testing.assert_close(grids[0], again)

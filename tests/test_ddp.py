@@ -26,7 +26,7 @@ def test_ddp_predict_writes_the_one_process_shards(tmp_path):
     assert load(ckpt)["global_step"] == 3  # the checkpoint the predictions read (DDP fit: test_ddp_training.py)
 
     def predict_args(out):
-        return ["predict", "--config", CONFIGS / "digits/sample_cfg.yaml", "--trainer.default_root_dir", out,
+        return ["predict", "--config", CONFIGS / "digits/sampling.yaml", "--trainer.default_root_dir", out,
                 "--model.init_args.checkpoint", ckpt, "--model.init_args.output_dir", out,
                 "--model.init_args.sweep.values", "[1.0, 3.0]", "--model.init_args.samples_per_class", 3,
                 "--model.init_args.shard_size", 8, "--model.init_args.sampler_kwargs", "{num_steps: 3}"]

@@ -16,6 +16,7 @@ bound (the sum of the learning rates so far); every other weight against WEIGHT_
 from __future__ import annotations
 
 import csv
+import time
 from pathlib import Path
 
 import numpy as np
@@ -202,8 +203,8 @@ def test_two_processes_train_the_flow_postprocessor_what_one_process_trains(tmp_
              "--data.init_args.real.init_args.n_train", "2000", "--data.init_args.real.init_args.n_val", "64",
              "--model.init_args.net.init_args.hidden_dim", "32", "--model.init_args.net.init_args.num_layers", "2",
              "--model.init_args.k", str(FLOW_K)]
-    _fit("fractal/flow_cfg.yaml", tmp_path / "one", 1, extra)
-    _fit("fractal/flow_cfg.yaml", tmp_path / "two", 2, extra)
+    _fit("fractal/flow.yaml", tmp_path / "one", 1, extra)
+    _fit("fractal/flow.yaml", tmp_path / "two", 2, extra)
     (d1, i1), (d2, i2) = _neighbour_table(tmp_path / "one"), _neighbour_table(tmp_path / "two")
     assert i1.shape == (2 * FLOW_PER_SCALE, FLOW_K)
     np.testing.assert_array_equal(i1, i2)
@@ -224,3 +225,47 @@ def test_two_processes_train_the_flow_postprocessor_what_one_process_trains(tmp_
     for real, noise in diffs.values():
         assert real <= WEIGHT_ATOL
         assert noise <= bound
+
+
+def test_sigterm_on_one_rank_stops_every_rank_at_one_checkpoint_and_the_resume_is_exact(tmp_path):
+    """``python cli.py fit`` on 2 CPU processes (strategy ddp: each rank runs the command line, as under srun or
+    torchrun), SIGTERM to rank 1 alone as step 10 is trained: at that batch's end the ranks agree on the stop (one
+    collective), save one checkpoint of step 10 together (not the periodic one of step 8) and every rank exits with
+    143. Resumed with ``--ckpt_path last`` on 2 processes, the run ends exactly like the straight one (weights, EMA,
+    optimizer, loops) with every metrics row once: no step trained twice. Before, rank 1 stopped alone and rank 0
+    waited in its next collective."""
+    from subprocess_cli import run_cli, running_with
+    from test_kill_resume import UNTHROTTLED, assert_same_training_state, metrics_rows
+
+    def args(root: Path, *extra, callbacks: str = UNTHROTTLED) -> list:
+        root.mkdir(parents=True, exist_ok=True)
+        (root.parent / "callbacks.yaml").write_text(callbacks)
+        return ["fit", "--config", CONFIGS / "toy/cfg_1d.yaml", "--config", root.parent / "callbacks.yaml",
+                "--trainer.default_root_dir", root, "--trainer.max_steps", 16, "--trainer.accelerator", "cpu",
+                "--trainer.devices", 2, "--trainer.strategy", "ddp", "--trainer.enable_progress_bar", "false",
+                "--trainer.log_every_n_steps", 1, "--trainer.check_val_every_n_epoch", 1,
+                "--data.init_args.n_train", 2000, "--data.init_args.n_val", 256, "--data.init_args.batch_size", 128,
+                "--model.init_args.net.init_args.hidden_dim", 32, *extra]
+
+    def finished(root: Path) -> None:  # the rank-1 process, started by rank 0, may outlive it by a moment
+        deadline = time.monotonic() + 60
+        while running_with(str(root)):
+            assert time.monotonic() < deadline, "a rank is still running"
+            time.sleep(0.2)
+
+    straight, root = tmp_path / "straight" / "run", tmp_path / "stopped" / "run"
+    done = run_cli(*args(straight), timeout=TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    finished(straight)
+    stop = UNTHROTTLED + "    - {class_path: kill_switch.SignalDuringStep, init_args: {step: 10, rank: 1}}\n"
+    stopped = run_cli(*args(root, callbacks=stop), timeout=TIMEOUT_S)
+    finished(root)
+    assert stopped.returncode == 143, stopped.stderr[-3000:]
+    assert stopped.stderr.count("stopped by SIGTERM") == 2, stopped.stderr[-3000:]  # both ranks, one line each
+    assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 10
+    assert max(int(r["step"]) for r in metrics_rows(root)) == 9  # nothing logged past the stop
+    done = run_cli(*args(root, "--ckpt_path", "last"), timeout=TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    finished(root)
+    assert_same_training_state(load(root / "checkpoints" / "last.ckpt"), load(straight / "checkpoints" / "last.ckpt"))
+    assert metrics_rows(root) == metrics_rows(straight)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -38,7 +39,8 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from torchmetrics.classification import MulticlassCalibrationError
 
 from lightning_guidance.diffusion.noise import PerSampleNoise
-from lightning_guidance.diffusion.sampling import sample
+from lightning_guidance.diffusion.guidance_setting import GuidanceSetting
+from lightning_guidance.diffusion.sampling import build_denoiser, sample
 from lightning_guidance.diffusion.schedules import VPSchedule
 from lightning_guidance.guidance.trace import GuidanceTrace, summarize_trace
 from lightning_guidance.metrics.judge import Judge
@@ -232,16 +234,16 @@ def test_sample_quality_callback_evaluates_the_ema_weights(trained_with_callback
     labels, seeds = torch.arange(20) % 10, 11 + torch.arange(20)
     for use_ema, s in ((True, 1.0), (True, 3.0), (False, 3.0)):
         model = CFGDiffusion.from_checkpoint(root / "checkpoints" / "last.ckpt", use_ema=use_ema)
-        x = model.generate(labels, seeds, sampler="ddim", cfg_scale=s, num_steps=4)
+        x = model.generate(labels, seeds, sampler="ddim", setting=GuidanceSetting(s), num_steps=4)
         logits, features = judge_logits_and_features(judge, x)
         fd = frechet_scipy(real_features, features)
         if use_ema:
-            assert logged[f"val/fd_digits/cfg{s:g}"] == pytest.approx(fd, rel=1e-3)
-            assert report["rows"][f"cfg{s:g}"]["fd_digits"] == pytest.approx(fd, rel=1e-4)
-            assert report["rows"][f"cfg{s:g}"]["judge_accuracy"] == pytest.approx(
+            assert logged[f"val/fd_digits/cfg_{s:g}"] == pytest.approx(fd, rel=1e-3)
+            assert report["rows"][f"cfg_{s:g}"]["fd_digits"] == pytest.approx(fd, rel=1e-4)
+            assert report["rows"][f"cfg_{s:g}"]["judge_accuracy"] == pytest.approx(
                 (logits.argmax(1) == labels.numpy()).mean(), abs=1e-6)
         else:  # the raw weights give another figure: the callback did evaluate the EMA
-            assert abs(report["rows"]["cfg3"]["fd_digits"] - fd) > 1e-3 * fd
+            assert abs(report["rows"]["cfg_3"]["fd_digits"] - fd) > 1e-3 * fd
 
 
 def traced_by_hand(model, guide: Path, scale: float, num_samples: int, seed: int, cfg_scale: float = 1.0,
@@ -250,7 +252,8 @@ def traced_by_hand(model, guide: Path, scale: float, num_samples: int, seed: int
     sample ids 0..n-1 (label ``id % 10``, seed ``seed + id``), summarised by ``summarize_trace``."""
     trace = GuidanceTrace(ClassifierGuidance(TrainedClassifier(str(guide)), scale=scale))
     ids = torch.arange(num_samples)
-    model.generate(ids % 10, seed + ids, sampler="ddim", cfg_scale=cfg_scale, guidance=[trace], num_steps=num_steps)
+    model.generate(ids % 10, seed + ids, sampler="ddim", setting=GuidanceSetting(cfg_scale, terms=[trace]),
+                   num_steps=num_steps)
     return summarize_trace(trace.sums, trace.vanishing_rms)
 
 
@@ -296,7 +299,7 @@ def test_trace_matches_autograd_and_leaves_sampling_unchanged(tmp_path_factory):
     labels, seeds = torch.arange(6) % 10, torch.arange(6)
 
     def run(terms):
-        return sample("ddim", model.denoiser(1.0), model.schedule, labels, PerSampleNoise(seeds), (1, 8, 8),
+        return sample("ddim", build_denoiser(model), model.schedule, labels, PerSampleNoise(seeds), (1, 8, 8),
                       guidance=terms, num_steps=5)
 
     plain = run([ClassifierGuidance(classifier, scale=2.0)])
@@ -405,8 +408,7 @@ trainer:
     ("fit", ["digits/overconfident_classifier.yaml"]),
     ("fit", ["digits/calibrate.yaml"]),
     ("fit", ["digits/calibrate_overconfident.yaml"]),
-    ("test", ["digits/test_cfg.yaml"]),
-    ("test", ["digits/sample_cfg.yaml", "digits/grade_with_judge.yaml"]),
+    ("test", ["digits/sampling.yaml", "digits/grade_with_judge.yaml"]),
     ("fit", ["digits/cfg.yaml", "digits/cfg_evaluation.yaml"]),
     ("fit", ["digits/classifier.yaml", "digits/classifier_calibration.yaml"]),
 ])
@@ -421,12 +423,15 @@ def test_shipped_configs_parse(command, configs, capsys):
         cli(command, *args, "--print_config")
     assert exit_info.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    expected_class, expected_args = None, {}
+    expected_class, expected_args, paths = None, {}, {}
     for c in configs:
-        model = (yaml.safe_load((CONFIGS / c).read_text()) or {}).get("model") or {}
+        config = yaml.safe_load((CONFIGS / c).read_text()) or {}
+        model, paths = config.get("model") or {}, {**paths, **(config.get("paths") or {})}
         expected_class = model.get("class_path", expected_class)
         expected_args.update({k: v for k, v in (model.get("init_args") or {}).items()
                               if isinstance(v, (str, int, float, bool))})
     assert printed["model"]["class_path"] == expected_class
     for key, value in expected_args.items():
+        if isinstance(value, str):  # ${paths.<name>}: the dataset config's path of that name
+            value = re.sub(r"\$\{paths\.(\w+)\}", lambda m: paths[m.group(1)], value)
         assert printed["model"]["init_args"][key] == value, key

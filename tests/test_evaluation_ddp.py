@@ -51,7 +51,7 @@ def test_sample_quality_one_vs_two_processes(tmp_path, tmp_path_factory):
     assert table_one["num_real_samples"] == table_two["num_real_samples"] == 359
     assert [r["num_samples"] for r in table_two["rows"]] == [70, 70]
     for row_one, row_two in zip(table_one["rows"], table_two["rows"]):
-        assert_same_figures(row_one["metrics"], row_two["metrics"], f"scale {row_one['scale']}")
+        assert_same_figures(row_one["metrics"], row_two["metrics"], f"value {row_one['value']}")
     assert_same_figures(table_one["real"], table_two["real"], "real")
     print("1 vs 2 processes, sample quality:", json.dumps([r["metrics"] for r in table_two["rows"]]))
 

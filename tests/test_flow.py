@@ -187,3 +187,53 @@ def test_neighbour_draws_are_per_sample_seeded():
     assert stats.chisquare(np.bincount(many[0].numpy(), minlength=20)).pvalue > 1e-3
     assert stats.kstest(many[1].numpy(), "uniform").pvalue > 1e-3
     assert 0 <= many[0].min() and many[0].max() < 20
+
+
+def test_training_pairs_each_sample_with_a_uniform_draw_of_its_top_k_every_step(monkeypatch):
+    """Zhao & Schwing 2025, App. B: "randomly select one from the top-k" nearest real samples, for each generated
+    sample at each step. Observed through ``RectifiedFlowPostprocessor.training_step`` itself (the pair handed to
+    the flow-matching loss), with real sample j at (j, 0) so that x1 names the chosen real sample and, through the
+    sample's neighbour row, its column. Over 16 samples x 300 steps: the k = 5 columns are uniform (chi-square at the
+    0.1 % level), a sample's column at one step matches the next step's about 1/k of the time, as does a sample's
+    column with its neighbour's at the same step (not 1: no draw shared by a step or by a sample), and a fresh
+    module (a resumed run: no state but the step) draws the very same columns. Catches: always the nearest (column
+    0), one draw per step for the whole batch, one draw per sample for the whole run, a draw from a global RNG."""
+    from scipy import stats
+
+    import lightning_guidance.modules.rectified_flow as rf
+    from lightning_guidance.modules.rectified_flow import RectifiedFlowPostprocessor
+
+    n, k, real_n, steps = 16, 5, 40, 300
+    rng = np.random.default_rng(0)
+    neighbours = torch.from_numpy(np.stack([rng.permutation(real_n)[:k] for _ in range(n)]))
+    pairs = {"real_x": torch.stack([torch.arange(real_n, dtype=torch.float32), torch.zeros(real_n)], 1),
+             "neighbours": neighbours, "keys": sample_keys(torch.arange(n), torch.full((n,), 2.0, dtype=torch.float64)),
+             "nearest_distance": torch.zeros(n)}
+    seen = []
+    original = rf.flow_matching_loss
+
+    def recording_loss(velocity, x0, x1, t):
+        seen.append(x1[:, 0].round().long().clone())
+        return original(velocity, x0, x1, t)
+
+    monkeypatch.setattr(rf, "flow_matching_loss", recording_loss)
+
+    def columns(first_step: int, last_step: int) -> torch.Tensor:
+        torch.manual_seed(first_step)  # a resumed process's global RNG is not the straight run's
+        module = RectifiedFlowPostprocessor(MLPDenoiser(data_dim=2, num_classes=3, hidden_dim=8, num_layers=1), k=k)
+        module._pairs = pairs
+        module.log = lambda *args, **kwargs: None
+        seen.clear()
+        x0, y, rows = torch.zeros(n, 2), torch.zeros(n, dtype=torch.long), torch.arange(n)
+        for step in range(first_step, last_step):
+            module._trainer = type("StepOnly", (), {"global_step": step})()
+            module.training_step((x0, y, rows), step)
+        chosen = torch.stack(seen)  # (steps, n): the real sample each generated sample was paired with
+        return (neighbours[None] == chosen[..., None]).int().argmax(-1)
+
+    cols = columns(0, steps)
+    assert stats.chisquare(np.bincount(cols.flatten().numpy(), minlength=k)).pvalue > 1e-3
+    across_steps = (cols[1:] == cols[:-1]).float().mean().item()
+    across_samples = (cols[:, 1:] == cols[:, :-1]).float().mean().item()
+    assert abs(across_steps - 1 / k) < 0.05 and abs(across_samples - 1 / k) < 0.05, (across_steps, across_samples)
+    assert torch.equal(columns(200, steps), cols[200:])  # the resumed run's draws

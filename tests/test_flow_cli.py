@@ -21,8 +21,13 @@ TRAIN_SCALES = ("1", "2", "3")
 UNSEEN_SCALES = ("2.25", "2.5", "2.75")
 
 
-def sample(config: str, ckpt: Path, out: Path, per_class: int) -> None:
-    cli("predict", "--config", CONFIGS / config, "--trainer.default_root_dir", out, "--trainer.enable_progress_bar",
+#: the flow's training samples (CFG s = 1/2/3, seeds of their own) and the unseen scales it is applied to
+FLOW_TRAIN = ("--config", CONFIGS / "digits/sampling.yaml", "--config", CONFIGS / "digits/flow_train_samples.yaml")
+UNSEEN = ("--config", CONFIGS / "digits/sampling.yaml", "--model.init_args.sweep.values", "[2.25, 2.5, 2.75]")
+
+
+def sample(config: tuple, ckpt: Path, out: Path, per_class: int) -> None:
+    cli("predict", *config, "--trainer.default_root_dir", out, "--trainer.enable_progress_bar",
         "false", "--model.init_args.checkpoint", ckpt, "--model.init_args.output_dir", out,
         "--model.init_args.samples_per_class", per_class, "--model.init_args.shard_size", 16,
         "--model.init_args.batch_size", 32, "--model.init_args.sampler_kwargs", "{num_steps: 4}")
@@ -32,8 +37,8 @@ def sample(config: str, ckpt: Path, out: Path, per_class: int) -> None:
 def flow_inputs(tmp_path_factory):
     """(judge, tiny CFG checkpoint, CFG 1/2/3 training shards, unseen-scale shards)."""
     judge, ckpt = judge_checkpoint(tmp_path_factory), cfg_checkpoint(tmp_path_factory)
-    train = shared_run(tmp_path_factory, "flow-train", lambda r: sample("digits/sample_cfg_flow_train.yaml", ckpt, r, 4))
-    unseen = shared_run(tmp_path_factory, "flow-unseen", lambda r: sample("digits/sample_cfg_unseen.yaml", ckpt, r, 7))
+    train = shared_run(tmp_path_factory, "flow-train", lambda r: sample(FLOW_TRAIN, ckpt, r, 4))
+    unseen = shared_run(tmp_path_factory, "flow-unseen", lambda r: sample(UNSEEN, ckpt, r, 7))
     return judge, ckpt, train, unseen
 
 
@@ -53,7 +58,7 @@ def fit(root, train, unseen, steps: int, *extra) -> Path:
 
 
 def grade(ckpt: Path, judge: Path, shards: Path) -> dict:
-    cli("test", "--config", CONFIGS / "digits/sample_cfg_unseen.yaml", "--config", CONFIGS / "digits/grade_with_judge.yaml",
+    cli("test", *UNSEEN, "--config", CONFIGS / "digits/grade_with_judge.yaml",
         "--trainer.default_root_dir", shards, "--trainer.enable_progress_bar", "false",
         "--model.init_args.checkpoint", ckpt, "--model.init_args.output_dir", shards,
         "--model.init_args.samples_per_class", 7, "--model.init_args.shard_size", 16, "--model.init_args.batch_size", 32,
@@ -81,9 +86,9 @@ def test_fit_predict_test_through_the_cli(flow_inputs, tmp_path):
         for src in sources:
             a, b = read_shard(src), read_shard(post / f"cfg_{scale}" / src.name)
             assert torch.equal(a.sample_ids, b.sample_ids) and torch.equal(a.labels, b.labels)
-            assert torch.equal(a.seeds, b.seeds) and a.scale == b.scale == float(scale)
+            assert torch.equal(a.seeds, b.seeds) and a.value == b.value == float(scale)
             with np.load(post / f"cfg_{scale}" / src.name) as z:
-                assert float(z["source_scale"]) == float(scale)
+                assert float(z["source_value"]) == float(scale)
                 assert str(z["source_config_hash"]) == a.config_hash != str(z["config_hash"])
                 moved = (b.samples - a.samples).flatten(1).norm(dim=1).numpy()
                 # the stored move is measured before the uint8 rounding: it agrees within that rounding
@@ -95,7 +100,7 @@ def test_fit_predict_test_through_the_cli(flow_inputs, tmp_path):
 
     before, after = grade(cfg_ckpt, judge, unseen), grade(cfg_ckpt, judge, post)
     for table in (before, after):
-        assert [r["scale"] for r in table["rows"]] == [float(s) for s in UNSEEN_SCALES]
+        assert [r["value"] for r in table["rows"]] == [float(s) for s in UNSEEN_SCALES]
         for row in table["rows"]:
             assert {"fd_digits", "precision", "recall", "judge_accuracy"} <= set(row["metrics"])
     # the same samples before and after: at least one figure differs

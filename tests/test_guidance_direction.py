@@ -1,8 +1,8 @@
 """Guided sampling goes the way it claims: on the exact toy models, the exact posterior of the requested class rises
-with the guidance scale, for every method the shipped toy sampling configs sweep (MATH.md §5-6).
+with the guidance scale, for every method the shipped configs sweep on the toy data (docs/math.md §5-6).
 
-Each shipped ``configs/toy/sample_*_1d.yaml`` is read for its term (class and arguments), sampler, scale target and
-sweep; the trained networks are replaced by the exact ones: the exact
+``configs/toy/sampling.yaml`` alone and with each guidance file that documents the toy data is composed by the CLI's
+parser and read for its term (class and arguments), sampler, sweep target and values; the trained networks are replaced by the exact ones: the exact
 unconditional denoiser (so that scale 0 starts from the class-blind mixture), the exact noisy posterior for a term
 that reads ``x_t``, the exact clean posterior for one that reads ``x0_hat``. The same seeds are used at every
 scale, so the comparison between scales is paired. The judge is the exact posterior ``p(y | x)`` of the data.
@@ -21,15 +21,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from torch import nn
 
+from helpers import SAMPLING, composed, guidance_combinations
 from lightning_guidance.diffusion.noise import PerSampleNoise
 from lightning_guidance.diffusion.sampling import sample
 from lightning_guidance.diffusion.schedules import VPSchedule
 from lightning_guidance.toy import ExactMixtureClassifier, ExactMixtureDenoiser, two_class_mixture_1d
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SCHEDULE = VPSchedule.linear(1000)
 N = 100  # samples per scale (50 per class)
 MAX_STEPS = 25  # the configs' 100 steps cut down: the direction does not need them
@@ -50,8 +49,8 @@ class ExactCleanClassifier(nn.Module):
 MIXTURE = two_class_mixture_1d(mu=0.5, sigma=0.3)
 
 
-def _configs():
-    return [str(p.relative_to(CONFIGS)) for p in sorted(CONFIGS.glob("toy/sample_*_1d.yaml"))]
+def _configs() -> list[tuple[str, ...]]:
+    return [(SAMPLING["toy"],), *(c for c in guidance_combinations(has="terms") if c[0] == SAMPLING["toy"])]
 
 
 def _term(spec: dict, mixture, scale: float):
@@ -64,9 +63,9 @@ def _term(spec: dict, mixture, scale: float):
     return getattr(importlib.import_module(module), name)(classifier, **args)
 
 
-def requested_class_posterior(config: str) -> list[float]:
+def requested_class_posterior(config: tuple[str, ...]) -> list[float]:
     """Mean exact ``p(y_requested | x)`` of the samples at each scale of the config's sweep."""
-    init = yaml.safe_load((CONFIGS / config).read_text())["model"]["init_args"]
+    init = composed(*config)["model"]["init_args"]
     sweep = init["sweep"]
     mixture = MIXTURE
     target = sweep.get("target", "cfg")
@@ -92,7 +91,7 @@ def test_exact_posterior_of_the_requested_class_rises_with_the_scale(config):
     print(f"\n{config}: mean exact p(requested class | x) over the sweep: {[round(m, 4) for m in means]}")
     # strictly rising along the sweep (paired seeds: no sampling noise between scales) ...
     assert all(b > a for a, b in zip(means, means[1:])), means
-    if config.endswith("offtheshelf_edm_1d.yaml"):
+    if config[-1].endswith("offtheshelf_edm.yaml"):
         # ... EluCD's EDM rule caps the nudge at edm_g_max = 0.004 per step: a small rise (measured 0.497 -> 0.505)
         assert means[-1] > means[0] + 0.004, means
     else:
@@ -101,6 +100,6 @@ def test_exact_posterior_of_the_requested_class_rises_with_the_scale(config):
 
 
 def test_every_shipped_toy_method_is_covered():
-    methods = {Path(c).stem.removesuffix("_1d") for c in _configs()}
-    assert {"sample_cfg", "sample_cg", "sample_cfg_plus_cg", "sample_tilted", "sample_entropy", "sample_divergence",
-            "sample_offtheshelf", "sample_offtheshelf_edm"} <= methods
+    methods = {Path(c[-1]).stem for c in _configs()}
+    assert {"sampling", "cg", "cfg_plus_cg", "tilted", "entropy", "divergence", "offtheshelf",
+            "offtheshelf_edm"} <= methods

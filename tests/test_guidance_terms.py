@@ -122,11 +122,15 @@ def test_classifier_guidance_uses_noisy_input_time_scale_and_schedule():
 
 
 def test_offtheshelf_clamps_the_denoised_input():
+    """clip_x0=True clamps x0_hat to [-1, 1]; the default (None) takes x0_hat as the denoiser gives it (clamped there
+    when the diffusion model clips). Catches: a default that clamps data that is not bounded (the toy mixtures)."""
     clf = TinyClassifier()
     x_t = torch.randn(B, D, dtype=DT)
     x0 = 3 * torch.randn(B, D, dtype=DT)  # well outside [-1, 1]
     state = make_state(x_t=x_t, out=DenoiserOutput(eps=torch.zeros_like(x0), x0=x0))
     f, G = logit_jacobian(clf, x0.clamp(-1, 1), None)
+    torch.testing.assert_close(OffTheShelfGuidance(clf, clip_x0=True)(state), cg_closed_form(f, G, state.y))
+    f, G = logit_jacobian(clf, x0, None)
     torch.testing.assert_close(OffTheShelfGuidance(clf)(state), cg_closed_form(f, G, state.y))
 
 
@@ -543,16 +547,17 @@ def test_sweep_descriptions_name_every_setting_that_changes_samples(tmp_path):
     assert describe_term(NoSchedule(scale=0.5)) == {"class": "NoSchedule", "scale": 0.5}
 
     sweep = Sweep("guidance", [0.0, 2.0], 1.5, [term])
-    assert sweep.describe(2.0) == "CFG 1.5, ClassifierGuidance (scale 4)"
-    assert sweep.describe(0.0) == "CFG 1.5, ClassifierGuidance (scale 0)"
-    assert Sweep("cfg", [1.0, 3.0], 1.0, [term]).describe(3.0) == "CFG 3, ClassifierGuidance (scale 2)"
-    ident = sweep.identity()
-    assert ident == {"scale_target": "guidance", "cfg_scale": 1.5, "guidance": [d]}
+    assert sweep.describe(2.0) == "CFG s = 1.5, ClassifierGuidance (scale 4)"
+    assert sweep.describe(0.0) == "CFG s = 1.5, ClassifierGuidance (scale 0)"
+    assert Sweep("cfg", [1.0, 3.0], 1.0, [term]).describe(3.0) == "CFG s = 3, ClassifierGuidance (scale 2)"
+    assert sweep.identity(2.0) == {"target": "guidance", "value": 2.0, "cfg_scale": 1.5, "guidance": [d]}
+    # in a CFG sweep the swept value is the CFG scale: the unused fixed cfg_scale is not recorded
+    assert Sweep("cfg", [3.0], 1.0, [term]).identity(3.0) == {"target": "cfg", "value": 3.0, "guidance": [d]}
     ruled = Sweep("cfg", [2.0], 1.0, [], cfg_rule=CFGZeroStar(zero_init_steps=1))
-    assert ruled.describe(2.0) == "CFGZeroStar 2"
-    assert ruled.identity()["cfg_rule"] == CFGZeroStar(zero_init_steps=1).settings()
-    assert ruled.identity()["cfg_rule"] != CFGZeroStar(zero_init_steps=2).settings()
-    assert "cfg_rule" not in Sweep("cfg", [2.0], 1.0, [], cfg_rule=None).identity()
+    assert ruled.describe(2.0) == "CFGZeroStar s = 2"
+    assert ruled.identity(2.0)["cfg_rule"] == CFGZeroStar(zero_init_steps=1).settings()
+    assert ruled.identity(2.0)["cfg_rule"] != CFGZeroStar(zero_init_steps=2).settings()
+    assert "cfg_rule" not in Sweep("cfg", [2.0], 1.0, [], cfg_rule=None).identity(2.0)
     assert isinstance(ruled.cfg_rule, ClassifierFreeGuidance)
     # a term without a classifier (e.g. a fixed correction) passes the classifier checks untouched
     Sweep("guidance", [1.0], 2.0, [_FixedTerm(torch.zeros(B, D, dtype=DT), 1.0)]).check_against(K, (D,), "linear", 100)
@@ -581,7 +586,7 @@ def test_every_classifier_term_uses_and_records_the_settings_it_is_given(term_cl
     scheduled = term_cls(clf, scale=0.7, clip_x0=False, schedule=schedule)(state)
     plain = term_cls(clf, scale=0.7, clip_x0=False)(state)
     torch.testing.assert_close(scheduled, (1 - 0.75 * 3 / 9) * plain)
-    assert not torch.allclose(plain, term_cls(clf, scale=0.7)(state))  # clip_x0 defaults to True and matters
+    assert not torch.allclose(plain, term_cls(clf, scale=0.7, clip_x0=True)(state))  # clip_x0 matters here
     d = describe_term(term_cls(clf, scale=0.7, clip_x0=False, schedule=schedule, through_denoiser=True))
     assert d["clip_x0"] is False and d["through_denoiser"] is True and d["input"] == "x0_hat"
     assert d["schedule"] == {"class": "LinearSchedule", "start": 1.0, "end": 0.25}

@@ -14,12 +14,13 @@ import json
 import pytest
 import torch
 import yaml
-from helpers import CONFIGS, cli, tiny_checkpoints
+from helpers import CONFIGS, cli, composed, tiny_checkpoints
 from torchmetrics.classification import MulticlassCalibrationError
 
 from lightning_guidance.calibration.ece import time_buckets
 from lightning_guidance.data.digits import DigitsDataModule
 from lightning_guidance.data.heldout_split import HeldOutSplit
+from lightning_guidance.diffusion.sampling import build_denoiser
 from lightning_guidance.metrics.classifier_calibration import noised_views
 from lightning_guidance.modules.cfg_diffusion import CFGDiffusion
 from lightning_guidance.nets import TrainedClassifier
@@ -53,7 +54,7 @@ def expected(cfg_ckpt, clf_ckpt, x0_hat: bool, temperature: float = 1.0) -> list
                                     noised_views(schedule, x0, torch.arange(N), time_buckets((0, 1), BUCKETS), 0)):
             if x0_hat:
                 abar = schedule.abar(torch.full((N,), round((a + b) / 2 * top))).float()
-                logits = classifier(diffusion.denoiser(1.0)(x_t, t, abar, null).x0.clamp(-1, 1), None)
+                logits = classifier(build_denoiser(diffusion)(x_t, t, abar, null).x0.clamp(-1, 1), None)
             else:
                 logits = classifier(x_t, t)
             metric = MulticlassCalibrationError(num_classes=10, n_bins=10, norm="l1")
@@ -61,10 +62,11 @@ def expected(cfg_ckpt, clf_ckpt, x0_hat: bool, temperature: float = 1.0) -> list
     return eces
 
 
-def measure(tmp_path, checkpoint_for, sampling: str, temperature: float = 1.0):
-    """Run the guide-calibration test step on the term of ``sampling`` (its classifier at ``temperature``)."""
+def measure(tmp_path, checkpoint_for, guidance: str, temperature: float = 1.0):
+    """Run the guide-calibration test step on the term of ``guidance`` on the digits (its classifier at
+    ``temperature``)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
-    term = yaml.safe_load((CONFIGS / sampling).read_text())["model"]["init_args"]["sweep"]["terms"][0]
+    term = composed("digits/sampling.yaml", guidance)["model"]["init_args"]["sweep"]["terms"][0]
     clf = checkpoint_for(term["init_args"]["classifier"]["init_args"]["checkpoint"])
     term["init_args"]["classifier"]["init_args"]["checkpoint"] = str(clf)
     if temperature != 1.0:
@@ -78,10 +80,9 @@ def measure(tmp_path, checkpoint_for, sampling: str, temperature: float = 1.0):
     return json.loads((tmp_path / "guide_calibration.json").read_text()), cfg, clf
 
 
-@pytest.mark.parametrize("sampling, x0_hat", [("digits/sample_cg.yaml", False),
-                                              ("digits/sample_offtheshelf.yaml", True)])
-def test_integral_ece_of_a_guide_on_its_input(tmp_path, checkpoint_for, sampling, x0_hat):
-    result, cfg, clf = measure(tmp_path, checkpoint_for, sampling)
+@pytest.mark.parametrize("guidance, x0_hat", [("guidance/cg.yaml", False), ("guidance/offtheshelf.yaml", True)])
+def test_integral_ece_of_a_guide_on_its_input(tmp_path, checkpoint_for, guidance, x0_hat):
+    result, cfg, clf = measure(tmp_path, checkpoint_for, guidance)
     eces = expected(cfg, clf, x0_hat)
     assert result["num_samples"] == N and len(result["buckets"]) == BUCKETS
     assert result["ece_per_bucket"] == pytest.approx(eces, abs=1e-6)
@@ -94,13 +95,13 @@ def test_the_logits_give_the_ece_of_any_subset_and_temperature(tmp_path, checkpo
     divided by T, the integral ECE that the step measures for the same classifier built with temperature T."""
     from lightning_guidance.metrics.calibration_intervals import integral_ece_of_logits, read_guide_logits
 
-    result, cfg, clf = measure(tmp_path / "t1", checkpoint_for, "digits/sample_cg.yaml")
+    result, cfg, clf = measure(tmp_path / "t1", checkpoint_for, "guidance/cg.yaml")
     products = read_guide_logits(tmp_path / "t1" / "guide_logits.npz")
     x0, y = held_out()
     assert products["logits"].shape == (N, BUCKETS, 10)
     assert (products["labels"] == y.numpy()).all() and (products["ids"] == range(N)).all()
     assert integral_ece_of_logits(products) == pytest.approx(result["integral_ece"], abs=1e-6)
-    hot, _, _ = measure(tmp_path / "t3", checkpoint_for, "digits/sample_cg.yaml", temperature=3.0)
+    hot, _, _ = measure(tmp_path / "t3", checkpoint_for, "guidance/cg.yaml", temperature=3.0)
     assert integral_ece_of_logits(products, temperature=3.0) == pytest.approx(hot["integral_ece"], abs=1e-6)
     assert hot["integral_ece"] == pytest.approx(sum(expected(cfg, clf, False, 3.0)) / BUCKETS, abs=1e-6)
     assert abs(hot["integral_ece"] - result["integral_ece"]) > 1e-3  # the temperature changes the figure
@@ -118,7 +119,7 @@ def test_x0_hat_is_denoised_without_the_true_label(tmp_path, checkpoint_for, mon
         return call(self, x_t, t, abar, y, step)
 
     monkeypatch.setattr(NetDenoiser, "__call__", recording)
-    measure(tmp_path, checkpoint_for, "digits/sample_offtheshelf.yaml")
+    measure(tmp_path, checkpoint_for, "guidance/offtheshelf.yaml")
     labels = torch.cat(seen)
     assert len(labels) == N * BUCKETS and (labels == 10).all(), labels.unique()
 

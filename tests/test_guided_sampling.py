@@ -1,9 +1,11 @@
-"""Guided sampling through the real CLI: every shipped sampling YAML on every sampler its term supports; a noisy
-digits classifier's accuracy at low t; guided vs unguided samples graded by a separate judge; bad input end to end.
+"""Guided sampling through the real CLI: every guidance file on every dataset it documents and every sampler its
+term supports; a noisy digits classifier's accuracy at low t; guided vs unguided samples graded by a separate judge;
+bad input end to end.
 
-The checkpoints the sampling YAMLs name (``runs/<family>/<model>/checkpoints/last.ckpt``) are made by tiny fits of
-the shipped training configs whose ``trainer.default_root_dir`` is that run folder; each sampling YAML is loaded, its
-checkpoint paths are rewritten to those tiny checkpoints, and the result is dumped to ``tmp_path`` and run.
+The checkpoints the composed configs name (``runs/<family>/<model>/checkpoints/last.ckpt``) are made by tiny fits of
+the shipped training configs whose ``trainer.default_root_dir`` is that run folder; each dataset config plus guidance
+file is composed by the CLI's parser, its checkpoint paths are rewritten to those tiny checkpoints, and the result is
+dumped to ``tmp_path`` and run.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 import yaml
 from torch import nn
 
-from helpers import CONFIGS, cli, read_yaml, tiny_checkpoints
+from helpers import CONFIGS, SAMPLING, cli, composed, guidance_combinations, read_yaml, tiny_checkpoints
 from helpers import rewrite_sampling_config as rewrite
 from lightning_guidance.nets import TrainedClassifier
 from lightning_guidance.io.shards import read_shard, to_uint8
@@ -26,21 +28,13 @@ from lightning_guidance.io.shards import read_shard, to_uint8
 SAMPLERS = ("ddpm", "ddim", "edm")
 
 
-def _is_guided_sampling_config(path: Path) -> bool:
-    cfg = read_yaml(path)
-    init = (cfg.get("model") or {}).get("init_args") or {}
-    return cfg.get("model", {}).get("class_path", "").endswith("SamplingModule") and bool((init.get("sweep") or {}).get("terms"))
+GUIDED_CONFIGS = guidance_combinations(has="terms")
 
 
-GUIDED_CONFIGS = sorted(str(p.relative_to(CONFIGS)) for p in CONFIGS.glob("*/sample_*.yaml")
-                        if _is_guided_sampling_config(p))
-
-
-def _supported_samplers(config: str) -> tuple[str, ...]:
-    """What each config's term is documented to run on (its YAML comments): EluCD's sine boost is DDPM-only, and
+def _supported_samplers(config: tuple[str, str]) -> tuple[str, ...]:
+    """What each guidance file's term is documented to run on (its comments): EluCD's sine boost is DDPM-only, and
     the EDM variant (edm_g_max) also runs on DDPM. Every other term runs on every sampler."""
-    stem = Path(config).stem.removesuffix("_1d")
-    return {"sample_offtheshelf": ("ddpm",), "sample_offtheshelf_edm": ("ddpm", "edm")}.get(stem, SAMPLERS)
+    return {"offtheshelf": ("ddpm",), "offtheshelf_edm": ("ddpm", "edm")}.get(Path(config[1]).stem, SAMPLERS)
 
 
 # ---------------------------------------------------------------- tiny checkpoints of the shipped training configs
@@ -68,9 +62,8 @@ def shards_by_scale(out: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
 def test_every_method_has_a_sampling_config_per_family():
     methods = {"cg", "offtheshelf", "offtheshelf_edm", "cfg_plus_cg", "tilted", "entropy", "divergence"}
-    assert {f"digits/sample_{m}.yaml" for m in methods} <= set(GUIDED_CONFIGS)
-    assert {f"toy/sample_{m}_1d.yaml" for m in methods} <= set(GUIDED_CONFIGS)
-    assert {f"fractal/sample_{m}.yaml" for m in methods} <= set(GUIDED_CONFIGS)
+    for dataset in ("digits", "toy", "fractal"):
+        assert {(SAMPLING[dataset], f"guidance/{m}.yaml") for m in methods} <= set(GUIDED_CONFIGS), dataset
 
 
 @pytest.fixture
@@ -86,7 +79,7 @@ def no_pictures(monkeypatch):
 def test_sampling_config_runs_on_each_sampler_its_term_supports(config, sampler, tiny_checkpoint, tmp_path,
                                                                 no_pictures):
     out = tmp_path / "samples"
-    cfg = read_yaml(CONFIGS / config)["model"]["init_args"]
+    cfg = composed(*config)["model"]["init_args"]
     scales = cfg["sweep"]["values"]
     path = rewrite(config, out, tiny_checkpoint, sampler=sampler, sampler_kwargs={"num_steps": 3},
                    samples_per_class=2, shard_size=64, batch_size=64)
@@ -112,9 +105,9 @@ def test_sampling_config_runs_on_each_sampler_its_term_supports(config, sampler,
     manifest = json.loads((out / "manifest.json").read_text())
     term = cfg["sweep"]["terms"][0]
     for s in scales:
-        made = manifest["scales"][f"{s:g}"]["config"]
+        made = manifest["values"][f"{s:g}"]["config"]
         assert [g["class"] for g in made["guidance"]] == [term["class_path"].rsplit(".", 1)[1]]
-        assert (made["scale"], made["scale_target"]) == (s, cfg["sweep"]["target"])
+        assert (made["value"], made["target"]) == (s, cfg["sweep"]["target"])
         assert made["guidance"][0]["scale"] == term["init_args"]["scale"]
     by_hand = sample_by_hand(path, sampler)
     for name, (x, _) in found.items():
@@ -138,7 +131,8 @@ def sample_by_hand(config_path: Path, sampler: str) -> dict[str, torch.Tensor]:
     import copy
 
     from lightning_guidance.diffusion.noise import PerSampleNoise
-    from lightning_guidance.diffusion.sampling import sample
+    from lightning_guidance.diffusion.guidance_setting import GuidanceSetting
+    from lightning_guidance.diffusion.sampling import build_denoiser, sample
     from lightning_guidance.io.instantiate import instantiate
     from lightning_guidance.modules.cfg_diffusion import CFGDiffusion
 
@@ -155,14 +149,15 @@ def sample_by_hand(config_path: Path, sampler: str) -> dict[str, torch.Tensor]:
         for t in scaled:
             t.scale = t.scale * (s if target == "guidance" else 1.0)
         cfg = sweep.get("cfg_scale", 1.0) if target == "guidance" else s
-        out[f"{target}_{s:g}"] = sample(sampler, model.denoiser(cfg), model.schedule, labels, PerSampleNoise(seeds),
-                                        model.data_shape, guidance=scaled, **init["sampler_kwargs"])
+        out[f"{target}_{s:g}"] = sample(sampler, build_denoiser(model, GuidanceSetting(cfg)), model.schedule, labels,
+                                        PerSampleNoise(seeds), model.data_shape, guidance=scaled,
+                                        **init["sampler_kwargs"])
     return out
 
 
 def test_guidance_scale_zero_is_the_unguided_sampler(tiny_checkpoint, tmp_path, no_pictures):
     """sweep.target: guidance multiplies the term's scale: sweep value 0 gives exactly the unguided samples."""
-    config = "toy/sample_cg_1d.yaml"
+    config = (SAMPLING["toy"], "guidance/cg.yaml")
     guided = rewrite(config, tmp_path / "guided", tiny_checkpoint, sampler_kwargs={"num_steps": 5, "eta": 0.0},
                      samples_per_class=4, values=[0.0])
     predict(guided)
@@ -344,7 +339,7 @@ def test_classifier_guidance_makes_samples_the_requested_digit_more_often(
     out = tmp_path / "samples"
     runs = {"runs/digits/cfg/checkpoints/last.ckpt": digits_diffusion,
             "runs/digits/classifier/checkpoints/last.ckpt": noisy_digits_classifier / "checkpoints" / "last.ckpt"}
-    path = rewrite("digits/sample_cg.yaml", out, runs.__getitem__, values=[0.0, GUIDED_SCALE],
+    path = rewrite((SAMPLING["digits"], "guidance/cg.yaml"), out, runs.__getitem__, values=[0.0, GUIDED_SCALE],
                    sampler_kwargs={"num_steps": 20, "eta": 0.0}, samples_per_class=20)
     predict(path)
     found = shards_by_scale(out)
@@ -362,7 +357,7 @@ def test_classifier_guidance_makes_samples_the_requested_digit_more_often(
 def test_classifier_with_other_classes_than_the_diffusion_model_is_a_clear_error(tiny_checkpoint, tmp_path):
     """An ImageNet-style guide (1000 outputs) on the 10-class digits model without class_map."""
     out = tmp_path / "samples"
-    path = rewrite("digits/sample_offtheshelf.yaml", out, tiny_checkpoint, sampler_kwargs={"num_steps": 3},
+    path = rewrite((SAMPLING["digits"], "guidance/offtheshelf.yaml"), out, tiny_checkpoint, sampler_kwargs={"num_steps": 3},
                    samples_per_class=1, values=[1.0])
     cfg = read_yaml(path)
     cfg["model"]["init_args"]["sweep"]["terms"][0]["init_args"]["classifier"] = {
@@ -381,7 +376,7 @@ def test_term_the_sampler_cannot_take_fails_at_construction(tiny_checkpoint, tmp
     calls = []
     monkeypatch.setattr(sampling, "sample_ids", lambda *a, **k: calls.append(1))
     out = tmp_path / "samples"
-    path = rewrite("digits/sample_offtheshelf.yaml", out, tiny_checkpoint, sampler="ddim",
+    path = rewrite((SAMPLING["digits"], "guidance/offtheshelf.yaml"), out, tiny_checkpoint, sampler="ddim",
                    sampler_kwargs={"num_steps": 3}, samples_per_class=1)
     with pytest.raises(ValueError, match=r"OffTheShelfGuidance cannot run on the ddim sampler \(supported: ddpm\)"):
         predict(path)
@@ -408,7 +403,7 @@ class NaNBelowTime(nn.Module):
 def test_nan_gradient_mid_sampling_names_the_step_and_leaves_no_shard(sampler, tiny_checkpoint, tmp_path):
     out = tmp_path / "samples"
     steps = 6
-    path = rewrite("digits/sample_cg.yaml", out, tiny_checkpoint, sampler=sampler,
+    path = rewrite((SAMPLING["digits"], "guidance/cg.yaml"), out, tiny_checkpoint, sampler=sampler,
                    sampler_kwargs={"num_steps": steps}, samples_per_class=1, values=[1.0], shard_size=4)
     cfg = read_yaml(path)
     term = cfg["model"]["init_args"]["sweep"]["terms"][0]["init_args"]

@@ -1,7 +1,7 @@
 """Shard and checkpoint IO without the CLI: the uint8 file boundary in closed form, shard round trips, atomic
 writes, and checkpoints rebuilt from their recorded specs with the EMA or the raw weights (hand-made files).
 
-These run in a second each, so that they also serve as the per-mutant tests of scripts/mutation_test.py.
+These run in a second each, so that they also serve as the per-mutant tests of scripts/dev/mutation_test.py.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def test_shard_round_trip(tmp_path, kind):
     torch.testing.assert_close(back.samples, expected, rtol=0, atol=0)
     assert back.labels.tolist() == [0, 1, 2, 0, 1] and back.seeds.tolist() == [100, 101, 102, 103, 104]
     assert back.sample_ids.tolist() == [7, 8, 9, 10, 11]
-    assert back.scale == 2.5 and back.config_hash == config_hash({"a": 1})
+    assert back.value == 2.5 and back.config_hash == config_hash({"a": 1})
     with np.load(path) as z:
         assert (kind in z) and z["data_shape"].tolist() == list(samples.shape[1:])
         assert z["labels"].dtype == np.int64 and z["seeds"].dtype == np.int64 and z["sample_ids"].dtype == np.int64
@@ -97,6 +97,41 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
     assert target.read_text() == "old" and sorted(os.listdir(tmp_path)) == ["out.txt"]
     atomic_write(target, lambda tmp: tmp.write_text("new"))
     assert target.read_text() == "new" and sorted(os.listdir(tmp_path)) == ["out.txt"]
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_room_it_needs(tmp_path, monkeypatch):
+    """ENOSPC at the OS boundary (a writer that hits it; a folder whose statvfs reports too little room) becomes a
+    ``DiskFullError`` whose text is one line: the file, the bytes it needs when known, the room there is. The old file
+    stays, no temp file is left. (A real full disk: test_kill_resume.py, on a tmpfs.)"""
+    import errno
+    import shutil
+    from collections import namedtuple
+
+    import lightning_guidance.io.atomic as atomic
+    from lightning_guidance.io.atomic import DiskFullError, atomic_write_bytes
+
+    target = tmp_path / "out.ckpt"
+    target.write_bytes(b"old")
+
+    def no_room(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(DiskFullError) as err:
+        atomic_write(target, no_room)
+    assert str(err.value).startswith(f"disk full: writing {target} needs more room than that in {tmp_path} (")
+    assert err.value.errno == errno.ENOSPC and "\n" not in str(err.value)
+    assert target.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["out.ckpt"]
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda folder: usage(10**6, 10**6 - 2048, 2048))
+    with pytest.raises(DiskFullError, match=r"^disk full: writing \S+out.ckpt needs 3.0 KiB free in \S+ "
+                                            r"\(2.0 KiB free now\); make room there and re-run the same command"):
+        atomic_write_bytes(target, b"x" * 3072)
+    assert target.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["out.ckpt"]
+    monkeypatch.setattr(atomic.shutil, "disk_usage", shutil.disk_usage)
+    atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"new" and sorted(os.listdir(tmp_path)) == ["out.ckpt"]
 
 
 # ---- checkpoints --------------------------------------------------------------------------------------------
@@ -341,8 +376,8 @@ def test_manifest_is_read_back_from_the_run_folder(tmp_path):
     from lightning_guidance.io.shards import read_manifest
 
     assert read_manifest(tmp_path) is None
-    (tmp_path / "manifest.json").write_text('{"num_samples_per_scale": 4, "scales": {}}')
-    assert read_manifest(str(tmp_path)) == {"num_samples_per_scale": 4, "scales": {}}
+    (tmp_path / "manifest.json").write_text('{"num_samples_per_value": 4, "values": {}}')
+    assert read_manifest(str(tmp_path)) == {"num_samples_per_value": 4, "values": {}}
 
 
 # ---- checkpoints: safe loading and its messages ----------------------------------------------------------
@@ -404,9 +439,9 @@ def test_write_manifest_records_each_sweep_value_and_its_picture(tmp_path):
         shard.sample_ids = torch.arange(first, first + 4)
         write_shard(a / f"shard_{first:07d}.npz", shard)
     manifest = write_manifest(tmp_path, {"1": a, "2": empty}, {"1": {"cfg": 1.0}, "2": {"cfg": 2.0}}, num_samples=8,
-                              classes=[0, 1, 2], title="digits", per_class=2)
-    expected = {"num_samples_per_scale": 8, "classes": [0, 1, 2],
-                "scales": {"1": {"shards": ["shard_0000000.npz", "shard_0000004.npz"], "count": 8,
+                              classes=[0, 1, 2], titles={"1": "s = 1", "2": "s = 2"}, per_class=2)
+    expected = {"num_samples_per_value": 8, "classes": [0, 1, 2],
+                "values": {"1": {"shards": ["shard_0000000.npz", "shard_0000004.npz"], "count": 8,
                                  "grid": "scale_1/grid.png", "config": {"cfg": 1.0}}}}
     assert manifest == expected and read_manifest(tmp_path) == expected
     assert (a / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +25,7 @@ from subprocess_cli import run_cli, start_cli, stop, temp_files, wait_until, wro
 
 EVERY = 4  # periodic checkpoint interval; the toy data gives 8 batches per epoch, so step 12 is mid-epoch
 MAX_STEPS = 32
+VAL_EVERY = 2  # validation after epochs 2 and 4 (steps 16 and 32), none after epochs 1 and 3 (steps 8 and 24)
 CALLBACKS = f"""
 trainer:
   callbacks:
@@ -30,15 +34,16 @@ trainer:
       init_args: {{save_last: true, every_n_train_steps: {EVERY}, save_top_k: -1, filename: "{{step}}"}}
     - {{class_path: throttle.Throttle, init_args: {{seconds: 0.1}}}}
 """
+UNTHROTTLED = CALLBACKS.split("    - {class_path: throttle")[0]  # for kills at a given step (no race to win)
 
 
-def fit_args(root: Path, *extra) -> list:
+def fit_args(root: Path, *extra, callbacks: str = CALLBACKS) -> list:
     root.mkdir(parents=True, exist_ok=True)
-    (root.parent / "callbacks.yaml").write_text(CALLBACKS)
+    (root.parent / "callbacks.yaml").write_text(callbacks)
     return ["fit", "--config", CONFIGS / "toy/cfg_1d.yaml", "--config", root.parent / "callbacks.yaml",
             "--trainer.default_root_dir", root, "--trainer.max_steps", MAX_STEPS,
             "--trainer.enable_progress_bar", "false", "--trainer.log_every_n_steps", 1,
-            "--trainer.check_val_every_n_epoch", 1,
+            "--trainer.check_val_every_n_epoch", VAL_EVERY,
             "--data.init_args.n_train", 2000, "--data.init_args.n_val", 256, "--data.init_args.batch_size", 256,
             "--model.init_args.net.init_args.hidden_dim", 32, *extra]
 
@@ -70,13 +75,14 @@ def assert_same_training_state(a: dict, b: dict) -> None:
         for name, value in oa["state"][i].items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(ob["state"][i][name])), f"optimizer {i}.{name}"
     assert a["lr_schedulers"] == b["lr_schedulers"]
-    assert a["loops"]["fit_loop"]["epoch_loop.state_dict"] == b["loops"]["fit_loop"]["epoch_loop.state_dict"]
+    assert a["epoch"] == b["epoch"]
+    assert a["loops"] == b["loops"]  # every loop's progress: epochs, batches, optimizer steps, validation
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     root = tmp_path_factory.mktemp("straight") / "run"
-    done = run_cli(*fit_args(root))
+    done = run_cli(*fit_args(root, callbacks=UNTHROTTLED))
     assert done.returncode == 0, done.stderr[-3000:]
     return load(root / "checkpoints" / "last.ckpt"), metrics_rows(root)
 
@@ -99,7 +105,7 @@ def test_fit_killed_mid_epoch_resumes_exactly(uninterrupted, tmp_path, signum):
         stopped_at = load(root / "checkpoints" / "last.ckpt")["global_step"]
         assert 13 <= stopped_at < MAX_STEPS  # the checkpoint of the step it stopped at, not the last periodic one
     assert logged_step(root) < MAX_STEPS - 1
-    done = run_cli(*fit_args(root, "--ckpt_path", "last"))
+    done = run_cli(*fit_args(root, "--ckpt_path", "last", callbacks=UNTHROTTLED))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "not resumable" not in done.stderr and "Tip:" not in done.stdout + done.stderr
     assert_same_training_state(load(root / "checkpoints" / "last.ckpt"), reference)
@@ -108,22 +114,192 @@ def test_fit_killed_mid_epoch_resumes_exactly(uninterrupted, tmp_path, signum):
     assert not wrong_modes(root), wrong_modes(root)
 
 
-def test_fit_killed_right_after_a_checkpoint_resumes_exactly(uninterrupted, tmp_path):
-    """SIGKILL between the periodic checkpoint of step 12 and Lightning's logging of that step: the row of the
-    checkpoint's own step (step 11, the 12th batch) is already on disk, so the resumed history is the whole one."""
+@pytest.mark.parametrize("step, signum", [(12, signal.SIGKILL), (8, signal.SIGKILL), (16, signal.SIGKILL),
+                                           (16, signal.SIGTERM)],
+                         ids=["mid-epoch", "epoch-end", "epoch-end-before-validation", "SIGTERM-epoch-end"])
+def test_fit_killed_right_after_a_checkpoint_resumes_exactly(uninterrupted, tmp_path, step, signum):
+    """SIGKILL between the periodic checkpoint of a step and Lightning's logging of that step: the row of the
+    checkpoint's own step (the step-th batch) is already on disk, so the resumed history is the whole one.
+    Steps 8 and 16 are the last batches of epochs 1 and 2: their checkpoints are taken at the batch's end, before
+    the epoch's end (and, at 16, before its validation), which the resumed run must still run: the val row, the
+    epoch hooks and every loop counter as in the straight run (Lightning restored such a checkpoint as a finished
+    epoch: the val row was lost for good and the epoch counters drifted). SIGTERM during batch 16: the run stops
+    with that batch's checkpoint (its validation and epoch end ran, and run again on the resume)."""
     reference, reference_rows = uninterrupted
     root = tmp_path / "run"
-    args = fit_args(root)
-    args[4] = tmp_path / "kill.yaml"  # the callbacks, and after them the kill switch
-    args[4].write_text(CALLBACKS + "    - {class_path: kill_switch.KillAfterCheckpoint, init_args: {step: 12}}\n")
-    killed = run_cli(*args)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 12
-    assert logged_step(root) == 11  # every row up to the checkpoint's step, and no later one
-    done = run_cli(*fit_args(root, "--ckpt_path", "last"))
+    switch = "KillAfterCheckpoint" if signum == signal.SIGKILL else "SignalDuringStep"
+    killed = run_cli(*fit_args(root, callbacks=UNTHROTTLED + f"    - {{class_path: kill_switch.{switch}, "
+                                                             f"init_args: {{step: {step}}}}}\n"))
+    assert killed.returncode == (-signal.SIGKILL if signum == signal.SIGKILL else 128 + signum), killed.stderr[-3000:]
+    assert load(root / "checkpoints" / "last.ckpt")["global_step"] == step
+    if signum == signal.SIGKILL:
+        assert logged_step(root) == step - 1  # every row up to the checkpoint's step, and no later one
+    done = run_cli(*fit_args(root, "--ckpt_path", "last", callbacks=UNTHROTTLED))
     assert done.returncode == 0, done.stderr[-3000:]
     assert_same_training_state(load(root / "checkpoints" / "last.ckpt"), reference)
     assert metrics_rows(root) == reference_rows
+
+
+# ---- every trained module, not only the CFG model (and the flow: test_flow_cli.py) ---------------------------------
+def classifier_args(root: Path, *extra, callbacks: str = UNTHROTTLED) -> list:
+    """The noisy toy classifier (configs/toy/classifier_1d.yaml), 8 batches an epoch, 16 steps."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root.parent / "callbacks.yaml").write_text(callbacks)
+    return ["fit", "--config", CONFIGS / "toy/classifier_1d.yaml", "--config", root.parent / "callbacks.yaml",
+            "--trainer.default_root_dir", root, "--trainer.max_steps", 16, "--trainer.enable_progress_bar", "false",
+            "--trainer.log_every_n_steps", 1, "--trainer.check_val_every_n_epoch", 1,
+            "--model.init_args.net.init_args.hidden_dim", 16, "--model.init_args.warmup_steps", 4,
+            "--data.init_args.n_train", 2000, "--data.init_args.n_val", 256, "--data.init_args.batch_size", 256, *extra]
+
+
+CALIBRATION = """
+seed_everything: 4
+trainer:
+  max_steps: 16
+  check_val_every_n_epoch: 1
+  log_every_n_steps: 1
+  num_sanity_val_steps: -1
+  enable_progress_bar: false
+model:
+  class_path: lightning_guidance.modules.smooth_ece_calibration.SmoothECECalibration
+  init_args: {{checkpoint: {checkpoint}, smooth_ece_weight: 1.0, lr: 0.001, noise_seed: 4}}
+data:
+  class_path: lightning_guidance.data.heldout_split.HeldOutSplit
+  init_args:
+    data:
+      class_path: lightning_guidance.data.toy.Mixture1DDataModule
+      init_args: {{n_train: 256, n_val: 1024, batch_size: 64, seed: 0}}
+    calibration_fraction: 0.5
+    batch_size: 64
+"""
+
+
+def calibration_args(root: Path, checkpoint: Path, *extra, callbacks: str = UNTHROTTLED) -> list:
+    """The Smooth-ECE fine-tune of a toy classifier on its held-out split: 512 items, 8 batches an epoch."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root.parent / "callbacks.yaml").write_text(callbacks)
+    (root.parent / "calibrate.yaml").write_text(CALIBRATION.format(checkpoint=checkpoint))
+    return ["fit", "--config", root.parent / "calibrate.yaml", "--config", root.parent / "callbacks.yaml",
+            "--trainer.default_root_dir", root, *extra]
+
+
+@pytest.fixture(scope="module")
+def toy_classifier(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("toy-classifier") / "run"
+    cli(*classifier_args(root, "--trainer.max_steps", 4))
+    return root / "checkpoints" / "last.ckpt"
+
+
+@pytest.mark.parametrize("module", ["Classifier", "SmoothECECalibration"])
+def test_every_trained_module_resumes_exactly_from_a_mid_epoch_kill(module, toy_classifier, tmp_path):
+    """The kill/resume oracle of the CFG model on the other trained modules: SIGKILL right after the periodic
+    checkpoint of step 12 (mid-epoch: 8 batches an epoch), resume with ``--ckpt_path last``: weights, EMA, optimizer,
+    scheduler, loops and every metrics row as in the uninterrupted run. Catches: a module whose training noise
+    depends on the process's RNG history (e.g. a Classifier that no longer reseeds per step), a draw made from
+    state that a checkpoint does not hold."""
+    def args(root, *extra, **kwargs):
+        if module == "Classifier":
+            return classifier_args(root, *extra, **kwargs)
+        return calibration_args(root, toy_classifier, *extra, **kwargs)
+
+    straight, root = tmp_path / "straight" / "run", tmp_path / "killed" / "run"
+    done = run_cli(*args(straight))
+    assert done.returncode == 0, done.stderr[-3000:]
+    kill = UNTHROTTLED + "    - {class_path: kill_switch.KillAfterCheckpoint, init_args: {step: 12}}\n"
+    killed = run_cli(*args(root, callbacks=kill))
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 12
+    done = run_cli(*args(root, "--ckpt_path", "last"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert_same_training_state(load(root / "checkpoints" / "last.ckpt"), load(straight / "checkpoints" / "last.ckpt"))
+    assert metrics_rows(root) == metrics_rows(straight)
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_no_file_outside_the_run(uninterrupted, tmp_path):
+    """SIGKILL while the step-12 checkpoints are being written (made 64 MiB larger so that the write lasts): the only
+    partial file is the checkpoint's temp name in the run folder, which the next run removes, and the system temp
+    folder (TMPDIR) holds nothing; the resumed run is exact. Catches: a save that writes the whole file in the
+    system temp folder first and moves it (Lightning's, through fsspec), which nothing ever cleaned."""
+    reference, reference_rows = uninterrupted
+    root, system_tmp = tmp_path / "run", tmp_path / "system-tmp"
+    system_tmp.mkdir()
+    args = fit_args(root, callbacks=UNTHROTTLED + "    - {class_path: kill_switch.PadCheckpoint, init_args: {step: 12}}\n")
+    log = tmp_path / "first.log"
+    proc = start_cli(*args, log=log, env={"TMPDIR": str(system_tmp)})
+
+    def bytes_being_written() -> int:
+        written = 0
+        for p in [*system_tmp.rglob("*"), *root.rglob("*.tmp*")]:
+            try:
+                written = max(written, p.stat().st_size if p.is_file() else 0)
+            except FileNotFoundError:  # renamed or removed meanwhile
+                pass
+        return written
+
+    deadline = time.monotonic() + 240
+    while bytes_being_written() < 2**20:  # 1 MiB: a checkpoint without the padding is ~0.3 MiB
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.001)
+    proc.kill()
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert not list(system_tmp.iterdir()), list(system_tmp.iterdir())
+    assert [p.parent.name for p in temp_files(root)] == ["checkpoints"]  # the partial file, under a temp name
+    assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 8  # the previous one, whole
+    done = run_cli(*fit_args(root, "--ckpt_path", "last", callbacks=UNTHROTTLED))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not temp_files(root)
+    assert_same_training_state(load(root / "checkpoints" / "last.ckpt"), reference)
+    assert metrics_rows(root) == reference_rows
+
+
+def test_a_full_disk_stops_with_one_line_and_the_resume_after_making_room_is_exact(uninterrupted, tmp_path):
+    """The run folder on a 1.2 MB tmpfs (real ENOSPC, root only): the fit stops at the checkpoint that does not fit
+    with one line naming that file, the room it needs and the room there is (no traceback); the previous checkpoint
+    is whole, nothing partial is left, and after the tmpfs is grown the resume ends exactly like the straight run."""
+    if os.geteuid() != 0:
+        pytest.skip("a small tmpfs can only be mounted by root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1200k", "tmpfs", str(mount)]).returncode != 0:
+        pytest.skip("this machine does not let root mount a tmpfs")
+    try:
+        reference, reference_rows = uninterrupted
+        root = mount / "run"
+        full = run_cli(*fit_args(root, callbacks=UNTHROTTLED))
+        assert full.returncode == 1, full.stderr[-3000:]
+        assert "Traceback" not in full.stderr, full.stderr[-3000:]
+        (line,) = [ln for ln in full.stderr.splitlines() if ln.startswith("error")]
+        assert full.stderr.rstrip().endswith(line)
+        size = r"[\d.]+ (B|KiB)"
+        assert re.fullmatch(rf"error: disk full: writing {re.escape(str(root))}/\S+ needs {size} free in \S+ "
+                            rf"\({size} free now\); make room there and re-run the same command to continue", line), line
+        stopped = load(root / "checkpoints" / "last.ckpt")["global_step"]
+        assert 0 < stopped < MAX_STEPS
+        assert not temp_files(root)
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mount)], check=True)
+        done = run_cli(*fit_args(root, "--ckpt_path", "last", callbacks=UNTHROTTLED))
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert_same_training_state(load(root / "checkpoints" / "last.ckpt"), reference)
+        assert metrics_rows(root) == reference_rows
+        assert not temp_files(root)
+    finally:
+        subprocess.run(["umount", "-l", str(mount)])
+
+
+def test_sigint_during_start_up_is_one_line_and_exit_130(tmp_path):
+    """Ctrl-C while ``cli.py`` is still importing torch (before the command line's own handlers exist): one line and
+    exit 130 (128 + SIGINT), nothing written; before, a KeyboardInterrupt traceback from inside the import."""
+    root, log = tmp_path / "run", tmp_path / "start.log"
+    proc = start_cli(*fit_args(root), log=log)
+    maps = Path(f"/proc/{proc.pid}/maps")
+    deadline = time.monotonic() + 120
+    while "libtorch" not in maps.read_text():  # torch's libraries are being loaded: mid-import
+        assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.005)
+    rc = stop(proc, signal.SIGINT)
+    assert rc == 128 + signal.SIGINT, log.read_text()[-3000:]
+    assert log.read_text() == "stopped by SIGINT during start-up; nothing was written\n"
+    assert not list(root.iterdir())
 
 
 def test_fit_ends_with_a_checkpoint_of_its_final_step(tmp_path, capfd):
@@ -133,7 +309,7 @@ def test_fit_ends_with_a_checkpoint_of_its_final_step(tmp_path, capfd):
     args = fit_args(root, "--trainer.max_steps", 14, "--trainer.enable_progress_bar", "true",
                     "--trainer.log_every_n_steps", 50)
     args[args.index("--config", 3) + 1] = tmp_path / "no-throttle.yaml"
-    (tmp_path / "no-throttle.yaml").write_text(CALLBACKS.split("    - {class_path: throttle")[0])
+    (tmp_path / "no-throttle.yaml").write_text(UNTHROTTLED)
     cli(*args)
     assert load(root / "checkpoints" / "last.ckpt")["global_step"] == 14
     assert (root / "checkpoints" / "step=14.ckpt").is_file()
@@ -147,7 +323,7 @@ def test_a_fresh_fit_over_an_earlier_run_keeps_its_checkpoints_aside(tmp_path):
     the configs downstream name) is this run's final checkpoint, not an older one beside a ``last-v1.ckpt``; and
     ``--ckpt_path last`` then resumes this run."""
     root = tmp_path / "run"
-    (tmp_path / "no-throttle.yaml").write_text(CALLBACKS.split("    - {class_path: throttle")[0])
+    (tmp_path / "no-throttle.yaml").write_text(UNTHROTTLED)
 
     def fit(*extra):
         args = fit_args(root, *extra)
@@ -181,7 +357,7 @@ def predict_args(ckpt: Path, out: Path, throttle: bool = True) -> list:
         (out.parent / "throttle.yaml").write_text(
             "trainer:\n  callbacks:\n    - {class_path: throttle.Throttle, init_args: {seconds: 0.3}}\n")
         extra = ["--config", out.parent / "throttle.yaml"]
-    return ["predict", "--config", CONFIGS / "digits/sample_cfg.yaml", *extra, "--trainer.default_root_dir", out,
+    return ["predict", "--config", CONFIGS / "digits/sampling.yaml", *extra, "--trainer.default_root_dir", out,
             "--trainer.enable_progress_bar", "false", "--model.init_args.checkpoint", ckpt,
             "--model.init_args.samples_per_class", 2, "--model.init_args.shard_size", 4,
             "--model.init_args.batch_size", 4, "--model.init_args.sampler_kwargs", "{num_steps: 2}",

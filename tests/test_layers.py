@@ -24,10 +24,13 @@ LAYERS: list[tuple[str, ...]] = [
     ("launch",),  # the face: where processes run (resource checks, the SLURM job chain) ...
     ("study",),  # ... the study runner chains cli calls (as subprocesses or SLURM jobs) ...
     ("cli",),  # ... and the cli runs the study
+    ("console",),  # the shell entry point: imports the cli late, so that a Ctrl-C during start-up is one line
 ]
 TIER = {name: i for i, names in enumerate(LAYERS) for name in names}
 #: Lightning from here up: the data modules are LightningDataModules; everything below runs without Lightning
 FIRST_LIGHTNING_TIER = TIER["data"]
+#: the distributions that are Lightning (``lightning`` bundles the other two; either may be imported on its own)
+LIGHTNING = ("lightning", "pytorch_lightning", "lightning_fabric")
 
 
 def _package_of(module: str) -> str | None:
@@ -45,7 +48,9 @@ def _own_name(path: Path) -> str:
 
 
 def imports_of(path: Path) -> list[tuple[int, str]]:
-    """``(line, absolute module name)`` of every import in a file, at any depth (functions, classes, branches)."""
+    """``(line, absolute module name)`` of every import in a file, at any depth (functions, classes, branches).
+    ``from a import b`` counts as an import of ``a.b`` (``b`` may be a submodule: ``from lightning_guidance import
+    modules``), relative or absolute."""
     own = _own_name(path)
     package = own if path.name == "__init__.py" else own.rpartition(".")[0]
     found = []
@@ -57,12 +62,9 @@ def imports_of(path: Path) -> list[tuple[int, str]]:
                 base = package.split(".")
                 base = base[:len(base) - node.level + 1]
                 name = ".".join(base + ([node.module] if node.module else []))
-                if node.module is None:  # from . import x: each x may be a submodule
-                    found += [(node.lineno, f"{name}.{alias.name}") for alias in node.names]
-                    continue
             else:
                 name = node.module or ""
-            found.append((node.lineno, name))
+            found += [(node.lineno, f"{name}.{alias.name}") for alias in node.names]
     return found
 
 
@@ -71,32 +73,62 @@ def package_files() -> list[Path]:
 
 
 def layer_of(path: Path) -> str | None:
+    """The layer a file belongs to; None for the package root's ``__init__.py``."""
     rel = path.relative_to(PACKAGE)
     return rel.parts[0] if len(rel.parts) > 1 else rel.stem if rel.stem != "__init__" else None
+
+
+# ---- the rules: each takes (where, the file's layer, the imported module) and says what is wrong, or None --------
+def imports_down_the_table(where: str, layer: str | None, name: str) -> str | None:
+    """A layer imports the layers below it only (never up, never a sibling of its tier)."""
+    target = _package_of(name)
+    if layer is None or target is None or target == layer:
+        return None
+    if target not in TIER:
+        return f"{where}: imports {name}, in no layer of the table"
+    if TIER[target] >= TIER[layer]:
+        return f"{where}: {layer} imports {name} ({'sideways' if TIER[target] == TIER[layer] else 'up'})"
+    return None
+
+
+def no_lightning_below_the_data_layer(where: str, layer: str | None, name: str) -> str | None:
+    """The math, networks and metrics run without Lightning (the package root too: every layer imports it)."""
+    below = layer is None or TIER[layer] < FIRST_LIGHTNING_TIER
+    return f"{where}: imports {name} below the Lightning layer" if below and name.split(".")[0] in LIGHTNING else None
+
+
+def root_imports_nothing_of_the_package(where: str, layer: str | None, name: str) -> str | None:
+    """Python runs the package root's ``__init__.py`` before any layer: what it imports, every layer imports."""
+    if layer is None and name.split(".")[0] == "lightning_guidance":
+        return f"{where}: the package root imports {name}, so every layer would import it"
+    return None
+
+
+#: a section never builds a model or samples: its numbers come from the products of its steps
+STUDY_NEVER_IMPORTS = ("modules", "diffusion")
+
+
+def study_reads_what_its_steps_wrote(where: str, layer: str | None, name: str) -> str | None:
+    """The study plans steps and reads their products; it never loads a model or runs a sampler itself."""
+    if layer == "study" and _package_of(name) in STUDY_NEVER_IMPORTS:
+        return f"{where}: the study imports {name} (it reads what its steps wrote)"
+    return None
+
+
+RULES = [imports_down_the_table, no_lightning_below_the_data_layer, root_imports_nothing_of_the_package,
+         study_reads_what_its_steps_wrote]
 
 
 def violations() -> list[str]:
     out = []
     for path in package_files():
         layer = layer_of(path)
-        if layer is None:
-            continue
-        if layer not in TIER:
+        if layer is not None and layer not in TIER:
             out.append(f"{path.relative_to(PACKAGE.parent)}: folder {layer!r} is in no layer of the table")
             continue
         for line, name in imports_of(path):
             where = f"{path.relative_to(PACKAGE.parent)}:{line}"
-            top = name.split(".")[0]
-            if top == "lightning" and TIER[layer] < FIRST_LIGHTNING_TIER:
-                out.append(f"{where}: imports {name} below the Lightning layer")
-            target = _package_of(name)
-            if top != "lightning_guidance" or target is None or target == layer:
-                continue
-            if target not in TIER:
-                out.append(f"{where}: imports {name}, in no layer of the table")
-            elif TIER[target] >= TIER[layer]:
-                kind = "sideways" if TIER[target] == TIER[layer] else "up"
-                out.append(f"{where}: {layer} imports {name} ({kind})")
+            out += [found for rule in RULES if (found := rule(where, layer, name)) is not None]
     return out
 
 
@@ -128,6 +160,18 @@ def _write(root: Path, rel: str, text: str) -> Path:
      "below the Lightning layer"),
     ("modules/x.py", "from ..callbacks import ema\n", "(up)"),
     ("io/x.py", "from ..evaluation import plots\n", "in no layer"),
+    # absolute imports through the package root
+    ("io/x.py", "from lightning_guidance import modules\n", "io imports lightning_guidance.modules (up)"),
+    ("guidance/x.py", "from lightning_guidance import calibration\n", "(sideways)"),
+    ("diffusion/x.py", "def f():\n    import lightning_guidance.guidance.sweep\n", "(up)"),
+    # Lightning under its other names
+    ("diffusion/x.py", "import pytorch_lightning as pl\n", "below the Lightning layer"),
+    ("metrics/x.py", "from lightning_fabric.utilities.seed import seed_everything\n", "below the Lightning layer"),
+    ("nets/x.py", "from pytorch_lightning.callbacks import Callback\n", "below the Lightning layer"),
+    # the package root, which every layer imports first
+    ("__init__.py", "from .modules import sampling\n", "the package root imports lightning_guidance.modules"),
+    ("__init__.py", "from lightning_guidance import cli\n", "the package root imports lightning_guidance.cli"),
+    ("__init__.py", "import lightning\n", "__init__.py:1: imports lightning below the Lightning layer"),
 ])
 def test_checker_finds_bad_imports(tmp_path, monkeypatch, rel, text, expected):
     _write(tmp_path, "__init__.py", "")
@@ -147,14 +191,8 @@ def test_checker_accepts_downward_imports(tmp_path, monkeypatch):
 
 
 # ---- the study reads what its steps wrote -----------------------------------------------------------------
-#: a section never builds a model or samples: its numbers come from the products of its steps
-STUDY_NEVER_IMPORTS = ("modules", "diffusion")
-
-
 def study_violations() -> list[str]:
-    return [f"{path.relative_to(PACKAGE.parent)}:{line}: the study imports {name} (it reads what its steps wrote)"
-            for path in package_files() if layer_of(path) == "study"
-            for line, name in imports_of(path) if _package_of(name) in STUDY_NEVER_IMPORTS]
+    return [v for v in violations() if "the study imports" in v]
 
 
 def test_the_study_imports_no_model_and_no_sampler():

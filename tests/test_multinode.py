@@ -71,7 +71,7 @@ def fit_args(root: Path, steps: int, batch: int) -> list:
 
 
 def predict_args(ckpt: Path, out: Path) -> list:
-    return ["predict", "--config", CONFIGS / "digits/sample_cfg.yaml", "--trainer.default_root_dir", out,
+    return ["predict", "--config", CONFIGS / "digits/sampling.yaml", "--trainer.default_root_dir", out,
             "--model.init_args.checkpoint", ckpt, "--model.init_args.output_dir", out,
             "--model.init_args.sweep.values", "[3.0]", "--model.init_args.samples_per_class", 2,
             "--model.init_args.shard_size", 8, "--model.init_args.sampler_kwargs", "{num_steps: 3}"]

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from diffusers.models.embeddings import get_timestep_embedding
 
 from lightning_guidance.diffusion.denoiser import NetDenoiser
+from lightning_guidance.diffusion.guidance_setting import GuidanceSetting
 from lightning_guidance.nets import (EncoderClassifier, LinearClassifier, MLPClassifier, MLPDenoiser, UNet,
                                      timestep_embedding)
 from lightning_guidance.nets.blocks import AttentionBlock, ResBlock, group_norm
@@ -107,8 +108,8 @@ def test_unet_runs_under_cfg_denoiser_as_one_doubled_batch():
     calls = []
     net.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
     x = torch.randn(5, 1, 8, 8)
-    out = NetDenoiser(net, 10, cfg_scale=2.0)(x, torch.rand(5), torch.full((5,), 0.5, dtype=torch.float64),
-                                              torch.arange(5))
+    out = NetDenoiser(net, 10, setting=GuidanceSetting(2.0))(x, torch.rand(5), torch.full((5,), 0.5, dtype=torch.float64),
+                                                             torch.arange(5))
     assert out.eps.shape == x.shape and calls == [10]
 
 

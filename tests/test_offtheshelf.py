@@ -281,7 +281,8 @@ def test_timm_local_weights_reproduce_the_original(tmp_path, suffix):
 def test_timm_head_mismatch_is_an_error_not_a_silent_random_head(tmp_path):
     path = tmp_path / "resnet18.pth"
     torch.save(timm.create_model("resnet18", num_classes=7).state_dict(), path)
-    with pytest.raises(RuntimeError, match="fc"):
+    with pytest.raises(ValueError, match=r"fc.weight: \(7, 512\).* built with 1000: add model_kwargs: "
+                                         r"\{num_classes: 7\}"):
         OffTheShelfClassifier("timm", "resnet18", path, input_size=32)  # 1000 classes expected
 
 

@@ -11,6 +11,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from lightning_guidance.diffusion.denoiser import NetDenoiser
+from lightning_guidance.diffusion.guidance_setting import GuidanceSetting
 from lightning_guidance.diffusion.parameterization import (
     PREDICTION_KINDS,
     check_prediction,
@@ -89,7 +90,7 @@ class Oracle(torch.nn.Module):
 def test_net_denoiser_converts_each_prediction_kind(kind, cfg_scale):
     """Catches a denoiser that ignores its ``prediction`` (treats a v or x0 output as eps)."""
     x0, eps, _, abar, x_t, _, _ = batch(2)
-    den = NetDenoiser(Oracle(kind, x0, eps, abar), 3, prediction=kind, cfg_scale=cfg_scale, clip_x0=False)
+    den = NetDenoiser(Oracle(kind, x0, eps, abar), 3, prediction=kind, setting=GuidanceSetting(cfg_scale), clip_x0=False)
     out = den(x_t.float(), torch.zeros(6), abar.float(), torch.zeros(6, dtype=torch.long))
     # both CFG halves see the same output, so any scale gives back the true eps and x0
     torch.testing.assert_close(out.eps.double(), eps, rtol=1e-4, atol=1e-4)
@@ -125,7 +126,7 @@ def test_cfg_combines_the_conditional_and_null_halves_the_documented_way(cfg_sca
     class's, from one doubled-batch forward. Catches the two halves swapped (which gives ``eps_c + s (eps_u - eps_c)``)
     and a per-sample scale applied to the wrong rows."""
     net = LabelEcho()
-    den = NetDenoiser(net, 3, cfg_scale=cfg_scale, clip_x0=False)
+    den = NetDenoiser(net, 3, setting=GuidanceSetting(cfg_scale), clip_x0=False)
     y = torch.tensor([0, 1, 2, 1])
     out = den(torch.zeros(4, 2), torch.full((4,), 0.5), torch.full((4,), 0.5), y)
     s = torch.as_tensor(cfg_scale, dtype=torch.float32).expand(4).view(-1, 1)

@@ -149,7 +149,7 @@ def test_the_test_stage_writes_products_that_reproduce_its_table(setup_paths, sh
     settings = table["settings"]
     assert settings["fd_name"] == "fd_digits" and settings["kd_subset_size"] == 1000
     for row in table["rows"]:
-        group = f"cfg_{row['scale']:g}"
+        group = f"cfg_{row['value']:g}"
         gen = read_sample_products(products_path(shards_copy, group))
         shards = [read_shard(p) for p in sorted((shards_copy / group).glob("shard_*.npz"))]
         assert gen["ids"].tolist() == list(range(10 * SAMPLES_PER_CLASS))
@@ -161,7 +161,7 @@ def test_the_test_stage_writes_products_that_reproduce_its_table(setup_paths, sh
         assert again.keys() == row["metrics"].keys() and "kd_digits" in again
         for key, value in row["metrics"].items():
             assert again[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
-    floor = real_floor(real, table["num_samples_per_scale"], **settings)
+    floor = real_floor(real, table["num_samples_per_value"], **settings)
     assert floor["num_samples"] == table["real_floor"]["num_samples"] == 10 * SAMPLES_PER_CLASS
     for key, value in table["real_floor"]["metrics"].items():
         assert floor["metrics"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key

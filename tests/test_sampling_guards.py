@@ -113,10 +113,12 @@ def test_guidance_sweep_checks_its_one_cfg_scale():
 
 def test_sweep_values_scale_the_terms_or_the_cfg():
     term = ClassifierGuidance(Guide(), scale=3.0)
-    cfg, terms = Sweep("guidance", [0.0, 2.0], 1.5, [term]).at(2.0)
-    assert cfg == 1.5 and terms[0].scale == 6.0 and term.scale == 3.0 and terms[0].classifier is term.classifier
-    cfg, terms = Sweep("cfg", [1.0, 4.0], 1.5, [term]).at(4.0)
-    assert cfg == 4.0 and terms == [term]
+    setting = Sweep("guidance", [0.0, 2.0], 1.5, [term]).at(2.0)
+    terms = setting.terms
+    assert setting.cfg_scale == 1.5 and terms[0].scale == 6.0 and term.scale == 3.0
+    assert terms[0].classifier is term.classifier
+    setting = Sweep("cfg", [1.0, 4.0], 1.5, [term]).at(4.0)
+    assert setting.cfg_scale == 4.0 and setting.terms == (term,) and setting.rule is None
     with pytest.raises(ValueError, match="target must be one of"):
         Sweep("scale", [1.0])
 

@@ -78,7 +78,7 @@ def sampling_args(ckpt: Path, out: Path, *extra) -> list:
 
 
 def predict_shards(ckpt: Path, out: Path, *extra) -> None:
-    cli("predict", "--config", CONFIGS / "digits/sample_cfg.yaml", *sampling_args(ckpt, out, *extra))
+    cli("predict", "--config", CONFIGS / "digits/sampling.yaml", *sampling_args(ckpt, out, *extra))
 
 
 def shards_dir(tmp_path_factory) -> tuple[Path, Path]:
@@ -88,7 +88,7 @@ def shards_dir(tmp_path_factory) -> tuple[Path, Path]:
 
 
 def stage_args(ckpt: Path, out: Path, judge: Path, *extra) -> list:
-    return ["test", "--config", CONFIGS / "digits/test_cfg.yaml",
+    return ["test", "--config", CONFIGS / "digits/sampling.yaml", "--config", CONFIGS / "digits/grade_with_judge.yaml",
             *sampling_args(ckpt, out, "--model.init_args.judge.init_args.checkpoint", judge, *extra)]
 
 
@@ -165,10 +165,10 @@ def test_metrics_table_matches_an_independent_computation(setup_paths, shards_co
     real_logits, real_features = judge_logits_and_features(judge, x_real)
     assert table["real"]["judge_accuracy"] == pytest.approx((real_logits.argmax(1) == y_real.numpy()).mean())
     assert table["judge_num_features"] == real_features.shape[1]
-    assert [row["scale"] for row in table["rows"]] == [1.0, 3.0]
+    assert [row["value"] for row in table["rows"]] == [1.0, 3.0]
     assert table["num_real_samples"] == len(y_real) and all(r["num_samples"] == 70 for r in table["rows"])
     for row in table["rows"]:
-        shards = [read_shard(p) for p in sorted((shards_copy / f"cfg_{row['scale']:g}").glob("shard_*.npz"))]
+        shards = [read_shard(p) for p in sorted((shards_copy / f"cfg_{row['value']:g}").glob("shard_*.npz"))]
         x = torch.cat([s.samples for s in shards])
         y = torch.cat([s.labels for s in shards]).numpy()
         assert len(x) == 10 * SAMPLES_PER_CLASS
@@ -179,18 +179,7 @@ def test_metrics_table_matches_an_independent_computation(setup_paths, shards_co
         assert m["recall"] == pytest.approx(coverage(real_features, features, 3), abs=1e-12)
         assert m["judge_accuracy"] == pytest.approx((logits.argmax(1) == y).mean(), abs=1e-6)
         assert m["judge_score"] == pytest.approx(classifier_score(logits), rel=1e-6)
-        assert f"| {row['scale']:g} | ddim" in markdown
-
-
-def test_any_sampling_config_is_graded_with_the_judge_overlay(setup_paths, shards_copy):
-    """``test --config <sampling config> --config configs/digits/grade_with_judge.yaml`` = test_cfg.yaml's table."""
-    judge, ckpt, _ = setup_paths
-    cli(*stage_args(ckpt, shards_copy, judge))
-    expected = json.loads((shards_copy / "metrics_table.json").read_text())
-    (shards_copy / "metrics_table.json").unlink()
-    cli("test", "--config", CONFIGS / "digits/sample_cfg.yaml", "--config", CONFIGS / "digits/grade_with_judge.yaml",
-        *sampling_args(ckpt, shards_copy, "--model.init_args.judge.init_args.checkpoint", judge))
-    assert json.loads((shards_copy / "metrics_table.json").read_text()) == expected
+        assert f"| {row['value']:g} | ddim" in markdown
 
 
 def test_the_judge_rates_real_data_far_above_noise(setup_paths, shards_copy):
@@ -202,14 +191,14 @@ def test_the_judge_rates_real_data_far_above_noise(setup_paths, shards_copy):
     for path in sorted((shards_copy / "cfg_1").glob("shard_*.npz")):
         shard = read_shard(path)
         rows = shard.sample_ids
-        write_shard(path, Shard(x_real[rows], y_real[rows], shard.seeds, shard.sample_ids, shard.scale,
+        write_shard(path, Shard(x_real[rows], y_real[rows], shard.seeds, shard.sample_ids, shard.value,
                                 shard.config_hash))
     for path in sorted((shards_copy / "cfg_3").glob("shard_*.npz")):
         shard = read_shard(path)
         noise = torch.rand(shard.samples.shape, generator=g) * 2 - 1
-        write_shard(path, Shard(noise, shard.labels, shard.seeds, shard.sample_ids, shard.scale, shard.config_hash))
+        write_shard(path, Shard(noise, shard.labels, shard.seeds, shard.sample_ids, shard.value, shard.config_hash))
     cli(*stage_args(ckpt, shards_copy, judge))
-    rows = {r["scale"]: r["metrics"] for r in json.loads((shards_copy / "metrics_table.json").read_text())["rows"]}
+    rows = {r["value"]: r["metrics"] for r in json.loads((shards_copy / "metrics_table.json").read_text())["rows"]}
     assert rows[1.0]["judge_accuracy"] > 0.9 and rows[3.0]["judge_accuracy"] < 0.5
     assert rows[1.0]["fd_digits"] * 5 < rows[3.0]["fd_digits"]
 
@@ -251,7 +240,7 @@ model:
 
 def test_too_few_samples_is_an_error_not_nan(setup_paths, tmp_path):
     judge, ckpt, _ = setup_paths
-    with pytest.raises(ValueError, match=r"3 samples per scale are too few.*k=3.*at least 4"):
+    with pytest.raises(ValueError, match=r"3 samples per swept value are too few.*k=3.*at least 4"):
         cli(*stage_args(ckpt, tmp_path / "o", judge, "--model.init_args.classes", "[0]",
                        "--model.init_args.samples_per_class", "3"))
 
@@ -271,7 +260,7 @@ def test_shards_of_another_resolution_are_a_clear_error(setup_paths, shards_copy
     for path in sorted(shards_copy.glob("cfg_*/shard_*.npz")):
         shard = read_shard(path)
         big = torch.nn.functional.interpolate(shard.samples, scale_factor=2, mode="nearest")
-        write_shard(path, Shard(big, shard.labels, shard.seeds, shard.sample_ids, shard.scale, shard.config_hash))
+        write_shard(path, Shard(big, shard.labels, shard.seeds, shard.sample_ids, shard.value, shard.config_hash))
     with pytest.raises(ValueError, match=r"shape \(1, 16, 16\) but the real data \(DigitsDataModule\) has shape "
                                          r"\(1, 8, 8\)"):
         cli(*stage_args(ckpt, shards_copy, judge))
@@ -282,7 +271,8 @@ def test_predict_is_unchanged_by_the_test_arguments(setup_paths, tmp_path):
     Catches a predict that writes nothing or fewer shards (the shard lists must be equal, not just zipped) and judge
     arguments leaking into the config hash. (The uint8 file boundary itself is tested in test_io.py.)"""
     judge, ckpt, shards = setup_paths
-    cli("predict", "--config", CONFIGS / "digits/test_cfg.yaml", "--data", "null",  # predict brings its own loader
+    cli("predict", "--config", CONFIGS / "digits/sampling.yaml", "--config", CONFIGS / "digits/grade_with_judge.yaml",
+        "--data", "null",  # predict brings its own loader
         *sampling_args(ckpt, tmp_path / "again", "--model.init_args.judge.init_args.checkpoint", judge))
     first = sorted(p.relative_to(shards) for p in shards.glob("cfg_*/shard_*.npz"))
     again = sorted(p.relative_to(tmp_path / "again") for p in (tmp_path / "again").glob("cfg_*/shard_*.npz"))

@@ -31,7 +31,7 @@ def predict(config: str, out, checkpoint_for, **overrides):
     return {float(v): paths for v, paths in manifest_shards(out).items()}
 
 
-@pytest.mark.parametrize("config", ["toy/sample_cfg_1d.yaml", "toy/sample_cg_1d.yaml"])
+@pytest.mark.parametrize("config", ["toy/sampling.yaml", ("toy/sampling.yaml", "guidance/cg.yaml")])
 def test_the_path_ends_in_the_samples_and_changes_none(tmp_path, checkpoint_for, config):
     plain = predict(config, tmp_path / "plain", checkpoint_for, batch_size=6)
     traced = predict(config, tmp_path / "traced", checkpoint_for, batch_size=6, save_trajectory=True)

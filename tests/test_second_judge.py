@@ -51,19 +51,19 @@ def test_the_second_judge_grades_the_same_shards_and_tells_real_from_noise(setup
     g = torch.Generator().manual_seed(0)
     for path in sorted((shards_copy / "cfg_1").glob("shard_*.npz")):  # held-out real digits
         s = read_shard(path)
-        write_shard(path, Shard(x_real[s.sample_ids], y_real[s.sample_ids], s.seeds, s.sample_ids, s.scale,
+        write_shard(path, Shard(x_real[s.sample_ids], y_real[s.sample_ids], s.seeds, s.sample_ids, s.value,
                                 s.config_hash))
     for path in sorted((shards_copy / "cfg_3").glob("shard_*.npz")):  # uniform noise
         s = read_shard(path)
         write_shard(path, Shard(torch.rand(s.samples.shape, generator=g) * 2 - 1, s.labels, s.seeds, s.sample_ids,
-                                s.scale, s.config_hash))
+                                s.value, s.config_hash))
     tables = {}
     for name, path in (("mlp", judge), ("conv", conv_judge)):
         cli(*stage_args(ckpt, shards_copy, path))
         tables[name] = json.loads((shards_copy / "metrics_table.json").read_text())
     assert tables["conv"]["judge_num_features"] == 128 != tables["mlp"]["judge_num_features"]
     for name, table in tables.items():
-        rows = {r["scale"]: r["metrics"] for r in table["rows"]}
+        rows = {r["value"]: r["metrics"] for r in table["rows"]}
         assert rows[1.0]["judge_accuracy"] > 0.85 > 0.5 > rows[3.0]["judge_accuracy"], name
         assert rows[1.0]["fd_digits"] * 5 < rows[3.0]["fd_digits"], name
         assert rows[1.0]["kd_digits"] < rows[3.0]["kd_digits"], name

@@ -1,12 +1,14 @@
 """slurm/train.sbatch on a real one-host SLURM: 2 srun tasks (DDP, gloo), USR1 to the batch script (what
-``--signal=B:USR1@N`` sends before the time limit), requeue, resume: the run ends exactly like a straight run.
+``--signal=B:USR1@N`` sends before the time limit), requeue, resume: the run ends exactly like a straight run. And
+pre-emption: SIGTERM to both tasks (``scancel --signal=TERM``) stops them at one checkpoint; a resubmit resumes.
 
-The cluster comes from scripts/slurm_local.sh (installs slurm-wlm + munge with apt-get when missing; needs root) and
+The cluster comes from scripts/slurm/slurm_local.sh (installs slurm-wlm + munge with apt-get when missing; needs root) and
 is torn down after. Oracle: the same fit run straight through on the same cluster with the same world size.
 """
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shutil
@@ -23,7 +25,7 @@ from helpers import CONFIGS, ROOT, load
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = ROOT / "scripts" / "slurm_local.sh"
+SCRIPT = ROOT / "scripts" / "slurm" / "slurm_local.sh"
 MAX_STEPS = 120
 EVERY = 20  # periodic checkpoint interval (steps)
 SIGNAL_AFTER = 40  # USR1 once this step's checkpoint exists
@@ -52,7 +54,7 @@ def _free_port() -> int:
 def slurm_env(tmp_path_factory):
     """Environment (SLURM_CONF) of a one-host cluster brought up for this module, torn down after it."""
     if shutil.which("sbatch") is None and (os.geteuid() != 0 or shutil.which("apt-get") is None):
-        pytest.skip("sbatch is not on PATH and SLURM cannot be installed here (scripts/slurm_local.sh needs root "
+        pytest.skip("sbatch is not on PATH and SLURM cannot be installed here (scripts/slurm/slurm_local.sh needs root "
                     "and apt-get)")
     where = tmp_path_factory.mktemp("slurm")
     env = dict(os.environ, SLURM_LOCAL_CTLD_PORT=str(_free_port()), SLURM_LOCAL_SLURMD_PORT=str(_free_port()))
@@ -115,13 +117,24 @@ def _assert_same_training_state(a: dict, b: dict) -> None:
             assert torch.equal(value, sb[i][name]), f"optimizer state {i}.{name} differs from the straight run"
 
 
-def test_requeued_fit_resumes_exactly(slurm_env, tmp_path):
+@pytest.fixture(scope="module")
+def straight(slurm_env, tmp_path_factory) -> Path:
+    """The reference: the same job run straight through on the same cluster and world size."""
+    run = tmp_path_factory.mktemp("slurm-straight") / "straight"
+    _submit(slurm_env, run, "--wait")  # --wait: sbatch returns when the job has ended
+    assert "srun ended with status 0" in (run / "job.out").read_text(), _log(run)
+    assert load(run / "root" / "checkpoints" / "last.ckpt")["global_step"] == MAX_STEPS
+    return run
+
+
+def _metrics_rows(run: Path) -> list[dict]:
+    with (run / "root" / "logs" / "metrics.csv").open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_requeued_fit_resumes_exactly(slurm_env, straight, tmp_path):
     env = slurm_env
-    straight = tmp_path / "straight"
-    _submit(env, straight, "--wait")  # --wait: sbatch returns when the job has ended
-    assert "srun ended with status 0" in (straight / "job.out").read_text(), _log(straight)
     reference = load(straight / "root" / "checkpoints" / "last.ckpt")
-    assert reference["global_step"] == MAX_STEPS
 
     run = tmp_path / "requeued"
     job = _submit(env, run)
@@ -132,9 +145,11 @@ def test_requeued_fit_resumes_exactly(slurm_env, tmp_path):
     _wait_for(lambda: _job(env, job)["JobState"] == "PENDING", 120, "the job to be requeued", run)
     assert _job(env, job)["Restarts"] == "1"
 
-    # the first run is over: its newest checkpoint is what the restart must resume from
+    # the first run is over: its newest checkpoint is what the restart must resume from; SLURM ended it with SIGTERM,
+    # so both tasks saved the checkpoint of the step they were at (not only the periodic one before it)
     resume_from = load(run / "root" / "checkpoints" / "last.ckpt")["global_step"]
-    assert SIGNAL_AFTER <= resume_from < MAX_STEPS and resume_from % EVERY == 0
+    assert signalled_at <= resume_from < MAX_STEPS
+    assert "stopped by SIGTERM" in _log(run), _log(run)
     released = time.time()
     subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], env=env, check=True, timeout=30)
     _wait_for(lambda: _job(env, job)["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 600,
@@ -145,13 +160,51 @@ def test_requeued_fit_resumes_exactly(slurm_env, tmp_path):
     assert "SLURM_RESTART_COUNT=0" in log and "SLURM_RESTART_COUNT=1" in log, _log(run)
     assert "USR1: requeueing job" in log, _log(run)
     assert f"Restored all states from the checkpoint at {run / 'root' / 'checkpoints' / 'last.ckpt'}" in log
-    # the restart trained on from resume_from, not from 0: checkpoints up to it are the first run's files, later
-    # ones the restart's
+    # the restart trained on from resume_from, not from 0: checkpoints up to it are the first run's files (the
+    # periodic ones and the stop checkpoint), later ones the restart's
     steps = _step_files(run)
-    assert sorted(steps) == list(range(EVERY, MAX_STEPS + 1, EVERY))
+    assert sorted(set(steps) - {resume_from}) == list(range(EVERY, MAX_STEPS + 1, EVERY))
     for step, path in steps.items():
         assert (path.stat().st_mtime < released) == (step <= resume_from), (step, resume_from)
     final = load(run / "root" / "checkpoints" / "last.ckpt")
     assert final["global_step"] == MAX_STEPS
     _assert_same_training_state(final, reference)
     print(f"USR1 after step {signalled_at}, resumed from step {resume_from}")
+
+
+def test_sigterm_to_both_tasks_stops_them_at_one_checkpoint_and_a_resubmit_resumes_exactly(slurm_env, straight,
+                                                                                           tmp_path):
+    """Pre-emption as a cluster does it: ``scancel --signal=TERM <job>`` signals every task of the 2-task job. Each
+    task's handler only records it; at the next batch end the ranks agree (one collective), save one checkpoint of
+    that step together and both exit 143 (srun and the job end with it). Submitted again, the job resumes from that
+    checkpoint and ends exactly like the straight run, every metrics row once (no step trained twice)."""
+    env = slurm_env
+    run = tmp_path / "preempted"
+    job = _submit(env, run)
+    _wait_for(lambda: SIGNAL_AFTER in _step_files(run), 600, f"the step-{SIGNAL_AFTER} checkpoint", run)
+    assert _job(env, job)["JobState"] == "RUNNING", _log(run)
+    subprocess.run(["scancel", "--signal=TERM", job], env=env, check=True, timeout=30)
+    _wait_for(lambda: _job(env, job)["JobState"] in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"), 300,
+              "the signalled job to end", run)
+    log = (run / "job.out").read_text()
+    assert "srun ended with status 143" in log, _log(run)
+    assert log.count("stopped by SIGTERM") == 2, _log(run)  # both tasks, one line each
+    stopped = load(run / "root" / "checkpoints" / "last.ckpt")["global_step"]
+    assert SIGNAL_AFTER <= stopped < MAX_STEPS, stopped
+    assert max(int(r["step"]) for r in _metrics_rows(run)) < stopped  # nothing logged past the stop checkpoint
+
+    again = subprocess.run(["sbatch", "--parsable", "--wait", "--nodes=1", "--ntasks-per-node=2",
+                            "--cpus-per-task=1", f"--output={run / 'job.out'}", "slurm/train.sbatch", "--config",
+                            str(run / "callbacks.yaml"), "--trainer.default_root_dir", str(run / "root"),
+                            *[str(a) for a in FIT_ARGS]], cwd=ROOT,
+                           env=dict(env, CONFIG=str(CONFIGS / "digits" / "cfg.yaml"), PYTHON=sys.executable),
+                           capture_output=True, text=True, timeout=900, check=False)
+    assert again.returncode == 0, f"{again.stderr}\n{_log(run)}"
+    assert (run / "job.out").read_text().rstrip().endswith("srun ended with status 0"), _log(run)
+    assert f"Restored all states from the checkpoint at {run / 'root' / 'checkpoints' / 'last.ckpt'}" in \
+        (run / "job.out").read_text()
+    final = load(run / "root" / "checkpoints" / "last.ckpt")
+    _assert_same_training_state(final, load(straight / "root" / "checkpoints" / "last.ckpt"))
+    assert final["loops"] == load(straight / "root" / "checkpoints" / "last.ckpt")["loops"]
+    assert _metrics_rows(run) == _metrics_rows(straight)
+    print(f"SIGTERM after step {SIGNAL_AFTER}: stopped at step {stopped}")

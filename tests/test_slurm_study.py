@@ -1,4 +1,4 @@
-"""`cli.py study --launcher slurm` on a real one-host SLURM (scripts/slurm_local.sh; slow).
+"""`cli.py study --launcher slurm` on a real one-host SLURM (scripts/slurm/slurm_local.sh; slow).
 
 The study (`--preset micro --sections digits_cfg`: judge and CFG fits, sampling as a 2-task job array plus its
 collector, grading with the judge) runs as jobs that each start after the jobs of the steps they read, `--status`

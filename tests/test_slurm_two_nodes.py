@@ -1,4 +1,4 @@
-"""A real two-node SLURM job on one machine (slow): scripts/slurm_two_nodes.sh starts two slurmd, each in its own
+"""A real two-node SLURM job on one machine (slow): scripts/slurm/slurm_two_nodes.sh starts two slurmd, each in its own
 network and UTS namespace (nodes n1, n2 with their own addresses), and slurm/train.sbatch / predict.sbatch run
 `--nodes=2 --ntasks-per-node=1` jobs whose ranks talk gloo over that network. The 2-node fit, resumed from its
 periodic step-3 checkpoint by a second job, equals one process with the global batch; 2-node sampling equals one
@@ -21,7 +21,7 @@ from test_multinode import CALLBACKS, COMMON, fit_args, free_port, predict_args
 
 pytestmark = pytest.mark.slow
 
-SCRIPT = ROOT / "scripts" / "slurm_two_nodes.sh"
+SCRIPT = ROOT / "scripts" / "slurm" / "slurm_two_nodes.sh"
 WAIT_S = 900
 
 
@@ -70,7 +70,7 @@ def test_two_slurm_nodes_fit_resume_and_predict_like_one_process(tmp_path, two_n
         assert real <= WEIGHT_ATOL and noise <= summed_learning_rate(a)
 
     ckpt = nodes / "checkpoints/last.ckpt"
-    run_job(two_nodes, "slurm/predict.sbatch", CONFIGS / "digits/sample_cfg.yaml", tmp_path / "predict.out",
+    run_job(two_nodes, "slurm/predict.sbatch", CONFIGS / "digits/sampling.yaml", tmp_path / "predict.out",
             *predict_args(ckpt, tmp_path / "sample_nodes")[3:])
     cli(*predict_args(ckpt, tmp_path / "sample_one"), *COMMON)
     shards = sorted(p.relative_to(tmp_path / "sample_one") for p in (tmp_path / "sample_one").glob("cfg_*/shard_*"))

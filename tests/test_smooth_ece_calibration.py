@@ -33,7 +33,7 @@ from lightning_guidance.calibration import (
 )
 from lightning_guidance.data.digits import DigitsDataModule
 from lightning_guidance.diffusion.noise import PerSampleNoise
-from lightning_guidance.diffusion.sampling import sample
+from lightning_guidance.diffusion.sampling import build_denoiser, sample
 from lightning_guidance.data.heldout_split import HeldOutSplit
 from lightning_guidance.diffusion.schedules import VPSchedule
 from lightning_guidance.guidance import ClassifierGuidance
@@ -197,7 +197,7 @@ def test_noisy_classifier_fine_tune_over_time_plugs_into_guidance(tmp_path, tmp_
     labels = torch.arange(10)
 
     def draw(guidance):
-        return sample("ddim", model.denoiser(1.0), model.schedule, labels, PerSampleNoise(range(10)), (1, 8, 8),
+        return sample("ddim", build_denoiser(model), model.schedule, labels, PerSampleNoise(range(10)), (1, 8, 8),
                       guidance=guidance, num_steps=10)
 
     guided, unguided = draw([ClassifierGuidance(calibrated, scale=4.0)]), draw([])

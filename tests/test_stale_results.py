@@ -56,15 +56,15 @@ def test_retrained_model_makes_old_shards_stale(tmp_path):
     root = tmp_path / "cfg"
     ckpt = tiny_digits_fit(root, 2)
     out = tmp_path / "samples"
-    cli(*sample_args("digits/sample_cfg.yaml", ckpt, out))
+    cli(*sample_args("digits/sampling.yaml", ckpt, out))
     path, before = the_shard(out)
     written = path.stat().st_mtime_ns
     assert before.config["checkpoint"] == {"sha256": file_digest(ckpt)}
     tiny_digits_fit(root, 3, "--ckpt_path", "last")  # train it further: same path, same size, new content
     with pytest.raises(ValueError, match=r"stale shard .*shard_0000000.npz: .*diffusion checkpoint's content changed"
                                          r".*overwrite true"):
-        cli(*sample_args("digits/sample_cfg.yaml", ckpt, out))
-    cli(*sample_args("digits/sample_cfg.yaml", ckpt, out, "--model.init_args.overwrite", "true"))
+        cli(*sample_args("digits/sampling.yaml", ckpt, out))
+    cli(*sample_args("digits/sampling.yaml", ckpt, out, "--model.init_args.overwrite", "true"))
     _, after = the_shard(out)
     assert after.config["checkpoint"] == {"sha256": file_digest(ckpt)} != before.config["checkpoint"]
     assert path.stat().st_mtime_ns != written  # sampled again (a 3-step model's samples may well saturate alike)
@@ -102,7 +102,7 @@ model:
             scale: 1.0
             classifier: {{class_path: lightning_guidance.nets.TrainedClassifier, init_args: {{checkpoint: {guide}}}}}
 """)
-    args = sample_args("digits/sample_cg.yaml", cfg, out, "--config", tmp_path / "guide.yaml")
+    args = sample_args("digits/sampling.yaml", cfg, out, "--config", tmp_path / "guide.yaml")
     cli(*args)
     path, before = the_shard(out)
     written = path.stat().st_mtime_ns
@@ -121,11 +121,11 @@ def test_test_refuses_to_grade_shards_of_an_older_checkpoint(models, tmp_path):
     root = tmp_path / "cfg"
     ckpt = tiny_digits_fit(root, 2)
     out = tmp_path / "samples"
-    cli(*sample_args("digits/sample_cfg.yaml", ckpt, out))
+    cli(*sample_args("digits/sampling.yaml", ckpt, out))
     grade = ["--config", CONFIGS / "digits/grade_with_judge.yaml", "--model.init_args.judge.init_args.checkpoint",
              judge]
-    cli("test", *sample_args("digits/sample_cfg.yaml", ckpt, out, *grade)[1:])
+    cli("test", *sample_args("digits/sampling.yaml", ckpt, out, *grade)[1:])
     assert (out / "metrics_table.md").is_file()
     tiny_digits_fit(root, 3, "--ckpt_path", "last")
     with pytest.raises(ValueError, match="stale shard .*diffusion checkpoint's content changed"):
-        cli("test", *sample_args("digits/sample_cfg.yaml", ckpt, out, *grade)[1:])
+        cli("test", *sample_args("digits/sampling.yaml", ckpt, out, *grade)[1:])

@@ -28,7 +28,7 @@ def steps(run, fit_steps: int) -> dict[str, Step]:
                 "model.init_args.net.init_args.model_channels": 8, "model.init_args.net.init_args.channel_mult": [1],
                 "data.init_args.batch_size": 16}, product=str(cfg / "checkpoints" / "last.ckpt"), resume=True)
     out = run / "samples"
-    sample = Step("sample", "s", "predict", [str(CONFIGS / "digits/sample_cfg.yaml")],
+    sample = Step("sample", "s", "predict", [str(CONFIGS / "digits/sampling.yaml")],
                   {"trainer.default_root_dir": str(out), "model.init_args.output_dir": str(out),
                    "trainer.enable_progress_bar": False, "model.init_args.checkpoint": fit.product,
                    "model.init_args.samples_per_class": 1, "model.init_args.shard_size": 5,

@@ -16,10 +16,10 @@ from helpers import CONFIGS, cli
 from lightning_guidance.nets import TrainedClassifier
 
 FAMILIES = {
-    "toy1d": ("toy/cfg_1d.yaml", "toy/classifier_1d.yaml", "toy/sample_cfg_1d.yaml",
+    "toy1d": ("toy/cfg_1d.yaml", "toy/classifier_1d.yaml", "toy/sampling.yaml",
               "{class_path: lightning_guidance.data.toy.Mixture1DDataModule, "
               "init_args: {n_train: 512, n_val: 200, batch_size: 64, seed: 0}}"),
-    "fractal": ("fractal/cfg.yaml", "fractal/classifier.yaml", "fractal/sample_cfg.yaml",
+    "fractal": ("fractal/cfg.yaml", "fractal/classifier.yaml", "fractal/sampling.yaml",
                 "{class_path: lightning_guidance.data.toy.Fractal2DDataModule, "
                 "init_args: {n_train: 512, n_val: 200, batch_size: 64, seed: 0}}"),
 }
@@ -53,7 +53,7 @@ def test_predict_then_test_grades_toy_shards(tmp_path, family):
     assert table["num_real_samples"] == 200
     net = TrainedClassifier(str(judge_ckpt)).net
     for row in table["rows"]:
-        shards = sorted((out / f"cfg_{row['scale']:g}").glob("shard_*.npz"))
+        shards = sorted((out / f"cfg_{row['value']:g}").glob("shard_*.npz"))
         points = np.concatenate([np.load(p)["points"] for p in shards])
         labels = np.concatenate([np.load(p)["labels"] for p in shards])
         assert points.shape == (24, 1 if family == "toy1d" else 2) and row["num_samples"] == 24

@@ -169,11 +169,11 @@ def graded_run(root: Path, seeds: int, n: int, shift: dict[str, float], rng) -> 
             logits = rng.normal(size=(n, 10)) + 3 * np.eye(10)[labels]
             write_sample_products(products_path(folder, f"cfg_{scale}"), {"ids": ids, "labels": labels, "logits": logits,
                                   "features": rng.normal(mu, 1, size=(n, 8))}, {})
-            rows.append({"scale": float(scale), "metrics": {"fd_digits": 0.0, "judge_accuracy": 0.0}})
+            rows.append({"value": float(scale), "metrics": {"fd_digits": 0.0, "judge_accuracy": 0.0}})
         real_labels = np.arange(60) % 10
         write_sample_products(products_path(folder, "real"), {"ids": np.arange(60), "labels": real_labels,
                               "logits": 3 * np.eye(10)[real_labels], "features": rng.normal(0, 1, size=(60, 8))}, {})
-        table = {"fd_name": "fd_digits", "num_samples_per_scale": n, "scale_target": "cfg", "rows": rows,
+        table = {"fd_name": "fd_digits", "num_samples_per_value": n, "target": "cfg", "rows": rows,
                  "real": {"judge_accuracy": 1.0}, "settings": {"fd_name": "fd_digits", "k": 3, "kd_subsets": 10,
                                                               "kd_subset_size": 50, "kd_seed": 0}}
         (folder / "metrics_table.json").write_text(json.dumps(table))

@@ -25,6 +25,16 @@ from ..modules.trainer_io import evaluation_due, figure_dir, log_image
 
 
 class CalibrationOverTime(L.Callback):
+    """ECE and Smooth ECE of a classifier over diffusion time, with reliability diagrams, at every N-th validation.
+
+    Args:
+        num_buckets: time buckets (default: the classifier's ``num_t_buckets``; 1 for a clean classifier).
+        n_bins: bins of the binned ECE and of the reliability diagrams.
+        seed: seed of the fixed per-sample noise.
+        every_n_epochs: measure every N validation epochs (>= 1).
+        dirname: the folder under the run's log folder.
+    """
+
     def __init__(self, num_buckets: int | None = None, n_bins: int = 10, seed: int = 0, every_n_epochs: int = 1,
                  dirname: str = "calibration"):
         if every_n_epochs < 1:

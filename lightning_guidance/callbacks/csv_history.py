@@ -4,8 +4,11 @@ Lightning's CSVLogger deletes ``metrics.csv`` when its folder is not empty, so a
 resume step. :class:`HistoryCSVLogger` instead reconciles the file with the run at the first row it logs, at step s:
 
 - rows at steps < s are kept: the history up to the checkpoint this run resumed from;
-- rows at steps >= s were written by an earlier process after that checkpoint (it was killed, or the run is resumed
+- rows at steps > s were written by an earlier process after that checkpoint (it was killed, or the run is resumed
   from an older checkpoint); this run logs those steps again, so they are dropped and every step appears once;
+  One exception: a run resumed from the checkpoint of an epoch's last batch first logs that epoch's validation, at
+  the step of that batch's training row; that row is history and stays (:mod:`.epoch_end_resume` names its
+  metrics in ``keep_at_first_step``);
 - if every row is at a step >= s, the file is the history of another run (a fresh fit in the same folder): it is
   kept as ``metrics.1.csv`` (``.2``, ...) and a new file begins.
 
@@ -33,7 +36,15 @@ from lightning.fabric.utilities.apply_func import convert_tensors_to_scalars
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-from ..io.atomic import atomic_write_text, keep_aside
+from ..io.atomic import DiskFullError, atomic_write_text, is_disk_full, keep_aside
+
+
+_NOT_METRICS = {"step", "epoch"}
+
+
+def _metrics_of(row: dict) -> set[str]:
+    """The metrics a row holds (its non-empty columns but the step and epoch)."""
+    return {k for k, v in row.items() if v not in (None, "")} - _NOT_METRICS
 
 
 def _rows_text(keys: list[str], rows: list[dict]) -> str:
@@ -49,6 +60,7 @@ class _HistoryWriter(ExperimentWriter):
         self._reconciled = False
         self._last: tuple[int | None, dict] | None = None  # the newest row: (step, metrics)
         self._ahead: tuple[int | None, dict] | None = None  # a row logged ahead of Lightning's own copy of it
+        self.keep_at_first_step: set[str] = set()  # metrics of the row at the first logged step that stays
         super().__init__(log_dir)
 
     def _check_log_dir_exists(self) -> None:  # Lightning's deletes metrics.csv here
@@ -62,10 +74,14 @@ class _HistoryWriter(ExperimentWriter):
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
             keys, rows = list(reader.fieldnames or []), list(reader)
-        kept = [r for r in rows if r.get("step") not in (None, "") and int(float(r["step"])) < first_step]
-        if rows and not kept:
+        step_of = lambda r: int(float(r["step"])) if r.get("step") not in (None, "") else None  # noqa: E731
+        earlier = [r for r in rows if step_of(r) is not None and step_of(r) < first_step]
+        if rows and not earlier:
             keep_aside(path)
             return
+        keep = self.keep_at_first_step
+        kept = [r for r in rows if step_of(r) is not None and (step_of(r) < first_step or step_of(r) == first_step
+                                                               and keep and _metrics_of(r) <= keep)]
         self.metrics_keys = sorted(keys)
         if len(kept) != len(rows):
             atomic_write_text(path, _rows_text(self.metrics_keys, kept))
@@ -105,17 +121,33 @@ class _HistoryWriter(ExperimentWriter):
         exists = os.path.isfile(self.metrics_file_path) and os.path.getsize(self.metrics_file_path) > 0
         if new_keys and exists:
             self._rewrite_with_new_header(self.metrics_keys)
-        with open(self.metrics_file_path, "a" if exists else "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=self.metrics_keys, lineterminator="\n")
-            if not exists:
-                writer.writeheader()
-            writer.writerows(self.metrics)
-            f.flush()
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self.metrics_keys, lineterminator="\n")
+        if not exists:
+            writer.writeheader()
+        writer.writerows(self.metrics)
+        before = os.path.getsize(self.metrics_file_path) if exists else 0
+        try:
+            with open(self.metrics_file_path, "a" if exists else "w", newline="") as f:
+                f.write(text.getvalue())
+                f.flush()
+        except OSError as err:
+            if is_disk_full(err):  # no half row left behind: the file as it was, and one line saying why
+                os.truncate(self.metrics_file_path, before)
+                raise DiskFullError(self.metrics_file_path, len(text.getvalue().encode())) from None
+            raise
         self.metrics = []
 
 
 class HistoryCSVLogger(CSVLogger):
-    """CSVLogger (fixed folder ``<save_dir>/<name>``) that keeps every row once across resumes and re-runs."""
+    """CSVLogger (fixed folder ``<save_dir>/<name>``) that keeps every row once across resumes and re-runs.
+
+    Args:
+        save_dir: the run's folder (the suite's default: ``trainer.default_root_dir``).
+        name: the sub-folder of ``metrics.csv`` (the suite's default: ``logs``).
+        version: a further sub-folder (the suite's default: none).
+        flush_logs_every_n_steps: kept for Lightning's signature; every row is flushed as it is logged.
+    """
 
     def __init__(self, save_dir: str, name: str = "logs", version: str = "", flush_logs_every_n_steps: int = 1,
                  **kwargs):

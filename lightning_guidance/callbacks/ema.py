@@ -12,6 +12,14 @@ from torch import Tensor
 
 
 class EMA(WeightAveraging):
+    """Exponential moving average of the weights; checkpoints carry it in ``state_dict`` (what sampling loads).
+
+    Args:
+        decay: EMA decay in (0, 1), e.g. 0.999 (per update; with ``warmup``, ``min(decay, (1 + n) / (10 + n))``).
+        warmup: warm the decay up over the first updates (short runs are not dominated by the initial weights).
+        update_every_n_steps: update the average every N optimizer steps (>= 1).
+    """
+
     def __init__(self, decay: float = 0.9999, warmup: bool = True, update_every_n_steps: int = 1):
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")

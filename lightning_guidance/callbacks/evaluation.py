@@ -7,7 +7,7 @@ validation batches themselves (padded repeats of the distributed sampler dropped
 side is M samples with ids ``0..M-1`` split into one block per rank (label ``id % num_classes``, seed
 ``seed + id``), drawn at the first validation batch, when every callback's ``on_validation_epoch_start`` has run —
 so an EMA callback has swapped its average in, whatever the callback order. Figures are computed collectively and
-logged as ``val/<metric>/<target><value>`` (e.g. ``val/fd_digits/cfg3``); ``<log_dir>/<dirname>/epochNNNN.{json,png}``.
+logged as ``val/<metric>/<target>_<value>`` (e.g. ``val/fd_digits/cfg_3``); ``<log_dir>/<dirname>/epochNNNN.{json,png}``.
 
 The judge (and an optional Inception network) lives in this callback, never in the trained module: it lands in no
 checkpoint and no EMA copy.
@@ -25,13 +25,30 @@ from ..data.rank_split import LoaderBatchIds, check_enough_per_rank, owned_block
 from ..diffusion.sampling import check_sampling, sample_ids
 from ..guidance.sweep import Sweep
 from ..io.atomic import atomic_write_text
-from ..io.figures import save_metrics_vs_scale
+from ..io.figures import save_metrics_vs_value
 from ..metrics.sample_quality import SampleQuality
 from ..modules.cfg_diffusion import CFGDiffusion
 from ..modules.trainer_io import evaluation_due, figure_dir, log_image
 
 
 class SampleQualityEvaluation(L.Callback):
+    """Sample quality while a diffusion model trains: Fréchet distance, precision/recall, judge accuracy per value.
+
+    Args:
+        judge: the grading classifier (``lightning_guidance.metrics.judge.Judge``).
+        every_n_epochs: evaluate every N validation epochs (>= 1; and at every ``validate``).
+        num_samples: generated samples per sweep value (>= 1).
+        sweep: the values to evaluate at, as in ``SamplingModule`` (default: CFG scale 1).
+        sampler: ``ddpm``, ``ddim`` or ``edm``.
+        sampler_kwargs: the sampler's options (e.g. ``{num_steps: 50}``).
+        seed: sample ``i`` uses seed ``seed + i``.
+        batch_size: samples per sampler call (>= 1).
+        fd_name: the name of the Fréchet distance in the judge's features (``fd_digits``).
+        precision_recall_k: k of the k-NN precision/recall (>= 1).
+        inception_weights: a local Inception weights file: adds Inception FID.
+        dirname: the folder under the run's log folder.
+    """
+
     def __init__(self, judge: nn.Module, every_n_epochs: int = 1, num_samples: int = 100, sweep: Sweep | None = None,
                  sampler: str = "ddim", sampler_kwargs: dict | None = None, seed: int = 0, batch_size: int = 100,
                  fd_name: str = "fd_judge", precision_recall_k: int = 3, inception_weights: str | None = None,
@@ -43,7 +60,7 @@ class SampleQualityEvaluation(L.Callback):
         self.judge = judge
         self.every_n_epochs, self.num_samples, self.batch_size = every_n_epochs, num_samples, batch_size
         self.sampler, self.seed = sampler, seed
-        self.groups = [f"{self.sweep.target}{v:g}" for v in self.sweep.values]
+        self.groups = [self.sweep.folder(v) for v in self.sweep.values]
         # built here, so that a missing Inception weights file is reported before any training
         self.quality = SampleQuality(judge, self.groups, fd_name, precision_recall_k, inception_weights=inception_weights)
         self.dirname = dirname
@@ -72,10 +89,10 @@ class SampleQualityEvaluation(L.Callback):
     def _generate(self, trainer: L.Trainer, pl_module) -> None:
         ids = torch.tensor(list(owned_block(self.num_samples, trainer.global_rank, trainer.world_size)))
         classes = list(range(pl_module.num_classes))
+        weak_model = pl_module.weak_model(self.sweep.cfg_rule)
         for value, group in zip(self.sweep.values, self.groups):
-            cfg, terms = self.sweep.at(value)
             sample_ids(pl_module, ids, classes, self.seed, sampler=self.sampler, sampler_kwargs=self.sampler_kwargs,
-                       cfg_scale=cfg, guidance=terms, batch_size=self.batch_size,
+                       setting=self.sweep.at(value, weak_model), batch_size=self.batch_size,
                        on_batch=lambda x, y, g=group: self.quality.update_generated(g, x, y))
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
@@ -107,7 +124,6 @@ class SampleQualityEvaluation(L.Callback):
              "sampler": self.sampler, "sampler_kwargs": self.sampler_kwargs, "sweep_target": self.sweep.target,
              "sweep_values": self.sweep.values,
              "judge": getattr(self.judge, "checkpoint", None), "real_data_judge": real, "rows": rows}, indent=2))
-        path = save_metrics_vs_scale(self.sweep.values, list(rows.values()), out_dir / f"{name}.png",
-                                     f"{self.sweep.target} scale",
-                                     title=f"epoch {trainer.current_epoch}, {self.num_samples} samples per scale")
-        log_image(trainer, f"evaluation/metrics_vs_{self.sweep.target}_scale", path)
+        path = save_metrics_vs_value(self.sweep.values, list(rows.values()), out_dir / f"{name}.png", self.sweep.axis,
+                                     title=f"epoch {trainer.current_epoch}, {self.num_samples} samples per value")
+        log_image(trainer, f"evaluation/metrics_vs_{self.sweep.target}", path)

@@ -10,6 +10,10 @@ the study retraining a stale step) first renames that folder ``checkpoints.1`` (
 otherwise write ``last-v1.ckpt`` beside the old ``last.ckpt``, and the configs downstream, which name
 ``checkpoints/last.ckpt``, would go on using the old model. So ``checkpoints/last.ckpt`` is always the newest run's
 final checkpoint, ``--ckpt_path last`` finds only this run's, and nothing is deleted.
+
+Whatever the config's ``ModelCheckpoint`` says, a fit writes ``checkpoints/last.ckpt``, and only one callback writes
+it (:func:`one_last_checkpoint`): a config without ``save_last`` (or without any ``ModelCheckpoint``) gets it, and a
+user's own ``ModelCheckpoint`` beside the config's writes neither ``last-v1.ckpt`` nor ``epoch=...-v1.ckpt``.
 """
 
 from __future__ import annotations
@@ -48,6 +52,24 @@ def keep_earlier_checkpoints(trainer: L.Trainer) -> list[Path]:
             kept.append(keep_aside(folder))
             rank_zero_info(f"an earlier run's checkpoints were in {folder}; kept them as {kept[-1]}")
     return kept
+
+
+def one_last_checkpoint(trainer: L.Trainer, folder: str) -> None:
+    """Make exactly one ModelCheckpoint write ``<folder>/last.ckpt`` (the first that has ``save_last``, else the
+    first in ``folder``, else a new one), and none in ``folder`` version its names (two callbacks that save the same
+    step under the same name write one file, not ``-v1``). Nothing when checkpointing is off
+    (``enable_checkpointing: false``)."""
+    if not trainer.checkpoint_callbacks:
+        return
+    ours = [cb for cb in trainer.checkpoint_callbacks
+            if isinstance(cb, ModelCheckpoint) and cb.dirpath is not None and Path(cb.dirpath) == Path(folder)]
+    if not ours:
+        ours = [ModelCheckpoint(dirpath=folder, save_top_k=0, every_n_epochs=0)]  # only last.ckpt, at the end
+        trainer.callbacks.append(ours[0])
+    writer = next((cb for cb in ours if cb.save_last), ours[0])
+    for cb in ours:
+        cb.save_last = True if cb is writer else False
+        cb._enable_version_counter = False
 
 
 class FinalCheckpoint(L.Callback):

@@ -18,6 +18,7 @@ per run under ``<log_dir>/<dirname>/`` (SamplingModule: ``<output_dir>/<dirname>
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -36,6 +37,21 @@ from ..modules.trainer_io import evaluation_due, figure_dir, log_image
 
 
 class GuidanceDiagnostics(L.Callback):
+    """The guidance gradient's size against t, the share of samples whose gradient vanished, and the final confidence.
+
+    Args:
+        sweep: for ``CFGDiffusion`` validation: the values and terms to trace (the terms need a classifier); leave it
+            empty under ``SamplingModule`` test, which traces its own sweep.
+        every_n_epochs: trace every N validation epochs (>= 1).
+        num_samples: samples per sweep value (>= 1).
+        sampler: ``ddpm``, ``ddim`` or ``edm``.
+        sampler_kwargs: the sampler's options (e.g. ``{num_steps: 50}``).
+        seed: sample ``i`` uses seed ``seed + i``.
+        batch_size: samples per sampler call (>= 1).
+        vanishing_rms: a sample's guidance gradient counts as vanished below this RMS (> 0).
+        dirname: the folder under the run's log folder.
+    """
+
     def __init__(self, sweep: Sweep | None = None, every_n_epochs: int = 1, num_samples: int = 64, sampler: str = "ddim", sampler_kwargs: dict | None = None, seed: int = 0,
                  batch_size: int = 64, vanishing_rms: float = 1e-3, dirname: str = "guidance_diagnostics"):
         if every_n_epochs < 1 or num_samples < 1 or batch_size < 1:
@@ -99,16 +115,18 @@ class GuidanceDiagnostics(L.Callback):
             return
         self._active = False
         classes, self._pending = list(range(pl_module.num_classes)), {}
+        weak_model = pl_module.weak_model(self.sweep.cfg_rule)
         for value in self.sweep.values:
-            cfg, terms = self.sweep.at(value)
+            setting = self.sweep.at(value, weak_model)
 
-            def draw(ids, traced, cfg=cfg):
+            def draw(ids, traced, setting=setting):
                 sample_ids(pl_module, ids, classes, self.seed, sampler=self.sampler, sampler_kwargs=self.sampler_kwargs,
-                           cfg_scale=cfg, guidance=traced, batch_size=self.batch_size, on_batch=lambda x, y: None)
+                           setting=dataclasses.replace(setting, terms=traced), batch_size=self.batch_size,
+                           on_batch=lambda x, y: None)
 
             # one sweep value: the figures carry no tag (val/<term>/...); several: one tag per value
             tag = self.sweep.folder(value) if len(self.sweep.values) > 1 else ""
-            self._pending[tag] = self.trace(trainer, draw, terms, pl_module.device)
+            self._pending[tag] = self.trace(trainer, draw, setting.terms, pl_module.device)
         self.last = self._pending if len(self._pending) > 1 else self._pending[""]
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
@@ -129,10 +147,10 @@ class GuidanceDiagnostics(L.Callback):
         self.last = {}
         for value in sweep.values:
             def draw(ids, traced, value=value):
-                pl_module.sample(ids, value, guidance=traced)
+                pl_module.sample(ids, value, terms=traced)
 
-            traces = self.trace(trainer, draw, sweep.at(value)[1], pl_module.device)
+            traces = self.trace(trainer, draw, pl_module.sweep.at(value, pl_module.weak_model).terms, pl_module.device)
             tag = sweep.folder(value)
             self.last[tag] = traces
             self._report(trainer, pl_module, "test", tag, traces, pl_module.output_dir / self.dirname, tag,
-                         f"{sweep.target} scale {value:g}")
+                         sweep.describe(value))

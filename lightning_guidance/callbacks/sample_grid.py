@@ -19,6 +19,18 @@ from ..modules.trainer_io import evaluation_due, figure_dir
 
 
 class SampleGrid(L.Callback):
+    """A picture of fixed-seed samples per sweep value every N validation epochs (``<log_dir>/<dirname>/``).
+
+    Args:
+        every_n_epochs: draw every N validation epochs (>= 1).
+        per_class: samples per class (a row each; >= 1).
+        sweep: the values to draw at, as in ``SamplingModule`` (default: CFG scale 1).
+        sampler: ``ddpm``, ``ddim`` or ``edm``.
+        sampler_kwargs: the sampler's options (e.g. ``{num_steps: 50}``).
+        seed: sample ``i`` uses seed ``seed + i``.
+        dirname: the folder under the run's log folder.
+    """
+
     def __init__(self, every_n_epochs: int = 1, per_class: int = 8, sweep: Sweep | None = None,
                  sampler: str = "ddim", sampler_kwargs: dict | None = None, seed: int = 0, dirname: str = "samples"):
         if every_n_epochs < 1 or per_class < 1:
@@ -40,10 +52,11 @@ class SampleGrid(L.Callback):
         labels = torch.arange(k).repeat_interleave(self.per_class)
         seeds = self.seed + torch.arange(len(labels))
         self.last_paths = []
+        weak_model = pl_module.weak_model(self.sweep.cfg_rule)
         for value in self.sweep.values:
-            cfg, terms = self.sweep.at(value)
-            x = pl_module.generate(labels, seeds, sampler=self.sampler, cfg_scale=cfg, guidance=terms,
+            x = pl_module.generate(labels, seeds, sampler=self.sampler, setting=self.sweep.at(value, weak_model),
                                    **self.sampler_kwargs)
-            tag = f"{self.sweep.target}{value:g}"
+            tag = self.sweep.folder(value)
             path = out_dir / f"epoch{trainer.current_epoch:04d}_{tag}.png"
-            self.last_paths.append(save_sample_picture(x, labels, path, title=f"epoch {trainer.current_epoch}, {tag}"))
+            title = f"{type(pl_module).__name__}, epoch {trainer.current_epoch}: {self.sweep.describe(value)}"
+            self.last_paths.append(save_sample_picture(x, labels, path, title=title))

@@ -1,11 +1,13 @@
 """SIGTERM / SIGINT stop ``fit``, ``validate``, ``test`` and ``predict`` at a safe point, with every file whole.
 
 ``install()`` (called by the command line) records the first SIGTERM or SIGINT instead of dying mid-write; a
-second SIGINT interrupts at once. :class:`StopOnSignal` acts at the next batch end: in ``fit`` (one process) it
-saves the checkpoints of that step (the state periodic checkpoints are taken in, so ``--ckpt_path last`` resumes
-exactly) and lets Lightning stop; under DDP Lightning's own SIGTERM broadcast stops all ranks after the same batch
-and the newest periodic checkpoint is the resume point. ``predict`` stops after the shard it is writing. The
-command line then exits with ``128 + signal`` (143 for SIGTERM, 130 for SIGINT).
+second SIGINT interrupts at once. The handler only sets that flag. :class:`StopOnSignal` acts at the next training
+batch end, on every rank at once: the ranks agree on the flag with one collective (a max over ranks: a signal that
+reached any rank stops all of them), all save the checkpoints of that step together (the state periodic checkpoints
+are taken in, so ``--ckpt_path last`` resumes exactly, no step trained twice) and Lightning stops after the batch.
+Lightning's own SIGTERM handler, which runs a collective inside the handler and kills the other ranks' processes,
+is replaced by the flag on every rank once training starts. ``predict`` stops after the shard it is writing. The
+command line then exits with ``128 + signal`` (143 for SIGTERM, 130 for SIGINT) on every rank.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import signal
 
 import lightning as L
+import torch
+import torch.distributed as dist
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .final_checkpoint import save_checkpoints_now
@@ -49,22 +53,43 @@ def restore(previous: dict) -> None:
         signal.signal(s, handler)
 
 
-class StopOnSignal(L.Callback):
-    def on_train_start(self, trainer, pl_module) -> None:
-        if trainer.world_size == 1 and signal.getsignal(signal.SIGTERM) is not _record:
-            # one process: ours alone, so that the stop comes after the checkpoint below (Lightning's handler would
-            # stop after the batch even when the signal lands after this hook)
+def _record_signals_here() -> None:
+    """``_record`` as the handler of SIGTERM and SIGINT in this process (main thread only)."""
+    for s in SIGNALS:
+        if signal.getsignal(s) is not _record:
             try:
-                signal.signal(signal.SIGTERM, _record)
-            except ValueError:
+                signal.signal(s, _record)
+            except ValueError:  # not the main thread
                 pass
 
+
+def agreed_signal(trainer) -> int | None:
+    """The stop signal any rank received (one all-reduce over the ranks; 0 = none), or None. A rank that did not
+    receive it records it, so that it exits with the same code."""
+    mine = received() or 0
+    if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+        flag = torch.tensor([mine], dtype=torch.int64, device=trainer.strategy.root_device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        mine = int(flag.item())
+    if mine and received() is None:
+        _received.append(mine)
+    return mine or None
+
+
+class StopOnSignal(L.Callback):
+    # Lightning registers its SIGTERM handler after the setup hooks: take SIGTERM back before the sanity check and
+    # before training (ours alone, so that the stop comes after the checkpoint below on every rank)
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        _record_signals_here()
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        _record_signals_here()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if received() is None:
+        if agreed_signal(trainer) is None:  # a collective: every rank calls it at every batch end
             return
-        if trainer.world_size == 1:
-            save_checkpoints_now(trainer)
-        trainer._signal_connector.received_sigterm = True  # Lightning stops after this batch (all ranks under DDP)
+        save_checkpoints_now(trainer)  # every rank: one checkpoint, written by rank 0
+        trainer._signal_connector.received_sigterm = True  # Lightning stops after this batch, on every rank
 
     def _stop(self, trainer, *_) -> None:
         if received() is not None:

@@ -31,6 +31,11 @@ class LabeledDataModule(L.LightningDataModule):
 
     The train loader shuffles in an order fixed by ``(seed, epoch)`` (``EpochShuffleSampler``, so a resumed run
     sees the same batches); val/test keep order and keep the last partial batch. ``test`` uses the validation split unless a subclass sets ``test_set``.
+
+    Args:
+        batch_size: samples per batch and process (>= 1).
+        seed: seed of the split and of the training order (fixed per epoch: a resume sees the same batches).
+        num_workers: DataLoader worker processes (0: load in the main process).
     """
 
     num_classes: int

@@ -15,6 +15,12 @@ class DigitsDataModule(LabeledDataModule):
     """x (B, 1, 8, 8) float32 in [-1, 1] (``v / 8 - 1``), y (B,) int64; stratified split seeded by ``seed``.
 
     ``test_dataloader`` returns the validation split (the dataset is too small for a third one).
+
+    Args:
+        batch_size: samples per batch and process (>= 1).
+        val_fraction: the share of the 1,797 images held out for validation and test, in (0, 1).
+        seed: seed of the stratified split and of the training order.
+        num_workers: DataLoader worker processes (0: load in the main process).
     """
 
     num_classes = 10

@@ -42,8 +42,8 @@ class EpochShuffleSampler(DistributedSampler):
     def __iter__(self):
         where = self.position() if self.position is not None else None
         epoch, done_batches = where if where is not None else (self.epoch, 0)
-        if done_batches >= self.batches_per_epoch:  # the checkpoint closed the epoch: start the next one whole
-            done_batches = 0
+        if done_batches >= self.batches_per_epoch:  # resumed at the end of this epoch: nothing left to train in it
+            return
         order = self.order(epoch)
         order += order[: self.total_size - len(order)]  # pad to a multiple of the world size, as DistributedSampler
         mine = order[self.rank:self.total_size:self.num_replicas]

@@ -1,14 +1,14 @@
 """Generated sample shards next to the real data they should be moved toward: the training data of the
 rectified-flow post-processor (``RectifiedFlowPostprocessor``).
 
-``shards`` lists folders of ``shard_*.npz`` (one guidance scale each, as ``SamplingModule.predict`` writes them) or
-single shard files (empty for a predict-only use, which gives ``predict_shards``). Several scales make the
-one-for-all-scales training set of Zhao & Schwing 2025 (App. B): an equal mix, each scale the same number of
-samples. The train loader yields ``(x0, label, row)`` batches of generated samples (``row`` indexes
-:attr:`generated`), shuffled by ``EpochShuffleSampler`` (exact resume, split under DDP). The real set is the
-training split of ``real`` (any ``LabeledDataModule``). The predict loader yields the shard files of
-``predict_shards`` (folders or files, any guidance and scale), one path per item: the post-processor writes one output
-shard per input shard (under DDP each rank takes whole shards).
+``shards`` lists folders of ``shard_*.npz`` (one swept value each, as ``SamplingModule.predict`` writes them) or
+single shard files (empty for a predict-only use, which gives ``predict_shards``). Several values make the
+one-for-all-scales training set of Zhao & Schwing 2025 (App. B): an equal mix, each value the same number of samples.
+The train loader yields ``(x0, label, row)`` batches of generated samples (``row`` indexes :attr:`generated`),
+shuffled by ``EpochShuffleSampler`` (exact resume, split under DDP). The real set is the training split of ``real``
+(any ``LabeledDataModule``). The predict loader yields the shard files of ``predict_shards`` (folders or files, any
+guidance and swept value), one path per item: the post-processor writes one output shard per input shard (under DDP
+each rank takes whole shards).
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..flow.cache import array_digest, file_digest
+from ..flow.cache import array_digest
+from ..io.digests import file_digest
 from ..io.shards import read_shard
 from .base import InMemoryDataset, LabeledDataModule
 
@@ -30,7 +31,7 @@ class GeneratedSet:
     samples: Tensor  # (N, *data_shape) float, [-1, 1] for images
     labels: Tensor  # (N,) int64
     seeds: Tensor  # (N,) int64, the sampling seed of each sample
-    scales: Tensor  # (N,) float64, the guidance scale it was sampled at
+    values: Tensor  # (N,) float64, the swept value it was sampled at
     files: list[str]  # the shard files, in order
     file_digests: list[str]  # sha256 of each shard file
 
@@ -63,8 +64,8 @@ def read_generated(entries: list[str]) -> GeneratedSet:
     return GeneratedSet(samples=torch.cat([s.samples.float() for s in shards]),
                         labels=torch.cat([s.labels.long() for s in shards]),
                         seeds=torch.cat([s.seeds.long() for s in shards]),
-                        scales=torch.cat([torch.full((len(s.labels),), s.scale, dtype=torch.float64) for s in shards]),
-                        files=[str(f) for f in files], file_digests=[file_digest(f) for f in files])
+                        values=torch.cat([torch.full((len(s.labels),), s.value, dtype=torch.float64) for s in shards]),
+                        files=[str(f) for f in files], file_digests=[file_digest(f, digits=64) for f in files])
 
 
 def tensors_of(dataset) -> tuple[Tensor, Tensor]:
@@ -90,6 +91,18 @@ def check_shards_against_real(generated: GeneratedSet, data_shape: tuple[int, ..
 
 
 class GeneratedShardsDataModule(LabeledDataModule):
+    """Generated sample shards beside the real data they are moved toward (the post-processor's training data).
+
+    Args:
+        shards: folders of ``shard_*.npz`` (one sweep value each, as ``predict`` writes them) or shard files.
+        real: the real data (a data module of this suite, e.g. ``DigitsDataModule``); its training split is used.
+        batch_size: generated samples per batch and process (>= 1).
+        seed: seed of the training order.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        equal_mix: every sweep value must hold the same number of samples (an equal mix of scales).
+        predict_shards: for ``predict``: the folders or files of shards to post-process.
+    """
+
     def __init__(self, shards: list[str], real: LabeledDataModule, batch_size: int = 128, seed: int = 0,
                  num_workers: int = 0, equal_mix: bool = True, predict_shards: list[str] | None = None):
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
@@ -115,11 +128,11 @@ class GeneratedShardsDataModule(LabeledDataModule):
         generated = read_generated(self.shards)
         check_shards_against_real(generated, self.data_shape, self.num_classes, type(self.real).__name__)
         if self.equal_mix:
-            scales, counts = generated.scales.unique(return_counts=True)
+            values, counts = generated.values.unique(return_counts=True)
             if len(set(counts.tolist())) > 1:
-                detail = ", ".join(f"{s:g}: {c}" for s, c in zip(scales.tolist(), counts.tolist()))
-                raise ValueError(f"equal_mix: the shards hold different numbers of samples per scale ({detail}); "
-                                 "sample the same samples_per_class at every scale, or set equal_mix: false")
+                detail = ", ".join(f"{v:g}: {c}" for v, c in zip(values.tolist(), counts.tolist()))
+                raise ValueError(f"equal_mix: the shards hold different numbers of samples per swept value ({detail});"
+                                 " sample the same samples_per_class at every value, or set equal_mix: false")
         self.generated = generated
         rows = torch.arange(len(generated.labels))
         self.train_set = InMemoryDataset(generated.samples, generated.labels, rows)

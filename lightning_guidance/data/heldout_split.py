@@ -18,7 +18,15 @@ from .base import LabeledDataModule
 class HeldOutSplit(LabeledDataModule):
     """``train`` = a random ``calibration_fraction`` of ``data``'s validation split (seeded by ``seed``), ``val`` (and
     ``test``) = the rest. ``data`` must be configured exactly as for the classifier's training, so that its
-    validation split is the data the classifier never saw. ``batch_size`` defaults to ``data``'s."""
+    validation split is the data the classifier never saw. ``batch_size`` defaults to ``data``'s.
+
+    Args:
+        data: the classifier's own data module, configured as for its training.
+        calibration_fraction: the share of its validation split to train on, in (0, 1); the rest validates.
+        seed: seed of the split and of the training order.
+        batch_size: samples per batch and process (default: ``data``'s).
+        num_workers: DataLoader worker processes (0: load in the main process).
+    """
 
     def __init__(self, data: LabeledDataModule, calibration_fraction: float = 0.5, seed: int = 0,
                  batch_size: int | None = None, num_workers: int = 0):

@@ -36,6 +36,13 @@ class ImageDataModule(LabeledDataModule):
 
     Subclasses give ``required_paths()`` and ``make_dataset(train, transform)``; val and test use the held-out split.
     ``random_flip`` adds horizontal flips to training images only.
+
+    Args:
+        root: the folder that holds the dataset (see data/README.md).
+        batch_size: samples per batch and process (>= 1).
+        seed: seed of the training order.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        random_flip: flip training images horizontally at random.
     """
 
     dataset_name: str = "dataset"
@@ -72,7 +79,14 @@ class ImageDataModule(LabeledDataModule):
 
 
 class MNISTDataModule(ImageDataModule):
-    """MNIST from ``<root>/MNIST/raw`` (the four uncompressed idx files): x (B, 1, 28, 28), 10 classes."""
+    """MNIST from ``<root>/MNIST/raw`` (the four uncompressed idx files): x (B, 1, 28, 28), 10 classes.
+
+    Args:
+        root: the folder holding ``MNIST/raw`` (default ``data``).
+        batch_size: samples per batch and process (>= 1).
+        seed: seed of the training order.
+        num_workers: DataLoader worker processes (0: load in the main process).
+    """
 
     dataset_name = "MNIST"
     num_classes = 10
@@ -91,7 +105,15 @@ class MNISTDataModule(ImageDataModule):
 
 
 class CIFAR10DataModule(ImageDataModule):
-    """CIFAR-10 from ``<root>/cifar-10-batches-py`` (the python pickles): x (B, 3, 32, 32), 10 classes."""
+    """CIFAR-10 from ``<root>/cifar-10-batches-py`` (the python pickles): x (B, 3, 32, 32), 10 classes.
+
+    Args:
+        root: the folder holding ``cifar-10-batches-py`` (default ``data``).
+        batch_size: samples per batch and process (>= 1).
+        seed: seed of the training order.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        random_flip: flip training images horizontally at random.
+    """
 
     dataset_name = "CIFAR-10"
     num_classes = 10
@@ -116,6 +138,14 @@ class ImageFolderDataModule(ImageDataModule):
     Images are converted to RGB, resized (shorter side) and centre-cropped to ``image_size``: x (B, 3, S, S).
     Classes are the sub-folders of ``<root>/train`` in sorted order, counted when the module is built, so the
     folder must exist then; ``<root>/val`` must hold the same class folders.
+
+    Args:
+        root: the folder holding ``train/<class>/`` and ``val/<class>/`` (e.g. ``data/my_images``).
+        image_size: the side S of the square RGB images the net sees (>= 1; the net's data_shape is [3, S, S]).
+        batch_size: samples per batch and process (>= 1).
+        seed: seed of the training order.
+        num_workers: DataLoader worker processes (0: load in the main process).
+        random_flip: flip training images horizontally at random.
     """
 
     dataset_name = "ImageFolder dataset"

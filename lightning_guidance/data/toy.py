@@ -14,6 +14,14 @@ class MixtureDataModule(LabeledDataModule):
     """``n_train`` then ``n_val`` joint draws ``(x, y) ~ p(x, y)`` from one generator seeded by ``seed``.
 
     ``.mixture`` is the exact distribution, for oracles (exact denoiser/classifier) next to the trained models.
+
+    Args:
+        mixture: the exact distribution (a lightning_guidance.toy.GaussianMixture).
+        n_train: training draws (>= 1).
+        n_val: validation (and test) draws (>= 1).
+        batch_size: samples per batch and process (>= 1).
+        seed: seed of the draws and of the training order.
+        num_workers: DataLoader worker processes (0: load in the main process).
     """
 
     def __init__(self, mixture: GaussianMixture, n_train: int, n_val: int, batch_size: int, seed: int,
@@ -35,7 +43,17 @@ class MixtureDataModule(LabeledDataModule):
 
 
 class Mixture1DDataModule(MixtureDataModule):
-    """1D two-class mixture ``N(-mu, sigma^2)`` / ``N(+mu, sigma^2)``, equal weights; x (B, 1), y (B,)."""
+    """1D two-class mixture ``N(-mu, sigma^2)`` / ``N(+mu, sigma^2)``, equal weights; x (B, 1), y (B,).
+
+    Args:
+        mu: the classes' means are -mu (class 0) and +mu (class 1); small mu entangles them.
+        sigma: each class's standard deviation (> 0).
+        n_train: training draws (>= 1).
+        n_val: validation (and test) draws (>= 1).
+        batch_size: samples per batch and process (>= 1).
+        seed: seed of the draws and of the training order.
+        num_workers: DataLoader worker processes (0: load in the main process).
+    """
 
     def __init__(self, mu: float = 1.0, sigma: float = 0.05, n_train: int = 20000, n_val: int = 2000,
                  batch_size: int = 512, seed: int = 0, num_workers: int = 0):
@@ -44,7 +62,16 @@ class Mixture1DDataModule(MixtureDataModule):
 
 
 class Fractal2DDataModule(MixtureDataModule):
-    """2D fractal of Karras et al. 2024 restricted to ``classes``; x (B, 2), y (B,), 2 class ids whatever the subset."""
+    """2D fractal of Karras et al. 2024 restricted to ``classes``; x (B, 2), y (B,), 2 class ids whatever the subset.
+
+    Args:
+        classes: which of the fractal's two classes to draw, a subset of [0, 1] (ids keep their meaning).
+        n_train: training draws (>= 1).
+        n_val: validation (and test) draws (>= 1).
+        batch_size: samples per batch and process (>= 1).
+        seed: seed of the draws and of the training order.
+        num_workers: DataLoader worker processes (0: load in the main process).
+    """
 
     def __init__(self, classes: tuple[int, ...] = (0, 1), n_train: int = 50000, n_val: int = 5000,
                  batch_size: int = 512, seed: int = 0, num_workers: int = 0):

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .parameterization import eps_to_x0, x0_to_eps
+from .parameterization import eps_to_x0, per_sample, x0_to_eps
 
 RULE_SPACES = ("eps", "x0")
 
@@ -65,11 +65,6 @@ def rescale_to_conditional_std(pred: Tensor, cond: Tensor, phi: float) -> Tensor
     dims = list(range(1, pred.ndim))
     rescaled = pred * (cond.std(dim=dims, keepdim=True) / pred.std(dim=dims, keepdim=True))
     return phi * rescaled + (1 - phi) * pred
-
-
-def per_sample(value: float | Tensor, like: Tensor) -> Tensor:
-    """A float or (B,) tensor shaped to broadcast against ``like`` (B, ...)."""
-    return torch.as_tensor(value, dtype=like.dtype, device=like.device).reshape(-1, *([1] * (like.ndim - 1)))
 
 
 class ClassifierFreeGuidance:
@@ -120,9 +115,9 @@ class ClassifierFreeGuidance:
             on = on & (int(self.start * n) <= ctx.step.index < int(self.stop * n))
         return on
 
-    def needs_guide(self, scale: float | Tensor, ctx: RuleContext) -> bool:
+    def needs_guide(self, s: float | Tensor, ctx: RuleContext) -> bool:
         """Whether the guiding prediction is needed at all at this call (False saves its forward pass)."""
-        return bool((torch.as_tensor(scale) != 1).any()) and bool(self.active(ctx).any())
+        return bool((torch.as_tensor(s) != 1).any()) and bool(self.active(ctx).any())
 
     def perturbation_options(self) -> dict:
         """The perturbation's own settings, passed to the perturbed network (e.g. the blur's sigma)."""
@@ -133,17 +128,18 @@ class ClassifierFreeGuidance:
         return False
 
     # ---- the combination -----------------------------------------------------------------------------
-    def guide(self, cond: Tensor, guide: Tensor, scale: Tensor, ctx: RuleContext, state: dict) -> Tensor:
-        """The rule's own combination where it is active; ``scale`` is (B, 1, ...). Subclasses override this."""
-        return guide + scale * (cond - guide)
+    def guide(self, cond: Tensor, guide: Tensor, s: Tensor, ctx: RuleContext, state: dict) -> Tensor:
+        """The rule's own combination where it is active; the CFG scale ``s`` is (B, 1, ...). Subclasses override
+        this."""
+        return guide + s * (cond - guide)
 
-    def __call__(self, cond: Tensor, guide: Tensor | None, scale: float | Tensor, ctx: RuleContext,
+    def __call__(self, cond: Tensor, guide: Tensor | None, s: float | Tensor, ctx: RuleContext,
                  state: dict) -> Tensor:
         """The combined prediction in this rule's space (``guide`` None: nothing is active, ``c`` is returned)."""
         if guide is None:
             pred = cond
         else:
-            s = per_sample(scale, cond)
+            s = per_sample(s, cond)
             # like every diffusers guider, s = 1 is the plain conditional model (whatever the rule would give)
             on = per_sample(self.active(ctx), cond).to(torch.bool) & (s != 1)
             pred = torch.where(on, self.guide(cond, guide, s, ctx, state), cond)
@@ -152,7 +148,11 @@ class ClassifierFreeGuidance:
         return pred
 
     def check_data_shape(self, data_shape: tuple[int, ...]) -> None:
-        """Raise a clear error if the rule cannot act on samples of this shape (default: any shape)."""
+        """Raise a clear error if the rule cannot act on samples of this shape (any shape, but the rescale needs a
+        standard deviation over at least two values per sample)."""
+        if self.guidance_rescale > 0 and math.prod(data_shape) < 2:
+            raise ValueError(f"{type(self).__name__}: guidance_rescale rescales to a sample's standard deviation, and "
+                             f"samples of shape {tuple(data_shape)} hold one value: use another rule for this data")
 
     def settings(self) -> dict:
         """Plain values that identify the rule (config hash, reports)."""
@@ -162,14 +162,14 @@ class ClassifierFreeGuidance:
 
 
 def combine_predictions(rule: ClassifierFreeGuidance, eps_cond: Tensor, eps_guide: Tensor | None,
-                        scale: float | Tensor, ctx: RuleContext, state: dict) -> Tensor:
+                        s: float | Tensor, ctx: RuleContext, state: dict) -> Tensor:
     """Apply ``rule`` to two eps predictions and return eps: the one place where a rule's space is converted.
 
     ``space = "x0"``: ``x0 = (x_t - sqrt(1 - abar) eps) / sqrt(abar)`` for both (unclipped), combine, convert back.
     """
     if rule.space == "eps":
-        return rule(eps_cond, eps_guide, scale, ctx, state)
+        return rule(eps_cond, eps_guide, s, ctx, state)
     to_x0 = lambda e: None if e is None else eps_to_x0(e, ctx.x_t, ctx.abar)  # noqa: E731
     x0_ctx = RuleContext(x_t=ctx.x_t, abar=ctx.abar, step=ctx.step, perturbed=to_x0(ctx.perturbed))
-    x0 = rule(to_x0(eps_cond), to_x0(eps_guide), scale, x0_ctx, state)
+    x0 = rule(to_x0(eps_cond), to_x0(eps_guide), s, x0_ctx, state)
     return x0_to_eps(x0, ctx.x_t, ctx.abar)

@@ -39,15 +39,15 @@ def ddim_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, noise:
                 on_step: Callable[[int, int], None] | None = None) -> Tensor:
     """DDIM from x_T to x_0 over ``schedule.respaced_indices(num_steps)`` (the network sees the original indices).
 
-    The update uses the denoiser's ``out.x0`` (clipped if the denoiser clips) and the ``eps`` implied by it, like
-    guided-diffusion. Guidance (Dhariwal & Nichol 2021, alg. 2): ``eps <- eps - sqrt(1 - abar) g``, then ``x0_hat``
-    is recomputed from it. Randomness: x_T is each sample's first draw; with eta > 0 every step draws once more.
+    The update uses the denoiser's ``out.x0`` (clipped if the denoiser clips) and the ``eps`` implied by it.
+    Guidance (Dhariwal & Nichol 2021, alg. 2; guided-diffusion's ``condition_score``): ``eps <- eps - sqrt(1 - abar)
+    g`` on that implied eps, then ``x0_hat`` is rebuilt from the shifted eps and not clipped again (docs/math.md §2).
+    Randomness: x_T is each sample's first draw; with eta > 0 every step draws once more.
     Steps count from 0 (the noisiest); ``on_step(step, num_steps)`` runs after each.
     """
     batch = begin_sampling("ddim", labels, noise, guidance, torch.float32, noise.device)
     if eta < 0:
         raise ValueError(f"DDIM eta must be >= 0, got {eta}")
-    clip_x0 = getattr(denoiser, "clip_x0", False)
     respaced, kept = schedule.respace(num_steps)
     abars = respaced.alphas_cumprod.tolist()
     n = len(abars)
@@ -58,21 +58,20 @@ def ddim_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, noise:
         abar_t, abar_prev = abars[k], (abars[k - 1] if k > 0 else 1.0)
         t, abar = batch(schedule.model_time(kept[k])), batch(abar_t)
 
-        # Predict x0 (clipped by the denoiser if it clips)
+        # Predict x0 (clipped by the denoiser if it clips) and the eps consistent with it
         out, graph = denoise_for_guidance(denoiser, guidance, x, t, abar, labels, SamplingStep(step, n))
         x0 = out.x0
+        eps = x0_to_eps(x0, x, abar)
 
-        # Guidance on the noise estimate, then x0_hat again
+        # Guidance shifts that eps; x0_hat is rebuilt from it and not clipped again
         state = GuidanceState(x_t=x, t=t, abar=abar, y=labels, out=out, step=step, num_steps=n, sampler="ddim",
                               denoiser=denoiser, denoiser_graph=graph)
         g = total_guidance(guidance, state)
         if g is not None:
-            x0 = eps_to_x0(out.eps - math.sqrt(1.0 - abar_t) * g, x, abar)
-            if clip_x0:
-                x0 = x0.clamp(-1, 1)
+            eps = eps - math.sqrt(1.0 - abar_t) * g
+            x0 = eps_to_x0(eps, x, abar)
 
-        # DDIM update with the eps consistent with x0_hat
-        eps = x0_to_eps(x0, x, abar)
+        # DDIM update
         z = noise.randn_like(x) if eta > 0 else None
         x = ddim_step(x0, eps, abar_t, abar_prev, eta, z)
         end_of_step(x, "DDIM", step, n, on_step)

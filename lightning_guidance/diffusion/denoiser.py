@@ -8,14 +8,14 @@ Samplers (DDPM, DDIM, EDM) only ever see this interface.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from torch import Tensor, nn
 
-from .cfg_rule import ClassifierFreeGuidance, RuleContext, SamplingStep, combine_predictions
+from .cfg_rule import RuleContext, SamplingStep, combine_predictions
+from .guidance_setting import GuidanceSetting
 from .parameterization import check_prediction, eps_to_x0, prediction_to_eps
 
 
@@ -78,46 +78,41 @@ class StackedPair:
 
 
 class NetDenoiser:
-    """Wraps a class-conditional network ``net(x, t, y)`` (null class id = ``num_classes``).
+    """Wraps a class-conditional network ``net(x, t, y)`` (null class id = ``num_classes``) under one
+    :class:`~lightning_guidance.diffusion.guidance_setting.GuidanceSetting`.
 
-    ``cfg_scale`` s (diffusers' convention): ``eps = eps_u + s (eps_c - eps_u)``; s = 1 is the plain
+    The setting's CFG scale s (diffusers' convention): ``eps = eps_u + s (eps_c - eps_u)``; s = 1 is the plain
     conditional model, s = 0 the unconditional one (Ho & Salimans 2021 write w = s - 1). When CFG is
     active the conditional and null halves go through the network as **one** doubled batch.
-    ``cfg_scale`` may be a float or a per-sample tensor (B,).
+    s may be a float or a per-sample tensor (B,).
 
-    ``rule`` (a :class:`~lightning_guidance.diffusion.cfg_rule.ClassifierFreeGuidance` or one of its variants)
-    replaces the plain combination; a rule whose guide is another model (autoguidance, Karras et al. 2024) needs
-    ``guide_net``: the worse model, called with the *same* class ids. When both networks have one architecture
-    their forwards can run as one stacked call (:class:`StackedPair`), else one after the other; ``batch_guide``
-    chooses (default: stacked on CUDA, two calls on CPU, where bench/cfg_variant_cost.py measured stacking slower). A rule with a ``perturbation`` (perturbed-attention / skip-layer guidance) needs
-    ``perturbed_net``: the network with its self-attention perturbed, called on the conditional batch. The rule's
-    state (APG's momentum) lives here, one dict per sampling run.
+    The setting's rule (a :class:`~lightning_guidance.diffusion.cfg_rule.ClassifierFreeGuidance` or one of its
+    variants) replaces the plain combination. A rule whose guide is another model (autoguidance, Karras et al. 2024)
+    reads the setting's weak model, called with the *same* class ids; when both networks have one architecture their
+    forwards can run as one stacked call (:class:`StackedPair`), else one after the other; ``batch_guide`` chooses
+    (default: stacked on CUDA, two calls on CPU, where bench/cfg_variant_cost.py measured stacking slower). A rule
+    with a ``perturbation`` (perturbed-attention / skip-layer guidance) reads the weak model as the network with its
+    self-attention perturbed, called on the conditional batch. The rule's state (APG's momentum) lives here, one dict
+    per sampling run.
     """
 
-    def __init__(self, net: nn.Module, num_classes: int, prediction: str = "eps", cfg_scale: float | Tensor = 1.0,
-                 clip_x0: bool = True, rule: ClassifierFreeGuidance | None = None, guide_net: nn.Module | None = None,
-                 guide_prediction: str | None = None, batch_guide: bool | None = None,
-                 perturbed_net: Callable[[Tensor, Tensor, Tensor], Tensor] | None = None):
+    def __init__(self, net: nn.Module, num_classes: int, prediction: str = "eps",
+                 setting: GuidanceSetting | None = None, clip_x0: bool = True, batch_guide: bool | None = None):
         self.net = net
         self.num_classes = num_classes
         self.prediction = check_prediction(prediction)
-        self.cfg_scale = cfg_scale
+        self.setting = setting if setting is not None else GuidanceSetting()
         self.clip_x0 = clip_x0
-        self.rule = rule if rule is not None else ClassifierFreeGuidance()
-        if self.rule.guide_is_other_model and guide_net is None:
-            raise ValueError(f"{type(self.rule).__name__} guides with a second model: give its network (guide_net)")
-        if guide_net is not None and not self.rule.guide_is_other_model:
-            raise ValueError(f"a guide network was given but {type(self.rule).__name__} guides with the null class")
-        self.guide_net = guide_net
-        if self.rule.perturbation is not None and perturbed_net is None:
-            raise ValueError(f"{type(self.rule).__name__} reads the model with perturbed self-attention: give "
-                             "perturbed_net (nets.attention_perturbation.PerturbedAttention)")
-        self.perturbed_net = perturbed_net
-        self.guide_prediction = check_prediction(guide_prediction or prediction)
+        self.rule = self.setting.cfg_rule
+        weak = self.setting.weak_model
+        self.weak_prediction = weak.prediction if weak is not None else self.prediction
+        self.guide_net = weak.net if weak is not None and self.rule.guide_is_other_model else None
+        self.perturbed_net = weak.net if weak is not None and self.rule.perturbation is not None else None
         if batch_guide is None:  # measured: stacking costs 1.37x two calls on one CPU thread; it pays off on a GPU
             batch_guide = any(p.is_cuda for p in net.parameters())
-        self.pair = (StackedPair(net, guide_net) if guide_net is not None and batch_guide
-                     and self.guide_prediction == self.prediction and same_architecture(net, guide_net) else None)
+        guide = self.guide_net
+        self.pair = (StackedPair(net, guide) if isinstance(guide, nn.Module) and batch_guide
+                     and self.weak_prediction == self.prediction and same_architecture(net, guide) else None)
         self.reset()
 
     @property
@@ -139,7 +134,8 @@ class NetDenoiser:
             self._last_step = step.index
         ctx = RuleContext(x_t=x_t, abar=abar, step=step)
         eps_u = eps_g = None
-        if not self.rule.needs_guide(self.cfg_scale, ctx):
+        s = self.setting.cfg_scale
+        if not self.rule.needs_guide(s, ctx):
             eps_c = prediction_to_eps(self.prediction, self.net(x_t, t, y), x_t, abar)
         elif self.guide_net is not None:
             eps_c, eps_g = self._with_guide_net(x_t, t, abar, y)
@@ -150,8 +146,8 @@ class NetDenoiser:
             eps_c, eps_u = both.chunk(2)
             eps_g = eps_u
         if self.rule.needs_perturbed(ctx):  # a separate call: the perturbation holds for a whole forward
-            ctx.perturbed = prediction_to_eps(self.prediction, self.perturbed_net(x_t, t, y), x_t, abar)
-        eps = combine_predictions(self.rule, eps_c, eps_g, self.cfg_scale, ctx, self.rule_state)
+            ctx.perturbed = prediction_to_eps(self.weak_prediction, self.perturbed_net(x_t, t, y), x_t, abar)
+        eps = combine_predictions(self.rule, eps_c, eps_g, s, ctx, self.rule_state)
         guided = eps_g is not None
         return DenoiserOutput(eps=eps, x0=self._x0(eps, x_t, abar), eps_cond=eps_c if guided else None,
                               eps_uncond=eps_u)
@@ -163,7 +159,7 @@ class NetDenoiser:
         else:
             out_c, out_g = self.net(x_t, t, y), self.guide_net(x_t, t, y)
         return (prediction_to_eps(self.prediction, out_c, x_t, abar),
-                prediction_to_eps(self.guide_prediction, out_g, x_t, abar))
+                prediction_to_eps(self.weak_prediction, out_g, x_t, abar))
 
     def _x0(self, eps: Tensor, x_t: Tensor, abar: Tensor) -> Tensor:
         x0 = eps_to_x0(eps, x_t, abar)

@@ -28,13 +28,16 @@ def edm_heun_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, no
     ``sigma_min`` defaults to the schedule's smallest sigma and ``sigma_max`` to EDM's 80 (or the schedule's largest
     sigma if that is smaller: a cosine schedule reaches ~2e4, where 18 steps are far too coarse); both are clamped
     into the range the schedule was trained on.
-    Guidance ``g`` (VP score) enters as ``D <- D + sigma^2 sqrt(abar) g``; a term's ``edm_nudge`` displacement is
+    ``D`` is the denoiser's x0 estimate, clamped to [-1, 1] when the denoiser clips (``clip_x0``), as DDPM and DDIM
+    use ``out.x0``. Guidance ``g`` (VP score) then enters as ``D <- D + sigma^2 sqrt(abar) g`` and is not clipped
+    (the rule of docs/math.md §2); a term's ``edm_nudge`` displacement is
     added to the state before the step's first denoiser call. Randomness: the initial latent is each sample's
     first draw, churn draws once per step where gamma > 0. Time steps and the state are float64, as in EDM; the
     denoiser sees float32. Steps count from 0; ``on_step(step, num_steps)`` runs after each.
     """
     model_dtype = torch.float32
     batch = begin_sampling("edm", labels, noise, guidance, model_dtype, noise.device)
+    clip_x0 = getattr(denoiser, "clip_x0", False)
     lo, hi = schedule.sigma_min, schedule.sigma_max
     sigma_min = min(max(lo if sigma_min is None else sigma_min, lo), hi)
     sigma_max = min(max(min(80.0, hi) if sigma_max is None else sigma_max, lo), hi)
@@ -53,9 +56,11 @@ def edm_heun_sample(denoiser: Denoiser, schedule: VPSchedule, labels: Tensor, no
         return out, x_vp, t, abar_b, graph
 
     def denoise(x: Tensor, sigma: float, step: int) -> Tensor:
-        """``D(x; sigma)`` with the guidance correction of the score."""
+        """``D(x; sigma)`` (clipped if the denoiser clips), then the guidance correction of the score."""
         out, x_vp, t, abar, graph = vp_call(x, sigma, step, guidance)
-        d = x - sigma * out.eps.to(torch.float64)
+        d = x - sigma * out.eps.to(torch.float64)  # = x0_hat in float64
+        if clip_x0:
+            d = d.clamp(-1, 1)
         state = GuidanceState(x_t=x_vp, t=t, abar=abar, y=labels, out=out, step=step, num_steps=num_steps,
                               sampler="edm", denoiser=denoiser, denoiser_graph=graph)
         g = total_guidance(guidance, state)

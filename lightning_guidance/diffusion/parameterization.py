@@ -6,6 +6,7 @@ With ``x_t = a x0 + b eps``, ``a = sqrt(abar)``, ``b = sqrt(1 - abar)`` and ``v 
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 PREDICTION_KINDS = ("eps", "x0", "v")
@@ -17,8 +18,14 @@ def check_prediction(kind: str) -> str:
     return kind
 
 
+def per_sample(value: float | Tensor, like: Tensor) -> Tensor:
+    """A number or one value per sample (B,), shaped (B or 1, 1, ..., 1) in ``like``'s dtype and device to
+    broadcast against ``like`` (B, ...)."""
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device).reshape(-1, *([1] * (like.ndim - 1)))
+
+
 def _ab(abar: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-    abar = abar.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
+    abar = per_sample(abar, like)
     return abar.sqrt(), (1 - abar).sqrt()
 
 

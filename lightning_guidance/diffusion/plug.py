@@ -4,10 +4,12 @@ It lives with the samplers (``diffusion/``) so that a sampler needs nothing abov
 ``guidance/`` and build on this contract.
 
 A term returns ``g``, a correction of the score in VP coordinates, ``g ≈ s ∇_{x_t} log p(y | x_t)``, already
-multiplied by its scale and schedule weight. Each sampler family converts ``g`` in exactly one place:
+multiplied by its scale and schedule weight. Each sampler family converts ``g`` in exactly one place, always
+after the denoiser's ``x0_hat`` was clipped (if the denoiser clips) and never followed by another clip
+(docs/math.md §2):
 
 - DDPM ancestral: mean shift ``mu + Sigma_t g`` (Dhariwal & Nichol 2021, alg. 1);
-- DDIM: ``eps <- eps - sqrt(1 - abar) g``, then ``x0_hat`` is recomputed (alg. 2);
+- DDIM: ``eps <- eps - sqrt(1 - abar) g`` on the eps implied by ``x0_hat``, then ``x0_hat`` is rebuilt (alg. 2);
 - EDM Heun (VE state ``x = x_VP / sqrt(abar)``): ``D <- D + sigma^2 sqrt(abar) g`` (chain rule, docs/math.md §7).
 
 Nothing in a sampler knows which guidance it runs; a term that needs more than ``g`` (e.g. EluCD's EDM

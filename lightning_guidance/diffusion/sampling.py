@@ -3,7 +3,8 @@
 Configs name a sampler and its options as plain values (``sampler: ddim``, ``sampler_kwargs: {num_steps: 50}``);
 :func:`check_sampling` checks them, with the guidance terms, when a module or callback is built, so a bad option
 fails before any work. :func:`sample_ids` is the only place where sample ids become labels, seeds and batches:
-the SamplingModule, the evaluation callbacks and ``CFGDiffusion.generate`` all draw through it.
+the SamplingModule, the evaluation callbacks and ``CFGDiffusion.generate`` all draw through it, each batch through
+the denoiser :func:`build_denoiser` makes of the model and one guidance setting.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from torch import Tensor
 
 from .ddim import ddim_sample
 from .ddpm import ddpm_sample
-from .cfg_rule import ClassifierFreeGuidance
-from .denoiser import Denoiser, check_labels
+from .denoiser import Denoiser, NetDenoiser, check_labels
 from .edm_heun import edm_heun_sample
+from .guidance_setting import GuidanceSetting
 from .noise import PerSampleNoise
 from .plug import SAMPLER_KINDS, GuidanceTerm, check_guidance_for_sampler
 from .schedules import VPSchedule
@@ -71,15 +72,21 @@ def sample(sampler: str, denoiser: Denoiser, schedule: VPSchedule, labels: Tenso
 
 
 class DiffusionModel(Protocol):
-    """What :func:`sample_ids` needs of a trained diffusion model (``CFGDiffusion`` is one)."""
+    """What :func:`sample_ids` needs of a trained diffusion model (``CFGDiffusion`` is one): a class-conditional
+    ``net(x, t, y)`` predicting ``prediction``, its schedule, and whether x0_hat is clipped to [-1, 1]."""
 
+    net: Callable[[Tensor, Tensor, Tensor], Tensor]
     num_classes: int
+    prediction: str
+    clip_x0: bool
     schedule: VPSchedule
     data_shape: tuple[int, ...]
     device: torch.device
 
-    def denoiser(self, cfg_scale: float | Tensor = 1.0, rule: ClassifierFreeGuidance | None = None,
-                 guide: DiffusionModel | None = None) -> Denoiser: ...
+
+def build_denoiser(model: DiffusionModel, setting: GuidanceSetting | None = None) -> NetDenoiser:
+    """The sampler's denoiser: ``model``'s network under one guidance ``setting`` (default: the conditional model)."""
+    return NetDenoiser(model.net, model.num_classes, model.prediction, setting, clip_x0=model.clip_x0)
 
 
 def labels_for_ids(ids: Sequence[int] | Tensor, classes: Sequence[int]) -> Tensor:
@@ -95,16 +102,17 @@ def seeds_for_ids(ids: Sequence[int] | Tensor, seed: int) -> Tensor:
 
 @torch.no_grad()
 def sample_batches(model: DiffusionModel, labels: Tensor, seeds: Sequence[int] | Tensor, *, sampler: str = "ddim",
-                   sampler_kwargs: dict | None = None, cfg_scale: float | Tensor = 1.0,
-                   guidance: Sequence[GuidanceTerm] = (), batch_size: int | None = None,
-                   cfg_rule: ClassifierFreeGuidance | None = None, guide: DiffusionModel | None = None,
+                   sampler_kwargs: dict | None = None, setting: GuidanceSetting | None = None,
+                   batch_size: int | None = None,
                    on_batch: Callable[[Tensor, Tensor], None] | None = None) -> tuple[Tensor, Tensor] | None:
-    """Samples of ``model`` for ``labels`` with one seed each, ``batch_size`` at a time (None: one batch).
+    """Samples of ``model`` under guidance ``setting`` for ``labels`` with one seed each, ``batch_size`` at a time
+    (None: one batch).
 
     A sample depends on its seed and label only, never on its batch (unless a term couples the batch). Returns
     ``(samples, labels)``, or, with ``on_batch(samples, labels)``, hands each batch over as it is drawn and returns
-    None (so that large evaluations need not hold every sample). ``cfg_rule`` replaces plain CFG's combination
-    (``guide``: autoguidance's worse model)."""
+    None (so that large evaluations need not hold every sample)."""
+    setting = setting if setting is not None else GuidanceSetting()
+    sampler_kwargs = check_sampling(sampler, sampler_kwargs)  # the terms: by the sampler, before its first step
     seeds = torch.as_tensor(seeds, dtype=torch.long).cpu()
     labels = labels.to(model.device)
     check_labels(labels, model.num_classes)
@@ -113,10 +121,8 @@ def sample_batches(model: DiffusionModel, labels: Tensor, seeds: Sequence[int] |
     for lo in range(0, len(labels), step):
         sl = slice(lo, lo + step)
         noise = PerSampleNoise(seeds[sl], device=model.device)
-        denoiser = model.denoiser(cfg_scale) if cfg_rule is None else model.denoiser(cfg_scale, rule=cfg_rule,
-                                                                                     guide=guide)
-        x = sample(sampler, denoiser, model.schedule, labels[sl], noise, model.data_shape,
-                   guidance=list(guidance), **(sampler_kwargs or {}))
+        x = SAMPLERS[sampler](build_denoiser(model, setting), model.schedule, labels[sl], noise, model.data_shape,
+                              guidance=list(setting.terms), **sampler_kwargs)
         if on_batch is not None:
             on_batch(x, labels[sl])
         else:

@@ -14,6 +14,8 @@ import math
 import torch
 from torch import Tensor
 
+from .parameterization import per_sample
+
 SCHEDULE_KINDS = ("linear", "cosine")
 
 
@@ -71,7 +73,7 @@ class VPSchedule:
     def q_sample(self, x0: Tensor, index: Tensor, noise: Tensor) -> Tensor:
         """Forward process ``x_i = sqrt(abar_i) x0 + sqrt(1 - abar_i) eps`` for a batch of integer indices."""
         abar = self.alphas_cumprod.to(x0.device)[index].to(x0.dtype)
-        abar = abar.view(-1, *([1] * (x0.ndim - 1)))
+        abar = per_sample(abar, x0)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
     # ---- respacing (Nichol & Dhariwal 2021, §4) -------------------------------------------------

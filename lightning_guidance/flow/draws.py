@@ -1,7 +1,7 @@
 """Per-sample seeded draws: which of its top-k real neighbours a generated sample is paired with, and at what time.
 
-Each generated sample has a key (from its sampling seed and its guidance scale: the same seed recurs at every
-scale). At training step ``s`` the pair is ``(choice, t) = f(key, s, run seed)`` through the splitmix64 mixer
+Each generated sample has a key (from its sampling seed and its swept value: the same seed recurs at every
+value). At training step ``s`` the pair is ``(choice, t) = f(key, s, run seed)`` through the splitmix64 mixer
 (Steele et al., OOPSLA 2014), so a draw depends neither on the batch a sample lands in nor on the number of
 processes, and a resumed run draws exactly what a straight run draws (no RNG state to checkpoint).
 """
@@ -26,10 +26,10 @@ def splitmix64(x: np.ndarray) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def sample_keys(seeds: Tensor, scales: Tensor) -> Tensor:
-    """One int64 key per generated sample from its sampling seed and its (float64) guidance scale."""
+def sample_keys(seeds: Tensor, values: Tensor) -> Tensor:
+    """One int64 key per generated sample from its sampling seed and its (float64) swept value."""
     s = np.asarray(seeds.cpu().numpy(), dtype=np.int64).view(np.uint64)
-    c = np.asarray(scales.cpu().numpy(), dtype=np.float64).view(np.uint64)
+    c = np.asarray(values.cpu().numpy(), dtype=np.float64).view(np.uint64)
     return torch.from_numpy(splitmix64(splitmix64(s) ^ c).view(np.int64).copy())
 
 

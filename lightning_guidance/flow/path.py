@@ -11,12 +11,14 @@ from collections.abc import Callable
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..diffusion.parameterization import per_sample
+
 
 def _per_sample(t: Tensor, x: Tensor) -> Tensor:
     """Time (B,) shaped to broadcast over a sample's dims."""
     if t.ndim != 1 or t.shape[0] != x.shape[0]:
         raise ValueError(f"t must have one value per sample ({x.shape[0]},), got shape {tuple(t.shape)}")
-    return t.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+    return per_sample(t, x)
 
 
 def interpolate(x0: Tensor, x1: Tensor, t: Tensor) -> Tensor:

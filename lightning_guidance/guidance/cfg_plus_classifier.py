@@ -16,8 +16,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from ..diffusion.parameterization import per_sample
 from ..diffusion.plug import GuidanceState
-from .log_likelihood import ClassifierTerm, log_likelihood, per_sample, per_sample_rms
+from .log_likelihood import ClassifierTerm, log_likelihood, per_sample_rms
 
 
 class CFGPlusClassifierGuidance(ClassifierTerm):
@@ -25,7 +26,7 @@ class CFGPlusClassifierGuidance(ClassifierTerm):
     sample to the RMS of the CFG score difference. Needs a denoiser that runs CFG (``state.out.eps_cond``)."""
 
     def __init__(self, classifier: nn.Module, scale: float = 1.0, tau1: float = 1.0, tau2: float = 1.0,
-                 input: str = "x0_hat", through_denoiser: bool = False, clip_x0: bool = True,
+                 input: str = "x0_hat", through_denoiser: bool = False, clip_x0: bool | None = None,
                  schedule: Callable | None = None):
         super().__init__(classifier, scale=scale, schedule=schedule, input=input, through_denoiser=through_denoiser,
                          clip_x0=clip_x0)

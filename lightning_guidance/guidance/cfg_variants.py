@@ -1,4 +1,4 @@
-"""The modern CFG variants as CFG rules (MATH.md §8; reference behaviour: ``diffusers.guiders`` 0.42.1).
+"""The modern CFG variants as CFG rules (docs/math.md §8; reference behaviour: ``diffusers.guiders`` 0.42.1).
 
 Each class is a :class:`~lightning_guidance.diffusion.cfg_rule.ClassifierFreeGuidance` (the plug a
 :class:`~lightning_guidance.diffusion.denoiser.NetDenoiser` calls): ``c`` the conditional prediction, ``g`` the
@@ -16,7 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..diffusion.cfg_rule import ClassifierFreeGuidance, RuleContext, per_sample, rescale_to_conditional_std
+from ..diffusion.cfg_rule import ClassifierFreeGuidance, RuleContext, rescale_to_conditional_std
+from ..diffusion.parameterization import per_sample
 
 __all__ = ["AdaptiveProjectedGuidance", "Autoguidance", "CFGRescale", "CFGZeroStar", "ClassifierFreeGuidance",
            "FrequencyDecoupledGuidance", "GuidanceInterval", "PerturbedAttentionGuidance", "SkipLayerGuidance",
@@ -75,7 +76,7 @@ class AdaptiveProjectedGuidance(ClassifierFreeGuidance):
         self.norm_threshold = float(norm_threshold)
         self.use_original_formulation = bool(use_original_formulation)
 
-    def guide(self, cond: Tensor, guide: Tensor, scale: Tensor, ctx: RuleContext, state: dict) -> Tensor:
+    def guide(self, cond: Tensor, guide: Tensor, s: Tensor, ctx: RuleContext, state: dict) -> Tensor:
         dims = _flat_dims(cond)
         diff = cond - guide
         if self.momentum is not None:
@@ -86,7 +87,7 @@ class AdaptiveProjectedGuidance(ClassifierFreeGuidance):
         d, unit = diff.double(), torch.nn.functional.normalize(cond.double(), dim=dims)
         parallel = (d * unit).sum(dim=dims, keepdim=True) * unit
         update = (d - parallel).to(diff.dtype) + self.eta * parallel.to(diff.dtype)
-        return cond + (scale - 1) * update if self.use_original_formulation else guide + scale * update
+        return cond + (s - 1) * update if self.use_original_formulation else guide + s * update
 
 
 class CFGZeroStar(ClassifierFreeGuidance):
@@ -112,22 +113,22 @@ class CFGZeroStar(ClassifierFreeGuidance):
             raise ValueError("CFGZeroStar with zero_init_steps > 0 needs the sampler's step index")
         return ctx.step.index < self.zero_init_steps
 
-    def needs_guide(self, scale: float | Tensor, ctx: RuleContext) -> bool:
-        return not self._zeroed(ctx) and super().needs_guide(scale, ctx)
+    def needs_guide(self, s: float | Tensor, ctx: RuleContext) -> bool:
+        return not self._zeroed(ctx) and super().needs_guide(s, ctx)
 
-    def guide(self, cond: Tensor, guide: Tensor, scale: Tensor, ctx: RuleContext, state: dict) -> Tensor:
+    def guide(self, cond: Tensor, guide: Tensor, s: Tensor, ctx: RuleContext, state: dict) -> Tensor:
         c, g = cond.flatten(1).float(), guide.flatten(1).float()
         a = ((c * g).sum(1, keepdim=True) / ((g ** 2).sum(1, keepdim=True) + 1e-8)).to(cond.dtype)
-        scaled_guide = guide * a.view(-1, *([1] * (cond.ndim - 1)))
-        return scaled_guide + scale * (cond - scaled_guide)
+        scaled_guide = guide * per_sample(a, cond)
+        return scaled_guide + s * (cond - scaled_guide)
 
-    def __call__(self, cond: Tensor, guide: Tensor | None, scale: float | Tensor, ctx: RuleContext,
+    def __call__(self, cond: Tensor, guide: Tensor | None, s: float | Tensor, ctx: RuleContext,
                  state: dict) -> Tensor:
         if self._zeroed(ctx):
             pred = torch.zeros_like(cond)
             # diffusers rescales after zeroing too: std(0) = 0 gives 0/0; keep the zero prediction
             return pred
-        return super().__call__(cond, guide, scale, ctx, state)
+        return super().__call__(cond, guide, s, ctx, state)
 
 
 class TangentialCFG(ClassifierFreeGuidance):
@@ -137,13 +138,13 @@ class TangentialCFG(ClassifierFreeGuidance):
     prediction is replaced by its projection ``g' = (g v) v^T``; output ``g' + s (c - g')``.
     """
 
-    def guide(self, cond: Tensor, guide: Tensor, scale: Tensor, ctx: RuleContext, state: dict) -> Tensor:
+    def guide(self, cond: Tensor, guide: Tensor, s: Tensor, ctx: RuleContext, state: dict) -> Tensor:
         preds = torch.stack([cond, guide], dim=1).float().flatten(2)  # (B, 2, D)
         _, _, vh = torch.linalg.svd(preds, full_matrices=False)
         top = vh[:, :1]  # (B, 1, D)
         g = guide.reshape(len(guide), 1, -1).float()
         projected = ((g @ top.transpose(-2, -1)) @ top).reshape(guide.shape).to(cond.dtype)
-        return projected + scale * (cond - projected)
+        return projected + s * (cond - projected)
 
 
 class FrequencyDecoupledGuidance(ClassifierFreeGuidance):
@@ -171,6 +172,7 @@ class FrequencyDecoupledGuidance(ClassifierFreeGuidance):
         self.parallel_weights = parallel
 
     def check_data_shape(self, data_shape: tuple[int, ...]) -> None:
+        super().check_data_shape(data_shape)
         levels = len(self.level_weights)
         if len(data_shape) != 3:
             raise ValueError(f"FrequencyDecoupledGuidance splits images into frequency bands; samples of shape "
@@ -180,7 +182,7 @@ class FrequencyDecoupledGuidance(ClassifierFreeGuidance):
             raise ValueError(f"FrequencyDecoupledGuidance with {levels} levels needs H and W divisible by {factor}, "
                              f"got {tuple(data_shape)}: use fewer level_weights")
 
-    def guide(self, cond: Tensor, guide: Tensor, scale: Tensor, ctx: RuleContext, state: dict) -> Tensor:
+    def guide(self, cond: Tensor, guide: Tensor, s: Tensor, ctx: RuleContext, state: dict) -> Tensor:
         from kornia.geometry import pyrup
         from kornia.geometry.transform import build_laplacian_pyramid
 
@@ -195,7 +197,7 @@ class FrequencyDecoupledGuidance(ClassifierFreeGuidance):
                 unit = torch.nn.functional.normalize(c.double(), dim=dims)
                 parallel = ((shift.double() * unit).sum(dim=dims, keepdim=True) * unit).to(shift.dtype)
                 shift = par * parallel + (shift - parallel)
-            guided.append(g + (1 + (scale - 1) * weight) * shift)
+            guided.append(g + (1 + (s - 1) * weight) * shift)
         out = guided[-1]
         for band in reversed(guided[:-1]):
             out = pyrup(out) + band
@@ -260,10 +262,10 @@ class PerturbedAttentionGuidance(ClassifierFreeGuidance):
         n = ctx.step.num_steps
         return int(self.perturbed_guidance_start * n) < ctx.step.index < int(self.perturbed_guidance_stop * n)
 
-    def __call__(self, cond: Tensor, guide: Tensor | None, scale: float | Tensor, ctx: RuleContext,
+    def __call__(self, cond: Tensor, guide: Tensor | None, s: float | Tensor, ctx: RuleContext,
                  state: dict) -> Tensor:
         # which branch applies is decided for the whole batch (the denoiser asks for g and p batch-wide)
-        s, p = per_sample(scale, cond), ctx.perturbed
+        s, p = per_sample(s, cond), ctx.perturbed
         if guide is not None:
             pred = guide + s * (cond - guide)
             if p is not None:

@@ -13,7 +13,7 @@ from .log_likelihood import ClassifierTerm, log_likelihood
 class ClassifierGuidance(ClassifierTerm):
     """``g = scale * ∇_{x_t} log softmax(f(x_t, t))_y``; ``classifier(x, t) -> logits (B, K)`` sees the noisy state.
 
-    Runs on every sampler (DDPM mean shift, DDIM eps shift, EDM denoiser shift: see :mod:`.base`).
+    Runs on every sampler (DDPM mean shift, DDIM eps shift, EDM denoiser shift: see :mod:`lightning_guidance.diffusion.plug`).
     """
 
     def __init__(self, classifier: nn.Module, scale: float = 1.0, schedule: Callable | None = None):

@@ -53,7 +53,7 @@ class DivergenceGuidance(ClassifierTerm):
 
     def __init__(self, classifier: nn.Module, scale: float = 1.0, divergence: str = "js",
                  label_smoothing: float = 0.1, input: str = "x0_hat", through_denoiser: bool = False,
-                 clip_x0: bool = True, schedule: Callable | None = None):
+                 clip_x0: bool | None = None, schedule: Callable | None = None):
         super().__init__(classifier, scale=scale, schedule=schedule, input=input, through_denoiser=through_denoiser,
                          clip_x0=clip_x0)
         if divergence not in DIVERGENCES:

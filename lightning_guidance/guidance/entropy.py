@@ -18,8 +18,9 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from ..diffusion.parameterization import per_sample
 from ..diffusion.plug import GuidanceState
-from .log_likelihood import ClassifierTerm, entropy, log_likelihood, per_sample
+from .log_likelihood import ClassifierTerm, entropy, log_likelihood
 
 ENTROPY_MODES = ("scale", "bonus")
 
@@ -34,7 +35,7 @@ class EntropyAdaptiveGuidance(ClassifierTerm):
 
     def __init__(self, classifier: nn.Module, scale: float = 1.0, mode: str = "scale", max_factor: float = 10.0,
                  eta: float = 1.0, tau1: float = 1.0, tau2: float = 1.0, input: str = "x0_hat",
-                 through_denoiser: bool = False, clip_x0: bool = True, schedule: Callable | None = None):
+                 through_denoiser: bool = False, clip_x0: bool | None = None, schedule: Callable | None = None):
         super().__init__(classifier, scale=scale, schedule=schedule, input=input, through_denoiser=through_denoiser,
                          clip_x0=clip_x0)
         if mode not in ENTROPY_MODES:

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from ..diffusion.cfg_rule import SamplingStep
 from ..diffusion.denoiser import DenoiserOutput, check_labels
+from ..diffusion.parameterization import per_sample
 from ..diffusion.plug import DenoiserGraph, GuidanceState, GuidanceTerm
 
 CLASSIFIER_INPUTS = ("x_t", "x0_hat")
@@ -46,14 +47,7 @@ def entropy(logits: Tensor) -> Tensor:
 
 def per_sample_rms(x: Tensor) -> Tensor:
     """Root mean square over every dimension but the batch, shaped (B, 1, ..., 1) to broadcast against ``x``."""
-    return x.pow(2).flatten(1).mean(dim=1).sqrt().view(-1, *([1] * (x.ndim - 1)))
-
-
-def per_sample(w: float | Tensor, like: Tensor) -> float | Tensor:
-    """A scalar or a (B,) weight, shaped to broadcast against ``like`` (B, ...)."""
-    if isinstance(w, Tensor) and w.ndim > 0:
-        return w.to(like.dtype).view(-1, *([1] * (like.ndim - 1)))
-    return w
+    return per_sample(x.pow(2).flatten(1).mean(dim=1).sqrt(), x)
 
 
 def objective_gradient(classifier: nn.Module, x: Tensor, t: Tensor | None, y: Tensor, objective: Objective,
@@ -104,12 +98,13 @@ class ClassifierTerm(GuidanceTerm):
 
     ``input``: ``"x_t"`` (time-dependent classifier) or ``"x0_hat"`` (off-the-shelf classifier, see module doc);
     ``through_denoiser`` only applies to ``"x0_hat"``; ``clip_x0``: ``x0_hat`` is clamped to ``[-1, 1]``, the range
-    of images (false for data that is not bounded, e.g. the toy mixtures);
+    of images (false: never, e.g. for the toy mixtures; None: as the denoiser gives it, clamped when the diffusion
+    model clips its x0_hat, ``CFGDiffusion(clip_x0)``);
     ``schedule``: a callable ``(step, num_steps, t) -> weight`` from :mod:`.schedules` (None: 1).
     """
 
     def __init__(self, classifier: nn.Module, scale: float = 1.0, schedule: Callable | None = None,
-                 input: str = "x_t", through_denoiser: bool = False, clip_x0: bool = True):
+                 input: str = "x_t", through_denoiser: bool = False, clip_x0: bool | None = None):
         super().__init__(scale)
         if input not in CLASSIFIER_INPUTS:
             raise ValueError(f"unknown classifier input {input!r}; choose one of {CLASSIFIER_INPUTS}")
@@ -119,7 +114,7 @@ class ClassifierTerm(GuidanceTerm):
         self.schedule = schedule
         self.input = input
         self.through_denoiser = bool(through_denoiser)
-        self.clip_x0 = bool(clip_x0)
+        self.clip_x0 = None if clip_x0 is None else bool(clip_x0)
         self._classes_checked = False
 
     @property

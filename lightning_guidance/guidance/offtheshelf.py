@@ -15,8 +15,9 @@ import torch
 from torch import Tensor, nn
 
 from ..diffusion.denoiser import DenoiserOutput
+from ..diffusion.parameterization import per_sample
 from ..diffusion.plug import GuidanceState
-from .log_likelihood import ClassifierTerm, log_likelihood, per_sample, per_sample_rms
+from .log_likelihood import ClassifierTerm, log_likelihood, per_sample_rms
 from .schedules import SINE_REFERENCES, edm_sine_weight, reference_sine_boost, sine_boost_factor
 
 
@@ -48,7 +49,7 @@ class OffTheShelfGuidance(ClassifierTerm):
 
     def __init__(self, classifier: nn.Module, scale: float = 1.0, tau1: float = 1.0, tau2: float = 1.0,
                  input: str = "x0_hat", through_denoiser: bool = False, sine_gamma: float = 0.0,
-                 edm_g_max: float | None = None, clip_x0: bool = True, schedule: Callable | None = None,
+                 edm_g_max: float | None = None, clip_x0: bool | None = None, schedule: Callable | None = None,
                  sine_reference: str | None = None):
         super().__init__(classifier, scale=scale, schedule=schedule, input=input, through_denoiser=through_denoiser,
                          clip_x0=clip_x0)

@@ -1,26 +1,31 @@
-"""The sweep: one guidance setting per sweep value, known in one place and free of Lightning.
+"""The sweep: one guidance setting per swept value, known in one place and free of Lightning.
 
 A sweep has a ``target``, ``values`` and optionally a ``cfg_rule`` (a CFG variant of
-:mod:`lightning_guidance.guidance.cfg_variants` replacing plain CFG's combination at every value). ``target: cfg`` makes each value the CFG scale ``s`` of the denoiser
-(``eps = eps_u + s (eps_c - eps_u)``, diffusers' convention) with the guidance terms as configured; ``target:
-guidance`` keeps the CFG scale fixed at ``cfg_scale`` and multiplies every term's own ``scale`` by the value (0 is
-the unguided baseline with the same seeds). :meth:`Sweep.at` turns one value into ``(cfg_scale, terms)``.
+:mod:`lightning_guidance.guidance.cfg_variants` replacing plain CFG's combination at every value). ``target: cfg``
+makes each swept value v the CFG scale s of the denoiser (``eps = eps_u + s (eps_c - eps_u)``, diffusers'
+convention) with the guidance terms as configured; ``target: guidance`` keeps the CFG scale fixed at ``cfg_scale``
+and multiplies every term's own ``scale`` by v (0 is the unguided baseline with the same seeds).
+:meth:`Sweep.at` turns one swept value into a :class:`~lightning_guidance.diffusion.guidance_setting.GuidanceSetting`.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass, field
 
 from torch import nn
 
 from ..diffusion.cfg_rule import ClassifierFreeGuidance
+from ..diffusion.guidance_setting import GuidanceSetting, WeakModel
 from ..diffusion.plug import GuidanceTerm
 from ..io.digests import file_identity
 from .cfg_plus_classifier import CFGPlusClassifierGuidance
 from .log_likelihood import num_classes_of
 
 SWEEP_TARGETS = ("cfg", "guidance")
+#: the swept value's name in tables and on figure axes, per target (the glossary of docs/architecture.md)
+SWEEP_AXES = {"cfg": "CFG scale s", "guidance": "swept value v (x each term's scale)"}
 
 
 @dataclass
@@ -38,36 +43,54 @@ class Sweep:
             raise ValueError("the sweep must list at least one value")
         self.values = [float(v) for v in self.values]
         self.cfg_scale = float(self.cfg_scale)
+        negative = [s for s in self.cfg_scales if s < 0]
+        if negative:  # s = 0 is the unconditional model, 1 the conditional; no method here defines s < 0
+            raise ValueError(f"CFG scale {negative[0]:g} < 0 refused: s = 0 is the unconditional model, s = 1 the "
+                             "conditional, s > 1 guides toward the class; no method here defines a negative scale")
         self.terms = list(self.terms)
 
-    def at(self, value: float) -> tuple[float, list[GuidanceTerm]]:
-        """The CFG scale and the guidance terms at one sweep value."""
+    def at(self, value: float, weak_model: WeakModel | None = None) -> GuidanceSetting:
+        """The guidance setting at one swept value; ``weak_model``: what the CFG rule guides away from, if it reads
+        one (``CFGDiffusion.weak_model``)."""
+        s = value if self.target == "cfg" else self.cfg_scale
+        return GuidanceSetting(s, self.cfg_rule, weak_model, self._terms_at(value))
+
+    def _terms_at(self, value: float) -> tuple[GuidanceTerm, ...]:
         if self.target == "cfg":
-            return value, self.terms
+            return tuple(self.terms)
         terms = [copy.copy(t) for t in self.terms]  # shallow: classifiers shared, only `scale` differs
         for t in terms:
             t.scale = t.scale * value
-        return self.cfg_scale, terms
+        return tuple(terms)
 
     @property
     def cfg_scales(self) -> list[float]:
         """Every CFG scale the sweep uses."""
         return list(self.values) if self.target == "cfg" else [self.cfg_scale]
 
+    @property
+    def axis(self) -> str:
+        """The name of the swept value in tables and on figure axes (docs/architecture.md, glossary)."""
+        return SWEEP_AXES[self.target]
+
     def folder(self, value: float) -> str:
         """The name of one value's folder of shards (``cfg_2``, ``guidance_0.5``)."""
         return f"{self.target}_{value:g}"
 
     def describe(self, value: float) -> str:
-        """One line for reports: the CFG scale and each term with its scale at this value."""
-        cfg, terms = self.at(value)
+        """One line for reports: the CFG scale s and each term with its scale at this value."""
+        s = value if self.target == "cfg" else self.cfg_scale
         rule = type(self.cfg_rule).__name__ if self.cfg_rule is not None else "CFG"
-        return ", ".join([f"{rule} {cfg:g}"] + [f"{type(t).__name__} (scale {t.scale:g})" for t in terms])
+        return ", ".join([f"{rule} s = {s:g}"] + [f"{type(t).__name__} (scale {t.scale:g})"
+                                                  for t in self._terms_at(value)])
 
-    def identity(self) -> dict:
-        """What a shard's config hash records of the sweep at any one value (the value itself is added per shard)."""
-        out = {"scale_target": self.target, "cfg_scale": self.cfg_scale,
-               "guidance": [describe_term(t) for t in self.terms]}
+    def identity(self, value: float) -> dict:
+        """What a shard's config hash records of the sweep at one value: the target and the swept value, the terms
+        and the rule as configured (the rule's weak model by its file), and the fixed CFG scale of a guidance sweep
+        (in a CFG sweep the swept value is the CFG scale)."""
+        out = {"target": self.target, "value": float(value), "guidance": [describe_term(t) for t in self.terms]}
+        if self.target == "guidance":
+            out["cfg_scale"] = self.cfg_scale
         if self.cfg_rule is not None:
             out["cfg_rule"] = describe_rule(self.cfg_rule)
         return out
@@ -126,6 +149,13 @@ def describe_classifier(classifier: nn.Module) -> dict:
     if index is not None:
         out["class_index"] = index.tolist()
     return out
+
+
+def describe_network(net: nn.Module) -> dict:
+    """A network given as an object (its weights come from elsewhere): its class and the digest of its printed
+    structure (layers and their settings)."""
+    structure = hashlib.sha256(repr(net).encode()).hexdigest()[:16]
+    return {"class": f"{type(net).__module__}.{type(net).__qualname__}", "structure_sha256": structure}
 
 
 def describe_rule(rule: ClassifierFreeGuidance) -> dict:

@@ -15,8 +15,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from ..diffusion.parameterization import per_sample
 from ..diffusion.plug import GuidanceState
-from .log_likelihood import ClassifierTerm, log_likelihood, per_sample
+from .log_likelihood import ClassifierTerm, log_likelihood
 
 
 def tilt_weights(log_p: Tensor, tilt: float) -> Tensor:
@@ -37,7 +38,7 @@ class TiltedGuidance(ClassifierTerm):
     couples_batch = True
     def __init__(self, classifier: nn.Module, scale: float = 1.0, tilt: float = -0.2, tau1: float = 1.0,
                  tau2: float = 1.0, input: str = "x0_hat", through_denoiser: bool = False,
-                 clip_x0: bool = True, schedule: Callable | None = None):
+                 clip_x0: bool | None = None, schedule: Callable | None = None):
         super().__init__(classifier, scale=scale, schedule=schedule, input=input, through_denoiser=through_denoiser,
                          clip_x0=clip_x0)
         self.tilt = float(tilt)

@@ -4,12 +4,17 @@ The temp file sits next to the target as ``.<name>.<host>-<pid>.<random>.tmp<suf
 mode the umask gives (``mkstemp`` makes 0600, and a rename keeps the mode), renamed onto the target, and the folder
 is fsynced so that the rename survives a crash. A writer killed with SIGKILL leaves its temp file behind;
 :func:`remove_stale_temps` deletes those whose writer (same host, named pid) is gone, and nothing else.
+
+A write that finds the disk full raises :class:`DiskFullError`, one line naming the file and the room it needs (the
+temp file is removed; the target keeps its previous content).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
 import socket
 import tempfile
 from collections.abc import Callable
@@ -49,6 +54,39 @@ def fsync_dir(folder: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover - unreachable
+
+
+class DiskFullError(OSError):
+    """No room left for a write: names the file, the room it needs (when known) and the room there is."""
+
+    def __init__(self, path: str | os.PathLike, needed: int | None = None):
+        folder = Path(path).parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        try:
+            free = _size(shutil.disk_usage(folder).free)
+        except OSError:
+            free = "unknown"
+        need = f"{_size(needed)} free" if needed else "more room than that"
+        super().__init__(errno.ENOSPC, f"disk full: writing {path} needs {need} in {folder} ({free} free now); make "
+                                       "room there and re-run the same command to continue")
+        self.filename = str(path)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def is_disk_full(err: BaseException) -> bool:
+    return isinstance(err, OSError) and not isinstance(err, DiskFullError) and err.errno in (errno.ENOSPC,
+                                                                                            errno.EDQUOT)
+
+
 def _finish(tmp: str, path: Path) -> None:
     os.chmod(tmp, 0o666 & ~umask())
     with open(tmp, "rb+") as f:
@@ -58,19 +96,45 @@ def _finish(tmp: str, path: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = ""):
+def atomic_path(path: str | os.PathLike, suffix: str = "", size: int | None = None):
     """Yield a temp path in the target's folder; on success fsync it, set the umask's mode, rename it onto ``path``
-    (``os.replace`` is atomic) and fsync the folder. On failure the temp file is removed."""
+    (``os.replace`` is atomic) and fsync the folder. On failure the temp file is removed; a full disk raises
+    :class:`DiskFullError` (``size``: the bytes the file needs, for its message)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=f".tmp{suffix}", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{_HOST}-{os.getpid()}.", suffix=f".tmp{suffix}",
+                                   dir=path.parent)
+    except OSError as err:
+        if is_disk_full(err):
+            raise DiskFullError(path, size) from None
+        raise
     os.close(fd)
     try:
         yield Path(tmp)
         _finish(tmp, path)
+    except OSError as err:
+        if is_disk_full(err):
+            os.unlink(tmp)  # first, so that the message tells the room there is without it
+            raise DiskFullError(path, size) from None
+        raise
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | memoryview) -> Path:
+    """Write ``data`` to ``path`` through a temp file in its folder (never the system temp folder); refused before
+    any byte is written when the folder has less room than ``data`` needs."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    size = len(data)
+    if shutil.disk_usage(path.parent).free < size:
+        raise DiskFullError(path, size)
+    with atomic_path(path, size=size) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return path
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any], suffix: str = "") -> Path:

@@ -4,6 +4,7 @@ the weights (EMA or raw). Rebuilding a LightningModule from them is the module's
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +17,40 @@ from .instantiate import instantiate, is_spec
 
 
 def read_checkpoint(path: str | Path, hint: str = "") -> dict[str, Any]:
+    """The checkpoint at ``path``; a missing one names the shipped config that writes it (else ``hint``)."""
     path = Path(path)
     if not path.is_file():
-        extra = f" ({hint})" if hint else ""
-        raise FileNotFoundError(f"checkpoint not found: {path}{extra}")
+        config = config_that_writes(path)
+        extra = f"train it first with: python cli.py fit --config {config}" if config else hint
+        raise FileNotFoundError(f"checkpoint not found: {path}{f' ({extra})' if extra else ''}")
     return check_checkpoint_file(path, _torch_load(path))
+
+
+#: the configs of a checkout (the working directory's ``configs/`` is searched first)
+CHECKOUT_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def config_that_writes(path: str | Path) -> str | None:
+    """The shipped config whose fit writes the checkpoint ``path``: its ``trainer.default_root_dir`` is the run
+    folder of ``<run>/checkpoints/<name>.ckpt`` (e.g. ``runs/fractal/cfg/checkpoints/last.ckpt`` ->
+    ``configs/fractal/cfg.yaml``). Searched in ``configs/`` of the working directory, then of the checkout. None
+    when no config does."""
+    import yaml
+
+    path = Path(path)
+    if path.parent.name != "checkpoints":
+        return None
+    run = os.path.normpath(path.parent.parent)
+    folders = [f for f in (Path("configs"), CHECKOUT_CONFIGS) if f.is_dir()]
+    for config in (c for folder in folders for c in sorted(folder.glob("*/*.yaml"))):
+        try:
+            data = yaml.safe_load(config.read_text())
+        except (OSError, yaml.YAMLError):
+            continue
+        root = ((data or {}).get("trainer") or {}).get("default_root_dir") if isinstance(data, dict) else None
+        if isinstance(root, str) and data.get("data") and os.path.normpath(root) == run:
+            return str(config)
+    return None
 
 
 def _torch_load(path: Path):
@@ -54,19 +84,21 @@ def checkpoint_class_path(ckpt: dict) -> str | None:
     return (ckpt.get("hyper_parameters") or {}).get("_class_path")
 
 
-def check_checkpoint_class(ckpt: dict, path: Path, cls: type) -> None:
-    """Refuse, in one line, a checkpoint written by a module class other than ``cls`` (or a subclass of it)."""
+def check_checkpoint_class(ckpt: dict, path: Path, cls: type | str, role: str = "checkpoint") -> None:
+    """Refuse, in one line, a checkpoint written by a module class other than ``cls`` (a class or its path; or a
+    subclass of it). ``role``: what the file was given as (``checkpoint``, ``the guidance classifier``...)."""
     found = checkpoint_class_path(ckpt)
     if not found:
         return
-    expected = f"{cls.__module__}.{cls.__qualname__}"
     try:
+        expected_cls = instantiate_class_path(cls) if isinstance(cls, str) else cls
         found_cls = instantiate_class_path(found)
     except ImportError:
         found_cls = None
-    if found_cls is None or (isinstance(found_cls, type) and issubclass(found_cls, cls)):
+    if found_cls is None or (isinstance(found_cls, type) and issubclass(found_cls, expected_cls)):
         return  # a class path that has since moved cannot be judged here: the module's own arguments will tell
-    raise ValueError(f"checkpoint {path} was written by {found}, expected a {expected} checkpoint: "
+    expected = f"{expected_cls.__module__}.{expected_cls.__qualname__}"
+    raise ValueError(f"{role} {path} was written by {found}, expected a {expected} checkpoint: "
                      "point to a checkpoint of the right kind")
 
 

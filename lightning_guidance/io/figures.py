@@ -145,25 +145,40 @@ def read_png(path: str | Path) -> Tensor:
     return torch.from_numpy(pyplot().imread(str(path))[..., :3].copy())
 
 
-def _rows_by_class(samples: Tensor, labels: Tensor, per_class: int) -> Tensor:
-    rows = []
-    for c in labels.unique(sorted=True).tolist():
+def _rows_by_class(samples: Tensor, labels: Tensor, per_class: int) -> tuple[Tensor, int, list[int]]:
+    """The samples of each class in a row (padded with grey), the row width, and the class of each row."""
+    rows, classes = [], labels.unique(sorted=True).tolist()
+    for c in classes:
         rows.append(samples[labels == c][:per_class])
     width = max(len(r) for r in rows)
     padded = [torch.cat([r, torch.full((width - len(r), *r.shape[1:]), -1.0)]) if len(r) < width else r for r in rows]
-    return torch.cat(padded), width
+    return torch.cat(padded), width, classes
+
+
+def _save_image_rows(images: Tensor, width: int, row_labels: list[str], path: str | Path, title: str) -> Path:
+    """A grid of images in [-1, 1], ``width`` a row, with a title and a label left of each row."""
+    from torchvision.utils import make_grid
+
+    pad = 2
+    grid = make_grid((images + 1) / 2, nrow=width, padding=pad, pad_value=0.5).clamp(0, 1)
+    plt = pyplot()
+    cell = images.shape[-1] + pad
+    rows = len(row_labels)
+    fig, ax = plt.subplots(figsize=(1.2 + 0.45 * width, 0.6 + 0.45 * rows), dpi=100)
+    ax.imshow(grid.permute(1, 2, 0).numpy(), cmap="gray" if grid.shape[0] == 1 else None, interpolation="nearest")
+    ax.set_yticks([pad + cell * i + images.shape[-2] / 2 for i in range(rows)], row_labels, fontsize=7)
+    ax.set_xticks([])
+    ax.set_title(title, fontsize=8)
+    return _save(fig, path)
 
 
 def save_sample_picture(samples: Tensor, labels: Tensor, path: str | Path, title: str = "", per_class: int = 10) -> Path:
-    """PNG of samples: images in [-1, 1] as a grid with one row per class; 1D/2D points as a plot."""
+    """PNG of samples: images in [-1, 1] as a grid with one row per class (labelled) under ``title`` (say the
+    scale in it); 1D/2D points as a plot."""
     samples, labels = samples.detach().float().cpu(), labels.detach().cpu()
     if samples.ndim == 4:
-        from torchvision.utils import save_image
-
-        grid, width = _rows_by_class(samples, labels, per_class)
-        big = torch.nn.functional.interpolate((grid + 1) / 2, scale_factor=max(1, 64 // grid.shape[-1]), mode="nearest")
-        return atomic_write(path, lambda p: save_image(big, p, nrow=width, padding=4, pad_value=0.5, format="png"),
-                            suffix=".png")
+        grid, width, classes = _rows_by_class(samples, labels, per_class)
+        return _save_image_rows(grid, width, [f"class {c}" for c in classes], path, title)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
     for c in labels.unique(sorted=True).tolist():
@@ -183,16 +198,12 @@ def save_move_picture(before: Tensor, after: Tensor, labels: Tensor, path: str |
     from before to after, coloured by the length of the move; 1D points as the move against the position."""
     before, after, labels = before.detach().float().cpu(), after.detach().float().cpu(), labels.detach().cpu()
     if before.ndim == 4:
-        rows_b, width = _rows_by_class(before, labels, per_class)
-        rows_a, _ = _rows_by_class(after, labels, per_class)
+        rows_b, width, classes = _rows_by_class(before, labels, per_class)
+        rows_a, _, _ = _rows_by_class(after, labels, per_class)
         shape = before.shape[1:]
         pairs = torch.stack([rows_b.reshape(-1, width, *shape), rows_a.reshape(-1, width, *shape)], dim=1)
-        pairs = pairs.reshape(-1, *shape)
-        from torchvision.utils import save_image
-
-        big = torch.nn.functional.interpolate((pairs + 1) / 2, scale_factor=max(1, 64 // pairs.shape[-1]), mode="nearest")
-        return atomic_write(path, lambda p: save_image(big, p, nrow=width, padding=4, pad_value=0.5, format="png"),
-                            suffix=".png")
+        names = [f"class {c} {when}" for c in classes for when in ("before", "after")]
+        return _save_image_rows(pairs.reshape(-1, *shape), width, names, path, title)
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
     move = after - before
@@ -244,15 +255,15 @@ def save_calibration_over_time(bucket_names: Sequence[str], bucket_centers: Sequ
     return _save(fig, path)
 
 
-def save_metrics_vs_scale(scales: Sequence[float], rows: Sequence[Mapping[str, float]], path: str | Path,
-                          scale_name: str = "scale", title: str = "") -> Path:
-    """One panel per metric, the metric against the guidance scale."""
+def save_metrics_vs_value(values: Sequence[float], rows: Sequence[Mapping[str, float]], path: str | Path, axis: str,
+                          title: str = "") -> Path:
+    """One panel per metric, the metric against the swept value (``axis``: its name, ``Sweep.axis``)."""
     plt = pyplot()
     keys = [k for k in rows[0] if all(k in r for r in rows)]
     fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys), 2.6), dpi=100, squeeze=False)
     for ax, key in zip(axes[0], keys):
-        ax.plot(list(scales), [r[key] for r in rows], marker="o")
-        ax.set(xlabel=scale_name, title=key)
+        ax.plot(list(values), [r[key] for r in rows], marker="o")
+        ax.set(xlabel=axis, title=key)
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path)

@@ -2,8 +2,27 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
+import os
+from collections.abc import Iterable
 from typing import Any
+
+
+def nearest_name(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate a mistyped or renamed ``name`` most likely meant: difflib's similarity, plus 0.1 for each of
+    up to 5 leading characters in common (``clip_denoised`` -> ``clip_x0``, not ``noise_seed``); None when no
+    candidate is similar (ratio < 0.5 and fewer than 4 leading characters in common)."""
+    best, best_score = None, 0.0
+    for candidate in sorted(set(candidates)):
+        ratio = difflib.SequenceMatcher(None, name, candidate).ratio()
+        prefix = len(os.path.commonprefix([name, candidate]))
+        if ratio < 0.5 and prefix < 4:
+            continue
+        score = ratio + 0.1 * min(prefix, 5)
+        if score > best_score:
+            best, best_score = candidate, score
+    return best
 
 
 def is_spec(value: Any) -> bool:

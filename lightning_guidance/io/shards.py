@@ -1,11 +1,12 @@
 """Sample shards: one ``.npz`` per block of sample ids at one guidance setting, written atomically.
 
 Keys: ``images`` (uint8, N×C×H×W) for image data or ``points`` (float32, N×D) for toy data, ``labels``,
-``seeds``, ``sample_ids`` (int64), ``scale`` (float), ``config_hash`` (str), ``config`` (the JSON the hash is of: it
-names every checkpoint and weights file the samples depend on by content digest), ``data_shape`` (int array); a
-post-processed shard adds ``source_config_hash`` (the sampling config of its source, what ``check_shards`` grades it
-as), ``source_scale``, ``source_file``, ``displacement`` and ``nfe``; a shard sampled with ``save_trajectory`` adds
-``trajectory`` (float32, (steps + 1)×N×D: the state each sampler step starts from, then the samples).
+``seeds``, ``sample_ids`` (int64), ``value`` (float: the swept value, the glossary of docs/architecture.md),
+``config_hash`` (str), ``config`` (the JSON the hash is of: it names every checkpoint and weights file the samples
+depend on by content digest), ``data_shape`` (int array); a post-processed shard adds ``source_config_hash`` (the
+sampling config of its source, what ``check_shards`` grades it as), ``source_value``, ``source_file``,
+``displacement`` and ``nfe``; a shard sampled with ``save_trajectory`` adds ``trajectory`` (float32, (steps + 1)×N×D:
+the state each sampler step starts from, then the samples).
 Images are mapped from [-1, 1] to uint8 only here, at the file boundary. A sweep value's shards live in one folder
 as ``shard_<first id, 7 digits>.npz``. This module is the only one that knows the format: everyone else reads and
 writes shards through it.
@@ -48,7 +49,7 @@ class Shard:
     labels: Tensor
     seeds: Tensor
     sample_ids: Tensor
-    scale: float
+    value: float  # the swept value the shard was sampled at
     config_hash: str
     config: dict | None = None
 
@@ -60,7 +61,7 @@ def write_shard(path: str | Path, shard: Shard, extra: dict | None = None) -> Pa
         labels=shard.labels.cpu().numpy().astype(np.int64),
         seeds=shard.seeds.cpu().numpy().astype(np.int64),
         sample_ids=shard.sample_ids.cpu().numpy().astype(np.int64),
-        scale=np.float64(shard.scale),
+        value=np.float64(shard.value),
         config_hash=np.array(shard.config_hash),
         config=np.array(json.dumps(shard.config or {}, sort_keys=True, default=str)),
         data_shape=np.array(shard.samples.shape[1:], dtype=np.int64),
@@ -101,7 +102,7 @@ def open_shard(path: str | Path):
 def read_shard(path: str | Path) -> Shard:
     with open_shard(path) as z:
         return Shard(samples=_samples(z), labels=torch.from_numpy(z["labels"]), seeds=torch.from_numpy(z["seeds"]),
-                     sample_ids=torch.from_numpy(z["sample_ids"]), scale=float(z["scale"]),
+                     sample_ids=torch.from_numpy(z["sample_ids"]), value=float(z["value"]),
                      config_hash=str(z["config_hash"]), config=_config_of(z))
 
 
@@ -218,29 +219,60 @@ def check_shards(folder: str | Path, expected_hash: str, num_samples: int, data_
 
 def shard_hash(path: str | Path) -> str | None:
     """The config hash a finished shard was written with, or None if the file is unreadable (e.g. truncated)."""
+    found = finished_shard(path)
+    return None if found is None else found[0]
+
+
+def finished_shard(path: str | Path) -> tuple[str, tuple[int, ...]] | None:
+    """``(config hash, sample ids)`` of a finished shard, or None if the file is unreadable (e.g. truncated)."""
     try:
         with np.load(path) as z:
-            return str(z["config_hash"])
+            return str(z["config_hash"]), tuple(int(i) for i in z["sample_ids"])
     except Exception:  # noqa: BLE001 - any unreadable file counts as unfinished
         return None
 
 
 def write_manifest(output_dir: str | Path, folders: dict[str, Path], configs: dict[str, dict], num_samples: int,
-                   classes: list[int], title: str, per_class: int) -> dict:
-    """``<output_dir>/manifest.json``: per sweep value (``folders``: its label -> its shard folder) the shard files,
-    the sample count, the config they were written with, and a picture of the samples (``grid.png`` in the folder)."""
-    manifest = {"num_samples_per_scale": num_samples, "classes": classes, "scales": {}}
+                   classes: list[int], titles: dict[str, str], per_class: int) -> dict:
+    """``<output_dir>/manifest.json``: per swept value (``folders``: its label -> its shard folder) the shard files,
+    the sample count, the config they were written with, and a picture of the samples (``grid.png`` in the folder,
+    titled ``titles[label]``)."""
+    manifest = {"num_samples_per_value": num_samples, "classes": classes, "values": {}}
     for label, folder in folders.items():
         paths = shard_paths(folder)
         if not paths:
             continue
         loaded = [read_shard(p) for p in paths]
         x, y = torch.cat([sh.samples for sh in loaded]), torch.cat([sh.labels for sh in loaded])
-        picture = save_sample_picture(x, y, Path(folder) / "grid.png", title=f"{title} {label}", per_class=per_class)
-        manifest["scales"][label] = {"shards": [p.name for p in paths], "count": int(len(y)), "grid": _relative(picture, output_dir),
-                                     "config": configs[label]}
+        picture = save_sample_picture(x, y, Path(folder) / "grid.png", title=titles[label], per_class=per_class)
+        manifest["values"][label] = {"shards": [p.name for p in paths], "count": int(len(y)),
+                                     "grid": _relative(picture, output_dir), "config": configs[label]}
     atomic_write_text(Path(output_dir) / "manifest.json", json.dumps(manifest, indent=2))
     return manifest
+
+
+def write_sample_folder(output_dir: str | Path, sets: dict[float, tuple[Tensor, Tensor]], source: str,
+                        target: str = "cfg", shard_size: int = 1000, per_class: int = 10) -> dict:
+    """Samples made anywhere, written as a folder the suite grades like a ``predict`` output: per sweep value
+    ``(samples, labels)`` (images (N, C, H, W) in [-1, 1], or points (N, D); the same N for every value) become
+    shards in ``<output_dir>/<target>_<value>`` and a ``manifest.json``; each shard's config records ``source``."""
+    counts = {len(labels) for _, labels in sets.values()}
+    if len(counts) != 1 or not counts.pop():
+        sizes = [len(y) for _, y in sets.values()]
+        raise ValueError(f"every sweep value needs the same, non-zero number of samples; got {sizes}")
+    folders, configs = {}, {}
+    for value, (samples, labels) in sets.items():
+        classes = sorted(int(c) for c in torch.unique(labels))
+        config = {"source": source, "target": target, "value": float(value), "classes": classes}
+        folder = Path(output_dir) / f"{target}_{value:g}"
+        for path, ids in plan_shards(folder, len(labels), shard_size):
+            rows = torch.tensor(ids)
+            write_shard(path, Shard(samples[rows], labels[rows], torch.full_like(rows, -1), rows, float(value),
+                                    config_hash(config), config))
+        folders[f"{value:g}"], configs[f"{value:g}"] = folder, config
+    classes = sorted({c for config in configs.values() for c in config["classes"]})
+    titles = {label: f"{source}, {target} {float(label):g}" for label in folders}
+    return write_manifest(output_dir, folders, configs, len(labels), classes, titles, per_class)
 
 
 def _relative(path: Path, folder: str | Path) -> str:
@@ -264,4 +296,4 @@ def manifest_shards(output_dir: str | Path) -> dict[str, list[Path]]:
     if manifest is None:
         raise FileNotFoundError(f"no manifest.json in {output_dir}: its predict step did not finish")
     return {label: [(Path(output_dir) / info["grid"]).parent / name for name in info["shards"]]
-            for label, info in manifest["scales"].items()}
+            for label, info in manifest["values"].items()}

@@ -45,6 +45,11 @@ def check_trainer_resources(accelerator: str | None, devices, num_nodes, env: Ma
     """
     env = os.environ if env is None else env
     per_node, nodes = _as_int(devices), _as_int(num_nodes) or 1
+    if isinstance(accelerator, str) and accelerator.lower() in ("gpu", "cuda", "mps"):
+        have, what = available_devices(accelerator)
+        if not have:
+            raise ValueError(f"--trainer.accelerator {accelerator} but this machine has no {what}: use "
+                             "--trainer.accelerator cpu (or auto, which takes a GPU when there is one)")
     if per_node is not None and (accelerator is None or isinstance(accelerator, str)):
         have, what = available_devices(accelerator)
         if have and per_node > have:

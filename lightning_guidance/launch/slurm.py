@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..io.atomic import atomic_write_text
+from .arguments import COMMANDS, config_arguments, config_files, last_value
 
-COMMANDS = ("fit", "validate", "test", "predict")
 RESOURCE_KEYS = ("nodes", "ntasks_per_node", "cpus_per_task", "time", "array", "sbatch")
 TIME = re.compile(r"^(\d+-)?\d+(:\d{1,2}){0,2}$")  # sbatch --time: minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]
 ACTIVE = ("PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED")
@@ -71,11 +71,11 @@ class SlurmStep:
             raise ValueError(f"{where}: slurm array fans out sampling over shards; {self.command} steps cannot use it")
         for flag, want, what in (("--trainer.num_nodes", self.nodes, "nodes"),
                                  ("--trainer.devices", self.ntasks_per_node, "ntasks_per_node")):
-            given = _last_value(self.args, flag)
+            given = last_value(self.args, flag)
             if given is not None and given != str(want):
                 raise ValueError(f"{where}: its arguments say {flag} {given} but its slurm resources say {what}: "
                                  f"{want} (one task per device); make them agree, or drop {flag}: the job passes it")
-        if "--config" not in self.args and not any(a.startswith("--config=") for a in self.args):
+        if not config_files(self.args):
             raise ValueError(f"{where}: no --config in its arguments; the SLURM templates need one")
 
     @property
@@ -102,24 +102,11 @@ def slurm_resources(mapping: dict | None, where: str) -> dict:
     return {**resources, "sbatch_args": tuple(str(a) for a in sbatch)}
 
 
-def _last_value(args: tuple[str, ...], flag: str) -> str | None:
-    value = None
-    for i, a in enumerate(args):
-        if a == flag and i + 1 < len(args):
-            value = args[i + 1]
-        elif a.startswith(flag + "="):
-            value = a.split("=", 1)[1]
-    return value
-
-
 def _first_config(step: SlurmStep) -> tuple[str, list[str]]:
     """(the first ``--config`` value, the other arguments in order)."""
     args = list(step.args)
-    for i, a in enumerate(args):
-        if a == "--config" and i + 1 < len(args):
-            return args[i + 1], args[:i] + args[i + 2:]
-        if a.startswith("--config="):
-            return a.split("=", 1)[1], args[:i] + args[i + 1:]
+    for i, n, value in config_arguments(args)[:1]:
+        return value, args[:i] + args[i + n:]
     raise ValueError(f"study step {step.name!r}: no --config in its arguments; the SLURM templates need one")
 
 
@@ -140,7 +127,7 @@ def require_sbatch(sbatch: str = "sbatch") -> str:
     found = shutil.which(sbatch)
     if found is None:
         raise FileNotFoundError(f"--launcher slurm needs {sbatch!r} on PATH and there is none: run on a SLURM login "
-                                "node (or scripts/slurm_local.sh up <dir> for a local cluster), or drop --launcher")
+                                "node (or scripts/slurm/slurm_local.sh up <dir> for a local cluster), or drop --launcher")
     return found
 
 

@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance, _compute_fid
 from torchmetrics.utilities import rank_zero_warn
 
+from ..io.reference_statistics import read_reference_statistics
+
 
 def frechet_distance(mu1: Tensor, sigma1: Tensor, mu2: Tensor, sigma2: Tensor) -> Tensor:
     """Fréchet distance between ``N(mu1, sigma1)`` and ``N(mu2, sigma2)``, in float64.
@@ -109,9 +111,12 @@ class InceptionFID(FrechetInceptionDistance):
 
     Takes our [-1, 1] float images (grayscale is repeated to RGB) and feeds them as uint8, the way FID is defined.
     ``weights_path``: torch-fidelity's ``weights-inception-2015-12-05-6726825d.pth``. Needs the torch-fidelity package.
+    ``reference``: an ``.npz`` of the real set's feature mean and covariance (``mu``, ``sigma``;
+    :mod:`lightning_guidance.io.reference_statistics`) used instead of real images, which are then refused.
     """
 
-    def __init__(self, weights_path: str | Path, reset_real_features: bool = True, **kwargs: Any) -> None:
+    def __init__(self, weights_path: str | Path, reset_real_features: bool = True, reference: str | Path | None = None,
+                 **kwargs: Any) -> None:
         path = Path(weights_path)
         if not path.is_file():
             raise FileNotFoundError(f"Inception weights not found: {path} (place torch-fidelity's "
@@ -120,9 +125,24 @@ class InceptionFID(FrechetInceptionDistance):
         super().__init__(feature=2048, normalize=False, feature_extractor_weights_path=str(path),
                          reset_real_features=reset_real_features, **kwargs)
         self.name = "fid_inception"
+        self.reference = None if reference is None else str(reference)
+        self._reference_statistics = None if reference is None else read_reference_statistics(reference)
 
     def update(self, imgs: Tensor, real: bool) -> None:
+        if real and self.reference is not None:
+            raise ValueError(f"fid_inception reads the real statistics from {self.reference}: feed it generated images")
         super().update(images_to_uint8_rgb(imgs), real)
+
+    def compute(self) -> Tensor:
+        if self._reference_statistics is None:
+            return super().compute()
+        n = int(self.fake_features_num_samples)
+        if n < 2:
+            raise RuntimeError(f"fid_inception needs at least 2 generated samples (it uses a covariance), got {n}")
+        mean = self.fake_features_sum / n
+        cov = (self.fake_features_cov_sum - n * torch.outer(mean, mean)) / (n - 1)
+        mu, sigma = (torch.as_tensor(a, device=mean.device) for a in self._reference_statistics)
+        return frechet_distance(mu, sigma, mean, cov).to(self.orig_dtype)
 
 
 def inception_fid(weights_path: str | Path, **kwargs: Any) -> InceptionFID:

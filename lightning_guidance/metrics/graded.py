@@ -34,9 +34,9 @@ def read_table(path: str | Path, fd_key: str = "fd_digits") -> dict:
     def named(m: dict) -> dict:
         return {(fd_key if k == fd else k): float(v) for k, v in m.items()}
 
-    out = {"fd_name": fd, "num_samples": table["num_samples_per_scale"], "scales": {}}
+    out = {"fd_name": fd, "num_samples": table["num_samples_per_value"], "scales": {}}
     for row in table["rows"]:
-        out["scales"][f"{row['scale']:g}"] = named(row["metrics"])
+        out["scales"][f"{row['value']:g}"] = named(row["metrics"])
     out["real"] = named(table["real"])
     if "real_floor" in table:
         out["real_floor"] = {"num_samples": table["real_floor"]["num_samples"],
@@ -69,7 +69,7 @@ class Graded:
         """From the ``metrics_table.json`` of each training seed (the per-sample products are beside each)."""
         raw = json.loads(Path(tables[0]).read_text())
         return cls([Path(t).parent for t in tables], [read_table(t) for t in tables],
-                   raw.get("settings", {"fd_name": raw["fd_name"]}), raw.get("scale_target", "cfg"))
+                   raw.get("settings", {"fd_name": raw["fd_name"]}), raw.get("target", "cfg"))
 
     def real(self) -> list[dict]:
         if REAL_GROUP not in self._cache:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
+from ..io.checkpoints import config_that_writes
 from ..nets.classifier_head import classifier_head, head_in_features
 from ..nets.trained_classifier import TrainedClassifier
 
@@ -35,9 +36,13 @@ class Judge(nn.Module):
                              "or classifier=")
         if checkpoint is not None:
             if not Path(checkpoint).is_file():
+                config = config_that_writes(checkpoint) or "configs/<data>/judge.yaml"
                 raise FileNotFoundError(f"judge checkpoint not found: {checkpoint} (train the judge first with: "
-                                        "python cli.py fit --config configs/digits/judge.yaml)")
-            classifier = TrainedClassifier(checkpoint, use_ema=use_ema)
+                                        f"python cli.py fit --config {config})")
+            try:
+                classifier = TrainedClassifier(checkpoint, use_ema=use_ema)
+            except ValueError as err:  # e.g. a diffusion checkpoint: the line names its true class
+                raise ValueError(f"the judge's {err}") from None
             if classifier.noisy:
                 raise ValueError(f"the judge {checkpoint} is a noisy (time-dependent) classifier; a judge is trained on "
                                  "clean data: fit one with configs/digits/judge.yaml (Classifier noisy: false)")

@@ -57,14 +57,16 @@ class SampleQuality(nn.Module):
 
     ``groups``: names of the generated sets. ``fd_name``: the key of the Fréchet distance, named after the judge's
     feature space (``fd_digits``), never "fid"; the kernel distance is ``kd_<same>``. ``inception_weights``: a local
-    Inception weights file for the standard FID (FileNotFoundError naming it when absent). Images are float in
-    [-1, 1], NCHW. ``ids``: the sample ids (dataset indices for real data); without them the kernel distance's
-    subsets follow the order the samples arrived in, which depends on the number of processes.
+    Inception weights file for the standard FID (FileNotFoundError naming it when absent), against the real images or
+    against the mean and covariance of ``inception_reference`` (an ``.npz``). Images are float in [-1, 1], NCHW.
+    ``ids``: the sample ids (dataset indices for real data); without them the kernel distance's subsets follow the
+    order the samples arrived in, which depends on the number of processes.
     """
 
     def __init__(self, judge: Judge, groups: Sequence[str], fd_name: str = "fd_judge", precision_recall_k: int = 3,
-                 knn_backend: str = "auto", inception_weights: str | None = None, kd_subsets: int = 100,
-                 kd_subset_size: int = 1000, kd_seed: int = 0):
+                 knn_backend: str = "auto", inception_weights: str | None = None,
+                 inception_reference: str | None = None, kd_subsets: int = 100, kd_subset_size: int = 1000,
+                 kd_seed: int = 0):
         super().__init__()
         groups = [str(g) for g in groups]
         if not groups or len({_key(g) for g in groups}) != len(groups):
@@ -90,7 +92,11 @@ class SampleQuality(nn.Module):
         self.kd_subsets, self.kd_subset_size, self.kd_seed = int(kd_subsets), int(kd_subset_size), int(kd_seed)
         self.inception = None
         if inception_weights is not None:
-            self.inception = nn.ModuleDict({_key(g): inception_fid(inception_weights) for g in groups})
+            self.inception = nn.ModuleDict({_key(g): inception_fid(inception_weights, reference=inception_reference)
+                                            for g in groups})
+        elif inception_reference is not None:
+            raise ValueError("inception_reference holds Inception statistics: give inception_weights too (the "
+                             "generated images' features come from that network)")
 
     def _check_group(self, group: str) -> str:
         if group not in self.groups:
@@ -104,7 +110,7 @@ class SampleQuality(nn.Module):
             key = _key(g)
             self.frechet[key].update(features, real=True)
             self.precision_recall[key].update(features, real=True)
-            if self.inception is not None:
+            if self.inception is not None and self.inception[key].reference is None:
                 self.inception[key].update(x, real=True)
         self.real_accuracy.update(logits, labels)
         self.real_score.update(logits)
@@ -195,15 +201,16 @@ def _cell(value: float) -> str:
 
 
 def write_quality_table(folder: str | Path, judge: Judge, real_data: str, fd_name: str, num_samples: int, target: str,
-                        rows: Sequence[dict], real: dict[str, float], num_real: int, real_floor: dict | None = None,
-                        settings: dict | None = None) -> tuple[Path, Path]:
-    """``<folder>/metrics_table.{json,md}``: one row per sweep value (``{'scale', 'guidance', 'num_samples',
-    'metrics'}``), a reference row (the judge on the real data), the real-vs-real floor (``{'num_samples',
-    'metrics'}``: every figure between two disjoint halves of the real data) and the ``settings`` the figures were
-    computed with (what ``metrics.products.quality_from_products`` needs to recompute them)."""
+                        axis: str, rows: Sequence[dict], real: dict[str, float], num_real: int,
+                        real_floor: dict | None = None, settings: dict | None = None) -> tuple[Path, Path]:
+    """``<folder>/metrics_table.{json,md}``: one row per swept value (``{'value', 'guidance', 'num_samples',
+    'metrics'}``; ``axis`` names the value in the markdown table), a reference row (the judge on the real data), the
+    real-vs-real floor (``{'num_samples', 'metrics'}``: every figure between two disjoint halves of the real data)
+    and the ``settings`` the figures were computed with (what ``metrics.products.quality_from_products`` needs to
+    recompute them)."""
     name = getattr(judge, "checkpoint", None) or type(judge).__name__
     table = {"judge": name, "judge_num_features": judge.num_features, "real_data": real_data, "fd_name": fd_name,
-             "num_samples_per_scale": num_samples, "scale_target": target, "rows": list(rows), "real": real,
+             "num_samples_per_value": num_samples, "target": target, "rows": list(rows), "real": real,
              "num_real_samples": num_real}
     if real_floor is not None:
         table["real_floor"] = real_floor
@@ -211,10 +218,10 @@ def write_quality_table(folder: str | Path, judge: Judge, real_data: str, fd_nam
         table["settings"] = settings
     keys = list(rows[0]["metrics"])
     intro = (f"Samples graded by the judge `{name}` against the real data of {real_data}, {num_samples} samples per "
-             f"scale. `{fd_name}` is the Fréchet distance in the judge's {judge.num_features} penultimate features "
+             f"value. `{fd_name}` is the Fréchet distance in the judge's {judge.num_features} penultimate features "
              f"(not Inception FID), `{kd_name(fd_name)}` the kernel distance (KID's unbiased estimator) in the same "
              "features, with its standard deviation over subsets.")
-    cells = [[f"{r['scale']:g}", r["guidance"], str(r["num_samples"])] + [_cell(r["metrics"][k]) for k in keys]
+    cells = [[f"{r['value']:g}", r["guidance"], str(r["num_samples"])] + [_cell(r["metrics"][k]) for k in keys]
              for r in rows]
     cells.append(["real data", "(the judge on the real data)", str(num_real)]
                  + [_cell(real[k]) if k in real else "—" for k in keys])
@@ -222,4 +229,4 @@ def write_quality_table(folder: str | Path, judge: Judge, real_data: str, fd_nam
         floor = real_floor["metrics"]
         cells.append(["real vs real", "(two disjoint halves of the real data: the floor at this n)",
                       str(real_floor["num_samples"])] + [_cell(floor[k]) if k in floor else "—" for k in keys])
-    return write_table(folder, "metrics_table", table, intro, [f"{target} scale", "guidance", "samples", *keys], cells)
+    return write_table(folder, "metrics_table", table, intro, [axis, "guidance", "samples", *keys], cells)

@@ -24,6 +24,24 @@ from .common import (NetTrainingModule, check_against_datamodule, check_finite_l
 
 
 class Classifier(NetTrainingModule):
+    """A classifier for guidance or grading (``configs/<data>/classifier.yaml``; ``judge.yaml`` for a judge).
+
+    Args:
+        net: the classifier ``net(x, t=None) -> logits`` with ``num_classes``: ``EncoderClassifier`` (of
+            ``lightning_guidance.nets``) for images, ``MLPClassifier`` or ``LinearClassifier`` for points.
+        noisy: true: a time-dependent classifier ``p(y | x_t, t)`` trained on noised data (classifier guidance);
+            false: a clean classifier (off-the-shelf guidance, a judge).
+        schedule: noise schedule of the diffusion model it guides: ``linear`` or ``cosine``.
+        num_train_steps: diffusion steps T of that schedule.
+        t_range: ``[lo, hi]`` within [0, 1]: the fraction of the diffusion steps drawn in training (noisy only).
+        lr: AdamW learning rate (> 0).
+        weight_decay: AdamW weight decay (>= 0).
+        warmup_steps: steps of linear learning-rate warm-up (>= 0).
+        label_smoothing: cross-entropy label smoothing, in [0, 1).
+        num_t_buckets: number of equal time buckets of ``t_range`` whose accuracy validation logs (>= 1).
+        noise_seed: seed of the per-step draws (timesteps and noise).
+    """
+
     def __init__(
         self,
         net: nn.Module,
@@ -50,7 +68,7 @@ class Classifier(NetTrainingModule):
     def from_checkpoint(cls, path: str | Path, net: nn.Module | None = None, use_ema: bool = True) -> Classifier:
         """The classifier of a checkpoint (noisy or clean twin; EMA weights by default), frozen, in eval mode."""
         module = rebuild_from_checkpoint(
-            cls, path, net, use_ema, "train one first with: python cli.py fit --config configs/digits/classifier.yaml")
+            cls, path, net, use_ema, "train one first with: python cli.py fit --config configs/<data>/classifier.yaml")
         return module.requires_grad_(False)
 
     def setup(self, stage: str) -> None:

@@ -3,6 +3,7 @@ warm-up, finite-loss and data checks, and :class:`NetTrainingModule`, the base o
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,10 +15,7 @@ from torch import Tensor, nn
 
 from ..diffusion.noise import GlobalBatchDraws
 from ..io.checkpoints import build_net, check_checkpoint_class, checkpoint_hparams, load_module_weights, read_checkpoint
-
-#: constructor arguments renamed since checkpoints were first written: old name -> new name
-RENAMED_HPARAMS = {"clip_denoised": "clip_x0"}
-
+from ..io.instantiate import nearest_name
 
 def rebuild_from_checkpoint(cls, path: str | Path, net: nn.Module | None = None, use_ema: bool = True,
                             hint: str = ""):
@@ -29,14 +27,25 @@ def rebuild_from_checkpoint(cls, path: str | Path, net: nn.Module | None = None,
     ckpt = read_checkpoint(path, hint)
     check_checkpoint_class(ckpt, path, cls)
     hp = checkpoint_hparams(ckpt)
-    for old, new in RENAMED_HPARAMS.items():  # checkpoints written before a rename still load
-        if old in hp:
-            hp[new] = hp.pop(old)
+    check_recorded_arguments(cls, hp, path)
     hp["net"] = build_net(ckpt, path, net)
     with _own_hyperparameters(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*is an instance of `nn.Module` and is already saved")
         module = cls(**hp)
     return load_module_weights(module, ckpt, path, use_ema).eval()
+
+
+def check_recorded_arguments(cls, hp: dict, path: Path) -> None:
+    """Refuse in one line a checkpoint that records constructor arguments ``cls`` does not take (written by another
+    version of the suite), naming each with the nearest argument ``cls`` has."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(hp) - set(params))
+    if unknown:
+        named = ", ".join(k + (f" (nearest: {near})" if (near := nearest_name(k, params)) else "") for k in unknown)
+        raise ValueError(f"checkpoint {path} records arguments {cls.__name__} does not take: {named}; it was written "
+                         "by another version of lightning-guidance: retrain it with this one")
 
 
 @contextmanager
@@ -48,6 +57,18 @@ def _own_hyperparameters():
         yield
     finally:
         _given_hyperparameters.reset(token)
+
+
+def compile_net(net: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
+    """``net`` with its forward compiled by ``torch.compile`` (in place: the same module and state_dict keys).
+    Refused in one line where it cannot work: on CPU, inductor builds C++ and needs a compiler."""
+    import shutil
+
+    if torch.device(device).type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        raise ValueError("compile: true needs a C++ compiler on CPU (torch.compile builds C++ kernels): install one "
+                         "(Debian/Ubuntu: apt-get install g++) or set compile: false")
+    net.compile()
+    return net
 
 
 def seed_for_step(seed: int, step: int) -> int:

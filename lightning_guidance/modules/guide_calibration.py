@@ -5,11 +5,11 @@ noised to the centre of each of ``num_buckets`` equal time buckets of [0, 1] wit
 own validation does (:class:`~..metrics.classifier_calibration.ClassifierCalibration`), then read as the term reads
 it: ``x_t`` at ``t``, or for an ``input: x0_hat`` term the diffusion model's denoised ``x0_hat`` given the null
 class (the unconditional prediction: the true label is never fed, or ``x0_hat`` would carry the answer the classifier
-is graded on), clamped when the term clamps. Binned ECE per bucket and their mean, the integral ECE
-``(1/K) sum_k ECE(t_k)`` (EluCD, Ma et al.; docs/math.md §3), go to ``<output_dir>/guide_calibration.json``; each
-image's logits per bucket (``ids``, ``labels``, ``logits`` (N, K, C), sorted by id) to
-``<output_dir>/guide_logits.npz``, from which any subset of images (a bootstrap) or a temperature ``T`` (``logits / T``:
-the same classifier with ``TrainedClassifier(temperature=T)``) gives its figures again
+is graded on), clamped where the model clamps, or as the term's ``clip_x0`` forces. Binned ECE per bucket and their
+mean, the integral ECE ``(1/K) sum_k ECE(t_k)`` (EluCD, Ma et al.; docs/math.md §3), go to
+``<output_dir>/guide_calibration.json``; each image's logits per bucket (``ids``, ``labels``, ``logits`` (N, K, C),
+sorted by id) to ``<output_dir>/guide_logits.npz``, from which any subset of images (a bootstrap) or a temperature
+``T`` (``logits / T``: the same classifier with ``TrainedClassifier(temperature=T)``) gives its figures again
 (``metrics.calibration_intervals``).
 """
 
@@ -27,6 +27,7 @@ from torchmetrics.utilities.data import dim_zero_cat
 
 from ..calibration.ece import time_buckets
 from ..data.rank_split import LoaderBatchIds
+from ..diffusion.sampling import build_denoiser
 from ..guidance.log_likelihood import ClassifierTerm
 from ..guidance.sweep import describe_term
 from ..io.atomic import atomic_write, atomic_write_text
@@ -60,6 +61,21 @@ class PerImageLogits(Metric):
 
 
 class GuideCalibration(L.LightningModule):
+    """The integral ECE of a guidance term's classifier on what it reads while sampling (``test`` only;
+    ``configs/digits/guide_calibration.yaml``).
+
+    Args:
+        checkpoint: the diffusion model's checkpoint (an ``x0_hat`` term reads its denoised ``x0_hat``).
+        term: the guidance term whose classifier is measured, as in a sampling config's ``sweep.terms``
+            (``input: x_t`` or ``x0_hat``).
+        output_dir: where ``guide_calibration.json`` goes (default: ``trainer.default_root_dir``).
+        num_buckets: equal time buckets of [0, 1]; each image is noised to each bucket's centre (>= 1).
+        n_bins: confidence bins of the binned ECE (>= 1).
+        num_samples: the test split's first sample ids measured (null: all of it).
+        seed: seed of the per-sample noise.
+        use_ema: read the diffusion model's EMA weights (else the raw ones).
+    """
+
     def __init__(self, checkpoint: str, term: ClassifierTerm, output_dir: str | None = None, num_buckets: int = 4,
                  n_bins: int = 10, num_samples: int | None = None, seed: int = 0, use_ema: bool = True):
         super().__init__()
@@ -76,7 +92,7 @@ class GuideCalibration(L.LightningModule):
         """``(x_t, t) -> logits``: the classifier on what the term reads at ``x_t`` (``x0_hat``: denoised with the
         null class); each call's logits are appended to ``seen`` (one entry per bucket, in bucket order)."""
         term, schedule = self.term, self.diffusion.schedule
-        denoiser = self.diffusion.denoiser(1.0)
+        denoiser = build_denoiser(self.diffusion)  # CFG scale 1 of the null class below: eps_u, clipped as the model clips
 
         def read(x_t: Tensor, t: Tensor) -> Tensor:
             if term.input == "x_t":

@@ -4,7 +4,7 @@ flow's data module (``GeneratedShardsDataModule``: its ``real`` data and the sha
 - :class:`NearestNeighbourCopy`: every generated sample replaced by its nearest real training sample (exact faiss
   search, L2 in pixels or in ``feature_net``'s features; ``same_class`` as the flow's): what a post-processor that
   only memorised would output. Its shards are written like the flow's (``<output_dir>/<source folder>/<shard>``, same
-  ids, labels, seeds and scale, ``source_config_hash``), so ``SamplingModule``'s ``test`` grades them as their source.
+  ids, labels, seeds and swept value, ``source_value``, ``source_config_hash``), so ``SamplingModule``'s ``test`` grades them as their source.
 - :class:`NearestTrainingDistance`: the memorisation measure: each sample's L2 distance to its nearest real training
   sample (any class), for every folder of ``predict_shards``, and the same for the held-out real samples (the split
   the judge grades against: ``real``'s test split, else its validation split); ``<output_dir>/nearest_training.npz``
@@ -25,9 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from ..data.generated import tensors_of
-from ..flow.cache import array_digest, file_digest
+from ..flow.cache import array_digest
 from ..flow.neighbours import top_k_neighbours
 from ..io.atomic import atomic_write_text
+from ..io.digests import file_digest
 from ..io.nearest_training import NEAREST_FILE, write_nearest_training
 from ..io.shards import Shard, config_hash, read_shard, shard_hash, write_shard
 
@@ -95,14 +96,14 @@ class NearestNeighbourCopy(_NearestReal):
         target = self.output_dir / path.parent.name / path.name
         expected = config_hash({"copy": "nearest real training sample", "space": self.space(),
                                 "same_class": self.same_class, "real": array_digest(self.real["x"], self.real["y"]),
-                                "source_config_hash": source.config_hash, "source_digest": file_digest(path)})
+                                "source_config_hash": source.config_hash, "source_digest": file_digest(path, digits=64)})
         if target.exists() and shard_hash(target) == expected:
             return {"path": str(target), "skipped": True}
         distance, index = self.nearest(source.samples.float(), source.labels.numpy(), self.same_class)
-        extra = {"source_config_hash": source.config_hash, "source_scale": np.float64(source.scale),
+        extra = {"source_config_hash": source.config_hash, "source_value": np.float64(source.value),
                  "source_file": str(path), "displacement": distance.astype(np.float32), "nearest_index": index,
                  "postprocessed": True}
-        write_shard(target, Shard(self.real["x"][index], source.labels, source.seeds, source.sample_ids, source.scale,
+        write_shard(target, Shard(self.real["x"][index], source.labels, source.seeds, source.sample_ids, source.value,
                                   expected), extra)
         return {"path": str(target), "skipped": False}
 

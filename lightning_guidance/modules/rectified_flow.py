@@ -1,5 +1,5 @@
 """``RectifiedFlowPostprocessor``: a rectified flow that carries generated samples to their top-k nearest real
-neighbours (Zhao & Schwing 2025, §5 eq. 9 and App. B; MATH.md §5).
+neighbours (Zhao & Schwing 2025, §5 eq. 9 and App. B; docs/math.md §5).
 
 Training: for a generated ``x0`` (from ``GeneratedShardsDataModule``) one of its ``k`` nearest real samples ``x1`` is
 drawn at every step (per-sample seeded, :mod:`lightning_guidance.flow.draws`), and the velocity net regresses
@@ -9,9 +9,9 @@ inputs (faiss, pixels or the features of ``feature_net``), each rank searching i
 against the full real index, and stored in a digest-keyed cache. EMA, periodic checkpoints and exact resume work as
 for ``CFGDiffusion`` (EMA callback, draws that depend on (sample, step) only, ``EpochShuffleSampler``).
 
-Predict: every shard of the data module's ``predict_shards`` (folders of ``shard_*.npz``, any guidance and scale) is integrated from
+Predict: every shard of the data module's ``predict_shards`` (folders of ``shard_*.npz``, any guidance and swept value) is integrated from
 t = 0 to 1 (Euler or dopri5) and written atomically to ``<output_dir>/<folder name>/<shard name>`` with the same
-ids, labels, seeds and scale, plus ``source_scale``, ``source_config_hash`` (so ``SamplingModule``'s ``test`` stage
+ids, labels, seeds and swept value, plus ``source_value``, ``source_config_hash`` (so ``SamplingModule``'s ``test`` stage
 grades it with the sampling config that made the source), ``displacement`` (L2 move per sample) and ``nfe``.
 """
 
@@ -25,12 +25,13 @@ import torch
 from torch import Tensor, nn
 
 from ..data.rank_split import owned_block
-from ..flow.cache import NeighbourCache, array_digest, file_digest, json_digest
+from ..flow.cache import NeighbourCache, array_digest, json_digest
 from ..flow.draws import draw_neighbour_and_time, sample_keys
 from ..flow.integrate import check_integrator, integrate
 from ..flow.neighbours import IndexSettings, top_k_neighbours
 from ..flow.path import flow_matching_loss
 from ..io.atomic import atomic_write_text
+from ..io.digests import file_digest
 from ..io.figures import save_move_picture
 from ..io.shards import Shard, config_hash, read_shard, shard_hash, write_shard
 from .common import NetTrainingModule, check_data_shape, check_finite_loss
@@ -46,6 +47,31 @@ PREDICT_OPTIONS = ("integrator", "integrator_kwargs", "output_dir", "batch_size"
 
 
 class RectifiedFlowPostprocessor(NetTrainingModule):
+    """A rectified flow carrying generated samples toward their k nearest real neighbours (``configs/*/flow*.yaml``).
+
+    Args:
+        net: the velocity net ``net(x, t, y)`` (``UNet`` for images, ``MLPDenoiser`` for points).
+        k: neighbours per generated sample (>= 1; the paper: 20).
+        same_class: search neighbours among real samples of the sample's class only.
+        feature_net: search in this network's features (e.g. the judge, an ``OffTheShelfClassifier``) instead of pixels.
+        index: faiss index: ``flat`` (exact) or ``ivf`` (approximate, with ``nlist`` and ``nprobe``).
+        nlist: IVF cells (>= 1).
+        nprobe: IVF cells searched per query (>= 1).
+        faiss_device: ``auto``, ``cpu`` or ``gpu``.
+        neighbour_cache_dir: where the neighbour lists are cached (default: ``<default_root_dir>/neighbours``).
+        class_conditional: condition the velocity on the sample's label (else on the null class).
+        lr: AdamW learning rate (> 0).
+        weight_decay: AdamW weight decay (>= 0).
+        warmup_steps: steps of linear learning-rate warm-up (>= 0).
+        flow_seed: seed of the per-(sample, step) draws of neighbour and time.
+        integrator: ``predict``: ``euler`` or ``dopri5``.
+        integrator_kwargs: the integrator's options (``euler``: ``num_steps``; ``dopri5``: ``rtol``, ``atol``).
+        output_dir: ``predict``: where the post-processed shards go.
+        batch_size: ``predict``: samples per integration batch (>= 1).
+        feature_batch_size: samples per ``feature_net`` batch when searching (>= 1).
+        per_class: ``predict``: samples per class in ``moves.png``.
+    """
+
     def __init__(
         self,
         net: nn.Module,
@@ -177,7 +203,7 @@ class RectifiedFlowPostprocessor(NetTrainingModule):
         distances, indices = self.find_neighbours(dm)
         gen = dm.generated
         self._pairs = {"real_x": dm.real_x.float(), "neighbours": torch.from_numpy(indices),
-                       "keys": sample_keys(gen.seeds, gen.scales),
+                       "keys": sample_keys(gen.seeds, gen.values),
                        "nearest_distance": torch.from_numpy(distances[:, 0]).float()}
 
     def on_fit_start(self) -> None:
@@ -234,7 +260,7 @@ class RectifiedFlowPostprocessor(NetTrainingModule):
         if len(source.labels) and (source.labels.min() < 0 or source.labels.max() >= self.num_classes):
             raise ValueError(f"{plan_source} holds labels outside 0..{self.num_classes - 1}: it was generated for "
                              "another dataset")
-        expected = config_hash(self.output_config(source.config_hash, file_digest(plan_source)))
+        expected = config_hash(self.output_config(source.config_hash, file_digest(plan_source, digits=64)))
         if target.exists():
             found = shard_hash(target)
             if found == expected:
@@ -244,10 +270,10 @@ class RectifiedFlowPostprocessor(NetTrainingModule):
                                  f"now {expected}); choose another output_dir or delete the old shards")
         x1, nfe = self.postprocess(source.samples.float(), source.labels.long())
         moved = (x1.cpu() - source.samples.float()).flatten(1).norm(dim=1)
-        extra = {"source_config_hash": source.config_hash, "source_scale": np.float64(source.scale),
+        extra = {"source_config_hash": source.config_hash, "source_value": np.float64(source.value),
                  "source_file": plan_source, "displacement": moved.numpy().astype(np.float32),
                  "nfe": np.int64(nfe), "postprocessed": True}
-        write_shard(target, Shard(x1, source.labels, source.seeds, source.sample_ids, source.scale, expected), extra)
+        write_shard(target, Shard(x1, source.labels, source.seeds, source.sample_ids, source.value, expected), extra)
         return {"path": str(target), "skipped": False, "nfe": nfe}
 
     def on_predict_epoch_end(self) -> None:

@@ -1,9 +1,14 @@
 """``SamplingModule``: generate shards of samples from a trained diffusion checkpoint over a sweep, and grade them.
 
+``checkpoint`` is a suite checkpoint file or a diffusers model folder (``save_pretrained`` layout, with the
+``pretrained`` options of :mod:`.pretrained_diffusion`); a latent model's shards hold the decoded images.
+
 ``predict`` walks the shards of every sweep value (sample ids ``0..N-1``, label ``classes[id % len(classes)]``, seed
 ``seed + id``: the same ids at every value, so a sample can be followed across the sweep) and writes each atomically
-(:mod:`lightning_guidance.io.shards`); a shard already on disk with the same config hash is skipped, so a killed job
-resumes where it was. Under DDP each rank takes whole shards (Lightning's unrepeated sampler for predict).
+(:mod:`lightning_guidance.io.shards`); a shard already on disk with the same config hash and the same sample ids
+is skipped, so a killed job resumes where it was, and one of another config is refused as stale (what enters a shard's
+config is listed in tests/test_shard_identity.py). Under DDP each rank takes whole shards (Lightning's unrepeated
+sampler for predict).
 ``shard_part: [i, k]`` keeps only the shards i, i + k, ... (task i of a k-task job array; a later run without it
 skips them all and writes the manifest). ``save_trajectory: true`` also stores in each shard the path the sampler
 took (``trajectory``: the state each step starts from, then the samples; :func:`~..io.shards.read_extra`).
@@ -11,75 +16,88 @@ took (``trajectory``: the state each step starts from, then the samples; :func:`
 ``test`` grades the shards of every sweep value, images or toy points, against the real data of ``data:`` (its test
 split) with a judge (:class:`~lightning_guidance.metrics.judge.Judge`): Fréchet distance in the judge's features
 (``fd_name``, e.g. ``fd_digits``), the kernel distance in the same features (``kd_digits``), precision/recall, judge
-accuracy and score, and Inception FID when
-``inception_weights`` names a local file. Lightning's test loop iterates the real data (padded repeats dropped by
-sample index); at the end of the epoch each rank reads its own block of sample ids from the shards, and the figures
-are reduced across ranks. Rank 0 writes ``<output_dir>/metrics_table.{json,md}`` (one row per sweep value, a
-reference row: the judge on the real data, and the real-vs-real floor), which the study report quotes, and beside it
-``sample_products/<group>.npz``: what the judge saw of each sample, for bootstraps (``io.sample_products``); both go
-to ``grade_dir`` instead when it is set (a second judge grading the same shards).
+accuracy and score, and Inception FID when ``inception_weights`` names a local file (against
+``inception_reference``, a file of reference statistics, when given) (:class:`~lightning_guidance.modules.grading.
+JudgeGrading`, which ``GradeSamples`` shares: that module grades a folder from its manifest alone). Rank 0 writes
+``<output_dir>/metrics_table.{json,md}`` (one row per sweep value, a reference row: the judge on the real data, and
+the real-vs-real floor), which the study report quotes, and beside it ``sample_products/<group>.npz``: what the judge
+saw of each sample, for bootstraps (``io.sample_products``); both go to ``grade_dir`` instead when it is set (a second
+judge grading the same shards).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..data.rank_split import LoaderBatchIds, check_enough_per_rank, owned_block
-from ..diffusion.cfg_rule import ClassifierFreeGuidance
-from ..diffusion.sampling import check_sampling, sample_ids, seeds_for_ids
-from ..guidance.sweep import Sweep
+from ..diffusion.sampling import check_sampling, sample_ids, sampler_options, seeds_for_ids
+from ..guidance.sweep import Sweep, describe_network
 from ..guidance.trace import TrajectoryRecorder
 from ..io.digests import file_identity
-from ..io.shards import (Shard, check_shards, config_difference, config_hash, open_shard, plan_shards, shard_config,
-                         shard_hash, write_manifest, write_shard)
-from ..metrics.judge import check_judge
-from ..metrics.sample_quality import SampleQuality, write_quality_table
-from .cfg_diffusion import CFGDiffusion
+from ..io.shards import (Shard, config_difference, config_hash, finished_shard, open_shard, plan_shards, shard_config,
+                         write_manifest, write_shard)
+from ..metrics.judge import Judge, check_judge
+from .common import compile_net
+from .grading import JudgeGrading, SampleFolder, describe_config
+from .pretrained_diffusion import (PretrainedOptions, check_null_class, load_diffusion, pretrained_identity,
+                                   shard_samples)
 
 
 def _first(items):
     return items[0]
 
 
-def load_rule_guide(rule: ClassifierFreeGuidance | None, diffusion: CFGDiffusion) -> CFGDiffusion | None:
-    """Check a CFG rule against the model's network; return autoguidance's worse model (frozen) or None."""
-    if rule is None:
-        return None
-    if rule.perturbation is not None:
-        from ..nets.attention_perturbation import PerturbedAttention
+class SamplingModule(JudgeGrading, L.LightningModule):
+    """Samples shards from a trained ``CFGDiffusion`` over a guidance sweep (``predict``), and grades them (``test``).
 
-        PerturbedAttention.for_rule(diffusion.net, rule)  # refuses a net without those layers
-    if not rule.guide_is_other_model:
-        return None
-    name = type(rule).__name__
-    guide = CFGDiffusion.from_checkpoint(rule.guide_checkpoint, use_ema=rule.guide_use_ema).requires_grad_(False)
-    ghp, hp = guide.hparams, diffusion.hparams
-    if (guide.num_classes, guide.data_shape) != (diffusion.num_classes, diffusion.data_shape):
-        raise ValueError(f"{name}: the guide {rule.guide_checkpoint} models {guide.num_classes} classes of shape "
-                         f"{guide.data_shape}, the main model {diffusion.num_classes} of {diffusion.data_shape}; "
-                         "train the worse model on the same data")
-    if (ghp.schedule, ghp.num_train_steps) != (hp.schedule, hp.num_train_steps):
-        raise ValueError(f"{name}: the guide {rule.guide_checkpoint} was trained on a {ghp.schedule}/"
-                         f"{ghp.num_train_steps} schedule, the main model on {hp.schedule}/{hp.num_train_steps}: "
-                         "its t means another noise level; retrain it to match")
-    return guide
+    Args:
+        checkpoint: the diffusion model's checkpoint (e.g. ``runs/digits/cfg/checkpoints/last.ckpt``), or a diffusers
+            model folder (``save_pretrained`` layout; see ``pretrained``).
+        output_dir: where the shards, grids and manifest go (default: ``trainer.default_root_dir``).
+        sampler: ``ddpm`` (ancestral), ``ddim`` or ``edm`` (Heun).
+        sampler_kwargs: the sampler's options, checked when the config is built: ``{num_steps: 50}``; ``ddim``:
+            ``eta``; ``edm``: ``S_churn``, ``S_tmin``, ``S_tmax``, ``S_noise``, ``rho``...
+        sweep: the sweep, ``{target, values, cfg_scale, terms, cfg_rule}``: ``target: cfg`` makes each value the CFG
+            scale (``s = 0``: the unconditional model, ``s = 1``: the conditional one; a negative scale is refused);
+            ``target: guidance`` multiplies every term's own scale by the value (0 = unguided).
+        classes: the class ids to sample (default: every class of the model).
+        samples_per_class: samples per class and sweep value (>= 1).
+        shard_size: samples per shard file (>= 1).
+        batch_size: samples per sampler call (>= 1; samples do not depend on it unless a term couples the batch).
+        seed: sample ``i`` uses seed ``seed + i`` at every sweep value.
+        use_ema: sample from the EMA weights (else the raw ones).
+        net: the denoiser, only for a checkpoint that does not record how to build it.
+        grid_per_class: samples per class (row) in each sweep value's ``grid.png``.
+        judge: for ``test``: the classifier that grades (``lightning_guidance.metrics.judge.Judge``).
+        fd_name: the name of the Fréchet distance in the judge's features (``fd_digits``; never "fid").
+        precision_recall_k: k of the k-NN precision/recall (>= 1).
+        inception_weights: a local Inception weights file: adds Inception FID to ``test``.
+        inception_reference: an ``.npz`` of reference Inception statistics (``mu``, ``sigma``): FID against it
+            instead of against the real images (needs ``inception_weights``).
+        overwrite: regenerate shards made with another config (else they are refused).
+        shard_part: ``[i, k]``: this job samples shards i, i + k, ... (task i of a k-task job array).
+        save_trajectory: also store in each shard the path the sampler took (``trajectory``).
+        pretrained: options of a diffusers model folder (:class:`~.pretrained_diffusion.PretrainedOptions`).
+        compile: sample with ``torch.compile`` of the denoiser (equal samples to float rounding; a first compile per
+            batch shape). Off by default.
+        grade_dir: where ``test`` writes its table and per-sample products (default: ``output_dir``): a second
+            judge grading the same shards writes beside the first's, not over it.
+    """
 
-
-class SamplingModule(L.LightningModule):
     def __init__(self, checkpoint: str, output_dir: str | None = None, sampler: str = "ddim",
                  sampler_kwargs: dict | None = None, sweep: Sweep | None = None, classes: list[int] | None = None,
                  samples_per_class: int = 16, shard_size: int = 64, batch_size: int = 64, seed: int = 0,
                  use_ema: bool = True, net: nn.Module | None = None, grid_per_class: int = 10,
-                 judge: nn.Module | None = None, fd_name: str = "fd_judge", precision_recall_k: int = 3,
+                 judge: Judge | None = None, fd_name: str = "fd_judge", precision_recall_k: int = 3,
                  inception_weights: str | None = None, overwrite: bool = False,
                  shard_part: tuple[int, int] | None = None, save_trajectory: bool = False,
-                 grade_dir: str | None = None):
+                 pretrained: PretrainedOptions | None = None, inception_reference: str | None = None,
+                 compile: bool = False, grade_dir: str | None = None):
         super().__init__()
         if shard_part is not None and not (len(shard_part) == 2 and 0 <= int(shard_part[0]) < int(shard_part[1])):
             raise ValueError(f"shard_part must be [i, k] with 0 <= i < k (this job samples shards i, i + k, ...), "
@@ -89,13 +107,23 @@ class SamplingModule(L.LightningModule):
                 raise ValueError(f"{name} must be >= 1, got {v}")
         self.sweep = sweep if sweep is not None else Sweep()
         self.sampler_kwargs = check_sampling(sampler, sampler_kwargs, self.sweep.terms)
-        self.save_hyperparameters(ignore=["net", "sweep", "judge"])
-        self.diffusion = CFGDiffusion.from_checkpoint(checkpoint, net=net, use_ema=use_ema).requires_grad_(False)
+        self.save_hyperparameters(ignore=["net", "sweep", "judge", "compile"])
+        # a suite checkpoint file, or a diffusers model folder (with its `pretrained` options)
+        self.pretrained = pretrained
+        self.diffusion = load_diffusion(checkpoint, net, use_ema, pretrained).requires_grad_(False)
+        check_null_class(self.diffusion, self.sweep, checkpoint)
+        # a net given here replaces the one the checkpoint records: its structure enters the shards' identity
+        self._net_identity = None if net is None else describe_network(net)
         hp = self.diffusion.hparams
         self.sweep.check_against(self.diffusion.num_classes, self.diffusion.data_shape, hp.schedule, hp.num_train_steps)
         # registered, so that the terms' classifiers move to the sampling device with this module (each once)
         self.term_classifiers = nn.ModuleList(self.sweep.classifiers).requires_grad_(False)
-        self.guide_diffusion = load_rule_guide(self.sweep.cfg_rule, self.diffusion)
+        self.weak_model = self.diffusion.weak_model(self.sweep.cfg_rule)
+        # autoguidance's worse network, registered likewise (a perturbed-attention view is of the main net)
+        self.weak_net = self.weak_model.net if isinstance(getattr(self.weak_model, "net", None), nn.Module) else None
+        if compile:  # the denoisers' forward; the samples equal the eager ones to float rounding
+            for net_ in filter(None, (self.diffusion.net, self.weak_net)):
+                compile_net(net_)
         k = self.diffusion.num_classes
         self.classes = list(range(k)) if classes is None else [int(c) for c in classes]
         bad = [c for c in self.classes if not 0 <= c < k]
@@ -103,9 +131,6 @@ class SamplingModule(L.LightningModule):
             raise ValueError(f"classes {bad} out of range: the checkpoint's model knows classes 0..{k - 1}")
         self.num_samples = samples_per_class * len(self.classes)
         self.judge = judge
-        self.quality: SampleQuality | None = None
-        self._shards: dict[float, list[tuple[Path, np.ndarray]]] = {}
-        self._batch_ids = LoaderBatchIds()
 
     @property
     def output_dir(self) -> Path:
@@ -117,17 +142,19 @@ class SamplingModule(L.LightningModule):
         raise ValueError("SamplingModule needs output_dir, or a trainer whose default_root_dir places the shards")
 
     def shard_config(self, value: float) -> dict:
-        """What a shard's config hash covers: the model file (by content digest), the sampler, the sweep at
-        ``value`` (its guides' weights files by digest), the seeds."""
-        hp, sweep = self.hparams, self.sweep.identity()
-        return {"checkpoint": file_identity(hp.checkpoint), "use_ema": hp.use_ema,
-                "sampler": hp.sampler, "sampler_kwargs": dict(self.sampler_kwargs), "scale": float(value),
-                "scale_target": sweep["scale_target"], "cfg_scale": sweep["cfg_scale"], "seed": hp.seed,
-                "guidance": sweep["guidance"], "classes": self.classes,
-                **({"cfg_rule": sweep["cfg_rule"]} if "cfg_rule" in sweep else {}),
-                # a batch-coupled term (tilted guidance) makes samples depend on who shares their batch
-                "batch_size": hp.batch_size if self.sweep.couples_batch else None,
-                **({"trajectory": True} if hp.get("save_trajectory") else {})}
+        """What a shard's config hash covers: the model file (by content digest) and its weights (EMA or raw), the
+        sampler, the sweep at ``value`` (its guides' weights files by digest), the classes and seeds, the batch size
+        where a batch-coupled term makes samples depend on who shares their batch, the trajectory when one is kept
+        and the pretrained options that change a shard. Every other argument is result-neutral
+        (tests/test_shard_identity.py holds the list)."""
+        hp = self.hparams
+        return {"checkpoint": file_identity(hp.checkpoint), "use_ema": hp.use_ema, "sampler": hp.sampler,
+                "sampler_kwargs": {**sampler_options(hp.sampler), **self.sampler_kwargs}, "seed": hp.seed,
+                "classes": self.classes, **self.sweep.identity(value),
+                **({"net": self._net_identity} if self._net_identity is not None else {}),
+                **({"batch_size": hp.batch_size} if self.sweep.couples_batch else {}),
+                **({"trajectory": True} if hp.get("save_trajectory") else {}),
+                **pretrained_identity(self.pretrained)}
 
     def folder(self, value: float) -> Path:
         return self.output_dir / self.sweep.folder(value)
@@ -147,34 +174,40 @@ class SamplingModule(L.LightningModule):
             plans = plans[i::k]
         return DataLoader(plans, batch_size=1, shuffle=False, collate_fn=_first)
 
-    def sample(self, ids, value: float, batch_size: int | None = None, guidance=None,
+    def sample(self, ids, value: float, batch_size: int | None = None, terms: tuple | None = None,
                record: TrajectoryRecorder | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Samples and labels of sample ids ``ids`` at one sweep value (``guidance``: other terms, e.g. traced;
-        ``record``: keeps the sampler's path)."""
-        cfg, terms = self.sweep.at(value)
+        """Samples and labels of sample ids ``ids`` at one swept value (``terms``: others, e.g. traced; ``record``:
+        keeps the sampler's path)."""
+        setting = self.sweep.at(value, self.weak_model)
+        if terms is not None or record is not None:
+            own = setting.terms if terms is None else tuple(terms)
+            setting = dataclasses.replace(setting, terms=(*own, *([record] if record else [])))
         return sample_ids(self.diffusion, ids, self.classes, self.hparams.seed, sampler=self.hparams.sampler,
-                          sampler_kwargs=self.sampler_kwargs, cfg_scale=cfg,
-                          guidance=[*(terms if guidance is None else guidance), *([record] if record else [])],
-                          batch_size=batch_size or self.hparams.batch_size, cfg_rule=self.sweep.cfg_rule,
-                          guide=self.guide_diffusion)
+                          sampler_kwargs=self.sampler_kwargs, setting=setting,
+                          batch_size=batch_size or self.hparams.batch_size)
 
     def predict_step(self, plan, batch_idx: int = 0):
         path, value, ids = plan
         config = self.shard_config(value)
         expected = config_hash(config)
-        found = shard_hash(path) if path.exists() else None
-        if found == expected:
+        found = finished_shard(path) if path.exists() else None
+        if found == (expected, tuple(ids)):  # this config's samples of exactly these ids
             return {"path": str(path), "skipped": True}
         if path.exists() and not self.hparams.overwrite:
             if found is None:
                 open_shard(path)  # raises the one-line message naming the damaged file
-            raise ValueError(f"stale shard {path}: made with another sampling config "
-                             f"({config_difference(shard_config(path), config)}); re-run with "
+            why = (config_difference(shard_config(path), config) if found[0] != expected else
+                   f"it holds sample ids {found[1][0]}..{found[1][-1]}, this run's shard {ids[0]}..{ids[-1]}: "
+                   "samples_per_class, classes or shard_size changed")
+            raise ValueError(f"stale shard {path}: made with another sampling config ({why}); re-run with "
                              "--model.init_args.overwrite true to regenerate it, or choose another output_dir")
         recorder = TrajectoryRecorder() if self.hparams.get("save_trajectory") else None
         x, labels = self.sample(list(ids), value, record=recorder)
-        write_shard(path, Shard(x, labels, seeds_for_ids(ids, self.hparams.seed), torch.tensor(ids), value, expected,
-                                config), {"trajectory": recorder.path(x).numpy()} if recorder else None)
+        images, extra = shard_samples(self.diffusion, x, self.pretrained, self.hparams.batch_size)
+        if recorder is not None:
+            extra = {**(extra or {}), "trajectory": recorder.path(x).numpy()}
+        write_shard(path, Shard(images, labels, seeds_for_ids(ids, self.hparams.seed), torch.tensor(ids), value,
+                                expected, config), extra)
         return {"path": str(path), "skipped": False}
 
     def on_predict_epoch_end(self) -> None:
@@ -184,13 +217,13 @@ class SamplingModule(L.LightningModule):
             values = self.sweep.values
             write_manifest(self.output_dir, {f"{v:g}": self.folder(v) for v in values},
                            {f"{v:g}": self.shard_config(v) for v in values}, self.num_samples, self.classes,
-                           f"{self.sweep.target} scale", self.hparams.grid_per_class)
+                           {f"{v:g}": self.sweep.describe(v) for v in values}, self.hparams.grid_per_class)
 
-    # ---- test: the shards graded against real data by a judge -------------------------------------------
+    # ---- test: the shards graded against real data by a judge (JudgeGrading) ------------------------------
     def setup(self, stage: str) -> None:
         if stage != "test":
             return
-        hp, dm = self.hparams, self.trainer.datamodule
+        dm = self.trainer.datamodule
         if self.judge is None:
             raise ValueError("SamplingModule test grades samples with a judge classifier: add judge: {class_path: "
                              "lightning_guidance.metrics.judge.Judge, init_args: {checkpoint: <a clean classifier "
@@ -200,55 +233,9 @@ class SamplingModule(L.LightningModule):
                              "model was trained on as data: (e.g. lightning_guidance.data.digits.DigitsDataModule)")
         check_judge(self.judge, getattr(dm, "num_classes", self.diffusion.num_classes), self.diffusion.num_classes,
                     self.sweep.terms)
-        check_enough_per_rank(self.num_samples, self.trainer.world_size, f"SamplingModule test of {self.output_dir}")
-        need = max(2, hp.precision_recall_k + 1)
-        if self.num_samples < need:
-            raise ValueError(f"{self.num_samples} samples per scale are too few: precision/recall with "
-                             f"k={hp.precision_recall_k} and the Fréchet distance need at least {need}; "
-                             "raise samples_per_class")
-        self._real_shape = tuple(getattr(dm, "data_shape", ()) or ()) or self.diffusion.data_shape
-        self.quality = SampleQuality(self.judge, [self.sweep.folder(v) for v in self.sweep.values], hp.fd_name,
-                                     hp.precision_recall_k, inception_weights=hp.inception_weights)
-        self._shards = {v: check_shards(self.folder(v), config_hash(self.shard_config(v)), self.num_samples,
-                                        self._real_shape, self.judge.num_classes, type(dm).__name__,
-                                        self.shard_config(v))
-                        for v in self.sweep.values}
-
-    def on_test_epoch_start(self) -> None:
-        self._batch_ids.reset()
-        self.quality.reset()
-
-    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0):
-        x, y = batch[0], batch[1]
-        if tuple(x.shape[1:]) != tuple(self._real_shape):
-            raise ValueError(f"real batch of shape {tuple(x.shape[1:])}, shards of shape {tuple(self._real_shape)}: "
-                             "the data module does not match the shards")
-        ids, keep = self._batch_ids(self.trainer, batch_idx, len(y), dataloader_idx)
-        ids, keep = ids.to(y.device), keep.to(y.device)
-        if keep.any():
-            self.quality.update_real(x[keep], y[keep], ids[keep])
-
-    def on_test_epoch_end(self) -> None:
-        rows, counts = {}, {}
-        for value in self.sweep.values:  # the same order on every rank: compute is collective
-            group = self.sweep.folder(value)
-            owned = owned_block(self.num_samples, self.global_rank, self.trainer.world_size)
-            self.quality.update_from_shards(group, self._shards[value], owned, self.hparams.batch_size, self.device)
-            rows[group], counts[group] = self.quality.compute(group), self.quality.num_samples(group)
-        real, counts["real"] = self.quality.compute_real(), self.quality.num_samples()
-        floor = self.quality.real_floor(self.num_samples)  # collective, like the per-sample files below
-        self.quality.write_products(self.grade_dir, write=self.trainer.is_global_zero)
-        for group, row in rows.items():
-            self.log_dict({f"test/{group}/{k}": v for k, v in row.items()}, sync_dist=True)  # equal on all ranks
-        self.log_dict({f"test/real/{k}": v for k, v in real.items()}, sync_dist=True)
-        if self.trainer.is_global_zero:
-            self.write_metrics_table(rows, real, counts, floor)
-
-    def write_metrics_table(self, rows: dict[str, dict[str, float]], real: dict[str, float],
-                            counts: dict[str, int], real_floor: dict | None = None) -> tuple[Path, Path]:
-        hp, sweep = self.hparams, self.sweep
-        table = [{"scale": v, "guidance": f"{hp.sampler} {dict(self.sampler_kwargs)}, " + sweep.describe(v),
-                  "num_samples": counts[sweep.folder(v)], "metrics": rows[sweep.folder(v)]} for v in sweep.values]
-        return write_quality_table(self.grade_dir, self.judge, type(self.trainer.datamodule).__name__, hp.fd_name,
-                                   self.num_samples, sweep.target, table, real, counts["real"], real_floor,
-                                   self.quality.settings())
+        # described from the shard config, as GradeSamples describes a folder from its manifest (one wording)
+        folders = [SampleFolder(v, self.folder(v), config_hash(self.shard_config(v)), self.shard_config(v),
+                                describe_config(self.shard_config(v))) for v in self.sweep.values]
+        # a latent model's shards hold decoded images
+        self.start_grading(folders, self.num_samples, self.sweep.target, self.grade_dir,
+                           getattr(self.diffusion, "image_shape", self.diffusion.data_shape))

@@ -50,6 +50,23 @@ CALIBRATED_CLASSIFIER = "calibrated_classifier.ckpt"
 
 
 class SmoothECECalibration(L.LightningModule):
+    """Fine-tunes a trained classifier with ``CE + smooth_ece_weight * smECE`` (``configs/digits/calibrate.yaml``).
+
+    Args:
+        checkpoint: the classifier to fine-tune (a ``Classifier`` checkpoint, clean or noisy).
+        smooth_ece_weight: lambda, >= 0 (0: cross-entropy only, the control).
+        bandwidth: Smooth ECE's kernel bandwidth in (0, 1], or null: the batch's own fixed point.
+        trainable: ``all`` (every weight) or ``head`` (the last class layer only).
+        lr: AdamW learning rate (> 0).
+        weight_decay: AdamW weight decay (>= 0).
+        warmup_steps: steps of linear learning-rate warm-up (>= 0).
+        num_t_buckets: time buckets a noisy classifier is calibrated over (default: the classifier's own).
+        n_bins: bins of the binned ECE reported beside Smooth ECE.
+        use_ema: start from the classifier's EMA weights (else its raw ones).
+        noise_seed: seed of the per-step noise draws.
+        eval_seed: seed of the fixed noise of the validation measurements.
+    """
+
     def __init__(
         self,
         checkpoint: str,

@@ -8,6 +8,7 @@ Denoisers: ``forward(x, t, y) -> same shape as x`` (the eps / x0 / v prediction)
 from .activation_swap import SwapReport, swap_relu_for_softplus
 from .classifier_head import classifier_head
 from .conv_classifier import ConvClassifier
+from .diffusers_models import DecodedImageClassifier, DiffusersDiT, DiffusersUNet, LatentDecoder
 from .embeddings import ClassEmbedding, TimeEmbedding, timestep_embedding
 from .encoder_classifier import EncoderClassifier
 from .flat_classifiers import LinearClassifier, MLPClassifier
@@ -19,7 +20,11 @@ from .unet import UNet
 __all__ = [
     "ClassEmbedding",
     "ConvClassifier",
+    "DecodedImageClassifier",
+    "DiffusersDiT",
+    "DiffusersUNet",
     "EncoderClassifier",
+    "LatentDecoder",
     "LinearClassifier",
     "MLPClassifier",
     "MLPDenoiser",

@@ -29,7 +29,7 @@ class PerturbedAttention:
                  blur_threshold_inf: float = math.inf):
         if mode not in PERTURBATIONS:
             raise ValueError(f"attention perturbation must be one of {PERTURBATIONS}, got {mode!r}")
-        blocks = attention_blocks(net)
+        blocks = self.blocks_of(net)
         if not blocks:
             raise ValueError(f"{type(net).__name__} has no self-attention layers for attention-perturbation guidance "
                              "to perturb (the toy MLPs have none; the UNet has one in its middle block unless "
@@ -44,19 +44,32 @@ class PerturbedAttention:
         self.net, self.mode, self.blocks = net, mode, [blocks[i] for i in layers]
         self.blur_sigma, self.blur_threshold_inf = float(blur_sigma), float(blur_threshold_inf)
 
+    @staticmethod
+    def blocks_of(net: nn.Module) -> list[nn.Module]:
+        """The self-attention blocks this perturbation can act on, in forward order."""
+        return attention_blocks(net)
+
     @classmethod
     def for_rule(cls, net: nn.Module, rule: ClassifierFreeGuidance) -> "PerturbedAttention":
-        """The perturbed network a CFG rule with a ``perturbation`` reads (refuses a net without those layers)."""
-        return cls(net, rule.perturbation, rule.layers, **rule.perturbation_options())
+        """The perturbed network a CFG rule with a ``perturbation`` reads (refuses a net without those layers); a net
+        of another family names its own kind of perturbation (``perturbed_attention``, e.g. diffusers models)."""
+        kind = getattr(net, "perturbed_attention", cls)
+        return kind(net, rule.perturbation, rule.layers, **rule.perturbation_options())
+
+    def perturb(self, block: nn.Module) -> None:
+        block.perturbation = self.mode
+        block.blur_sigma, block.blur_threshold_inf = self.blur_sigma, self.blur_threshold_inf
+
+    def restore(self, block: nn.Module) -> None:
+        block.perturbation = None
+        vars(block).pop("blur_sigma", None)  # back to the class defaults
+        vars(block).pop("blur_threshold_inf", None)
 
     def __call__(self, x: Tensor, t: Tensor, y: Tensor) -> Tensor:
         for block in self.blocks:
-            block.perturbation = self.mode
-            block.blur_sigma, block.blur_threshold_inf = self.blur_sigma, self.blur_threshold_inf
+            self.perturb(block)
         try:
             return self.net(x, t, y)
         finally:
             for block in self.blocks:
-                block.perturbation = None
-                vars(block).pop("blur_sigma", None)  # back to the class defaults
-                vars(block).pop("blur_threshold_inf", None)
+                self.restore(block)

@@ -57,6 +57,20 @@ def _weights_not_found(path: Path) -> FileNotFoundError:
                              "access and copy the file here; weights are never downloaded at run time)")
 
 
+def check_head(net: nn.Module, state: Mapping[str, Tensor], path: Path, source: str, arch: str) -> None:
+    """A weights file whose class layer has another number of outputs than the built model is refused in one line
+    naming the ``model_kwargs`` that builds the right head (the rest of a mismatch is left to the strict load)."""
+    own = net.state_dict()
+    for key, value in state.items():
+        mine = own.get(key)
+        if mine is None or not hasattr(value, "shape") or tuple(value.shape) == tuple(mine.shape):
+            continue
+        if value.ndim in (1, 2) and mine.ndim == value.ndim and tuple(value.shape[1:]) == tuple(mine.shape[1:]):
+            raise ValueError(f"{path} has a class layer of {value.shape[0]} outputs ({key}: {tuple(value.shape)}) but "
+                             f"the {source} {arch} model was built with {mine.shape[0]}: add model_kwargs: "
+                             f"{{num_classes: {value.shape[0]}}} (and class_map: to pick the suite's classes)")
+
+
 def _build_timm(arch: str, weights_path: Path | None, model_kwargs: dict) -> tuple[nn.Module, dict]:
     import timm
     import timm.data
@@ -66,6 +80,7 @@ def _build_timm(arch: str, weights_path: Path | None, model_kwargs: dict) -> tup
     # num_classes differs from the registry's — a random head would make a useless guide.
     net = timm.create_model(arch, pretrained=False, **model_kwargs)
     if weights_path is not None:
+        check_head(net, timm.models.load_state_dict(str(weights_path)), weights_path, "timm", arch)
         timm.models.load_checkpoint(net, str(weights_path), strict=True)  # .pth/.bin/.safetensors
     cfg = timm.data.resolve_model_data_config(net)
     in_channels, height, width = cfg["input_size"]
@@ -102,6 +117,7 @@ def _build_torchvision(arch: str, weights_path: Path | None, model_kwargs: dict,
         for key in ("state_dict", "model"):  # common training-checkpoint wrappers
             if isinstance(state, dict) and isinstance(state.get(key), dict):
                 state = state[key]
+        check_head(net, state, weights_path, "torchvision", arch)
         net.load_state_dict(state, strict=True)
     return net, data
 
@@ -170,6 +186,7 @@ class OffTheShelfClassifier(nn.Module):
             raise ValueError(f"mean/std need {data['in_channels']} entries (got {len(mean)} and {len(std)})")
 
         self.source, self.arch, self.weights_path = source, arch, None if path is None else str(path)
+        self.model_kwargs = model_kwargs
         self.input_size: tuple[int, int] = data["size"]
         self.interpolation: str = data["interpolation"]
         self.in_channels: int = data["in_channels"]
@@ -240,6 +257,8 @@ class OffTheShelfClassifier(nn.Module):
 
     def extra_repr(self) -> str:
         beta = self.swap_report.beta
+        mean, std = [round(v, 6) for v in self.mean.tolist()], [round(v, 6) for v in self.std.tolist()]
         return (f"source={self.source}, arch={self.arch}, num_classes={self.num_classes}, "
-                f"input_size={self.input_size}, interpolation={self.interpolation}, "
-                f"softplus_beta={'ReLU kept' if beta is None else beta}")
+                f"input_size={self.input_size}, interpolation={self.interpolation}, mean={mean}, std={std}, "
+                f"model_kwargs={self.model_kwargs}, softplus_beta={'ReLU kept' if beta is None else beta}"
+                + (", weights=random init" if self.weights_path is None else ""))

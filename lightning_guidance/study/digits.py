@@ -2,12 +2,12 @@
 ``full`` presets.
 
 Every guided sampling run (:class:`Run`, all declared in :func:`runs`) is, for each training seed of the preset, a
-``predict`` of a shipped ``configs/digits/sample_*.yaml`` from that seed's models and a ``test`` of its shards with
-``configs/digits/grade_with_judge.yaml``. The models a claim rests on (the CFG model, the noisy and the clean
-classifier) are trained once per training seed; the judge is an instrument, trained once. The sections read what
-each test wrote (:func:`graded`): the ``metrics_table.json`` and the per-sample products, from which every figure
-gets its 95 % interval over sample ids and training seeds (:func:`estimate`), and two runs or scales are compared
-paired, on the same sample ids and seeds (:func:`contrast`).
+``predict`` of ``configs/digits/sampling.yaml`` (with a ``configs/guidance/`` file) from that seed's models and a
+``test`` of its shards with ``configs/digits/grade_with_judge.yaml``. The models a claim rests on (the CFG model, the
+noisy and the clean classifier) are trained once per training seed; the judge is an instrument, trained once. The
+sections read what each test wrote (:func:`graded`): the ``metrics_table.json`` and the per-sample products, from
+which every figure gets its 95 % interval over sample ids and training seeds (:func:`estimate`), and two runs or
+values are compared paired, on the same sample ids and seeds (:func:`contrast`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,15 @@ METRICS = ("fd_digits", "kd_digits", "precision", "recall", "judge_accuracy", "j
 #: EluCD's DDPM reference settings (app. C): every ablation changes one of them
 REFERENCE = {"tau1": 1.0, "tau2": 0.5, "gamma": 0.3}
 DATA = "scikit-learn's 8x8 digits (embedded; the full presets: MNIST or CIFAR-10 under data/)"
+SAMPLING = "digits/sampling.yaml"  # the sampling skeleton every run starts from (CFG alone)
 SIZES = ("training_seeds", "digits_train_steps", "digits_judge_steps", "digits_model_channels",
          "digits_samples_per_class",
          "digits_ddim_steps", "digits_ddpm_steps", "dataset", "accelerator")
+
+
+def with_guidance(name: str) -> tuple[str, str]:
+    """The digits sampling config combined with ``configs/guidance/<name>.yaml``."""
+    return SAMPLING, f"guidance/{name}.yaml"
 
 
 def image_edits(preset, kind: str) -> dict:
@@ -57,7 +63,7 @@ class Run:
     key: str
     label: str
     section: str
-    config: str
+    config: str | tuple[str, ...]  # shipped configs, combined in order
     scales: list[float]
     classifier: str | None = None  # the fit step of its guide (None: CFG only)
     edits: dict = field(default_factory=dict)
@@ -90,8 +96,8 @@ def runs(p) -> dict[str, Run]:
     """Every sampling run of the image sections, in report order."""
     sweep = sorted(p.cg_scales)
     guided = [s for s in sweep if s > 0]  # the unguided baseline (0) is sampled by the plain CG runs only
-    noisy, clean = "digits/sample_cg.yaml", "digits/sample_offtheshelf.yaml"
-    out = [Run("cfg", "CFG", "digits_cfg", "digits/sample_cfg.yaml", p.cfg_fine_scales, ddpm=False),
+    noisy, clean = with_guidance("cg"), with_guidance("offtheshelf")
+    out = [Run("cfg", "CFG", "digits_cfg", SAMPLING, p.cfg_fine_scales, ddpm=False),
            Run("cg-noisy", "CG, noisy classifier on x_t", "digits_cg", noisy, sweep, "digits-classifier"),
            Run("cg-clean", "CG, clean classifier on x0_hat", "digits_cg", clean, sweep, "digits-clean",
                {f"{TERM0}.init_args.tau2": 1.0, f"{TERM0}.init_args.sine_gamma": 0.0})]
@@ -100,18 +106,18 @@ def runs(p) -> dict[str, Run]:
         out.append(Run(offtheshelf_key(tau2, g), f"off-the-shelf, tau2/tau1={tau2:g}, gamma={g:g}", "digits_cg", clean,
                        guided, "digits-clean", {f"{TERM0}.init_args.tau2": tau2, f"{TERM0}.init_args.sine_gamma": g,
                                                 f"{TERM0}.init_args.sine_reference": "linear-250"}))
-    out += [Run("cfg-plus-cg", "CFG + clean classifier", "digits_cg", "digits/sample_cfg_plus_cg.yaml",
+    out += [Run("cfg-plus-cg", "CFG + clean classifier", "digits_cg", with_guidance("cfg_plus_cg"),
                 p.cfg_plus_cg_scales, "digits-clean", ddpm=False),
             Run("cg-calibrated", "CG, Smooth-ECE fine-tuned classifier", "digits_calibration", noisy, guided,
                 "digits-calibrated"),
             Run("cg-lambda0", "CG, fine-tuned with lambda = 0 (control)", "digits_calibration", noisy, guided,
                 "digits-calibrated-lambda0"),
-            Run("tilted", "tilted (clean classifier)", "digits_calibration", "digits/sample_tilted.yaml", guided,
+            Run("tilted", "tilted (clean classifier)", "digits_calibration", with_guidance("tilted"), guided,
                 "digits-clean"),
-            Run("entropy", "entropy-adaptive (clean classifier)", "digits_calibration", "digits/sample_entropy.yaml",
+            Run("entropy", "entropy-adaptive (clean classifier)", "digits_calibration", with_guidance("entropy"),
                 guided, "digits-clean")]
     out += [Run(f"divergence-{d}", f"f-divergence {d} (clean classifier)", "digits_calibration",
-                "digits/sample_divergence.yaml", guided, "digits-clean", {f"{TERM0}.init_args.divergence": d})
+                with_guidance("divergence"), guided, "digits-clean", {f"{TERM0}.init_args.divergence": d})
             for d in p.divergences]
     out += [Run(f"cg-T{t:g}", f"CG, noisy classifier at temperature {t:g}", "ece_vs_fd", noisy, guided,
                 "digits-classifier", {f"{TERM0}.init_args.classifier.init_args.temperature": float(t)}, seeds=(0,))

@@ -40,7 +40,7 @@ CLOSE = 0.05  # memorisation: the held-out distances' quantile a sample closer t
 def source(p) -> digits.Run:
     """The CFG samples the flows post-process: s = 1 and the scales the one-for-all flow never saw."""
     return digits.Run("flow-unseen", "CFG at s = 1 and at the post-processor's unseen scales", "digits_postprocessor",
-                      "digits/sample_cfg_unseen.yaml", [1.0, *p.flow_unseen_scales], ddpm=False)
+                      digits.SAMPLING, [1.0, *p.flow_unseen_scales], ddpm=False)
 
 
 def cfg_folder(scale: float) -> str:
@@ -63,7 +63,7 @@ def plan(plan) -> None:
              "model.init_args.shard_size": 10 * per_class, "model.init_args.batch_size": 10 * per_class,
              "model.init_args.sampler": "ddim",
              "model.init_args.sampler_kwargs": {"num_steps": p.digits_ddim_steps, "eta": 0.0}, **edits}
-        return plan.sample(name, "digits/sample_cfg_flow_train.yaml", folder, "digits-cfg", e, ["digits-cfg"])
+        return plan.sample(name, (digits.SAMPLING, "digits/flow_train_samples.yaml"), folder, "digits-cfg", e, ["digits-cfg"])
 
     train = train_shards(FLOW_TRAIN, p.flow_train_scales, n, {})
     # App. B's fair comparison: the per-scale flow gets as many training samples as the one-for-all one, other seeds

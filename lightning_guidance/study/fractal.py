@@ -5,9 +5,10 @@ variants of it whose classes are entangled to three degrees (its Fig. 4 a-c). On
 about 300 CPU-s in the small preset, whose seeds go to the 1D models; intervals here are over sample ids.
 
 Steps: a CFG denoiser, the linear time-dependent classifier and autoguidance's worse model (``configs/fractal/``),
-one ``predict`` per guidance method (the shipped ``configs/fractal/sample_*.yaml``), each a sweep over its scales,
-and per post-processed set (CG of the unconditional model at a weak and a large scale, CFG at the largest scale:
-the classifier-centric study's Fig. 4 and 5) a ``fit`` and a ``predict`` of ``configs/fractal/flow_*.yaml``.
+one ``predict`` per guidance method (``configs/fractal/sampling.yaml`` with a ``configs/guidance/`` file), each a
+sweep over its scales, and per post-processed set (CG of the unconditional model at a weak and a large scale, CFG at
+the largest scale: the classifier-centric study's Fig. 4 and 5) a ``fit`` and a ``predict`` of
+``configs/fractal/flow.yaml``.
 """
 
 from __future__ import annotations
@@ -24,11 +25,19 @@ from ..io.toy_figures import scatter_framed
 from .plan import SWEEP_VALUES, Plan, guide_checkpoint, term
 from .section import Products, Section, SectionResult
 
+SAMPLING = "fractal/sampling.yaml"  # the sampling skeleton every method starts from (CFG alone)
+
+
+def with_guidance(name: str) -> tuple[str, str]:
+    """The fractal sampling config combined with ``configs/guidance/<name>.yaml``."""
+    return SAMPLING, f"guidance/{name}.yaml"
+
+
 @dataclass(frozen=True)
 class FractalMethod:
     key: str
     label: str
-    config: str
+    config: str | tuple[str, ...]  # shipped configs, combined in order
     scales: str  # the preset field holding its sweep
     guided: bool = True  # reads the linear classifier
     edits: tuple = ()
@@ -37,27 +46,27 @@ class FractalMethod:
 
 
 #: the modern CFG variants that apply to points (frequency-decoupled and the attention perturbations need images)
-VARIANTS = (("interval", "CFG, guidance interval", "fractal/sample_cfg_interval.yaml"),
-            ("rescale", "CFG rescale", "fractal/sample_cfg_rescale.yaml"),
-            ("apg", "adaptive projected guidance", "fractal/sample_apg.yaml"),
-            ("cfg_zero_star", "CFG-Zero*", "fractal/sample_cfg_zero_star.yaml"),
-            ("tangential", "tangential CFG", "fractal/sample_tangential_cfg.yaml"),
-            ("autoguidance", "autoguidance", "fractal/sample_autoguidance.yaml"))
+VARIANTS = (("interval", "CFG, guidance interval", with_guidance("cfg_interval")),
+            ("rescale", "CFG rescale", with_guidance("cfg_rescale")),
+            ("apg", "adaptive projected guidance", with_guidance("apg")),
+            ("cfg_zero_star", "CFG-Zero*", with_guidance("cfg_zero_star")),
+            ("tangential", "tangential CFG", with_guidance("tangential_cfg")),
+            ("autoguidance", "autoguidance", with_guidance("autoguidance")))
 
 
 def fractal_methods(preset) -> list[FractalMethod]:
-    methods = [FractalMethod("cfg", "CFG", "fractal/sample_cfg.yaml", "fractal_cfg_scales", guided=False),
-               FractalMethod("cg", "CG of the conditional model (linear classifier)", "fractal/sample_cg.yaml",
+    methods = [FractalMethod("cfg", "CFG", SAMPLING, "fractal_cfg_scales", guided=False),
+               FractalMethod("cg", "CG of the conditional model (linear classifier)", with_guidance("cg"),
                              "fractal_guidance_scales"),
                FractalMethod("cg_uncond", "CG of the unconditional model (linear classifier)",
-                             "fractal/sample_cg_flow.yaml", "fractal_cg_flow_scales"),
-               FractalMethod("cfg_plus_cg", "CFG + classifier", "fractal/sample_cfg_plus_cg.yaml",
+                             with_guidance("cg_unconditional"), "fractal_cg_flow_scales"),
+               FractalMethod("cfg_plus_cg", "CFG + classifier", with_guidance("cfg_plus_cg"),
                              "fractal_cfg_plus_cg_scales"),
-               FractalMethod("offtheshelf", "off-the-shelf (x0_hat)", "fractal/sample_offtheshelf.yaml",
+               FractalMethod("offtheshelf", "off-the-shelf (x0_hat)", with_guidance("offtheshelf"),
                              "fractal_guidance_scales"),
-               FractalMethod("tilted", "tilted", "fractal/sample_tilted.yaml", "fractal_guidance_scales"),
-               FractalMethod("entropy", "entropy-adaptive", "fractal/sample_entropy.yaml", "fractal_guidance_scales")]
-    methods += [FractalMethod(f"divergence_{d}", f"f-divergence ({d})", "fractal/sample_divergence.yaml",
+               FractalMethod("tilted", "tilted", with_guidance("tilted"), "fractal_guidance_scales"),
+               FractalMethod("entropy", "entropy-adaptive", with_guidance("entropy"), "fractal_guidance_scales")]
+    methods += [FractalMethod(f"divergence_{d}", f"f-divergence ({d})", with_guidance("divergence"),
                               "fractal_guidance_scales", edits=((f"{term(0)}.init_args.divergence", d),))
                 for d in preset.fractal_divergences]
     methods += [FractalMethod(key, label, config, "fractal_variant_scales", guided=False, family="variant",
@@ -76,9 +85,9 @@ class FractalFlow:
 
 def fractal_flows(preset) -> list[FractalFlow]:
     weak, large = min(preset.fractal_cg_flow_scales), max(preset.fractal_cg_flow_scales)
-    return [FractalFlow("cg_weak", "fractal/flow_cg_1.yaml", "cg_uncond", weak),
-            FractalFlow("cg_large", "fractal/flow_cg_large.yaml", "cg_uncond", large),
-            FractalFlow("cfg", "fractal/flow_cfg.yaml", "cfg", max(preset.fractal_cfg_scales))]
+    return [FractalFlow("cg_weak", "fractal/flow.yaml", "cg_uncond", weak),
+            FractalFlow("cg_large", "fractal/flow.yaml", "cg_uncond", large),
+            FractalFlow("cfg", "fractal/flow.yaml", "cfg", max(preset.fractal_cfg_scales))]
 
 
 def sample_step(method: str) -> str:

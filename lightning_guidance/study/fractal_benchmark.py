@@ -92,7 +92,7 @@ def analyse(products: Products, res: SectionResult) -> None:
                     "column). Each cell: value [95 % bootstrap interval over sample ids, stratified by class]; "
                     "recall's interval is over the exact reference points; the mean log p is dominated by a few "
                     "far-off samples, the median is not. The modern CFG variants use the settings of their shipped "
-                    "configs/fractal/sample_*.yaml; autoguidance's worse model is "
+                    "configs/guidance/*.yaml; autoguidance's worse model is "
                     f"configs/fractal/cfg_autoguide_bad.yaml trained {fmt(p.fractal_autoguide_bad_steps)} steps.", "",
                     *md_table(header, table)]
     if ranking:
@@ -105,7 +105,7 @@ def analyse(products: Products, res: SectionResult) -> None:
         rows = [[v["label"], v["scale"], *(text(v[w][k]) for k in keys for w in ("before", "after")),
                  text(v["wrong_class_change"]), *map(fmt, v["median_move_by_density_decile"][::9])]
                 for v in post.values()]
-        res.markdown += ["The nearest-neighbour rectified-flow post-processor (configs/fractal/flow_*.yaml, "
+        res.markdown += ["The nearest-neighbour rectified-flow post-processor (configs/fractal/flow.yaml, "
                          f"{fmt(p.fractal_flow_steps)} training steps each, trained on the set it is applied to as in "
                          "the classifier-centric study's fractal figures). Wrong-class change: after − before, "
                          "paired over the same samples. The last two columns: median move of the samples in the "

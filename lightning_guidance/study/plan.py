@@ -67,11 +67,19 @@ class Plan:
     def config(self, name: str) -> str:
         return str(self.configs / name)
 
-    def shipped(self, name: str) -> dict:
-        """A shipped config as it is on disk."""
-        return yaml.safe_load(Path(self.config(name)).read_text())
+    def configs_of(self, config: str | tuple[str, ...]) -> list[str]:
+        """The files of a shipped config, or of several combined in order (``--config a --config b``: a dataset's
+        ``sampling.yaml`` and a ``guidance/`` file)."""
+        return [self.config(c) for c in ((config,) if isinstance(config, str) else config)]
 
-    def seed_edits(self, config: str, seed: int) -> dict:
+    def shipped(self, config: str | tuple[str, ...]) -> dict:
+        """A shipped config as it is on disk (several: merged in order, ``${...}`` left as written)."""
+        out: dict = {}
+        for path in self.configs_of(config):
+            out = merge(out, yaml.safe_load(Path(path).read_text()) or {})
+        return out
+
+    def seed_edits(self, config: str | tuple[str, ...], seed: int) -> dict:
         """Training seed ``seed``: the config's ``seed_everything`` and its model's ``noise_seed`` offset by ``seed``
         (seed 0 is the shipped config). The data seed is the train/held-out split, the same for every model and seed
         (a model of another split would have trained on the images it is graded against), so it is not varied."""
@@ -84,8 +92,9 @@ class Plan:
             e["model.init_args.noise_seed"] = int(model["noise_seed"]) + seed
         return e
 
-    def fit(self, name: str, config: str, folder: str, max_steps: int | None, edits: dict | None = None,
-            needs: list[str] | None = None, product: str = "checkpoints/last.ckpt", seed: int = 0) -> Step:
+    def fit(self, name: str, config: str | tuple[str, ...], folder: str, max_steps: int | None,
+            edits: dict | None = None, needs: list[str] | None = None, product: str = "checkpoints/last.ckpt",
+            seed: int = 0) -> Step:
         """``fit`` of ``config`` (training seed ``seed``: step ``seeded(name, seed)`` in ``seeded(folder, seed)``)."""
         name, root = seeded(name, seed), self.dir(seeded(folder, seed))
         e = {"trainer.default_root_dir": root, "trainer.enable_progress_bar": False,
@@ -94,11 +103,11 @@ class Plan:
             e["trainer.max_steps"] = max_steps  # the last step writes last.ckpt whatever the config's period
             e["trainer.callbacks[ModelCheckpoint].init_args.every_n_train_steps"] = max_steps
         e.update(edits or {})
-        return self.add(Step(name, self.section, "fit", [self.config(config)], e, list(needs or []),
+        return self.add(Step(name, self.section, "fit", self.configs_of(config), e, list(needs or []),
                              str(Path(root) / product), resume=True))
 
-    def sample(self, name: str, config: str, folder: str, checkpoint: str, edits: dict, needs: list[str],
-               seed: int = 0) -> Step:
+    def sample(self, name: str, config: str | tuple[str, ...], folder: str, checkpoint: str, edits: dict,
+               needs: list[str], seed: int = 0) -> Step:
         """``predict`` of ``config`` from the models of training seed ``seed`` (step ``seeded(name, seed)``, folder
         ``seeded(folder, seed)``; ``checkpoint`` and ``needs`` name seed 0's steps and are mapped to ``seed``'s).
         Sampling noise is the config's per-sample seeds (``seed + id``), the same for every training seed."""
@@ -108,7 +117,7 @@ class Plan:
         e = {"trainer.default_root_dir": out, "trainer.accelerator": self.preset.accelerator,
              "trainer.enable_progress_bar": False, "model.init_args.output_dir": out,
              "model.init_args.checkpoint": self.product(checkpoint), **edits}
-        return self.add(Step(name, self.section, "predict", [self.config(config)], e, needs,
+        return self.add(Step(name, self.section, "predict", self.configs_of(config), e, needs,
                              str(Path(out) / "manifest.json")))
 
     def grade(self, sample: Step, judge: str, data_edits: dict, by: str = "") -> Step:
@@ -122,7 +131,7 @@ class Plan:
                              "test", [*sample.configs, self.config("digits/grade_with_judge.yaml")], e,
                              [*sample.needs, sample.name, judge], str(out / "metrics_table.json")))
 
-    def flow(self, name: str, config: str, folder: str, max_steps: int, edits: dict,
+    def flow(self, name: str, config: str | tuple[str, ...], folder: str, max_steps: int, edits: dict,
              needs: list[str]) -> tuple[Step, Step]:
         """A rectified-flow post-processor: ``fit`` of ``config`` and the ``predict`` that applies the trained flow to
         the config's ``predict_shards`` (same config and edits, ``ckpt_path`` the fit's last checkpoint); the predict's

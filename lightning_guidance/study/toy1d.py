@@ -25,13 +25,15 @@ SCALE_AXIS = "scale (CFG: s; CG: its guidance scale)"
 #: the section's figures: (the per-sample figure it reduces, mean or median)
 FIGURES = {"path_distance": ("path_distance", "mean"), "mean_log_density": ("log_density", "mean"),
            "median_log_density": ("log_density", "median"), "wrong_class_fraction": ("wrong_class", "mean")}
+SAMPLING = "toy/sampling.yaml"
+CG, CG_UNCOND = (SAMPLING, "guidance/cg.yaml"), (SAMPLING, "guidance/cg_unconditional.yaml")
 #: key -> (label, sampling config, classifier fit kind or None, preset field of its scales, the claim's baseline)
-METHODS = {"cfg": ("CFG", "toy/sample_cfg_1d.yaml", None, "toy_cfg_scales", 1.0),
-           "cg_uncond_linear": ("CG of the unconditional model, linear classifier", "toy/sample_cg_uncond_1d.yaml",
+METHODS = {"cfg": ("CFG", SAMPLING, None, "toy_cfg_scales", 1.0),
+           "cg_uncond_linear": ("CG of the unconditional model, linear classifier", CG_UNCOND,
                                 "linear", "toy_cg_scales", 1.0),
-           "cg_uncond_mlp": ("CG of the unconditional model, MLP classifier", "toy/sample_cg_uncond_1d.yaml",
+           "cg_uncond_mlp": ("CG of the unconditional model, MLP classifier", CG_UNCOND,
                              "classifier", "toy_cg_scales", 1.0),
-           "cg_mlp": ("CG of the conditional model, MLP classifier", "toy/sample_cg_1d.yaml", "classifier",
+           "cg_mlp": ("CG of the conditional model, MLP classifier", CG, "classifier",
                       "toy_cg_scales", 0.0)}
 #: the boundary claims: which methods each pools (over mu and those methods, per sample id)
 FAMILIES = {"cg_uncond": ("cg_uncond_linear", "cg_uncond_mlp"), "cg": ("cg_mlp",), "cfg": ("cfg",)}
