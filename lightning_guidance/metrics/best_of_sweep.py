@@ -9,7 +9,7 @@ draws one set of ids per half (and one of real ids) for both. The bootstrap hold
 on the other half, so they carry no optimism; their own variability is not in the interval).
 
 Intervals are centred on the estimate, ``estimate ± z SE`` with ``SE`` the spread of the bootstrap replicates
-(:func:`centred`; with several training seeds, ``stats.hierarchical_bootstrap``'s ``seed_t``, also centred). The
+(``stats.normal_interval``; several training seeds: ``hierarchical_bootstrap``'s ``seed_t``, also centred). The
 percentile interval of a Fréchet distance is not usable here: a resample repeats samples, and a set with fewer
 distinct samples is farther from the real one, so the replicates sit above the estimate (at 100 samples in 64
 features, by more than their spread). On simulated Gaussian features the percentile interval of a paired difference
@@ -26,18 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..stats import Interval, bootstrap, hierarchical_bootstrap
-from ..stats.bootstrap import normal_quantile
+from ..stats import Interval, bootstrap, hierarchical_bootstrap, normal_interval
 from .intervals import _figure, hierarchical_metric_interval
-
-
-def centred(interval: Interval) -> Interval:
-    """``estimate ± z SE`` of a bootstrap interval (a ``seed_t`` interval is centred already)."""
-    if interval.method == "seed_t":
-        return interval
-    half = normal_quantile((1 + interval.level) / 2) * interval.standard_error
-    return Interval(interval.estimate, interval.estimate - half, interval.estimate + half, interval.level,
-                    interval.standard_error, interval.num_resamples, "normal")
 
 
 def halves(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,7 +114,7 @@ def crossfit(per_seed: Sequence[tuple[Sweep, Sweep | None]], num_resamples: int 
         interval = bootstrap(stats[0], sizes[0], **options)
     else:
         interval = hierarchical_bootstrap(lambda s, *idx: stats[s](*idx), sizes, **options)
-    return CrossFit(centred(interval), chosen, int(sum(len(p) for p in halves(per_seed[0][0].check()))))
+    return CrossFit(normal_interval(interval), chosen, int(sum(len(p) for p in halves(per_seed[0][0].check()))))
 
 
 def _statistic(a: Sweep, b: Sweep | None, parts, picks):
@@ -148,5 +138,5 @@ def fd_interval(per_seed: Sequence[tuple[dict, dict | None, dict]], settings: Ma
                 seed: int = 0, level: float = 0.95) -> Interval:
     """The Fréchet distance of set ``a`` on all its ids, or the paired difference ``a - b`` (same ids): ``per_seed[s]
     = (a, b or None, real)``; ``metrics.intervals.hierarchical_metric_interval``, centred."""
-    return centred(hierarchical_metric_interval(per_seed, settings["fd_name"], num_resamples=num_resamples, seed=seed,
-                                                level=level, **settings))
+    return normal_interval(hierarchical_metric_interval(per_seed, settings["fd_name"], num_resamples=num_resamples,
+                                                        seed=seed, level=level, **settings))

@@ -8,7 +8,7 @@ over the buckets, the integral ECE ``(1/K) sum_k ECE(t_k)`` (EluCD, Ma et al.; d
 by ``T`` gives the figures of the same classifier with temperature ``T`` (``TrainedClassifier(temperature=T)``).
 A resample is a vector of counts per image (how often it is drawn), so B resamples cost one (B, N) @ (N, bins)
 product per bucket. Two guides read on the same images (same ids, same per-image noise) are compared *paired*.
-Intervals are centred on the estimate (``metrics.best_of_sweep.centred``): a binned ECE, like a Fréchet distance, is
+Intervals are centred on the estimate (``stats.normal_interval``): a binned ECE, like a Fréchet distance, is
 larger on a resample that repeats images, so the percentile interval sits above it.
 """
 
@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..stats import Interval, bootstrap, hierarchical_bootstrap
-from .best_of_sweep import centred
+from ..stats import Interval, bootstrap, hierarchical_bootstrap, normal_interval
 
 FIGURES = ("ece", "acc")
 
@@ -101,5 +100,5 @@ def calibration_interval(per_seed: Sequence[tuple[dict, dict | None]], figure: s
     sizes = [len(a["labels"]) for a, _ in per_seed]
     options = {"num_resamples": num_resamples, "seed": seed, "level": level, "vectorized": True}
     if len(stats) == 1:
-        return centred(bootstrap(stats[0], sizes[0], **options))
+        return normal_interval(bootstrap(stats[0], sizes[0], **options))
     return hierarchical_bootstrap(lambda s, idx: stats[s](idx), sizes, **options)

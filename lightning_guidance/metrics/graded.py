@@ -9,14 +9,13 @@ with several seeds, other trainings) would move the figure.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..io.sample_products import REAL_GROUP, products_path, read_sample_products
-from ..stats import Estimate
-from ..stats.bootstrap import normal_quantile
+from ..stats import Estimate, normal_interval
 from .intervals import contrast_interval, hierarchical_metric_interval, keep_ids
 
 #: bootstrap resamples of a table figure (precision and recall, which redo a k-NN search per resample: a quarter as
@@ -78,23 +77,22 @@ class Graded:
 
 
 def estimate(g: Graded, scale: str, metric: str, ids=None, resamples: int | None = None) -> Estimate:
-    """A figure of the run at one scale with its 95 % interval: over training seeds then sample ids (and the real
-    set's) when there are several (``seed_t``); with one seed the normal bootstrap interval, value ± 1.96 SE (Efron &
-    Tibshirani 1993, §13.2): resampling with duplicates shifts set-level figures (fd, the judge score, coverage), so
-    their percentile interval can miss the value itself. ``ids``: only these sample ids."""
+    """A figure of the run at one scale with its 95 % interval: over training seeds then sample ids when there are
+    several (``seed_t``); with one seed the normal bootstrap interval, value ± 1.96 SE (``stats.normal_interval``):
+    resampling with duplicates shifts set-level figures (fd, the judge score, coverage), so their percentile interval
+    can miss the value itself. ``ids``: only these sample ids."""
     sets = [(s if ids is None else keep_ids(s, ids), None, real) for s, real in zip(g.products(scale), g.real())]
     resamples = resamples or (RESAMPLES // 4 if metric in ("precision", "recall") else RESAMPLES)
     interval = hierarchical_metric_interval(sets, metric, num_resamples=resamples, resample_real=False, **g.settings)
-    if g.seeds == 1:
-        half = normal_quantile((1 + interval.level) / 2) * interval.standard_error
-        interval = replace(interval, low=interval.estimate - half, high=interval.estimate + half)
-    return Estimate.from_interval(interval, len(sets[0][0]["labels"]), g.seeds)
+    return Estimate.from_interval(normal_interval(interval), len(sets[0][0]["labels"]), g.seeds)
 
 
 def contrast(sets: dict[str, tuple[Graded, str]], metric: str, combine, ids=None,
              resamples: int = CONTRAST_RESAMPLES) -> Estimate | dict[str, Estimate]:
     """``combine({name: metric of that run at that scale})`` with its interval, paired: every set on the same
-    training seeds and on the sample ids they share (or ``ids``), each resample drawing one set of ids for all.
+    training seeds and on the sample ids they share (or ``ids``), each resample drawing one set of ids for all; the
+    interval is centred as :func:`estimate`'s (``stats.normal_interval``: the repeats' shift of a Fréchet or kernel
+    distance differs between two sets, so the percentile interval of their difference is off-centre too).
     ``combine``: elementwise on arrays of resamples (``np.minimum``, not ``min``); a mapping of them gives an
     estimate each, from the same draws."""
     graded_sets = list(sets.values())
@@ -110,8 +108,8 @@ def contrast(sets: dict[str, tuple[Graded, str]], metric: str, combine, ids=None
     got = contrast_interval(per_seed, metric, combine, num_resamples=resamples, resample_real=False,
                             **graded_sets[0][0].settings)
     n = len(per_seed[0][0][next(iter(sets))]["labels"])
-    return {k: Estimate.from_interval(v, n, seeds) for k, v in got.items()} if isinstance(got, dict) else \
-        Estimate.from_interval(got, n, seeds)
+    return {k: Estimate.from_interval(normal_interval(v), n, seeds) for k, v in got.items()} if isinstance(got, dict) \
+        else Estimate.from_interval(normal_interval(got), n, seeds)
 
 
 def half_ids(num_samples: int, half: int) -> list[int]:

@@ -16,13 +16,11 @@ One draw of (generated ids, real ids) serves every set, so the difference of two
 draws are ``stats.bootstrap``'s for the same seed, and :meth:`SharedResamples.interval` gives, through it, the interval
 of any function of the figures: one set's value, a difference, a maximum over scales.
 
-A draw with replacement repeats samples, and the set-level figures of a set with repeats are biased (a repeated
+A draw with replacement repeats samples, and the set-level figures of a set with repeats are shifted (a repeated
 feature row shrinks the covariance and pairs with itself in the kernel sum; fewer distinct points widen the k-NN
-balls): one set's Fréchet or kernel distance sits at the low end of, or below, its percentile interval. Differences of
-two sets drawn alike mostly cancel that bias. For one set's figure, ``scheme="half"`` draws half of the ids (and half
-of the real ids) without replacement instead: no repeats, and the spread of half-sample figures estimates the
-variance of the full-sample figure (the delete-d jackknife with d = n/2; Shao & Wu 1989, Ann. Statist. 17, eq. 2.2);
-its interval is the normal one, ``estimate ± z sd``.
+balls): one set's Fréchet or kernel distance sits at the low end of, or below, its percentile interval. Every interval
+here is therefore the normal one, ``estimate ± z SE`` with SE the replicates' spread (``stats.normal_interval``, as
+for every figure and contrast of the report).
 """
 
 from __future__ import annotations
@@ -33,8 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..stats import Interval, bootstrap, resample
-from ..stats.bootstrap import normal_quantile
+from ..stats import Interval, bootstrap, normal_interval, resample
 
 
 def _f64(a) -> torch.Tensor:
@@ -92,7 +89,6 @@ class SharedResamples:
     sizes: tuple[int, int]
     seed: int
     level: float
-    scheme: str = "bootstrap"
 
     @property
     def num_resamples(self) -> int:
@@ -102,29 +98,16 @@ class SharedResamples:
         """The interval of ``statistic(figures)``, where ``figures[set][figure]`` is a float (all ids) or an array
         (the resamples): e.g. ``lambda f: f["after"]["fd_digits"] - f["before"]["fd_digits"]``."""
         estimate, replicates = float(statistic(self.estimates)), np.asarray(statistic(self.replicates), np.float64)
-        if self.scheme == "half":
-            se = float(replicates.std(ddof=1))
-            half = normal_quantile((1 + self.level) / 2) * se
-            return Interval(estimate, estimate - half, estimate + half, self.level, se, len(replicates), "half-sample")
 
         def lookup(*idx: np.ndarray) -> np.ndarray:  # stats.bootstrap draws the resamples these were computed on
             return np.array([estimate]) if idx[0].shape[0] == 1 else replicates
 
-        return bootstrap(lookup, self.sizes, num_resamples=self.num_resamples, level=self.level, seed=self.seed,
-                         vectorized=True)
-
-
-def _draws(rng: np.random.Generator, sizes: tuple[int, int], count: int, scheme: str) -> tuple[np.ndarray, ...]:
-    if scheme == "bootstrap":  # as stats.bootstrap(vectorized=True) draws them
-        return resample(rng, sizes, count)
-    if scheme == "half":
-        return tuple(np.stack([rng.permutation(n)[:n // 2] for _ in range(count)]) for n in sizes)
-    raise ValueError(f"unknown resampling scheme {scheme!r}; choose bootstrap or half")
+        return normal_interval(bootstrap(lookup, self.sizes, num_resamples=self.num_resamples, level=self.level,
+                                         seed=self.seed, vectorized=True))
 
 
 def shared_resamples(sets: dict[str, dict], real: dict, *, fd_name: str = "fd_judge", k: int = 3,
-                     num_resamples: int = 1000, seed: int = 0, level: float = 0.95,
-                     scheme: str = "bootstrap") -> SharedResamples:
+                     num_resamples: int = 1000, seed: int = 0, level: float = 0.95) -> SharedResamples:
     """The figures (``fd_name``, its ``kd_`` twin, precision, recall, judge accuracy and score) of every set of ``sets``
     (per-sample products with ``ids``, ``labels``, ``features``, ``logits``; all with the same ids and labels) against
     ``real``, on all ids and on ``num_resamples`` resamples of (generated ids, real ids) shared by every set."""
@@ -136,7 +119,7 @@ def shared_resamples(sets: dict[str, dict], real: dict, *, fd_name: str = "fd_ju
             raise ValueError(f"set {name} has other sample ids or labels than {next(iter(sets))}: the shared "
                              "resamples pair sets sampled with the same ids")
     n, m = len(first["ids"]), len(real["labels"])
-    g_idx, r_idx = _draws(np.random.default_rng(seed), (n, m), num_resamples, scheme)
+    g_idx, r_idx = resample(np.random.default_rng(seed), (n, m), num_resamples)  # as stats.bootstrap draws them
     g_counts = torch.stack([torch.bincount(torch.from_numpy(i), minlength=n) for i in g_idx]).double()
     r_counts = torch.stack([torch.bincount(torch.from_numpy(i), minlength=m) for i in r_idx]).double()
     full_g, full_r = torch.ones(1, n, dtype=torch.float64), torch.ones(1, m, dtype=torch.float64)
@@ -147,7 +130,7 @@ def shared_resamples(sets: dict[str, dict], real: dict, *, fd_name: str = "fd_ju
     r_counts_all = torch.cat([full_r, r_counts])
     r_moments = _weighted_moments(r_feat, r_counts_all)
     r_moments = (*r_moments, _root(r_moments[1]))
-    m_b = r_counts_all.sum(1)  # the drawn sizes (the whole set, or half of it)
+    m_b = r_counts_all.sum(1)
     r_term = (((r_counts_all @ r_kern) * r_counts_all).sum(1) - r_counts_all @ r_kern.diagonal()) / (m_b * (m_b - 1))
     kd = kd_name(fd_name)
     estimates, replicates = {}, {}
@@ -174,4 +157,4 @@ def shared_resamples(sets: dict[str, dict], real: dict, *, fd_name: str = "fd_ju
                    "judge_score": _classifier_score(counts, log_p.exp(), p_log_p).numpy()}
         estimates[name] = {key: float(v[0]) for key, v in figures.items()}
         replicates[name] = {key: v[1:] for key, v in figures.items()}
-    return SharedResamples(estimates, replicates, (n, m), seed, level, scheme)
+    return SharedResamples(estimates, replicates, (n, m), seed, level)

@@ -121,9 +121,8 @@ def worst(values: list):
 
 
 def quality(products: Products, scales: list[str]) -> tuple[dict, dict, dict]:
-    """``(sets, contrasts, table)``: each graded set's figures per scale (intervals from half-samples of the ids: a
-    bootstrap's repeats bias one set's figures) and the paired differences (intervals from one bootstrap over sample
-    ids and real ids shared by every set); ``table``: the before set's table."""
+    """``(sets, contrasts, table)``: each graded set's figures per scale and their paired differences, all from one
+    bootstrap over sample ids and real ids shared by every set (value ± 1.96 SE); ``table``: the before set's table."""
     from ..io.sample_products import REAL_GROUP, products_path, read_sample_products
     from ..metrics.shared_resamples import shared_resamples
 
@@ -135,19 +134,18 @@ def quality(products: Products, scales: list[str]) -> tuple[dict, dict, dict]:
     found = {f"{k}@{s}": products_path(folder, cfg_folder(float(s))) for k, folder in have.items() for s in scales}
     products_of = {name: read_sample_products(path) for name, path in found.items() if path.is_file()}
     real = read_sample_products(products_path(have["before"], REAL_GROUP))
-    draws, halves = (shared_resamples(products_of, real, fd_name=table["fd_name"], k=settings.get("k", 3),
-                                      num_resamples=products.preset.flow_resamples, scheme=scheme)
-                     for scheme in ("bootstrap", "half"))
+    draws = shared_resamples(products_of, real, fd_name=table["fd_name"], k=settings.get("k", 3),
+                             num_resamples=products.preset.flow_resamples)
     n = draws.sizes[0]
 
-    def est(statistic, by=draws) -> dict:
-        return Estimate.from_interval(by.interval(statistic), n).as_json()
+    def est(statistic) -> dict:
+        return Estimate.from_interval(draws.interval(statistic), n).as_json()
 
     sets: dict = {}
     for name in draws.estimates:
         key, s = name.split("@")
         sets.setdefault(key, {"scales": {}, "estimates": {}})
-        sets[key]["estimates"][s] = {m: est(lambda f, a=name, m=m: f[a][m], halves) for m in digits.METRICS}
+        sets[key]["estimates"][s] = {m: est(lambda f, a=name, m=m: f[a][m]) for m in digits.METRICS}
         sets[key]["scales"][s] = {m: e["value"] for m, e in sets[key]["estimates"][s].items()}
 
     def diff(a: str, b: str) -> dict:
@@ -207,8 +205,8 @@ def figures(res: SectionResult, products: Products, numbers: dict, table: dict, 
     index = {label: i for i, (label, _) in enumerate(SETS.values())}  # one style per set in every figure
     res.figure(estimate_panels({m: curves(estimates, m) for m in digits.METRICS}, "CFG scale s", reference=floors,
                                index=index),
-               "digits_postprocessor.png", "digits: the judge's figures of each set at each CFG scale (95 % intervals "
-               "from half-samples of the ids; sets shifted apart along s for legibility; dotted: real vs real at the "
+               "digits_postprocessor.png", "digits: the judge's figures of each set at each CFG scale (95 % intervals, "
+               "value ± 1.96 bootstrap SE; sets shifted apart along s for legibility; dotted: real vs real at the "
                "same n)")
     res.figure(estimate_panels({f"{m}: set − CFG samples": curves(numbers["vs_before"], m)
                                 for m in ("fd_digits", "kd_digits", "judge_accuracy")}, "CFG scale s", zero=True,
@@ -271,9 +269,9 @@ def analyse(products: Products, res: SectionResult) -> None:
         f"s = {res.numbers['per_scale']} only on as many samples, and each sample's nearest training digit (same "
         "class, pixels: what a flow that only memorised would give). The flows are trained once, on the samples of "
         "the CFG model of training seed 0: every interval (95 %) is over sample ids and real ids "
-        f"({fmt(p.flow_resamples)} draws shared by all sets): a paired bootstrap for differences, and half-samples "
-        "without replacement for one set's figures (a bootstrap's repeated samples bias a set's distances; its "
-        "differences mostly cancel that); flow and CFG training noise are not in it. The paper reports this "
+        f"({fmt(p.flow_resamples)} draws shared by all sets, so differences are paired), value ± 1.96 bootstrap "
+        "SE (a bootstrap's repeated samples shift a set's distances, so its percentile interval can miss the value); "
+        "flow and CFG training noise are not in it. The paper reports this "
         f"method's numbers on {t['dataset']} only ({t['model']}, {t['metric']} "
         f"{' / '.join(map(fmt, t['before']))} → {' / '.join(map(fmt, t['after']))} at s = "
         f"{' / '.join(map(fmt, t['scales']))}, its Tab. 2); on MNIST it shows figures (Fig. 6, S5). We test the "
