@@ -21,6 +21,10 @@ from lightning_guidance.study.presets import MICRO
 from lightning_guidance.study.sections import CLAIMS
 
 SECTIONS = ("digits_cg", "digits_calibration", "ece_vs_fd")
+#: a second micro study of its own (135 s of fixture with -n 0 on the loaded 2-core machine): slow. The default run
+#: keeps these sections' end-to-end run in tests/test_study.py's micro study and their statistics' unit tests in
+#: tests/test_best_of_sweep.py
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
