@@ -298,7 +298,7 @@ def test_a_failed_step_is_marked_and_the_other_sections_still_run(tmp_path, monk
     assert report["steps"]["sample-fractal-cg"]["status"] == "blocked"
     bench = report["sections"]["fractal_benchmark"]
     assert bench["status"] == "ok" and "cfg" in bench["numbers"]["methods"] and "cg" not in bench["numbers"]["methods"]
-    assert "CG (linear classifier, x_t)" in bench["numbers"]["methods_failed"]
+    assert "CG of the conditional model (linear classifier)" in bench["numbers"]["methods_failed"]
     # the flows of the classifier-guided sets are blocked; the CFG one still runs
     assert bench["numbers"]["postprocessed_failed"] == ["cg_weak", "cg_large"]
     assert list(bench["numbers"]["postprocessed"]) == ["cfg"]

@@ -17,11 +17,10 @@ def draw_digit_grid(ax, samples: Tensor, labels: Tensor, title: str = "", per_cl
     from torchvision.utils import make_grid
 
     samples, labels = samples.detach().float().cpu(), labels.detach().cpu()
-    grid, width = _rows_by_class(samples, labels, per_class)
+    grid, width, classes = _rows_by_class(samples, labels, per_class)
     pad, (h, w) = 1, samples.shape[-2:]
     picture = make_grid((grid.clamp(-1, 1) + 1) / 2, nrow=width, padding=pad, pad_value=0.5)
     ax.imshow(picture.permute(1, 2, 0).numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    classes = labels.unique(sorted=True).tolist()
     ax.set_yticks([pad + r * (h + pad) + h / 2 - 0.5 for r in range(len(classes))], [str(c) for c in classes],
                   fontsize=6)
     ax.set_xticks([pad + c * (w + pad) + w / 2 - 0.5 for c in range(width)], [str(c + 1) for c in range(width)],
