@@ -206,7 +206,7 @@ def figures(res: SectionResult, products: Products, numbers: dict, table: dict, 
     res.figure(estimate_panels({m: curves(estimates, m) for m in digits.METRICS}, "CFG scale s", reference=floors,
                                index=index),
                "digits_postprocessor.png", "digits: the judge's figures of each set at each CFG scale (95 % intervals, "
-               "value ± 1.96 bootstrap SE; sets shifted apart along s for legibility; dotted: real vs real at the "
+               "value ± z times the bootstrap SE; sets shifted apart along s for legibility; dotted: real vs real at the "
                "same n)")
     res.figure(estimate_panels({f"{m}: set − CFG samples": curves(numbers["vs_before"], m)
                                 for m in ("fd_digits", "kd_digits", "judge_accuracy")}, "CFG scale s", zero=True,
@@ -269,8 +269,8 @@ def analyse(products: Products, res: SectionResult) -> None:
         f"s = {res.numbers['per_scale']} only on as many samples, and each sample's nearest training digit (same "
         "class, pixels: what a flow that only memorised would give). The flows are trained once, on the samples of "
         "the CFG model of training seed 0: every interval (95 %) is over sample ids and real ids "
-        f"({fmt(p.flow_resamples)} draws shared by all sets, so differences are paired), value ± 1.96 bootstrap "
-        "SE (a bootstrap's repeated samples shift a set's distances, so its percentile interval can miss the value); "
+        f"({fmt(p.flow_resamples)} draws shared by all sets, so differences are paired), the value ± z times the "
+        "bootstrap SE (a bootstrap's repeated samples shift a set's distances, so its percentile interval can miss the value); "
         "flow and CFG training noise are not in it. The paper reports this "
         f"method's numbers on {t['dataset']} only ({t['model']}, {t['metric']} "
         f"{' / '.join(map(fmt, t['before']))} → {' / '.join(map(fmt, t['after']))} at s = "
