@@ -78,9 +78,9 @@ def test_knn_recall_by_hand():
 
 
 def test_best_at_equal_wrong_class_rate_keeps_each_methods_best_scale_within_the_budget():
-    """The study's variant comparison (study/fractal_benchmark.py): per method, among its scales whose wrong-class
+    """The study's variant comparison (section 3, the fractal benchmark): per method, among its scales whose wrong-class
     rate is within the budget, the one with the highest mean log-density; methods with no scale inside are left out."""
-    from lightning_guidance.study.fractal_benchmark import best_at_equal_wrong_class_rate
+    from lightning_guidance.toy.exact_scores import best_at_equal_wrong_class_rate
 
     def sc(log_p, wrong):
         return {"mean_log_density": log_p, "wrong_class_fraction": wrong}
@@ -130,3 +130,55 @@ def test_per_sample_scores_average_to_the_table(fractal):
     assert float(rows["log_density"].mean()) == table["mean_log_density"]
     assert float(rows["log_density"].median()) == table["median_log_density"]
     assert float(rows["wrong_class"].mean()) == table["wrong_class_fraction"] > 0
+
+
+def direct_scores(mixture, x, y, reference_per_class, seed, num_projections, p):
+    """The scores computed directly on a point set with torch (sliced_wasserstein, knn_recall, torch's median and
+    variance), drawing the exact reference and the directions in score_samples' order."""
+    from lightning_guidance.toy.exact_scores import knn_recall, per_sample_scores
+
+    rows, g = per_sample_scores(mixture, x, y), torch.Generator().manual_seed(seed)
+    sw, spread, recall = [], [], []
+    for k in (0, 1):
+        mine = x[y == k].double()
+        m = reference_per_class
+        exact = mixture.sample(m, labels=torch.full((m,), k), generator=g)[0].double()
+        sw.append(float(sliced_wasserstein(mine, exact, num_projections, p=p, generator=g)))
+        spread.append(float((mine.var(dim=0).sum() / exact.var(dim=0).sum()).sqrt()))
+        recall.append(float(knn_recall(mine, exact)))
+    return {"mean_log_density": float(rows["log_density"].mean()), "median_log_density":
+            float(rows["log_density"].median()), "wrong_class_fraction": float(rows["wrong_class"].mean()),
+            "sliced_wasserstein": np.mean(sw), "spread": np.mean(spread), "recall": np.mean(recall)}
+
+
+def test_a_resampled_score_is_the_score_of_the_resampled_set(fractal):
+    """ExactScores' statistics (the bootstrap's view of the scores) on resampled ids equal the scores computed
+    directly on the resampled points (same seed: same reference and directions), class by class."""
+    from lightning_guidance.toy.exact_scores import ExactScores
+
+    n = 60
+    x, y = fractal.sample(2 * n, labels=torch.arange(2 * n) % 2, generator=torch.Generator().manual_seed(5))
+    x = x + 0.1 * torch.randn(x.shape, generator=torch.Generator().manual_seed(6))
+    settings = {"reference_per_class": 90, "seed": 3, "num_projections": 16, "p": 1}
+    scores = ExactScores(fractal, x, y, **settings)
+    assert scores.values() == pytest.approx({**direct_scores(fractal, x, y, **settings), "num_samples": 2 * n})
+    rng = np.random.default_rng(0)
+    idx = [rng.integers(0, n, size=(1, n)) for _ in (0, 1)]
+    by_class = [torch.nonzero(y == c)[:, 0][torch.from_numpy(i[0])] for c, i in zip((0, 1), idx)]
+    resampled = torch.cat(by_class)
+    direct = direct_scores(fractal, x[resampled], y[resampled], **settings)
+    for key in ("mean_log_density", "median_log_density", "wrong_class_fraction", "sliced_wasserstein", "spread"):
+        assert float(scores.statistic(key)(*idx)[0]) == pytest.approx(direct[key], rel=1e-12, abs=1e-12), key
+    assert scores.sizes("recall") == (90, 90) and scores.sizes("spread") == (n, n)
+
+
+def test_boundary_path_distance_by_hand():
+    """Two constructed 1D paths of three states: the mean over the states of the signed distance, in units of mu."""
+    from lightning_guidance.toy.mixture1d import boundary_path_distance
+
+    trajectory = torch.tensor([[[0.5], [0.2]], [[-0.1], [0.4]], [[-0.6], [1.0]]])  # (steps + 1, N = 2, 1)
+    labels = torch.tensor([0, 1])  # sample 0 asks for class 0 (x < 0), sample 1 for class 1
+    got = boundary_path_distance(trajectory, labels, mu=0.5)
+    assert got.tolist() == pytest.approx([(-0.5 + 0.1 + 0.6) / 3 / 0.5, (0.2 + 0.4 + 1.0) / 3 / 0.5])
+    with pytest.raises(ValueError, match="trajectory"):
+        boundary_path_distance(trajectory[:, :1], labels, mu=0.5)

@@ -69,6 +69,7 @@ NEUTRAL = {
     "overwrite": "how a stale shard is met (regenerated or refused), not what a shard holds",
     "shard_part": "which shards this task writes, each the same as a single run would",
     "inception_reference": "the test stage's metric",
+    "grade_dir": "where the test stage writes its table (a second judge's folder), not what a shard holds",
     "compile": "how the net runs, not what it computes (the same samples to float rounding: tests/test_compile.py)",
 }
 NEUTRAL_CHANGES = ("--model.init_args.batch_size", "3", "--model.init_args.grid_per_class", "1",

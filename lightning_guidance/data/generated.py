@@ -2,12 +2,13 @@
 rectified-flow post-processor (``RectifiedFlowPostprocessor``).
 
 ``shards`` lists folders of ``shard_*.npz`` (one swept value each, as ``SamplingModule.predict`` writes them) or
-single shard files. Several values make the one-for-all-scales training set of Zhao & Schwing 2025 (App. B): an
-equal mix, each value the same number of samples. The train loader yields ``(x0, label, row)`` batches of generated
-samples (``row`` indexes :attr:`generated`), shuffled by ``EpochShuffleSampler`` (exact resume, split under DDP).
-The real set is the training split of ``real`` (any ``LabeledDataModule``). The predict loader yields the shard
-files of ``predict_shards`` (folders or files, any guidance and swept value), one path per item: the post-processor
-writes one output shard per input shard (under DDP each rank takes whole shards).
+single shard files (empty for a predict-only use, which gives ``predict_shards``). Several values make the
+one-for-all-scales training set of Zhao & Schwing 2025 (App. B): an equal mix, each value the same number of samples.
+The train loader yields ``(x0, label, row)`` batches of generated samples (``row`` indexes :attr:`generated`),
+shuffled by ``EpochShuffleSampler`` (exact resume, split under DDP). The real set is the training split of ``real``
+(any ``LabeledDataModule``). The predict loader yields the shard files of ``predict_shards`` (folders or files, any
+guidance and swept value), one path per item: the post-processor writes one output shard per input shard (under DDP
+each rank takes whole shards).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ class GeneratedShardsDataModule(LabeledDataModule):
     def __init__(self, shards: list[str], real: LabeledDataModule, batch_size: int = 128, seed: int = 0,
                  num_workers: int = 0, equal_mix: bool = True, predict_shards: list[str] | None = None):
         super().__init__(batch_size=batch_size, seed=seed, num_workers=num_workers)
-        if not shards:
+        if not shards and not predict_shards:
             raise ValueError("shards must list at least one folder of sample shards")
         self.shards = [str(s) for s in shards]
         self.real = real
@@ -120,6 +121,8 @@ class GeneratedShardsDataModule(LabeledDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.generated is not None or stage not in (None, "fit"):  # predict reads its own shards
             return
+        if not self.shards:
+            raise ValueError("shards must list at least one folder of sample shards to train on")
         self.real.setup("fit")
         self.real_x, self.real_y = tensors_of(self.real.train_set)
         generated = read_generated(self.shards)

@@ -120,6 +120,30 @@ def reference_sine_boost(abar: Tensor, gamma: float, reference: str = "linear-25
     return torch.as_tensor(np.interp(log_snr, ref_log_snr, factors), dtype=torch.float64).to(abar.device)
 
 
+def boost_per_step(schedule: str, train_steps: int, num_steps: int, gamma: float,
+                   reference: str | None = None) -> Tensor:
+    """The factor the sine boost multiplies ``g`` by at each of ``num_steps`` DDPM steps (sampling order) of the
+    ``schedule`` named as in a config (``cosine``, 1000 training steps): the paper's formula on that schedule
+    (``reference`` None), or the schedule-invariant one that ``OffTheShelfGuidance(sine_reference=reference)``
+    applies (:func:`reference_sine_boost`)."""
+    vp = VPSchedule.from_name(schedule, train_steps)
+    if reference is None:
+        return sine_boost_factors(vp, num_steps, gamma)
+    return reference_sine_boost(ddpm_step_noise(vp, num_steps)[0], gamma, reference)
+
+
+def sine_boost_settings(schedule: str, train_steps: int, num_steps: int, gamma: float,
+                        reference: str = "linear-250") -> dict[str, list[float]]:
+    """The boost per DDPM step in three settings: as ``OffTheShelfGuidance(sine_reference=reference)`` applies it on
+    ``schedule`` with ``num_steps`` steps, as the paper's formula would there, and in the reference's own setting."""
+    kind, ref_train, ref_steps = SINE_REFERENCES[reference]
+    return {f"ours (gamma defined against {reference})":
+            boost_per_step(schedule, train_steps, num_steps, gamma, reference).tolist(),
+            f"paper's formula on ours ({schedule}, {num_steps} steps)":
+            boost_per_step(schedule, train_steps, num_steps, gamma).tolist(),
+            f"EluCD's setting ({kind}, {ref_steps} steps)": boost_per_step(kind, ref_train, ref_steps, gamma).tolist()}
+
+
 @functools.lru_cache(maxsize=32)
 def _reference_table(reference: str, gamma: float) -> tuple[np.ndarray, np.ndarray]:
     """The reference's log SNR per step (increasing along the sampling order) and its boost factor there."""

@@ -1,6 +1,11 @@
 """Figures as PNG files, written atomically: sample pictures (an image grid with one row per class, or a scatter /
 histogram of toy points), calibration over diffusion time with reliability diagrams, metrics against the sweep
-value, and guidance diagnostics along the sampling trajectory."""
+value, and guidance diagnostics along the sampling trajectory.
+
+The report's figures share a few rules, kept here: every curve has its own colour, marker and dash (:func:`style`),
+its 95 % band (:func:`plot_with_band`), labelled axes (:func:`axis_labels`), a legend off the data
+(:func:`legend_outside`), and axes that outliers do not flatten (:func:`fit_axis`: clipped with a note, or symlog).
+"""
 
 from __future__ import annotations
 
@@ -20,6 +25,100 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
+DASHES = ("-", "--", "-.", ":")
+
+
+def style(i: int) -> dict:
+    """Curve ``i``'s ``color``, ``marker`` and ``linestyle``: the 20 colours of tab20 (dark shades first), and markers
+    and dashes cycling at other periods, so no two of the first 20 curves share a colour and neighbours differ in
+    all three."""
+    from matplotlib import colormaps
+
+    k = i % 20
+    return {"color": colormaps["tab20"].colors[2 * k % 20 + k // 10], "marker": MARKERS[i % len(MARKERS)],
+            "linestyle": DASHES[i % len(DASHES)]}
+
+
+def _triples(values) -> tuple[list[float], list[float], list[float]]:
+    """(values, lows, highs) of estimates: objects with ``value/lo/hi``, their JSON dicts, or ``(v, lo, hi)``."""
+    out = []
+    for e in values:
+        if isinstance(e, Mapping):
+            out.append((e["value"], e["lo"], e["hi"]))
+        elif hasattr(e, "lo"):
+            out.append((e.value, e.lo, e.hi))
+        else:
+            v, lo, hi = e
+            out.append((v, lo, hi))
+    return tuple(list(map(float, col)) for col in zip(*out)) if out else ([], [], [])
+
+
+def plot_with_band(ax, x: Sequence[float], estimates, label: str, i: int, band: bool = True, **kwargs):
+    """Curve ``i`` (:func:`style`) through the estimates' values with their 95 % interval as a shaded band (or error
+    bars for fewer than 3 points, or with ``band=False``); returns the line."""
+    v, lo, hi = _triples(estimates)
+    st = {**style(i), "markersize": 4, "linewidth": 1.2, **kwargs}
+    if band and len(x) >= 3:
+        (line,) = ax.plot(x, v, label=label, **st)
+        ax.fill_between(x, lo, hi, color=st["color"], alpha=0.18, linewidth=0)
+        return line
+    err = [[a - b for a, b in zip(v, lo)], [b - a for a, b in zip(v, hi)]]
+    return ax.errorbar(x, v, yerr=err, label=label, capsize=2, **st)
+
+
+def axis_labels(ax, x: str, y: str, title: str = "") -> None:
+    ax.set_xlabel(x, fontsize=8)
+    ax.set_ylabel(y, fontsize=8)
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.tick_params(labelsize=7)
+
+
+def legend_outside(target, fontsize: int = 7, **kwargs):
+    """The legend to the right of an axes, or below a whole figure (its axes' labels, each once): never on data."""
+    if hasattr(target, "get_axes") and not hasattr(target, "plot"):  # a Figure
+        handles: dict = {}
+        for ax in target.get_axes():
+            for h, lab in zip(*ax.get_legend_handles_labels()):
+                handles.setdefault(lab, h)
+        return target.legend(list(handles.values()), list(handles), loc="outside lower center", fontsize=fontsize,
+                             ncols=min(4, max(1, len(handles))), frameon=False, **kwargs)
+    return target.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=fontsize, frameon=False,
+                         borderaxespad=0.0, **kwargs)
+
+
+def fit_axis(ax, values, core: tuple[float, float] = (0.1, 0.9), reach: float = 3.0, axis: str = "y") -> str:
+    """Frame an axis on its data. ``symlog`` when the finite values span more than two decades (the linear range
+    around 0 from the data, so it fills the panel); else, with 10 values or more, points farther than ``reach`` times
+    the spread of the ``core`` quantiles beyond them are left off the axis and counted in its label ("k points off
+    the axis"). Returns ``linear``, ``clipped`` or ``symlog``. Pass the curves' values and band ends only."""
+    import numpy as np
+
+    vals = np.asarray([float(v) for v in np.ravel(values) if v is not None], dtype=float)
+    vals = vals[np.isfinite(vals)]
+    set_scale, set_lim = (ax.set_yscale, ax.set_ylim) if axis == "y" else (ax.set_xscale, ax.set_xlim)
+    label = ax.get_ylabel() if axis == "y" else ax.get_xlabel()
+    set_label = ax.set_ylabel if axis == "y" else ax.set_xlabel
+    mag = np.abs(vals[vals != 0])
+    if len(mag) >= 3 and mag.max() / np.quantile(mag, 0.05) > 100 and np.ptp(vals) > 100 * np.quantile(mag, 0.05):
+        set_scale("symlog", linthresh=float(np.quantile(mag, 0.05)))
+        set_label(f"{label} (symlog)", fontsize=8)
+        return "symlog"
+    if len(vals) < 10:
+        return "linear"
+    lo, hi = np.quantile(vals, core)
+    span = max(hi - lo, 1e-12 * max(abs(hi), 1.0))
+    outside = int(np.sum((vals < lo - reach * span) | (vals > hi + reach * span)))
+    if not outside:
+        return "linear"
+    inside = vals[(vals >= lo - reach * span) & (vals <= hi + reach * span)]
+    pad = 0.08 * max(np.ptp(inside), span)
+    set_lim(inside.min() - pad, inside.max() + pad)
+    set_label(f"{label} ({outside} point{'s' * (outside != 1)} off the axis)", fontsize=8)
+    return "clipped"
 
 
 def _save(fig, path: str | Path) -> Path:
@@ -192,3 +291,60 @@ def save_guidance_diagnostics(traces: Mapping[str, Mapping[str, Sequence[float]]
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path)
+
+
+def band_panels(panels: Sequence[tuple[str, Sequence[tuple[str, Sequence[float], Sequence]]]], xlabel: str,
+                ylabel: str, zero_line: bool = True, width: float = 4.2, height: float = 3.0):
+    """A figure with one panel per ``(title, curves)``, each curve ``(label, x, estimates)`` drawn with its 95 % band
+    (:func:`plot_with_band`; error bars, nudged apart along x, where a curve has fewer than three points), a dotted
+    line at 0 (``zero_line``: the curves are differences), axes framed on the bands (:func:`fit_axis`) and one legend
+    below the panels; a label keeps one style in every panel, and no two labels share one."""
+    fig, axes = pyplot().subplots(1, len(panels), figsize=(width * len(panels), height), squeeze=False)
+    styles: dict[str, int] = {}
+    for ax, (title, curves) in zip(axes[0], panels):
+        xs = sorted({float(x) for _, x, _ in curves for x in x})
+        nudge = 0.012 * (xs[-1] - xs[0] if len(xs) > 1 else 1.0)
+        seen = []
+        for k, (label, x, est) in enumerate(curves):
+            shift = (k - (len(curves) - 1) / 2) * nudge if len(x) < 3 else 0.0
+            plot_with_band(ax, [float(v) + shift for v in x], est, label, styles.setdefault(label, len(styles)))
+            seen += [v for lo_hi in _triples(est)[1:] for v in lo_hi]
+        if zero_line:
+            ax.axhline(0.0, color="0.5", lw=0.8, ls=":")
+        axis_labels(ax, xlabel, ylabel, title)
+        fit_axis(ax, seen)
+    legend_outside(fig, fontsize=6)
+    return fig
+
+
+def lines_figure(curves: Mapping[str, Sequence[float]], xlabel: str, ylabel: str, title: str = "", log: bool = False):
+    """Curves of values over a shared progress axis ``(k + 0.5) / len`` (curves of different lengths side by side),
+    each in its own style, legend off the data."""
+    fig, ax = pyplot().subplots(figsize=(5.2, 3.0))
+    for i, (label, ys) in enumerate(curves.items()):
+        st = style(i)
+        ax.plot([(k + 0.5) / len(ys) for k in range(len(ys))], ys, label=label, color=st["color"], lw=1,
+                linestyle=st["linestyle"], marker=st["marker"], markersize=2 if len(ys) > 60 else 3)
+    if log:
+        ax.set_yscale("log")
+    axis_labels(ax, xlabel, ylabel, title)
+    legend_outside(ax, fontsize=6)
+    return fig
+
+
+def interval_scatter(groups: Mapping[str, Sequence[tuple]], xlabel: str, ylabel: str, title: str = ""):
+    """One marker style per group of points ``(x estimate, y estimate, note)`` (estimates as for
+    :func:`plot_with_band`), each with its 95 % error bars on both axes and its note (if any) beside it."""
+    fig, ax = pyplot().subplots(figsize=(5.2, 3.6))
+    for i, (label, points) in enumerate(groups.items()):
+        (x, xlo, xhi), (y, ylo, yhi) = (_triples([p[k] for p in points]) for k in (0, 1))
+        st = style(i)
+        ax.errorbar(x, y, xerr=[[a - b for a, b in zip(x, xlo)], [b - a for a, b in zip(x, xhi)]],
+                    yerr=[[a - b for a, b in zip(y, ylo)], [b - a for a, b in zip(y, yhi)]], fmt=st["marker"],
+                    color=st["color"], ms=5, capsize=2, lw=0.8, label=label)
+        for xi, yi, (*_, note) in zip(x, y, points):
+            if note:
+                ax.annotate(note, (xi, yi), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    axis_labels(ax, xlabel, ylabel, title)
+    legend_outside(ax, fontsize=7)
+    return fig

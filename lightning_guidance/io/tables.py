@@ -3,10 +3,26 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from .atomic import atomic_write_text
+
+
+def fmt(value, digits: int = 4) -> str:
+    """One way to print a number everywhere (reports and their tests): ``g`` format with ``digits`` significant
+    digits; ``—`` for None."""
+    if value is None:
+        return "—"
+    if isinstance(value, (bool, int)):
+        return str(value)
+    v = float(value)
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return f"{v:.{digits}g}"
 
 
 def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

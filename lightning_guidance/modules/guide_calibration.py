@@ -3,9 +3,14 @@
 ``test`` on real data (the datamodule's test split; ``num_samples``: its first sample ids only): each image is
 noised to the centre of each of ``num_buckets`` equal time buckets of [0, 1] with its own noise, as a classifier's
 own validation does (:class:`~..metrics.classifier_calibration.ClassifierCalibration`), then read as the term reads
-it: ``x_t`` at ``t``, or for an ``input: x0_hat`` term the diffusion model's denoised ``x0_hat`` (CFG scale 1,
-as the term reads it: clamped where the model clamps, or as the term's ``clip_x0`` forces). Binned ECE per bucket and their mean, the integral ECE ``(1/K) sum_k ECE(t_k)``
-(EluCD, Ma et al.; docs/math.md §3), go to ``<output_dir>/guide_calibration.json``.
+it: ``x_t`` at ``t``, or for an ``input: x0_hat`` term the diffusion model's denoised ``x0_hat`` given the null
+class (the unconditional prediction: the true label is never fed, or ``x0_hat`` would carry the answer the classifier
+is graded on), clamped where the model clamps, or as the term's ``clip_x0`` forces. Binned ECE per bucket and their
+mean, the integral ECE ``(1/K) sum_k ECE(t_k)`` (EluCD, Ma et al.; docs/math.md §3), go to
+``<output_dir>/guide_calibration.json``; each image's logits per bucket (``ids``, ``labels``, ``logits`` (N, K, C),
+sorted by id) to ``<output_dir>/guide_logits.npz``, from which any subset of images (a bootstrap) or a temperature
+``T`` (``logits / T``: the same classifier with ``TrainedClassifier(temperature=T)``) gives its figures again
+(``metrics.calibration_intervals``).
 """
 
 from __future__ import annotations
@@ -14,19 +19,45 @@ import json
 from pathlib import Path
 
 import lightning as L
+import numpy as np
+import torch
 from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.utilities.data import dim_zero_cat
 
 from ..calibration.ece import time_buckets
 from ..data.rank_split import LoaderBatchIds
 from ..diffusion.sampling import build_denoiser
 from ..guidance.log_likelihood import ClassifierTerm
 from ..guidance.sweep import describe_term
-from ..io.atomic import atomic_write_text
+from ..io.atomic import atomic_write, atomic_write_text
 from ..io.digests import file_identity
 from ..metrics.classifier_calibration import ClassifierCalibration
 from .cfg_diffusion import CFGDiffusion
 
 PRODUCT = "guide_calibration.json"
+LOGITS = "guide_logits.npz"
+
+
+class PerImageLogits(Metric):
+    """Each image's id, label and logits per bucket (``cat`` states: gathered across ranks); ``compute`` sorts by id."""
+
+    full_state_update = False
+
+    def __init__(self):
+        super().__init__()
+        for name in ("ids", "labels", "logits"):
+            self.add_state(name, [], dist_reduce_fx="cat")
+
+    def update(self, ids: Tensor, labels: Tensor, logits: Tensor) -> None:
+        self.ids.append(ids.long())
+        self.labels.append(labels.long())
+        self.logits.append(logits.detach().float())
+
+    def compute(self) -> dict[str, np.ndarray]:
+        out = {n: dim_zero_cat(getattr(self, n)).cpu().numpy() for n in ("ids", "labels", "logits")}
+        order = np.argsort(out["ids"], kind="stable")
+        return {k: v[order] for k, v in out.items()}
 
 
 class GuideCalibration(L.LightningModule):
@@ -54,24 +85,31 @@ class GuideCalibration(L.LightningModule):
         self.term, self.classifier = term, term.classifier  # registered: it moves to the device with this module
         self.diffusion = CFGDiffusion.from_checkpoint(checkpoint, use_ema=use_ema).requires_grad_(False)
         self.calibration = ClassifierCalibration(time_buckets((0.0, 1.0), num_buckets), n_bins=n_bins, seed=seed)
+        self.per_image = PerImageLogits()
         self._batch_ids = LoaderBatchIds()
 
-    def reader(self, labels: Tensor):
-        """``(x_t, t) -> logits``: the classifier on what the term reads at ``x_t``."""
+    def reader(self, seen: list[Tensor]):
+        """``(x_t, t) -> logits``: the classifier on what the term reads at ``x_t`` (``x0_hat``: denoised with the
+        null class); each call's logits are appended to ``seen`` (one entry per bucket, in bucket order)."""
         term, schedule = self.term, self.diffusion.schedule
-        if term.input == "x_t":
-            return term.classifier
-        denoiser = build_denoiser(self.diffusion)  # the conditional model (CFG scale 1), clipped as the model clips
+        denoiser = build_denoiser(self.diffusion)  # CFG scale 1 of the null class below: eps_u, clipped as the model clips
 
         def read(x_t: Tensor, t: Tensor) -> Tensor:
-            abar = schedule.abar((t.double() * (schedule.num_train_steps - 1)).round()).to(x_t)
-            return term.classifier(term.x0_input(denoiser(x_t, t, abar, labels).x0), None)
+            if term.input == "x_t":
+                logits = term.classifier(x_t, t)
+            else:
+                abar = schedule.abar((t.double() * (schedule.num_train_steps - 1)).round()).to(x_t)
+                null = torch.full((len(x_t),), self.diffusion.num_classes, dtype=torch.long, device=x_t.device)
+                logits = term.classifier(term.x0_input(denoiser(x_t, t, abar, null).x0), None)
+            seen.append(logits)
+            return logits
 
         return read
 
     def on_test_epoch_start(self) -> None:
         self._batch_ids.reset()
         self.calibration.to(self.device).reset()
+        self.per_image.to(self.device).reset()
 
     def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         x0, y = batch[0], batch[1]
@@ -79,11 +117,15 @@ class GuideCalibration(L.LightningModule):
         if self.hparams.num_samples is not None:
             keep = keep & (ids < self.hparams.num_samples)
         ids, keep = ids[keep].to(y.device), keep.to(y.device)
-        self.calibration.update(self.reader(y[keep]), self.diffusion.schedule, x0[keep], y[keep], ids)
+        seen: list[Tensor] = []
+        self.calibration.update(self.reader(seen), self.diffusion.schedule, x0[keep], y[keep], ids)
+        if seen:
+            self.per_image.update(ids, y[keep], torch.stack(seen, dim=1))
 
     def on_test_epoch_end(self) -> None:
         figures = self.calibration.compute()  # collective
         count = self.calibration.bin_statistics()[0]
+        per_image = self.per_image.compute()  # collective
         self.log("test/integral_ece", figures["ece"], sync_dist=True)
         if not self.trainer.is_global_zero:
             return
@@ -94,4 +136,5 @@ class GuideCalibration(L.LightningModule):
                   "smooth_ece": figures["smooth_ece"], "num_samples": int(count[0].sum()),
                   "n_bins": self.hparams.n_bins, "seed": self.hparams.seed, "term": describe_term(self.term),
                   "checkpoint": file_identity(self.hparams.checkpoint)}
+        atomic_write(out / LOGITS, lambda tmp: np.savez(tmp, **per_image), suffix=".npz")
         atomic_write_text(out / PRODUCT, json.dumps(result, indent=2))

@@ -21,7 +21,8 @@ accuracy and score, and Inception FID when ``inception_weights`` names a local f
 JudgeGrading`, which ``GradeSamples`` shares: that module grades a folder from its manifest alone). Rank 0 writes
 ``<output_dir>/metrics_table.{json,md}`` (one row per sweep value, a reference row: the judge on the real data, and
 the real-vs-real floor), which the study report quotes, and beside it ``sample_products/<group>.npz``: what the judge
-saw of each sample, for bootstraps (``io.sample_products``).
+saw of each sample, for bootstraps (``io.sample_products``); both go to ``grade_dir`` instead when it is set (a second
+judge grading the same shards).
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ class SamplingModule(JudgeGrading, L.LightningModule):
         pretrained: options of a diffusers model folder (:class:`~.pretrained_diffusion.PretrainedOptions`).
         compile: sample with ``torch.compile`` of the denoiser (equal samples to float rounding; a first compile per
             batch shape). Off by default.
+        grade_dir: where ``test`` writes its table and per-sample products (default: ``output_dir``): a second
+            judge grading the same shards writes beside the first's, not over it.
     """
 
     def __init__(self, checkpoint: str, output_dir: str | None = None, sampler: str = "ddim",
@@ -94,7 +97,7 @@ class SamplingModule(JudgeGrading, L.LightningModule):
                  inception_weights: str | None = None, overwrite: bool = False,
                  shard_part: tuple[int, int] | None = None, save_trajectory: bool = False,
                  pretrained: PretrainedOptions | None = None, inception_reference: str | None = None,
-                 compile: bool = False):
+                 compile: bool = False, grade_dir: str | None = None):
         super().__init__()
         if shard_part is not None and not (len(shard_part) == 2 and 0 <= int(shard_part[0]) < int(shard_part[1])):
             raise ValueError(f"shard_part must be [i, k] with 0 <= i < k (this job samples shards i, i + k, ...), "
@@ -155,6 +158,12 @@ class SamplingModule(JudgeGrading, L.LightningModule):
 
     def folder(self, value: float) -> Path:
         return self.output_dir / self.sweep.folder(value)
+
+    @property
+    def grade_dir(self) -> Path:
+        """Where ``test`` writes its table and per-sample products: ``grade_dir`` if given (a second judge grading the
+        same shards), else ``output_dir``, beside the shards."""
+        return Path(self.hparams.grade_dir) if self.hparams.get("grade_dir") else self.output_dir
 
     # ---- predict: the shards ---------------------------------------------------------------------------
     def predict_dataloader(self) -> DataLoader:
@@ -228,5 +237,5 @@ class SamplingModule(JudgeGrading, L.LightningModule):
         folders = [SampleFolder(v, self.folder(v), config_hash(self.shard_config(v)), self.shard_config(v),
                                 describe_config(self.shard_config(v))) for v in self.sweep.values]
         # a latent model's shards hold decoded images
-        self.start_grading(folders, self.num_samples, self.sweep.target, self.output_dir,
+        self.start_grading(folders, self.num_samples, self.sweep.target, self.grade_dir,
                            getattr(self.diffusion, "image_shape", self.diffusion.data_shape))

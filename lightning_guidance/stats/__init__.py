@@ -9,14 +9,19 @@ from .bootstrap import (
     bootstrap,
     hierarchical_bootstrap,
     mean_statistic,
+    normal_interval,
     paired,
     paired_bootstrap,
     resample,
     unpaired_bootstrap,
 )
+from .estimate import ESTIMATE_METHODS, Estimate, difference
 from .verdict import VERDICTS, effect_size, samples_needed, verdict
 
 __all__ = [
+    "ESTIMATE_METHODS",
+    "Estimate",
+    "difference",
     "HIERARCHICAL_METHODS",
     "METHODS",
     "VERDICTS",
@@ -25,6 +30,7 @@ __all__ = [
     "effect_size",
     "hierarchical_bootstrap",
     "mean_statistic",
+    "normal_interval",
     "paired",
     "paired_bootstrap",
     "resample",

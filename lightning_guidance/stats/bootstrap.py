@@ -88,6 +88,19 @@ def _interval(estimate: float, replicates: np.ndarray, level: float, method: str
                     len(replicates), method)
 
 
+def normal_interval(interval: Interval) -> Interval:
+    """``estimate ± z SE``, ``SE`` the bootstrap replicates' spread (the normal bootstrap interval, Efron & Tibshirani
+    1993, §13.2): the interval of a set-level figure (a Fréchet or kernel distance, a binned ECE, a classifier score)
+    and of a paired difference of two. A resample repeats samples, and a figure of a set with repeats is shifted (a
+    Fréchet distance grows), so the replicates sit off the estimate and the percentile interval can miss it; the
+    spread is still the noise's. A ``seed_t`` interval (several training seeds) is centred already: returned as is."""
+    if interval.method == "seed_t":
+        return interval
+    half = normal_quantile((1 + interval.level) / 2) * interval.standard_error
+    return Interval(interval.estimate, interval.estimate - half, interval.estimate + half, interval.level,
+                    interval.standard_error, interval.num_resamples, "normal")
+
+
 def resample(rng: np.random.Generator, sizes: Sequence[int], count: int | None = None) -> tuple[np.ndarray, ...]:
     """One index array per axis, drawn with replacement (``(count, n)`` arrays when ``count`` is given)."""
     shape = (lambda n: (n,)) if count is None else (lambda n: (count, n))

@@ -108,8 +108,10 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sections", nargs="+", help=f"run only these sections: {', '.join(KEYS)}")
     parser.add_argument("--name", help="run folder runs/<name> (default: study-<preset>)")
     parser.add_argument("--jobs", type=int, help="steps run at once (default: 2, or 1 with one CPU)")
-    parser.add_argument("--threads", type=int, help="CPU threads per step (default: CPUs / jobs; oversubscribed "
-                        "OpenMP threads slow a loaded CPU many times over)")
+    parser.add_argument("--threads", type=int, help="CPU threads per step: the preset's (threads_per_step); training "
+                        "differs with the thread count, so another count is refused unless --allow-other-threads")
+    parser.add_argument("--allow-other-threads", action="store_true", help="run with --threads other than the "
+                        "preset's; the report's header names it as a different run (its numbers are another draw)")
     parser.add_argument("--launcher", choices=("local", "slurm"), default="local",
                         help="local: run the steps here; slurm: submit each step as a job, chained by what it reads, "
                         "and a last job that writes the report (resources: the preset's, then the config's slurm:)")
@@ -137,6 +139,21 @@ def without_launcher(argv: list[str]) -> list[str]:
         elif not arg.startswith("--launcher=") and arg != "--status":
             out.append(arg)
     return out
+
+
+def check_threads(preset, threads: int | None, allowed: bool) -> int:
+    """The torch threads of each step: the preset's ``threads_per_step``. Training gives other weights at another
+    thread count (docs/results/README.md, "Thread count"), so a run at another count is another draw of the
+    experiment: refused in one line unless ``allowed`` (then the report's header names it)."""
+    if threads is None or threads == preset.threads_per_step:
+        return preset.threads_per_step
+    if threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
+    if not allowed:
+        raise ValueError(f"--threads {threads}: the {preset.name} preset runs {preset.threads_per_step} thread(s) per "
+                         "step, and training differs with the thread count; --jobs sets how many steps run side by "
+                         "side. Add --allow-other-threads to make a different run (its report says so)")
+    return threads
 
 
 def main(argv: list[str] | None = None, run_in_process=None) -> int:
@@ -179,6 +196,7 @@ def _study(ns, argv, run_in_process, attempt: Attempt) -> int:
     study = load_study_file(ns.config)
     preset = get_preset(ns.preset or study.get("preset", "tiny"))
     sections = choose(ns.sections or study.get("sections"))
+    threads = check_threads(preset, ns.threads, ns.allow_other_threads or ns.report_only)
     missing = preset.missing_data()
     if missing:
         raise FileNotFoundError(f"the {preset.name} preset reads {', '.join(missing)}, which "
@@ -211,7 +229,6 @@ def _study(ns, argv, run_in_process, attempt: Attempt) -> int:
 
 def _locked(ns, argv, run_in_process, attempt, study, preset, sections, run_dir, plan, lock_fd) -> int:
     jobs = ns.jobs or study.get("jobs") or (2 if (os.cpu_count() or 1) > 1 else 1)
-    threads = ns.threads or max(1, (os.cpu_count() or 1) // jobs)
     import torch
 
     threads_before = torch.get_num_threads()
@@ -290,7 +307,7 @@ def _run(ns, study, preset, sections, run_dir, plan, jobs, threads, run_in_proce
                              **({"exit": "interrupted", "interrupted_in": "steps"} if runner.interrupted is not None
                                 else {"exit": "failed" if failed else "ok"})})
     if ns.publish:
-        from .report import publish
+        from ..launch.provenance import publish
 
         console.print(f"published: {publish(run_dir, Path(ns.publish))}")
     failed_sections = [k for k, v in report["sections"].items() if v["status"] == "failed"]

@@ -1,29 +1,33 @@
 """The steps and readers that the image sections (4 to 9) share: scikit-learn's 8x8 digits, or MNIST / CIFAR-10 in the
 ``full`` presets.
 
-Every guided sampling run (:class:`Run`, all declared in :func:`runs`) is a ``predict`` of
-``configs/digits/sampling.yaml`` (with a ``configs/guidance/`` file) and a ``test`` of its shards with
-``configs/digits/grade_with_judge.yaml``; the sections read the ``metrics_table.json`` each test wrote
-(:func:`read_tables`). The models they sample from are
-trained once: the judge, the CFG model, the noisy and the clean classifier.
+Every guided sampling run (:class:`Run`, all declared in :func:`runs`) is, for each training seed of the preset, a
+``predict`` of ``configs/digits/sampling.yaml`` (with a ``configs/guidance/`` file) from that seed's models and a
+``test`` of its shards with ``configs/digits/grade_with_judge.yaml``. The models a claim rests on (the CFG model, the
+noisy and the clean classifier) are trained once per training seed; the judge is an instrument, trained once. The
+sections read what each test wrote (:func:`graded`): the ``metrics_table.json`` and the per-sample products, from
+which every figure gets its 95 % interval over sample ids and training seeds (:func:`estimate`), and two runs or
+values are compared paired, on the same sample ids and seeds (:func:`contrast`).
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .plan import DELETE, SWEEP_VALUES, Plan, guide_checkpoint, term
+from ..metrics.graded import Graded, contrast, estimate, half_ids, read_table, table_of  # noqa: F401
+from ..stats import Estimate
+from .plan import DELETE, SWEEP_VALUES, Plan, guide_checkpoint, seeded, term
 from .section import Products, fmt, md_table
 
 TERM0 = term(0)
-METRICS = ("fd_digits", "precision", "recall", "judge_accuracy")
+METRICS = ("fd_digits", "kd_digits", "precision", "recall", "judge_accuracy", "judge_score")  # with intervals
 #: EluCD's DDPM reference settings (app. C): every ablation changes one of them
 REFERENCE = {"tau1": 1.0, "tau2": 0.5, "gamma": 0.3}
 DATA = "scikit-learn's 8x8 digits (embedded; the full presets: MNIST or CIFAR-10 under data/)"
 SAMPLING = "digits/sampling.yaml"  # the sampling skeleton every run starts from (CFG alone)
-SIZES = ("digits_train_steps", "digits_judge_steps", "digits_model_channels", "digits_samples_per_class",
+SIZES = ("training_seeds", "digits_train_steps", "digits_judge_steps", "digits_model_channels",
+         "digits_samples_per_class",
          "digits_ddim_steps", "digits_ddpm_steps", "dataset", "accelerator")
 
 
@@ -64,42 +68,50 @@ class Run:
     classifier: str | None = None  # the fit step of its guide (None: CFG only)
     edits: dict = field(default_factory=dict)
     ddpm: bool = True
+    seeds: tuple[int, ...] | None = None  # only these training seeds (default: the preset's)
 
     @property
     def sample(self) -> str:
+        """Its predict step at training seed 0 (seed s: ``seeded(run.sample, s)``)."""
         return f"sample-digits-{self.key}"
 
     @property
     def grade(self) -> str:
         return f"grade-digits-{self.key}"
 
+    def training_seeds(self, p) -> tuple[int, ...]:
+        return tuple(s for s in p.training_seeds if self.seeds is None or s in self.seeds)
 
-def offtheshelf_key(tau2: float, gamma: float, through: bool) -> str:
-    return f"ots-tau{tau2:g}-gamma{gamma:g}" + ("-through" if through else "")
+    def grades(self, p, by: str = "") -> list[str]:
+        """Its test steps, one per training seed of the run (``by``: those of another judge, Plan.grade)."""
+        return [seeded(self.grade.replace("grade-", f"grade-{by}-") if by else self.grade, s)
+                for s in self.training_seeds(p)]
+
+
+def offtheshelf_key(tau2: float, gamma: float) -> str:
+    return f"ots-tau{tau2:g}-gamma{gamma:g}"
 
 
 def runs(p) -> dict[str, Run]:
     """Every sampling run of the image sections, in report order."""
-    guided = sorted({*p.cg_scales, p.ablation_scale})
+    sweep = sorted(p.cg_scales)
+    guided = [s for s in sweep if s > 0]  # the unguided baseline (0) is sampled by the plain CG runs only
+    noisy, clean = with_guidance("cg"), with_guidance("offtheshelf")
     out = [Run("cfg", "CFG", "digits_cfg", SAMPLING, p.cfg_fine_scales, ddpm=False),
-           Run("cg-noisy", "CG, noisy classifier on x_t", "digits_cg", with_guidance("cg"), guided,
-               "digits-classifier"),
-           Run("cg-clean", "CG, clean classifier on x0_hat", "digits_cg", with_guidance("offtheshelf"), guided,
-               "digits-clean", {f"{TERM0}.init_args.tau2": 1.0, f"{TERM0}.init_args.sine_gamma": 0.0})]
+           Run("cg-noisy", "CG, noisy classifier on x_t", "digits_cg", noisy, sweep, "digits-classifier"),
+           Run("cg-clean", "CG, clean classifier on x0_hat", "digits_cg", clean, sweep, "digits-clean",
+               {f"{TERM0}.init_args.tau2": 1.0, f"{TERM0}.init_args.sine_gamma": 0.0})]
     tau, gamma = REFERENCE["tau2"], REFERENCE["gamma"]
-    for tau2, g, through in [*((t, gamma, False) for t in p.tau_ratios), *((tau, g, False) for g in p.sine_gammas),
-                             (tau, gamma, True)]:
-        out.append(Run(offtheshelf_key(tau2, g, through), f"off-the-shelf, tau2/tau1={tau2:g}, gamma={g:g}"
-                       + (", through the denoiser" if through else ""), "digits_cg", with_guidance("offtheshelf"),
-                       [p.ablation_scale], "digits-clean", {f"{TERM0}.init_args.tau2": tau2,
-                                                            f"{TERM0}.init_args.sine_gamma": g,
-                                                            f"{TERM0}.init_args.through_denoiser": through}))
+    for tau2, g in [*((t, gamma) for t in p.tau_ratios), *((tau, g) for g in p.sine_gammas)]:
+        out.append(Run(offtheshelf_key(tau2, g), f"off-the-shelf, tau2/tau1={tau2:g}, gamma={g:g}", "digits_cg", clean,
+                       guided, "digits-clean", {f"{TERM0}.init_args.tau2": tau2, f"{TERM0}.init_args.sine_gamma": g,
+                                                f"{TERM0}.init_args.sine_reference": "linear-250"}))
     out += [Run("cfg-plus-cg", "CFG + clean classifier", "digits_cg", with_guidance("cfg_plus_cg"),
                 p.cfg_plus_cg_scales, "digits-clean", ddpm=False),
-            Run("cg-calibrated", "CG, Smooth-ECE fine-tuned classifier", "digits_calibration", with_guidance("cg"),
-                guided, "digits-calibrated"),
-            Run("cg-lambda0", "CG, fine-tuned with lambda = 0 (control)", "digits_calibration",
-                with_guidance("cg"), guided, "digits-calibrated-lambda0"),
+            Run("cg-calibrated", "CG, Smooth-ECE fine-tuned classifier", "digits_calibration", noisy, guided,
+                "digits-calibrated"),
+            Run("cg-lambda0", "CG, fine-tuned with lambda = 0 (control)", "digits_calibration", noisy, guided,
+                "digits-calibrated-lambda0"),
             Run("tilted", "tilted (clean classifier)", "digits_calibration", with_guidance("tilted"), guided,
                 "digits-clean"),
             Run("entropy", "entropy-adaptive (clean classifier)", "digits_calibration", with_guidance("entropy"),
@@ -107,8 +119,9 @@ def runs(p) -> dict[str, Run]:
     out += [Run(f"divergence-{d}", f"f-divergence {d} (clean classifier)", "digits_calibration",
                 with_guidance("divergence"), guided, "digits-clean", {f"{TERM0}.init_args.divergence": d})
             for d in p.divergences]
-    out.append(Run("flow-unseen", "CFG at unseen scales, before the post-processor", "digits_postprocessor",
-                   SAMPLING, p.flow_unseen_scales, ddpm=False))
+    out += [Run(f"cg-T{t:g}", f"CG, noisy classifier at temperature {t:g}", "ece_vs_fd", noisy, guided,
+                "digits-classifier", {f"{TERM0}.init_args.classifier.init_args.temperature": float(t)}, seeds=(0,))
+            for t in p.temperatures]
     found: dict[str, Run] = {}
     for r in out:  # an ablation at the reference settings is listed once, where it comes first
         found.setdefault(r.key, r)
@@ -125,67 +138,104 @@ def plan_base(plan: Plan) -> None:
     p = plan.preset
     fit_data = image_edits(p, "fit")
     plan.fit("digits-judge", "digits/judge.yaml", "digits/judge", p.digits_judge_steps, fit_data)
-    plan.fit("digits-cfg", "digits/cfg.yaml", "digits/cfg", p.digits_train_steps,
-             {**fit_data, "model.init_args.net.init_args.model_channels": p.digits_model_channels,
-              "trainer.callbacks[SampleGrid]": DELETE})
-    plan_run(plan, runs(p)["cfg"])
+    for seed in p.training_seeds:
+        plan.fit("digits-cfg", "digits/cfg.yaml", "digits/cfg", p.digits_train_steps,
+                 {**fit_data, "model.init_args.net.init_args.model_channels": p.digits_model_channels,
+                  "trainer.callbacks[SampleGrid]": DELETE}, seed=seed)
+    plan_run(plan, runs(p)["cfg"], p.cfg_samples_per_class)
 
 
 def plan_classifiers(plan: Plan) -> None:
     """The noisy classifier (on x_t) and its clean twin (on x0_hat), and the runs guided by each."""
     p = plan.preset
     edits = {**image_edits(p, "fit"), "model.init_args.net.init_args.model_channels": p.digits_model_channels}
-    plan.fit("digits-classifier", "digits/classifier.yaml", "digits/classifier", p.digits_classifier_steps, edits)
-    plan.fit("digits-clean", "digits/clean_classifier.yaml", "digits/clean_classifier", p.digits_clean_steps, edits)
+    for seed in p.training_seeds:
+        plan.fit("digits-classifier", "digits/classifier.yaml", "digits/classifier", p.digits_classifier_steps, edits,
+                 seed=seed)
+        plan.fit("digits-clean", "digits/clean_classifier.yaml", "digits/clean_classifier", p.digits_clean_steps,
+                 edits, seed=seed)
     for key in ("cg-noisy", "cg-clean"):
         plan_run(plan, runs(p)[key])
 
 
-def plan_run(plan: Plan, r: Run) -> None:
-    """The run's ``predict`` and the ``test`` that grades its shards with the judge."""
+def plan_run(plan: Plan, r: Run, samples_per_class: int | None = None, seeds: tuple[int, ...] | None = None) -> None:
+    """The run's ``predict`` and the ``test`` that grades its shards with the judge, for each training seed (``seeds``:
+    only these): the seed's CFG model and guide (a guide trained once, e.g. a fine-tune without seeds, serves every
+    seed)."""
     p = plan.preset
-    n = p.digits_samples_per_class
+    n = samples_per_class or p.digits_samples_per_class
     e = {SWEEP_VALUES: [float(s) for s in r.scales], "model.init_args.samples_per_class": n,
          "model.init_args.shard_size": 10 * n, "model.init_args.batch_size": 10 * n,
          "model.init_args.sampler": "ddpm" if r.ddpm else "ddim",
          "model.init_args.sampler_kwargs": {"num_steps": p.digits_ddpm_steps} if r.ddpm else
          {"num_steps": p.digits_ddim_steps, "eta": 0.0}}
-    needs = ["digits-cfg"]
-    if r.classifier:
-        e[guide_checkpoint(0)] = plan.product(r.classifier)
-        needs.append(r.classifier)
-    sample = plan.sample(r.sample, r.config, f"digits/samples_{r.key}", "digits-cfg", {**e, **r.edits}, needs)
-    plan.grade(sample, "digits-judge", image_edits(p, "grade"))
+    for seed in r.training_seeds(p) if seeds is None else seeds:
+        needs = ["digits-cfg"]
+        if r.classifier:
+            guide = seeded(r.classifier, seed) if seeded(r.classifier, seed) in plan.steps else r.classifier
+            e[guide_checkpoint(0)] = plan.product(guide)
+            needs.append(guide)
+        sample = plan.sample(r.sample, r.config, f"digits/samples_{r.key}", "digits-cfg", {**e, **r.edits}, needs,
+                             seed=seed)
+        plan.grade(sample, "digits-judge", image_edits(p, "grade"))
 
 
 # ---- reading ------------------------------------------------------------------------------------------------------
-def read_table(path: str | Path) -> dict:
-    """``{"scales": {"2": {metric: value}}, "real": {...}, "fd_name": ...}`` from a test step's metrics_table.json."""
-    table = json.loads(Path(path).read_text())
-    fd = table["fd_name"]
-    out = {"fd_name": fd, "num_samples": table["num_samples_per_value"], "scales": {}}
-    for row in table["rows"]:
-        m = row["metrics"]
-        out["scales"][f"{row['value']:g}"] = {"fd_digits" if k == fd else k: float(v) for k, v in m.items()}
-    out["real"] = {("fd_digits" if k == fd else k): float(v) for k, v in table["real"].items()}
-    return out
+def graded(products: Products, r: Run, by: str = "") -> Graded:
+    """The run's grading at every training seed (``by``: another judge's); ``LookupError`` naming a test step that
+    did not finish."""
+    return Graded.read([products.step(name).product for name in r.grades(products.preset, by)])
 
 
-def read_tables(products: Products) -> dict[str, dict]:
-    """The graded table of every run whose grading finished."""
-    tables = {}
-    for k, r in runs(products.preset).items():
-        if products.ok(r.grade):
+class Tables(Mapping):
+    """The table (:func:`table_of`) of each run graded at every training seed, computed when a section first reads
+    it: a section pays for the intervals of its own runs only."""
+
+    def __init__(self, products: Products):
+        self.products, self.runs, self.done = products, runs(products.preset), {}
+
+    def _graded(self, key: str) -> bool:
+        return key in self.runs and all(self.products.ok(n) for n in self.runs[key].grades(self.products.preset))
+
+    def __getitem__(self, key: str) -> dict:
+        if key not in self.done:
+            if not self._graded(key):
+                raise KeyError(key)
             try:
-                tables[k] = read_table(products.step(r.grade).product)
-            except (OSError, KeyError, ValueError):
-                pass
-    return tables
+                self.done[key] = table_of(graded(self.products, self.runs[key]))
+            except (OSError, KeyError, ValueError) as err:
+                raise KeyError(f"{key}: {err}") from None
+        return self.done[key]
+
+    def __iter__(self):
+        return (k for k in self.runs if self._graded(k))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
-def run_table(rs: list[Run], tables: dict[str, dict], scale_name: str = "scale") -> list[str]:
-    rows = [[r.label, s, *(fmt(m.get(k)) for k in METRICS)] for r in rs for s, m in tables[r.key]["scales"].items()]
-    return md_table(["run", scale_name, *METRICS], rows)
+def read_tables(products: Products) -> Tables:
+    """The tables of the runs (:class:`Tables`), one mapping per report."""
+    if "digits_tables" not in products.memo:
+        products.memo["digits_tables"] = Tables(products)
+    return products.memo["digits_tables"]
+
+
+def cell(table: dict, scale: str, metric: str) -> str:
+    """A table figure as the report prints it: with its interval when it has one."""
+    est = table.get("estimates", {}).get(scale, {}).get(metric)
+    return Estimate.from_json(est).text() if est else fmt(table["scales"][scale].get(metric))
+
+
+def run_table(rs: list[Run], tables: dict[str, dict], scale_name: str = "scale",
+              metrics: tuple[str, ...] = METRICS) -> list[str]:
+    """The runs' figures per scale, each with its interval, and a last row: real vs real at the same n (the floor)."""
+    rows = [[r.label, s, *(cell(tables[r.key], s, k) for k in metrics)] for r in rs for s in tables[r.key]["scales"]]
+    floor = tables[rs[0].key].get("real_floor") if rs else None
+    if floor:
+        rows.append([f"real vs real (n = {fmt(floor['num_samples'])})", "—",
+                     *(fmt(floor["metrics"].get(k)) for k in metrics)])
+    return md_table(["run", scale_name, *metrics], rows)
 
 
 def best(table: dict, key: str = "fd_digits", exclude_zero: bool = False) -> tuple[float, float]:
@@ -203,6 +253,6 @@ def best_guided(table: dict) -> float:
     return min(v for s, v in fd(table).items() if s > 0)
 
 
-#: the likely reason of a disagreement measured on this small data, whatever the method
-NOISE = ("small data: 8x8 digits, a few hundred samples per setting and briefly trained models; fd differences of "
-         "this size are within sampling noise")
+#: what limits every digits measurement, whatever the method (a disagreement's context, never a verdict)
+SMALL_DATA = "small data: 8x8 digits, a few hundred samples per setting and briefly trained models"
+NOISE = SMALL_DATA  # the old name, kept until every section reads SMALL_DATA

@@ -1,129 +1,211 @@
 """Section 6: calibration and regularised guidance on digits, mirroring the calibration paper: the noisy classifier
 before and after the Smooth-ECE fine-tune, with a lambda = 0 control (the same fine-tune without the calibration
-term), each used for guidance; tilted, entropy-adaptive and every f-divergence guidance side by side."""
+term), for every training seed; each used for guidance; tilted, entropy-adaptive and every f-divergence guidance side
+by side, each against plain guidance with the same classifier.
+
+The calibration figures are read on held-out images that neither the classifier nor its fine-tune saw (the
+evaluation half of the split the fine-tune trains on the other half of), from each guide's logits per time bucket
+(``metrics.calibration_intervals``); guidance is compared best against best (section 5's helpers). The tilted,
+entropy and divergence forms are our reconstruction from the paper's abstract.
+"""
 
 from __future__ import annotations
 
-import json
-
-from . import digits
-from .digits import NOISE
-from .digits_cg import run_of
-from .section import Claim, Products, Section, SectionResult, fmt, md_table, numbers_of
+from . import digits, digits_cg
+from .digits import SMALL_DATA
+from .digits_cg import CLAIM_RESAMPLES, TABLE_NOTE, compare_table, comparisons, figure, runs_table, section_runs
+from .plan import Step, seeded, step_config
+from .section import Claim, Measurement, Products, Section, SectionResult, fmt, md_table, numbers_of
+from ..stats import Estimate
 
 #: the fine-tunes of the noisy classifier: step -> (label, weight of the Smooth-ECE term)
 FINE_TUNES = {"digits-calibrated": ("Smooth-ECE fine-tune", 1.0),
               "digits-calibrated-lambda0": ("lambda = 0 control", 0.0)}
+CLASSIFIERS = {"digits-classifier": "original", **{k: v for k, (v, _) in FINE_TUNES.items()}}
+ECE_BINS = 10
+RECONSTRUCTED = "tilted, entropy-adaptive and divergence guidance: our reconstruction from the paper's abstract"
+
+
+# ---- planning: the fine-tunes, their guided runs, and each noisy guide's calibration ----------------------------
+def guide_term(step: Step) -> dict:
+    """The guidance term a sampling step's config gives (its classifier's checkpoint included)."""
+    return step_config(step)["model"]["init_args"]["sweep"]["terms"][0]
+
+
+def ece_step(classifier: str, seed: int) -> str:
+    """The step that reads the guide ``classifier`` (a fit step of seed 0) of training seed ``seed`` on x_t."""
+    return f"ece-{seeded(classifier, seed)}"
+
+
+def plan_ece(plan, classifier: str, seed: int) -> None:
+    """The calibration of the noisy guide ``classifier`` of ``seed`` on what it reads (x_t), on held-out images: a
+    ``test`` of configs/digits/guide_calibration.yaml with the term of a CG run (``guide_logits.npz``)."""
+    p = plan.preset
+    sample = plan.steps[seeded(digits.runs(p)["cg-noisy"].sample, seed)]
+    term = guide_term(sample)
+    term["init_args"]["classifier"]["init_args"]["checkpoint"] = plan.product(seeded(classifier, seed))
+    name = ece_step(classifier, seed)
+    out = plan.dir("digits", "ece", name.removeprefix("ece-"))
+    edits = {"trainer.default_root_dir": out, "trainer.accelerator": p.accelerator,
+             "trainer.enable_progress_bar": False, "model.init_args.output_dir": out,
+             "model.init_args.checkpoint": plan.product(seeded("digits-cfg", seed)), "model.init_args.term": term,
+             "model.init_args.num_buckets": p.ece_time_points, "model.init_args.n_bins": ECE_BINS,
+             "model.init_args.num_samples": p.ece_samples, **digits.image_edits(p, "calibrate")}
+    plan.add(Step(name, plan.section, "test", [plan.config("digits/guide_calibration.yaml")], edits,
+                  [seeded("digits-cfg", seed), seeded(classifier, seed)], f"{out}/guide_calibration.json"))
 
 
 def plan(plan) -> None:
     p = plan.preset
     digits.plan_base(plan)
     digits.plan_classifiers(plan)
-    for key, (_, weight) in FINE_TUNES.items():
-        plan.fit(key, "digits/calibrate.yaml", key.replace("digits-", "digits/"), None,
-                 {**digits.image_edits(p, "calibrate"), "trainer.max_epochs": p.calibration_epochs,
-                  "model.init_args.checkpoint": plan.product("digits-classifier"),
-                  "trainer.check_val_every_n_epoch": p.calibration_epochs, "model.init_args.smooth_ece_weight": weight},
-                 needs=["digits-classifier"], product="checkpoints/calibrated_classifier.ckpt")
+    for seed in p.training_seeds:
+        for key, (_, weight) in FINE_TUNES.items():
+            plan.fit(key, "digits/calibrate.yaml", key.replace("digits-", "digits/"), None,
+                     {**digits.image_edits(p, "calibrate"), "trainer.max_epochs": p.calibration_epochs,
+                      "model.init_args.checkpoint": plan.product(seeded("digits-classifier", seed)),
+                      "trainer.check_val_every_n_epoch": p.calibration_epochs,
+                      "model.init_args.smooth_ece_weight": weight},
+                     needs=[seeded("digits-classifier", seed)], product="checkpoints/calibrated_classifier.ckpt",
+                     seed=seed)
     for r in digits.of_section(p, "digits_calibration"):
         digits.plan_run(plan, r)
+    for seed in p.training_seeds:
+        for classifier in CLASSIFIERS:
+            plan_ece(plan, classifier, seed)
+
+
+# ---- reading ----------------------------------------------------------------------------------------------------
+def guide_logits(products: Products, classifier: str, seeds) -> list[dict]:
+    """Per training seed, the held-out logits of the noisy guide ``classifier``."""
+    from pathlib import Path
+
+    from ..metrics.calibration_intervals import read_guide_logits
+
+    return [read_guide_logits(Path(products.step(ece_step(classifier, s)).product).parent / "guide_logits.npz")
+            for s in seeds]
+
+
+def calibration(products: Products) -> dict:
+    """Accuracy and integral ECE of each noisy guide on held-out images, over images and training seeds, and the
+    paired ECE differences of the fine-tune against the original and against the lambda = 0 control."""
+    from ..metrics.calibration_intervals import calibration_interval
+
+    seeds = products.preset.training_seeds
+    logits = {c: guide_logits(products, c, seeds) for c in CLASSIFIERS}
+    n = len(logits["digits-classifier"][0]["labels"])
+
+    def est(per_seed, kind="ece") -> dict:
+        return Estimate.from_interval(calibration_interval(per_seed, kind, num_resamples=CLAIM_RESAMPLES), n,
+                                      len(seeds)).as_json()
+
+    out = {"guides": {CLASSIFIERS[c]: {f: est([(x, None) for x in logits[c]], f) for f in ("acc", "ece")}
+                      for c in CLASSIFIERS}}
+    cal = logits["digits-calibrated"]
+    out["original_minus_calibrated"] = est(list(zip(logits["digits-classifier"], cal)))
+    out["lambda0_minus_calibrated"] = est(list(zip(logits["digits-calibrated-lambda0"], cal)))
+    out.update(images=n, time_buckets=products.preset.ece_time_points, bins=ECE_BINS)
+    return out
+
+
+def texts(divergences) -> dict:
+    """What each comparison's effect is (fd_digits of the first named − of the second, best against best)."""
+    out = {"calibrated": "fd_digits original − Smooth-ECE fine-tuned classifier",
+           "calibrated_control": "fd_digits lambda = 0 control − Smooth-ECE fine-tuned",
+           "tilted": "fd_digits plain − tilted (clean classifier)",
+           "entropy": "fd_digits plain − entropy-adaptive (clean classifier)",
+           "others_vs_js": "fd_digits best other f-divergence − JS"}
+    out.update({f"plain_vs_{d}": f"fd_digits plain − {d}" for d in divergences})
+    out.update({f"{d}_vs_js": f"fd_digits {d} − js" for d in divergences if d != "js"})
+    return out
+
+
+def pairs(divs: list[str]) -> dict:
+    """The comparisons (section 5's ``comparisons``): the fine-tune against the original and the control; each
+    regularised method against plain guidance on its own; JS against each divergence and against the best other."""
+    out = {"calibrated": ("cg-noisy", "cg-calibrated"), "calibrated_control": ("cg-lambda0", "cg-calibrated"),
+           "tilted": ("cg-clean", "tilted"), "entropy": ("cg-clean", "entropy")}
+    out.update({f"plain_vs_{d}": ("cg-clean", f"divergence-{d}") for d in divs})
+    if "js" in divs and len(divs) > 1:
+        out.update({f"{d}_vs_js": (f"divergence-{d}", "divergence-js") for d in divs if d != "js"})
+        out["others_vs_js"] = ([f"divergence-{d}" for d in divs if d != "js"], "divergence-js")
+    return out
 
 
 def analyse(products: Products, res: SectionResult) -> None:
-    from ..io.figures import pyplot
-
-    p, tables = products.preset, digits.read_tables(products)
+    p = products.preset
     want = digits.of_section(p, "digits_calibration")
-    have = [r for r in want if r.key in tables]
-    cal = {}
-    for key in FINE_TUNES:
-        if products.ok(key):
-            info = json.loads((products.step(key).out_dir.parent / "metrics_table.json").read_text())
-            if info.get("before") and info.get("after"):
-                cal[key] = info
-    if not have and not cal:
-        raise LookupError(products.failed_inputs([r.grade for r in want] + list(cal)))
-    res.numbers = {"fine_tune": cal, "runs": {r.key: {"label": r.label, **tables[r.key]} for r in have}}
-    blocks = []
+    runs = section_runs(products, [r.key for r in want])
+    try:
+        cal = calibration(products)
+    except LookupError:
+        cal = None
+    if not runs and cal is None:
+        raise LookupError(products.failed_inputs([g for r in want for g in r.grades(p)]))
+    divs = [d for d in p.divergences if f"divergence-{d}" in runs]
+    compare = comparisons(products, pairs(divs), claimed=("calibrated", "tilted", "entropy", "others_vs_js"))
+    res.numbers = {"calibration": cal, "runs": runs, "compare": compare, "reconstruction": RECONSTRUCTED}
     if cal:
-        first = next(iter(cal.values()))
-        names = [k for k in ("accuracy", "ece", "smooth_ece") if k in first.get("before", {})]
-        rows = [["original", *(fmt(first["before"][k]) for k in names)]]
-        rows += [[label, *(fmt(cal[key]["after"][k]) for k in names)] for key, (label, _) in FINE_TUNES.items()
-                 if key in cal]
-        blocks += ["The noisy classifier on held-out images (ece: integral over its time buckets):", "",
-                   *md_table(["classifier", *names], rows)]
-    guided = [r for r in [digits.runs(p)["cg-noisy"], *have] if r.key in tables]
-    rows = []
-    for r in guided:
-        s, v = digits.best(tables[r.key], exclude_zero=True)
-        rows.append([r.label, fmt(s), fmt(v), fmt(tables[r.key]["scales"][f"{s:g}"]["judge_accuracy"])])
-    blocks += ["Best guided scale of each run:", "", *md_table(["run", "best scale", "fd_digits", "judge accuracy"],
-                                                               rows)]
-    if guided:
-        fig, ax = pyplot().subplots(figsize=(5, 3.2))
-        for r in guided:
-            t = tables[r.key]["scales"]
-            ax.plot([float(s) for s in t], [m["fd_digits"] for m in t.values()], "o-", label=r.label, ms=3)
-        ax.set_xlabel("guidance scale", fontsize=8), ax.set_ylabel("fd_digits", fontsize=8)
-        ax.legend(fontsize=6)
-        res.figure(fig, "digits_calibration_guidance.png", "digits: guidance with the original, calibrated and "
-                                                           "lambda = 0 classifiers, and the regularised variants")
-    res.markdown = [*blocks, *res.markdown, *digits.run_table(guided, tables)]
+        g = cal["guides"]
+        res.markdown += [
+            f"The noisy classifier on {fmt(cal['images'])} held-out images (the fine-tune trains on the other half of "
+            f"the classifier's validation split), noised to the centres of {fmt(cal['time_buckets'])} time buckets: "
+            f"accuracy and integral ECE ({fmt(ECE_BINS)} bins), mean over buckets, [95 %] over images and training "
+            "seeds:", "", *md_table(["classifier", "accuracy", "integral ECE"],
+                                    [[k, *(Estimate.from_json(v[f]).text() for f in ("acc", "ece"))]
+                                     for k, v in g.items()]),
+            "ECE original − fine-tuned: " + Estimate.from_json(cal["original_minus_calibrated"]).text()
+            + "; lambda = 0 control − fine-tuned: " + Estimate.from_json(cal["lambda0_minus_calibrated"]).text()
+            + " (paired: the same images and noise).", ""]
+    if runs:
+        res.markdown += [TABLE_NOTE + " " + RECONSTRUCTED + ".", "", *runs_table(runs)]
+    if compare:
+        res.markdown += compare_table(compare, texts(p.divergences))
+    ref = {**runs, **section_runs(products, ["cg-noisy", "cg-clean"])}
+    figure(res, [("noisy classifier: original, calibrated, control", ref, ["cg-noisy", "cg-calibrated", "cg-lambda0"]),
+                 ("clean classifier: plain and regularised", ref,
+                  ["cg-clean", "tilted", "entropy", *(f"divergence-{d}" for d in divs)])],
+           "digits_calibration_guidance.png", "digits: fd_digits against the guidance scale, paired with the "
+           "unguided samples (95 % bands over sample ids and training seeds), with the original, Smooth-ECE "
+           "fine-tuned and lambda = 0 classifiers, and plain vs regularised guidance with the clean classifier")
 
 
-# ---- claims ---------------------------------------------------------------------------------------------------------
-def c_lowers_ece(n):
-    ft = numbers_of(n, "digits_calibration")["fine_tune"]
-    cal, ctl = ft["digits-calibrated"], ft.get("digits-calibrated-lambda0")
-    text = f"ECE {fmt(cal['before']['ece'])} → {fmt(cal['after']['ece'])} (Smooth-ECE fine-tune)"
-    agree = cal["after"]["ece"] < cal["before"]["ece"]
-    if ctl:
-        text += f", {fmt(ctl['after']['ece'])} with lambda = 0"
-        agree &= cal["after"]["ece"] <= ctl["after"]["ece"]
-    return text, agree
+# ---- claims -----------------------------------------------------------------------------------------------------
+def c_lowers_ece(control: bool):
+    def measure(n) -> Measurement:
+        cal = numbers_of(n, "digits_calibration")["calibration"]
+        if not cal:
+            raise LookupError("the calibration steps did not finish")
+        g = cal["guides"]
+        key = "lambda0_minus_calibrated" if control else "original_minus_calibrated"
+        other = "lambda = 0 control" if control else "original"
+        return Measurement(f"integral ECE on held-out images: {other} {Estimate.from_json(g[other]['ece']).text()}, "
+                           f"fine-tuned {Estimate.from_json(g['Smooth-ECE fine-tune']['ece']).text()}",
+                           Estimate.from_json(cal[key]), +1, "integral ECE difference")
+    return measure
 
 
-def c_calibrated_guidance(n):
-    runs = numbers_of(n, "digits_calibration")["runs"]
-    cal, orig = digits.best_guided(runs["cg-calibrated"]), digits.best_guided(run_of(n, "digits_cg", "cg-noisy"))
-    text = f"best guided fd_digits: calibrated {fmt(cal)}, original {fmt(orig)}"
-    if "cg-lambda0" in runs:
-        text += f", lambda = 0 control {fmt(digits.best_guided(runs['cg-lambda0']))}"
-    return text, cal < orig
-
-
-def c_js_best(n):
-    runs = numbers_of(n, "digits_calibration")["runs"]
-    divs = {k.split("-", 1)[1]: digits.best_guided(r) for k, r in runs.items() if k.startswith("divergence-")}
-    if len(divs) < 2:
-        raise LookupError("fewer than two f-divergences ran")
-    best = min(divs, key=divs.get)
-    return "best guided fd_digits: " + ", ".join(f"{k} {fmt(v)}" for k, v in divs.items()), best == "js"
-
-
-def c_regularised(n):
-    runs = numbers_of(n, "digits_calibration")["runs"]
-    plain = digits.best_guided(run_of(n, "digits_cg", "cg-clean"))
-    reg = {k: digits.best_guided(runs[k]) for k in ("tilted", "entropy") if k in runs}
-    if not reg:
-        raise LookupError("tilted / entropy did not run")
-    return (f"best guided fd_digits: plain {fmt(plain)}, " + ", ".join(f"{k} {fmt(v)}" for k, v in reg.items()),
-            min(reg.values()) < plain)
+def compared(key: str):
+    return digits_cg.compared("digits_calibration", key, texts(()))
 
 
 PAPER = "Javid et al. (calibration)"
 SECTION = Section(
     "digits_calibration", "6. Digits, calibration and regularised guidance", digits.DATA,
-    (*digits.SIZES, "digits_classifier_steps", "digits_clean_steps", "cg_scales", "ablation_scale",
-     "calibration_epochs", "divergences"), plan, analyse, claims=(
+    (*digits.SIZES, "digits_classifier_steps", "digits_clean_steps", "cg_scales", "calibration_epochs",
+     "divergences", "ece_time_points", "ece_samples"), plan, analyse, claims=(
         Claim("calibration_ece", PAPER, "Smooth-ECE fine-tuning lowers the classifier's ECE",
-              "ECE falls, and more than with lambda = 0", c_lowers_ece, "few fine-tuning epochs on a small held-out "
-              "split"),
+              "ECE falls (held-out images)", c_lowers_ece(False), "few fine-tuning epochs on a small held-out split"),
+        Claim("calibration_ece_control", PAPER, "the Smooth-ECE term, not fine-tuning alone, lowers the ECE",
+              "ECE below the same fine-tune with lambda = 0", c_lowers_ece(True),
+              "few fine-tuning epochs on a small held-out split"),
         Claim("calibrated_guidance", PAPER, "guidance with the calibrated classifier gives a better FID than with the "
-              "original", "calibrated < original", c_calibrated_guidance, NOISE),
+              "original", "calibrated better than original (best vs best)", compared("calibrated"), SMALL_DATA),
         Claim("js_best", PAPER, "Jensen-Shannon is the best f-divergence for guidance",
-              "JS lowest FID among the divergences", c_js_best, NOISE),
-        Claim("regularised", PAPER, "regularised (tilted / entropy) guidance beats plain guidance with the same "
-              "classifier", "regularised < plain", c_regularised, NOISE)))
+              "JS better than the best other divergence (best vs best)", compared("others_vs_js"), SMALL_DATA,
+              reconstruction=True),
+        Claim("tilted", PAPER, "tilted guidance beats plain guidance with the same classifier",
+              "tilted better than plain (best vs best)", compared("tilted"), SMALL_DATA, reconstruction=True),
+        Claim("entropy", PAPER, "entropy-adaptive guidance beats plain guidance with the same classifier",
+              "entropy-adaptive better than plain (best vs best)", compared("entropy"), SMALL_DATA,
+              reconstruction=True)))

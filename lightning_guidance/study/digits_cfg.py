@@ -1,62 +1,161 @@
-"""Section 4: classifier-free guidance on digits, a fine sweep of the CFG scale graded by the judge (``fd_digits``,
-precision, recall, judge accuracy)."""
+"""Section 4: classifier-free guidance on digits: the scale sweep of Ho & Salimans (a 0.1 grid over s in [1, 2], where
+the paper's best lies, then coarse to 6), every figure with its 95 % interval over sample ids and training seeds.
+
+The U-shape is judged without selection bias: the best interior scale is chosen on one half of the sample ids
+(``digits.half_ids``: whole blocks of one sample per class) and the differences fd(s = 1) - fd(best) and
+fd(s_max) - fd(best) are measured, paired, on the other half.
+"""
 
 from __future__ import annotations
 
+import numpy as np
+
 from . import digits
-from .section import Claim, Products, Section, SectionResult, fmt, monotone_up, numbers_of
+from .plan import seeded
+from .section import Claim, Measurement, Products, Section, SectionResult, fmt, numbers_of
+from ..stats import Estimate
+
+PAPER = "Ho & Salimans (CFG)"
+SECOND_JUDGE, BY = "digits-judge-conv", "conv"  # configs/digits/judge_conv.yaml: a LeNet-like convnet
+SECOND_METRICS = ("fd_digits", "kd_digits", "judge_accuracy", "judge_score")
+
+
+def plan(plan) -> None:
+    """The shared models and CFG's sweep, and a second judge of another architecture grading the same shards."""
+    p = plan.preset
+    digits.plan_base(plan)
+    plan.fit(SECOND_JUDGE, "digits/judge_conv.yaml", "digits/judge_conv", p.digits_judge_steps,
+             digits.image_edits(p, "fit"))
+    for seed in p.training_seeds:
+        plan.grade(plan.steps[seeded(digits.runs(p)["cfg"].sample, seed)], SECOND_JUDGE,
+                   digits.image_edits(p, "grade"), by=BY)
+
+
+def u_shape(g: digits.Graded, scales: list[str]) -> dict:
+    """The best interior scale on half 0 of the ids (mean fd over seeds), and on half 1 the paired differences
+    fd(s = 1) - fd(best), fd(s_max) - fd(best) and the smaller of the two (all three must be > 0 for a U)."""
+    from ..metrics.intervals import keep_ids
+    from ..metrics.products import quality_from_products
+
+    if "1" not in scales or len(scales) < 3:
+        raise LookupError("the CFG sweep needs s = 1 and at least one scale between it and the largest")
+    n = len(g.products(scales[0])[0]["ids"])
+    choose, measure = digits.half_ids(n, 0), digits.half_ids(n, 1)
+    if not choose or not measure:
+        raise LookupError(f"{n} samples per scale are too few to choose on one half and measure on the other")
+    low, high = "1", scales[-1]
+    interior = [s for s in scales if float(low) < float(s) < float(high)]
+
+    def fd_on_half(s: str) -> float:
+        vals = [quality_from_products(keep_ids(p, choose), real, metrics=["fd_digits"], **g.settings)["fd_digits"]
+                for p, real in zip(g.products(s), g.real())]
+        return sum(vals) / len(vals)
+
+    chosen = {s: fd_on_half(s) for s in interior}
+    best = min(chosen, key=chosen.get)
+    sets = {"low": (g, low), "best": (g, best), "high": (g, high)}
+    out = {"best_scale": float(best), "chosen_on": "sample ids of half 0", "measured_on": "sample ids of half 1",
+           "fd_half0": chosen, "low_scale": float(low), "high_scale": float(high)}
+    combine = {"low_minus_best": lambda v: v["low"] - v["best"], "high_minus_best": lambda v: v["high"] - v["best"],
+               "u_depth": lambda v: np.minimum(v["low"] - v["best"], v["high"] - v["best"])}
+    out.update({k: e.as_json() for k, e in digits.contrast(sets, "fd_digits", combine, ids=measure).items()})
+    return out
+
+
+def figure(res: SectionResult, t: dict, second: dict) -> None:
+    """One panel per figure of the first judge, then the second judge's fd_digits and kd_digits: the 95 % band and
+    the real-vs-real floor at the same n."""
+    from ..io.figures import axis_labels, fit_axis, legend_outside, plot_with_band, pyplot
+
+    scales = list(t["scales"])
+    x = [float(s) for s in scales]
+    panels = [(t, m, m) for m in digits.METRICS] + [(second, m, f"{m}, second judge") for m in digits.METRICS[:2]]
+    fig, axes = pyplot().subplots(2, 4, figsize=(12, 5.2))
+    for ax, (table, m, ylabel) in zip(axes.flat, panels):
+        est = [table["estimates"][s][m] for s in scales]
+        plot_with_band(ax, x, est, "CFG, 95 % band over ids and seeds", 0)
+        floor = table.get("real_floor", {}).get("metrics", {}).get(m)
+        if floor is not None:
+            ax.axhline(floor, color="0.3", lw=0.8, ls=":", label="real vs real at the same n")
+        axis_labels(ax, "CFG scale s (1 = conditional)", ylabel)
+        fit_axis(ax, [v for e in est for v in (e["value"], e["lo"], e["hi"])])
+    legend_outside(fig)
+    res.figure(fig, "digits_cfg_sweep.png", "digits: CFG scale sweep, 95 % bands over sample ids and training seeds "
+                                            "(dotted: the real-vs-real floor at the same n)")
 
 
 def analyse(products: Products, res: SectionResult) -> None:
-    from ..io.figures import pyplot
-
     p, tables = products.preset, digits.read_tables(products)
     cfg = digits.runs(p)["cfg"]
     if "cfg" not in tables:
-        raise LookupError(products.failed_inputs([cfg.grade]))
+        raise LookupError(products.failed_inputs(cfg.grades(p)))
     t = tables["cfg"]
-    s_best, fd_best = digits.best(t)
-    res.numbers = {"table": t, "best_scale": s_best, "best_fd_digits": fd_best, "samples_per_scale": t["num_samples"],
-                   "ddim_steps": p.digits_ddim_steps}
-    scales = [float(s) for s in t["scales"]]
-    fig, ax = pyplot().subplots(1, 2, figsize=(9, 3))
-    ax[0].plot(scales, [m["fd_digits"] for m in t["scales"].values()], "o-")
-    ax[0].set_title("fd_digits (lower is better)", fontsize=9)
-    for k in ("precision", "recall", "judge_accuracy"):
-        ax[1].plot(scales, [m[k] for m in t["scales"].values()], "o-", label=k)
-    ax[1].legend(fontsize=7)
-    for a in ax:
-        a.set_xlabel("CFG scale s (1 = conditional)", fontsize=8)
-    res.figure(fig, "digits_cfg_sweep.png", "digits: CFG scale sweep")
-    res.markdown = [f"DDIM with {fmt(p.digits_ddim_steps)} steps, {fmt(t['num_samples'])} samples per scale. Lowest "
-                    f"fd_digits {fmt(fd_best)} at s = {fmt(s_best)}; the judge on real held-out images: precision "
-                    f"{fmt(t['real'].get('precision'))}, judge accuracy {fmt(t['real'].get('judge_accuracy'))}.", "",
-                    *res.markdown, *digits.run_table([cfg], tables, "CFG scale")]
+    g = digits.graded(products, cfg)
+    scales = list(t["scales"])
+    top = scales[-1]
+    res.numbers = {"table": t, "samples_per_scale": t["num_samples"], "seeds": t["seeds"],
+                   "ddim_steps": p.digits_ddim_steps, "u_shape": u_shape(g, scales),
+                   "judge_score_gain": digits.contrast({"high": (g, top), "low": (g, "1")}, "judge_score",
+                                                       lambda v: v["high"] - v["low"]).as_json()}
+    conv = digits.graded(products, cfg, by=BY)
+    res.numbers["second_judge"] = {
+        "judge": "LeNet-like convnet (configs/digits/judge_conv.yaml)",
+        "table": digits.table_of(conv, SECOND_METRICS),
+        "u_shape": u_shape(conv, scales),
+        "judge_score_gain": digits.contrast({"high": (conv, top), "low": (conv, "1")}, "judge_score",
+                                            lambda v: v["high"] - v["low"]).as_json()}
+    u, u2 = res.numbers["u_shape"], res.numbers["second_judge"]["u_shape"]
+    figure(res, t, res.numbers["second_judge"]["table"])
+    floor = t.get("real_floor", {})
+    res.markdown = [
+        f"DDIM with {fmt(p.digits_ddim_steps)} steps, {fmt(t['num_samples'])} samples per scale and training seed, "
+        f"{fmt(t['seeds'])} training seed(s) of the CFG model (one judge). Every figure: its value [95 % interval] "
+        "over sample ids (and over training seeds, then ids, where there are several). `kd_digits` is the kernel "
+        "distance (KID's unbiased estimator) in the judge's features; `judge_score` the judge's Inception-Score "
+        f"analogue. The judge on real held-out images: accuracy {fmt(t['real'].get('judge_accuracy'))}, score "
+        f"{fmt(t['real'].get('judge_score'))}; real vs real at n = {fmt(floor.get('num_samples'))}: "
+        + ", ".join(f"{k} {fmt(v)}" for k, v in floor.get("metrics", {}).items() if not k.endswith("_std")) + ".", "",
+        f"U-shape without selection bias: the best interior scale chosen on half of the sample ids is "
+        f"s = {fmt(u['best_scale'])}; on the other half, fd(s = 1) − fd(best) = "
+        f"{Estimate.from_json(u['low_minus_best']).text()} and fd(s = {fmt(u['high_scale'])}) − fd(best) = "
+        f"{Estimate.from_json(u['high_minus_best']).text()}.", "",
+        f"The second judge (a LeNet-like convnet, another architecture and seed) on the same shards: best interior "
+        f"s = {fmt(u2['best_scale'])}, smaller of the two fd differences "
+        f"{Estimate.from_json(u2['u_depth']).text()} (first judge: {Estimate.from_json(u['u_depth']).text()}); judge "
+        f"score gain from s = 1 to s = {fmt(u['high_scale'])} "
+        f"{Estimate.from_json(res.numbers['second_judge']['judge_score_gain']).text()} (first judge: "
+        f"{Estimate.from_json(res.numbers['judge_score_gain']).text()}).", "",
+        *res.markdown, *digits.run_table([cfg], tables, "CFG scale s"),
+        "Graded by the second judge:", "",
+        *digits.run_table([cfg], {"cfg": res.numbers["second_judge"]["table"]}, "CFG scale s", SECOND_METRICS)]
 
 
-def c_best_scale(n):
+def c_u_shape(n) -> Measurement:
     s = numbers_of(n, "digits_cfg")
-    fd = digits.fd(s["table"])
-    lo, hi, best, cond = min(fd), max(fd), s["best_scale"], fd.get(1.0)
-    agree = lo < best < hi and cond is not None and fd[best] < cond and best > 1
-    return (f"lowest fd_digits {fmt(fd[best])} at s = {fmt(best)} (s = 1: {fmt(cond)}; sweep {fmt(lo)} to {fmt(hi)})",
-            agree)
+    u, u2 = s["u_shape"], s["second_judge"]["u_shape"]
+    low, high = (Estimate.from_json(u[k]).text() for k in ("low_minus_best", "high_minus_best"))
+    return Measurement(f"best interior s = {fmt(u['best_scale'])} (chosen on half the ids); on the other half "
+                       f"fd(s = 1) − fd(best) {low}, fd(s = {fmt(u['high_scale'])}) − fd(best) {high}; "
+                       f"second judge: the smaller of the two {Estimate.from_json(u2['u_depth']).text()}",
+                       Estimate.from_json(u["u_depth"]), +1, "the smaller of the two fd_digits differences")
 
 
-def c_fidelity(n):
-    t = numbers_of(n, "digits_cfg")["table"]["scales"]
-    xs = [float(s) for s in t if float(s) >= 1]
-    ys = [t[f"{s:g}"]["judge_accuracy"] for s in xs]
-    rho = monotone_up(xs, ys)
-    return (f"judge accuracy {fmt(ys[0])} at s = {fmt(xs[0])} → {fmt(ys[-1])} at s = {fmt(xs[-1])} "
-            f"(Spearman {fmt(rho)})", rho > 0)
+def c_fidelity(n) -> Measurement:
+    s = numbers_of(n, "digits_cfg")
+    gain, t = Estimate.from_json(s["judge_score_gain"]), s["table"]["estimates"]
+    low, high = "1", list(t)[-1]
+    return Measurement(f"judge score {Estimate.from_json(t[low]['judge_score']).text()} at s = 1 → "
+                       f"{Estimate.from_json(t[high]['judge_score']).text()} at s = {high}; second judge: gain "
+                       f"{Estimate.from_json(s['second_judge']['judge_score_gain']).text()}", gain, +1,
+                       "judge_score difference")
 
 
 SECTION = Section(
     "digits_cfg", "4. Digits, classifier-free guidance: a fine scale sweep", digits.DATA,
-    (*digits.SIZES, "cfg_fine_scales"), digits.plan_base, analyse, claims=(
-        Claim("cfg_u_shape", "Ho & Salimans (CFG)", "FID is U-shaped in the guidance scale", "a moderate scale beats "
-              "both no guidance (s = 1) and strong guidance", c_best_scale, "briefly trained model on 8x8 digits: "
-              "guidance may only help or only hurt over the swept range"),
-        Claim("cfg_fidelity", "Ho & Salimans (CFG)", "class fidelity (IS) rises with the scale",
-              "rises monotonically with s", c_fidelity, "the judge saturates near its accuracy on real images")))
+    (*digits.SIZES, "cfg_fine_scales", "cfg_samples_per_class"), plan, analyse, claims=(
+        Claim("cfg_u_shape", PAPER, "FID is U-shaped in the guidance scale (best at w = 0.1-0.3, s = 1.1-1.3)",
+              "a moderate scale beats both no guidance (s = 1) and strong guidance", c_u_shape,
+              "briefly trained model on 8x8 digits: guidance may only help or only hurt over the swept range"),
+        Claim("cfg_fidelity", PAPER, "class fidelity (Inception Score) rises with the scale",
+              "IS at the largest scale > IS at s = 1 (here: the judge's IS analogue, judge_score)", c_fidelity,
+              "the judge's score saturates near its value on real images")))

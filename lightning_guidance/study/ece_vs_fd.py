@@ -1,102 +1,123 @@
-"""Section 8: the integral ECE of each classifier-guided run's guide against the run's ``fd_digits``, with Spearman's
-rank correlation. Each distinct guide (its classifier and the input it reads) is measured once, by a ``test`` of
-``configs/digits/guide_calibration.yaml`` with the run's own guidance term (``guide_calibration.json``)."""
+"""Section 8: the integral ECE of a guide against the quality of the samples it guides, over distinct guides of one
+kind: the noisy classifier on x_t, at many calibration levels from temperature scaling of one classifier (training
+seed 0, each temperature also used for guidance), plus the original, Smooth-ECE fine-tuned and lambda = 0 classifiers
+of every training seed.
+
+A guide's ECE is read on held-out images that no fine-tune saw (section 6's calibration steps; a temperature T divides
+the same logits by T, exactly what ``TrainedClassifier(temperature=T)`` computes), its fd_digits best against best
+over the guidance scale (section 5's helpers); Spearman's rho over the guides with a bootstrap interval over guides.
+"""
 
 from __future__ import annotations
 
-import json
-import math
-from pathlib import Path
-
 from . import digits, digits_calibration, digits_cg
-from .digits import Run
-from .plan import Step, step_config
-from .section import Claim, Products, Section, SectionResult, fmt, md_table, numbers_of
+from .digits_calibration import CLASSIFIERS, guide_logits
+from .digits_cg import RESAMPLES
+from .section import Claim, Measurement, Products, Section, SectionResult, fmt, md_table, numbers_of
+from ..stats import Estimate
 
-ECE_BINS = 10
-
-
-def guided(p) -> list[Run]:
-    """The runs whose guide is measured: every classifier-guided run but CFG + classifier (a CFG run at heart)."""
-    return [r for r in digits.runs(p).values() if r.classifier and r.key != "cfg-plus-cg"]
-
-
-def guide_term(step: Step) -> dict:
-    """The guidance term a sampling step's config gives (its classifier's checkpoint included)."""
-    return step_config(step)["model"]["init_args"]["sweep"]["terms"][0]
-
-
-def ece_step(steps: dict[str, Step], r: Run) -> str:
-    """The name of the step that measures the run's guide (one per classifier and input it reads)."""
-    return f"ece-{r.classifier}-{guide_term(steps[r.sample])['init_args'].get('input', 'x_t')}"
+#: the guided run of each noisy guide of section 6 (the temperatures' runs are ``cg-T<t>``)
+GUIDED = {"digits-classifier": "cg-noisy", "digits-calibrated": "cg-calibrated",
+          "digits-calibrated-lambda0": "cg-lambda0"}
+KINDS = ("original", "temperature", "Smooth-ECE fine-tune", "lambda = 0 control")
 
 
 def plan(plan) -> None:
-    p = plan.preset
     digits_cg.plan(plan)
     digits_calibration.plan(plan)
-    for r in guided(p):
-        name = ece_step(plan.steps, r)
-        out = plan.dir("digits", "ece", name.removeprefix("ece-"))
-        edits = {"trainer.default_root_dir": out, "trainer.accelerator": p.accelerator,
-                 "trainer.enable_progress_bar": False, "model.init_args.output_dir": out,
-                 "model.init_args.checkpoint": plan.product("digits-cfg"),
-                 "model.init_args.term": guide_term(plan.steps[r.sample]),
-                 "model.init_args.num_buckets": p.ece_time_points, "model.init_args.n_bins": ECE_BINS,
-                 "model.init_args.num_samples": p.ece_samples, **digits.image_edits(p, "grade")}
-        plan.add(Step(name, plan.section, "test", [plan.config("digits/guide_calibration.yaml")], edits,
-                      ["digits-cfg", r.classifier], f"{out}/guide_calibration.json"))
+    for r in digits.of_section(plan.preset, "ece_vs_fd"):
+        digits.plan_run(plan, r)
+
+
+def best_on_seed(products: Products, run: digits.Run, seed: int) -> dict:
+    """The run's best fd_digits on training seed ``seed`` alone (a guide is one seed's classifier), paired with that
+    seed's unguided samples."""
+    from ..metrics.best_of_sweep import crossfit
+
+    ref, scale = digits_cg.reference(products, run)
+    sweep, base = (digits_cg.sweeps(products, r, keep)[r.training_seeds(products.preset).index(seed)]
+                   for r, keep in ((run, digits_cg.guided), (ref, lambda s: s == scale)))
+    fit = crossfit([(sweep, base)], num_resamples=RESAMPLES)
+    chosen, grid = fit.chosen[0]["a"], sorted(sweep.candidates)
+    return {"fd_digits": Estimate.from_interval(fit.interval, fit.num_samples).as_json(), "chosen": list(chosen),
+            "edge": len(grid) > 1 and any(c in (grid[0], grid[-1]) for c in chosen)}
+
+
+def guides(products: Products) -> list[dict]:
+    """Every distinct noisy guide whose calibration step and guided run finished: its kind, training seed,
+    temperature, integral ECE (bootstrap over held-out images) and best fd_digits (bootstrap over sample ids)."""
+    from ..metrics.calibration_intervals import calibration_interval
+
+    p, runs = products.preset, digits.runs(products.preset)
+    wanted = [(c, s, 1.0, GUIDED[c]) for s in p.training_seeds for c in CLASSIFIERS]
+    wanted += [("digits-classifier", 0, t, f"cg-T{t:g}") for t in p.temperatures]
+    out = []
+    for classifier, seed, t, key in wanted:
+        try:
+            logits = guide_logits(products, classifier, [seed])[0]
+            best = best_on_seed(products, runs[key], seed)
+        except LookupError:
+            continue
+        kind = "temperature" if t != 1.0 else CLASSIFIERS[classifier]
+        ece = calibration_interval([(logits, None)], "ece", (t, 1.0), num_resamples=RESAMPLES)
+        out.append({"label": f"{kind}, seed {seed}" + (f", T = {t:g}" if t != 1.0 else ""), "kind": kind,
+                    "seed": seed, "temperature": t, "run": key,
+                    "ece": Estimate.from_interval(ece, len(logits["labels"])).as_json(), **best})
+    return out
 
 
 def analyse(products: Products, res: SectionResult) -> None:
-    from ..io.figures import pyplot
+    from ..stats.correlation import spearman_interval
 
-    p, tables = products.preset, digits.read_tables(products)
-    s_abl = f"{p.ablation_scale:g}"
-    points = {}
-    for r in guided(p):
-        name = ece_step(products.steps, r)
-        if r.key in tables and products.ok(name) and s_abl in tables[r.key]["scales"]:
-            ece = json.loads(Path(products.step(name).product).read_text())["integral_ece"]
-            points[r.key] = {"label": r.label, "integral_ece": ece,
-                             "fd_digits": tables[r.key]["scales"][s_abl]["fd_digits"]}
+    p = products.preset
+    points = guides(products)
     if len(points) < 3:
-        steps = [n for r in guided(p) for n in (r.grade, ece_step(products.steps, r))]
-        raise LookupError(f"{len(points)} classifier-guided runs finished; a rank correlation needs 3 "
-                          f"({products.failed_inputs(steps)})")
-    from scipy.stats import spearmanr
-
-    xs = [v["integral_ece"] for v in points.values()]
-    ys = [v["fd_digits"] for v in points.values()]
-    rho, pval = spearmanr(xs, ys)
-    rho = float(rho) if not math.isnan(rho) else float("nan")
-    res.numbers = {"points": points, "spearman_rho": rho, "spearman_p": float(pval), "guidance_scale": p.ablation_scale,
-                   "time_points": p.ece_time_points, "ece_bins": ECE_BINS, "images_per_time": p.ece_samples}
-    fig, ax = pyplot().subplots(figsize=(4.5, 3.2))
-    ax.scatter(xs, ys)
-    for v in points.values():
-        ax.annotate(v["label"][:24], (v["integral_ece"], v["fd_digits"]), fontsize=5)
-    ax.set_xlabel("integral ECE of the guide (on its input)", fontsize=8)
-    ax.set_ylabel(f"fd_digits at scale {s_abl}", fontsize=8)
-    res.figure(fig, "ece_vs_fd.png", "integral ECE vs fd_digits")
-    rows = [[v["label"], fmt(v["integral_ece"]), fmt(v["fd_digits"])] for v in points.values()]
-    res.markdown = [f"Integral ECE: the guide's top-label ECE ({fmt(ECE_BINS)} bins) on what it reads (x_t, or x0_hat "
-                    f"from the diffusion model) for held-out images noised to the centres of {fmt(p.ece_time_points)} "
-                    f"equal time buckets, {fmt(p.ece_samples)} images each (each with its own noise), averaged over "
-                    f"the buckets; fd_digits at guidance scale {fmt(p.ablation_scale)}. Spearman's rho = {fmt(rho)} "
-                    f"(p = {fmt(float(pval))}).", "", *res.markdown,
-                    *md_table(["run", "integral ECE", "fd_digits"], rows)]
+        raise LookupError(f"{len(points)} noisy guides finished; a rank correlation needs 3")
+    xs, ys = [g["ece"]["value"] for g in points], [g["fd_digits"]["value"] for g in points]
+    rho = spearman_interval(xs, ys)
+    res.numbers = {"guides": points, "spearman_rho": Estimate.from_interval(rho, len(points),
+                                                                              len(p.training_seeds)).as_json(),
+                   "distinct_guides": len(points), "time_points": p.ece_time_points,
+                   "temperatures": list(p.temperatures)}
+    figure(res, points)
+    res.markdown = [
+        f"{fmt(len(points))} distinct guides, all the noisy classifier on x_t: temperature scaling of training seed "
+        f"0's classifier (T ∈ {{{', '.join(fmt(t) for t in p.temperatures)}}}, each also used for guidance), and the "
+        "original, Smooth-ECE fine-tuned and lambda = 0 classifiers of each training seed. Integral ECE: on "
+        f"{fmt(points[0]['ece']['n'])} held-out images that no fine-tune saw, noised to the centres of "
+        f"{fmt(p.ece_time_points)} time buckets (the calibration section's steps), [95 %] over images. fd_digits: "
+        + digits_cg.SELECTION
+        + ", paired with the seed's unguided samples (< 0: better), [95 %] over sample ids (* a chosen scale at an end "
+        f"of the grid). Spearman's rho over the guides = {Estimate.from_json(res.numbers['spearman_rho']).text()} "
+        "[95 % bootstrap over guides].", "", *res.markdown,
+        *md_table(["guide", "integral ECE [95 %]", "best fd_digits − unguided [95 %]", "chosen scales"],
+                  [[g["label"], *(Estimate.from_json(g[k]).text() for k in ("ece", "fd_digits")),
+                    " / ".join(fmt(c) for c in g["chosen"]) + (" *" if g["edge"] else "")] for g in points])]
 
 
-def c_ece_fd(n):
+def figure(res: SectionResult, points: list[dict]) -> None:
+    from ..io.figures import interval_scatter
+
+    groups = {kind: [(g["ece"], g["fd_digits"], f"T={g['temperature']:g}" if kind == "temperature" else "")
+                     for g in points if g["kind"] == kind] for kind in KINDS}
+    fig = interval_scatter({k: v for k, v in groups.items() if v},
+                           "integral ECE of the guide on held-out x_t (lower: better calibrated)",
+                           "best fd_digits − unguided, paired (lower is better)",
+                           "one point per distinct guide, 95 % error bars")
+    res.figure(fig, "ece_vs_fd.png", "integral ECE of each distinct noisy guide against the best fd_digits it guides "
+                                     "to (95 % intervals: images for ECE, sample ids for fd_digits)")
+
+
+def c_ece_fd(n) -> Measurement:
     s = numbers_of(n, "ece_vs_fd")
-    return (f"Spearman rho(integral ECE, fd_digits) = {fmt(s['spearman_rho'])} over {fmt(len(s['points']))} runs",
-            s["spearman_rho"] > 0)
+    rho = Estimate.from_json(s["spearman_rho"])
+    return Measurement(f"Spearman rho(integral ECE, best fd_digits) = {rho.text()} over {fmt(s['distinct_guides'])} "
+                       "distinct guides (bootstrap over guides)", rho, +1, "Spearman rho")
 
 
 SECTION = Section(
-    "ece_vs_fd", "8. Integral ECE vs fd_digits across the classifier-guided runs", digits.DATA,
-    ("ece_time_points", "ece_samples", "ablation_scale"), plan, analyse, claims=(
+    "ece_vs_fd", "8. Integral ECE vs fd_digits across distinct guides", digits.DATA,
+    ("ece_time_points", "ece_samples", "temperatures", "cg_scales"), plan, analyse, claims=(
         Claim("ece_fd", "Ma et al. / Javid et al.", "lower integral ECE goes with lower FID",
-              "positive rank correlation", c_ece_fd,
-              "few runs, and our runs vary much more than the guide's calibration"),))
+              "positive rank correlation over guides", c_ece_fd,
+              "the guides differ in more than calibration: a temperature also rescales the guidance gradient"),))

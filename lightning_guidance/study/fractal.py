@@ -1,6 +1,8 @@
-"""Section 2: the 2D fractal (Karras et al. 2024 toy) — ground truth, CG and CFG samples at several scales, and the
-post-processed sets before and after the rectified flow; the steps and reading shared with section 3
-(:mod:`.fractal_benchmark`).
+"""Section 2: the 2D fractal — ground truth, CG and CFG samples at several scales, and the post-processed sets before
+and after the rectified flow; the steps and reading shared with section 3 (:mod:`.fractal_benchmark`). The fractal is
+Karras et al.'s (2024, autoguidance, App. C: two interleaved trees of Gaussians), not the classifier-centric study's
+variants of it whose classes are entangled to three degrees (its Fig. 4 a-c). One training seed: its denoiser costs
+about 300 CPU-s in the small preset, whose seeds go to the 1D models; intervals here are over sample ids.
 
 Steps: a CFG denoiser, the linear time-dependent classifier and autoguidance's worse model (``configs/fractal/``),
 one ``predict`` per guidance method (``configs/fractal/sampling.yaml`` with a ``configs/guidance/`` file), each a
@@ -13,9 +15,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from textwrap import fill
 
+import numpy as np
 import torch
 
+from ..io.figures import pyplot
+from ..io.toy_figures import scatter_framed
 from .plan import SWEEP_VALUES, Plan, guide_checkpoint, term
 from .section import Products, Section, SectionResult
 
@@ -50,7 +56,8 @@ VARIANTS = (("interval", "CFG, guidance interval", with_guidance("cfg_interval")
 
 def fractal_methods(preset) -> list[FractalMethod]:
     methods = [FractalMethod("cfg", "CFG", SAMPLING, "fractal_cfg_scales", guided=False),
-               FractalMethod("cg", "CG (linear classifier, x_t)", with_guidance("cg"), "fractal_guidance_scales"),
+               FractalMethod("cg", "CG of the conditional model (linear classifier)", with_guidance("cg"),
+                             "fractal_guidance_scales"),
                FractalMethod("cg_uncond", "CG of the unconditional model (linear classifier)",
                              with_guidance("cg_unconditional"), "fractal_cg_flow_scales"),
                FractalMethod("cfg_plus_cg", "CFG + classifier", with_guidance("cfg_plus_cg"),
@@ -128,7 +135,7 @@ def plan(plan: Plan) -> None:
 # ---- reading -----------------------------------------------------------------------------------------------------
 def read_all(products: Products):
     """(the methods whose sampling finished, their samples, the labels of the failed ones, the post-processed sets
-    ``{flow key: (flow, before, after, labels)}``, the keys of the unfinished ones, exact samples and labels)."""
+    ``{flow key: (flow, after, before, labels)}``, the keys of the unfinished ones, exact samples and labels)."""
     from ..io.shards import read_postprocessed
     from ..toy import fractal_2d
 
@@ -152,46 +159,40 @@ def read_all(products: Products):
     return methods, samples, failed, flows, flows_failed, truth, labels
 
 
-def scatter(ax, x, y, title):
-    ax.set_axis_on()
-    for cls, color in ((0, "tab:blue"), (1, "tab:red")):
-        pts = x[y == cls].numpy()
-        ax.scatter(pts[:, 0], pts[:, 1], s=1.5, color=color, alpha=0.6)
-    ax.set_title(title, fontsize=7)
-    ax.set_xticks([]), ax.set_yticks([])
-    ax.set_xlim(-1.6, 1.6), ax.set_ylim(-1.6, 1.6)
-
-
 def label_of(methods, key: str) -> str:
     return next(m.label for m in methods if m.key == key)
 
 
 # ---- section 2 ----------------------------------------------------------------------------------------------------
 def analyse_panels(products: Products, res: SectionResult) -> None:
-    from ..io.figures import pyplot
-
     methods, samples, _, flows, flows_failed, truth, labels = read_all(products)
     plt = pyplot()
-    rows = [m for m in methods if m.key in ("cg", "cfg")]
+    rows = [m for m in methods if m.key in ("cg_uncond", "cg", "cfg")]
     width = 1 + max((len(samples[m.key]) for m in rows), default=0)
-    fig, axes = plt.subplots(max(1, len(rows)), width, figsize=(2.3 * width, 2.3 * max(1, len(rows))), squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    scatter(axes[0][0], truth, labels, "ground truth")
-    for r, m in enumerate(rows):
-        for c, (s, (x, y)) in enumerate(sorted(samples[m.key].items())):
-            scatter(axes[r][c + 1], x, y, f"{m.label} s={s:g}")
+    fig = plt.figure(figsize=(2.4 * width, 2.5 * max(1, len(rows))))
+    for sub, m in zip(np.atleast_1d(fig.subfigures(max(1, len(rows)), 1)), rows or [None]):
+        scales = sorted(samples[m.key].items()) if m else []
+        axes = np.atleast_1d(sub.subplots(1, 1 + len(scales)))
+        scatter_framed(axes[0], truth, labels, "exact samples")
+        for ax, (s, (x, y)) in zip(axes[1:], scales):
+            scatter_framed(ax, x, y, f"{fill(m.label, 30)}\nscale {s:g}")
     res.numbers = {"samples_per_class": products.preset.fractal_samples_per_class,
                    "methods_shown": [m.key for m in rows],
                    "scales_shown": {m.key: sorted(samples[m.key]) for m in rows}, "postprocessed_shown": list(flows)}
-    res.figure(fig, "fractal_panels.png", "2D fractal: exact samples, CG and CFG samples at several scales")
+    res.markdown = ["The fractal is Karras et al.'s (the autoguidance paper's App. C): two classes, each a tree of "
+                    "elongated Gaussians, interleaved. The classifier-centric study's fractal figures (its Fig. 4 "
+                    "a-c) use variants of it whose classes are entangled to three degrees; we run the one fractal. "
+                    "Each panel is framed on its own points (0.5-99.5 % quantiles; the points beyond are counted in "
+                    "its title).", ""]
+    res.figure(fig, "fractal_panels.png", "2D fractal: exact samples beside CG of the unconditional model, CG and CFG "
+                                          "samples at each scale (blue: class 0, red: class 1)")
     if flows:
-        fig, axes = plt.subplots(2, len(flows), figsize=(2.6 * len(flows), 5.2), squeeze=False)
+        fig, axes = plt.subplots(2, len(flows), figsize=(2.8 * len(flows), 5.6), squeeze=False)
         for c, (f, after, before, y) in enumerate(flows.values()):
-            scatter(axes[0][c], before, y, f"{label_of(methods, f.method)[:28]} s={f.scale:g}: before")
-            scatter(axes[1][c], after, y, "after the post-processor")
+            scatter_framed(axes[0][c], before, y, f"{fill(label_of(methods, f.method), 30)}\nscale {f.scale:g}: before")
+            scatter_framed(axes[1][c], after, y, "after the post-processor")
         res.figure(fig, "fractal_postprocessor.png", "2D fractal: samples before (top) and after (bottom) the "
-                                                     "nearest-neighbour rectified flow")
+                   "nearest-neighbour rectified flow, each panel framed on its points")
     if flows_failed:
         res.markdown += [f"Post-processed sets whose steps did not finish: {', '.join(flows_failed)}.", ""]
 

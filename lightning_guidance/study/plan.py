@@ -1,25 +1,17 @@
-"""The study's steps: one ``cli.py fit | validate | test | predict`` call each, built from shipped configs plus edits.
-
-A step's config is the shipped YAML (several are merged in order, as ``--config a --config b`` would) with a few
-values edited (paths under the run's folder, sizes from the preset); the runner writes it to
-``runs/<name>/configs/<step>.yaml`` and calls ``cli.py <command> --config`` on it, so every step can be re-run by hand.
-Edits name a value by its dotted path; ``[ClassName]`` picks the element of a list of class specs whose class_path
-ends in that name (``trainer.callbacks[ModelCheckpoint].init_args.every_n_train_steps``), and the value
-:data:`DELETE` removes it. The shipped configs are read from the plan's configs root (:func:`configs_root`).
+"""The study's plan: its steps (``launch.steps.Step``: one ``cli.py fit | validate | test | predict`` call each, a
+shipped config plus edits), built with paths under the run's folder and sizes from the preset, one per training seed
+for the models a claim rests on. The shipped configs are read from the plan's configs root (:func:`configs_root`).
 """
 
 from __future__ import annotations
 
-import copy
-import re
-import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-DELETE = object()
-DONE_STATES = ("done", "skipped")  # a step whose product is there and current
+# a step, its config edits and DELETE are the launch layer's (re-exported here for the sections)
+from ..launch.steps import DELETE, DONE_STATES, Step, apply_edits, merge, step_config, study_command  # noqa: F401
+
 # where a sampling config keeps its sweep values (one place to change if the config layout moves)
 SWEEP_VALUES = "model.init_args.sweep.values"
 
@@ -33,9 +25,10 @@ def guide_checkpoint(index: int = 0) -> str:
     return f"{term(index)}.init_args.classifier.init_args.checkpoint"
 
 
-def study_command(*args: str) -> list[str]:
-    """``cli.py study <args>`` in this interpreter (the step workers, the report job of a SLURM chain)."""
-    return [sys.executable, "-m", "lightning_guidance.cli", "study", *args]
+def seeded(name: str, seed: int) -> str:
+    """The name of a step (or folder) of training seed ``seed``: ``name-s<seed>``; seed 0 keeps ``name``, so a one-seed
+    preset plans the steps it always did."""
+    return name if seed == 0 else f"{name}-s{seed}"
 
 
 def configs_root(study_config: str | Path | None = None) -> Path:
@@ -48,82 +41,6 @@ def configs_root(study_config: str | Path | None = None) -> Path:
             return root
     raise FileNotFoundError(f"the study's configs are not in {' nor '.join(str(c) for c in candidates)}: pass "
                             "--config <checkout>/configs/digits/study.yaml (the configs root is its folder's parent)")
-
-
-@dataclass
-class Step:
-    name: str
-    section: str  # the key of the section that planned it
-    command: str
-    configs: list[str]
-    edits: dict = field(default_factory=dict)
-    needs: list[str] = field(default_factory=list)  # steps whose products this one reads
-    product: str = ""  # the file whose existence (and digest) says the step finished
-    resume: bool = False  # fit: --ckpt_path last (a killed run resumes)
-
-    @property
-    def out_dir(self) -> Path:
-        return Path(self.product).parent
-
-    def args(self, config: str | Path) -> list[str]:
-        """The ``cli.py`` arguments that run it on its written config."""
-        return [self.command, "--config", str(config), *(["--ckpt_path", "last"] if self.resume else [])]
-
-
-# ---- editing configs ---------------------------------------------------------------------------------------------
-_SELECTOR = re.compile(r"^(?P<key>[^\[]*)\[(?P<cls>[A-Za-z_][\w.]*)\]$")
-
-
-def merge(base: dict, extra: dict) -> dict:
-    """Deep merge (dicts merged key by key, anything else replaced): what repeated ``--config`` does."""
-    out = copy.deepcopy(base)
-    for k, v in (extra or {}).items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
-    return out
-
-
-def _child(node, part: str, path: str):
-    m = _SELECTOR.match(part)
-    if m:
-        items = node.get(m["key"]) if m["key"] else node
-        if not isinstance(items, list):
-            raise KeyError(f"config edit {path}: {m['key']} is not a list")
-        for i, item in enumerate(items):
-            if isinstance(item, dict) and str(item.get("class_path", "")).split(".")[-1] == m["cls"]:
-                return items, i
-        raise KeyError(f"config edit {path}: no {m['cls']} in {m['key']}")
-    if isinstance(node, list):
-        return node, int(part)
-    node.setdefault(part, {})
-    return node, part
-
-
-def apply_edits(config: dict, edits: dict) -> dict:
-    out = copy.deepcopy(config)
-    for path, value in edits.items():
-        parts = re.findall(r"[^.\[]+(?:\[[^\]]+\])?", path)
-        node = out
-        for part in parts[:-1]:
-            parent, key = _child(node, part, path)
-            node = parent[key]
-            if node is None:
-                parent[key] = node = {}
-        parent, key = _child(node, parts[-1], path)
-        if value is DELETE:
-            del parent[key]
-        else:
-            parent[key] = copy.deepcopy(value)
-    return out
-
-
-def step_config(step: Step) -> dict:
-    config: dict = {}
-    for path in step.configs:
-        p = Path(path)
-        if not p.is_file():
-            raise FileNotFoundError(f"step {step.name}: config not found: {p}")
-        config = merge(config, yaml.safe_load(p.read_text()) or {})
-    return apply_edits(config, step.edits)
 
 
 # ---- step builders ------------------------------------------------------------------------------------------------
@@ -162,12 +79,26 @@ class Plan:
             out = merge(out, yaml.safe_load(Path(path).read_text()) or {})
         return out
 
+    def seed_edits(self, config: str | tuple[str, ...], seed: int) -> dict:
+        """Training seed ``seed``: the config's ``seed_everything`` and its model's ``noise_seed`` offset by ``seed``
+        (seed 0 is the shipped config). The data seed is the train/held-out split, the same for every model and seed
+        (a model of another split would have trained on the images it is graded against), so it is not varied."""
+        if seed == 0:
+            return {}
+        shipped = self.shipped(config)
+        model = (shipped.get("model") or {}).get("init_args") or {}
+        e = {"seed_everything": int(shipped.get("seed_everything") or 0) + seed}
+        if "noise_seed" in model:
+            e["model.init_args.noise_seed"] = int(model["noise_seed"]) + seed
+        return e
+
     def fit(self, name: str, config: str | tuple[str, ...], folder: str, max_steps: int | None,
-            edits: dict | None = None, needs: list[str] | None = None,
-            product: str = "checkpoints/last.ckpt") -> Step:
-        root = self.dir(folder)
+            edits: dict | None = None, needs: list[str] | None = None, product: str = "checkpoints/last.ckpt",
+            seed: int = 0) -> Step:
+        """``fit`` of ``config`` (training seed ``seed``: step ``seeded(name, seed)`` in ``seeded(folder, seed)``)."""
+        name, root = seeded(name, seed), self.dir(seeded(folder, seed))
         e = {"trainer.default_root_dir": root, "trainer.enable_progress_bar": False,
-             "trainer.accelerator": self.preset.accelerator}
+             "trainer.accelerator": self.preset.accelerator, **self.seed_edits(config, seed)}
         if max_steps is not None:
             e["trainer.max_steps"] = max_steps  # the last step writes last.ckpt whatever the config's period
             e["trainer.callbacks[ModelCheckpoint].init_args.every_n_train_steps"] = max_steps
@@ -176,20 +107,29 @@ class Plan:
                              str(Path(root) / product), resume=True))
 
     def sample(self, name: str, config: str | tuple[str, ...], folder: str, checkpoint: str, edits: dict,
-               needs: list[str]) -> Step:
-        out = self.dir(folder)
+               needs: list[str], seed: int = 0) -> Step:
+        """``predict`` of ``config`` from the models of training seed ``seed`` (step ``seeded(name, seed)``, folder
+        ``seeded(folder, seed)``; ``checkpoint`` and ``needs`` name seed 0's steps and are mapped to ``seed``'s).
+        Sampling noise is the config's per-sample seeds (``seed + id``), the same for every training seed."""
+        name, out = seeded(name, seed), self.dir(seeded(folder, seed))
+        checkpoint, needs = seeded(checkpoint, seed), [seeded(n, seed) if seeded(n, seed) in self.steps else n
+                                                       for n in needs]
         e = {"trainer.default_root_dir": out, "trainer.accelerator": self.preset.accelerator,
              "trainer.enable_progress_bar": False, "model.init_args.output_dir": out,
              "model.init_args.checkpoint": self.product(checkpoint), **edits}
         return self.add(Step(name, self.section, "predict", self.configs_of(config), e, needs,
                              str(Path(out) / "manifest.json")))
 
-    def grade(self, sample: Step, judge: str, data_edits: dict) -> Step:
-        """``test`` of a sampling step's shards with the judge (same sampling config: the shards' hash matches)."""
-        e = {**sample.edits, "model.init_args.judge.init_args.checkpoint": self.product(judge), **data_edits}
-        return self.add(Step(f"grade-{sample.name.removeprefix('sample-')}", self.section, "test",
-                             [*sample.configs, self.config("digits/grade_with_judge.yaml")], e,
-                             [*sample.needs, sample.name, judge], str(sample.out_dir / "metrics_table.json")))
+    def grade(self, sample: Step, judge: str, data_edits: dict, by: str = "") -> Step:
+        """``test`` of a sampling step's shards with the judge (same sampling config: the shards' hash matches): step
+        ``grade-<sample>`` writing beside the shards; with ``by`` (another judge), step ``grade-<by>-<sample>`` writing
+        to ``<shards>/graded-<by>/``."""
+        out = sample.out_dir / f"graded-{by}" if by else sample.out_dir
+        e = {**sample.edits, "model.init_args.judge.init_args.checkpoint": self.product(judge), **data_edits,
+             **({"model.init_args.grade_dir": str(out)} if by else {})}
+        return self.add(Step(f"grade-{by + '-' if by else ''}{sample.name.removeprefix('sample-')}", self.section,
+                             "test", [*sample.configs, self.config("digits/grade_with_judge.yaml")], e,
+                             [*sample.needs, sample.name, judge], str(out / "metrics_table.json")))
 
     def flow(self, name: str, config: str | tuple[str, ...], folder: str, max_steps: int, edits: dict,
              needs: list[str]) -> tuple[Step, Step]:

@@ -1,21 +1,30 @@
 """Section 9: quality vs scale, one figure per dataset, every guidance method's curve from the numbers the other
-sections report (the same seeds throughout); post-processed sets are points of their own (fractal: sections 2/3's
-flows, before and after; digits: section 7's flow at the unseen CFG scales)."""
+sections report (the same seeds throughout), with its 95 % band where that section gives an interval; post-processed
+sets are points of their own (fractal: sections 2/3's flows, before and after; digits: section 7's flow at the unseen
+CFG scales). A figure is a number of the sections above, or an estimate of one (``{"value", "lo", "hi", ...}``)."""
 
 from __future__ import annotations
 
-import warnings
-
 from .section import Products, Section, SectionResult, fmt, md_table
-from .toy1d import SCALE_AXIS
 
 POST = " + post-processor"
+SCALE_AXIS = "scale (CFG: s, 1 = conditional; classifier terms: their guidance scale, 0 = unguided)"
+
+
+def value(v):
+    """A figure's value (a number, or an estimate's JSON)."""
+    return v["value"] if isinstance(v, dict) else v
+
+
+def triple(v) -> tuple:
+    """(value, lo, hi): an estimate's interval, or the value thrice (no interval)."""
+    return (v["value"], v["lo"], v["hi"]) if isinstance(v, dict) else (v, v, v)
 
 
 def quality_rows(series: dict) -> list[list[str]]:
     """One table row per curve: dataset, curve, and its ``scale: quality`` points (from ``series``)."""
     def points(xs, ys) -> str:
-        return ", ".join(f"{fmt(x)}: {fmt(y)}" for x, y in zip(xs, ys))
+        return ", ".join(f"{fmt(x)}: {fmt(value(y))}" for x, y in zip(xs, ys))
 
     rows = [["1D " + tag, method, "exact log p(x|y)", points(c["scale"], c["mean_log_density"])]
             for tag, curves in series.get("toy1d", {}).items() for method, c in curves.items()]
@@ -31,57 +40,67 @@ def ok(products: Products, key: str) -> dict | None:
     return res.numbers if res is not None and res.status == "ok" else None
 
 
-def analyse(products: Products, res: SectionResult) -> None:
+def draw(ax, curves: list[tuple[str, list, list, dict]], ylabel: str) -> None:
+    """Each ``(label, xs, figures, plot options)`` curve with its band, distinct styles, a legend off the data and an
+    axis framed on the data (outliers clipped with a note, or symlog)."""
+    from ..io.figures import axis_labels, fit_axis, legend_outside, plot_with_band
+
+    seen = []
+    for i, (label, xs, ys, opts) in enumerate(curves):
+        plot_with_band(ax, xs, [triple(y) for y in ys], label, i, **opts)
+        seen += [v for y in ys for v in triple(y)]
+    axis_labels(ax, SCALE_AXIS, ylabel)
+    fit_axis(ax, seen)
+    legend_outside(ax, fontsize=6)
+
+
+def toy_figure(res: SectionResult, toy: dict, series: dict) -> None:
     from ..io.figures import pyplot
 
-    plt = pyplot()
-    series: dict[str, dict] = {}
-    warnings.filterwarnings("ignore", message="No artists with labels")
-    toy = ok(products, "toy1d")
-    if toy is not None:
-        mus = toy["mus"]
-        fig, axes = plt.subplots(1, len(mus), figsize=(3.4 * len(mus), 2.8), squeeze=False)
-        series["toy1d"] = {}
-        for c, (tag, info) in enumerate(mus.items()):
-            series["toy1d"][tag] = {}
-            for method, rows in info["methods"].items():
-                xs, ys = [r["scale"] for r in rows], [r["mean_log_density"] for r in rows]
-                series["toy1d"][tag][method] = {"mu": info["mu"], "scale": xs, "mean_log_density": ys}
-                axes[0][c].plot(xs, ys, "o-", label=method, ms=3)
-            axes[0][c].set_title(f"1D, mu = {info['mu']:g}", fontsize=9)
-            axes[0][c].set_xlabel(SCALE_AXIS, fontsize=8)
-        axes[0][0].set_ylabel("mean exact log p(x|y)", fontsize=8)
-        axes[0][0].legend(fontsize=6)
-        res.figure(fig, "quality_toy1d.png", "1D mixture: exact log-density of the samples vs scale")
-    bench = ok(products, "fractal_benchmark")
-    if bench is not None:
-        fig, ax = plt.subplots(figsize=(7.5, 3.4))
-        series["fractal"] = {}
-        for key, info in bench["methods"].items():
-            xs = [float(s) for s in info["scales"]]
-            ys = [v["mean_log_density"] for v in info["scales"].values()]
-            series["fractal"][key] = {"label": info["label"], "scale": xs, "mean_log_density": ys}
-            ax.plot(xs, ys, "o-", label=info["label"], ms=3)
-        # each post-processed set: its point before (on its method's curve) and after the flow, joined by an arrow
-        post = {}
-        for flow in bench.get("postprocessed", {}).values():
-            curve = post.setdefault(flow["method"], {"label": flow["label"] + POST, "scale": [],
-                                                     "mean_log_density_before": [], "mean_log_density": []})
-            curve["scale"].append(float(flow["scale"]))
-            curve["mean_log_density_before"].append(flow["before"]["mean_log_density"])
-            curve["mean_log_density"].append(flow["after"]["mean_log_density"])
-        for curve in post.values():
-            for x, b, a in zip(curve["scale"], curve["mean_log_density_before"], curve["mean_log_density"]):
-                ax.annotate("", (x, a), (x, b), arrowprops={"arrowstyle": "->", "lw": 0.8, "color": "0.4"})
-            ax.plot(curve["scale"], curve["mean_log_density"], "*", ms=9, label=curve["label"])
-        if post:
-            series["fractal_postprocessed"] = post
-        ax.axhline(bench["exact_samples"]["mean_log_density"], color="k", ls=":", lw=0.8)
-        ax.set_yscale("symlog", linthresh=1.0)  # far-off samples reach log p of -1e5; the good ones sit near 0
-        ax.set_xlabel("scale", fontsize=8), ax.set_ylabel("mean exact log p(x|y) (symlog)", fontsize=8)
-        ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
-        res.figure(fig, "quality_fractal.png", "2D fractal: exact log-density vs scale (dotted: exact samples; stars: "
-                                               "after the post-processor, arrows from the same set before it)")
+    mus = toy["mus"]
+    fig, axes = pyplot().subplots(1, len(mus), figsize=(4.6 * len(mus), 3.0), squeeze=False)
+    series["toy1d"] = {}
+    for ax, (tag, info) in zip(axes[0], mus.items()):
+        curves = series["toy1d"][tag] = {
+            m["label"]: {"mu": info["mu"], "scale": [r["scale"] for r in m["rows"]],
+                         "mean_log_density": [r["mean_log_density"] for r in m["rows"]]}
+            for m in info["methods"].values()}
+        draw(ax, [(m, c["scale"], c["mean_log_density"], {}) for m, c in curves.items()], "mean exact log p(x|y)")
+        ax.set_title(f"1D, mu = {fmt(info['mu'])}", fontsize=9)
+    res.figure(fig, "quality_toy1d.png", "1D mixture: exact log-density of the samples vs scale")
+
+
+def fractal_figure(res: SectionResult, bench: dict, series: dict) -> None:
+    from ..io.figures import pyplot
+
+    series["fractal"] = {key: {"label": info["label"], "scale": [float(s) for s in info["scales"]],
+                               "mean_log_density": [v["mean_log_density"] for v in info["scales"].values()]}
+                         for key, info in bench["methods"].items()}
+    post: dict = {}  # each post-processed set: its point before (on its method's curve) and after the flow
+    for flow in bench.get("postprocessed", {}).values():
+        curve = post.setdefault(flow["method"], {"label": flow["label"] + POST, "scale": [],
+                                                 "mean_log_density_before": [], "mean_log_density": []})
+        curve["scale"].append(float(flow["scale"]))
+        curve["mean_log_density_before"].append(flow["before"]["mean_log_density"])
+        curve["mean_log_density"].append(flow["after"]["mean_log_density"])
+    if post:
+        series["fractal_postprocessed"] = post
+    fig, ax = pyplot().subplots(figsize=(8.0, 3.6))
+    curves = [(c["label"], c["scale"], c["mean_log_density"], {}) for c in series["fractal"].values()]
+    curves += [(c["label"], c["scale"], c["mean_log_density"], {"linestyle": "none", "marker": "*", "markersize": 9})
+               for c in post.values()]
+    draw(ax, curves, "mean exact log p(x|y)")
+    for curve in post.values():
+        for x, b, a in zip(curve["scale"], curve["mean_log_density_before"], curve["mean_log_density"]):
+            ax.annotate("", (x, value(a)), (x, value(b)), arrowprops={"arrowstyle": "->", "lw": 0.8, "color": "0.4"})
+    ax.axhline(value(bench["exact_samples"]["mean_log_density"]), color="k", ls=":", lw=0.8)
+    res.figure(fig, "quality_fractal.png", "2D fractal: exact log-density vs scale (dotted: exact samples; stars: "
+                                           "after the post-processor, arrows from the same set before it)")
+
+
+def digits_figure(res: SectionResult, products: Products, series: dict) -> None:
+    from ..io.figures import pyplot
+
     runs = {}
     if ok(products, "digits_cfg") is not None:
         runs["cfg"] = {"label": "CFG (scale = s)", **ok(products, "digits_cfg")["table"]}
@@ -93,24 +112,34 @@ def analyse(products: Products, res: SectionResult) -> None:
         for when, label in (("before", "CFG at the post-processor's unseen scales"), ("after", "CFG" + POST)):
             runs[f"flow-unseen-{when}"] = {"label": label, "post": when == "after",
                                            "scales": {s: flow[when]["scales"][s] for s in flow["scales"]}}
-    if runs:
-        fig, ax = plt.subplots(figsize=(5.5, 3.4))
-        series["digits"] = {}
-        for key, info in runs.items():
-            xs = [float(s) for s in info["scales"]]
-            ys = [v["fd_digits"] for v in info["scales"].values()]
-            series["digits"][key] = {"label": info["label"], "scale": xs, "fd_digits": ys}
-            ax.plot(xs, ys, "*--" if info.get("post") else "o-", label=info["label"], ms=8 if info.get("post") else 3)
-        ax.set_xlabel("scale (CFG: s; classifier terms: guidance scale)", fontsize=8)
-        ax.set_ylabel("fd_digits (lower is better)", fontsize=8)
-        ax.legend(fontsize=5)
-        res.figure(fig, "quality_digits.png", "digits: fd_digits vs scale for every guidance method (stars: CFG after "
-                                              "the post-processor at scales it never saw)")
+    if not runs:
+        return
+    series["digits"] = {}
+    for key, info in runs.items():
+        est = info.get("estimates", {})
+        series["digits"][key] = {"label": info["label"], "scale": [float(s) for s in info["scales"]],
+                                 "fd_digits": [est.get(s, {}).get("fd_digits", v["fd_digits"])
+                                               for s, v in info["scales"].items()]}
+    fig, ax = pyplot().subplots(figsize=(7.5, 3.6))
+    draw(ax, [(c["label"], c["scale"], c["fd_digits"], {"marker": "*", "markersize": 8} if runs[k].get("post")
+               else {}) for k, c in series["digits"].items()], "fd_digits (lower is better)")
+    res.figure(fig, "quality_digits.png", "digits: fd_digits vs scale for every guidance method, 95 % bands (stars: "
+                                          "CFG after the post-processor at scales it never saw)")
+
+
+def analyse(products: Products, res: SectionResult) -> None:
+    series: dict[str, dict] = {}
+    if ok(products, "toy1d") is not None:
+        toy_figure(res, ok(products, "toy1d"), series)
+    if ok(products, "fractal_benchmark") is not None:
+        fractal_figure(res, ok(products, "fractal_benchmark"), series)
+    digits_figure(res, products, series)
     if not series:
         raise LookupError("no section with sampled quality finished")
     res.numbers = {"series": series}
-    res.markdown = ["Every curve uses the same per-sample seeds; its numbers are those of the sections above. "
-                    "Post-processed sets are points of their own (the same samples before and after the flow).", "",
+    res.markdown = ["Every curve uses the same per-sample seeds; its numbers are those of the sections above, with "
+                    "their 95 % bands where those sections give intervals. Post-processed sets are points of their "
+                    "own (the same samples before and after the flow).", "",
                     *res.markdown, *md_table(["dataset", "method", "quality", "scale: value"], quality_rows(series))]
 
 

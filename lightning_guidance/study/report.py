@@ -14,18 +14,18 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
-import platform
-import subprocess
 import time
 import traceback
 from collections import Counter
 from pathlib import Path
 
 from ..io.atomic import atomic_write_text
+from ..launch.provenance import commit, machine  # noqa: F401 - the study's callers read them here
 from .plan import DONE_STATES
-from .section import Products, SectionResult, agreement, agreement_markdown, fmt, md_table
-from .sections import CLAIMS
+from .section import Products, SectionResult, agreement, agreement_markdown, fmt, md_table, verdict_counts
+from .sections import CLAIMS, SCOPE
+
+SCOPE_KEYS = {c.key for c in SCOPE}
 
 
 def markers_digest(run_dir: Path, steps, sections: list[str]) -> str:
@@ -36,30 +36,6 @@ def markers_digest(run_dir: Path, steps, sections: list[str]) -> str:
         h.update(path.read_bytes() if path.is_file() else b"-")
     h.update(json.dumps(sorted(sections)).encode())
     return h.hexdigest()
-
-
-def machine() -> dict:
-    import torch
-
-    info = {"host": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
-            "cpu_count": os.cpu_count(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"}
-    if "SLURM_JOB_ID" in os.environ:
-        info["slurm_job"] = os.environ["SLURM_JOB_ID"]
-    return info
-
-
-def commit() -> dict:
-    """The commit of the code (and whether it has uncommitted changes): what a step marker and the report record."""
-    root = Path(__file__).resolve().parents[2]
-    try:
-        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                             check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                    capture_output=True, text=True).stdout.strip())
-        return {"commit": rev, "dirty": dirty}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": "unknown (not a git checkout)", "dirty": None}
 
 
 RUN_RECORD = "run.json"
@@ -152,6 +128,8 @@ def write_report(plan, status: dict[str, str], meta: dict, requested: list[str],
     attribute_steps(run_dir, meta["steps"], previous)
     report = {**meta, **timing(run_dir, meta["started_utc"], wall, rebuilt, previous), "markers_digest": digest,
               "sections": numbers, "agreement": agreement(CLAIMS, numbers)}
+    report["verdicts"] = verdict_counts([r for r in report["agreement"] if r["key"] not in SCOPE_KEYS])
+    report["statistics"] = {"interval_percent": 95, "power_percent": 80}  # what the agreement note names
     # report.json last: its markers digest says the report is current, so it must not be newer than report.md
     atomic_write_text(md_path, "\n".join(render(report, sections)) + "\n")
     atomic_write_text(json_path, json.dumps(report, indent=2, default=str))
@@ -169,12 +147,13 @@ def render(report: dict, sections: dict[str, SectionResult]) -> list[str]:
               f"({m['torch_threads']} threads), GPU: {m['gpu']}.",
               f"- Commit: `{report['commit']}`{dirty}.{steps_commits(report)}",
               f"- {run_timing(report)}, {report['jobs']} step{'s' * (report['jobs'] != 1)} at a time, "
-              f"{report['threads_per_step']} thread(s) each.",
+              f"{report['threads_per_step']} thread(s) each.{other_threads(report)}",
               "- Quality of digit samples is `fd_digits`: the Fréchet distance in the feature space of a judge "
               "classifier the suite trains (never used for guidance), not Inception FID.", ""]
     lines += ["## Agreement with the papers", "",
               "The direction each paper reports, next to the direction our run measured (never the papers' numbers "
-              "passed off as ours).", "", *agreement_markdown(report["agreement"])]
+              "passed off as ours).", "",
+              *agreement_markdown([r for r in report["agreement"] if r["key"] not in SCOPE_KEYS]), *scope(report)]
     for key, sec in sections.items():
         lines += [f"## {sec.title}", ""]
         if sec.status != "ok":
@@ -186,6 +165,29 @@ def render(report: dict, sections: dict[str, SectionResult]) -> list[str]:
               "`python cli.py <command> --config runs/<name>/<config>`); logs are in `logs/`.", "",
               *md_table(["step", "section", "command", "status", "seconds", "config"], rows)]
     return lines
+
+
+def scope(report: dict) -> list[str]:
+    """What the study does not measure (each with why), the methods it reconstructs from an abstract, and what its
+    toy data are."""
+    rows = report["agreement"]
+    made = sorted({f"{r['paper']}: {r['claim']}" for r in rows if r["reconstruction"]})
+    return ["## Scope", "", "Claims of the papers this study does not measure:", "",
+            *(f"- {r['paper']}: {r['claim']}. {r['measured'].capitalize()}." for r in rows if r["key"] in SCOPE_KEYS),
+            "", "Methods that are our reconstruction from a paper's abstract (†): "
+            + ("; ".join(made) if made else "none declared") + ".", "",
+            "The 2D fractal of sections 2 and 3 is Karras et al.'s (autoguidance) class-conditional fractal, with its "
+            "exact density; Zhao & Schwing's 2D data of growing class entanglement are not reproduced.", ""]
+
+
+def other_threads(report: dict) -> str:
+    """`` **A different run** ...`` when the steps ran at another thread count than the preset's
+    (--allow-other-threads): training differs with the thread count, so its numbers are another draw."""
+    fixed = report["preset"].get("threads_per_step")
+    if fixed is None or report["threads_per_step"] == fixed:
+        return ""
+    return (f" **A different run:** the preset fixes {fmt(fixed)} thread(s) per step; training differs with the "
+            "thread count, so these numbers are another draw of the experiment, not its report.")
 
 
 def steps_commits(report: dict) -> str:
@@ -212,29 +214,3 @@ def run_timing(report: dict) -> str:
         text += (f"; this report was rebuilt from the run's files at {report['rebuilt_utc']} UTC without running a "
                  f"step ({fmt(report['rebuild_seconds'])} s)")
     return text
-
-
-def publish(run_dir: Path, dest: Path) -> Path:
-    """Copy what a reader needs (report.md, report.json, figures/, configs/) into ``dest``: built in a temp folder
-    next to it and renamed into place; an existing ``dest`` is kept as ``<dest>.previous-<n>``."""
-    import shutil
-    import tempfile
-
-    run_dir, dest = Path(run_dir), Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    for name in ("report.md", "report.json"):
-        shutil.copy2(run_dir / name, tmp / name)
-    for folder in ("figures", "configs"):
-        if (run_dir / folder).is_dir():
-            shutil.copytree(run_dir / folder, tmp / folder)
-    for path in tmp.rglob("*"):
-        path.chmod(0o755 if path.is_dir() else 0o644)
-    tmp.chmod(0o755)
-    if dest.exists():
-        n = 1
-        while dest.with_name(f"{dest.name}.previous-{n}").exists():
-            n += 1
-        dest.rename(dest.with_name(f"{dest.name}.previous-{n}"))
-    tmp.rename(dest)
-    return dest

@@ -4,13 +4,18 @@ A :class:`Section` holds its key and title, the data it samples, the preset fiel
 (adds its steps to the :class:`~.plan.Plan`), ``analyse(products, result)`` (fills its :class:`SectionResult` from
 the :class:`Products` of those steps: tables, figures, numbers) and the paper claims its numbers measure. A section
 that cannot be analysed raises ``LookupError`` naming what is missing (:meth:`Products.step` does). Every number a
-section writes into markdown goes through :func:`fmt`, from a value it also stores in ``numbers``, so the report
-never shows a figure that ``report.json`` does not hold.
+section writes into markdown goes through :func:`fmt` (or ``Estimate.text``), from a value it also stores in
+``numbers``, so the report never shows a figure that ``report.json`` does not hold.
+
+A claim is graded from the report's numbers alone: ``Claim.measure(numbers)`` returns a :class:`Measurement` whose
+``effect`` is an :class:`~..stats.Estimate` of the signed effect the paper's claim is about (paired over the same
+sample ids and training seeds where two settings are compared); the verdict is read from its interval
+(:meth:`~..stats.Estimate.grade`: agree / disagree / inconclusive), with its effect size and the sample count its
+noise says would decide it.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,20 +23,35 @@ from pathlib import Path
 import yaml
 
 from ..io.shards import manifest_shards, read_extra, read_shard
+from ..io.tables import fmt
+from ..stats import Estimate
 from .plan import DONE_STATES, Plan, Step
 
 
 @dataclass(frozen=True)
+class Measurement:
+    """What a claim's numbers show: ``text`` (in words, every number through fmt), ``effect`` (the signed effect the
+    claim is about, with its interval) and ``expected_sign`` (+1 or -1: the sign the paper predicts for it)."""
+
+    text: str
+    effect: Estimate
+    expected_sign: int = 1
+    effect_unit: str = ""  # what the effect is a difference of, e.g. "fd_digits"
+
+
+@dataclass(frozen=True)
 class Claim:
-    """A paper's claim and how our numbers (``{section key: its report.json entry}``) measure it."""
+    """A paper's claim and how our numbers (``{section key: its report.json entry}``) measure it; ``measure`` raises
+    ``LookupError`` when a number it needs is missing (the row says so)."""
 
     key: str
     paper: str
     claim: str
     paper_direction: str
-    measure: Callable[[dict], tuple[str, bool]] | None  # numbers of all sections -> (what we measured, agrees)
+    measure: Callable[[dict], Measurement] | None  # numbers of all sections -> Measurement
     likely_reason: str  # shown only when we disagree
     not_measured: str = ""  # why a claim without ``measure`` is not measured
+    reconstruction: bool = False  # the method is our reconstruction from the paper's abstract (marked in the report)
 
 
 @dataclass(frozen=True)
@@ -80,6 +100,7 @@ class Products:
     def __init__(self, preset, run_dir: Path, steps: dict[str, Step], status: dict[str, str]):
         self.preset, self.run_dir, self.steps, self.status = preset, Path(run_dir), steps, status
         self.results: dict[str, SectionResult] = {}  # the sections analysed so far
+        self.memo: dict = {}  # what several sections read and one computes once (e.g. the digits tables)
 
     def ok(self, name: str) -> bool:
         return self.status.get(name) in DONE_STATES
@@ -117,20 +138,6 @@ class Products:
         return "inputs failed: " + ", ".join(bad) if bad else "no inputs"
 
 
-def fmt(value, digits: int = 4) -> str:
-    """One way to print a number everywhere (report and test): ``g`` format with ``digits`` significant digits."""
-    if value is None:
-        return "—"
-    if isinstance(value, (bool, int)):
-        return str(value)
-    v = float(value)
-    if math.isnan(v):
-        return "nan"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return f"{v:.{digits}g}"
-
-
 def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     """A Markdown table (io.tables) followed by a blank line."""
     from ..io.tables import markdown_table
@@ -155,26 +162,66 @@ def monotone_up(xs: list[float], ys: list[float]) -> float:
     return float(spearmanr(xs, ys)[0]) if len(set(ys)) > 1 else 0.0
 
 
+def grade(claim: Claim, numbers: dict) -> dict:
+    """One row of the agreement table: the claim, what we measured, the effect with its interval, n and seeds, the
+    effect size, the verdict and the sample count that would decide it (never guessed: a claim whose numbers are
+    missing is "not measured", with why)."""
+    row = {"key": claim.key, "paper": claim.paper, "claim": claim.claim, "paper_direction": claim.paper_direction,
+           "reconstruction": claim.reconstruction, "effect": None, "expected_sign": None, "effect_unit": "",
+           "effect_size": None, "samples_needed": None, "likely_reason": ""}
+    if claim.measure is None:
+        return {**row, "measured": f"not measured: {claim.not_measured}", "verdict": "not measured"}
+    try:
+        got = claim.measure(numbers)
+    except (LookupError, ValueError, ZeroDivisionError) as err:
+        return {**row, "measured": f"not measured: {err}".replace("'", ""), "verdict": "not measured"}
+    if isinstance(got, tuple):  # a section not yet on the verdict API: a point comparison, shown as such
+        measured, agree = got
+        return {**row, "measured": measured, "verdict": ("agree" if agree else "disagree") + " (no interval)",
+                "likely_reason": "" if agree else claim.likely_reason}
+    row.update(measured=got.text, effect=got.effect.as_json(), expected_sign=got.expected_sign,
+               effect_unit=got.effect_unit, **got.effect.grade(got.expected_sign))
+    row["likely_reason"] = claim.likely_reason if row["verdict"] == "disagree" else ""
+    return row
+
+
 def agreement(claims: list[Claim], numbers: dict) -> list[dict]:
-    """Each claim with the direction the paper reports, what we measured and the verdict (never guessed: a claim
-    whose numbers are missing is "not measured")."""
-    rows = []
-    for c in claims:
-        if c.measure is None:
-            measured, verdict = f"not measured: {c.not_measured}", "not measured"
-        else:
-            try:
-                measured, agree = c.measure(numbers)
-                verdict = "agree" if agree else "disagree"
-            except (LookupError, ValueError, ZeroDivisionError) as err:
-                measured, verdict = f"not measured: {err}".replace("'", ""), "not measured"
-        rows.append({"key": c.key, "paper": c.paper, "claim": c.claim, "paper_direction": c.paper_direction,
-                     "measured": measured, "verdict": verdict,
-                     "likely_reason": c.likely_reason if verdict == "disagree" else ""})
-    return rows
+    return [grade(c, numbers) for c in claims]
 
 
 def agreement_markdown(rows: list[dict]) -> list[str]:
-    table = [[r["paper"], r["claim"], r["paper_direction"], r["measured"], r["verdict"], r["likely_reason"]]
+    """The agreement table, a note on its columns, and the count of verdicts."""
+    def effect(r: dict) -> str:
+        if r["effect"] is None:
+            return "—"
+        e = Estimate.from_json(r["effect"])
+        sign = {1: "> 0", -1: "< 0"}[r["expected_sign"]]
+        return f"{e.text()} (paper: {sign})"
+
+    def size(r: dict) -> str:
+        e = r["effect"]
+        return "—" if e is None else f"{fmt(e['n'])} × {fmt(e['seeds'])}"
+
+    table = [[r["paper"], r["claim"] + (" †" if r["reconstruction"] else ""), r["paper_direction"], r["measured"],
+              effect(r), size(r), fmt(r["effect_size"]), r["verdict"], fmt(r["samples_needed"]), r["likely_reason"]]
              for r in rows]
-    return md_table(["paper", "claim", "paper's direction", "we measured", "verdict", "likely reason"], table)
+    counts = verdict_counts(rows)
+    return [*md_table(["paper", "claim", "paper's direction", "we measured", "effect [95 % interval]",
+                       "n × seeds", "effect size", "verdict", "n needed", "likely reason"], table),
+            "Effect: the signed difference the claim is about, with its 95 % bootstrap interval (over sample ids, and "
+            "over training seeds where there are several); the verdict is *agree* when the interval lies on the "
+            "paper's side of 0, *disagree* when it lies on the other side, *inconclusive* when it holds 0. n × seeds: "
+            "samples per setting and training seeds. Effect size: the effect in units of the per-sample noise. "
+            "n needed: samples per setting at which the interval would exclude 0 with 80 % power, if the measured "
+            "effect and noise are the truth. † the method is our reconstruction from the paper's abstract.", "",
+            f"Verdicts: {fmt(counts['agree'])} agree, {fmt(counts['disagree'])} disagree, "
+            f"{fmt(counts['inconclusive'])} inconclusive, {fmt(counts['not measured'])} not measured"
+            + (f"; {fmt(counts['no interval'])} point comparisons without an interval" if counts["no interval"]
+               else "") + ".", ""]
+
+
+def verdict_counts(rows: list[dict]) -> dict[str, int]:
+    """How many claims agree, disagree, are inconclusive, are not measured (and are point comparisons)."""
+    out = {v: sum(r["verdict"] == v for r in rows) for v in ("agree", "disagree", "inconclusive", "not measured")}
+    out["no interval"] = sum(r["verdict"].endswith("(no interval)") for r in rows)
+    return out

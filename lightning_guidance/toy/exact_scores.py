@@ -20,6 +20,7 @@ For samples ``x_i`` generated for classes ``y_i``:
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -71,6 +72,102 @@ def per_sample_scores(mixture: GaussianMixture, samples: Tensor, labels: Tensor)
             "wrong_class": (mixture.class_posterior(x).argmax(dim=1) != y).to(torch.float64)}
 
 
+class ExactScores:
+    """The scores of :func:`score_samples` as functions of resampled sample ids, for bootstrap intervals (``stats``).
+
+    :meth:`statistic` gives, per score, a vectorised statistic of one ``(B, n_c)`` index array per class (positions
+    among that class's samples, classes in sorted order; a stratified resample keeps each class's count), returning
+    ``(B,)`` values; on the identity ids it is :func:`score_samples`' value. The per-sample scores, the exact
+    reference and the projections are computed once. ``recall`` resamples the *reference* points instead (its k-NN
+    balls are those of all the samples: a resample with repeated samples has no k-th distinct neighbour), so its
+    interval covers the reference's draw, not the samples'; :meth:`sizes` gives each score's axes. Two sets of
+    samples with the same ids and labels, scored with the same seed, can be compared paired.
+    """
+
+    KEYS = ("mean_log_density", "median_log_density", "wrong_class_fraction", "sliced_wasserstein", "spread",
+            "recall")
+
+    def __init__(self, mixture: GaussianMixture, samples: Tensor, labels: Tensor,
+                 reference_per_class: int | None = None, seed: int = 0, num_projections: int = 256, p: int = 2,
+                 k: int = 3):
+        x = samples.detach().cpu().to(torch.float64).reshape(len(samples), -1)
+        y = labels.detach().cpu().to(torch.long)
+        per_sample = per_sample_scores(mixture, x, y)
+        self.p, self.num_samples = p, len(x)
+        self.classes = sorted(set(y.tolist()))
+        where = [torch.nonzero(y == c)[:, 0] for c in self.classes]
+        self.log_density = [per_sample["log_density"][w].numpy() for w in where]
+        self.wrong = [per_sample["wrong_class"][w].numpy() for w in where]
+        g = torch.Generator().manual_seed(seed)
+        self.points, self.projected, self.reference, self.cells, self.reference_var, self.covered = ([] for _ in
+                                                                                                      range(6))
+        for c, w in zip(self.classes, where):
+            mine = x[w]
+            n_ref = len(mine) if reference_per_class is None else int(reference_per_class)
+            exact = mixture.sample(n_ref, labels=torch.full((n_ref,), c), generator=g)[0].to(torch.float64)
+            theta = torch.randn(x.shape[1], num_projections, generator=g, dtype=torch.float64)  # as sliced_wasserstein
+            theta = theta / theta.norm(dim=0, keepdim=True)
+            self.points.append(mine.numpy())
+            self.projected.append((mine @ theta).numpy())
+            self.reference.append((exact @ theta).sort(dim=0).values.numpy())
+            self.cells.append(tuple(t.numpy() for t in _quantile_cells(len(mine), n_ref)))
+            self.reference_var.append(float(exact.var(dim=0).sum()))
+            if len(mine) <= k:
+                raise ValueError(f"recall with k={k} needs more than {k} samples per class, got {len(mine)}")
+            radius = torch.cdist(mine, mine).kthvalue(k + 1, dim=1).values
+            self.covered.append((torch.cdist(exact, mine) <= radius[None, :]).any(dim=1).to(torch.float64).numpy())
+
+    def sizes(self, key: str) -> tuple[int, ...]:
+        """The resampled axes of ``key``'s statistic: the reference points per class for ``recall``, else the
+        samples per class."""
+        return tuple(len(v) for v in (self.covered if key == "recall" else self.log_density))
+
+    def statistic(self, key: str):
+        """``key``'s vectorised statistic: ``(B, n_c)`` index arrays, one per class -> ``(B,)`` values."""
+        if key not in self.KEYS:
+            raise ValueError(f"unknown exact score {key!r}; choose one of {self.KEYS}")
+        return getattr(self, f"_{key}")
+
+    def values(self) -> dict[str, float]:
+        """Every score on all the samples (what :func:`score_samples` returns)."""
+        out = {}
+        for key in self.KEYS:
+            out[key] = float(self.statistic(key)(*(np.arange(n)[None] for n in self.sizes(key)))[0])
+        return {**out, "num_samples": self.num_samples}
+
+    def _pooled(self, per_class: list[np.ndarray], idx) -> np.ndarray:
+        return np.concatenate([v[i] for v, i in zip(per_class, idx)], axis=-1)
+
+    def _mean_log_density(self, *idx) -> np.ndarray:
+        return self._pooled(self.log_density, idx).mean(axis=-1)
+
+    def _median_log_density(self, *idx) -> np.ndarray:
+        pooled = self._pooled(self.log_density, idx)
+        middle = (pooled.shape[-1] - 1) // 2  # the lower median, as torch.median
+        return np.partition(pooled, middle, axis=-1)[..., middle]
+
+    def _wrong_class_fraction(self, *idx) -> np.ndarray:
+        return self._pooled(self.wrong, idx).mean(axis=-1)
+
+    def _sliced_wasserstein(self, *idx, chunk: int = 64) -> np.ndarray:
+        per_class = []
+        for proj, ref, (widths, ia, ib), i in zip(self.projected, self.reference, self.cells, idx):
+            parts = []
+            for start in range(0, len(i), chunk):
+                pa = np.sort(proj[i[start:start + chunk]], axis=1)  # (b, n, P)
+                cost = (widths[None, :, None] * np.abs(pa[:, ia] - ref[ib][None]) ** self.p).sum(axis=1)
+                parts.append(cost.mean(axis=-1) ** (1.0 / self.p))
+            per_class.append(np.concatenate(parts))
+        return np.mean(per_class, axis=0)
+
+    def _spread(self, *idx) -> np.ndarray:
+        return np.mean([np.sqrt(pts[i].var(axis=1, ddof=1).sum(axis=-1) / ref_var)
+                        for pts, ref_var, i in zip(self.points, self.reference_var, idx)], axis=0)
+
+    def _recall(self, *idx) -> np.ndarray:
+        return np.mean([cov[i].mean(axis=-1) for cov, i in zip(self.covered, idx)], axis=0)
+
+
 def score_samples(mixture: GaussianMixture, samples: Tensor, labels: Tensor, reference_per_class: int | None = None,
                   seed: int = 0, num_projections: int = 256, p: int = 2) -> dict[str, float]:
     """The exact scores of ``samples`` (N, D) generated for ``labels`` (N,) (see the module docstring).
@@ -79,21 +176,30 @@ def score_samples(mixture: GaussianMixture, samples: Tensor, labels: Tensor, ref
     ``num_projections`` directions, with the sliced ``p``-Wasserstein distance. The exact reference samples and the
     projections come from ``seed``, so two sets of samples scored with the same seed meet the same reference.
     """
-    x = samples.detach().cpu().to(torch.float64).reshape(len(samples), -1)
-    y = labels.detach().cpu().to(torch.long)
-    per_sample = per_sample_scores(mixture, x, y)
-    log_density, wrong = per_sample["log_density"], per_sample["wrong_class"]
-    g = torch.Generator().manual_seed(seed)
-    sw, spread, recall = [], [], []
-    for k in sorted(set(y.tolist())):
-        mine = x[y == k]
-        n_ref = len(mine) if reference_per_class is None else int(reference_per_class)
-        exact = mixture.sample(n_ref, labels=torch.full((n_ref,), k), generator=g)[0].to(torch.float64)
-        sw.append(sliced_wasserstein(mine, exact, num_projections, p=p, generator=g))
-        spread.append((mine.var(dim=0).sum() / exact.var(dim=0).sum()).sqrt())  # trace of the covariance, also in 1D
-        recall.append(knn_recall(mine, exact))
-    return {"mean_log_density": float(log_density.mean()), "median_log_density": float(log_density.median()),
-            "wrong_class_fraction": float(wrong.mean()),
-            "sliced_wasserstein": float(torch.stack(sw).mean()), "spread": float(torch.stack(spread).mean()),
-            "recall": float(torch.stack(recall).mean()),
-            "num_samples": int(len(x))}
+    return ExactScores(mixture, samples, labels, reference_per_class, seed, num_projections, p).values()
+
+
+def density_deciles(log_density: torch.Tensor) -> torch.Tensor:
+    """Each sample's decile (0: lowest) of exact log-density among its set."""
+    edges = torch.quantile(log_density, torch.linspace(0, 1, 11, dtype=log_density.dtype))
+    return (torch.searchsorted(edges, log_density, right=True) - 1).clamp(0, 9)
+
+
+def move_by_density_decile(log_density: torch.Tensor, moves: torch.Tensor) -> list[float]:
+    """Median move of the samples in each decile of exact log-density before the flow (lowest density first): the
+    classifier-centric study's claim is that the first deciles move much more than the last."""
+    bins = density_deciles(log_density)
+    return [float(moves[bins == d].median()) if (bins == d).any() else float("nan") for d in range(10)]
+
+
+def best_at_equal_wrong_class_rate(scores: dict[str, dict], budget: float) -> list[tuple[str, str, dict]]:
+    """Per method, its scale with the highest mean log-density among those whose wrong-class rate is <= ``budget``;
+    ``(method, scale, scores)`` sorted best first (the variants' comparison at equal class separation)."""
+    best: dict[str, tuple[str, dict]] = {}
+    for method, by_scale in scores.items():
+        for scale, sc in by_scale.items():
+            if sc["wrong_class_fraction"] > budget:
+                continue
+            if method not in best or sc["mean_log_density"] > best[method][1]["mean_log_density"]:
+                best[method] = (scale, sc)
+    return sorted(((m, s, sc) for m, (s, sc) in best.items()), key=lambda r: -r[2]["mean_log_density"])

@@ -39,3 +39,19 @@ def exact_conditional_scores(mu: float, sigma: float) -> dict[str, float]:
     log_norm = -math.log(sigma * math.sqrt(2 * math.pi))
     return {"mean_log_density": log_norm - 0.5, "median_log_density": log_norm - 0.5 * normal.inv_cdf(0.75) ** 2,
             "wrong_class_fraction": normal.cdf(-abs(mu) / sigma)}
+
+
+def boundary_path_distance(trajectory: torch.Tensor, labels: torch.Tensor, mu: float) -> torch.Tensor:
+    """Per sample, the signed distance from the exact decision boundary averaged over the whole sampling path, in
+    units of ``mu``: ``d_i = (1 / (K + 1)) sum_{k=0..K} (2 y_i - 1) x_{k,i} / mu`` for the K + 1 states
+    ``x_{k,i}`` (VP coordinates) of a ``(K + 1, N, 1)`` trajectory (the sampler's start to its samples).
+
+    On two classes of equal weight and width the Bayes boundary of the noised mixture is ``x = 0`` at every noise
+    level, so ``|x_k|`` is the distance to it at each step; positive: on the requested class's side. 1 at the end
+    of a path means the class's mean.
+    """
+    if trajectory.ndim != 3 or trajectory.shape[-1] != 1 or trajectory.shape[1] != len(labels):
+        raise ValueError(f"a 1D trajectory of (steps + 1, N, 1) for N = {len(labels)} labels is needed, got "
+                         f"{tuple(trajectory.shape)}")
+    side = (2 * labels.to(torch.float64) - 1)
+    return (trajectory[..., 0].to(torch.float64) * side).mean(dim=0) / float(mu)

@@ -1,0 +1,52 @@
+"""Panels of toy points for the report's figures: a 2D scatter framed on its points, 1D sampling paths. Two classes,
+class 0 blue and class 1 red throughout."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .figures import axis_labels
+
+CLASS_COLORS = ("tab:blue", "tab:red")
+
+
+def scatter_framed(ax, points, labels, title: str, quantile: float = 0.005) -> int:
+    """Both classes' 2D points, the panel framed on them: limits at the ``quantile`` and ``1 - quantile`` quantiles of
+    each coordinate (padded), the number of points beyond them in the title (returned)."""
+    pts, y = np.asarray(points, dtype=np.float64), np.asarray(labels)
+    lo, hi = np.quantile(pts, quantile, axis=0), np.quantile(pts, 1 - quantile, axis=0)
+    pad = 0.08 * np.maximum(hi - lo, 1e-3)
+    lo, hi = lo - pad, hi + pad
+    outside = int((~((pts >= lo) & (pts <= hi)).all(axis=1)).sum())
+    for cls, color in enumerate(CLASS_COLORS):
+        ax.scatter(pts[y == cls, 0], pts[y == cls, 1], s=1.5, color=color, alpha=0.6, label=f"class {cls}")
+    ax.set_xlim(lo[0], hi[0]), ax.set_ylim(lo[1], hi[1])
+    axis_labels(ax, "x1", "x2", title + (f"\n({outside} points outside the frame)" if outside else ""))
+    return outside
+
+
+def paths_1d(ax, trajectory, labels, per_class: int, boundary: float = 0.0) -> None:
+    """The first ``per_class`` sampling paths of each class (``trajectory`` (steps + 1, N)) against the step, and the
+    decision boundary dotted."""
+    traj, y = np.asarray(trajectory), np.asarray(labels)
+    for cls, color in enumerate(CLASS_COLORS):
+        for i in np.flatnonzero(y == cls)[:per_class]:
+            ax.plot(np.arange(len(traj)), traj[:, i], color=color, lw=0.6, alpha=0.7)
+    ax.axhline(boundary, color="k", lw=0.6, ls=":")
+
+
+def frame(ax, values, scale: str = "linear", linthresh: float = 1.0) -> None:
+    """The y axis on ``scale`` (``linear``, ``log``, or ``symlog`` linear within ``linthresh`` of 0), its limits the
+    data's (``values``: curves and band ends) padded by 5 % of the range as drawn, so the data fill the panel; the
+    scale named in the axis label."""
+    vals = np.asarray([float(v) for v in np.ravel(values) if v is not None], dtype=float)
+    vals = vals[np.isfinite(vals) & ((vals > 0) if scale == "log" else True)]
+    if scale != "linear":
+        ax.set_yscale(scale, **({"linthresh": linthresh} if scale == "symlog" else {}))
+        ax.set_ylabel(f"{ax.get_ylabel()} ({scale})", fontsize=8)
+    if not len(vals):
+        return
+    forward = ax.yaxis.get_transform()
+    lo, hi = forward.transform([vals.min(), vals.max()])
+    pad = 0.05 * (hi - lo) if hi > lo else 0.5
+    ax.set_ylim(*forward.inverted().transform([lo - pad, hi + pad]))
