@@ -147,14 +147,17 @@ def builtin(tmp_path: Path, bin_dir: Path | None, *args: str, config: dict | Non
 
 def test_builtin_study_submits_each_step_after_the_steps_it_reads(tmp_path, fake_slurm):
     out = builtin(tmp_path, fake_slurm, "--launcher", "slurm")
-    judge, cfg, sample, grade, report = calls(tmp_path)
+    judge, cfg, sample, grade, judge_conv, grade_conv, report = calls(tmp_path)
     run = tmp_path / "runs" / "m"
-    assert [option(c, "--job-name") for c in (judge, cfg, sample, grade, report)] == [
-        "lg-digits-judge", "lg-digits-cfg", "lg-sample-digits-cfg", "lg-grade-digits-cfg", "lg-report"]
-    assert (option(judge, "--dependency"), option(cfg, "--dependency")) == (None, None)  # they read nothing
+    assert [option(c, "--job-name") for c in (judge, cfg, sample, grade, judge_conv, grade_conv, report)] == [
+        "lg-digits-judge", "lg-digits-cfg", "lg-sample-digits-cfg", "lg-grade-digits-cfg", "lg-digits-judge-conv",
+        "lg-grade-conv-digits-cfg", "lg-report"]
+    assert [option(c, "--dependency") for c in (judge, cfg, judge_conv)] == [None] * 3  # they read nothing
     assert option(sample, "--dependency") == "afterok:101"
     assert sorted(option(grade, "--dependency").removeprefix("afterok:").split(":")) == ["100", "101", "102"]
-    assert option(report, "--dependency") == "afterany:100:101:102:103"  # the report names what did not finish
+    # the second judge grades the same shards
+    assert sorted(option(grade_conv, "--dependency").removeprefix("afterok:").split(":")) == ["101", "102", "104"]
+    assert option(report, "--dependency") == "afterany:100:101:102:103:104:105"  # the report names what did not finish
     assert "--report-only" in option(report, "--wrap") and "--launcher" not in option(report, "--wrap")
     # the preset's resources; each step's config is the one the local runner writes
     assert all((option(c, "--cpus-per-task"), option(c, "--time")) == ("1", "00:30:00") for c in (judge, grade))
@@ -162,10 +165,11 @@ def test_builtin_study_submits_each_step_after_the_steps_it_reads(tmp_path, fake
     assert judge[-1].endswith("slurm/train.sbatch") and grade[-1].endswith("slurm/predict.sbatch")
     assert "SUBCOMMAND=test" in option(grade, "--export").split(",")
     assert [line.split(": ")[0] for line in out.splitlines()[1:]] == [
-        "digits-judge", "digits-cfg", "sample-digits-cfg", "grade-digits-cfg", "report"]
+        "digits-judge", "digits-cfg", "sample-digits-cfg", "grade-digits-cfg", "digits-judge-conv",
+        "grade-conv-digits-cfg", "report"]
 
     status = builtin(tmp_path, fake_slurm, "--launcher", "slurm", "--status")
-    assert len(status.splitlines()) == 6 and "GONE" in status
+    assert len(status.splitlines()) == 8 and "GONE" in status
 
     # the judge's job succeeded (its marker and product), the CFG fit runs, sampling waits, grading failed: the
     # re-submission records the judge as finished, keeps the two live jobs and submits grading behind them
@@ -182,7 +186,8 @@ def test_builtin_study_submits_each_step_after_the_steps_it_reads(tmp_path, fake
     assert "digits-judge: finished, skipped" in again and "digits-cfg: job 101" in again
     assert "sample-digits-cfg: job 102" in again
     new = calls(tmp_path)[before:]
-    assert [option(c, "--job-name") for c in new] == ["lg-grade-digits-cfg", "lg-report"]
+    assert [option(c, "--job-name") for c in new] == ["lg-grade-digits-cfg", "lg-digits-judge-conv",
+                                                      "lg-grade-conv-digits-cfg", "lg-report"]
     assert option(new[0], "--dependency") == "afterok:101:102"
     assert json.loads((run / "steps" / "digits-judge.json").read_text())["seconds"] == 7  # the runner's marker
 

@@ -84,7 +84,14 @@ class _NearestReal(L.LightningModule):
 
 
 class NearestNeighbourCopy(_NearestReal):
-    """Each sample replaced by its nearest real training sample (the copy-the-neighbour baseline)."""
+    """Each sample replaced by its nearest real training sample (the copy-the-neighbour baseline).
+
+    Args:
+        output_dir: where the copied shards go (``<output_dir>/<source folder>/<shard>``).
+        same_class: search only the real samples of the sample's own class (as the flow's neighbours).
+        feature_net: the network whose flattened output is the search space (null: the pixels).
+        feature_batch_size: rows per ``feature_net`` call (>= 1).
+    """
 
     def __init__(self, output_dir: str, same_class: bool = True, feature_net: nn.Module | None = None,
                  feature_batch_size: int = 512):
@@ -119,7 +126,13 @@ class NearestNeighbourCopy(_NearestReal):
 
 class NearestTrainingDistance(_NearestReal):
     """Each sample's distance to its nearest real training sample (any class), per folder of ``predict_shards``, and
-    the held-out real samples': ``<output_dir>/nearest_training.npz``."""
+    the held-out real samples': ``<output_dir>/nearest_training.npz``.
+
+    Args:
+        output_dir: where ``nearest_training.npz`` goes.
+        feature_net: the network whose flattened output is the search space (null: the pixels).
+        feature_batch_size: rows per ``feature_net`` call (>= 1).
+    """
 
     def __init__(self, output_dir: str, feature_net: nn.Module | None = None, feature_batch_size: int = 512):
         super().__init__(output_dir, feature_net, feature_batch_size)
