@@ -77,6 +77,7 @@ def predict_args(ckpt: Path, out: Path) -> list:
             "--model.init_args.shard_size", 8, "--model.init_args.sampler_kwargs", "{num_steps: 3}"]
 
 
+@pytest.mark.slow  # 1.5 min; 2-process DDP fit/resume/predict stays in the default suite (test_ddp_training, test_ddp)
 @pytest.mark.timeout(4 * TIMEOUT_S)
 def test_two_nodes_fit_resume_and_predict_like_one_process(tmp_path):
     (tmp_path / "callbacks.yaml").write_text(CALLBACKS)

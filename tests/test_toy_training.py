@@ -39,7 +39,7 @@ def _scores(model, mixture, n=2000):
     return out, dict(mean=lp_real.mean().item(), median=lp_real.median().item())
 
 
-@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("prediction", ["eps", pytest.param("v", marks=pytest.mark.slow)])  # v: 2.5 min, slow
 def test_1d_mixture_samples_match_the_exact_density(tmp_path, prediction):
     """Trained for 1500 steps with each parameterisation, every sampler's samples are scored by the exact density.
     Catches a wrong v target or conversion (the v run would not learn the mixture), and samplers or training that
