@@ -220,14 +220,15 @@ def _study(ns, argv, run_in_process, attempt: Attempt) -> int:
         try:
             remove_stale_temps(run_dir)  # what writers killed mid-write left (their pid is gone), nothing else
             pause_for_tests("planning")
-            return _locked(ns, argv, run_in_process, attempt, study, preset, sections, run_dir, plan, lock.fd)
+            return _locked(ns, argv, run_in_process, attempt, study, preset, sections, threads, run_dir, plan,
+                           lock.fd)
         except StudyInterrupted as stop:
             return _stopped(attempt, stop.signum)
         finally:
             attempt.locked = False
 
 
-def _locked(ns, argv, run_in_process, attempt, study, preset, sections, run_dir, plan, lock_fd) -> int:
+def _locked(ns, argv, run_in_process, attempt, study, preset, sections, threads, run_dir, plan, lock_fd) -> int:
     jobs = ns.jobs or study.get("jobs") or (2 if (os.cpu_count() or 1) > 1 else 1)
     import torch
 
