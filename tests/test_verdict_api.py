@@ -17,7 +17,7 @@ import pytest
 from helpers import CONFIGS
 
 from lightning_guidance.stats import Estimate, difference
-from lightning_guidance.study.section import Claim, Measurement, agreement, agreement_markdown, verdict_counts
+from lightning_guidance.stats.claims import Claim, Measurement, agreement, agreement_markdown, verdict_counts
 
 
 def est(value, lo, hi, se=None, n=100, seeds=3):

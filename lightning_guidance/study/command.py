@@ -1,4 +1,4 @@
-"""``cli.py study``: plan the chosen sections' steps, run them (:mod:`.engine`, or as SLURM jobs: :mod:`.slurm`),
+"""``cli.py study``: plan the chosen sections' steps, run them (:mod:`..launch.steps`, or as SLURM jobs: :mod:`.slurm`),
 then write the report (:mod:`.report`).
 
 The exit code is 0 when every step and section finished, 1 when something failed (the report still names it), and
@@ -235,7 +235,7 @@ def _locked(ns, argv, run_in_process, attempt, study, preset, sections, threads,
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)  # the report's own scoring, too
     if ns.launcher == "slurm" and not ns.report_only:
-        from .engine import StepRunner
+        from ..launch.steps import StepRunner
         from .report import commit
         from .slurm import show_status, submit_study
 
@@ -256,7 +256,7 @@ def _run(ns, study, preset, sections, run_dir, plan, jobs, threads, run_in_proce
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from .engine import StepRunner
+    from ..launch.steps import StepRunner
     from .report import RUN_SETTINGS, commit, machine, record_run, write_report
 
     console = Console(stderr=False)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from ..metrics.graded import Graded, contrast, estimate, half_ids, read_table, table_of  # noqa: F401
 from ..stats import Estimate
 from .plan import DELETE, SWEEP_VALUES, Plan, guide_checkpoint, seeded, term
-from .section import Products, fmt, md_table
+from ..io.tables import fmt, md_table
+from ..launch.products import Products
 
 TERM0 = term(0)
 METRICS = ("fd_digits", "kd_digits", "precision", "recall", "judge_accuracy", "judge_score")  # with intervals

@@ -12,7 +12,10 @@ import numpy as np
 
 from . import digits
 from .plan import seeded
-from .section import Claim, Measurement, Products, Section, SectionResult, fmt, numbers_of
+from ..io.tables import fmt
+from ..launch.products import Products
+from ..stats.claims import Claim, Measurement, numbers_of
+from .section import Section, SectionResult
 from ..stats import Estimate
 
 PAPER = "Ho & Salimans (CFG)"

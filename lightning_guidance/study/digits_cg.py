@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from . import digits
 from .digits import REFERENCE, SMALL_DATA, Run, offtheshelf_key
-from .section import Claim, Measurement, Products, Section, SectionResult, fmt, md_table, numbers_of
+from ..io.tables import fmt, md_table
+from ..launch.products import Products
+from ..stats.claims import Claim, Measurement, numbers_of
+from .section import Section, SectionResult
 from ..stats import Estimate
 
 RESAMPLES, CLAIM_RESAMPLES = 200, 500  # resamples of a table figure, of a claim's effect (the intervals read their SE)

@@ -21,7 +21,10 @@ import numpy as np
 from ..stats import Estimate
 from . import digits
 from .plan import SWEEP_VALUES, Step
-from .section import Claim, Measurement, Products, Section, SectionResult, fmt, md_table, numbers_of
+from ..io.tables import fmt, md_table
+from ..launch.products import Products
+from ..stats.claims import Claim, Measurement, numbers_of
+from .section import Section, SectionResult
 
 FLOW_TRAIN, FLOW_FIT, FLOW_AFTER = "sample-digits-flow-train", "digits-flow", "grade-digits-flow-unseen-after"
 MEMORISATION = "digits-memorisation"

@@ -15,7 +15,10 @@ from ..stats import Estimate
 from ..toy.exact_scores import (best_at_equal_wrong_class_rate, density_deciles, move_by_density_decile,
                                 per_sample_scores)
 from .fractal import DATA, PRESET_FIELDS, label_of, plan, read_all
-from .section import Claim, Measurement, Products, Section, SectionResult, fmt, md_table, numbers_of
+from ..io.tables import fmt, md_table
+from ..launch.products import Products
+from ..stats.claims import Claim, Measurement, numbers_of
+from .section import Section, SectionResult
 
 #: the exact scores' settings: sliced W1 (the tables' "sliced W1") on 64 directions, seed 0
 SCORING = {"seed": 0, "num_projections": 64, "p": 1}

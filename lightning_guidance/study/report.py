@@ -22,7 +22,10 @@ from pathlib import Path
 from ..io.atomic import atomic_write_text
 from ..launch.provenance import commit, machine  # noqa: F401 - the study's callers read them here
 from .plan import DONE_STATES
-from .section import Products, SectionResult, agreement, agreement_markdown, fmt, md_table, verdict_counts
+from ..io.tables import fmt, md_table
+from ..launch.products import Products
+from ..stats.claims import agreement, agreement_markdown, verdict_counts
+from .section import SectionResult
 from .sections import CLAIMS, SCOPE
 
 SCOPE_KEYS = {c.key for c in SCOPE}

@@ -18,7 +18,10 @@ from ..io.figures import axis_labels, legend_outside, plot_with_band, pyplot
 from ..io.toy_figures import frame, paths_1d
 from ..stats import Estimate
 from .plan import SWEEP_VALUES, Plan, guide_checkpoint, seeded
-from .section import Claim, Measurement, Products, Section, SectionResult, fmt, md_table, numbers_of
+from ..io.tables import fmt, md_table
+from ..launch.products import Products
+from ..stats.claims import Claim, Measurement, numbers_of
+from .section import Section, SectionResult
 
 SIGMA_KEY = "data.init_args.sigma"
 SCALE_AXIS = "scale (CFG: s; CG: its guidance scale)"
