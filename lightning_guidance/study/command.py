@@ -12,35 +12,21 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
 import yaml
 
+from ..launch.arguments import without_options
+from ..launch.signals import Interrupted, on_signals, raise_interrupted, restore
 from .plan import DONE_STATES, configs_root, study_command
 from .presets import PRESETS, get_preset
 from .sections import KEYS, choose, plan_study
 
 STUDY_KEYS = ("title", "name", "preset", "sections", "description", "jobs", "slurm")
-
-
-class StudyInterrupted(BaseException):
-    """SIGTERM/SIGINT while the study plans or writes its report (the steps stop at their own safe point): unwinds the
-    phase; a file being written keeps its old content and its temp file is removed. Not an ``Exception``: a section's
-    ``except Exception`` does not swallow it."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_interrupted(signum, frame) -> None:
-    raise StudyInterrupted(signum)
 
 
 class Attempt:
@@ -71,18 +57,6 @@ class Attempt:
                     " whole. Re-run the same command to resume (finished steps are skipped)")
         return (f"stopped by {name} while writing the report{where}; every step's output is kept. Re-run the same "
                 "command to write it (finished steps are skipped)")
-
-
-def _on_signals(handler) -> dict:
-    """Install ``handler`` for SIGTERM and SIGINT (main thread only); the previous handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-
-
-def _restore(previous: dict) -> None:
-    for s, handler in previous.items():
-        signal.signal(s, handler)
 
 
 def load_study_file(path: str | None) -> dict:
@@ -128,19 +102,6 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def without_launcher(argv: list[str]) -> list[str]:
-    """The study's arguments less ``--launcher <kind>`` and ``--status``: what its report job is given."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--launcher":
-            skip = True
-        elif not arg.startswith("--launcher=") and arg != "--status":
-            out.append(arg)
-    return out
-
-
 def check_threads(preset, threads: int | None, allowed: bool) -> int:
     """The torch threads of each step: the preset's ``threads_per_step``. Training gives other weights at another
     thread count (docs/results/README.md, "Thread count"), so a run at another count is another draw of the
@@ -168,18 +129,18 @@ def main(argv: list[str] | None = None, run_in_process=None) -> int:
 
         return serve(run_in_process, ns.threads)
     attempt = Attempt()
-    previous = _on_signals(_raise_interrupted)
+    previous = on_signals(raise_interrupted)
     try:
         return _study(ns, argv, run_in_process, attempt)
-    except StudyInterrupted as stop:  # before the run folder was locked: nothing to record
+    except Interrupted as stop:  # before the run folder was locked: nothing to record
         return _stopped(attempt, stop.signum)
     finally:
-        _restore(previous)
+        restore(previous)
 
 
 def _stopped(attempt: Attempt, signum: int) -> int:
     """Record the interrupted run (when its folder is locked) and say so in one line; ``128 + signal``."""
-    _on_signals(signal.SIG_IGN)  # the record is short: a second signal does not cut it
+    on_signals(signal.SIG_IGN)  # the record is short: a second signal does not cut it
     if attempt.locked:
         attempt.record("interrupted")
     sys.stderr.write(attempt.stop_line(signum) + "\n")
@@ -222,7 +183,7 @@ def _study(ns, argv, run_in_process, attempt: Attempt) -> int:
             pause_for_tests("planning")
             return _locked(ns, argv, run_in_process, attempt, study, preset, sections, threads, run_dir, plan,
                            lock.fd)
-        except StudyInterrupted as stop:
+        except Interrupted as stop:
             return _stopped(attempt, stop.signum)
         finally:
             attempt.locked = False
@@ -242,7 +203,7 @@ def _locked(ns, argv, run_in_process, attempt, study, preset, sections, threads,
         if ns.status:
             return show_status(run_dir)
         print(f"study preset {preset.name} ({preset.summary}); {len(plan.steps)} steps as SLURM jobs; folder {run_dir}")
-        report_cmd = study_command(*without_launcher(argv), "--report-only")
+        report_cmd = study_command(*without_options(argv, ("--launcher",), ("--status",)), "--report-only")
         submit_study(StepRunner(run_dir, plan.steps, code=commit()), preset, study, report_cmd)
         return 0
     try:
@@ -272,11 +233,7 @@ def _run(ns, study, preset, sections, run_dir, plan, jobs, threads, run_in_proce
             from .slurm import record_finished_jobs
 
             record_finished_jobs(runner, preset, study)
-        status = runner.status = {n: "done" if Path(s.product).is_file() else "not run" for n, s in plan.steps.items()}
-        for name, step in plan.steps.items():  # each step's own seconds, as its run recorded them
-            marker = runner.marker_path(step)
-            if name not in runner.seconds and status[name] == "done" and marker.is_file():
-                runner.seconds[name] = float(json.loads(marker.read_text()).get("seconds", 0.0))
+        status = runner.adopt_products()
         ran = False
     else:
         columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
