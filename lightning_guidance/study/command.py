@@ -22,7 +22,8 @@ import yaml
 
 from ..launch.arguments import without_options
 from ..launch.signals import Interrupted, on_signals, raise_interrupted, restore
-from .plan import DONE_STATES, configs_root, study_command
+from ..launch.steps import DONE_STATES, study_command
+from .plan import configs_root
 from .presets import PRESETS, get_preset
 from .sections import KEYS, choose, plan_study
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 from . import digits, digits_cg
 from .digits import SMALL_DATA
 from .digits_cg import CLAIM_RESAMPLES, TABLE_NOTE, compare_table, comparisons, figure, runs_table, section_runs
-from .plan import Step, seeded, step_config
+from ..launch.steps import Step, step_config
+from .plan import seeded
 from ..io.tables import fmt, md_table
 from ..launch.products import Products
 from ..stats.claims import Claim, Measurement, numbers_of

@@ -10,6 +10,7 @@ two methods are compared paired, on the same sample ids and training seeds. The 
 from __future__ import annotations
 
 from . import digits
+from ..metrics.graded import Graded
 from .digits import REFERENCE, SMALL_DATA, Run, offtheshelf_key
 from ..io.tables import fmt, md_table
 from ..launch.products import Products
@@ -43,7 +44,7 @@ def guided(scale: str) -> bool:
     return float(scale) > 0
 
 
-def graded(products: Products, r: Run) -> digits.Graded:
+def graded(products: Products, r: Run) -> Graded:
     """The run's grading, read once per report (its per-sample products stay cached with it)."""
     if ("graded", r.key) not in products.memo:
         products.memo["graded", r.key] = digits.graded(products, r)

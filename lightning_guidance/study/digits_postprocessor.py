@@ -20,7 +20,8 @@ import numpy as np
 
 from ..stats import Estimate
 from . import digits
-from .plan import SWEEP_VALUES, Step
+from ..launch.steps import Step
+from .plan import SWEEP_VALUES
 from ..io.tables import fmt, md_table
 from ..launch.products import Products
 from ..stats.claims import Claim, Measurement, numbers_of

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..io.atomic import atomic_write_text
 from ..launch.provenance import commit, machine  # noqa: F401 - the study's callers read them here
-from .plan import DONE_STATES
+from ..launch.steps import DONE_STATES
 from ..io.tables import fmt, md_table
 from ..launch.products import Products
 from ..stats.claims import agreement, agreement_markdown, verdict_counts

@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..launch.slurm import SlurmChain, SlurmStep, format_status, slurm_resources, submit_with_report
-from .plan import Step, step_config
+from ..launch.steps import Step, step_config
 
 
 def state_dir(run_dir: Path) -> Path:
