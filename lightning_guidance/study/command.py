@@ -39,7 +39,7 @@ class Attempt:
         self.started, self.t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
 
     def record(self, exit_: str) -> None:
-        from .report import record_run
+        from ..launch.run_record import record_run
 
         seconds = self.runner.seconds if self.runner is not None else {}
         record_run(self.run_dir, {"started_utc": self.started.isoformat(timespec="seconds"),
@@ -198,7 +198,7 @@ def _locked(ns, argv, run_in_process, attempt, study, preset, sections, threads,
     torch.set_num_threads(threads)  # the report's own scoring, too
     if ns.launcher == "slurm" and not ns.report_only:
         from ..launch.steps import StepRunner
-        from .report import commit
+        from ..launch.provenance import commit
         from .slurm import show_status, submit_study
 
         if ns.status:
@@ -219,7 +219,9 @@ def _run(ns, study, preset, sections, run_dir, plan, jobs, threads, run_in_proce
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from ..launch.steps import StepRunner
-    from .report import RUN_SETTINGS, commit, machine, record_run, write_report
+    from ..launch.provenance import commit, machine
+    from ..launch.run_record import RUN_SETTINGS, record_run
+    from .report import write_report
 
     console = Console(stderr=False)
     started, t0 = attempt.started, attempt.t0
