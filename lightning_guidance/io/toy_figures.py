@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .figures import axis_labels
+from .figures import axis_labels, legend_outside, plot_with_band, pyplot
 
 CLASS_COLORS = ("tab:blue", "tab:red")
 
@@ -50,3 +50,38 @@ def frame(ax, values, scale: str = "linear", linthresh: float = 1.0) -> None:
     lo, hi = forward.transform([vals.min(), vals.max()])
     pad = 0.05 * (hi - lo) if hi > lo else 0.5
     ax.set_ylim(*forward.inverted().transform([lo - pad, hi + pad]))
+
+
+def paths_grid(rows, per_class: int, x_label: str = "sampler step"):
+    """Panels of 1D sampling paths (:func:`paths_1d`), one row per ``(y label, panels)``, each panel ``(title,
+    trajectory (steps + 1, N), labels)``: titles on the first row, the x label on the last."""
+    fig, axes = pyplot().subplots(len(rows), len(rows[0][1]), figsize=(2.2 * len(rows[0][1]), 2.0 * len(rows)),
+                                  squeeze=False)
+    for r, (y_label, panels) in enumerate(rows):
+        for c, (title, traj, labels) in enumerate(panels):
+            paths_1d(axes[r][c], traj, labels, per_class)
+            axis_labels(axes[r][c], x_label if r == len(rows) - 1 else "", y_label if c == 0 else "",
+                        title if r == 0 else "")
+    return fig
+
+
+def band_grid(columns, x_label: str, width: float = 3.6, height: float = 2.7):
+    """Columns of panels, each ``(title, y label, curves, reference)``: curves ``(label, x, estimates)`` drawn with
+    their 95 % bands (curve ``i`` in style ``i``), ``reference`` ``(value, label)`` a dotted line or None, the y axis
+    framed on the bands (:func:`frame`), the title on the first row only; one legend below."""
+    rows, cols = len(columns[0]), len(columns)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for c, panels in enumerate(columns):
+        for r, (title, y_label, curves, reference) in enumerate(panels):
+            ax, values = axes[r][c], []
+            for i, (label, x, est) in enumerate(curves):
+                plot_with_band(ax, x, est, label, i)
+                values += [v for e in est for v in (e["lo"], e["hi"])]
+            if reference is not None:
+                ax.axhline(reference[0], color="k", ls=":", lw=1, label=reference[1])
+                values.append(reference[0])
+            axis_labels(ax, x_label, y_label, title if r == 0 else "")
+            frame(ax, values)
+    legend_outside(fig)
+    return fig
+
