@@ -1,7 +1,9 @@
-"""Panels of toy points for the report's figures: a 2D scatter framed on its points, 1D sampling paths. Two classes,
-class 0 blue and class 1 red throughout."""
+"""Panels of toy points for the report's figures: a 2D scatter framed on its points, 1D sampling paths (class 0 blue,
+class 1 red throughout), and grids of estimates against a scale with their bands and an exact reference."""
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -65,23 +67,32 @@ def paths_grid(rows, per_class: int, x_label: str = "sampler step"):
     return fig
 
 
-def band_grid(columns, x_label: str, width: float = 3.6, height: float = 2.7):
-    """Columns of panels, each ``(title, y label, curves, reference)``: curves ``(label, x, estimates)`` drawn with
-    their 95 % bands (curve ``i`` in style ``i``), ``reference`` ``(value, label)`` a dotted line or None, the y axis
-    framed on the bands (:func:`frame`), the title on the first row only; one legend below."""
+class BandPanel(NamedTuple):
+    """One panel of :func:`band_grid`: curves ``(label, x, estimates)``, a dotted ``reference`` line ``(value, label)``
+    or None, and the y axis's scale (:func:`frame`)."""
+
+    title: str
+    y_label: str
+    curves: list
+    reference: tuple[float, str] | None = None
+    scale: str = "linear"
+
+
+def band_grid(columns: list[list[BandPanel]], x_label: str, width: float = 3.6, height: float = 2.7):
+    """Columns of panels (:class:`BandPanel`), each curve drawn with its 95 % band (curve ``i`` of a panel in style
+    ``i``), the y axis framed on the bands and the reference, the title on the first row only; one legend below."""
     rows, cols = len(columns[0]), len(columns)
     fig, axes = pyplot().subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
     for c, panels in enumerate(columns):
-        for r, (title, y_label, curves, reference) in enumerate(panels):
+        for r, panel in enumerate(panels):
             ax, values = axes[r][c], []
-            for i, (label, x, est) in enumerate(curves):
+            for i, (label, x, est) in enumerate(panel.curves):
                 plot_with_band(ax, x, est, label, i)
                 values += [v for e in est for v in (e["lo"], e["hi"])]
-            if reference is not None:
-                ax.axhline(reference[0], color="k", ls=":", lw=1, label=reference[1])
-                values.append(reference[0])
-            axis_labels(ax, x_label, y_label, title if r == 0 else "")
-            frame(ax, values)
+            if panel.reference is not None:
+                ax.axhline(panel.reference[0], color="k", ls=":", lw=1, label=panel.reference[1])
+                values.append(panel.reference[0])
+            axis_labels(ax, x_label, panel.y_label, panel.title if r == 0 else "")
+            frame(ax, values, panel.scale)
     legend_outside(fig)
     return fig
-

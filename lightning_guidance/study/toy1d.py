@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..io.toy_figures import band_grid, paths_grid
+from ..io.toy_figures import BandPanel, band_grid, paths_grid
 from ..stats import Estimate
 from .plan import SWEEP_VALUES, Plan, guide_checkpoint, seeded
 from ..io.tables import fmt, md_table
@@ -172,11 +172,11 @@ def figures(p, res: SectionResult, per_mu: dict, paths: dict) -> None:
     res.figure(paths_grid(rows, p.toy_trajectories_per_class), "toy1d_trajectories.png", "1D sampling paths of the "
                "first training seed (blue: class 0 at -mu, red: class 1 at +mu; dotted: the exact decision boundary)")
 
-    def panel(info: dict, key: str, y_label: str, title: str) -> tuple:
+    def panel(info: dict, key: str, y_label: str, title: str) -> BandPanel:
         curves = [(m["label"], [r["scale"] for r in m["rows"]], [r[key] for r in m["rows"]])
                   for m in info["methods"].values()]
         exact = (info["exact"][key]["value"], "exact p(x | y)") if key == "wrong_class_fraction" else None
-        return title, y_label, curves, exact
+        return BandPanel(title, y_label, curves, exact)
 
     columns = [[panel(info, "path_distance", "path distance (units of mu)", f"mu = {info['mu']:g}"),
                 panel(info, "wrong_class_fraction", "wrong-class share", "")] for info in per_mu.values()]
