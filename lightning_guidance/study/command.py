@@ -1,5 +1,5 @@
-"""``cli.py study``: plan the chosen sections' steps, run them (:mod:`..launch.steps`, or as SLURM jobs: :mod:`.slurm`),
-then write the report (:mod:`.report`).
+"""``cli.py study``: plan the chosen sections' steps, run them (:mod:`..launch.steps`, or as SLURM jobs:
+:mod:`..launch.step_jobs`), then write the report (:mod:`.report`).
 
 The exit code is 0 when every step and section finished, 1 when something failed (the report still names it), and
 ``128 + signal`` after SIGINT/SIGTERM, in any phase: planning, steps (they stop at a safe point and the report is
@@ -199,13 +199,13 @@ def _locked(ns, argv, run_in_process, attempt, study, preset, sections, threads,
     if ns.launcher == "slurm" and not ns.report_only:
         from ..launch.steps import StepRunner
         from ..launch.provenance import commit
-        from .slurm import show_status, submit_study
+        from ..launch.step_jobs import show_status, submit_steps
 
         if ns.status:
             return show_status(run_dir)
         print(f"study preset {preset.name} ({preset.summary}); {len(plan.steps)} steps as SLURM jobs; folder {run_dir}")
         report_cmd = study_command(*without_options(argv, ("--launcher",), ("--status",)), "--report-only")
-        submit_study(StepRunner(run_dir, plan.steps, code=commit()), preset, study, report_cmd)
+        submit_steps(StepRunner(run_dir, plan.steps, code=commit()), preset.slurm, study.get("slurm"), report_cmd)
         return 0
     try:
         return _run(ns, study, preset, sections, run_dir, plan, jobs, threads,
@@ -233,9 +233,9 @@ def _run(ns, study, preset, sections, run_dir, plan, jobs, threads, run_in_proce
     attempt.settings = {"machine": machine(), "jobs": jobs, "threads_per_step": threads}
     if ns.report_only:
         if (run_dir / "slurm").is_dir():  # steps that SLURM jobs finished: recorded as the local runner would
-            from .slurm import record_finished_jobs
+            from ..launch.step_jobs import record_finished_jobs
 
-            record_finished_jobs(runner, preset, study)
+            record_finished_jobs(runner, preset.slurm, study.get("slurm"))
         status = runner.adopt_products()
         ran = False
     else:
