@@ -15,9 +15,9 @@ import pytest
 from helpers import CONFIGS
 
 from lightning_guidance.cli import main
-from lightning_guidance.study.engine import StepRunner
-from lightning_guidance.study.plan import Step, apply_edits
-from lightning_guidance.study.section import fmt
+from lightning_guidance.launch.steps import StepRunner
+from lightning_guidance.launch.steps import Step, apply_edits
+from lightning_guidance.io.tables import fmt
 from lightning_guidance.study.sections import CLAIMS, KEYS
 
 NUMBER = re.compile(r"(?<![\w.\-/])-?(?:\d+(?:\.\d+)?|\.\d+)(?:e[+-]?\d+)?(?![\w.])")
@@ -250,7 +250,7 @@ def test_full_presets_train_and_grade_on_their_dataset(tmp_path, capsys, preset,
     wrapped-data test."""
     import yaml
 
-    from lightning_guidance.study.plan import step_config
+    from lightning_guidance.launch.steps import step_config
     from lightning_guidance.study.presets import get_preset
     from lightning_guidance.study.sections import plan_study
 

@@ -15,8 +15,8 @@ from subprocess_cli import temp_files, wrong_modes
 from lightning_guidance.cli import main
 from lightning_guidance.io.digests import file_digest
 from lightning_guidance.io.shards import read_shard
-from lightning_guidance.study.engine import StepRunner
-from lightning_guidance.study.plan import DELETE, Step
+from lightning_guidance.launch.steps import StepRunner
+from lightning_guidance.launch.steps import DELETE, Step
 
 
 def steps(run, fit_steps: int) -> dict[str, Step]:

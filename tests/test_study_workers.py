@@ -22,8 +22,8 @@ from helpers import CONFIGS, ROOT, load
 from subprocess_cli import cli_env, running_with, wait_until
 
 from lightning_guidance.io.digests import file_digest
-from lightning_guidance.study.engine import StepRunner
-from lightning_guidance.study.plan import Step
+from lightning_guidance.launch.steps import StepRunner
+from lightning_guidance.launch.steps import Step
 from lightning_guidance.study.presets import get_preset
 from lightning_guidance.study.sections import plan_study
 from lightning_guidance.launch.workers import ProcessState
@@ -105,8 +105,8 @@ def test_sigterm_stops_the_step_in_its_worker_and_a_rerun_resumes(tmp_path):
                  "data.init_args.batch_size": 16}, product=str(root / "checkpoints" / "last.ckpt"), resume=True)
     spec = tmp_path / "step.yaml"
     spec.write_text(yaml.safe_dump({"run_dir": str(run_dir), "step": step.__dict__}))
-    driver = ("import sys, yaml; from pathlib import Path; from lightning_guidance.study.plan import Step; "
-              "from lightning_guidance.study.engine import StepRunner; spec = yaml.safe_load(open(sys.argv[1])); "
+    driver = ("import sys, yaml; from pathlib import Path; from lightning_guidance.launch.steps import Step; "
+              "from lightning_guidance.launch.steps import StepRunner; spec = yaml.safe_load(open(sys.argv[1])); "
               "step = Step(**spec['step']); runner = StepRunner(Path(spec['run_dir']), {step.name: step}, jobs=2, "
               "threads=1); status = runner.run(); print('status', status[step.name], flush=True); "
               "sys.exit(128 + runner.interrupted if runner.interrupted else 0)")

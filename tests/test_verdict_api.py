@@ -17,7 +17,7 @@ import pytest
 from helpers import CONFIGS
 
 from lightning_guidance.stats import Estimate, difference
-from lightning_guidance.study.section import Claim, Measurement, agreement, agreement_markdown, verdict_counts
+from lightning_guidance.stats.claims import Claim, Measurement, agreement, agreement_markdown, verdict_counts
 
 
 def est(value, lo, hi, se=None, n=100, seeds=3):
@@ -77,7 +77,7 @@ def test_a_preset_with_two_training_seeds_plans_seeded_models_and_runs(tmp_path)
     """Each model a claim rests on is fitted once per seed (seed 0 keeps its name and config, seed s offsets the
     config's seed_everything and noise_seed by s, never the data split); each run samples and grades per seed from
     that seed's models; the judge is fitted once."""
-    from lightning_guidance.study.plan import step_config
+    from lightning_guidance.launch.steps import step_config
     from lightning_guidance.study.presets import MICRO
     from lightning_guidance.study.sections import plan_study
 

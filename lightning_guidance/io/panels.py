@@ -73,6 +73,16 @@ def estimate_panels(panels: Mapping[str, Mapping[str, tuple[Sequence[float], Seq
     return fig
 
 
+def ecdf_figure(curves: Sequence[tuple[str, object, int]], x_label: str, y_label: str = "share of samples at or below"):
+    """One axis of empirical CDFs with their 95 % bands, ``(label, values, style index)`` each (:func:`plot_ecdf`)."""
+    fig, ax = pyplot().subplots(figsize=(7, 3.6))
+    for label, values, i in curves:
+        plot_ecdf(ax, values, label, i)
+    axis_labels(ax, x_label, y_label)
+    legend_outside(fig)
+    return fig
+
+
 def plot_ecdf(ax, values, label: str, i: int, level: float = 0.95):
     """The empirical CDF of ``values`` (curve ``i``, :func:`style`) with its ``level`` band (Dvoretzky-Kiefer-Wolfowitz:
     ``+-sqrt(log(2 / (1 - level)) / (2 n))``, Massart's constant); returns the line."""

@@ -175,6 +175,12 @@ def shard_paths(folder: str | Path) -> list[Path]:
     return sorted(Path(folder).glob("shard_*.npz"))
 
 
+def read_folder(folder: str | Path) -> tuple[Tensor, Tensor] | None:
+    """``(samples, labels)`` of every shard of one folder, in sample-id order; None when it holds none."""
+    loaded = [read_shard(p) for p in shard_paths(folder)]
+    return (torch.cat([sh.samples for sh in loaded]), torch.cat([sh.labels for sh in loaded])) if loaded else None
+
+
 def plan_shards(folder: str | Path, num_samples: int, shard_size: int) -> list[tuple[Path, tuple[int, ...]]]:
     """``[(path, sample ids)]``: ids ``0..num_samples-1`` cut into shards of ``shard_size``."""
     return [(shard_path(folder, start), tuple(range(start, min(start + shard_size, num_samples))))
@@ -239,11 +245,10 @@ def write_manifest(output_dir: str | Path, folders: dict[str, Path], configs: di
     titled ``titles[label]``)."""
     manifest = {"num_samples_per_value": num_samples, "classes": classes, "values": {}}
     for label, folder in folders.items():
-        paths = shard_paths(folder)
-        if not paths:
+        paths, got = shard_paths(folder), read_folder(folder)
+        if got is None:
             continue
-        loaded = [read_shard(p) for p in paths]
-        x, y = torch.cat([sh.samples for sh in loaded]), torch.cat([sh.labels for sh in loaded])
+        x, y = got
         picture = save_sample_picture(x, y, Path(folder) / "grid.png", title=titles[label], per_class=per_class)
         manifest["values"][label] = {"shards": [p.name for p in paths], "count": int(len(y)),
                                      "grid": _relative(picture, output_dir), "config": configs[label]}

@@ -31,6 +31,11 @@ def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> lis
     return lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
 
 
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table followed by a blank line: a block of a report."""
+    return [*markdown_table(header, rows), ""]
+
+
 def write_table(folder: str | Path, name: str, data: dict, intro: str, columns: Sequence[str],
                 rows: Sequence[Sequence[str]]) -> tuple[Path, Path]:
     """``<folder>/<name>.json`` (``data``) and ``<folder>/<name>.md`` (``intro``, a blank line, the table)."""

@@ -1,11 +1,13 @@
-"""Panels of toy points for the report's figures: a 2D scatter framed on its points, 1D sampling paths. Two classes,
-class 0 blue and class 1 red throughout."""
+"""Panels of toy points for the report's figures: a 2D scatter framed on its points, 1D sampling paths (class 0 blue,
+class 1 red throughout), and grids of estimates against a scale with their bands and an exact reference."""
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-from .figures import axis_labels
+from .figures import axis_labels, legend_outside, plot_with_band, pyplot
 
 CLASS_COLORS = ("tab:blue", "tab:red")
 
@@ -50,3 +52,47 @@ def frame(ax, values, scale: str = "linear", linthresh: float = 1.0) -> None:
     lo, hi = forward.transform([vals.min(), vals.max()])
     pad = 0.05 * (hi - lo) if hi > lo else 0.5
     ax.set_ylim(*forward.inverted().transform([lo - pad, hi + pad]))
+
+
+def paths_grid(rows, per_class: int, x_label: str = "sampler step"):
+    """Panels of 1D sampling paths (:func:`paths_1d`), one row per ``(y label, panels)``, each panel ``(title,
+    trajectory (steps + 1, N), labels)``: titles on the first row, the x label on the last."""
+    fig, axes = pyplot().subplots(len(rows), len(rows[0][1]), figsize=(2.2 * len(rows[0][1]), 2.0 * len(rows)),
+                                  squeeze=False)
+    for r, (y_label, panels) in enumerate(rows):
+        for c, (title, traj, labels) in enumerate(panels):
+            paths_1d(axes[r][c], traj, labels, per_class)
+            axis_labels(axes[r][c], x_label if r == len(rows) - 1 else "", y_label if c == 0 else "",
+                        title if r == 0 else "")
+    return fig
+
+
+class BandPanel(NamedTuple):
+    """One panel of :func:`band_grid`: curves ``(label, x, estimates)``, a dotted ``reference`` line ``(value, label)``
+    or None, and the y axis's scale (:func:`frame`)."""
+
+    title: str
+    y_label: str
+    curves: list
+    reference: tuple[float, str] | None = None
+    scale: str = "linear"
+
+
+def band_grid(columns: list[list[BandPanel]], x_label: str, width: float = 3.6, height: float = 2.7):
+    """Columns of panels (:class:`BandPanel`), each curve drawn with its 95 % band (curve ``i`` of a panel in style
+    ``i``), the y axis framed on the bands and the reference, the title on the first row only; one legend below."""
+    rows, cols = len(columns[0]), len(columns)
+    fig, axes = pyplot().subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for c, panels in enumerate(columns):
+        for r, panel in enumerate(panels):
+            ax, values = axes[r][c], []
+            for i, (label, x, est) in enumerate(panel.curves):
+                plot_with_band(ax, x, est, label, i)
+                values += [v for e in est for v in (e["lo"], e["hi"])]
+            if panel.reference is not None:
+                ax.axhline(panel.reference[0], color="k", ls=":", lw=1, label=panel.reference[1])
+                values.append(panel.reference[0])
+            axis_labels(ax, x_label, panel.y_label, panel.title if r == 0 else "")
+            frame(ax, values, panel.scale)
+    legend_outside(fig)
+    return fig

@@ -34,3 +34,17 @@ def last_value(argv: Sequence[str], flag: str) -> str | None:
         elif str(arg).startswith(flag + "="):
             value = str(arg).split("=", 1)[1]
     return value
+
+
+def without_options(argv: Sequence[str], with_value: Sequence[str] = (), flags: Sequence[str] = ()) -> list[str]:
+    """``argv`` less each ``--opt VALUE`` / ``--opt=VALUE`` of ``with_value`` and each flag of ``flags`` (e.g. what a
+    job that runs the same command on its own is given)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in with_value:
+            skip = True
+        elif not any(arg.startswith(f"{opt}=") for opt in with_value) and arg not in flags:
+            out.append(arg)
+    return out

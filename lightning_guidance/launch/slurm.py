@@ -4,7 +4,7 @@ what it reads was written.
 
 The interface is small on purpose: a list of :class:`SlurmStep` in, ``{step name: job id}`` out
 (:meth:`SlurmChain.submit`; :func:`submit_with_report` adds the job that writes the report and prints the ids), and
-:meth:`SlurmChain.status` for the chain's state; the study (``study/slurm.py``) is its user.
+:meth:`SlurmChain.status` for the chain's state; the study's steps (``launch/step_jobs.py``) are its user.
 
 - ``fit`` steps run ``slurm/train.sbatch`` (which always resumes with ``--ckpt_path last``), every other command
   ``slurm/predict.sbatch`` with ``SUBCOMMAND`` set; both requeue themselves before their time limit.

@@ -30,9 +30,7 @@ import datetime as dt
 import json
 import os
 import re
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +39,7 @@ import yaml
 
 from ..io.atomic import atomic_write_text
 from ..io.digests import file_digest
+from .signals import on_signals, restore
 from .workers import ProcessState, WorkerPool, run_step
 
 DELETE = object()
@@ -261,8 +260,7 @@ class StepRunner:
     def run(self, progress=None) -> dict[str, str]:
         task = progress.add_task("steps", total=len(self.steps)) if progress is not None else None
         pending, running = list(self.steps), {}
-        old = {s: signal.signal(s, self.forward) for s in (signal.SIGINT, signal.SIGTERM)} \
-            if threading.current_thread() is threading.main_thread() else {}
+        old = on_signals(self.forward)
         if self.in_process:
             self._state = ProcessState(self.threads)
         else:
@@ -300,8 +298,17 @@ class StepRunner:
                 self.pool = None
             if self._state is not None:
                 self._state.restore()  # the caller's process as it was
-            for s, h in old.items():
-                signal.signal(s, h)
+            restore(old)
+        return self.status
+
+    def adopt_products(self) -> dict[str, str]:
+        """Run nothing: a step whose product exists is done (with the seconds its marker recorded), the others not
+        run (a report rebuilt from what the steps wrote)."""
+        self.status = {n: "done" if Path(s.product).is_file() else "not run" for n, s in self.steps.items()}
+        for name, step in self.steps.items():
+            marker = self.marker_path(step)
+            if name not in self.seconds and self.status[name] == "done" and marker.is_file():
+                self.seconds[name] = float(json.loads(marker.read_text()).get("seconds", 0.0))
         return self.status
 
     def _timed(self, step: Step, path: Path) -> tuple[int, float]:

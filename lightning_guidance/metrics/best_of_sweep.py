@@ -26,8 +26,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..stats import Interval, bootstrap, hierarchical_bootstrap, normal_interval
-from .intervals import _figure, hierarchical_metric_interval
+from ..stats import Estimate, Interval, bootstrap, hierarchical_bootstrap, normal_interval
+from .graded import Graded
+from .intervals import _figure, hierarchical_metric_interval, keep_ids
 
 
 def halves(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,3 +141,33 @@ def fd_interval(per_seed: Sequence[tuple[dict, dict | None, dict]], settings: Ma
     = (a, b or None, real)``; ``metrics.intervals.hierarchical_metric_interval``, centred."""
     return normal_interval(hierarchical_metric_interval(per_seed, settings["fd_name"], num_resamples=num_resamples,
                                                         seed=seed, level=level, **settings))
+
+
+def sweeps_of(runs: Sequence[tuple[Hashable, Graded]], keep, ids=None, keyed: bool = False) -> list[Sweep]:
+    """Per training seed, the :class:`Sweep` over the scales ``keep`` accepts of graded runs ``(key, Graded)`` (the
+    candidates: scales, or ``(run key, scale)`` when ``keyed``), on the sample ids ``ids`` (default: all)."""
+    pick = (lambda p: p) if ids is None else (lambda p: keep_ids(p, ids))
+    return [Sweep({((key, float(s)) if keyed else float(s)): pick(g.products(s)[k])
+                   for key, g in runs for s in g.tables[0]["scales"] if keep(s)},
+                  runs[0][1].real()[k], runs[0][1].settings)
+            for k in range(min(g.seeds for _, g in runs))]
+
+
+def best_against_best(a: Sequence[tuple[Hashable, Graded]], b: Graded, keep_a, keep_b, keyed: bool = False,
+                      num_resamples: int = 1000) -> dict:
+    """``fd(a at its best) - fd(b at its best)`` over the scales ``keep_a`` / ``keep_b`` accept (``a``: one run, or
+    several whose best run and scale is chosen, ``keyed``), cross-fitted (:func:`crossfit`) on the sample ids and
+    training seeds the runs share: ``{"effect": Estimate json, "chosen": [per seed {"a": (choice graded on half 0, on
+    half 1), "b": ...}], "edge": a chosen scale at an end of its grid}``."""
+    first = [g for _, g in a] + [b]
+    ids = sorted(set.intersection(*(set(g.products(next(iter(g.tables[0]["scales"])))[0]["ids"].tolist())
+                                    for g in first)))
+    sa, sb = sweeps_of(a, keep_a, ids, keyed), sweeps_of([("b", b)], keep_b, ids)
+    seeds = min(len(sa), len(sb))  # a run of fewer seeds has the first ones
+    fit = crossfit(list(zip(sa[:seeds], sb[:seeds])), num_resamples=num_resamples)
+    grids = {m: sorted(c for c in sw.candidates if not isinstance(c, tuple)) for m, sw in (("a", sa[0]), ("b", sb[0]))}
+    edge = any(len(grids[m]) > 1 and s in (grids[m][0], grids[m][-1]) for c in fit.chosen for m, p in c.items()
+               for s in p)
+    return {"effect": Estimate.from_interval(fit.interval, fit.num_samples, seeds).as_json(),
+            "chosen": [{k: [list(x) if isinstance(x, tuple) else x for x in v] for k, v in c.items()}
+                       for c in fit.chosen], "edge": edge}

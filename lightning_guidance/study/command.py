@@ -1,5 +1,5 @@
-"""``cli.py study``: plan the chosen sections' steps, run them (:mod:`.engine`, or as SLURM jobs: :mod:`.slurm`),
-then write the report (:mod:`.report`).
+"""``cli.py study``: plan the chosen sections' steps, run them (:mod:`..launch.steps`, or as SLURM jobs:
+:mod:`..launch.step_jobs`), then write the report (:mod:`.report`).
 
 The exit code is 0 when every step and section finished, 1 when something failed (the report still names it), and
 ``128 + signal`` after SIGINT/SIGTERM, in any phase: planning, steps (they stop at a safe point and the report is
@@ -12,35 +12,22 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
 import yaml
 
-from .plan import DONE_STATES, configs_root, study_command
+from ..launch.arguments import without_options
+from ..launch.signals import Interrupted, on_signals, raise_interrupted, restore
+from ..launch.steps import DONE_STATES, study_command
+from .plan import configs_root
 from .presets import PRESETS, get_preset
 from .sections import KEYS, choose, plan_study
 
 STUDY_KEYS = ("title", "name", "preset", "sections", "description", "jobs", "slurm")
-
-
-class StudyInterrupted(BaseException):
-    """SIGTERM/SIGINT while the study plans or writes its report (the steps stop at their own safe point): unwinds the
-    phase; a file being written keeps its old content and its temp file is removed. Not an ``Exception``: a section's
-    ``except Exception`` does not swallow it."""
-
-    def __init__(self, signum: int):
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_interrupted(signum, frame) -> None:
-    raise StudyInterrupted(signum)
 
 
 class Attempt:
@@ -52,7 +39,7 @@ class Attempt:
         self.started, self.t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
 
     def record(self, exit_: str) -> None:
-        from .report import record_run
+        from ..launch.run_record import record_run
 
         seconds = self.runner.seconds if self.runner is not None else {}
         record_run(self.run_dir, {"started_utc": self.started.isoformat(timespec="seconds"),
@@ -71,18 +58,6 @@ class Attempt:
                     " whole. Re-run the same command to resume (finished steps are skipped)")
         return (f"stopped by {name} while writing the report{where}; every step's output is kept. Re-run the same "
                 "command to write it (finished steps are skipped)")
-
-
-def _on_signals(handler) -> dict:
-    """Install ``handler`` for SIGTERM and SIGINT (main thread only); the previous handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-
-
-def _restore(previous: dict) -> None:
-    for s, handler in previous.items():
-        signal.signal(s, handler)
 
 
 def load_study_file(path: str | None) -> dict:
@@ -128,19 +103,6 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def without_launcher(argv: list[str]) -> list[str]:
-    """The study's arguments less ``--launcher <kind>`` and ``--status``: what its report job is given."""
-    out, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg == "--launcher":
-            skip = True
-        elif not arg.startswith("--launcher=") and arg != "--status":
-            out.append(arg)
-    return out
-
-
 def check_threads(preset, threads: int | None, allowed: bool) -> int:
     """The torch threads of each step: the preset's ``threads_per_step``. Training gives other weights at another
     thread count (docs/results/README.md, "Thread count"), so a run at another count is another draw of the
@@ -168,18 +130,18 @@ def main(argv: list[str] | None = None, run_in_process=None) -> int:
 
         return serve(run_in_process, ns.threads)
     attempt = Attempt()
-    previous = _on_signals(_raise_interrupted)
+    previous = on_signals(raise_interrupted)
     try:
         return _study(ns, argv, run_in_process, attempt)
-    except StudyInterrupted as stop:  # before the run folder was locked: nothing to record
+    except Interrupted as stop:  # before the run folder was locked: nothing to record
         return _stopped(attempt, stop.signum)
     finally:
-        _restore(previous)
+        restore(previous)
 
 
 def _stopped(attempt: Attempt, signum: int) -> int:
     """Record the interrupted run (when its folder is locked) and say so in one line; ``128 + signal``."""
-    _on_signals(signal.SIG_IGN)  # the record is short: a second signal does not cut it
+    on_signals(signal.SIG_IGN)  # the record is short: a second signal does not cut it
     if attempt.locked:
         attempt.record("interrupted")
     sys.stderr.write(attempt.stop_line(signum) + "\n")
@@ -220,8 +182,9 @@ def _study(ns, argv, run_in_process, attempt: Attempt) -> int:
         try:
             remove_stale_temps(run_dir)  # what writers killed mid-write left (their pid is gone), nothing else
             pause_for_tests("planning")
-            return _locked(ns, argv, run_in_process, attempt, study, preset, sections, threads, run_dir, plan, lock.fd)
-        except StudyInterrupted as stop:
+            return _locked(ns, argv, run_in_process, attempt, study, preset, sections, threads, run_dir, plan,
+                           lock.fd)
+        except Interrupted as stop:
             return _stopped(attempt, stop.signum)
         finally:
             attempt.locked = False
@@ -234,15 +197,15 @@ def _locked(ns, argv, run_in_process, attempt, study, preset, sections, threads,
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)  # the report's own scoring, too
     if ns.launcher == "slurm" and not ns.report_only:
-        from .engine import StepRunner
-        from .report import commit
-        from .slurm import show_status, submit_study
+        from ..launch.steps import StepRunner
+        from ..launch.provenance import commit
+        from ..launch.step_jobs import show_status, submit_steps
 
         if ns.status:
             return show_status(run_dir)
         print(f"study preset {preset.name} ({preset.summary}); {len(plan.steps)} steps as SLURM jobs; folder {run_dir}")
-        report_cmd = study_command(*without_launcher(argv), "--report-only")
-        submit_study(StepRunner(run_dir, plan.steps, code=commit()), preset, study, report_cmd)
+        report_cmd = study_command(*without_options(argv, ("--launcher",), ("--status",)), "--report-only")
+        submit_steps(StepRunner(run_dir, plan.steps, code=commit()), preset.slurm, study.get("slurm"), report_cmd)
         return 0
     try:
         return _run(ns, study, preset, sections, run_dir, plan, jobs, threads,
@@ -255,8 +218,10 @@ def _run(ns, study, preset, sections, run_dir, plan, jobs, threads, run_in_proce
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from .engine import StepRunner
-    from .report import RUN_SETTINGS, commit, machine, record_run, write_report
+    from ..launch.steps import StepRunner
+    from ..launch.provenance import commit, machine
+    from ..launch.run_record import RUN_SETTINGS, record_run
+    from .report import write_report
 
     console = Console(stderr=False)
     started, t0 = attempt.started, attempt.t0
@@ -268,14 +233,10 @@ def _run(ns, study, preset, sections, run_dir, plan, jobs, threads, run_in_proce
     attempt.settings = {"machine": machine(), "jobs": jobs, "threads_per_step": threads}
     if ns.report_only:
         if (run_dir / "slurm").is_dir():  # steps that SLURM jobs finished: recorded as the local runner would
-            from .slurm import record_finished_jobs
+            from ..launch.step_jobs import record_finished_jobs
 
-            record_finished_jobs(runner, preset, study)
-        status = runner.status = {n: "done" if Path(s.product).is_file() else "not run" for n, s in plan.steps.items()}
-        for name, step in plan.steps.items():  # each step's own seconds, as its run recorded them
-            marker = runner.marker_path(step)
-            if name not in runner.seconds and status[name] == "done" and marker.is_file():
-                runner.seconds[name] = float(json.loads(marker.read_text()).get("seconds", 0.0))
+            record_finished_jobs(runner, preset.slurm, study.get("slurm"))
+        status = runner.adopt_products()
         ran = False
     else:
         columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -6,8 +6,8 @@ Every guided sampling run (:class:`Run`, all declared in :func:`runs`) is, for e
 ``test`` of its shards with ``configs/digits/grade_with_judge.yaml``. The models a claim rests on (the CFG model, the
 noisy and the clean classifier) are trained once per training seed; the judge is an instrument, trained once. The
 sections read what each test wrote (:func:`graded`): the ``metrics_table.json`` and the per-sample products, from
-which every figure gets its 95 % interval over sample ids and training seeds (:func:`estimate`), and two runs or
-values are compared paired, on the same sample ids and seeds (:func:`contrast`).
+which every figure gets its 95 % interval over sample ids and training seeds (``metrics.graded.estimate``), and two runs or
+values are compared paired, on the same sample ids and seeds (``metrics.graded.contrast``).
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..metrics.graded import Graded, contrast, estimate, half_ids, read_table, table_of  # noqa: F401
+from ..metrics.graded import Graded, table_of
 from ..stats import Estimate
-from .plan import DELETE, SWEEP_VALUES, Plan, guide_checkpoint, seeded, term
-from .section import Products, fmt, md_table
+from ..launch.steps import DELETE
+from .plan import SWEEP_VALUES, Plan, guide_checkpoint, seeded, term
+from ..io.tables import fmt, md_table
+from ..launch.products import Products
 
 TERM0 = term(0)
 METRICS = ("fd_digits", "kd_digits", "precision", "recall", "judge_accuracy", "judge_score")  # with intervals
@@ -255,4 +257,3 @@ def best_guided(table: dict) -> float:
 
 #: what limits every digits measurement, whatever the method (a disagreement's context, never a verdict)
 SMALL_DATA = "small data: 8x8 digits, a few hundred samples per setting and briefly trained models"
-NOISE = SMALL_DATA  # the old name, kept until every section reads SMALL_DATA

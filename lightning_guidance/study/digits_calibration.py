@@ -14,8 +14,12 @@ from __future__ import annotations
 from . import digits, digits_cg
 from .digits import SMALL_DATA
 from .digits_cg import CLAIM_RESAMPLES, TABLE_NOTE, compare_table, comparisons, figure, runs_table, section_runs
-from .plan import Step, seeded, step_config
-from .section import Claim, Measurement, Products, Section, SectionResult, fmt, md_table, numbers_of
+from ..launch.steps import Step, step_config
+from .plan import seeded
+from ..io.tables import fmt, md_table
+from ..launch.products import Products
+from ..stats.claims import Claim, Measurement, numbers_of
+from .section import Section, SectionResult
 from ..stats import Estimate
 
 #: the fine-tunes of the noisy classifier: step -> (label, weight of the Smooth-ECE term)

@@ -2,7 +2,7 @@
 the paper's best lies, then coarse to 6), every figure with its 95 % interval over sample ids and training seeds.
 
 The U-shape is judged without selection bias: the best interior scale is chosen on one half of the sample ids
-(``digits.half_ids``: whole blocks of one sample per class) and the differences fd(s = 1) - fd(best) and
+(``metrics.graded.half_ids``: whole blocks of one sample per class) and the differences fd(s = 1) - fd(best) and
 fd(s_max) - fd(best) are measured, paired, on the other half.
 """
 
@@ -11,8 +11,12 @@ from __future__ import annotations
 import numpy as np
 
 from . import digits
+from ..metrics.graded import Graded, contrast, half_ids, table_of
 from .plan import seeded
-from .section import Claim, Measurement, Products, Section, SectionResult, fmt, numbers_of
+from ..io.tables import fmt
+from ..launch.products import Products
+from ..stats.claims import Claim, Measurement, numbers_of
+from .section import Section, SectionResult
 from ..stats import Estimate
 
 PAPER = "Ho & Salimans (CFG)"
@@ -31,7 +35,7 @@ def plan(plan) -> None:
                    digits.image_edits(p, "grade"), by=BY)
 
 
-def u_shape(g: digits.Graded, scales: list[str]) -> dict:
+def u_shape(g: Graded, scales: list[str]) -> dict:
     """The best interior scale on half 0 of the ids (mean fd over seeds), and on half 1 the paired differences
     fd(s = 1) - fd(best), fd(s_max) - fd(best) and the smaller of the two (all three must be > 0 for a U)."""
     from ..metrics.intervals import keep_ids
@@ -40,7 +44,7 @@ def u_shape(g: digits.Graded, scales: list[str]) -> dict:
     if "1" not in scales or len(scales) < 3:
         raise LookupError("the CFG sweep needs s = 1 and at least one scale between it and the largest")
     n = len(g.products(scales[0])[0]["ids"])
-    choose, measure = digits.half_ids(n, 0), digits.half_ids(n, 1)
+    choose, measure = half_ids(n, 0), half_ids(n, 1)
     if not choose or not measure:
         raise LookupError(f"{n} samples per scale are too few to choose on one half and measure on the other")
     low, high = "1", scales[-1]
@@ -58,7 +62,7 @@ def u_shape(g: digits.Graded, scales: list[str]) -> dict:
            "fd_half0": chosen, "low_scale": float(low), "high_scale": float(high)}
     combine = {"low_minus_best": lambda v: v["low"] - v["best"], "high_minus_best": lambda v: v["high"] - v["best"],
                "u_depth": lambda v: np.minimum(v["low"] - v["best"], v["high"] - v["best"])}
-    out.update({k: e.as_json() for k, e in digits.contrast(sets, "fd_digits", combine, ids=measure).items()})
+    out.update({k: e.as_json() for k, e in contrast(sets, "fd_digits", combine, ids=measure).items()})
     return out
 
 
@@ -95,14 +99,14 @@ def analyse(products: Products, res: SectionResult) -> None:
     top = scales[-1]
     res.numbers = {"table": t, "samples_per_scale": t["num_samples"], "seeds": t["seeds"],
                    "ddim_steps": p.digits_ddim_steps, "u_shape": u_shape(g, scales),
-                   "judge_score_gain": digits.contrast({"high": (g, top), "low": (g, "1")}, "judge_score",
+                   "judge_score_gain": contrast({"high": (g, top), "low": (g, "1")}, "judge_score",
                                                        lambda v: v["high"] - v["low"]).as_json()}
     conv = digits.graded(products, cfg, by=BY)
     res.numbers["second_judge"] = {
         "judge": "LeNet-like convnet (configs/digits/judge_conv.yaml)",
-        "table": digits.table_of(conv, SECOND_METRICS),
+        "table": table_of(conv, SECOND_METRICS),
         "u_shape": u_shape(conv, scales),
-        "judge_score_gain": digits.contrast({"high": (conv, top), "low": (conv, "1")}, "judge_score",
+        "judge_score_gain": contrast({"high": (conv, top), "low": (conv, "1")}, "judge_score",
                                             lambda v: v["high"] - v["low"]).as_json()}
     u, u2 = res.numbers["u_shape"], res.numbers["second_judge"]["u_shape"]
     figure(res, t, res.numbers["second_judge"]["table"])

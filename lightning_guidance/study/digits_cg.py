@@ -10,8 +10,12 @@ two methods are compared paired, on the same sample ids and training seeds. The 
 from __future__ import annotations
 
 from . import digits
+from ..metrics.graded import Graded
 from .digits import REFERENCE, SMALL_DATA, Run, offtheshelf_key
-from .section import Claim, Measurement, Products, Section, SectionResult, fmt, md_table, numbers_of
+from ..io.tables import fmt, md_table
+from ..launch.products import Products
+from ..stats.claims import Claim, Measurement, numbers_of
+from .section import Section, SectionResult
 from ..stats import Estimate
 
 RESAMPLES, CLAIM_RESAMPLES = 200, 500  # resamples of a table figure, of a claim's effect (the intervals read their SE)
@@ -40,25 +44,18 @@ def guided(scale: str) -> bool:
     return float(scale) > 0
 
 
-def graded(products: Products, r: Run) -> digits.Graded:
+def graded(products: Products, r: Run) -> Graded:
     """The run's grading, read once per report (its per-sample products stay cached with it)."""
     if ("graded", r.key) not in products.memo:
         products.memo["graded", r.key] = digits.graded(products, r)
     return products.memo["graded", r.key]
 
 
-def sweeps(products: Products, runs: Run | list[Run], keep=guided, ids=None) -> list:
-    """Per training seed, the :class:`~..metrics.best_of_sweep.Sweep` over the scales ``keep`` accepts (default: the
-    guided ones) of a run (keys: scales) or of several (keys: ``(run key, scale)``), on the sample ids ``ids``."""
-    from ..metrics.best_of_sweep import Sweep
-    from ..metrics.intervals import keep_ids
+def sweeps(products: Products, r: Run, keep=guided) -> list:
+    """Per training seed, the :class:`~..metrics.best_of_sweep.Sweep` of a run over the scales ``keep`` accepts."""
+    from ..metrics.best_of_sweep import sweeps_of
 
-    several = isinstance(runs, list)
-    got = [(r, graded(products, r)) for r in (runs if several else [runs])]
-    pick = (lambda p: p) if ids is None else (lambda p: keep_ids(p, ids))
-    return [Sweep({((r.key, float(s)) if several else float(s)): pick(g.products(s)[k])
-                   for r, g in got for s in g.tables[0]["scales"] if keep(s)}, got[0][1].real()[k], got[0][1].settings)
-            for k in range(min(g.seeds for _, g in got))]
+    return sweeps_of([(r.key, graded(products, r))], keep)
 
 
 def reference(products: Products, r: Run) -> tuple[Run, str]:
@@ -70,27 +67,16 @@ def reference(products: Products, r: Run) -> tuple[Run, str]:
 
 def best_of(products: Products, a: Run | list[Run], b: Run | None = None, keep=(guided, guided),
             resamples: int = CLAIM_RESAMPLES) -> dict:
-    """``fd(a at its best) - fd(b at its best)`` over the scales ``keep`` accepts (``b`` None: against ``a``'s
-    reference set; ``a`` a list: its best run and scale), on the sample ids and training seeds the two share:
-    ``{"effect": Estimate, "chosen": [per seed {"a": (choice graded on half 0, on half 1), "b": ...}], "edge": a
-    chosen scale at an end of its grid}``."""
-    from ..metrics.best_of_sweep import crossfit
+    """``metrics.best_of_sweep.best_against_best`` of run ``a`` (or of the runs ``a``: their best run and scale)
+    against ``b`` over the scales ``keep`` accepts (``b`` None: against ``a``'s reference set)."""
+    from ..metrics.best_of_sweep import best_against_best
 
     if b is None:
         b, scale = reference(products, a)
         keep = (keep[0], lambda s: s == scale)
-    first = [graded(products, r) for r in (a if isinstance(a, list) else [a]) + [b]]  # the ids all sampled
-    ids = sorted(set.intersection(*(set(g.products(next(iter(g.tables[0]["scales"])))[0]["ids"].tolist())
-                                    for g in first)))
-    sa, sb = sweeps(products, a, keep[0], ids), sweeps(products, b, keep[1], ids)
-    seeds = min(len(sa), len(sb))  # a run of fewer seeds has the first ones
-    fit = crossfit(list(zip(sa[:seeds], sb[:seeds])), num_resamples=resamples)
-    grids = {m: sorted(c for c in sw.candidates if not isinstance(c, tuple)) for m, sw in (("a", sa[0]), ("b", sb[0]))}
-    edge = any(len(grids[m]) > 1 and s in (grids[m][0], grids[m][-1]) for c in fit.chosen for m, p in c.items()
-               for s in p)
-    return {"effect": Estimate.from_interval(fit.interval, fit.num_samples, seeds).as_json(),
-            "chosen": [{k: [list(x) if isinstance(x, tuple) else x for x in v] for k, v in c.items()}
-                       for c in fit.chosen], "edge": edge}
+    several = isinstance(a, list)
+    return best_against_best([(r.key, graded(products, r)) for r in (a if several else [a])], graded(products, b),
+                             *keep, keyed=several, num_resamples=resamples)
 
 
 def run_numbers(products: Products, r: Run) -> dict:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import digits
-from .section import Products, Section, SectionResult, md_table
+from ..io.tables import md_table
+from ..launch.products import Products
+from .section import Section, SectionResult
 
 MAX_PANELS, PER_CLASS = 6, 8
 

@@ -20,8 +20,12 @@ import numpy as np
 
 from ..stats import Estimate
 from . import digits
-from .plan import SWEEP_VALUES, Step
-from .section import Claim, Measurement, Products, Section, SectionResult, fmt, md_table, numbers_of
+from ..launch.steps import Step
+from .plan import SWEEP_VALUES
+from ..io.tables import fmt, md_table
+from ..launch.products import Products
+from ..stats.claims import Claim, Measurement, numbers_of
+from .section import Section, SectionResult
 
 FLOW_TRAIN, FLOW_FIT, FLOW_AFTER = "sample-digits-flow-train", "digits-flow", "grade-digits-flow-unseen-after"
 MEMORISATION = "digits-memorisation"
@@ -188,10 +192,8 @@ def text(e: dict) -> str:
 
 
 def figures(res: SectionResult, products: Products, numbers: dict, table: dict, scales: list[str]) -> None:
-    import torch
-
     from ..io.panels import digit_grids_figure, estimate_panels
-    from ..io.shards import read_shard, shard_paths
+    from ..io.shards import read_folder
 
     floor, names = (table.get("real_floor") or {}).get("metrics", {}), {"fd_digits": table["fd_name"], "kd_digits":
                                                                         "kd_" + table["fd_name"].removeprefix("fd_")}
@@ -213,33 +215,27 @@ def figures(res: SectionResult, products: Products, numbers: dict, table: dict, 
                                index=index),
                "digits_postprocessor_effects.png", "digits: each set minus the CFG samples it came from, paired over "
                "the same sample ids (95 % intervals; below 0: lower than before)")
-    rows = []
-    for s in scales:
-        rows.append([])
-        for k, (label, step) in SETS.items():
-            parts = [read_shard(p) for p in shard_paths(products.step(step).out_dir / cfg_folder(float(s)))
-                     ] if products.ok(step) else []
-            rows[-1].append((f"s = {s}\n{label}", torch.cat([sh.samples.float() for sh in parts]),
-                             torch.cat([sh.labels for sh in parts])) if parts else None)
+
+    def grid(step: str, s: str) -> tuple | None:
+        got = read_folder(products.step(step).out_dir / cfg_folder(float(s))) if products.ok(step) else None
+        return None if got is None else (got[0].float(), got[1])
+
+    rows = [[(f"s = {s}\n{label}", *got) if (got := grid(step, s)) else None for label, step in SETS.values()]
+            for s in scales]
     res.figure(digit_grids_figure(rows), "digits_postprocessor_grids.png", "digits: the same samples (rows of each "
                "grid: class) at each CFG scale s (figure rows), before, after each flow, and copied from the nearest "
                "training digit (columns)")
 
 
 def figure_memorisation(res: SectionResult, mem: dict, distances: dict) -> None:
-    from ..io.figures import axis_labels, legend_outside, pyplot
-    from ..io.panels import plot_ecdf
+    from ..io.panels import ecdf_figure
 
-    fig, ax = pyplot().subplots(figsize=(7, 3.6))
-    plot_ecdf(ax, distances["held_out"], "held-out real digits", len(SETS))
-    for name, row in mem["sets"].items():
-        if row["group"] == "unseen s":
-            plot_ecdf(ax, distances[name], f"{SETS[row['set']][0]}, s = {', '.join(row['scales'])}",
-                      list(SETS).index(row["set"]))
-    axis_labels(ax, "L2 distance to the nearest training digit (pixels in [-1, 1])", "share of samples at or below")
-    legend_outside(fig)
-    res.figure(fig, "digits_memorisation.png", "digits: distance to the nearest training digit, outputs vs held-out "
-                                               "real digits (empirical CDFs, 95 % DKW bands; the copy sits at 0)")
+    curves = [("held-out real digits", distances["held_out"], len(SETS))]
+    curves += [(f"{SETS[row['set']][0]}, s = {', '.join(row['scales'])}", distances[name], list(SETS).index(row["set"]))
+               for name, row in mem["sets"].items() if row["group"] == "unseen s"]
+    res.figure(ecdf_figure(curves, "L2 distance to the nearest training digit (pixels in [-1, 1])"),
+               "digits_memorisation.png", "digits: distance to the nearest training digit, outputs vs held-out real "
+               "digits (empirical CDFs, 95 % DKW bands; the copy sits at 0)")
 
 
 def analyse(products: Products, res: SectionResult) -> None:

@@ -13,7 +13,10 @@ from __future__ import annotations
 from . import digits, digits_calibration, digits_cg
 from .digits_calibration import CLASSIFIERS, guide_logits
 from .digits_cg import RESAMPLES
-from .section import Claim, Measurement, Products, Section, SectionResult, fmt, md_table, numbers_of
+from ..io.tables import fmt, md_table
+from ..launch.products import Products
+from ..stats.claims import Claim, Measurement, numbers_of
+from .section import Section, SectionResult
 from ..stats import Estimate
 
 #: the guided run of each noisy guide of section 6 (the temperatures' runs are ``cg-T<t>``)

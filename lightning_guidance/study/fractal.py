@@ -23,7 +23,8 @@ import torch
 from ..io.figures import pyplot
 from ..io.toy_figures import scatter_framed
 from .plan import SWEEP_VALUES, Plan, guide_checkpoint, term
-from .section import Products, Section, SectionResult
+from ..launch.products import Products
+from .section import Section, SectionResult
 
 SAMPLING = "fractal/sampling.yaml"  # the sampling skeleton every method starts from (CFG alone)
 

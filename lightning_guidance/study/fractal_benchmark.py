@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..io.figures import axis_labels, legend_outside, plot_with_band, pyplot
-from ..io.toy_figures import frame
+from ..io.toy_figures import BandPanel, band_grid
 from ..stats import Estimate
 from ..toy.exact_scores import (best_at_equal_wrong_class_rate, density_deciles, move_by_density_decile,
                                 per_sample_scores)
 from .fractal import DATA, PRESET_FIELDS, label_of, plan, read_all
-from .section import Claim, Measurement, Products, Section, SectionResult, fmt, md_table, numbers_of
+from ..io.tables import fmt, md_table
+from ..launch.products import Products
+from ..stats.claims import Claim, Measurement, numbers_of
+from .section import Section, SectionResult
 
 #: the exact scores' settings: sliced W1 (the tables' "sliced W1") on 64 directions, seed 0
 SCORING = {"seed": 0, "num_projections": 64, "p": 1}
@@ -124,19 +126,17 @@ FIGURE_SCALES = {"mean_log_density": "symlog", "median_log_density": "symlog", "
 
 
 def figure(res: SectionResult, methods, scores: dict, reference: dict) -> None:
-    fig, axes = pyplot().subplots(2, 2, figsize=(10, 7))
-    for ax, (key, title) in zip(axes.flat, SCORES[:4]):
-        values = []
-        for i, m in enumerate(methods):
-            est = [sc[key] for sc in scores[m.key].values()]
-            plot_with_band(ax, [float(s) for s in scores[m.key]], est, m.label, i)
-            values += [v for e in est for v in (e["lo"], e["hi"])]
-        ax.axhline(reference[key]["value"], color="k", ls=":", lw=1, label="exact samples")
-        axis_labels(ax, "scale (CFG and variants: s; classifier terms: guidance scale)", title.rstrip(" ↑↓"))
-        frame(ax, values + [reference[key]["value"]], FIGURE_SCALES[key])
-    legend_outside(fig)
-    res.figure(fig, "fractal_benchmark.png", "fractal: exact scores vs scale for every method, with 95 % bootstrap "
-                                             "intervals (dotted: exact samples)")
+    def panel(key: str, title: str) -> BandPanel:
+        curves = [(m.label, [float(s) for s in scores[m.key]], [sc[key] for sc in scores[m.key].values()])
+                  for m in methods]
+        return BandPanel("", title.rstrip(" ↑↓"), curves, (reference[key]["value"], "exact samples"),
+                         FIGURE_SCALES[key])
+
+    top, bottom = SCORES[:2], SCORES[2:4]  # two rows of two panels
+    res.figure(band_grid([[panel(*top[i]), panel(*bottom[i])] for i in range(2)],
+                         "scale (CFG and variants: s; classifier terms: guidance scale)", width=5, height=3.5),
+               "fractal_benchmark.png", "fractal: exact scores vs scale for every method, with 95 % bootstrap "
+               "intervals (dotted: exact samples)")
 
 
 # ---- claims ---------------------------------------------------------------------------------------------------------

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import yaml
 
-# a step, its config edits and DELETE are the launch layer's (re-exported here for the sections)
-from ..launch.steps import DELETE, DONE_STATES, Step, apply_edits, merge, step_config, study_command  # noqa: F401
+from ..launch.steps import Step, merge
 
 # where a sampling config keeps its sweep values (one place to change if the config layout moves)
 SWEEP_VALUES = "model.init_args.sweep.values"

@@ -5,7 +5,9 @@ CFG scales). A figure is a number of the sections above, or an estimate of one (
 
 from __future__ import annotations
 
-from .section import Products, Section, SectionResult, fmt, md_table
+from ..io.tables import fmt, md_table
+from ..launch.products import Products
+from .section import Section, SectionResult
 
 POST = " + post-processor"
 SCALE_AXIS = "scale (CFG: s, 1 = conditional; classifier terms: their guidance scale, 0 = unguided)"

@@ -4,93 +4,26 @@ Sections run one by one; a section that raises, or whose input steps failed, is 
 the others still render. When every step was skipped and the existing report was made from the same step markers,
 nothing is rewritten: re-running a finished study changes nothing.
 
-A run that ran steps (or was interrupted) appends its start and wall time to ``run.json`` in the run folder; a report
-rebuilt without running a step (``--report-only``, or a re-run that only skipped steps) shows that run's wall time
-and says when it was rebuilt, never the rebuild's own few seconds.
+A report rebuilt without running a step (``--report-only``, or a re-run that only skipped steps) shows the recorded
+run's wall time and says when it was rebuilt, never the rebuild's own few seconds (:mod:`..launch.run_record`).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import json
 import time
 import traceback
 from collections import Counter
-from pathlib import Path
 
 from ..io.atomic import atomic_write_text
-from ..launch.provenance import commit, machine  # noqa: F401 - the study's callers read them here
-from .plan import DONE_STATES
-from .section import Products, SectionResult, agreement, agreement_markdown, fmt, md_table, verdict_counts
+from ..io.tables import fmt, md_table
+from ..launch.products import Products
+from ..launch.run_record import attribute_steps, markers_digest, timing
+from ..stats.claims import agreement, agreement_markdown, verdict_counts
+from .section import SectionResult
 from .sections import CLAIMS, SCOPE
 
 SCOPE_KEYS = {c.key for c in SCOPE}
-
-
-def markers_digest(run_dir: Path, steps, sections: list[str]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(steps):
-        path = Path(run_dir) / "steps" / f"{name}.json"
-        h.update(name.encode())
-        h.update(path.read_bytes() if path.is_file() else b"-")
-    h.update(json.dumps(sorted(sections)).encode())
-    return h.hexdigest()
-
-
-RUN_RECORD = "run.json"
-RUN_SETTINGS = ("machine", "jobs", "threads_per_step")  # a run's, kept by a rebuilt report
-
-
-def read_runs(run_dir: Path) -> list[dict]:
-    """The runs recorded in ``run_dir/run.json`` (oldest first): each ``started_utc``, ``finished_utc``,
-    ``wall_seconds``, ``steps_run``, ``exit`` and the ``RUN_SETTINGS``."""
-    path = Path(run_dir) / RUN_RECORD
-    return json.loads(path.read_text())["runs"] if path.is_file() else []
-
-
-def record_run(run_dir: Path, run: dict) -> None:
-    atomic_write_text(Path(run_dir) / RUN_RECORD, json.dumps({"runs": [*read_runs(run_dir), run]}, indent=2))
-
-
-def timing(run_dir: Path, started_utc: str, wall: float, rebuilt: bool, previous: dict) -> dict:
-    """The report's timing fields: this run's, or for a rebuild the recorded run's (the last run.json entry that ran a
-    step, else the ``previous`` report's) with the rebuild's own time beside it. Attempts stopped before any step ran
-    are recorded (``steps_run`` 0) but count as no run."""
-    runs = read_runs(run_dir)
-    ran = [r for r in runs if r.get("steps_run", 1)]  # not an attempt stopped before any step ran
-    out: dict = {}
-    if not rebuilt:
-        out = {"started_utc": started_utc, "wall_seconds": round(wall, 1)}
-    else:
-        source = ran[-1] if ran else previous
-        out = {"started_utc": source.get("started_utc"), "wall_seconds": source.get("wall_seconds")}
-        for key in RUN_SETTINGS:  # where and how the run ran (not the rebuild): its record, else the report it wrote
-            value = source.get(key, previous.get(key))
-            if value is not None:
-                out[key] = value
-        out.update(rebuilt_utc=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                   rebuild_seconds=round(wall, 1))
-    # a run is recorded after its report is written: for a run every entry is earlier, for a rebuild all but the last
-    earlier = ran[:-1] if rebuilt else ran
-    if earlier:
-        out.update(earlier_runs=len(earlier),
-                   earlier_runs_seconds=round(sum(r["wall_seconds"] for r in earlier), 1))
-    return out
-
-
-def attribute_steps(run_dir: Path, steps: dict[str, dict], previous: dict) -> None:
-    """Set each finished step's ``commit`` and ``dirty``: those its marker recorded; for a marker from before markers
-    recorded them, those the ``previous`` report gave that step, else that report's own (the run that wrote it)."""
-    for name, entry in steps.items():
-        marker_path = Path(run_dir) / "steps" / f"{name}.json"
-        if entry["status"] not in DONE_STATES or not marker_path.is_file():
-            continue
-        marker = json.loads(marker_path.read_text())
-        earlier = previous.get("steps", {}).get(name, {})
-        source = marker if "commit" in marker else earlier if "commit" in earlier else previous
-        entry["commit"] = source.get("commit") or "not recorded"
-        entry["dirty"] = source.get("dirty")
 
 
 def analyse(plan, status: dict[str, str], requested: list[str]) -> dict[str, SectionResult]:

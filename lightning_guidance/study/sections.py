@@ -9,7 +9,8 @@ from pathlib import Path
 from . import (digits_calibration, digits_cfg, digits_cg, digits_grids, digits_postprocessor, ece_vs_fd, fractal,
                fractal_benchmark, quality, toy1d)
 from .plan import Plan
-from .section import Claim, Section
+from ..stats.claims import Claim
+from .section import Section
 
 SECTIONS: tuple[Section, ...] = (toy1d.SECTION, fractal.SECTION, fractal_benchmark.SECTION, digits_cfg.SECTION,
                                  digits_cg.SECTION, digits_calibration.SECTION, digits_postprocessor.SECTION,

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..io.figures import axis_labels, legend_outside, plot_with_band, pyplot
-from ..io.toy_figures import frame, paths_1d
+from ..io.toy_figures import BandPanel, band_grid, paths_grid
 from ..stats import Estimate
 from .plan import SWEEP_VALUES, Plan, guide_checkpoint, seeded
-from .section import Claim, Measurement, Products, Section, SectionResult, fmt, md_table, numbers_of
+from ..io.tables import fmt, md_table
+from ..launch.products import Products
+from ..stats.claims import Claim, Measurement, numbers_of
+from .section import Section, SectionResult
 
 SIGMA_KEY = "data.init_args.sigma"
 SCALE_AXIS = "scale (CFG: s; CG: its guidance scale)"
@@ -159,42 +161,28 @@ def dispersion(per_mu: dict) -> list[str]:
 
 
 def figures(p, res: SectionResult, per_mu: dict, paths: dict) -> None:
-    plt = pyplot()
-    top = max(p.toy_cg_scales)
-    top_cfg = max(p.toy_cfg_scales)
+    top, top_cfg = max(p.toy_cg_scales), max(p.toy_cfg_scales)
     cols = [("cfg", 1.0, "conditional model (s = 1)"), ("cg_uncond_mlp", 0.0, "unconditional model"),
             *((m, s, f"{name}, scale {s:g}") for m, s, name in (
                 ("cg_uncond_mlp", 1.0, "CG uncond., MLP"), ("cg_uncond_mlp", top, "CG uncond., MLP"),
                 ("cg_uncond_linear", top, "CG uncond., linear"), ("cg_mlp", top, "CG cond., MLP"))),
             ("cfg", top_cfg, f"CFG, s = {top_cfg:g}")]
-    fig, axes = plt.subplots(len(p.mus), len(cols), figsize=(2.2 * len(cols), 2.0 * len(p.mus)), squeeze=False)
-    for r, mu in enumerate(p.mus):
-        for c, (method, s, title) in enumerate(cols):
-            traj, labels = paths[mu_tag(mu)][(method, s)]
-            ax = axes[r][c]
-            paths_1d(ax, traj, labels, p.toy_trajectories_per_class)
-            axis_labels(ax, "sampler step" if r == len(p.mus) - 1 else "", f"x_t (mu = {mu:g})" if c == 0 else "",
-                        title if r == 0 else "")
-    res.figure(fig, "toy1d_trajectories.png", "1D sampling paths of the first training seed (blue: class 0 at -mu, "
-                                              "red: class 1 at +mu; dotted: the exact decision boundary)")
-    fig, axes = plt.subplots(2, len(p.mus), figsize=(3.6 * len(p.mus), 5.4), squeeze=False)
-    for c, info in enumerate(per_mu.values()):
-        for row, key, ylabel in ((0, "path_distance", "path distance (units of mu)"),
-                                 (1, "wrong_class_fraction", "wrong-class share")):
-            ax, values = axes[row][c], []
-            for i, m in enumerate(info["methods"].values()):
-                est = [r[key] for r in m["rows"]]
-                plot_with_band(ax, [r["scale"] for r in m["rows"]], est, m["label"], i)
-                values += [v for e in est for v in (e["lo"], e["hi"])]
-            if key == "wrong_class_fraction":
-                ax.axhline(info["exact"][key]["value"], color="k", ls=":", lw=1, label="exact p(x | y)")
-                values.append(info["exact"][key]["value"])
-            axis_labels(ax, SCALE_AXIS, ylabel, f"mu = {info['mu']:g}" if row == 0 else "")
-            frame(ax, values)
-    legend_outside(fig)
-    res.figure(fig, "toy1d_boundary_distance.png", "path distance from the decision boundary and wrong-class share "
-                "vs scale, each point with its 95 % interval (the claims' paired differences are narrower: the initial "
-                "noise is shared); dotted: the exact conditional")
+    rows = [(f"x_t (mu = {mu:g})", [(title, *paths[mu_tag(mu)][(method, s)]) for method, s, title in cols])
+            for mu in p.mus]
+    res.figure(paths_grid(rows, p.toy_trajectories_per_class), "toy1d_trajectories.png", "1D sampling paths of the "
+               "first training seed (blue: class 0 at -mu, red: class 1 at +mu; dotted: the exact decision boundary)")
+
+    def panel(info: dict, key: str, y_label: str, title: str) -> BandPanel:
+        curves = [(m["label"], [r["scale"] for r in m["rows"]], [r[key] for r in m["rows"]])
+                  for m in info["methods"].values()]
+        exact = (info["exact"][key]["value"], "exact p(x | y)") if key == "wrong_class_fraction" else None
+        return BandPanel(title, y_label, curves, exact)
+
+    columns = [[panel(info, "path_distance", "path distance (units of mu)", f"mu = {info['mu']:g}"),
+                panel(info, "wrong_class_fraction", "wrong-class share", "")] for info in per_mu.values()]
+    res.figure(band_grid(columns, SCALE_AXIS), "toy1d_boundary_distance.png", "path distance from the decision "
+               "boundary and wrong-class share vs scale, each point with its 95 % interval (the claims' paired "
+               "differences are narrower: the initial noise is shared); dotted: the exact conditional")
 
 
 def boundary_claim(family: str, what: str):

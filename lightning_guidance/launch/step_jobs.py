@@ -1,9 +1,10 @@
-"""The built-in study on SLURM (``cli.py study --launcher slurm``): every planned step its own job from the
-``slurm/`` templates (:mod:`..launch.slurm`), held with ``--dependency=afterok`` until the jobs of the steps whose
+"""A :class:`~.steps.StepRunner`'s steps on SLURM (``cli.py study --launcher slurm``): every step its own job from the
+``slurm/`` templates (:mod:`.slurm`), held with ``--dependency=afterok`` until the jobs of the steps whose
 products it reads have succeeded, and a last job that writes the report (the same ``cli.py study`` arguments with
 ``--report-only``) once they all ended, whatever their end: the report then names the steps that did not finish.
 
-Resources (sbatch's names) come from the preset (``Preset.slurm``), then the study YAML's ``slurm:`` mapping::
+Resources (sbatch's names) come from ``defaults`` (the study's: ``Preset.slurm``), then ``spec``, the study YAML's
+``slurm:`` mapping::
 
     slurm:
       default: {cpus_per_task: 4, time: "02:00:00"}    # every step
@@ -29,23 +30,23 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from ..launch.slurm import SlurmChain, SlurmStep, format_status, slurm_resources, submit_with_report
-from .plan import Step, step_config
+from .slurm import SlurmChain, SlurmStep, format_status, slurm_resources, submit_with_report
+from .steps import Step, step_config
 
 
 def state_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "slurm"
 
 
-def step_resources(step: Step, preset, study: dict) -> dict:
-    """The step's :class:`SlurmStep` keyword arguments: preset defaults, the study's ``slurm.default``, then every
-    ``slurm.steps`` pattern that matches its name or section, in order."""
-    spec = study.get("slurm") or {}
+def step_resources(step: Step, defaults: dict, spec: dict | None) -> dict:
+    """The step's :class:`SlurmStep` keyword arguments: ``defaults``, ``spec["default"]``, then every
+    ``spec["steps"]`` pattern that matches its name or section, in order."""
+    spec = spec or {}
     where = "study config slurm"
     if not isinstance(spec, dict) or set(spec) - {"default", "steps"}:
         raise ValueError(f"{where}: a mapping with 'default' (resources of every step) and 'steps' (shell pattern "
                          f"on step names or sections: resources), got {spec!r}")
-    merged = dict(preset.slurm)
+    merged = dict(defaults)
     merged.update(spec.get("default") or {})
     patterns = spec.get("steps") or {}
     if not isinstance(patterns, dict):
@@ -70,11 +71,11 @@ def with_world_size(step: Step, resources: dict) -> Step:
     return replace(step, edits={**step.edits, **edits}) if edits else step
 
 
-def plan_jobs(runner, preset, study: dict) -> list[SlurmStep]:
+def plan_jobs(runner, defaults: dict, spec: dict | None) -> list[SlurmStep]:
     """One :class:`SlurmStep` per planned step (its config written), checked before anything is submitted."""
     jobs = []
     for name, step in list(runner.steps.items()):
-        resources = step_resources(step, preset, study)
+        resources = step_resources(step, defaults, spec)
         step = runner.steps[name] = with_world_size(step, resources)
         path = runner.write_config(step)  # the template resumes a fit itself (--ckpt_path last)
         job = SlurmStep(name, step.command, ("--config", str(path)), needs=tuple(step.needs),
@@ -100,10 +101,10 @@ def adopt(runner, chain: SlurmChain, job: SlurmStep) -> bool:
     return True
 
 
-def submit_study(runner, preset, study: dict, report_command: list[str], say=print) -> dict[str, str]:
+def submit_steps(runner, defaults: dict, spec: dict | None, report_command: list[str], say=print) -> dict[str, str]:
     """Submit every step not finished (and the report job); ``{step: job id}`` of what was submitted or kept."""
     chain = SlurmChain(state_dir(runner.run_dir))
-    jobs = plan_jobs(runner, preset, study)
+    jobs = plan_jobs(runner, defaults, spec)
     skipped, submitted = set(), set()
     for job in jobs:
         step = runner.steps[job.name]
@@ -117,7 +118,7 @@ def submit_study(runner, preset, study: dict, report_command: list[str], say=pri
         elif runner.marker_path(step).is_file():  # finished once, but what it reads is being made again
             runner.move_aside(step)
         submitted.add(job.name)
-    report = step_resources(Step("report", "report", "report", []), preset, study)  # the report scores samples
+    report = step_resources(Step("report", "report", "report", []), defaults, spec)  # the report scores samples
     options = [f"--cpus-per-task={report['cpus_per_task']}"] if report.get("cpus_per_task") else []
     options += [f"--time={report['time']}"] if report.get("time") else []
     return submit_with_report(chain, jobs, report_command, runner.run_dir / "report.md",
@@ -125,10 +126,10 @@ def submit_study(runner, preset, study: dict, report_command: list[str], say=pri
                               report_options=options + list(report["sbatch_args"]), say=say)
 
 
-def record_finished_jobs(runner, preset, study: dict) -> None:
+def record_finished_jobs(runner, defaults: dict, spec: dict | None) -> None:
     """For the report job (``--report-only``): the runner's markers and wall times of the steps SLURM finished."""
     chain = SlurmChain(state_dir(runner.run_dir))
-    for job in plan_jobs(runner, preset, study):
+    for job in plan_jobs(runner, defaults, spec):
         step = runner.steps[job.name]
         if not runner.is_current(step, runner.identity(step, runner.write_config(step)))[0]:
             adopt(runner, chain, job)
@@ -138,6 +139,7 @@ def record_finished_jobs(runner, preset, study: dict) -> None:
 
 
 def show_status(run_dir: Path) -> int:
+    """Print the state of the chain submitted from ``run_dir``; 0."""
     chain = SlurmChain(state_dir(run_dir))
     if not chain.chain_file.is_file():
         raise FileNotFoundError(f"no SLURM chain under {state_dir(run_dir)}: submit it first (cli.py study ... "
