@@ -24,7 +24,7 @@ from ..launch.steps import Step
 from .plan import SWEEP_VALUES
 from ..io.tables import fmt, md_table
 from ..launch.products import Products
-from ..stats.claims import Claim, Measurement, numbers_of
+from ..stats.claims import Claim, stored_effect
 from .section import Section, SectionResult
 
 FLOW_TRAIN, FLOW_FIT, FLOW_AFTER = "sample-digits-flow-train", "digits-flow", "grade-digits-flow-unseen-after"
@@ -290,23 +290,19 @@ def analyse(products: Products, res: SectionResult) -> None:
 
 # ---- claims ---------------------------------------------------------------------------------------------------------
 def c_lowers(metric: str):
-    def measure(n) -> Measurement:
-        s = numbers_of(n, "digits_postprocessor")
+    def words(s: dict, _) -> str:
         d = s["vs_before"]["flow"]
-        return Measurement("after − before: " + "; ".join(f"s = {x}: {text(d[x][metric])}" for x in s["scales"])
-                           + f"; the largest of them is the effect (n = {fmt(s['samples_per_scale'])} per scale)",
-                           Estimate.from_json(s["worst_unseen"][metric]), -1,
-                           f"max over s of {metric} after − before")
-    return measure
+        return ("after − before: " + "; ".join(f"s = {x}: {text(d[x][metric])}" for x in s["scales"])
+                + f"; the largest of them is the effect (n = {fmt(s['samples_per_scale'])} per scale)")
+    return stored_effect("digits_postprocessor", ("worst_unseen", metric), words, -1,
+                         f"max over s of {metric} after − before")
 
 
-def c_one_for_all(n) -> Measurement:
-    s = numbers_of(n, "digits_postprocessor")
-    at = s["per_scale"]
-    d = s["flow_vs"]["per_scale"][at]["fd_digits"]
-    return Measurement(f"s = {at}: fd_digits(one for all) − fd_digits(trained at s = {at} only) = {text(d)} "
-                       "(an interval containing 0: on par, which the paper also allows)",
-                       Estimate.from_json(d), -1, "fd_digits one-for-all − per-scale")
+c_one_for_all = stored_effect(
+    "digits_postprocessor", ("flow_vs", "per_scale", lambda s: s["per_scale"], "fd_digits"),
+    lambda s, d: f"s = {s['per_scale']}: fd_digits(one for all) − fd_digits(trained at s = {s['per_scale']} only) = "
+                 f"{d.text()} (an interval containing 0: on par, which the paper also allows)",
+    -1, "fd_digits one-for-all − per-scale")
 
 
 PAPER, FLOW_REASON = "Zhao & Schwing (classifier-centric)", (
