@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import digits
-from ..metrics.graded import Graded, contrast, half_ids, table_of
+from ..metrics.graded import Graded, contrast, half_ids, table_markdown, table_of
 from .plan import seeded
 from ..io.tables import fmt
 from ..launch.products import Products
@@ -89,12 +89,12 @@ def figure(res: SectionResult, t: dict, second: dict) -> None:
 
 
 def analyse(products: Products, res: SectionResult) -> None:
-    p, tables = products.preset, digits.read_tables(products)
+    p = products.preset
     cfg = digits.runs(p)["cfg"]
-    if "cfg" not in tables:
+    if not all(products.ok(n) for n in cfg.grades(p)):
         raise LookupError(products.failed_inputs(cfg.grades(p)))
-    t = tables["cfg"]
     g = digits.graded(products, cfg)
+    t = table_of(g)
     scales = list(t["scales"])
     top = scales[-1]
     res.numbers = {"table": t, "samples_per_scale": t["num_samples"], "seeds": t["seeds"],
@@ -129,9 +129,8 @@ def analyse(products: Products, res: SectionResult) -> None:
         f"score gain from s = 1 to s = {fmt(u['high_scale'])} "
         f"{Estimate.from_json(res.numbers['second_judge']['judge_score_gain']).text()} (first judge: "
         f"{Estimate.from_json(res.numbers['judge_score_gain']).text()}).", "",
-        *res.markdown, *digits.run_table([cfg], tables, "CFG scale s"),
-        "Graded by the second judge:", "",
-        *digits.run_table([cfg], {"cfg": res.numbers["second_judge"]["table"]}, "CFG scale s", SECOND_METRICS)]
+        *res.markdown, *table_markdown({cfg.label: t}, "CFG scale s"), "Graded by the second judge:", "",
+        *table_markdown({cfg.label: res.numbers["second_judge"]["table"]}, "CFG scale s", SECOND_METRICS)]
 
 
 def u_shape_words(s: dict, _) -> str:
