@@ -119,11 +119,6 @@ def plan(plan) -> None:
 
 
 # ---- reading ------------------------------------------------------------------------------------------------------
-def worst(values: list):
-    """The largest of per-scale values (floats, or arrays of replicates)."""
-    return np.max(np.stack([np.asarray(v, dtype=np.float64) for v in values]), axis=0)
-
-
 def quality(products: Products, scales: list[str]) -> tuple[dict, dict, dict]:
     """``(sets, contrasts, table)``: each graded set's figures per scale and their paired differences, all from one
     bootstrap over sample ids and real ids shared by every set (value ± 1.96 SE); ``table``: the before set's table."""
@@ -140,27 +135,21 @@ def quality(products: Products, scales: list[str]) -> tuple[dict, dict, dict]:
     real = read_sample_products(products_path(have["before"], REAL_GROUP))
     draws = shared_resamples(products_of, real, fd_name=table["fd_name"], k=settings.get("k", 3),
                              num_resamples=products.preset.flow_resamples)
-    n = draws.sizes[0]
-
-    def est(statistic) -> dict:
-        return Estimate.from_interval(draws.interval(statistic), n).as_json()
-
     sets: dict = {}
     for name in draws.estimates:
         key, s = name.split("@")
         sets.setdefault(key, {"scales": {}, "estimates": {}})
-        sets[key]["estimates"][s] = {m: est(lambda f, a=name, m=m: f[a][m]) for m in digits.METRICS}
+        sets[key]["estimates"][s] = draws.figures(name, digits.METRICS)
         sets[key]["scales"][s] = {m: e["value"] for m, e in sets[key]["estimates"][s].items()}
 
     def diff(a: str, b: str) -> dict:
-        return {s: {m: est(lambda f, x=f"{a}@{s}", y=f"{b}@{s}", m=m: f[x][m] - f[y][m]) for m in digits.METRICS}
+        return {s: draws.difference(f"{a}@{s}", f"{b}@{s}", digits.METRICS)
                 for s in scales if f"{a}@{s}" in draws.estimates and f"{b}@{s}" in draws.estimates}
 
-    unseen = [s for s in scales[1:] if f"flow@{s}" in draws.estimates]
+    unseen = [(f"flow@{s}", f"before@{s}") for s in scales[1:] if f"flow@{s}" in draws.estimates]
     contrasts = {"vs_before": {k: diff(k, "before") for k in have if k != "before"},
                  "flow_vs": {k: diff("flow", k) for k in ("copy", "any_class", "per_scale") if k in have},
-                 "worst_unseen": {m: est(lambda f, m=m: worst([f[f"flow@{s}"][m] - f[f"before@{s}"][m]
-                                                               for s in unseen])) for m in ("fd_digits", "kd_digits")}}
+                 "worst_unseen": {m: draws.largest_difference(unseen, m) for m in ("fd_digits", "kd_digits")}}
     return sets, contrasts, table
 
 
