@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..io.sample_products import REAL_GROUP, products_path, read_sample_products
+from ..io.tables import fmt, md_table
 from ..stats import Estimate, normal_interval
 from .intervals import contrast_interval, hierarchical_metric_interval, keep_ids
 
@@ -127,3 +128,20 @@ def table_of(g: Graded, metrics: tuple[str, ...] = FIGURES) -> dict:
         out["scales"][s] = {k: float(np.mean([t["scales"][s][k] for t in g.tables])) for k in g.tables[0]["scales"][s]}
         out["estimates"][s] = {m: estimate(g, s, m).as_json() for m in metrics if m in out["scales"][s]}
     return out
+
+
+def cell(table: dict, scale: str, metric: str) -> str:
+    """A figure of a run's table (:func:`table_of`) as a report prints it: with its interval when it has one."""
+    est = table.get("estimates", {}).get(scale, {}).get(metric)
+    return Estimate.from_json(est).text() if est else fmt(table["scales"][scale].get(metric))
+
+
+def table_markdown(tables: dict[str, dict], scale_name: str = "scale", metrics: tuple[str, ...] = FIGURES) -> list[str]:
+    """Runs' tables (``{label: table_of(...)}``) as one markdown table: each figure per scale with its interval, and a
+    last row: real vs real at the same n (the first table's floor)."""
+    rows = [[label, s, *(cell(t, s, k) for k in metrics)] for label, t in tables.items() for s in t["scales"]]
+    floor = next(iter(tables.values())).get("real_floor") if tables else None
+    if floor:
+        rows.append([f"real vs real (n = {fmt(floor['num_samples'])})", "—",
+                     *(fmt(floor["metrics"].get(k)) for k in metrics)])
+    return md_table(["run", scale_name, *metrics], rows)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..stats import Interval, bootstrap, normal_interval, resample
+from ..stats import Estimate, Interval, bootstrap, normal_interval, resample
 
 
 def _f64(a) -> torch.Tensor:
@@ -104,6 +104,24 @@ class SharedResamples:
 
         return normal_interval(bootstrap(lookup, self.sizes, num_resamples=self.num_resamples, level=self.level,
                                          seed=self.seed, vectorized=True))
+
+    def estimate(self, statistic: Callable[[dict], float | np.ndarray]) -> dict:
+        """:meth:`interval` as an Estimate's JSON, n the generated sets' sample count."""
+        return Estimate.from_interval(self.interval(statistic), self.sizes[0]).as_json()
+
+    def figures(self, name: str, metrics: tuple[str, ...]) -> dict[str, dict]:
+        """Set ``name``'s figures, each with its interval: ``{figure: Estimate JSON}``."""
+        return {m: self.estimate(lambda f, m=m: f[name][m]) for m in metrics}
+
+    def difference(self, a: str, b: str, metrics: tuple[str, ...]) -> dict[str, dict]:
+        """Set ``a`` minus set ``b``, paired over the shared draws: ``{figure: Estimate JSON}``."""
+        return {m: self.estimate(lambda f, m=m: f[a][m] - f[b][m]) for m in metrics}
+
+    def largest_difference(self, pairs: list[tuple[str, str]], metric: str) -> dict:
+        """The largest of ``a − b`` over ``pairs`` of sets, per draw (its interval is the maximum's): an Estimate's
+        JSON."""
+        return self.estimate(lambda f: np.max(np.stack([np.asarray(f[a][metric] - f[b][metric], dtype=np.float64)
+                                                        for a, b in pairs]), axis=0))
 
 
 def shared_resamples(sets: dict[str, dict], real: dict, *, fd_name: str = "fd_judge", k: int = 3,

@@ -52,6 +52,22 @@ def numbers_of(numbers: dict, key: str) -> dict:
     return sec["numbers"]
 
 
+def stored_effect(section: str, path: tuple, words: Callable[[dict, Estimate], str], expected_sign: int = 1,
+                  unit: str = "", missing: str = "") -> Callable[[dict], Measurement]:
+    """A claim's ``measure`` that reads an effect the section stored: the :class:`~.estimate.Estimate` JSON at
+    ``path`` in ``section``'s numbers (each step a key, or a function of those numbers giving the key), told in
+    ``words(section numbers, effect)``; ``LookupError(missing)`` when an entry on the path is absent."""
+    def measure(numbers: dict) -> Measurement:
+        got = sec = numbers_of(numbers, section)
+        for step in path:
+            got = got.get(step(sec) if callable(step) else step)
+            if got is None:
+                raise LookupError(missing or f"section {section} stored no {step}")
+        effect = Estimate.from_json(got)
+        return Measurement(words(sec, effect), effect, expected_sign, unit)
+    return measure
+
+
 def grade(claim: Claim, numbers: dict) -> dict:
     """One row of the agreement table: the claim, what we measured, the effect with its interval, n and seeds, the
     effect size, the verdict and the sample count that would decide it (never guessed: a claim whose numbers are

@@ -6,24 +6,22 @@ Every guided sampling run (:class:`Run`, all declared in :func:`runs`) is, for e
 ``test`` of its shards with ``configs/digits/grade_with_judge.yaml``. The models a claim rests on (the CFG model, the
 noisy and the clean classifier) are trained once per training seed; the judge is an instrument, trained once. The
 sections read what each test wrote (:func:`graded`): the ``metrics_table.json`` and the per-sample products, from
-which every figure gets its 95 % interval over sample ids and training seeds (``metrics.graded.estimate``), and two runs or
-values are compared paired, on the same sample ids and seeds (``metrics.graded.contrast``).
+which every figure gets its 95 % interval over sample ids and training seeds (``metrics.graded.estimate``, tables and
+their markdown: ``metrics.graded.table_of`` and ``table_markdown``), and two runs or values are compared paired, on
+the same sample ids and seeds (``metrics.graded.contrast``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..metrics.graded import Graded, table_of
-from ..stats import Estimate
+from ..metrics.graded import FIGURES, Graded
 from ..launch.steps import DELETE
 from .plan import SWEEP_VALUES, Plan, guide_checkpoint, seeded, term
-from ..io.tables import fmt, md_table
 from ..launch.products import Products
 
 TERM0 = term(0)
-METRICS = ("fd_digits", "kd_digits", "precision", "recall", "judge_accuracy", "judge_score")  # with intervals
+METRICS = FIGURES  # the judge's figures, each with its interval
 #: EluCD's DDPM reference settings (app. C): every ablation changes one of them
 REFERENCE = {"tau1": 1.0, "tau2": 0.5, "gamma": 0.3}
 DATA = "scikit-learn's 8x8 digits (embedded; the full presets: MNIST or CIFAR-10 under data/)"
@@ -187,72 +185,6 @@ def graded(products: Products, r: Run, by: str = "") -> Graded:
     """The run's grading at every training seed (``by``: another judge's); ``LookupError`` naming a test step that
     did not finish."""
     return Graded.read([products.step(name).product for name in r.grades(products.preset, by)])
-
-
-class Tables(Mapping):
-    """The table (:func:`table_of`) of each run graded at every training seed, computed when a section first reads
-    it: a section pays for the intervals of its own runs only."""
-
-    def __init__(self, products: Products):
-        self.products, self.runs, self.done = products, runs(products.preset), {}
-
-    def _graded(self, key: str) -> bool:
-        return key in self.runs and all(self.products.ok(n) for n in self.runs[key].grades(self.products.preset))
-
-    def __getitem__(self, key: str) -> dict:
-        if key not in self.done:
-            if not self._graded(key):
-                raise KeyError(key)
-            try:
-                self.done[key] = table_of(graded(self.products, self.runs[key]))
-            except (OSError, KeyError, ValueError) as err:
-                raise KeyError(f"{key}: {err}") from None
-        return self.done[key]
-
-    def __iter__(self):
-        return (k for k in self.runs if self._graded(k))
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-def read_tables(products: Products) -> Tables:
-    """The tables of the runs (:class:`Tables`), one mapping per report."""
-    if "digits_tables" not in products.memo:
-        products.memo["digits_tables"] = Tables(products)
-    return products.memo["digits_tables"]
-
-
-def cell(table: dict, scale: str, metric: str) -> str:
-    """A table figure as the report prints it: with its interval when it has one."""
-    est = table.get("estimates", {}).get(scale, {}).get(metric)
-    return Estimate.from_json(est).text() if est else fmt(table["scales"][scale].get(metric))
-
-
-def run_table(rs: list[Run], tables: dict[str, dict], scale_name: str = "scale",
-              metrics: tuple[str, ...] = METRICS) -> list[str]:
-    """The runs' figures per scale, each with its interval, and a last row: real vs real at the same n (the floor)."""
-    rows = [[r.label, s, *(cell(tables[r.key], s, k) for k in metrics)] for r in rs for s in tables[r.key]["scales"]]
-    floor = tables[rs[0].key].get("real_floor") if rs else None
-    if floor:
-        rows.append([f"real vs real (n = {fmt(floor['num_samples'])})", "—",
-                     *(fmt(floor["metrics"].get(k)) for k in metrics)])
-    return md_table(["run", scale_name, *metrics], rows)
-
-
-def best(table: dict, key: str = "fd_digits", exclude_zero: bool = False) -> tuple[float, float]:
-    """(scale, value) of the lowest ``key`` over a run's scales."""
-    items = [(float(s), m[key]) for s, m in table["scales"].items() if not (exclude_zero and float(s) == 0)]
-    return min(items, key=lambda kv: kv[1])
-
-
-def fd(table: dict) -> dict[float, float]:
-    return {float(s): m["fd_digits"] for s, m in table["scales"].items()}
-
-
-def best_guided(table: dict) -> float:
-    """The lowest fd_digits over a run's guided scales (above 0)."""
-    return min(v for s, v in fd(table).items() if s > 0)
 
 
 #: what limits every digits measurement, whatever the method (a disagreement's context, never a verdict)

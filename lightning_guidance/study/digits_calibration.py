@@ -18,7 +18,7 @@ from ..launch.steps import Step, step_config
 from .plan import seeded
 from ..io.tables import fmt, md_table
 from ..launch.products import Products
-from ..stats.claims import Claim, Measurement, numbers_of
+from ..stats.claims import Claim, stored_effect
 from .section import Section, SectionResult
 from ..stats import Estimate
 
@@ -176,17 +176,15 @@ def analyse(products: Products, res: SectionResult) -> None:
 
 # ---- claims -----------------------------------------------------------------------------------------------------
 def c_lowers_ece(control: bool):
-    def measure(n) -> Measurement:
-        cal = numbers_of(n, "digits_calibration")["calibration"]
-        if not cal:
-            raise LookupError("the calibration steps did not finish")
-        g = cal["guides"]
-        key = "lambda0_minus_calibrated" if control else "original_minus_calibrated"
-        other = "lambda = 0 control" if control else "original"
-        return Measurement(f"integral ECE on held-out images: {other} {Estimate.from_json(g[other]['ece']).text()}, "
-                           f"fine-tuned {Estimate.from_json(g['Smooth-ECE fine-tune']['ece']).text()}",
-                           Estimate.from_json(cal[key]), +1, "integral ECE difference")
-    return measure
+    key = "lambda0_minus_calibrated" if control else "original_minus_calibrated"
+    other = "lambda = 0 control" if control else "original"
+
+    def words(s: dict, _) -> str:
+        g = s["calibration"]["guides"]
+        return (f"integral ECE on held-out images: {other} {Estimate.from_json(g[other]['ece']).text()}, "
+                f"fine-tuned {Estimate.from_json(g['Smooth-ECE fine-tune']['ece']).text()}")
+    return stored_effect("digits_calibration", ("calibration", key), words, +1, "integral ECE difference",
+                         "the calibration steps did not finish")
 
 
 def compared(key: str):

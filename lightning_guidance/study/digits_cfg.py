@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 
 from . import digits
-from ..metrics.graded import Graded, contrast, half_ids, table_of
+from ..metrics.graded import Graded, contrast, half_ids, table_markdown, table_of
 from .plan import seeded
 from ..io.tables import fmt
 from ..launch.products import Products
-from ..stats.claims import Claim, Measurement, numbers_of
+from ..stats.claims import Claim, stored_effect
 from .section import Section, SectionResult
 from ..stats import Estimate
 
@@ -89,12 +89,12 @@ def figure(res: SectionResult, t: dict, second: dict) -> None:
 
 
 def analyse(products: Products, res: SectionResult) -> None:
-    p, tables = products.preset, digits.read_tables(products)
+    p = products.preset
     cfg = digits.runs(p)["cfg"]
-    if "cfg" not in tables:
+    if not all(products.ok(n) for n in cfg.grades(p)):
         raise LookupError(products.failed_inputs(cfg.grades(p)))
-    t = tables["cfg"]
     g = digits.graded(products, cfg)
+    t = table_of(g)
     scales = list(t["scales"])
     top = scales[-1]
     res.numbers = {"table": t, "samples_per_scale": t["num_samples"], "seeds": t["seeds"],
@@ -129,29 +129,29 @@ def analyse(products: Products, res: SectionResult) -> None:
         f"score gain from s = 1 to s = {fmt(u['high_scale'])} "
         f"{Estimate.from_json(res.numbers['second_judge']['judge_score_gain']).text()} (first judge: "
         f"{Estimate.from_json(res.numbers['judge_score_gain']).text()}).", "",
-        *res.markdown, *digits.run_table([cfg], tables, "CFG scale s"),
-        "Graded by the second judge:", "",
-        *digits.run_table([cfg], {"cfg": res.numbers["second_judge"]["table"]}, "CFG scale s", SECOND_METRICS)]
+        *res.markdown, *table_markdown({cfg.label: t}, "CFG scale s"), "Graded by the second judge:", "",
+        *table_markdown({cfg.label: res.numbers["second_judge"]["table"]}, "CFG scale s", SECOND_METRICS)]
 
 
-def c_u_shape(n) -> Measurement:
-    s = numbers_of(n, "digits_cfg")
+def u_shape_words(s: dict, _) -> str:
     u, u2 = s["u_shape"], s["second_judge"]["u_shape"]
     low, high = (Estimate.from_json(u[k]).text() for k in ("low_minus_best", "high_minus_best"))
-    return Measurement(f"best interior s = {fmt(u['best_scale'])} (chosen on half the ids); on the other half "
-                       f"fd(s = 1) − fd(best) {low}, fd(s = {fmt(u['high_scale'])}) − fd(best) {high}; "
-                       f"second judge: the smaller of the two {Estimate.from_json(u2['u_depth']).text()}",
-                       Estimate.from_json(u["u_depth"]), +1, "the smaller of the two fd_digits differences")
+    return (f"best interior s = {fmt(u['best_scale'])} (chosen on half the ids); on the other half "
+            f"fd(s = 1) − fd(best) {low}, fd(s = {fmt(u['high_scale'])}) − fd(best) {high}; "
+            f"second judge: the smaller of the two {Estimate.from_json(u2['u_depth']).text()}")
 
 
-def c_fidelity(n) -> Measurement:
-    s = numbers_of(n, "digits_cfg")
-    gain, t = Estimate.from_json(s["judge_score_gain"]), s["table"]["estimates"]
+def fidelity_words(s: dict, _) -> str:
+    t = s["table"]["estimates"]
     low, high = "1", list(t)[-1]
-    return Measurement(f"judge score {Estimate.from_json(t[low]['judge_score']).text()} at s = 1 → "
-                       f"{Estimate.from_json(t[high]['judge_score']).text()} at s = {high}; second judge: gain "
-                       f"{Estimate.from_json(s['second_judge']['judge_score_gain']).text()}", gain, +1,
-                       "judge_score difference")
+    return (f"judge score {Estimate.from_json(t[low]['judge_score']).text()} at s = 1 → "
+            f"{Estimate.from_json(t[high]['judge_score']).text()} at s = {high}; second judge: gain "
+            f"{Estimate.from_json(s['second_judge']['judge_score_gain']).text()}")
+
+
+c_u_shape = stored_effect("digits_cfg", ("u_shape", "u_depth"), u_shape_words, +1,
+                          "the smaller of the two fd_digits differences")
+c_fidelity = stored_effect("digits_cfg", ("judge_score_gain",), fidelity_words, +1, "judge_score difference")
 
 
 SECTION = Section(

@@ -14,7 +14,7 @@ from ..metrics.graded import Graded
 from .digits import REFERENCE, SMALL_DATA, Run, offtheshelf_key
 from ..io.tables import fmt, md_table
 from ..launch.products import Products
-from ..stats.claims import Claim, Measurement, numbers_of
+from ..stats.claims import Claim, stored_effect
 from .section import Section, SectionResult
 from ..stats import Estimate
 
@@ -156,14 +156,10 @@ def figure(res: SectionResult, panels: list[tuple[str, dict, list[str]]], name: 
 
 def compared(section: str, key: str, texts: dict, unit: str = "fd_digits difference"):
     """A claim measured by one paired comparison of ``section``'s numbers (the paper predicts it > 0)."""
-    def measure(n) -> Measurement:
-        c = numbers_of(n, section)["compare"].get(key)
-        if c is None:
-            raise LookupError(f"the runs of {texts[key]} did not finish")
-        edge = "; a best scale lies at an end of its grid" if c["edge"] else ""
-        return Measurement(f"best vs best, {texts[key]} = {Estimate.from_json(c['effect']).text()}{edge}",
-                           Estimate.from_json(c["effect"]), +1, unit)
-    return measure
+    def words(s: dict, effect: Estimate) -> str:
+        edge = "; a best scale lies at an end of its grid" if s["compare"][key]["edge"] else ""
+        return f"best vs best, {texts[key]} = {effect.text()}{edge}"
+    return stored_effect(section, ("compare", key, "effect"), words, +1, unit, f"the runs of {texts[key]} did not finish")
 
 
 # ---- section 5 --------------------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from ..launch.steps import Step
 from .plan import SWEEP_VALUES
 from ..io.tables import fmt, md_table
 from ..launch.products import Products
-from ..stats.claims import Claim, Measurement, numbers_of
+from ..stats.claims import Claim, stored_effect
 from .section import Section, SectionResult
 
 FLOW_TRAIN, FLOW_FIT, FLOW_AFTER = "sample-digits-flow-train", "digits-flow", "grade-digits-flow-unseen-after"
@@ -119,11 +119,6 @@ def plan(plan) -> None:
 
 
 # ---- reading ------------------------------------------------------------------------------------------------------
-def worst(values: list):
-    """The largest of per-scale values (floats, or arrays of replicates)."""
-    return np.max(np.stack([np.asarray(v, dtype=np.float64) for v in values]), axis=0)
-
-
 def quality(products: Products, scales: list[str]) -> tuple[dict, dict, dict]:
     """``(sets, contrasts, table)``: each graded set's figures per scale and their paired differences, all from one
     bootstrap over sample ids and real ids shared by every set (value ± 1.96 SE); ``table``: the before set's table."""
@@ -140,27 +135,21 @@ def quality(products: Products, scales: list[str]) -> tuple[dict, dict, dict]:
     real = read_sample_products(products_path(have["before"], REAL_GROUP))
     draws = shared_resamples(products_of, real, fd_name=table["fd_name"], k=settings.get("k", 3),
                              num_resamples=products.preset.flow_resamples)
-    n = draws.sizes[0]
-
-    def est(statistic) -> dict:
-        return Estimate.from_interval(draws.interval(statistic), n).as_json()
-
     sets: dict = {}
     for name in draws.estimates:
         key, s = name.split("@")
         sets.setdefault(key, {"scales": {}, "estimates": {}})
-        sets[key]["estimates"][s] = {m: est(lambda f, a=name, m=m: f[a][m]) for m in digits.METRICS}
+        sets[key]["estimates"][s] = draws.figures(name, digits.METRICS)
         sets[key]["scales"][s] = {m: e["value"] for m, e in sets[key]["estimates"][s].items()}
 
     def diff(a: str, b: str) -> dict:
-        return {s: {m: est(lambda f, x=f"{a}@{s}", y=f"{b}@{s}", m=m: f[x][m] - f[y][m]) for m in digits.METRICS}
+        return {s: draws.difference(f"{a}@{s}", f"{b}@{s}", digits.METRICS)
                 for s in scales if f"{a}@{s}" in draws.estimates and f"{b}@{s}" in draws.estimates}
 
-    unseen = [s for s in scales[1:] if f"flow@{s}" in draws.estimates]
+    unseen = [(f"flow@{s}", f"before@{s}") for s in scales[1:] if f"flow@{s}" in draws.estimates]
     contrasts = {"vs_before": {k: diff(k, "before") for k in have if k != "before"},
                  "flow_vs": {k: diff("flow", k) for k in ("copy", "any_class", "per_scale") if k in have},
-                 "worst_unseen": {m: est(lambda f, m=m: worst([f[f"flow@{s}"][m] - f[f"before@{s}"][m]
-                                                               for s in unseen])) for m in ("fd_digits", "kd_digits")}}
+                 "worst_unseen": {m: draws.largest_difference(unseen, m) for m in ("fd_digits", "kd_digits")}}
     return sets, contrasts, table
 
 
@@ -290,23 +279,19 @@ def analyse(products: Products, res: SectionResult) -> None:
 
 # ---- claims ---------------------------------------------------------------------------------------------------------
 def c_lowers(metric: str):
-    def measure(n) -> Measurement:
-        s = numbers_of(n, "digits_postprocessor")
+    def words(s: dict, _) -> str:
         d = s["vs_before"]["flow"]
-        return Measurement("after − before: " + "; ".join(f"s = {x}: {text(d[x][metric])}" for x in s["scales"])
-                           + f"; the largest of them is the effect (n = {fmt(s['samples_per_scale'])} per scale)",
-                           Estimate.from_json(s["worst_unseen"][metric]), -1,
-                           f"max over s of {metric} after − before")
-    return measure
+        return ("after − before: " + "; ".join(f"s = {x}: {text(d[x][metric])}" for x in s["scales"])
+                + f"; the largest of them is the effect (n = {fmt(s['samples_per_scale'])} per scale)")
+    return stored_effect("digits_postprocessor", ("worst_unseen", metric), words, -1,
+                         f"max over s of {metric} after − before")
 
 
-def c_one_for_all(n) -> Measurement:
-    s = numbers_of(n, "digits_postprocessor")
-    at = s["per_scale"]
-    d = s["flow_vs"]["per_scale"][at]["fd_digits"]
-    return Measurement(f"s = {at}: fd_digits(one for all) − fd_digits(trained at s = {at} only) = {text(d)} "
-                       "(an interval containing 0: on par, which the paper also allows)",
-                       Estimate.from_json(d), -1, "fd_digits one-for-all − per-scale")
+c_one_for_all = stored_effect(
+    "digits_postprocessor", ("flow_vs", "per_scale", lambda s: s["per_scale"], "fd_digits"),
+    lambda s, d: f"s = {s['per_scale']}: fd_digits(one for all) − fd_digits(trained at s = {s['per_scale']} only) = "
+                 f"{d.text()} (an interval containing 0: on par, which the paper also allows)",
+    -1, "fd_digits one-for-all − per-scale")
 
 
 PAPER, FLOW_REASON = "Zhao & Schwing (classifier-centric)", (

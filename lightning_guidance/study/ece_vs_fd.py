@@ -15,7 +15,7 @@ from .digits_calibration import CLASSIFIERS, guide_logits
 from .digits_cg import RESAMPLES
 from ..io.tables import fmt, md_table
 from ..launch.products import Products
-from ..stats.claims import Claim, Measurement, numbers_of
+from ..stats.claims import Claim, stored_effect
 from .section import Section, SectionResult
 from ..stats import Estimate
 
@@ -111,11 +111,9 @@ def figure(res: SectionResult, points: list[dict]) -> None:
                                      "to (95 % intervals: images for ECE, sample ids for fd_digits)")
 
 
-def c_ece_fd(n) -> Measurement:
-    s = numbers_of(n, "ece_vs_fd")
-    rho = Estimate.from_json(s["spearman_rho"])
-    return Measurement(f"Spearman rho(integral ECE, best fd_digits) = {rho.text()} over {fmt(s['distinct_guides'])} "
-                       "distinct guides (bootstrap over guides)", rho, +1, "Spearman rho")
+c_ece_fd = stored_effect("ece_vs_fd", ("spearman_rho",), lambda s, rho: f"Spearman rho(integral ECE, best fd_digits) "
+                         f"= {rho.text()} over {fmt(s['distinct_guides'])} distinct guides (bootstrap over guides)",
+                         +1, "Spearman rho")
 
 
 SECTION = Section(

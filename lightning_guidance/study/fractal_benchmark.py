@@ -16,7 +16,7 @@ from ..toy.exact_scores import (best_at_equal_wrong_class_rate, density_deciles,
 from .fractal import DATA, PRESET_FIELDS, label_of, plan, read_all
 from ..io.tables import fmt, md_table
 from ..launch.products import Products
-from ..stats.claims import Claim, Measurement, numbers_of
+from ..stats.claims import Claim, stored_effect
 from .section import Section, SectionResult
 
 #: the exact scores' settings: sliced W1 (the tables' "sliced W1") on 64 directions, seed 0
@@ -183,14 +183,11 @@ def claim_effects(exact: dict, labels: dict, deltas: list, ratios: list) -> dict
 
 
 def stored(key: str, unit: str, sign: int = 1):
-    def measure(n) -> Measurement:
-        c = numbers_of(n, "fractal_benchmark")["claims"].get(key)
-        if c is None:
-            raise LookupError(f"the runs {key} reads did not finish")
-        effect = Estimate.from_json(c["effect"])
-        text = "; ".join(f"{label}: {Estimate.from_json(e).text() if e else effect.text()}" for label, e in c["parts"])
-        return Measurement(text, effect, sign, unit)
-    return measure
+    def words(s: dict, effect: Estimate) -> str:
+        return "; ".join(f"{label}: {Estimate.from_json(e).text() if e else effect.text()}"
+                         for label, e in s["claims"][key]["parts"])
+    return stored_effect("fractal_benchmark", ("claims", key, "effect"), words, sign, unit,
+                         f"the runs {key} reads did not finish")
 
 
 PAPER = "Zhao & Schwing (classifier-centric)"

@@ -19,7 +19,7 @@ from ..stats import Estimate
 from .plan import SWEEP_VALUES, Plan, guide_checkpoint, seeded
 from ..io.tables import fmt, md_table
 from ..launch.products import Products
-from ..stats.claims import Claim, Measurement, numbers_of
+from ..stats.claims import Claim, stored_effect
 from .section import Section, SectionResult
 
 SIGMA_KEY = "data.init_args.sigma"
@@ -186,15 +186,12 @@ def figures(p, res: SectionResult, per_mu: dict, paths: dict) -> None:
 
 
 def boundary_claim(family: str, what: str):
-    def measure(n) -> Measurement:
-        toy = numbers_of(n, "toy1d")
+    def words(toy: dict, effect: Estimate) -> str:
         cells = [f"mu {fmt(info['mu'])} {m['label']} (scale {fmt(m['top'])} − {fmt(m['baseline'])}): "
                  f"{Estimate.from_json(m['effect']).text()}"
                  for info in toy["mus"].values() for key, m in info["methods"].items() if key in FAMILIES[family]]
-        effect = Estimate.from_json(toy["claims"][family])
-        return Measurement(f"{what}, mean over mu and classifiers: {effect.text()}; per cell: " + "; ".join(cells),
-                           effect, +1, "path distance (units of mu)")
-    return measure
+        return f"{what}, mean over mu and classifiers: {effect.text()}; per cell: " + "; ".join(cells)
+    return stored_effect("toy1d", ("claims", family), words, +1, "path distance (units of mu)", family)
 
 
 PAPER = "Zhao & Schwing (classifier-centric)"
