@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ..data.generated import tensors_of
 from ..flow.cache import array_digest
 from ..flow.neighbours import top_k_neighbours
+from ..flow.search_space import SearchSpace
 from ..io.atomic import atomic_write_text
 from ..io.digests import file_digest
 from ..io.nearest_training import NEAREST_FILE, write_nearest_training
@@ -40,8 +41,7 @@ class _NearestReal(L.LightningModule):
 
     def __init__(self, output_dir: str, feature_net: nn.Module | None = None, feature_batch_size: int = 512):
         super().__init__()
-        self.output_dir, self.feature_batch_size = Path(output_dir), int(feature_batch_size)
-        self._feature_net = [feature_net]  # a plain list: not a submodule
+        self.output_dir, self.search_space = Path(output_dir), SearchSpace(feature_net, feature_batch_size)
         self.real: dict[str, Tensor] = {}
 
     def setup(self, stage: str) -> None:
@@ -58,27 +58,10 @@ class _NearestReal(L.LightningModule):
         (x, y), (hx, hy) = tensors_of(real.train_set), tensors_of(held_out)
         self.real = {"x": x.float(), "y": y.long(), "held_out_x": hx.float(), "held_out_y": hy.long()}
 
-    @torch.no_grad()
-    def features(self, x: Tensor) -> np.ndarray:
-        """Rows to search in: flattened pixels, or ``feature_net(x)`` flattened."""
-        net = self._feature_net[0]
-        if net is None:
-            return x.flatten(1).float().cpu().numpy()
-        net.to(self.device).eval()
-        bs = self.feature_batch_size
-        return torch.cat([net(x[i:i + bs].to(self.device)).flatten(1).float().cpu()
-                          for i in range(0, len(x), bs)]).numpy()
-
-    def space(self) -> str | dict:
-        net = self._feature_net[0]
-        if net is None:
-            return "pixels"
-        state = net.state_dict()
-        return {"class": type(net).__qualname__, "weights": array_digest(*(state[k] for k in sorted(state)))}
-
     def nearest(self, x: Tensor, labels: np.ndarray | None = None, same_class: bool = False):
         """``(L2 distance, index into the real training set)`` of each row's nearest real training sample."""
-        d, i = top_k_neighbours(self.features(x), self.features(self.real["x"]), 1, query_labels=labels,
+        d, i = top_k_neighbours(self.search_space.rows(x, self.device),
+                                self.search_space.rows(self.real["x"], self.device), 1, query_labels=labels,
                                 real_labels=self.real["y"].numpy(), same_class=same_class)
         return np.sqrt(np.maximum(d[:, 0], 0)), i[:, 0]
 
@@ -101,7 +84,7 @@ class NearestNeighbourCopy(_NearestReal):
     def predict_step(self, source_path: str, batch_idx: int = 0):
         source, path = read_shard(source_path), Path(source_path)
         target = self.output_dir / path.parent.name / path.name
-        expected = config_hash({"copy": "nearest real training sample", "space": self.space(),
+        expected = config_hash({"copy": "nearest real training sample", "space": self.search_space.describe(),
                                 "same_class": self.same_class, "real": array_digest(self.real["x"], self.real["y"]),
                                 "source_config_hash": source.config_hash, "source_digest": file_digest(path, digits=64)})
         if target.exists() and shard_hash(target) == expected:
@@ -153,4 +136,4 @@ class NearestTrainingDistance(_NearestReal):
                 for folder in self.trainer.datamodule.predict_shards}
         held_out, _ = self.nearest(self.real["held_out_x"])
         write_nearest_training(self.output_dir / NEAREST_FILE, sets, (self.real["held_out_y"].numpy(), held_out),
-                               self.space())
+                               self.search_space.describe())

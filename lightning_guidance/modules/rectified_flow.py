@@ -30,17 +30,12 @@ from ..flow.draws import draw_neighbour_and_time, sample_keys
 from ..flow.integrate import check_integrator, integrate
 from ..flow.neighbours import IndexSettings, top_k_neighbours
 from ..flow.path import flow_matching_loss
+from ..flow.search_space import SearchSpace, module_digest
 from ..io.atomic import atomic_write_text
 from ..io.digests import file_digest
 from ..io.figures import save_move_picture
 from ..io.shards import Shard, config_hash, read_shard, shard_hash, write_shard
 from .common import NetTrainingModule, check_data_shape, check_finite_loss
-
-
-def module_digest(module: nn.Module) -> str:
-    """Content digest of a network's weights (sorted state_dict)."""
-    state = module.state_dict()
-    return array_digest(*(state[k] for k in sorted(state))) + f":{len(state)}"
 
 
 PREDICT_OPTIONS = ("integrator", "integrator_kwargs", "output_dir", "batch_size", "per_class")
@@ -99,8 +94,8 @@ class RectifiedFlowPostprocessor(NetTrainingModule):
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k} (the paper uses k = 20)")
         self.integrator, self.integrator_kwargs = integrator, check_integrator(integrator, integrator_kwargs)
-        if batch_size < 1 or feature_batch_size < 1:
-            raise ValueError(f"batch_size and feature_batch_size must be >= 1, got {batch_size}, {feature_batch_size}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not hasattr(net, "num_classes") or not hasattr(net, "data_shape"):
             raise ValueError(f"{type(net).__name__} needs num_classes and data_shape attributes (use the suite's "
                              "UNet for images, MLPDenoiser for points)")
@@ -110,7 +105,7 @@ class RectifiedFlowPostprocessor(NetTrainingModule):
         self.save_hyperparameters(ignore=["feature_net", *PREDICT_OPTIONS])
         self.output_dir, self.batch_size, self.per_class = str(output_dir), int(batch_size), int(per_class)
         self.net = net
-        self._feature_net = [feature_net]  # a plain list: never in a checkpoint or the EMA copy
+        self.search_space = SearchSpace(feature_net, feature_batch_size)
         self._pairs: dict[str, Tensor] = {}
         self.neighbour_cache_reused: bool | None = None
 
@@ -125,26 +120,9 @@ class RectifiedFlowPostprocessor(NetTrainingModule):
         return self.net(x, t, y)
 
     # ---- neighbours -------------------------------------------------------------------------------------
-    def space_description(self) -> dict | str:
-        net = self._feature_net[0]
-        if net is None:
-            return "pixels"
-        return {"class": f"{type(net).__module__}.{type(net).__qualname__}", "weights": module_digest(net)}
-
-    @torch.no_grad()
-    def features(self, x: Tensor) -> np.ndarray:
-        """Rows to search in: flattened pixels / points, or ``feature_net(x)`` flattened."""
-        net = self._feature_net[0]
-        if net is None:
-            return x.flatten(1).float().cpu().numpy()
-        net.to(self.device).eval()
-        bs = self.hparams.feature_batch_size
-        out = [net(x[i:i + bs].to(self.device)).flatten(1).float().cpu() for i in range(0, len(x), bs)]
-        return torch.cat(out).numpy()
-
     def neighbour_description(self, dm) -> dict:
         hp = self.hparams
-        return {"generated": dm.generated.file_digests, "real": dm.real_digest(), "space": self.space_description(),
+        return {"generated": dm.generated.file_digests, "real": dm.real_digest(), "space": self.search_space.describe(),
                 "k": hp.k, "same_class": hp.same_class, "index": self.index_settings.describe()}
 
     def find_neighbours(self, dm) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +144,8 @@ class RectifiedFlowPostprocessor(NetTrainingModule):
         n = len(gen.labels)
         block = owned_block(n, rank, world)
         distances, indices = top_k_neighbours(
-            self.features(gen.samples[block.start:block.stop]), self.features(dm.real_x), hp.k, self.index_settings,
+            self.search_space.rows(gen.samples[block.start:block.stop], self.device),
+            self.search_space.rows(dm.real_x, self.device), hp.k, self.index_settings,
             gen.labels[block.start:block.stop].numpy(), dm.real_y.numpy(), hp.same_class)
         if world > 1:
             distances, indices = self._gather_blocks(n, distances, indices)
