@@ -95,13 +95,12 @@ def calibration(products: Products) -> dict:
         return Estimate.from_interval(calibration_interval(per_seed, kind, num_resamples=CLAIM_RESAMPLES), n,
                                       len(seeds)).as_json()
 
-    out = {"guides": {CLASSIFIERS[c]: {f: est([(x, None) for x in logits[c]], f) for f in ("acc", "ece")}
-                      for c in CLASSIFIERS}}
     cal = logits["digits-calibrated"]
-    out["original_minus_calibrated"] = est(list(zip(logits["digits-classifier"], cal)))
-    out["lambda0_minus_calibrated"] = est(list(zip(logits["digits-calibrated-lambda0"], cal)))
-    out.update(images=n, time_buckets=products.preset.ece_time_points, bins=ECE_BINS)
-    return out
+    return {"guides": {CLASSIFIERS[c]: {f: est([(x, None) for x in logits[c]], f) for f in ("acc", "ece")}
+                       for c in CLASSIFIERS},
+            "original_minus_calibrated": est(list(zip(logits["digits-classifier"], cal))),
+            "lambda0_minus_calibrated": est(list(zip(logits["digits-calibrated-lambda0"], cal))),
+            "images": n, "time_buckets": products.preset.ece_time_points, "bins": ECE_BINS}
 
 
 def texts(divergences) -> dict:
