@@ -103,28 +103,20 @@ def calibration(products: Products) -> dict:
             "images": n, "time_buckets": products.preset.ece_time_points, "bins": ECE_BINS}
 
 
-def texts(divergences) -> dict:
-    """What each comparison's effect is (fd_digits of the first named − of the second, best against best)."""
-    out = {"calibrated": "fd_digits original − Smooth-ECE fine-tuned classifier",
-           "calibrated_control": "fd_digits lambda = 0 control − Smooth-ECE fine-tuned",
-           "tilted": "fd_digits plain − tilted (clean classifier)",
-           "entropy": "fd_digits plain − entropy-adaptive (clean classifier)",
-           "others_vs_js": "fd_digits best other f-divergence − JS"}
-    out.update({f"plain_vs_{d}": f"fd_digits plain − {d}" for d in divergences})
-    out.update({f"{d}_vs_js": f"fd_digits {d} − js" for d in divergences if d != "js"})
-    return out
-
-
-def pairs(divs: list[str]) -> dict:
-    """The comparisons (section 5's ``comparisons``): the fine-tune against the original and the control; each
-    regularised method against plain guidance on its own; JS against each divergence and against the best other."""
-    out = {"calibrated": ("cg-noisy", "cg-calibrated"), "calibrated_control": ("cg-lambda0", "cg-calibrated"),
-           "tilted": ("cg-clean", "tilted"), "entropy": ("cg-clean", "entropy")}
-    out.update({f"plain_vs_{d}": ("cg-clean", f"divergence-{d}") for d in divs})
-    if "js" in divs and len(divs) > 1:
-        out.update({f"{d}_vs_js": (f"divergence-{d}", "divergence-js") for d in divs if d != "js"})
-        out["others_vs_js"] = ([f"divergence-{d}" for d in divs if d != "js"], "divergence-js")
-    return out
+def pairs(divs) -> dict:
+    """The comparisons of the divergences ``divs`` (section 5's ``comparisons``: the effect is fd_digits of the first
+    named − of the second, best against best): the fine-tune against the original and the control; each regularised
+    method against plain guidance on its own; JS against each other divergence and against the best of them."""
+    others = [d for d in divs if d != "js"]
+    return {"calibrated": ("cg-noisy", "cg-calibrated", "fd_digits original − Smooth-ECE fine-tuned classifier"),
+            "calibrated_control": ("cg-lambda0", "cg-calibrated",
+                                   "fd_digits lambda = 0 control − Smooth-ECE fine-tuned"),
+            "tilted": ("cg-clean", "tilted", "fd_digits plain − tilted (clean classifier)"),
+            "entropy": ("cg-clean", "entropy", "fd_digits plain − entropy-adaptive (clean classifier)"),
+            **{f"plain_vs_{d}": ("cg-clean", f"divergence-{d}", f"fd_digits plain − {d}") for d in divs},
+            **{f"{d}_vs_js": (f"divergence-{d}", "divergence-js", f"fd_digits {d} − js") for d in others},
+            "others_vs_js": ([f"divergence-{d}" for d in others], "divergence-js",
+                             "fd_digits best other f-divergence − JS")}
 
 
 def analyse(products: Products, res: SectionResult) -> None:
@@ -138,7 +130,8 @@ def analyse(products: Products, res: SectionResult) -> None:
     if not runs and cal is None:
         raise LookupError(products.failed_inputs([g for r in want for g in r.grades(p)]))
     divs = [d for d in p.divergences if f"divergence-{d}" in runs]
-    compare = comparisons(products, pairs(divs), claimed=("calibrated", "tilted", "entropy", "others_vs_js"))
+    compared_pairs = pairs(divs)
+    compare = comparisons(products, compared_pairs, claimed=("calibrated", "tilted", "entropy", "others_vs_js"))
     res.numbers = {"calibration": cal, "runs": runs, "compare": compare, "reconstruction": RECONSTRUCTED}
     if cal:
         g = cal["guides"]
@@ -153,7 +146,7 @@ def analyse(products: Products, res: SectionResult) -> None:
     if runs:
         res.markdown += [TABLE_NOTE + " " + RECONSTRUCTED + ".", "", *runs_table(runs)]
     if compare:
-        res.markdown += compare_table(compare, texts(p.divergences))
+        res.markdown += compare_table(compare, compared_pairs)
     figure(res, {**runs, **section_runs(products, ["cg-noisy", "cg-clean"])},
            [("noisy classifier: original, calibrated, control", ["cg-noisy", "cg-calibrated", "cg-lambda0"]),
             ("clean classifier: plain and regularised",
@@ -177,7 +170,7 @@ def c_lowers_ece(control: bool):
 
 
 def compared(key: str):
-    return digits_cg.compared("digits_calibration", key, texts(()))
+    return digits_cg.compared("digits_calibration", key, pairs(()))
 
 
 PAPER = "Javid et al. (calibration)"

@@ -100,14 +100,15 @@ def section_runs(products: Products, keys) -> dict:
 
 
 def comparisons(products: Products, pairs: dict, claimed=()) -> dict:
-    """``{name: best_of(a, b, keep)}`` of ``pairs = {name: (a key or keys, b key[, keep])}`` whose runs finished (a
-    claim's with more resamples)."""
+    """``{name: best_of(a, b, keep)}`` of ``pairs = {name: (a key or keys, b key, the effect in words[, keep])}`` whose
+    runs finished (a claim's with more resamples; the best of no runs is no comparison)."""
     runs, out = digits.runs(products.preset), {}
-    for name, (a, b, *keep) in pairs.items():
+    for name, (a, b, _, *keep) in pairs.items():
         try:
             a_run = [runs[k] for k in a] if isinstance(a, list) else runs[a]
-            out[name] = best_of(products, a_run, runs[b], *(keep or [(guided, guided)]),
-                                resamples=CLAIM_RESAMPLES if name in claimed else RESAMPLES)
+            if a_run:
+                out[name] = best_of(products, a_run, runs[b], *(keep or [(guided, guided)]),
+                                    resamples=CLAIM_RESAMPLES if name in claimed else RESAMPLES)
         except (KeyError, LookupError):
             pass
     return out
@@ -122,8 +123,8 @@ def runs_table(runs: dict) -> list[str]:
                     [[v["label"], ", ".join(v["scales"]), best(v["best"])] for v in runs.values()])
 
 
-def compare_table(compare: dict, texts: dict) -> list[str]:
-    rows = [[texts[k], text(v["effect"])] for k, v in compare.items()]
+def compare_table(compare: dict, pairs: dict) -> list[str]:
+    rows = [[pairs[k][2], text(v["effect"])] for k, v in compare.items()]
     return ["Comparisons, paired on the same sample ids and training seeds, best against best (> 0: the second named "
             "is better):", "", *md_table(["comparison", "difference [95 %]"], rows)]
 
@@ -141,13 +142,15 @@ def figure(res: SectionResult, runs: dict, panels: list[tuple[str, list[str]]], 
         res.figure(band_panels(curves, xlabel, f"fd_digits − fd_digits({reference_name}), paired"), name, caption)
 
 
-def compared(section: str, key: str, texts: dict):
-    """A claim measured by one paired comparison of ``section``'s numbers (the paper predicts it > 0)."""
+def compared(section: str, key: str, pairs: dict):
+    """A claim measured by the paired comparison ``pairs[key]`` of ``section``'s numbers (the paper predicts it > 0)."""
+    what = pairs[key][2]
+
     def words(s: dict, effect: Estimate) -> str:
         edge = "; a best scale lies at an end of its grid" if s["compare"][key]["edge"] else ""
-        return f"best vs best, {texts[key]} = {effect.text()}{edge}"
+        return f"best vs best, {what} = {effect.text()}{edge}"
     return stored_effect(section, ("compare", key, "effect"), words, +1, "fd_digits difference",
-                         f"the runs of {texts[key]} did not finish")
+                         f"the runs of {what} did not finish")
 
 
 # ---- section 5 --------------------------------------------------------------------------------------------------
@@ -168,16 +171,14 @@ def sine_boost(products: Products) -> tuple[dict, dict]:
 
 
 RT, RG = REFERENCE["tau2"], REFERENCE["gamma"]
-#: the claims' comparisons: name -> (run a, run b[, scales of each]); the effect is fd(a's best) - fd(b's best)
-PAIRS = {"clean_vs_noisy": ("cg-noisy", "cg-clean"),
-         "guidance_helps": ("cg-clean", "cg-clean", (lambda s: float(s) == 0, guided)),
-         "tau": (offtheshelf_key(1.0, RG), offtheshelf_key(RT, RG)),
-         "gamma": (offtheshelf_key(RT, 0.0), offtheshelf_key(RT, RG)),
-         "cfg_plus_cg": ("cfg", "cfg-plus-cg")}
-TEXTS = {"clean_vs_noisy": "fd_digits noisy on x_t − clean on x0_hat",
-         "guidance_helps": "fd_digits unguided − clean classifier guidance",
-         "tau": f"fd_digits tau2/tau1 = 1 − tau2/tau1 = {RT:g}", "gamma": f"fd_digits gamma = 0 − gamma = {RG:g}",
-         "cfg_plus_cg": "fd_digits CFG alone − CFG + classifier"}
+#: the claims' comparisons: name -> (run a, run b, the effect in words[, scales of each]); the effect is
+#: fd(a's best) - fd(b's best)
+PAIRS = {"clean_vs_noisy": ("cg-noisy", "cg-clean", "fd_digits noisy on x_t − clean on x0_hat"),
+         "guidance_helps": ("cg-clean", "cg-clean", "fd_digits unguided − clean classifier guidance",
+                            (lambda s: float(s) == 0, guided)),
+         "tau": (offtheshelf_key(1.0, RG), offtheshelf_key(RT, RG), f"fd_digits tau2/tau1 = 1 − tau2/tau1 = {RT:g}"),
+         "gamma": (offtheshelf_key(RT, 0.0), offtheshelf_key(RT, RG), f"fd_digits gamma = 0 − gamma = {RG:g}"),
+         "cfg_plus_cg": ("cfg", "cfg-plus-cg", "fd_digits CFG alone − CFG + classifier")}
 
 
 def analyse(products: Products, res: SectionResult) -> None:
@@ -195,7 +196,7 @@ def analyse(products: Products, res: SectionResult) -> None:
                     f"{fmt(p.digits_ddim_steps)}), {fmt(p.digits_samples_per_class * 10)} samples per scale and "
                     f"training seed, {fmt(next(iter(runs.values()))['seeds'])} training seed(s) of the diffusion model "
                     "and of each classifier. " + TABLE_NOTE, "", *runs_table(runs),
-                    *(compare_table(compare, TEXTS) if compare else []),
+                    *(compare_table(compare, PAIRS) if compare else []),
                     "The sine boost multiplies g per DDPM step by the factors below; our runs define gamma against "
                     "EluCD's setting (linear schedule, 250 DDPM steps) at the same noise level:", "",
                     *md_table(["setting", "gamma", "median factor", "90th percentile", "max"],
@@ -230,16 +231,16 @@ SECTION = Section(
     (*digits.SIZES, "digits_classifier_steps", "digits_clean_steps", "cg_scales", "tau_ratios", "sine_gammas",
      "cfg_plus_cg_scales"), plan, analyse, claims=(
         Claim("clean_vs_noisy", PAPER, "an off-the-shelf clean classifier on x0_hat guides as well as a noisy "
-              "classifier", "clean ≤ noisy in FID (best vs best)", compared("digits_cg", "clean_vs_noisy", TEXTS),
+              "classifier", "clean ≤ noisy in FID (best vs best)", compared("digits_cg", "clean_vs_noisy", PAIRS),
               SMALL_DATA),
         Claim("guidance_helps", PAPER, "off-the-shelf guidance improves over the unguided model",
-              "guided FID < unguided FID (best scale)", compared("digits_cg", "guidance_helps", TEXTS), SMALL_DATA),
+              "guided FID < unguided FID (best scale)", compared("digits_cg", "guidance_helps", PAIRS), SMALL_DATA),
         Claim("tau", PAPER, "lowering tau2/tau1 below 1 improves FID (best near .5)",
-              "tau2/tau1 = 0.5 better than 1 (best vs best)", compared("digits_cg", "tau", TEXTS), SMALL_DATA),
+              "tau2/tau1 = 0.5 better than 1 (best vs best)", compared("digits_cg", "tau", PAIRS), SMALL_DATA),
         Claim("sine_gamma", PAPER, "a sine-boosted schedule (gamma > 0) improves FID (best near .3)",
-              "gamma = 0.3 better than 0 (best vs best)", compared("digits_cg", "gamma", TEXTS), SMALL_DATA),
+              "gamma = 0.3 better than 0 (best vs best)", compared("digits_cg", "gamma", PAIRS), SMALL_DATA),
         Claim("softplus", PAPER, "Softplus smoothing of ReLU lowers FID (beta 3 best)", "smaller beta is better", None,
               "", not_measured=SOFTPLUS_NOT_RUN),
         Claim("cfg_plus_cg", PAPER, "adding an off-the-shelf classifier to CFG improves FID",
-              "CFG + CG better than CFG (best vs best over s)", compared("digits_cg", "cfg_plus_cg", TEXTS),
+              "CFG + CG better than CFG (best vs best over s)", compared("digits_cg", "cfg_plus_cg", PAIRS),
               SMALL_DATA)))
