@@ -205,3 +205,22 @@ def test_estimates_and_paired_contrasts_of_a_graded_run(tmp_path):
     assert (e2.seeds, e2.method) == (2, "seed_t")
     both = contrast({"a": (one, "2"), "b": (two, "1")}, "fd_digits", lambda v: v["a"] - v["b"])
     assert (both.n, both.seeds) == (20, 1)  # the ids 0..19 both have, on the seeds both have
+
+
+def test_a_u_shape_is_chosen_on_one_half_of_the_ids_and_measured_on_the_other(tmp_path):
+    """``metrics.graded.u_shape``: a sweep far from the real set at s = 1 and at its largest scale and near it in
+    between is U-shaped (both ends worse than the best interior scale, on the half of the ids it was not chosen on); a
+    sweep that keeps improving is not. ``metrics.best_of_sweep.fd_against``: a scale against the same set is 0
+    exactly (paired), a shifted scale is worse."""
+    from lightning_guidance.metrics.best_of_sweep import fd_against
+    from lightning_guidance.metrics.graded import Graded, half_ids, u_shape
+
+    rng = np.random.default_rng(0)
+    u = Graded.read(graded_run(tmp_path / "u", 1, 40, {"1": 1.5, "1.5": 0.0, "2": 1.5}, rng))
+    got = u_shape(u, ["1", "1.5", "2"])
+    assert got["best_scale"] == 1.5 and got["u_depth"]["lo"] > 0
+    assert got["u_depth"]["n"] == len(half_ids(40, 1)) == 20
+    falling = Graded.read(graded_run(tmp_path / "falling", 1, 40, {"1": 1.5, "1.5": 0.8, "2": 0.0}, rng))
+    assert u_shape(falling, ["1", "1.5", "2"])["u_depth"]["hi"] < 0
+    vs = fd_against(u, u.products("1.5"))
+    assert (vs["1.5"].value, vs["1.5"].lo, vs["1.5"].hi) == (0.0, 0.0, 0.0) and vs["2"].lo > 0

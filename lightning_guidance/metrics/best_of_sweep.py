@@ -143,6 +143,17 @@ def fd_interval(per_seed: Sequence[tuple[dict, dict | None, dict]], settings: Ma
                                                         seed=seed, level=level, **settings))
 
 
+def fd_against(g: Graded, reference: Sequence[dict], num_resamples: int = 1000) -> dict[str, Estimate]:
+    """Per scale of the run ``g``, its Fréchet distance minus that of ``reference`` (per training seed, a set sampled
+    with the same sample ids and per-sample seeds), paired on the run's ids (:func:`fd_interval`)."""
+    out = {}
+    for s in g.tables[0]["scales"]:
+        sets = [(p, keep_ids(q, p["ids"]), real) for p, q, real in zip(g.products(s), reference, g.real())]
+        out[s] = Estimate.from_interval(fd_interval(sets, g.settings, num_resamples), len(sets[0][0]["ids"]),
+                                        len(sets))
+    return out
+
+
 def sweeps_of(runs: Sequence[tuple[Hashable, Graded]], keep, ids=None, keyed: bool = False) -> list[Sweep]:
     """Per training seed, the :class:`Sweep` over the scales ``keep`` accepts of graded runs ``(key, Graded)`` (the
     candidates: scales, or ``(run key, scale)`` when ``keyed``), on the sample ids ``ids`` (default: all)."""

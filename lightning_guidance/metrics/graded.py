@@ -119,6 +119,37 @@ def half_ids(num_samples: int, half: int) -> list[int]:
     return [i for i in range(num_samples) if (i // 10) % 2 == half]
 
 
+def u_shape(g: Graded, scales: list[str]) -> dict:
+    """Whether a CFG sweep's fd_digits is U-shaped, without selection bias: the best interior scale on half 0 of the
+    ids (:func:`half_ids`; mean fd over seeds), and on half 1 the paired differences fd(s = 1) - fd(best),
+    fd(s_max) - fd(best) and the smaller of the two (all three must be > 0 for a U)."""
+    from .products import quality_from_products
+
+    if "1" not in scales or len(scales) < 3:
+        raise LookupError("the CFG sweep needs s = 1 and at least one scale between it and the largest")
+    n = len(g.products(scales[0])[0]["ids"])
+    choose, measure = half_ids(n, 0), half_ids(n, 1)
+    if not choose or not measure:
+        raise LookupError(f"{n} samples per scale are too few to choose on one half and measure on the other")
+    low, high = "1", scales[-1]
+    interior = [s for s in scales if float(low) < float(s) < float(high)]
+
+    def fd_on_half(s: str) -> float:
+        vals = [quality_from_products(keep_ids(p, choose), real, metrics=["fd_digits"], **g.settings)["fd_digits"]
+                for p, real in zip(g.products(s), g.real())]
+        return sum(vals) / len(vals)
+
+    chosen = {s: fd_on_half(s) for s in interior}
+    best = min(chosen, key=chosen.get)
+    sets = {"low": (g, low), "best": (g, best), "high": (g, high)}
+    out = {"best_scale": float(best), "chosen_on": "sample ids of half 0", "measured_on": "sample ids of half 1",
+           "fd_half0": chosen, "low_scale": float(low), "high_scale": float(high)}
+    combine = {"low_minus_best": lambda v: v["low"] - v["best"], "high_minus_best": lambda v: v["high"] - v["best"],
+               "u_depth": lambda v: np.minimum(v["low"] - v["best"], v["high"] - v["best"])}
+    out.update({k: e.as_json() for k, e in contrast(sets, "fd_digits", combine, ids=measure).items()})
+    return out
+
+
 def table_of(g: Graded, metrics: tuple[str, ...] = FIGURES) -> dict:
     """The run's table: per scale the figures' means over training seeds (``scales``) and their estimates
     (``estimates``: value, 95 % interval, n, seeds), the judge on real data and the real-vs-real floor at this n."""

@@ -15,7 +15,7 @@ from .bootstrap import (
     resample,
     unpaired_bootstrap,
 )
-from .estimate import ESTIMATE_METHODS, Estimate, difference
+from .estimate import ESTIMATE_METHODS, Estimate, difference, text
 from .verdict import VERDICTS, effect_size, samples_needed, verdict
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "paired_bootstrap",
     "resample",
     "samples_needed",
+    "text",
     "unpaired_bootstrap",
     "verdict",
 ]

@@ -79,6 +79,11 @@ class Estimate:
                 "samples_needed": None if self.method == "exact" else samples_needed(interval, n)}
 
 
+def text(data: dict) -> str:
+    """An estimate stored as JSON (``as_json``), as a report prints it (:meth:`Estimate.text`)."""
+    return Estimate.from_json(data).text()
+
+
 def difference(a: Estimate, b: Estimate) -> Estimate:
     """``a - b`` for two estimates that share nothing (unpaired, independent errors): normal approximation,
     ``se = sqrt(se_a^2 + se_b^2)``. A paired comparison (same sample ids and seeds) must be bootstrapped on the

@@ -5,10 +5,8 @@ Every guided sampling run (:class:`Run`, all declared in :func:`runs`) is, for e
 ``predict`` of ``configs/digits/sampling.yaml`` (with a ``configs/guidance/`` file) from that seed's models and a
 ``test`` of its shards with ``configs/digits/grade_with_judge.yaml``. The models a claim rests on (the CFG model, the
 noisy and the clean classifier) are trained once per training seed; the judge is an instrument, trained once. The
-sections read what each test wrote (:func:`graded`): the ``metrics_table.json`` and the per-sample products, from
-which every figure gets its 95 % interval over sample ids and training seeds (``metrics.graded.estimate``, tables and
-their markdown: ``metrics.graded.table_of`` and ``table_markdown``), and two runs or values are compared paired, on
-the same sample ids and seeds (``metrics.graded.contrast``).
+sections read what each test wrote (:func:`graded`; each figure's 95 % interval, the run tables and the paired
+contrasts: ``metrics.graded``).
 """
 
 from __future__ import annotations
@@ -47,14 +45,9 @@ def image_edits(preset, kind: str) -> dict:
         return {}
     data = {"class_path": f"{module.__module__}.{module.__qualname__}",
             "init_args": {"root": "data", "batch_size": 128, "seed": 0, "num_workers": 4}}
-    shape = list(module.data_shape)
-    if kind == "calibrate":
-        return {"data.init_args.data": data}
-    if kind == "grade":
-        return {"data": data}
-    if kind == "flow":
-        return {"data.init_args.real": data, "model.init_args.net.init_args.data_shape": shape}
-    return {"data": data, "model.init_args.net.init_args.data_shape": shape}
+    shape = {"model.init_args.net.init_args.data_shape": list(module.data_shape)}
+    return {"calibrate": {"data.init_args.data": data}, "grade": {"data": data},
+            "flow": {"data.init_args.real": data, **shape}}.get(kind, {"data": data, **shape})
 
 
 @dataclass
@@ -122,10 +115,7 @@ def runs(p) -> dict[str, Run]:
     out += [Run(f"cg-T{t:g}", f"CG, noisy classifier at temperature {t:g}", "ece_vs_fd", noisy, guided,
                 "digits-classifier", {f"{TERM0}.init_args.classifier.init_args.temperature": float(t)}, seeds=(0,))
             for t in p.temperatures]
-    found: dict[str, Run] = {}
-    for r in out:  # an ablation at the reference settings is listed once, where it comes first
-        found.setdefault(r.key, r)
-    return found
+    return {r.key: r for r in out}  # the ablation at the reference settings, in both loops, is listed once (first)
 
 
 def of_section(p, section: str) -> list[Run]:
@@ -158,10 +148,11 @@ def plan_classifiers(plan: Plan) -> None:
         plan_run(plan, runs(p)[key])
 
 
-def plan_run(plan: Plan, r: Run, samples_per_class: int | None = None, seeds: tuple[int, ...] | None = None) -> None:
-    """The run's ``predict`` and the ``test`` that grades its shards with the judge, for each training seed (``seeds``:
-    only these): the seed's CFG model and guide (a guide trained once, e.g. a fine-tune without seeds, serves every
-    seed)."""
+def plan_run(plan: Plan, r: Run, samples_per_class: int | None = None, seeds: tuple[int, ...] | None = None,
+             grade: bool = True) -> None:
+    """The run's ``predict`` and (``grade``) the ``test`` that grades its shards with the judge, for each training seed
+    (``seeds``: only these): the seed's CFG model and guide (a guide trained once, e.g. a fine-tune without seeds,
+    serves every seed)."""
     p = plan.preset
     n = samples_per_class or p.digits_samples_per_class
     e = {SWEEP_VALUES: [float(s) for s in r.scales], "model.init_args.samples_per_class": n,
@@ -177,14 +168,18 @@ def plan_run(plan: Plan, r: Run, samples_per_class: int | None = None, seeds: tu
             needs.append(guide)
         sample = plan.sample(r.sample, r.config, f"digits/samples_{r.key}", "digits-cfg", {**e, **r.edits}, needs,
                              seed=seed)
-        plan.grade(sample, "digits-judge", image_edits(p, "grade"))
+        if grade:
+            plan.grade(sample, "digits-judge", image_edits(p, "grade"))
 
 
 # ---- reading ------------------------------------------------------------------------------------------------------
 def graded(products: Products, r: Run, by: str = "") -> Graded:
-    """The run's grading at every training seed (``by``: another judge's); ``LookupError`` naming a test step that
-    did not finish."""
-    return Graded.read([products.step(name).product for name in r.grades(products.preset, by)])
+    """The run's grading at every training seed (``by``: another judge's), read once per report (its per-sample
+    products stay cached with it); ``LookupError`` naming a test step that did not finish."""
+    key = ("graded", r.key, by)
+    if key not in products.memo:
+        products.memo[key] = Graded.read([products.step(n).product for n in r.grades(products.preset, by)])
+    return products.memo[key]
 
 
 #: what limits every digits measurement, whatever the method (a disagreement's context, never a verdict)

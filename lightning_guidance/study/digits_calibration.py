@@ -20,7 +20,7 @@ from ..io.tables import fmt, md_table
 from ..launch.products import Products
 from ..stats.claims import Claim, stored_effect
 from .section import Section, SectionResult
-from ..stats import Estimate
+from ..stats import Estimate, text
 
 #: the fine-tunes of the noisy classifier: step -> (label, weight of the Smooth-ECE term)
 FINE_TUNES = {"digits-calibrated": ("Smooth-ECE fine-tune", 1.0),
@@ -31,11 +31,6 @@ RECONSTRUCTED = "tilted, entropy-adaptive and divergence guidance: our reconstru
 
 
 # ---- planning: the fine-tunes, their guided runs, and each noisy guide's calibration ----------------------------
-def guide_term(step: Step) -> dict:
-    """The guidance term a sampling step's config gives (its classifier's checkpoint included)."""
-    return step_config(step)["model"]["init_args"]["sweep"]["terms"][0]
-
-
 def ece_step(classifier: str, seed: int) -> str:
     """The step that reads the guide ``classifier`` (a fit step of seed 0) of training seed ``seed`` on x_t."""
     return f"ece-{seeded(classifier, seed)}"
@@ -46,7 +41,7 @@ def plan_ece(plan, classifier: str, seed: int) -> None:
     ``test`` of configs/digits/guide_calibration.yaml with the term of a CG run (``guide_logits.npz``)."""
     p = plan.preset
     sample = plan.steps[seeded(digits.runs(p)["cg-noisy"].sample, seed)]
-    term = guide_term(sample)
+    term = step_config(sample)["model"]["init_args"]["sweep"]["terms"][0]  # the CG run's term, with its own guide
     term["init_args"]["classifier"]["init_args"]["checkpoint"] = plan.product(seeded(classifier, seed))
     name = ece_step(classifier, seed)
     out = plan.dir("digits", "ece", name.removeprefix("ece-"))
@@ -82,12 +77,9 @@ def plan(plan) -> None:
 # ---- reading ----------------------------------------------------------------------------------------------------
 def guide_logits(products: Products, classifier: str, seeds) -> list[dict]:
     """Per training seed, the held-out logits of the noisy guide ``classifier``."""
-    from pathlib import Path
-
     from ..metrics.calibration_intervals import read_guide_logits
 
-    return [read_guide_logits(Path(products.step(ece_step(classifier, s)).product).parent / "guide_logits.npz")
-            for s in seeds]
+    return [read_guide_logits(products.step(ece_step(classifier, s)).out_dir / "guide_logits.npz") for s in seeds]
 
 
 def calibration(products: Products) -> dict:
@@ -103,37 +95,28 @@ def calibration(products: Products) -> dict:
         return Estimate.from_interval(calibration_interval(per_seed, kind, num_resamples=CLAIM_RESAMPLES), n,
                                       len(seeds)).as_json()
 
-    out = {"guides": {CLASSIFIERS[c]: {f: est([(x, None) for x in logits[c]], f) for f in ("acc", "ece")}
-                      for c in CLASSIFIERS}}
     cal = logits["digits-calibrated"]
-    out["original_minus_calibrated"] = est(list(zip(logits["digits-classifier"], cal)))
-    out["lambda0_minus_calibrated"] = est(list(zip(logits["digits-calibrated-lambda0"], cal)))
-    out.update(images=n, time_buckets=products.preset.ece_time_points, bins=ECE_BINS)
-    return out
+    return {"guides": {CLASSIFIERS[c]: {f: est([(x, None) for x in logits[c]], f) for f in ("acc", "ece")}
+                       for c in CLASSIFIERS},
+            "original_minus_calibrated": est(list(zip(logits["digits-classifier"], cal))),
+            "lambda0_minus_calibrated": est(list(zip(logits["digits-calibrated-lambda0"], cal))),
+            "images": n, "time_buckets": products.preset.ece_time_points, "bins": ECE_BINS}
 
 
-def texts(divergences) -> dict:
-    """What each comparison's effect is (fd_digits of the first named − of the second, best against best)."""
-    out = {"calibrated": "fd_digits original − Smooth-ECE fine-tuned classifier",
-           "calibrated_control": "fd_digits lambda = 0 control − Smooth-ECE fine-tuned",
-           "tilted": "fd_digits plain − tilted (clean classifier)",
-           "entropy": "fd_digits plain − entropy-adaptive (clean classifier)",
-           "others_vs_js": "fd_digits best other f-divergence − JS"}
-    out.update({f"plain_vs_{d}": f"fd_digits plain − {d}" for d in divergences})
-    out.update({f"{d}_vs_js": f"fd_digits {d} − js" for d in divergences if d != "js"})
-    return out
-
-
-def pairs(divs: list[str]) -> dict:
-    """The comparisons (section 5's ``comparisons``): the fine-tune against the original and the control; each
-    regularised method against plain guidance on its own; JS against each divergence and against the best other."""
-    out = {"calibrated": ("cg-noisy", "cg-calibrated"), "calibrated_control": ("cg-lambda0", "cg-calibrated"),
-           "tilted": ("cg-clean", "tilted"), "entropy": ("cg-clean", "entropy")}
-    out.update({f"plain_vs_{d}": ("cg-clean", f"divergence-{d}") for d in divs})
-    if "js" in divs and len(divs) > 1:
-        out.update({f"{d}_vs_js": (f"divergence-{d}", "divergence-js") for d in divs if d != "js"})
-        out["others_vs_js"] = ([f"divergence-{d}" for d in divs if d != "js"], "divergence-js")
-    return out
+def pairs(divs) -> dict:
+    """The comparisons of the divergences ``divs`` (section 5's ``comparisons``: the effect is fd_digits of the first
+    named − of the second, best against best): the fine-tune against the original and the control; each regularised
+    method against plain guidance on its own; JS against each other divergence and against the best of them."""
+    others = [d for d in divs if d != "js"]
+    return {"calibrated": ("cg-noisy", "cg-calibrated", "fd_digits original − Smooth-ECE fine-tuned classifier"),
+            "calibrated_control": ("cg-lambda0", "cg-calibrated",
+                                   "fd_digits lambda = 0 control − Smooth-ECE fine-tuned"),
+            "tilted": ("cg-clean", "tilted", "fd_digits plain − tilted (clean classifier)"),
+            "entropy": ("cg-clean", "entropy", "fd_digits plain − entropy-adaptive (clean classifier)"),
+            **{f"plain_vs_{d}": ("cg-clean", f"divergence-{d}", f"fd_digits plain − {d}") for d in divs},
+            **{f"{d}_vs_js": (f"divergence-{d}", "divergence-js", f"fd_digits {d} − js") for d in others},
+            "others_vs_js": ([f"divergence-{d}" for d in others], "divergence-js",
+                             "fd_digits best other f-divergence − JS")}
 
 
 def analyse(products: Products, res: SectionResult) -> None:
@@ -147,7 +130,8 @@ def analyse(products: Products, res: SectionResult) -> None:
     if not runs and cal is None:
         raise LookupError(products.failed_inputs([g for r in want for g in r.grades(p)]))
     divs = [d for d in p.divergences if f"divergence-{d}" in runs]
-    compare = comparisons(products, pairs(divs), claimed=("calibrated", "tilted", "entropy", "others_vs_js"))
+    compared_pairs = pairs(divs)
+    compare = comparisons(products, compared_pairs, claimed=("calibrated", "tilted", "entropy", "others_vs_js"))
     res.numbers = {"calibration": cal, "runs": runs, "compare": compare, "reconstruction": RECONSTRUCTED}
     if cal:
         g = cal["guides"]
@@ -156,19 +140,17 @@ def analyse(products: Products, res: SectionResult) -> None:
             f"the classifier's validation split), noised to the centres of {fmt(cal['time_buckets'])} time buckets: "
             f"accuracy and integral ECE ({fmt(ECE_BINS)} bins), mean over buckets, [95 %] over images and training "
             "seeds:", "", *md_table(["classifier", "accuracy", "integral ECE"],
-                                    [[k, *(Estimate.from_json(v[f]).text() for f in ("acc", "ece"))]
-                                     for k, v in g.items()]),
-            "ECE original − fine-tuned: " + Estimate.from_json(cal["original_minus_calibrated"]).text()
-            + "; lambda = 0 control − fine-tuned: " + Estimate.from_json(cal["lambda0_minus_calibrated"]).text()
-            + " (paired: the same images and noise).", ""]
+                                    [[k, text(v["acc"]), text(v["ece"])] for k, v in g.items()]),
+            f"ECE original − fine-tuned: {text(cal['original_minus_calibrated'])}; lambda = 0 control − "
+            f"fine-tuned: {text(cal['lambda0_minus_calibrated'])} (paired: the same images and noise).", ""]
     if runs:
         res.markdown += [TABLE_NOTE + " " + RECONSTRUCTED + ".", "", *runs_table(runs)]
     if compare:
-        res.markdown += compare_table(compare, texts(p.divergences))
-    ref = {**runs, **section_runs(products, ["cg-noisy", "cg-clean"])}
-    figure(res, [("noisy classifier: original, calibrated, control", ref, ["cg-noisy", "cg-calibrated", "cg-lambda0"]),
-                 ("clean classifier: plain and regularised", ref,
-                  ["cg-clean", "tilted", "entropy", *(f"divergence-{d}" for d in divs)])],
+        res.markdown += compare_table(compare, compared_pairs)
+    figure(res, {**runs, **section_runs(products, ["cg-noisy", "cg-clean"])},
+           [("noisy classifier: original, calibrated, control", ["cg-noisy", "cg-calibrated", "cg-lambda0"]),
+            ("clean classifier: plain and regularised",
+             ["cg-clean", "tilted", "entropy", *(f"divergence-{d}" for d in divs)])],
            "digits_calibration_guidance.png", "digits: fd_digits against the guidance scale, paired with the "
            "unguided samples (95 % bands over sample ids and training seeds), with the original, Smooth-ECE "
            "fine-tuned and lambda = 0 classifiers, and plain vs regularised guidance with the clean classifier")
@@ -181,14 +163,14 @@ def c_lowers_ece(control: bool):
 
     def words(s: dict, _) -> str:
         g = s["calibration"]["guides"]
-        return (f"integral ECE on held-out images: {other} {Estimate.from_json(g[other]['ece']).text()}, "
-                f"fine-tuned {Estimate.from_json(g['Smooth-ECE fine-tune']['ece']).text()}")
+        return (f"integral ECE on held-out images: {other} {text(g[other]['ece'])}, "
+                f"fine-tuned {text(g['Smooth-ECE fine-tune']['ece'])}")
     return stored_effect("digits_calibration", ("calibration", key), words, +1, "integral ECE difference",
                          "the calibration steps did not finish")
 
 
 def compared(key: str):
-    return digits_cg.compared("digits_calibration", key, texts(()))
+    return digits_cg.compared("digits_calibration", key, pairs(()))
 
 
 PAPER = "Javid et al. (calibration)"

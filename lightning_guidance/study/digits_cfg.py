@@ -1,23 +1,20 @@
 """Section 4: classifier-free guidance on digits: the scale sweep of Ho & Salimans (a 0.1 grid over s in [1, 2], where
 the paper's best lies, then coarse to 6), every figure with its 95 % interval over sample ids and training seeds.
 
-The U-shape is judged without selection bias: the best interior scale is chosen on one half of the sample ids
-(``metrics.graded.half_ids``: whole blocks of one sample per class) and the differences fd(s = 1) - fd(best) and
-fd(s_max) - fd(best) are measured, paired, on the other half.
+The U-shape is judged without selection bias (``metrics.graded.u_shape``): the best interior scale is chosen on one
+half of the sample ids, its differences to s = 1 and to the largest scale are measured, paired, on the other half.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
 from . import digits
-from ..metrics.graded import Graded, contrast, half_ids, table_markdown, table_of
+from ..metrics.graded import Graded, contrast, table_markdown, table_of, u_shape
 from .plan import seeded
 from ..io.tables import fmt
 from ..launch.products import Products
 from ..stats.claims import Claim, stored_effect
 from .section import Section, SectionResult
-from ..stats import Estimate
+from ..stats import text
 
 PAPER = "Ho & Salimans (CFG)"
 SECOND_JUDGE, BY = "digits-judge-conv", "conv"  # configs/digits/judge_conv.yaml: a LeNet-like convnet
@@ -35,35 +32,11 @@ def plan(plan) -> None:
                    digits.image_edits(p, "grade"), by=BY)
 
 
-def u_shape(g: Graded, scales: list[str]) -> dict:
-    """The best interior scale on half 0 of the ids (mean fd over seeds), and on half 1 the paired differences
-    fd(s = 1) - fd(best), fd(s_max) - fd(best) and the smaller of the two (all three must be > 0 for a U)."""
-    from ..metrics.intervals import keep_ids
-    from ..metrics.products import quality_from_products
-
-    if "1" not in scales or len(scales) < 3:
-        raise LookupError("the CFG sweep needs s = 1 and at least one scale between it and the largest")
-    n = len(g.products(scales[0])[0]["ids"])
-    choose, measure = half_ids(n, 0), half_ids(n, 1)
-    if not choose or not measure:
-        raise LookupError(f"{n} samples per scale are too few to choose on one half and measure on the other")
-    low, high = "1", scales[-1]
-    interior = [s for s in scales if float(low) < float(s) < float(high)]
-
-    def fd_on_half(s: str) -> float:
-        vals = [quality_from_products(keep_ids(p, choose), real, metrics=["fd_digits"], **g.settings)["fd_digits"]
-                for p, real in zip(g.products(s), g.real())]
-        return sum(vals) / len(vals)
-
-    chosen = {s: fd_on_half(s) for s in interior}
-    best = min(chosen, key=chosen.get)
-    sets = {"low": (g, low), "best": (g, best), "high": (g, high)}
-    out = {"best_scale": float(best), "chosen_on": "sample ids of half 0", "measured_on": "sample ids of half 1",
-           "fd_half0": chosen, "low_scale": float(low), "high_scale": float(high)}
-    combine = {"low_minus_best": lambda v: v["low"] - v["best"], "high_minus_best": lambda v: v["high"] - v["best"],
-               "u_depth": lambda v: np.minimum(v["low"] - v["best"], v["high"] - v["best"])}
-    out.update({k: e.as_json() for k, e in contrast(sets, "fd_digits", combine, ids=measure).items()})
-    return out
+def judged(g: Graded, scales: list[str], metrics: tuple[str, ...] = digits.METRICS) -> dict:
+    """What one judge's grading of the sweep shows: its table, the U-shape, and the gain in judge score from s = 1 to
+    the largest scale (paired)."""
+    return {"table": table_of(g, metrics), "u_shape": u_shape(g, scales), "judge_score_gain": contrast(
+        {"high": (g, scales[-1]), "low": (g, "1")}, "judge_score", lambda v: v["high"] - v["low"]).as_json()}
 
 
 def figure(res: SectionResult, t: dict, second: dict) -> None:
@@ -94,22 +67,13 @@ def analyse(products: Products, res: SectionResult) -> None:
     if not all(products.ok(n) for n in cfg.grades(p)):
         raise LookupError(products.failed_inputs(cfg.grades(p)))
     g = digits.graded(products, cfg)
-    t = table_of(g)
-    scales = list(t["scales"])
-    top = scales[-1]
-    res.numbers = {"table": t, "samples_per_scale": t["num_samples"], "seeds": t["seeds"],
-                   "ddim_steps": p.digits_ddim_steps, "u_shape": u_shape(g, scales),
-                   "judge_score_gain": contrast({"high": (g, top), "low": (g, "1")}, "judge_score",
-                                                       lambda v: v["high"] - v["low"]).as_json()}
-    conv = digits.graded(products, cfg, by=BY)
-    res.numbers["second_judge"] = {
-        "judge": "LeNet-like convnet (configs/digits/judge_conv.yaml)",
-        "table": table_of(conv, SECOND_METRICS),
-        "u_shape": u_shape(conv, scales),
-        "judge_score_gain": contrast({"high": (conv, top), "low": (conv, "1")}, "judge_score",
-                                            lambda v: v["high"] - v["low"]).as_json()}
-    u, u2 = res.numbers["u_shape"], res.numbers["second_judge"]["u_shape"]
-    figure(res, t, res.numbers["second_judge"]["table"])
+    scales = list(g.tables[0]["scales"])
+    first, second = judged(g, scales), judged(digits.graded(products, cfg, by=BY), scales, SECOND_METRICS)
+    t, u, u2 = first["table"], first["u_shape"], second["u_shape"]
+    res.numbers = {**first, "samples_per_scale": t["num_samples"], "seeds": t["seeds"],
+                   "ddim_steps": p.digits_ddim_steps,
+                   "second_judge": {"judge": "LeNet-like convnet (configs/digits/judge_conv.yaml)", **second}}
+    figure(res, t, second["table"])
     floor = t.get("real_floor", {})
     res.markdown = [
         f"DDIM with {fmt(p.digits_ddim_steps)} steps, {fmt(t['num_samples'])} samples per scale and training seed, "
@@ -120,33 +84,28 @@ def analyse(products: Products, res: SectionResult) -> None:
         f"{fmt(t['real'].get('judge_score'))}; real vs real at n = {fmt(floor.get('num_samples'))}: "
         + ", ".join(f"{k} {fmt(v)}" for k, v in floor.get("metrics", {}).items() if not k.endswith("_std")) + ".", "",
         f"U-shape without selection bias: the best interior scale chosen on half of the sample ids is "
-        f"s = {fmt(u['best_scale'])}; on the other half, fd(s = 1) − fd(best) = "
-        f"{Estimate.from_json(u['low_minus_best']).text()} and fd(s = {fmt(u['high_scale'])}) − fd(best) = "
-        f"{Estimate.from_json(u['high_minus_best']).text()}.", "",
+        f"s = {fmt(u['best_scale'])}; on the other half, fd(s = 1) − fd(best) = {text(u['low_minus_best'])} and "
+        f"fd(s = {fmt(u['high_scale'])}) − fd(best) = {text(u['high_minus_best'])}.", "",
         f"The second judge (a LeNet-like convnet, another architecture and seed) on the same shards: best interior "
-        f"s = {fmt(u2['best_scale'])}, smaller of the two fd differences "
-        f"{Estimate.from_json(u2['u_depth']).text()} (first judge: {Estimate.from_json(u['u_depth']).text()}); judge "
-        f"score gain from s = 1 to s = {fmt(u['high_scale'])} "
-        f"{Estimate.from_json(res.numbers['second_judge']['judge_score_gain']).text()} (first judge: "
-        f"{Estimate.from_json(res.numbers['judge_score_gain']).text()}).", "",
+        f"s = {fmt(u2['best_scale'])}, smaller of the two fd differences {text(u2['u_depth'])} (first judge: "
+        f"{text(u['u_depth'])}); judge score gain from s = 1 to s = {fmt(u['high_scale'])} "
+        f"{text(second['judge_score_gain'])} (first judge: {text(first['judge_score_gain'])}).", "",
         *res.markdown, *table_markdown({cfg.label: t}, "CFG scale s"), "Graded by the second judge:", "",
-        *table_markdown({cfg.label: res.numbers["second_judge"]["table"]}, "CFG scale s", SECOND_METRICS)]
+        *table_markdown({cfg.label: second["table"]}, "CFG scale s", SECOND_METRICS)]
 
 
 def u_shape_words(s: dict, _) -> str:
     u, u2 = s["u_shape"], s["second_judge"]["u_shape"]
-    low, high = (Estimate.from_json(u[k]).text() for k in ("low_minus_best", "high_minus_best"))
     return (f"best interior s = {fmt(u['best_scale'])} (chosen on half the ids); on the other half "
-            f"fd(s = 1) − fd(best) {low}, fd(s = {fmt(u['high_scale'])}) − fd(best) {high}; "
-            f"second judge: the smaller of the two {Estimate.from_json(u2['u_depth']).text()}")
+            f"fd(s = 1) − fd(best) {text(u['low_minus_best'])}, fd(s = {fmt(u['high_scale'])}) − fd(best) "
+            f"{text(u['high_minus_best'])}; second judge: the smaller of the two {text(u2['u_depth'])}")
 
 
 def fidelity_words(s: dict, _) -> str:
     t = s["table"]["estimates"]
     low, high = "1", list(t)[-1]
-    return (f"judge score {Estimate.from_json(t[low]['judge_score']).text()} at s = 1 → "
-            f"{Estimate.from_json(t[high]['judge_score']).text()} at s = {high}; second judge: gain "
-            f"{Estimate.from_json(s['second_judge']['judge_score_gain']).text()}")
+    return (f"judge score {text(t[low]['judge_score'])} at s = 1 → {text(t[high]['judge_score'])} at s = {high}; "
+            f"second judge: gain {text(s['second_judge']['judge_score_gain'])}")
 
 
 c_u_shape = stored_effect("digits_cfg", ("u_shape", "u_depth"), u_shape_words, +1,

@@ -15,9 +15,7 @@ MAX_PANELS, PER_CLASS = 6, 8
 
 
 def panels(scales: list[float]) -> list[float]:
-    """At most MAX_PANELS of a run's scales, spread over the sweep (first and last kept)."""
-    if len(scales) <= MAX_PANELS:
-        return scales
+    """At most MAX_PANELS of a run's scales, spread over the sweep (first and last kept; all when there are no more)."""
     return [scales[i] for i in np.unique(np.linspace(0, len(scales) - 1, MAX_PANELS).round().astype(int))]
 
 

@@ -13,12 +13,12 @@ model of training seed 0; every interval is a bootstrap over sample ids (and the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from ..stats import Estimate
+from ..metrics.graded import Graded
+from ..stats import Estimate, text
 from . import digits
 from ..launch.steps import Step
 from .plan import SWEEP_VALUES
@@ -27,7 +27,7 @@ from ..launch.products import Products
 from ..stats.claims import Claim, stored_effect
 from .section import Section, SectionResult
 
-FLOW_TRAIN, FLOW_FIT, FLOW_AFTER = "sample-digits-flow-train", "digits-flow", "grade-digits-flow-unseen-after"
+FLOW_FIT, FLOW_AFTER = "digits-flow", "grade-digits-flow-unseen-after"
 MEMORISATION = "digits-memorisation"
 #: the graded sets, all on the same sample ids: key -> (label, its test step)
 SETS = {"before": ("CFG samples (before)", "grade-digits-flow-unseen"),
@@ -61,17 +61,16 @@ def plan(plan) -> None:
     digits.plan_base(plan)
     n, k = p.flow_train_samples_per_class, len(p.flow_train_scales)
 
-    def train_shards(name: str, scales, per_class: int, edits: dict) -> Step:
-        folder = f"digits/samples_{name.removeprefix('sample-digits-')}"
-        e = {SWEEP_VALUES: [float(s) for s in scales], "model.init_args.samples_per_class": per_class,
-             "model.init_args.shard_size": 10 * per_class, "model.init_args.batch_size": 10 * per_class,
-             "model.init_args.sampler": "ddim",
-             "model.init_args.sampler_kwargs": {"num_steps": p.digits_ddim_steps, "eta": 0.0}, **edits}
-        return plan.sample(name, (digits.SAMPLING, "digits/flow_train_samples.yaml"), folder, "digits-cfg", e, ["digits-cfg"])
+    def train_shards(key: str, scales, per_class: int, edits: dict) -> Step:
+        """CFG samples of training seed 0's model for a flow to train on (not graded)."""
+        run = digits.Run(key, "CFG samples a flow trains on", "digits_postprocessor",
+                         (digits.SAMPLING, "digits/flow_train_samples.yaml"), scales, edits=edits, ddpm=False)
+        digits.plan_run(plan, run, per_class, (0,), grade=False)
+        return plan.steps[run.sample]
 
-    train = train_shards(FLOW_TRAIN, p.flow_train_scales, n, {})
+    train = train_shards("flow-train", p.flow_train_scales, n, {})
     # App. B's fair comparison: the per-scale flow gets as many training samples as the one-for-all one, other seeds
-    single = train_shards(f"{FLOW_TRAIN}-per-scale", [p.flow_per_scale], n * k, {"model.init_args.seed": 2_000_000})
+    single = train_shards("flow-train-per-scale", [p.flow_per_scale], n * k, {"model.init_args.seed": 2_000_000})
     src_run = source(p)
     digits.plan_run(plan, src_run, seeds=(0,))  # the flows are trained on seed 0's samples: graded on seed 0's
     src, before = plan.steps[src_run.sample], plan.steps[src_run.grade]
@@ -122,19 +121,15 @@ def plan(plan) -> None:
 def quality(products: Products, scales: list[str]) -> tuple[dict, dict, dict]:
     """``(sets, contrasts, table)``: each graded set's figures per scale and their paired differences, all from one
     bootstrap over sample ids and real ids shared by every set (value ± 1.96 SE); ``table``: the before set's table."""
-    from ..io.sample_products import REAL_GROUP, products_path, read_sample_products
     from ..metrics.shared_resamples import shared_resamples
 
-    have = {k: products.step(step).out_dir for k, (_, step) in SETS.items() if products.ok(step)}
+    have = {k: Graded.read([products.step(step).product]) for k, (_, step) in SETS.items() if products.ok(step)}
     if "before" not in have or "flow" not in have:
         raise LookupError(products.failed_inputs([SETS["before"][1], SETS["flow"][1]]))
-    table = json.loads((have["before"] / "metrics_table.json").read_text())
-    settings = table.get("settings", {})
-    found = {f"{k}@{s}": products_path(folder, cfg_folder(float(s))) for k, folder in have.items() for s in scales}
-    products_of = {name: read_sample_products(path) for name, path in found.items() if path.is_file()}
-    real = read_sample_products(products_path(have["before"], REAL_GROUP))
-    draws = shared_resamples(products_of, real, fd_name=table["fd_name"], k=settings.get("k", 3),
-                             num_resamples=products.preset.flow_resamples)
+    g = have["before"]
+    draws = shared_resamples({f"{k}@{s}": got.products(s)[0] for k, got in have.items() for s in scales
+                              if s in got.tables[0]["scales"]}, g.real()[0], fd_name=g.settings["fd_name"],
+                             k=g.settings.get("k", 3), num_resamples=products.preset.flow_resamples)
     sets: dict = {}
     for name in draws.estimates:
         key, s = name.split("@")
@@ -150,7 +145,7 @@ def quality(products: Products, scales: list[str]) -> tuple[dict, dict, dict]:
     contrasts = {"vs_before": {k: diff(k, "before") for k in have if k != "before"},
                  "flow_vs": {k: diff("flow", k) for k in ("copy", "any_class", "per_scale") if k in have},
                  "worst_unseen": {m: draws.largest_difference(unseen, m) for m in ("fd_digits", "kd_digits")}}
-    return sets, contrasts, table
+    return sets, contrasts, g.tables[0]
 
 
 def memorisation(products: Products, scales: list[str]) -> tuple[dict, dict]:
@@ -176,18 +171,12 @@ def memorisation(products: Products, scales: list[str]) -> tuple[dict, dict]:
 
 
 # ---- the report -----------------------------------------------------------------------------------------------------
-def text(e: dict) -> str:
-    return Estimate.from_json(e).text()
-
-
 def figures(res: SectionResult, products: Products, numbers: dict, table: dict, scales: list[str]) -> None:
     from ..io.panels import digit_grids_figure, estimate_panels
     from ..io.shards import read_folder
 
-    floor, names = (table.get("real_floor") or {}).get("metrics", {}), {"fd_digits": table["fd_name"], "kd_digits":
-                                                                        "kd_" + table["fd_name"].removeprefix("fd_")}
-    floors = {m: (floor[names.get(m, m)], "real vs real at this n (floor)") for m in digits.METRICS
-              if names.get(m, m) in floor}
+    floor = table.get("real_floor", {}).get("metrics", {})
+    floors = {m: (floor[m], "real vs real at this n (floor)") for m in digits.METRICS if m in floor}
 
     def curves(by_key: dict, m: str) -> dict:
         return {SETS[k][0]: ([float(s) for s in got], [got[s][m] for s in got]) for k, got in by_key.items()}

@@ -17,7 +17,7 @@ from ..io.tables import fmt, md_table
 from ..launch.products import Products
 from ..stats.claims import Claim, stored_effect
 from .section import Section, SectionResult
-from ..stats import Estimate
+from ..stats import Estimate, text
 
 #: the guided run of each noisy guide of section 6 (the temperatures' runs are ``cg-T<t>``)
 GUIDED = {"digits-classifier": "cg-noisy", "digits-calibrated": "cg-calibrated",
@@ -32,20 +32,6 @@ def plan(plan) -> None:
         digits.plan_run(plan, r)
 
 
-def best_on_seed(products: Products, run: digits.Run, seed: int) -> dict:
-    """The run's best fd_digits on training seed ``seed`` alone (a guide is one seed's classifier), paired with that
-    seed's unguided samples."""
-    from ..metrics.best_of_sweep import crossfit
-
-    ref, scale = digits_cg.reference(products, run)
-    sweep, base = (digits_cg.sweeps(products, r, keep)[r.training_seeds(products.preset).index(seed)]
-                   for r, keep in ((run, digits_cg.guided), (ref, lambda s: s == scale)))
-    fit = crossfit([(sweep, base)], num_resamples=RESAMPLES)
-    chosen, grid = fit.chosen[0]["a"], sorted(sweep.candidates)
-    return {"fd_digits": Estimate.from_interval(fit.interval, fit.num_samples).as_json(), "chosen": list(chosen),
-            "edge": len(grid) > 1 and any(c in (grid[0], grid[-1]) for c in chosen)}
-
-
 def guides(products: Products) -> list[dict]:
     """Every distinct noisy guide whose calibration step and guided run finished: its kind, training seed,
     temperature, integral ECE (bootstrap over held-out images) and best fd_digits (bootstrap over sample ids)."""
@@ -58,14 +44,15 @@ def guides(products: Products) -> list[dict]:
     for classifier, seed, t, key in wanted:
         try:
             logits = guide_logits(products, classifier, [seed])[0]
-            best = best_on_seed(products, runs[key], seed)
+            best = digits_cg.best_of(products, runs[key], resamples=RESAMPLES, seed=seed)
         except LookupError:
             continue
         kind = "temperature" if t != 1.0 else CLASSIFIERS[classifier]
         ece = calibration_interval([(logits, None)], "ece", (t, 1.0), num_resamples=RESAMPLES)
         out.append({"label": f"{kind}, seed {seed}" + (f", T = {t:g}" if t != 1.0 else ""), "kind": kind,
                     "seed": seed, "temperature": t, "run": key,
-                    "ece": Estimate.from_interval(ece, len(logits["labels"])).as_json(), **best})
+                    "ece": Estimate.from_interval(ece, len(logits["labels"])).as_json(), "fd_digits": best["effect"],
+                    "chosen": best["chosen"][0]["a"], "edge": best["edge"]})
     return out
 
 
@@ -91,10 +78,10 @@ def analyse(products: Products, res: SectionResult) -> None:
         f"{fmt(p.ece_time_points)} time buckets (the calibration section's steps), [95 %] over images. fd_digits: "
         + digits_cg.SELECTION
         + ", paired with the seed's unguided samples (< 0: better), [95 %] over sample ids (* a chosen scale at an end "
-        f"of the grid). Spearman's rho over the guides = {Estimate.from_json(res.numbers['spearman_rho']).text()} "
+        f"of the grid). Spearman's rho over the guides = {text(res.numbers['spearman_rho'])} "
         "[95 % bootstrap over guides].", "", *res.markdown,
         *md_table(["guide", "integral ECE [95 %]", "best fd_digits − unguided [95 %]", "chosen scales"],
-                  [[g["label"], *(Estimate.from_json(g[k]).text() for k in ("ece", "fd_digits")),
+                  [[g["label"], *(text(g[k]) for k in ("ece", "fd_digits")),
                     " / ".join(fmt(c) for c in g["chosen"]) + (" *" if g["edge"] else "")] for g in points])]
 
 
