@@ -13,7 +13,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from lightning_guidance.data.digits import DigitsDataModule
 from lightning_guidance.data.generated import GeneratedShardsDataModule
-from lightning_guidance.io.nearest_training import read_nearest_training
+from lightning_guidance.io.nearest_training import distances_of, read_nearest_training, write_nearest_training
 from lightning_guidance.io.shards import Shard, read_extra, read_shard, shard_paths, write_shard
 
 SOURCE_HASH = "the-sampling-config"
@@ -120,6 +120,20 @@ def test_memorisation_distances_match_a_brute_force_search(shards, tmp_path):
     np.testing.assert_allclose(found["held_out"]["distance"], held, rtol=1e-5, atol=1e-5)
     assert found[str(folders[0])]["distance"][7] <= 8 / 255  # the copied training 3, stored as 8-bit pixels
     assert found["space"] == "pixels"
+
+
+def test_a_moved_run_folder_still_finds_its_memorisation_entries(tmp_path):
+    """The step wrote its folders' paths as it was given them; a report rebuilt after the run folder moved looks
+    them up by their path inside the run folder. Bug caught: a lookup by the full path drops every row."""
+    ids, labels = np.arange(3), np.array([0, 1, 2])
+    old = tmp_path / "old" / "study-x"
+    sets = {str(old / "digits" / name / "s_1"): (ids, labels, np.full(3, d)) for name, d in (("a", 1.0), ("b", 2.0))}
+    write_nearest_training(tmp_path / "n.npz", sets, (labels, np.ones(3)), "pixels")
+    found = read_nearest_training(tmp_path / "n.npz")
+    new = tmp_path / "moved" / "study-x"
+    assert distances_of(found, new / "digits" / "b" / "s_1", new)["distance"].tolist() == [2.0] * 3
+    assert distances_of(found, new / "digits" / "a" / "s_1", new)["distance"].tolist() == [1.0] * 3
+    assert distances_of(found, new / "digits" / "c" / "s_1", new) is None
 
 
 def test_a_predict_only_data_module_needs_no_training_shards_but_training_does(tmp_path):

@@ -78,6 +78,7 @@ def test_micro_report_has_every_section_figure_and_claim(micro):
         assert row["verdict"].removesuffix(" (no interval)") in ("agree", "disagree", "inconclusive", "not measured")
         assert bool(row["likely_reason"]) == row["verdict"].startswith("disagree")
         assert (row["effect"] is None) == (row["verdict"] == "not measured" or "(no interval)" in row["verdict"])
+        assert "did not finish" not in row["measured"], row  # every step of this run finished: say why it is not posed
     assert report["verdicts"]["inconclusive"] + report["verdicts"]["agree"] + report["verdicts"]["disagree"] >= 2
     assert "not built" not in md.lower()
     for key in ("preset", "machine", "commit", "wall_seconds", "started_utc"):

@@ -41,3 +41,15 @@ def read_nearest_training(path: str | Path) -> dict:
         out["held_out"] = {"labels": z["held_out_labels"], "distance": z["held_out_distance"]}
         out["space"] = json.loads(str(z["space"]))
     return out
+
+
+def distances_of(found: dict, folder: str | Path, run_dir: str | Path) -> dict | None:
+    """The entry of ``folder`` (inside the run folder ``run_dir``) in ``read_nearest_training``'s result, or None.
+
+    Matched by the folder's path inside the run folder, so a run folder that was moved or copied (its report
+    rebuilt with ``--report-only`` elsewhere) still finds the entries its step wrote under the old path."""
+    inside = Path(folder).relative_to(run_dir).parts
+    for key, entry in found.items():
+        if key not in ("held_out", "space") and Path(key).parts[-len(inside):] == inside:
+            return entry
+    return None

@@ -18,7 +18,7 @@ from ..launch.steps import Step, step_config
 from .plan import seeded
 from ..io.tables import fmt, md_table
 from ..launch.products import Products
-from ..stats.claims import Claim, stored_effect
+from ..stats.claims import Claim, numbers_of, stored_effect
 from .section import Section, SectionResult
 from ..stats import Estimate, text
 
@@ -132,7 +132,8 @@ def analyse(products: Products, res: SectionResult) -> None:
     divs = [d for d in p.divergences if f"divergence-{d}" in runs]
     compared_pairs = pairs(divs)
     compare = comparisons(products, compared_pairs, claimed=("calibrated", "tilted", "entropy", "others_vs_js"))
-    res.numbers = {"calibration": cal, "runs": runs, "compare": compare, "reconstruction": RECONSTRUCTED}
+    res.numbers = {"calibration": cal, "runs": runs, "compare": compare, "reconstruction": RECONSTRUCTED,
+                   "divergences": list(p.divergences)}
     if cal:
         g = cal["guides"]
         res.markdown += [
@@ -173,6 +174,15 @@ def compared(key: str):
     return digits_cg.compared("digits_calibration", key, pairs(()))
 
 
+def js_best(numbers: dict):
+    """JS against the best other f-divergence; a preset that guides with JS alone does not pose the question."""
+    planned = numbers_of(numbers, "digits_calibration")["divergences"]
+    if len(planned) < 2:
+        raise LookupError(f"this preset guides with {', '.join(planned)} only (its divergences); the small preset "
+                          "compares the f-divergences")
+    return compared("others_vs_js")(numbers)
+
+
 PAPER = "Javid et al. (calibration)"
 SECTION = Section(
     "digits_calibration", "6. Digits, calibration and regularised guidance", digits.DATA,
@@ -186,7 +196,7 @@ SECTION = Section(
         Claim("calibrated_guidance", PAPER, "guidance with the calibrated classifier gives a better FID than with the "
               "original", "calibrated better than original (best vs best)", compared("calibrated"), SMALL_DATA),
         Claim("js_best", PAPER, "Jensen-Shannon is the best f-divergence for guidance",
-              "JS better than the best other divergence (best vs best)", compared("others_vs_js"), SMALL_DATA,
+              "JS better than the best other divergence (best vs best)", js_best, SMALL_DATA,
               reconstruction=True),
         Claim("tilted", PAPER, "tilted guidance beats plain guidance with the same classifier",
               "tilted better than plain (best vs best)", compared("tilted"), SMALL_DATA, reconstruction=True),

@@ -151,7 +151,7 @@ def quality(products: Products, scales: list[str]) -> tuple[dict, dict, dict]:
 def memorisation(products: Products, scales: list[str]) -> tuple[dict, dict]:
     """Each set's L2 distance (pixels) to its nearest training digit against held-out real digits'
     (``metrics.memorisation``), at s = 1 and pooled over the unseen scales; the numbers, and the distances."""
-    from ..io.nearest_training import read_nearest_training
+    from ..io.nearest_training import distances_of, read_nearest_training
     from ..metrics.memorisation import memorisation_check
 
     found = read_nearest_training(products.step(MEMORISATION).product)
@@ -160,9 +160,10 @@ def memorisation(products: Products, scales: list[str]) -> tuple[dict, dict]:
     out, distances = {"held_out": {"n": len(held), "quantile": CLOSE}, "sets": {}}, {"held_out": held}
     for key, folder in folders.items():
         for group, wanted in (("s = 1", scales[:1]), ("unseen s", scales[1:])):
-            got = [s for s in wanted if str(folder / cfg_folder(float(s))) in found]
+            entries = {s: distances_of(found, folder / cfg_folder(float(s)), products.run_dir) for s in wanted}
+            got = [s for s in wanted if entries[s] is not None]
             if got:
-                d = np.stack([found[str(folder / cfg_folder(float(s)))]["distance"] for s in got], 1)
+                d = np.stack([entries[s]["distance"] for s in got], 1)
                 checks = memorisation_check(d, held, CLOSE, products.preset.flow_resamples)
                 out["sets"][f"{key}|{group}"] = {"set": key, "scales": got, "group": group, **{
                     k: Estimate.from_interval(v, len(d)).as_json() for k, v in checks.items()}}
