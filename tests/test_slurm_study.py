@@ -35,8 +35,9 @@ def step_times(log: Path) -> tuple[datetime, datetime]:
 
 BUILTIN = ["--preset", "micro", "--sections", "digits_cfg"]
 # what each step of the micro digits_cfg section reads (the plan's needs; checked against --list below)
-NEEDS = {"digits-judge": [], "digits-cfg": [], "sample-digits-cfg": ["digits-cfg"],
-         "grade-digits-cfg": ["digits-cfg", "sample-digits-cfg", "digits-judge"]}
+NEEDS = {"digits-judge": [], "digits-judge-conv": [], "digits-cfg": [], "sample-digits-cfg": ["digits-cfg"],
+         "grade-digits-cfg": ["digits-cfg", "sample-digits-cfg", "digits-judge"],
+         "grade-conv-digits-cfg": ["digits-cfg", "sample-digits-cfg", "digits-judge-conv"]}
 
 
 # sampling as a job array of two tasks (each writes every other shard) and its collector; every job on one CPU
