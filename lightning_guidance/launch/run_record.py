@@ -1,8 +1,8 @@
 """What a run folder of steps records about its runs: ``run.json`` (each run's start, wall time, steps run, exit and
 settings), the digest of its step markers, and the timing and commits a report of the run shows.
 
-A run that ran steps (or was interrupted) appends its entry to ``run.json``; a report rebuilt without running a step
-shows that run's wall time and when it was rebuilt, never the rebuild's own few seconds.
+A run that ran steps (or was interrupted) appends its entry to ``run.json`` (:class:`RunAttempt`); a report rebuilt
+without running a step shows that run's wall time and when it was rebuilt, never the rebuild's own few seconds.
 """
 
 from __future__ import annotations
@@ -10,9 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import signal
+import sys
+import time
 from pathlib import Path
 
 from ..io.atomic import atomic_write_text
+from .signals import on_signals
 from .steps import DONE_STATES
 
 
@@ -41,6 +45,48 @@ def read_runs(run_dir: Path) -> list[dict]:
 def record_run(run_dir: Path, run: dict) -> None:
     """Append ``run`` to ``run_dir/run.json`` (written whole, atomically)."""
     atomic_write_text(Path(run_dir) / RUN_RECORD, json.dumps({"runs": [*read_runs(run_dir), run]}, indent=2))
+
+
+class RunAttempt:
+    """This run of a folder's steps as far as it got (``phase``: planning, steps, report): its ``run.json`` entry and,
+    when a signal stops it, the one line on stderr that names the phase and how to resume."""
+
+    def __init__(self):
+        self.phase, self.run_dir, self.runner, self.settings = "planning", None, None, {}
+        self.locked = False  # the run folder is ours: run.json may be written
+        self.started, self.t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
+
+    def record(self, exit_: str, run: dict | None = None, phase: str | None = None) -> None:
+        """Append this run to ``run.json``: the start, wall time and settings of ``run`` (its report: what a rebuild of
+        the report shows) or its own, the steps it ran, its exit and, if interrupted, in which phase (``phase`` or its
+        own)."""
+        run = run or {"started_utc": self.started.isoformat(timespec="seconds"),
+                      "wall_seconds": round(time.perf_counter() - self.t0, 1), **self.settings}
+        record_run(self.run_dir, {**{k: run[k] for k in ("started_utc", "wall_seconds", *RUN_SETTINGS) if k in run},
+                                  "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                                  "steps_run": len(self.runner.seconds) if self.runner is not None else 0,
+                                  "exit": exit_, **({"interrupted_in": phase or self.phase}
+                                                    if exit_ == "interrupted" else {})})
+
+    def stop_line(self, signum: int) -> str:
+        name, where = signal.Signals(signum).name, f" in {self.run_dir}" if self.run_dir else ""
+        if self.phase == "planning":
+            return f"stopped by {name} while planning the study{where}; no step ran. Re-run the same command to start"
+        if self.phase == "steps":
+            status = list(self.runner.status.values()) if self.runner is not None else []
+            return (f"stopped by {name} while running the study's steps{where} ({status.count('interrupted')} "
+                    f"interrupted, {sum(s.startswith('not run') for s in status)} not started); every file written is"
+                    " whole. Re-run the same command to resume (finished steps are skipped)")
+        return (f"stopped by {name} while writing the report{where}; every step's output is kept. Re-run the same "
+                "command to write it (finished steps are skipped)")
+
+    def stopped(self, signum: int) -> int:
+        """Record the interrupted run (when its folder is locked) and say so in one line; ``128 + signal``."""
+        on_signals(signal.SIG_IGN)  # the record is short: a second signal does not cut it
+        if self.locked:
+            self.record("interrupted")
+        sys.stderr.write(self.stop_line(signum) + "\n")
+        return 128 + signum
 
 
 def timing(run_dir: Path, started_utc: str, wall: float, rebuilt: bool, previous: dict) -> dict:

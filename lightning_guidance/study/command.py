@@ -11,53 +11,28 @@ phase and how to resume, and ``run.json`` records the interrupted run. One study
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import os
-import signal
 import sys
-import time
+from dataclasses import asdict
 from pathlib import Path
 
 import yaml
 
+from ..io.atomic import remove_stale_temps
 from ..launch.arguments import without_options
+from ..launch.provenance import commit, machine, publish
+from ..launch.run_lock import RunFolderLock
+from ..launch.run_record import RunAttempt
 from ..launch.signals import Interrupted, on_signals, raise_interrupted, restore
-from ..launch.steps import DONE_STATES, study_command
+from ..launch.slurm import require_sbatch
+from ..launch.step_jobs import record_finished_jobs, show_status, submit_steps
+from ..launch.steps import DONE_STATES, StepRunner, study_command
+from ..launch.workers import pause_for_tests, serve
 from .plan import configs_root
 from .presets import PRESETS, get_preset
 from .sections import KEYS, choose, plan_study
 
 STUDY_KEYS = ("title", "name", "preset", "sections", "description", "jobs", "slurm")
-
-
-class Attempt:
-    """This run of the study as far as it got: what ``run.json`` and the stop line say when it is interrupted."""
-
-    def __init__(self):
-        self.phase, self.run_dir, self.runner, self.settings = "planning", None, None, {}
-        self.locked = False  # the run folder is ours: run.json may be written
-        self.started, self.t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
-
-    def record(self, exit_: str) -> None:
-        from ..launch.run_record import record_run
-
-        seconds = self.runner.seconds if self.runner is not None else {}
-        record_run(self.run_dir, {"started_utc": self.started.isoformat(timespec="seconds"),
-                                  "wall_seconds": round(time.perf_counter() - self.t0, 1), **self.settings,
-                                  "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                                  "steps_run": len(seconds), "exit": exit_, "interrupted_in": self.phase})
-
-    def stop_line(self, signum: int) -> str:
-        name, where = signal.Signals(signum).name, f" in {self.run_dir}" if self.run_dir else ""
-        if self.phase == "planning":
-            return f"stopped by {name} while planning the study{where}; no step ran. Re-run the same command to start"
-        if self.phase == "steps":
-            status = list(self.runner.status.values()) if self.runner is not None else []
-            return (f"stopped by {name} while running the study's steps{where} ({status.count('interrupted')} "
-                    f"interrupted, {sum(s.startswith('not run') for s in status)} not started); every file written is"
-                    " whole. Re-run the same command to resume (finished steps are skipped)")
-        return (f"stopped by {name} while writing the report{where}; every step's output is kept. Re-run the same "
-                "command to write it (finished steps are skipped)")
 
 
 def load_study_file(path: str | None) -> dict:
@@ -126,32 +101,19 @@ def main(argv: list[str] | None = None, run_in_process=None) -> int:
     if (ns.serve_steps or ns.in_process) and run_in_process is None:
         raise ValueError("--serve-steps and --in-process need the CLI's entry point: run them as `cli.py study`")
     if ns.serve_steps:
-        from ..launch.workers import serve
-
         return serve(run_in_process, ns.threads)
-    attempt = Attempt()
+    attempt = RunAttempt()
     previous = on_signals(raise_interrupted)
     try:
         return _study(ns, argv, run_in_process, attempt)
     except Interrupted as stop:  # before the run folder was locked: nothing to record
-        return _stopped(attempt, stop.signum)
+        return attempt.stopped(stop.signum)
     finally:
         restore(previous)
 
 
-def _stopped(attempt: Attempt, signum: int) -> int:
-    """Record the interrupted run (when its folder is locked) and say so in one line; ``128 + signal``."""
-    on_signals(signal.SIG_IGN)  # the record is short: a second signal does not cut it
-    if attempt.locked:
-        attempt.record("interrupted")
-    sys.stderr.write(attempt.stop_line(signum) + "\n")
-    return 128 + signum
-
-
-def _study(ns, argv, run_in_process, attempt: Attempt) -> int:
+def _study(ns, argv, run_in_process, attempt: RunAttempt) -> int:
     if ns.launcher == "slurm":
-        from ..launch.slurm import require_sbatch
-
         require_sbatch()  # says what is missing before anything runs
     elif ns.status:
         raise ValueError("--status shows a SLURM chain: add --launcher slurm")
@@ -173,34 +135,25 @@ def _study(ns, argv, run_in_process, attempt: Attempt) -> int:
         for step in plan.steps.values():
             print(f"{step.section:22s} {step.name:40s} {step.command:8s} {' + '.join(step.configs)}")
         return 0
-    from ..io.atomic import remove_stale_temps
-    from ..launch.run_lock import RunFolderLock
-    from ..launch.workers import pause_for_tests
-
     with RunFolderLock(run_dir, say=lambda line: print(line, file=sys.stderr)) as lock:
         attempt.run_dir, attempt.locked = run_dir, True
         try:
             remove_stale_temps(run_dir)  # what writers killed mid-write left (their pid is gone), nothing else
             pause_for_tests("planning")
-            return _locked(ns, argv, run_in_process, attempt, study, preset, sections, threads, run_dir, plan,
-                           lock.fd)
+            return _locked(ns, argv, run_in_process, attempt, study, sections, threads, plan, lock.fd)
         except Interrupted as stop:
-            return _stopped(attempt, stop.signum)
+            return attempt.stopped(stop.signum)
         finally:
             attempt.locked = False
 
 
-def _locked(ns, argv, run_in_process, attempt, study, preset, sections, threads, run_dir, plan, lock_fd) -> int:
-    jobs = ns.jobs or study.get("jobs") or (2 if (os.cpu_count() or 1) > 1 else 1)
+def _locked(ns, argv, run_in_process, attempt, study, sections, threads, plan, lock_fd) -> int:
     import torch
 
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads)  # the report's own scoring, too
     if ns.launcher == "slurm" and not ns.report_only:
-        from ..launch.steps import StepRunner
-        from ..launch.provenance import commit
-        from ..launch.step_jobs import show_status, submit_steps
-
+        preset, run_dir = plan.preset, plan.root
         if ns.status:
             return show_status(run_dir)
         print(f"study preset {preset.name} ({preset.summary}); {len(plan.steps)} steps as SLURM jobs; folder {run_dir}")
@@ -208,23 +161,20 @@ def _locked(ns, argv, run_in_process, attempt, study, preset, sections, threads,
         submit_steps(StepRunner(run_dir, plan.steps, code=commit()), preset.slurm, study.get("slurm"), report_cmd)
         return 0
     try:
-        return _run(ns, study, preset, sections, run_dir, plan, jobs, threads,
-                    run_in_process if ns.in_process else None, attempt, lock_fd)
+        return _run(ns, study, sections, plan, threads, run_in_process if ns.in_process else None, attempt, lock_fd)
     finally:
         torch.set_num_threads(threads_before)  # in-process callers (tests) get their setting back
 
 
-def _run(ns, study, preset, sections, run_dir, plan, jobs, threads, run_in_process, attempt, lock_fd) -> int:
+def _run(ns, study, sections, plan, threads, run_in_process, attempt, lock_fd) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from ..launch.steps import StepRunner
-    from ..launch.provenance import commit, machine
-    from ..launch.run_record import RUN_SETTINGS, record_run
     from .report import write_report
 
+    preset, run_dir = plan.preset, plan.root
+    jobs = ns.jobs or study.get("jobs") or (2 if (os.cpu_count() or 1) > 1 else 1)
     console = Console(stderr=False)
-    started, t0 = attempt.started, attempt.t0
     console.print(f"[bold]study[/bold] preset {preset.name} ({preset.summary}); {len(plan.steps)} steps, "
                   f"{jobs} at a time, {threads} thread(s) each; folder {run_dir}")
     code = commit()
@@ -233,43 +183,33 @@ def _run(ns, study, preset, sections, run_dir, plan, jobs, threads, run_in_proce
     attempt.settings = {"machine": machine(), "jobs": jobs, "threads_per_step": threads}
     if ns.report_only:
         if (run_dir / "slurm").is_dir():  # steps that SLURM jobs finished: recorded as the local runner would
-            from ..launch.step_jobs import record_finished_jobs
-
             record_finished_jobs(runner, preset.slurm, study.get("slurm"))
         status = runner.adopt_products()
         ran = False
     else:
-        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn())
         attempt.phase = "steps"
-        with Progress(*columns, console=console, transient=False) as progress:
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TimeElapsedColumn(), console=console, transient=False) as progress:
             runner.console = progress.console
             status = runner.run(progress)
         ran = bool(runner.seconds)  # at least one step was started (not only skipped)
         if runner.interrupted is not None:
             sys.stderr.write(attempt.stop_line(runner.interrupted) + "\n")  # the report follows
     attempt.phase = "report"
-    from ..launch.workers import pause_for_tests
-
     pause_for_tests("report")  # tests: a signal while the report is written
     meta = {"title": study.get("title", "lightning-guidance study"), "description": study.get("description", ""),
-            "preset": preset.as_dict(), "sections_requested": sections, **attempt.settings, **code,
-            "started_utc": started.isoformat(timespec="seconds"),
+            "preset": asdict(preset), "sections_requested": sections, **attempt.settings, **code,
+            "started_utc": attempt.started.isoformat(timespec="seconds"),
             "steps": {n: {"section": s.section, "command": s.command, "status": status.get(n, "not run"),
                           "seconds": round(runner.seconds.get(n, 0.0), 1), "config": f"configs/{n}.yaml"}
                       for n, s in plan.steps.items()}}
-    report = write_report(plan, status, meta, sections, t0, console, rebuilt=not ran)
+    report = write_report(plan, status, meta, sections, attempt.t0, console, rebuilt=not ran)
     failed = [n for n, s in status.items() if s not in DONE_STATES]
-    if ran or runner.interrupted is not None:  # what a later rebuild of the report shows as the run's wall time
-        record_run(run_dir, {"started_utc": report["started_utc"], "wall_seconds": report["wall_seconds"],
-                             **{k: report[k] for k in RUN_SETTINGS},
-                             "finished_utc": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                             "steps_run": len(runner.seconds),
-                             **({"exit": "interrupted", "interrupted_in": "steps"} if runner.interrupted is not None
-                                else {"exit": "failed" if failed else "ok"})})
+    if runner.interrupted is not None:  # the report's wall time: what a later rebuild of it shows as the run's
+        attempt.record("interrupted", report, phase="steps")
+    elif ran:
+        attempt.record("failed" if failed else "ok", report)
     if ns.publish:
-        from ..launch.provenance import publish
-
         console.print(f"published: {publish(run_dir, Path(ns.publish))}")
     failed_sections = [k for k, v in report["sections"].items() if v["status"] == "failed"]
     console.print(f"report: {run_dir / 'report.md'}")

@@ -21,12 +21,15 @@ import numpy as np
 import torch
 
 from ..io.figures import pyplot
+from ..io.shards import read_postprocessed
 from ..io.toy_figures import scatter_framed
+from ..toy import fractal_2d
 from .plan import SWEEP_VALUES, Plan, guide_checkpoint, term
 from ..launch.products import Products
 from .section import Section, SectionResult
 
 SAMPLING = "fractal/sampling.yaml"  # the sampling skeleton every method starts from (CFG alone)
+FLOW = "fractal/flow.yaml"  # every post-processor's config
 
 
 def with_guidance(name: str) -> tuple[str, str]:
@@ -77,18 +80,16 @@ def fractal_methods(preset) -> list[FractalMethod]:
 
 @dataclass(frozen=True)
 class FractalFlow:
-    """One post-processed set: the flow config and the sampled set (method, scale) it is trained on and applied to."""
+    """One post-processed set: the sampled set (method, scale) its flow is trained on and applied to."""
     key: str
-    config: str
     method: str
     scale: float
 
 
 def fractal_flows(preset) -> list[FractalFlow]:
     weak, large = min(preset.fractal_cg_flow_scales), max(preset.fractal_cg_flow_scales)
-    return [FractalFlow("cg_weak", "fractal/flow.yaml", "cg_uncond", weak),
-            FractalFlow("cg_large", "fractal/flow.yaml", "cg_uncond", large),
-            FractalFlow("cfg", "fractal/flow.yaml", "cfg", max(preset.fractal_cfg_scales))]
+    return [FractalFlow("cg_weak", "cg_uncond", weak), FractalFlow("cg_large", "cg_uncond", large),
+            FractalFlow("cfg", "cfg", max(preset.fractal_cfg_scales))]
 
 
 def sample_step(method: str) -> str:
@@ -129,7 +130,7 @@ def plan(plan: Plan) -> None:
         if p.fractal_flow_euler_steps:
             edits.update({"model.init_args.integrator": "euler",
                           "model.init_args.integrator_kwargs": {"num_steps": p.fractal_flow_euler_steps}})
-        plan.flow(f"fractal-flow-{f.key}", f.config, f"fractal/flow_{f.key}", p.fractal_flow_steps, edits,
+        plan.flow(f"fractal-flow-{f.key}", FLOW, f"fractal/flow_{f.key}", p.fractal_flow_steps, edits,
                   needs=[source.name])
 
 
@@ -137,9 +138,6 @@ def plan(plan: Plan) -> None:
 def read_all(products: Products):
     """(the methods whose sampling finished, their samples, the labels of the failed ones, the post-processed sets
     ``{flow key: (flow, after, before, labels)}``, the keys of the unfinished ones, exact samples and labels)."""
-    from ..io.shards import read_postprocessed
-    from ..toy import fractal_2d
-
     p = products.preset
     methods = [m for m in fractal_methods(p) if products.ok(sample_step(m.key))]
     failed = [m.label for m in fractal_methods(p) if not products.ok(sample_step(m.key))]

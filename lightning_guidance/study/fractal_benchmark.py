@@ -10,10 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..io.toy_figures import BandPanel, band_grid
+from ..metrics.exact_intervals import per_sample_estimate, score_estimate, seeds_estimate
 from ..stats import Estimate
-from ..toy.exact_scores import (best_at_equal_wrong_class_rate, density_deciles, move_by_density_decile,
+from ..toy import fractal_2d
+from ..toy.exact_scores import (ExactScores, best_at_equal_wrong_class_rate, density_deciles, move_by_density_decile,
                                 per_sample_scores)
-from .fractal import DATA, PRESET_FIELDS, label_of, plan, read_all
+from .fractal import DATA, FLOW, PRESET_FIELDS, label_of, plan, read_all
 from ..io.tables import fmt, md_table
 from ..launch.products import Products
 from ..stats.claims import Claim, stored_effect
@@ -28,8 +30,6 @@ SCORES = (("mean_log_density", "mean log p(x|y) ↑"), ("median_log_density", "m
 
 
 def estimates(scores) -> dict:
-    from ..metrics.exact_intervals import score_estimate
-
     return {key: score_estimate([scores], key).as_json() for key, _ in SCORES}
 
 
@@ -39,10 +39,6 @@ def first_last(by_scale: dict) -> tuple[str, str]:
 
 
 def analyse(products: Products, res: SectionResult) -> None:
-    from ..metrics.exact_intervals import score_estimate
-    from ..toy import fractal_2d
-    from ..toy.exact_scores import ExactScores
-
     p = products.preset
     methods, samples, failed, flows, flows_failed, truth, labels = read_all(products)
     mixture, n_ref = fractal_2d(), p.fractal_reference_per_class
@@ -59,7 +55,7 @@ def analyse(products: Products, res: SectionResult) -> None:
         bins = density_deciles(log_p)
         ratios.append((moves[bins == 0].numpy(), moves[bins == 9].numpy()))
         post[key] = {"method": f.method, "label": label_of(methods, f.method), "scale": f"{f.scale:g}",
-                     "config": f.config, "flow_steps": p.fractal_flow_steps, "before": estimates(b),
+                     "config": FLOW, "flow_steps": p.fractal_flow_steps, "before": estimates(b),
                      "after": estimates(a), "median_move": float(moves.median()),
                      "wrong_class_change": score_estimate([a], "wrong_class_fraction", baseline=[b]).as_json(),
                      "median_move_by_density_decile": move_by_density_decile(log_p, moves)}
@@ -142,8 +138,6 @@ def figure(res: SectionResult, methods, scores: dict, reference: dict) -> None:
 # ---- claims ---------------------------------------------------------------------------------------------------------
 def claim_effects(exact: dict, labels: dict, deltas: list, ratios: list) -> dict:
     """Each claim's paired effect (an Estimate) and the parts its text lists."""
-    from ..metrics.exact_intervals import per_sample_estimate, score_estimate, seeds_estimate
-
     out, parts = {}, []
     for key in ("cg_uncond", "cfg", "cg"):  # the paper's set-up (CG of the unconditional model) first: it is graded
         if key in exact:

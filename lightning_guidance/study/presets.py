@@ -9,8 +9,7 @@ it starts from. Which section reads which field: each ``Section.preset_fields`` 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -84,9 +83,6 @@ class Preset:
     # ---- --launcher slurm: every step's job resources unless the study config says otherwise (sbatch's names)
     slurm: dict = field(default_factory=lambda: {"cpus_per_task": 2, "time": "04:00:00"})
 
-    def as_dict(self) -> dict:
-        return asdict(self)
-
     def image_datamodule(self):
         """The DataModule class of the image sections, or None for the embedded digits (which need no edit)."""
         if self.dataset == "digits":
@@ -98,16 +94,11 @@ class Preset:
             raise ValueError(f"unknown dataset {self.dataset!r}; choose digits, {', '.join(modules)}")
         return modules[self.dataset]
 
-    def missing_data(self, root: str | Path = ".") -> list[str]:
-        """The data paths this preset reads that are not on disk (the first missing one of each nested chain)."""
+    def missing_data(self) -> list[str]:
+        """The data paths (under ``data/``) this preset reads that are not on disk: a missing folder, not its files."""
         module = self.image_datamodule()
-        if module is None:
-            return []
-        missing: list[Path] = []
-        for path in module(root=str(Path(root) / "data")).required_paths():
-            if not path.exists() and not any(m in path.parents for m in missing):
-                missing.append(path)
-        return [str(p) for p in missing]
+        paths = module(root="data").required_paths() if module is not None else []
+        return [str(p) for p in paths if not p.exists() and not any(q in p.parents and not q.exists() for q in paths)]
 
 
 SMALL = Preset(

@@ -5,6 +5,7 @@ CFG scales). A figure is a number of the sections above, or an estimate of one (
 
 from __future__ import annotations
 
+from ..io.figures import axis_labels, fit_axis, legend_outside, plot_with_band, pyplot
 from ..io.tables import fmt, md_table
 from ..launch.products import Products
 from .section import Section, SectionResult
@@ -37,16 +38,9 @@ def quality_rows(series: dict) -> list[list[str]]:
     return rows
 
 
-def ok(products: Products, key: str) -> dict | None:
-    res = products.results.get(key)
-    return res.numbers if res is not None and res.status == "ok" else None
-
-
 def draw(ax, curves: list[tuple[str, list, list, dict]], ylabel: str) -> None:
     """Each ``(label, xs, figures, plot options)`` curve with its band, distinct styles, a legend off the data and an
     axis framed on the data (outliers clipped with a note, or symlog)."""
-    from ..io.figures import axis_labels, fit_axis, legend_outside, plot_with_band
-
     seen = []
     for i, (label, xs, ys, opts) in enumerate(curves):
         plot_with_band(ax, xs, [triple(y) for y in ys], label, i, **opts)
@@ -57,8 +51,6 @@ def draw(ax, curves: list[tuple[str, list, list, dict]], ylabel: str) -> None:
 
 
 def toy_figure(res: SectionResult, toy: dict, series: dict) -> None:
-    from ..io.figures import pyplot
-
     mus = toy["mus"]
     fig, axes = pyplot().subplots(1, len(mus), figsize=(4.6 * len(mus), 3.0), squeeze=False)
     series["toy1d"] = {}
@@ -73,8 +65,6 @@ def toy_figure(res: SectionResult, toy: dict, series: dict) -> None:
 
 
 def fractal_figure(res: SectionResult, bench: dict, series: dict) -> None:
-    from ..io.figures import pyplot
-
     series["fractal"] = {key: {"label": info["label"], "scale": [float(s) for s in info["scales"]],
                                "mean_log_density": [v["mean_log_density"] for v in info["scales"].values()]}
                          for key, info in bench["methods"].items()}
@@ -100,16 +90,13 @@ def fractal_figure(res: SectionResult, bench: dict, series: dict) -> None:
                                            "after the post-processor, arrows from the same set before it)")
 
 
-def digits_figure(res: SectionResult, products: Products, series: dict) -> None:
-    from ..io.figures import pyplot
-
+def digits_figure(res: SectionResult, done: dict, series: dict) -> None:
     runs = {}
-    if ok(products, "digits_cfg") is not None:
-        runs["cfg"] = {"label": "CFG (scale = s)", **ok(products, "digits_cfg")["table"]}
+    if "digits_cfg" in done:
+        runs["cfg"] = {"label": "CFG (scale = s)", **done["digits_cfg"]["table"]}
     for key in ("digits_cg", "digits_calibration"):
-        if ok(products, key) is not None:
-            runs.update({k: v for k, v in ok(products, key)["runs"].items() if len(v["scales"]) > 1})
-    flow = ok(products, "digits_postprocessor")
+        runs.update({k: v for k, v in done.get(key, {}).get("runs", {}).items() if len(v["scales"]) > 1})
+    flow = done.get("digits_postprocessor")
     if flow is not None:  # CFG at the scales the flow never saw, before and after it
         for when, label in (("before", "CFG at the post-processor's unseen scales"), ("after", "CFG" + POST)):
             runs[f"flow-unseen-{when}"] = {"label": label, "post": when == "after",
@@ -130,12 +117,13 @@ def digits_figure(res: SectionResult, products: Products, series: dict) -> None:
 
 
 def analyse(products: Products, res: SectionResult) -> None:
+    done = {k: r.numbers for k, r in products.results.items() if r.status == "ok"}  # the sections that finished
     series: dict[str, dict] = {}
-    if ok(products, "toy1d") is not None:
-        toy_figure(res, ok(products, "toy1d"), series)
-    if ok(products, "fractal_benchmark") is not None:
-        fractal_figure(res, ok(products, "fractal_benchmark"), series)
-    digits_figure(res, products, series)
+    if "toy1d" in done:
+        toy_figure(res, done["toy1d"], series)
+    if "fractal_benchmark" in done:
+        fractal_figure(res, done["fractal_benchmark"], series)
+    digits_figure(res, done, series)
     if not series:
         raise LookupError("no section with sampled quality finished")
     res.numbers = {"series": series}

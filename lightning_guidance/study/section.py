@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..io.figures import save_figure
 from ..launch.products import Products
 from ..stats.claims import Claim
 from .plan import Plan
@@ -46,8 +47,6 @@ class SectionResult:
 
     def figure(self, fig, name: str, caption: str) -> None:
         """Save ``fig`` as ``figures/<name>`` of the run folder and show it in the markdown."""
-        from ..io.figures import save_figure
-
         save_figure(fig, Path(self.run_dir) / "figures" / name)
         self.figures.append(f"figures/{name}")
         self.markdown += [f"![{caption}](figures/{name})", ""]

@@ -15,7 +15,11 @@ from __future__ import annotations
 import numpy as np
 
 from ..io.toy_figures import BandPanel, band_grid, paths_grid
+from ..metrics.exact_intervals import per_sample_estimate
 from ..stats import Estimate
+from ..toy import exact_conditional_scores, two_class_mixture_1d
+from ..toy.exact_scores import per_sample_scores
+from ..toy.mixture1d import boundary_path_distance
 from .plan import SWEEP_VALUES, Plan, guide_checkpoint, seeded
 from ..io.tables import fmt, md_table
 from ..launch.products import Products
@@ -76,30 +80,22 @@ def plan(plan: Plan) -> None:
 
 def read(products: Products, mu: float, seeds) -> tuple[float, dict, dict]:
     """sigma, ``{method: {scale: [per seed: {figure: (N,) array}]}}`` and seed 0's trajectories."""
-    from ..toy import two_class_mixture_1d
-    from ..toy.exact_scores import per_sample_scores
-    from ..toy.mixture1d import boundary_path_distance
-
     tag = mu_tag(mu)
     sigma = float(products.config_value(f"toy1d-{tag}-cfg", SIGMA_KEY))
     mixture = two_class_mixture_1d(mu, sigma)
     per_sample, paths = {}, {}
     for method in METHODS:
-        per_sample[method] = {}
         for seed in seeds:
             for s, (x, labels, traj) in products.samples(seeded(sample_step(tag, method), seed), True).items():
                 rows = per_sample_scores(mixture, x, labels)
                 rows["path_distance"] = boundary_path_distance(traj, labels, mu)
-                per_sample[method].setdefault(s, []).append({k: v.numpy() for k, v in rows.items()})
+                per_sample.setdefault(method, {}).setdefault(s, []).append({k: v.numpy() for k, v in rows.items()})
                 if seed == seeds[0]:
                     paths[(method, s)] = (traj[:, :, 0].numpy(), labels.numpy())
     return sigma, per_sample, paths
 
 
 def analyse(products: Products, res: SectionResult) -> None:
-    from ..metrics.exact_intervals import per_sample_estimate
-    from ..toy import exact_conditional_scores
-
     p = products.preset
     seeds = list(p.training_seeds)
     per_mu, paths, effects = {}, {}, {f: [] for f in FAMILIES}
@@ -111,9 +107,7 @@ def analyse(products: Products, res: SectionResult) -> None:
         for method, (label, _, _, _, base) in METHODS.items():
             runs, top = per_sample[method], max(per_sample[method])
             effect = [r["path_distance"] - b["path_distance"] for r, b in zip(runs[top], runs[base])]
-            for family, members in FAMILIES.items():
-                if method in members:
-                    effects[family].append(effect)
+            effects[next(f for f, members in FAMILIES.items() if method in members)].append(effect)
             methods[method] = {"label": label, "baseline": base, "top": top,
                                "effect": per_sample_estimate(effect).as_json(),
                                "rows": [{"scale": s, **{k: per_sample_estimate([r[src] for r in runs[s]], reduce=red)
