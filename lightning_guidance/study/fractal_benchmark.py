@@ -11,7 +11,7 @@ import numpy as np
 
 from ..io.toy_figures import BandPanel, band_grid
 from ..metrics.exact_intervals import per_sample_estimate, score_estimate, seeds_estimate
-from ..stats import Estimate
+from ..stats import Estimate, text
 from ..toy import fractal_2d
 from ..toy.exact_scores import (ExactScores, best_at_equal_wrong_class_rate, density_deciles, move_by_density_decile,
                                 per_sample_scores)
@@ -74,7 +74,6 @@ def analyse(products: Products, res: SectionResult) -> None:
                    "methods_failed": failed, "postprocessed": post, "postprocessed_failed": flows_failed,
                    "equal_wrong_class": {"cfg_scale": budget_scale, "ranking": ranking},
                    "claims": claim_effects(exact, {m.key: m.label for m in methods}, deltas, ratios)}
-    text = lambda e: Estimate.from_json(e).text()  # noqa: E731
     header = ["method", "scale", *(title for _, title in SCORES), "after post-processor: mean log p / wrong class"]
     after_of = {(v["method"], v["scale"]): v["after"] for v in post.values()}
     table = [["exact samples", "—", *(text(reference[k]) for k, _ in SCORES), "—"]]
@@ -178,7 +177,7 @@ def claim_effects(exact: dict, labels: dict, deltas: list, ratios: list) -> dict
 
 def stored(key: str, unit: str, sign: int = 1):
     def words(s: dict, effect: Estimate) -> str:
-        return "; ".join(f"{label}: {Estimate.from_json(e).text() if e else effect.text()}"
+        return "; ".join(f"{label}: {text(e) if e else effect.text()}"
                          for label, e in s["claims"][key]["parts"])
     return stored_effect("fractal_benchmark", ("claims", key, "effect"), words, sign, unit,
                          f"the runs {key} reads did not finish")

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..io.toy_figures import BandPanel, band_grid, paths_grid
 from ..metrics.exact_intervals import per_sample_estimate
-from ..stats import Estimate
+from ..stats import Estimate, text
 from ..toy import exact_conditional_scores, two_class_mixture_1d
 from ..toy.exact_scores import per_sample_scores
 from ..toy.mixture1d import boundary_path_distance
@@ -126,7 +126,7 @@ def analyse(products: Products, res: SectionResult) -> None:
                       *(fmt(info["exact"][k]["value"]) for k in list(FIGURES)[1:])])
         for m in info["methods"].values():
             table += [[fmt(info["mu"]), m["label"], fmt(r["scale"]),
-                       *(Estimate.from_json(r[k]).text() for k in FIGURES)] for r in m["rows"]]
+                       *(text(r[k]) for k in FIGURES)] for r in m["rows"]]
     res.markdown = [f"DDIM with {fmt(p.toy_num_steps)} steps, {fmt(p.toy_samples_per_class)} samples per class and "
                     f"{fmt(len(seeds))} training seed(s) of every model, the same per-sample seeds for every method. "
                     "*Path distance*: per sample, the signed distance from the exact decision boundary (x = 0 at "
@@ -182,7 +182,7 @@ def figures(p, res: SectionResult, per_mu: dict, paths: dict) -> None:
 def boundary_claim(family: str, what: str):
     def words(toy: dict, effect: Estimate) -> str:
         cells = [f"mu {fmt(info['mu'])} {m['label']} (scale {fmt(m['top'])} − {fmt(m['baseline'])}): "
-                 f"{Estimate.from_json(m['effect']).text()}"
+                 f"{text(m['effect'])}"
                  for info in toy["mus"].values() for key, m in info["methods"].items() if key in FAMILIES[family]]
         return f"{what}, mean over mu and classifiers: {effect.text()}; per cell: " + "; ".join(cells)
     return stored_effect("toy1d", ("claims", family), words, +1, "path distance (units of mu)", family)
