@@ -20,7 +20,8 @@ from lightning_guidance.io.checkpoints import (
     read_checkpoint,
     write_net_checkpoint,
 )
-from lightning_guidance.io.shards import Shard, config_hash, from_uint8, read_shard, shard_hash, to_uint8, write_shard
+from lightning_guidance.io.shards import (Shard, config_hash, from_uint8, read_postprocessed, read_shard, shard_hash,
+                                         source_of, source_reference, to_uint8, write_shard)
 from lightning_guidance.nets import MLPClassifier, MLPDenoiser, TrainedClassifier
 
 
@@ -445,3 +446,29 @@ def test_write_manifest_records_each_sweep_value_and_its_picture(tmp_path):
                                  "grid": "scale_1/grid.png", "config": {"cfg": 1.0}}}}
     assert manifest == expected and read_manifest(tmp_path) == expected
     assert (a / "grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_post_processed_folder_finds_its_sources_after_the_run_moves(tmp_path, monkeypatch):
+    """A post-processed shard names its source relative to its own folder, so the run folder can move and be read
+    from any working directory; a shard that named it relative to its writer's working directory still reads there.
+    Bug caught: the source named as given (relative to the cwd), unreadable from anywhere else."""
+    run = tmp_path / "run"
+    source_path = run / "samples" / "cfg_2" / "shard_0000000.npz"
+    before = torch.randn(4, 2)
+    write_shard(source_path, _shard(before))
+    monkeypatch.chdir(tmp_path)  # the writer is given the source relative to its working directory
+    target = run / "flow" / "cfg_2" / "shard_0000000.npz"
+    write_shard(target, _shard(before + 1), {"source_file": source_reference("run/samples/cfg_2/shard_0000000.npz",
+                                                                             target)})
+    (tmp_path / "elsewhere").mkdir()
+    moved = tmp_path / "elsewhere" / "moved-run"
+    run.rename(moved)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    after, got_before, _ = read_postprocessed(moved / "flow" / "cfg_2")
+    torch.testing.assert_close(got_before, before)
+    torch.testing.assert_close(after, before + 1)
+    # an older shard: the source named relative to the working directory it was written from
+    write_shard(moved / "flow" / "cfg_2" / "shard_0000000.npz", _shard(before + 1),
+                {"source_file": "moved-run/samples/cfg_2/shard_0000000.npz"})
+    assert source_of(moved / "flow" / "cfg_2" / "shard_0000000.npz").resolve() == (moved / "samples" / "cfg_2" /
+                                                                                  "shard_0000000.npz").resolve()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -150,13 +151,34 @@ def _digests(value) -> list[str]:
     return found
 
 
+def source_reference(source: str | Path, target: str | Path) -> str:
+    """How a post-processed shard at ``target`` names its ``source_file``: relative to its own folder, so that a run
+    folder can be moved, or read from another working directory, as a whole (absolute where no relative path
+    exists, e.g. another drive)."""
+    try:
+        return os.path.relpath(Path(source).resolve(), Path(target).resolve().parent)
+    except ValueError:
+        return str(Path(source).resolve())
+
+
+def source_of(path: str | Path) -> Path:
+    """The source shard that the post-processed shard at ``path`` names. Relative names are read against the shard's
+    folder (``source_reference``); older shards named it relative to their writer's working directory, which is
+    read as such when the name is found there and not beside the shard."""
+    recorded = Path(str(read_extra(path, "source_file")))
+    if recorded.is_absolute():
+        return recorded
+    beside = Path(path).parent / recorded
+    return recorded if not beside.exists() and recorded.exists() else beside
+
+
 def read_postprocessed(folder: str | Path) -> tuple[Tensor, Tensor, Tensor]:
     """(samples after, their sources before, labels) of a folder of post-processed shards (in the same order)."""
     paths = shard_paths(folder)
     if not paths:
         raise FileNotFoundError(f"no post-processed shards in {folder}")
     after = [read_shard(p) for p in paths]
-    before = [read_shard(str(read_extra(p, "source_file"))).samples.float() for p in paths]
+    before = [read_shard(source_of(p)).samples.float() for p in paths]
     return torch.cat([s.samples.float() for s in after]), torch.cat(before), torch.cat([s.labels for s in after])
 
 
