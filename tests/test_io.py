@@ -20,8 +20,9 @@ from lightning_guidance.io.checkpoints import (
     read_checkpoint,
     write_net_checkpoint,
 )
+from lightning_guidance.io.file_references import reference_to
 from lightning_guidance.io.shards import (Shard, config_hash, from_uint8, read_postprocessed, read_shard, shard_hash,
-                                         source_of, source_reference, to_uint8, write_shard)
+                                         source_of, to_uint8, write_shard)
 from lightning_guidance.nets import MLPClassifier, MLPDenoiser, TrainedClassifier
 
 
@@ -458,8 +459,8 @@ def test_a_post_processed_folder_finds_its_sources_after_the_run_moves(tmp_path,
     write_shard(source_path, _shard(before))
     monkeypatch.chdir(tmp_path)  # the writer is given the source relative to its working directory
     target = run / "flow" / "cfg_2" / "shard_0000000.npz"
-    write_shard(target, _shard(before + 1), {"source_file": source_reference("run/samples/cfg_2/shard_0000000.npz",
-                                                                             target)})
+    write_shard(target, _shard(before + 1), {"source_file": reference_to("run/samples/cfg_2/shard_0000000.npz",
+                                                                         target)})
     (tmp_path / "elsewhere").mkdir()
     moved = tmp_path / "elsewhere" / "moved-run"
     run.rename(moved)

@@ -5,6 +5,8 @@ distances (against a brute-force computation); and the shared bootstrap of the q
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +15,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from lightning_guidance.data.digits import DigitsDataModule
 from lightning_guidance.data.generated import GeneratedShardsDataModule
-from lightning_guidance.io.nearest_training import distances_of, read_nearest_training, write_nearest_training
+from lightning_guidance.io.nearest_training import read_nearest_training, write_nearest_training
 from lightning_guidance.io.shards import Shard, read_extra, read_shard, shard_paths, write_shard
 
 SOURCE_HASH = "the-sampling-config"
@@ -113,27 +115,36 @@ def test_memorisation_distances_match_a_brute_force_search(shards, tmp_path):
     for folder in folders:
         source = read_folder(folder)
         want = torch.cdist(source.samples.float().flatten(1).double(), train).min(dim=1).values.numpy()
-        got = found[str(folder)]
+        got = found[str(Path(folder).resolve())]
         assert np.array_equal(got["ids"], source.sample_ids.numpy())
         np.testing.assert_allclose(got["distance"], want, rtol=1e-5, atol=1e-5)
     held = torch.cdist(real["held_x"].flatten(1).double(), train).min(dim=1).values.numpy()
     np.testing.assert_allclose(found["held_out"]["distance"], held, rtol=1e-5, atol=1e-5)
-    assert found[str(folders[0])]["distance"][7] <= 8 / 255  # the copied training 3, stored as 8-bit pixels
+    assert found[str(Path(folders[0]).resolve())]["distance"][7] <= 8 / 255  # the copied training 3, stored as 8-bit pixels
     assert found["space"] == "pixels"
 
 
-def test_a_moved_run_folder_still_finds_its_memorisation_entries(tmp_path):
-    """The step wrote its folders' paths as it was given them; a report rebuilt after the run folder moved looks
-    them up by their path inside the run folder. Bug caught: a lookup by the full path drops every row."""
+def test_a_moved_run_folder_still_finds_its_memorisation_entries(tmp_path, monkeypatch):
+    """The file names its shard folders relative to its own folder, so the run folder can move and be read from any
+    working directory; the keys are the folders' resolved paths where they are now. Bug caught: the folders named
+    as the step was given them (relative to its cwd), which a rebuilt report elsewhere never finds."""
     ids, labels = np.arange(3), np.array([0, 1, 2])
-    old = tmp_path / "old" / "study-x"
-    sets = {str(old / "digits" / name / "s_1"): (ids, labels, np.full(3, d)) for name, d in (("a", 1.0), ("b", 2.0))}
-    write_nearest_training(tmp_path / "n.npz", sets, (labels, np.ones(3)), "pixels")
-    found = read_nearest_training(tmp_path / "n.npz")
-    new = tmp_path / "moved" / "study-x"
-    assert distances_of(found, new / "digits" / "b" / "s_1", new)["distance"].tolist() == [2.0] * 3
-    assert distances_of(found, new / "digits" / "a" / "s_1", new)["distance"].tolist() == [1.0] * 3
-    assert distances_of(found, new / "digits" / "c" / "s_1", new) is None
+    run = tmp_path / "study-x"
+    for name in ("a", "b"):
+        (run / "digits" / name / "s_1").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)  # the step is given its folders relative to its working directory
+    sets = {f"study-x/digits/{name}/s_1": (ids, labels, np.full(3, d)) for name, d in (("a", 1.0), ("b", 2.0))}
+    write_nearest_training(run / "digits" / "memorisation" / "nearest_training.npz", sets, (labels, np.ones(3)),
+                           "pixels")
+    (tmp_path / "elsewhere").mkdir()
+    moved = tmp_path / "elsewhere" / "study-x"
+    run.rename(moved)
+    monkeypatch.chdir(tmp_path / "elsewhere" / "..")
+    found = read_nearest_training(moved / "digits" / "memorisation" / "nearest_training.npz")
+    assert found[str((moved / "digits" / "b" / "s_1").resolve())]["distance"].tolist() == [2.0] * 3
+    assert found[str((moved / "digits" / "a" / "s_1").resolve())]["distance"].tolist() == [1.0] * 3
+    assert sorted(k for k in found if k not in ("held_out", "space")) == sorted(
+        str((moved / "digits" / n / "s_1").resolve()) for n in ("a", "b"))
 
 
 def test_a_predict_only_data_module_needs_no_training_shards_but_training_does(tmp_path):

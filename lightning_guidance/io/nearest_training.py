@@ -1,9 +1,9 @@
 """The memorisation measure's file: each sample's distance to its nearest real training sample, per set of shards,
 and the held-out real samples' (``NearestTrainingDistance`` writes it; the study reads it).
 
-``nearest_training.npz``: ``folders`` (the shard folders, as the step was given them), per folder i ``ids_i``,
-``labels_i`` and ``distance_i`` (sorted by sample id), ``held_out_labels`` / ``held_out_distance``, and ``space``
-(JSON: where the distance was measured).
+``nearest_training.npz``: ``folders`` (the shard folders, each named relative to the file's own folder:
+``io.file_references``), per folder i ``ids_i``, ``labels_i`` and ``distance_i`` (sorted by sample id),
+``held_out_labels`` / ``held_out_distance``, and ``space`` (JSON: where the distance was measured).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write
+from .file_references import reference_to, resolve_reference
 
 NEAREST_FILE = "nearest_training.npz"
 
@@ -21,7 +22,8 @@ NEAREST_FILE = "nearest_training.npz"
 def write_nearest_training(path: str | Path, sets: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
                            held_out: tuple[np.ndarray, np.ndarray], space) -> Path:
     """``sets``: folder -> (ids, labels, distances); ``held_out``: (labels, distances)."""
-    arrays: dict[str, np.ndarray] = {"folders": np.array(list(sets)), "held_out_labels": np.asarray(held_out[0]),
+    arrays: dict[str, np.ndarray] = {"folders": np.array([reference_to(f, path) for f in sets]),
+                                     "held_out_labels": np.asarray(held_out[0]),
                                      "held_out_distance": np.asarray(held_out[1]), "space": np.array(json.dumps(space))}
     for i, (ids, labels, distance) in enumerate(sets.values()):
         order = np.argsort(ids, kind="stable")
@@ -31,25 +33,16 @@ def write_nearest_training(path: str | Path, sets: dict[str, tuple[np.ndarray, n
 
 
 def read_nearest_training(path: str | Path) -> dict:
-    """``{folder: {'ids', 'labels', 'distance'}, 'held_out': {'labels', 'distance'}, 'space': ...}``."""
+    """``{folder: {'ids', 'labels', 'distance'}, 'held_out': {'labels', 'distance'}, 'space': ...}``; each folder
+    key is the resolved path (``str(Path(folder).resolve())``), wherever the run folder is now."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"nearest-training distances not found: {path} (the NearestTrainingDistance predict "
                                 "step writes them)")
     with np.load(path, allow_pickle=False) as z:
-        out = {str(f): {k: z[f"{k}_{i}"] for k in ("ids", "labels", "distance")} for i, f in enumerate(z["folders"])}
+        out = {str(resolve_reference(str(f), path)): {k: z[f"{k}_{i}"] for k in ("ids", "labels", "distance")}
+               for i, f in enumerate(z["folders"])}
         out["held_out"] = {"labels": z["held_out_labels"], "distance": z["held_out_distance"]}
         out["space"] = json.loads(str(z["space"]))
     return out
 
-
-def distances_of(found: dict, folder: str | Path, run_dir: str | Path) -> dict | None:
-    """The entry of ``folder`` (inside the run folder ``run_dir``) in ``read_nearest_training``'s result, or None.
-
-    Matched by the folder's path inside the run folder, so a run folder that was moved or copied (its report
-    rebuilt with ``--report-only`` elsewhere) still finds the entries its step wrote under the old path."""
-    inside = Path(folder).relative_to(run_dir).parts
-    for key, entry in found.items():
-        if key not in ("held_out", "space") and Path(key).parts[-len(inside):] == inside:
-            return entry
-    return None

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .atomic import atomic_write, atomic_write_text
+from .file_references import resolve_reference
 from .figures import save_sample_picture
 
 
@@ -151,25 +151,9 @@ def _digests(value) -> list[str]:
     return found
 
 
-def source_reference(source: str | Path, target: str | Path) -> str:
-    """How a post-processed shard at ``target`` names its ``source_file``: relative to its own folder, so that a run
-    folder can be moved, or read from another working directory, as a whole (absolute where no relative path
-    exists, e.g. another drive)."""
-    try:
-        return os.path.relpath(Path(source).resolve(), Path(target).resolve().parent)
-    except ValueError:
-        return str(Path(source).resolve())
-
-
 def source_of(path: str | Path) -> Path:
-    """The source shard that the post-processed shard at ``path`` names. Relative names are read against the shard's
-    folder (``source_reference``); older shards named it relative to their writer's working directory, which is
-    read as such when the name is found there and not beside the shard."""
-    recorded = Path(str(read_extra(path, "source_file")))
-    if recorded.is_absolute():
-        return recorded
-    beside = Path(path).parent / recorded
-    return recorded if not beside.exists() and recorded.exists() else beside
+    """The source shard that the post-processed shard at ``path`` names (``source_file``, ``reference_to`` it)."""
+    return resolve_reference(str(read_extra(path, "source_file")), path)
 
 
 def read_postprocessed(folder: str | Path) -> tuple[Tensor, Tensor, Tensor]:

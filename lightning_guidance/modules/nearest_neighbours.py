@@ -31,7 +31,8 @@ from ..flow.search_space import SearchSpace
 from ..io.atomic import atomic_write_text
 from ..io.digests import file_digest
 from ..io.nearest_training import NEAREST_FILE, write_nearest_training
-from ..io.shards import Shard, config_hash, read_shard, shard_hash, source_reference, write_shard
+from ..io.file_references import reference_to
+from ..io.shards import Shard, config_hash, read_shard, shard_hash, write_shard
 
 COPY_SUMMARY = "copy_summary.json"
 
@@ -91,7 +92,7 @@ class NearestNeighbourCopy(_NearestReal):
             return {"path": str(target), "skipped": True}
         distance, index = self.nearest(source.samples.float(), source.labels.numpy(), self.same_class)
         extra = {"source_config_hash": source.config_hash, "source_value": np.float64(source.value),
-                 "source_file": source_reference(path, target), "displacement": distance.astype(np.float32),
+                 "source_file": reference_to(path, target), "displacement": distance.astype(np.float32),
                  "nearest_index": index,
                  "postprocessed": True}
         write_shard(target, Shard(self.real["x"][index], source.labels, source.seeds, source.sample_ids, source.value,

@@ -34,7 +34,8 @@ from ..flow.search_space import SearchSpace, module_digest
 from ..io.atomic import atomic_write_text
 from ..io.digests import file_digest
 from ..io.figures import save_move_picture
-from ..io.shards import Shard, config_hash, read_shard, shard_hash, source_of, source_reference, write_shard
+from ..io.file_references import reference_to
+from ..io.shards import Shard, config_hash, read_shard, shard_hash, source_of, write_shard
 from .common import NetTrainingModule, check_data_shape, check_finite_loss
 
 
@@ -250,7 +251,7 @@ class RectifiedFlowPostprocessor(NetTrainingModule):
         x1, nfe = self.postprocess(source.samples.float(), source.labels.long())
         moved = (x1.cpu() - source.samples.float()).flatten(1).norm(dim=1)
         extra = {"source_config_hash": source.config_hash, "source_value": np.float64(source.value),
-                 "source_file": source_reference(plan_source, target), "displacement": moved.numpy().astype(np.float32),
+                 "source_file": reference_to(plan_source, target), "displacement": moved.numpy().astype(np.float32),
                  "nfe": np.int64(nfe), "postprocessed": True}
         write_shard(target, Shard(x1, source.labels, source.seeds, source.sample_ids, source.value, expected), extra)
         return {"path": str(target), "skipped": False, "nfe": nfe}

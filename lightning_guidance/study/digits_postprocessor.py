@@ -151,7 +151,7 @@ def quality(products: Products, scales: list[str]) -> tuple[dict, dict, dict]:
 def memorisation(products: Products, scales: list[str]) -> tuple[dict, dict]:
     """Each set's L2 distance (pixels) to its nearest training digit against held-out real digits'
     (``metrics.memorisation``), at s = 1 and pooled over the unseen scales; the numbers, and the distances."""
-    from ..io.nearest_training import distances_of, read_nearest_training
+    from ..io.nearest_training import read_nearest_training
     from ..metrics.memorisation import memorisation_check
 
     found = read_nearest_training(products.step(MEMORISATION).product)
@@ -160,7 +160,7 @@ def memorisation(products: Products, scales: list[str]) -> tuple[dict, dict]:
     out, distances = {"held_out": {"n": len(held), "quantile": CLOSE}, "sets": {}}, {"held_out": held}
     for key, folder in folders.items():
         for group, wanted in (("s = 1", scales[:1]), ("unseen s", scales[1:])):
-            entries = {s: distances_of(found, folder / cfg_folder(float(s)), products.run_dir) for s in wanted}
+            entries = {s: found.get(str((folder / cfg_folder(float(s))).resolve())) for s in wanted}
             got = [s for s in wanted if entries[s] is not None]
             if got:
                 d = np.stack([entries[s]["distance"] for s in got], 1)
