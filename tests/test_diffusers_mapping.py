@@ -162,7 +162,10 @@ def test_a_scheduler_the_suite_cannot_map_is_one_line(monkeypatch, tmp_path, edi
     folder = save_unet_folder(tmp_path / "m", unet(image_size=32, num_class_embeds=None))
     path = folder / "scheduler/scheduler_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
-    line = user_sees(monkeypatch, *predict(tmp_path, folder))
+    # a tiny run, so that a check that is missing fails at once instead of sampling the shipped config's 20,000
+    line = user_sees(monkeypatch, *predict(tmp_path, folder, "--model.init_args.samples_per_class", "1",
+                                           "--model.init_args.sweep.values", "[0.0]",
+                                           "--model.init_args.sampler_kwargs", "{num_steps: 2}"))
     assert f"{path}: {expected}" in line
 
 

@@ -28,7 +28,7 @@ from lightning_guidance.diffusion.denoiser import DenoiserOutput, NetDenoiser
 from lightning_guidance.diffusion.edm_heun import edm_heun_sample
 from lightning_guidance.diffusion.noise import PerSampleNoise
 from lightning_guidance.diffusion.parameterization import eps_to_x0
-from lightning_guidance.diffusion.sampling import sample, sampler_options
+from lightning_guidance.diffusion.sampling import check_sampling, sample, sampler_options
 from lightning_guidance.diffusion.schedules import VPSchedule
 from lightning_guidance.diffusion.plug import GuidanceTerm
 
@@ -437,7 +437,8 @@ def test_unknown_sampler_and_option_are_clear_errors():
     with pytest.raises(ValueError, match="the ddim sampler has no option S_churn; it takes: num_steps, eta"):
         sample("ddim", *args, S_churn=1.0)
     assert sampler_options("edm")["num_steps"] == 18 and sampler_options("edm")["rho"] == 7.0
-    for call in (lambda: sample("ddpm", *args, variance="fixed_large"), lambda: ddpm_sample(*args, variance="big")):
+    for call in (lambda: sample("ddpm", *args, variance="fixed_large"), lambda: ddpm_sample(*args, variance="big"),
+                 lambda: check_sampling("ddpm", {"variance": "fixed_large"})):  # when a config is built
         with pytest.raises(ValueError, match=r"^unknown DDPM variance '\w+'; choose one of small, large \(small: the "
                                              r"posterior variance beta~_t, large: beta_t\)$"):
             call()
