@@ -69,6 +69,20 @@ def test_ddpm_on_a_class_conditional_unet_equals_diffusers_ddpm_loop(tmp_path, c
     assert max_difference(ours, theirs) <= TOLERANCE
 
 
+def test_ddpm_on_a_unet_whose_config_says_fixed_large_equals_diffusers_fixed_large_loop(tmp_path):
+    """DDPM CIFAR-10's own setting (``variance_type: fixed_large``, clipped x0): the folder's variance is the DDPM
+    sampler's default; an explicit ``variance: small`` wins and equals diffusers' ``fixed_small`` loop instead."""
+    net, scheduler = unet(num_class_embeds=10), ddpm_scheduler(variance_type="fixed_large")
+    model = PretrainedDiffusion(save_unet_folder(tmp_path, net, scheduler))
+    ours, _ = sample_batches(model, LABELS, SEEDS, sampler="ddpm", sampler_kwargs=dict(num_steps=12))
+    theirs = diffusers_loop(net, scheduler, 12, model.data_shape)
+    assert ours.abs().max() > 0.5
+    assert max_difference(ours, theirs) <= TOLERANCE
+    small, _ = sample_batches(model, LABELS, SEEDS, sampler="ddpm", sampler_kwargs=dict(num_steps=12, variance="small"))
+    assert max_difference(small, diffusers_loop(net, ddpm_scheduler(), 12, model.data_shape)) <= TOLERANCE
+    assert max_difference(small, theirs) > 0.1
+
+
 @pytest.fixture(scope="module")
 def tiny_dit(tmp_path_factory):
     """A tiny DiT (1000 classes: DiTPipeline's null class is id 1000) with its VAE and DDIM scheduler, saved."""

@@ -20,7 +20,7 @@ from tiny_diffusers import ddim_scheduler, ddpm_scheduler, dit, save_dit_folder,
 
 from lightning_guidance.diffusion.diffusers_schedule import read_scheduler_config
 from lightning_guidance.diffusion.schedules import VPSchedule
-from lightning_guidance.modules.pretrained_diffusion import PretrainedDiffusion
+from lightning_guidance.modules.pretrained_diffusion import PretrainedDiffusion, PretrainedOptions
 from lightning_guidance.nets.diffusers_models import model_timesteps
 
 
@@ -74,6 +74,40 @@ def test_model_time_is_the_models_own_integer_step():
                                rtol=0)
 
 
+# ---- the DDPM variance ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variance_type, out_channels, expected", [
+    ("fixed_small", 3, "small"), ("fixed_large", 3, "large"),
+    ("learned_range", 6, "small"), ("learned", 6, "small"),  # channels dropped as DiTPipeline drops them: as before
+])
+def test_the_ddpm_variance_is_the_config_s(tmp_path, variance_type, out_channels, expected):
+    net = unet(num_class_embeds=None)
+    if out_channels != 3:  # a UNet with learned-sigma channels (ADM's layout)
+        torch.manual_seed(0)
+        net = type(net)(**{**net.config, "out_channels": out_channels}).eval()
+    folder = save_unet_folder(tmp_path / "m", net, ddpm_scheduler(variance_type=variance_type))
+    model = PretrainedDiffusion(folder, num_classes=2)
+    assert model.sampler_defaults == {"ddpm": {"variance": expected}}
+
+
+def test_another_scheduler_leaves_the_ddpm_variance_small(tmp_path):
+    """DiT's DDIM config names no variance; the tiny DiT's learned-sigma channels are dropped: DDPM samples with the
+    small variance, as before."""
+    folder = save_dit_folder(tmp_path / "dit", dit(num_classes=10), vae(), ddim_scheduler())
+    assert PretrainedDiffusion(folder).sampler_defaults == {"ddpm": {"variance": "small"}}
+
+
+def test_the_config_s_variance_enters_the_shard_identity_and_a_given_one_wins(tmp_path):
+    from lightning_guidance.modules.sampling import SamplingModule
+
+    folder = save_unet_folder(tmp_path / "m", unet(num_class_embeds=None), ddpm_scheduler(variance_type="fixed_large"))
+    args = dict(sampler="ddpm", output_dir=str(tmp_path / "out"), pretrained=PretrainedOptions(num_classes=2))
+    assert SamplingModule(str(folder), **args).shard_config(1.0)["sampler_kwargs"]["variance"] == "large"
+    given = SamplingModule(str(folder), sampler_kwargs={"variance": "small"}, **args)
+    assert given.shard_config(1.0)["sampler_kwargs"]["variance"] == "small"
+    assert SamplingModule(str(folder), **{**args, "sampler": "ddim"}).shard_config(1.0)["sampler_kwargs"] == \
+        {"num_steps": 50, "eta": 0.0}  # the variance is DDPM's only
+
+
 # ---- classes ----------------------------------------------------------------------------------------------
 def test_class_embeddings_and_the_null_class(tmp_path):
     save_unet_folder(tmp_path / "a", unet(num_class_embeds=11))
@@ -120,12 +154,18 @@ def test_cfg_of_a_model_without_a_null_class_offers_the_alternatives(monkeypatch
                                              "sample, v_prediction"),
     ({"timestep_spacing": "karras"}, "unknown timestep_spacing 'karras'"),
     ({"thresholding": True}, "dynamic thresholding (thresholding: true) has no counterpart"),
+    ({"variance_type": "fixed_small_log"}, "variance_type 'fixed_small_log' has no counterpart in the suite's DDPM "
+                                           "sampler, which maps fixed_small and fixed_large (variance small and large)"),
+    ({"variance_type": "learned_range"}, "variance_type 'learned_range' has no counterpart"),  # no variance channels
 ])
 def test_a_scheduler_the_suite_cannot_map_is_one_line(monkeypatch, tmp_path, edit, expected):
     folder = save_unet_folder(tmp_path / "m", unet(image_size=32, num_class_embeds=None))
     path = folder / "scheduler/scheduler_config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), **edit}))
-    line = user_sees(monkeypatch, *predict(tmp_path, folder))
+    # a tiny run, so that a check that is missing fails at once instead of sampling the shipped config's 20,000
+    line = user_sees(monkeypatch, *predict(tmp_path, folder, "--model.init_args.samples_per_class", "1",
+                                           "--model.init_args.sweep.values", "[0.0]",
+                                           "--model.init_args.sampler_kwargs", "{num_steps: 2}"))
     assert f"{path}: {expected}" in line
 
 

@@ -1,7 +1,8 @@
 """DDPM, DDIM and EDM Heun against diffusers' schedulers and against the exact denoiser of Gaussian data.
 
 Oracles:
-- diffusers ``DDPMScheduler`` (variance_type="fixed_small", custom timesteps = our respaced grid) and
+- diffusers ``DDPMScheduler`` (variance_type "fixed_small" / "fixed_large" for our variance "small" / "large",
+  custom timesteps = our respaced grid) and
   ``DDIMScheduler`` (one step at its own timesteps; whole loops on the respaced betas with
   ``set_alpha_to_one=True``, ``timestep_spacing="leading"``, ``steps_offset=0``, and ``clip_sample`` +
   ``use_clipped_model_output`` matching the denoiser's ``clip_x0``). Both get a list of per-sample
@@ -27,7 +28,7 @@ from lightning_guidance.diffusion.denoiser import DenoiserOutput, NetDenoiser
 from lightning_guidance.diffusion.edm_heun import edm_heun_sample
 from lightning_guidance.diffusion.noise import PerSampleNoise
 from lightning_guidance.diffusion.parameterization import eps_to_x0
-from lightning_guidance.diffusion.sampling import sample, sampler_options
+from lightning_guidance.diffusion.sampling import check_sampling, sample, sampler_options
 from lightning_guidance.diffusion.schedules import VPSchedule
 from lightning_guidance.diffusion.plug import GuidanceTerm
 
@@ -136,25 +137,53 @@ def test_ddim_step_matches_diffusers(eta):
 
 
 # ---- whole loops against diffusers -------------------------------------------------------------
+@pytest.mark.parametrize("variance", ["small", "large"])
 @pytest.mark.parametrize("clip", [True, False])
-def test_ddpm_loop_matches_diffusers_with_custom_timesteps(clip):
+def test_ddpm_loop_matches_diffusers_with_custom_timesteps(clip, variance):
+    """``variance`` small / large is diffusers' ``fixed_small`` / ``fixed_large``, on a respaced grid."""
     net, seeds, steps = TinyNet(), [3, 1, 4, 1, 5, 9], 20
     y = labels(len(seeds), 3)
     ours = ddpm_sample(NetDenoiser(net, 3, clip_x0=clip), VPSchedule.linear(), y, PerSampleNoise(seeds), (1, 8, 8),
-                       num_steps=steps)
+                       num_steps=steps, variance=variance)
 
     # diffusers: its own "linspace" grid passed as custom timesteps (so prev_t follows the grid: respacing)
     grid = DDPMScheduler(num_train_timesteps=T, timestep_spacing="linspace")
     grid.set_timesteps(steps)
-    ref = DDPMScheduler(num_train_timesteps=T, beta_schedule="linear", variance_type="fixed_small", clip_sample=clip)
+    ref = DDPMScheduler(num_train_timesteps=T, beta_schedule="linear", variance_type=f"fixed_{variance}",
+                        clip_sample=clip)
     ref.set_timesteps(timesteps=grid.timesteps.tolist())
+    x = _diffusers_ddpm_loop(net, ref, seeds, y)
+    if clip:  # samples in [-1, 1]: the absolute tolerance of the diffusers equivalence
+        assert ours.abs().max() > 0.5 and (ours - x).abs().max() <= 1e-5
+    torch.testing.assert_close(ours, x, rtol=1e-4, atol=2e-4)
+
+
+def _diffusers_ddpm_loop(net, ref: DDPMScheduler, seeds, y) -> torch.Tensor:
+    """diffusers' DDPM loop over ``ref.timesteps`` with one generator per sample (time input ``t / (T - 1)``)."""
+    T_ref = ref.config.num_train_timesteps
     gens = generators(seeds)
     x = randn_tensor((len(seeds), 1, 8, 8), generator=gens)
     with torch.no_grad():
         for t in ref.timesteps:
-            eps = net(x, torch.full((len(seeds),), t.item() / (T - 1)), y)
+            eps = net(x, torch.full((len(seeds),), t.item() / (T_ref - 1)), y)
             x = ref.step(eps, t, x, generator=gens).prev_sample
-    torch.testing.assert_close(ours, x, rtol=1e-4, atol=2e-4)
+    return x
+
+
+@pytest.mark.parametrize("variance", ["small", "large"])
+def test_ddpm_without_respacing_matches_diffusers(variance):
+    """Every training step of a 20-step linear schedule (diffusers' own betas), x0 clipped: ``fixed_small`` /
+    ``fixed_large`` to 1e-5 (over 100 or 1000 steps float32 drifts to 4e-5 - 7e-5 in both, so the schedule is
+    short). Catches the large variance's noise of the wrong size, or noise added at the last step."""
+    net, seeds, T_short = TinyNet(), [3, 1, 4, 1, 5, 9], 20
+    y = labels(len(seeds), 3)
+    ref = DDPMScheduler(num_train_timesteps=T_short, beta_schedule="linear", variance_type=f"fixed_{variance}",
+                        clip_sample=True)
+    ref.set_timesteps(T_short)
+    ours = ddpm_sample(NetDenoiser(net, 3, clip_x0=True), VPSchedule(ref.betas.double()), y, PerSampleNoise(seeds),
+                       (1, 8, 8), variance=variance)
+    x = _diffusers_ddpm_loop(net, ref, seeds, y)
+    assert ours.abs().max() > 0.5 and (ours - x).abs().max() <= 1e-5
 
 
 def _respaced_betas(steps: int) -> tuple[list[int], np.ndarray]:
@@ -370,7 +399,11 @@ def test_a_sample_depends_only_on_its_seed(sampler, kwargs):
     assert not torch.equal(many[0], many[1])
 
 
-def test_ddpm_guidance_state_and_progress():
+@pytest.mark.parametrize("variance", ["small", "large"])
+def test_ddpm_guidance_state_and_progress(variance):
+    """Terms read the Sigma_t the sampler uses: small, the posterior variance (0 at the last step); large, the
+    respaced betas ``1 - abar_k / abar_prev`` of DDPM's linear betas (float64) on diffusers' grid; the first step's
+    as ``max_variance``."""
     states, progress = [], []
 
     class Record(GuidanceTerm):
@@ -380,7 +413,7 @@ def test_ddpm_guidance_state_and_progress():
 
     steps = 12
     ddpm_sample(GaussianDenoiser(), VPSchedule.linear(), labels(2), PerSampleNoise([0, 1]), (3,), num_steps=steps,
-                guidance=[Record()], on_step=lambda i, n: progress.append((i, n)))
+                guidance=[Record()], variance=variance, on_step=lambda i, n: progress.append((i, n)))
     assert progress == [(i, steps) for i in range(steps)]
     assert [s.step for s in states] == list(range(steps)) and {s.sampler for s in states} == {"ddpm"}
     grid = DDPMScheduler(num_train_timesteps=T, timestep_spacing="linspace")
@@ -388,7 +421,12 @@ def test_ddpm_guidance_state_and_progress():
     np.testing.assert_allclose([s.t[0].item() for s in states], grid.timesteps.numpy() / (T - 1), rtol=1e-6)
     variances = [s.variance[0].item() for s in states]
     assert all(s.max_variance[0].item() == variances[0] for s in states)
-    assert variances[-1] == 0.0 and variances[0] == max(variances)
+    assert variances[0] == max(variances)
+    if variance == "small":
+        assert variances[-1] == 0.0
+    else:
+        abar = np.cumprod(1 - np.linspace(1e-4, 0.02, T))[grid.timesteps.numpy()[::-1]]
+        np.testing.assert_allclose(variances, (1 - abar / np.append(1.0, abar[:-1]))[::-1], rtol=1e-6)
 
 
 # ---- errors --------------------------------------------------------------------------------------
@@ -399,6 +437,12 @@ def test_unknown_sampler_and_option_are_clear_errors():
     with pytest.raises(ValueError, match="the ddim sampler has no option S_churn; it takes: num_steps, eta"):
         sample("ddim", *args, S_churn=1.0)
     assert sampler_options("edm")["num_steps"] == 18 and sampler_options("edm")["rho"] == 7.0
+    for call in (lambda: sample("ddpm", *args, variance="fixed_large"), lambda: ddpm_sample(*args, variance="big"),
+                 lambda: check_sampling("ddpm", {"variance": "fixed_large"})):  # when a config is built
+        with pytest.raises(ValueError, match=r"^unknown DDPM variance '\w+'; choose one of small, large \(small: the "
+                                             r"posterior variance beta~_t, large: beta_t\)$"):
+            call()
+    assert sampler_options("ddpm")["variance"] == "small"  # the posterior variance unless a config says otherwise
 
 
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "edm"])
@@ -613,14 +657,17 @@ class LinearClassifierGuidance(GuidanceTerm):
         return _linear_classifier_gradient(state.x_t, state.abar, state.y)
 
 
-def _guided_diffusion_loop(net, sampler: str, clip: bool, eta: float, steps: int, scale: float, seeds, y, shape):
+def _guided_diffusion_loop(net, sampler: str, clip: bool, eta: float, steps: int, scale: float, seeds, y, shape,
+                           variance: str = "small"):
     """An independent transcription of openai/guided-diffusion's sampling loops (gaussian_diffusion.py, respace.py),
     float64 arithmetic, the network in float32 at the original step index (t / (T - 1), the suite's time input):
 
     - respacing: ``space_timesteps(T, [steps])`` keeps ``round(i (T - 1) / (steps - 1))``; the respaced betas are
       ``1 - abar[k] / abar[previous kept]``;
     - ``p_mean_variance``: ``pred_xstart = (x - sqrt(1 - abar) eps) / sqrt(abar)``, clamped to [-1, 1] when
-      ``clip_denoised``; the posterior mean of q(x_prev | x, pred_xstart) with the fixed-small variance;
+      ``clip_denoised``; the posterior mean of q(x_prev | x, pred_xstart) with the fixed-small variance, or
+      fixed-large (``beta``; at the last step guided-diffusion takes the next-to-last ``beta~``, the suite and
+      diffusers ``beta``, so the transcription takes ``beta`` there);
     - ``condition_mean`` (p_sample): ``mean + variance * cond_fn``;
     - ``condition_score`` (ddim_sample): ``eps = eps(pred_xstart) - sqrt(1 - abar) cond_fn``, ``pred_xstart`` rebuilt
       from it (no clamp); then eps re-derived from ``pred_xstart`` and DDIM's eq. 12 with eta.
@@ -645,10 +692,10 @@ def _guided_diffusion_loop(net, sampler: str, clip: bool, eta: float, steps: int
         if sampler == "ddpm":
             beta = 1 - a / a_prev
             mean = (math.sqrt(a_prev) * beta / (1 - a)) * pred_xstart + (math.sqrt(1 - beta) * (1 - a_prev) / (1 - a)) * x
-            variance = beta * (1 - a_prev) / (1 - a)
-            mean = mean + variance * cond
+            sigma2 = beta * (1 - a_prev) / (1 - a) if variance == "small" else beta
+            mean = mean + sigma2 * cond
             noise = draw()
-            x = mean + (math.sqrt(variance) * noise if i > 0 else 0)
+            x = mean + (math.sqrt(sigma2) * noise if i > 0 else 0)
         else:
             eps = (x - math.sqrt(a) * pred_xstart) / math.sqrt(1 - a)
             eps = eps - math.sqrt(1 - a) * cond
@@ -663,9 +710,10 @@ def _guided_diffusion_loop(net, sampler: str, clip: bool, eta: float, steps: int
     return x
 
 
-@pytest.mark.parametrize("sampler, eta, clip", [("ddim", 0.0, True), ("ddim", 0.5, True), ("ddim", 0.0, False),
-                                                ("ddpm", 0.0, True)])
-def test_classifier_guidance_with_clipping_follows_guided_diffusion(sampler, eta, clip):
+@pytest.mark.parametrize("sampler, eta, clip, variance", [("ddim", 0.0, True, None), ("ddim", 0.5, True, None),
+                                                          ("ddim", 0.0, False, None), ("ddpm", 0.0, True, "small"),
+                                                          ("ddpm", 0.0, True, "large")])
+def test_classifier_guidance_with_clipping_follows_guided_diffusion(sampler, eta, clip, variance):
     """DDIM + classifier guidance is guided-diffusion's ``condition_score`` (the eps implied by the *clipped* x0_hat
     is shifted by -sqrt(1 - abar) g, x0_hat is rebuilt from it and not clipped again); DDPM + guidance is its
     ``condition_mean``. Oracle: the transcription above, on one random net, seeds and classifier. The guidance is
@@ -673,10 +721,10 @@ def test_classifier_guidance_with_clipping_follows_guided_diffusion(sampler, eta
     (measured before the fix: 0.79 apart at eta 0), guidance on x0 with another factor."""
     net, seeds, steps, scale = TinyNet(), [3, 1, 4, 1, 5, 9], 10, 4.0
     y = labels(len(seeds), 3)
-    kwargs = dict(num_steps=steps, **(dict(eta=eta) if sampler == "ddim" else {}))
+    kwargs = dict(num_steps=steps, **(dict(eta=eta) if sampler == "ddim" else dict(variance=variance)))
     ours = sample(sampler, NetDenoiser(net, 3, clip_x0=clip), VPSchedule.linear(), y, PerSampleNoise(seeds),
                   (1, 8, 8), guidance=[LinearClassifierGuidance(scale)], **kwargs)
-    ref = _guided_diffusion_loop(net, sampler, clip, eta, steps, scale, seeds, y, (1, 8, 8))
+    ref = _guided_diffusion_loop(net, sampler, clip, eta, steps, scale, seeds, y, (1, 8, 8), variance or "small")
     torch.testing.assert_close(ours.double(), ref, rtol=1e-4, atol=2e-4)
     # the case matters: without guidance, or with the guided x0_hat clipped again, the samples differ
     plain = sample(sampler, NetDenoiser(net, 3, clip_x0=clip), VPSchedule.linear(), y, PerSampleNoise(seeds),

@@ -8,11 +8,20 @@ DDIM walk). What cannot be mapped is refused in one line: a scheduler that is no
 unknown prediction type or spacing, dynamic thresholding, a clip range other than 1, a schedule whose last
 ``abar`` is 0 (zero terminal SNR).
 
-Sampler choices of the config are the suite's own, not the config's: DDPM uses the posterior variance
-(``variance_type="fixed_small"``; a ``fixed_large`` config is sampled with the small one), and DDPM and DDIM end at
-``abar = 1`` (diffusers' ``set_alpha_to_one=True``). diffusers' DDIM steps from ``t`` to ``t - T // n``, which is the
-previous grid point for ``leading`` spacing and for ``trailing`` when ``n`` divides ``T``; the suite's DDIM always
-steps to the previous grid point.
+A ``DDPMScheduler``'s ``variance_type`` is the DDPM sampler's default ``variance`` (:func:`ddpm_variance`):
+``fixed_small`` -> ``small`` (the posterior ``beta~_t``), ``fixed_large`` -> ``large`` (``beta_t``, DDPM CIFAR-10's);
+an explicit ``sampler_kwargs: {variance: ...}`` wins. Another ``variance_type`` is refused in one line, except
+``learned`` / ``learned_range`` on a network whose variance channels are dropped as ``DiTPipeline`` drops them
+(``2C`` output channels): the suite's samplers read no variance from a network, so DDIM samples such a model as
+``DiTPipeline`` does, and DDPM takes the small variance unless told otherwise (the learned one lies between small
+and large); refusing would also refuse DDIM and EDM, which need no variance. Other schedulers' ``variance_type``
+(DPM-Solver's ``learned_range``) only says that such channels exist.
+
+Otherwise the sampler's choices are the suite's own: DDPM and DDIM end at ``abar = 1`` (diffusers'
+``set_alpha_to_one=True``); DDPM adds no noise at its last step whatever the grid (diffusers' ``fixed_large`` adds
+``beta`` noise at a last step ``t > 0``, e.g. with ``steps_offset = 1``); diffusers' DDIM steps from ``t`` to
+``t - T // n``, which is the previous grid point for ``leading`` spacing and for ``trailing`` when ``n`` divides
+``T``, while the suite's DDIM always steps to the previous grid point.
 """
 
 from __future__ import annotations
@@ -28,6 +37,10 @@ from .schedules import VPSchedule
 DIFFUSERS_INSTALL = "pip install -e '.[diffusers]'"
 SPACINGS = ("linspace", "leading", "trailing")
 PREDICTION_TYPES = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
+#: a ``DDPMScheduler``'s ``variance_type`` -> the suite's DDPM ``variance`` (Ho et al. 2020, §3.2)
+DDPM_VARIANCE_TYPES = {"fixed_small": "small", "fixed_large": "large"}
+#: variance types that read a variance from the network's extra output channels
+LEARNED_VARIANCE_TYPES = ("learned", "learned_range")
 #: diffusers schedulers defined by betas over discrete training steps (the ones whose schedule the suite can map)
 BETA_SCHEDULERS = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
                    "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "DPMSolverMultistepScheduler",
@@ -107,6 +120,18 @@ class PretrainedSchedule:
     prediction: str  # "eps", "x0" or "v"
     clip_x0: bool
     scheduler_class: str
+    variance_type: str | None = None  # a DDPMScheduler's (the DDPM sampler's variance); None for other schedulers
+
+
+def ddpm_variance(config_path: str | Path, variance_type: str | None, drops_learned_variance: bool) -> str:
+    """The DDPM sampler's default ``variance`` for a ``DDPMScheduler``'s ``variance_type`` (None: another scheduler):
+    see the module docstring; one line naming the two it maps for the rest."""
+    if variance_type is None or (variance_type in LEARNED_VARIANCE_TYPES and drops_learned_variance):
+        return "small"
+    if variance_type not in DDPM_VARIANCE_TYPES:
+        raise ValueError(f"{config_path}: variance_type {variance_type!r} has no counterpart in the suite's DDPM "
+                         f"sampler, which maps {' and '.join(DDPM_VARIANCE_TYPES)} (variance small and large)")
+    return DDPM_VARIANCE_TYPES[variance_type]
 
 
 def schedule_name(schedule: VPSchedule, beta_schedule: str) -> str:
@@ -150,4 +175,5 @@ def read_scheduler_config(folder: str | Path) -> PretrainedSchedule:
                          "the suite's VP samplers need 1 > abar_1 > ... > abar_T > 0")
     schedule = SpacedVPSchedule.from_alphas_cumprod(abar, spacing=spacing, steps_offset=settings.get("steps_offset", 0))
     return PretrainedSchedule(schedule, schedule_name(schedule, str(settings.get("beta_schedule"))),
-                              PREDICTION_TYPES[prediction], clip, kind)
+                              PREDICTION_TYPES[prediction], clip, kind,
+                              settings.get("variance_type", "fixed_small") if kind == "DDPMScheduler" else None)

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from .ddim import ddim_sample
-from .ddpm import ddpm_sample
+from .ddpm import check_ddpm_variance, ddpm_sample
 from .denoiser import Denoiser, NetDenoiser, check_labels
 from .edm_heun import edm_heun_sample
 from .guidance_setting import GuidanceSetting
@@ -40,8 +40,8 @@ def sampler_options(sampler: str) -> dict[str, object]:
 
 
 def check_sampling(sampler: str, sampler_kwargs: dict | None = None, guidance: Sequence[GuidanceTerm] = ()) -> dict:
-    """Refuse, before any work, an unknown sampler, an option it does not take, a bad ``num_steps`` / ``eta``, or a
-    guidance term that cannot run on it. Returns the options as a plain dict."""
+    """Refuse, before any work, an unknown sampler, an option it does not take, a bad ``num_steps`` / ``eta`` / DDPM
+    ``variance``, or a guidance term that cannot run on it. Returns the options as a plain dict."""
     options = sampler_options(sampler)
     kwargs = dict(sampler_kwargs or {})
     unknown = sorted(set(kwargs) - set(options))
@@ -58,6 +58,8 @@ def check_sampling(sampler: str, sampler_kwargs: dict | None = None, guidance: S
             raise ValueError(f"sampler_kwargs {name} must be a number for the {sampler} sampler, got {value!r}")
     if float(kwargs.get("eta", 0.0)) < 0:
         raise ValueError(f"sampler_kwargs eta must be >= 0, got {kwargs['eta']}")
+    if sampler == "ddpm" and "variance" in kwargs:
+        check_ddpm_variance(kwargs["variance"])
     check_guidance_for_sampler(guidance, sampler)
     return kwargs
 
@@ -71,9 +73,16 @@ def sample(sampler: str, denoiser: Denoiser, schedule: VPSchedule, labels: Tenso
                              **sampler_kwargs)
 
 
+def model_sampler_kwargs(model, sampler: str, sampler_kwargs: dict | None = None) -> dict:
+    """The options ``model`` is sampled with by ``sampler``: the model's own defaults (``model.sampler_defaults``, e.g.
+    a diffusers folder's DDPM variance), overridden by the options given."""
+    return {**getattr(model, "sampler_defaults", {}).get(sampler, {}), **(sampler_kwargs or {})}
+
+
 class DiffusionModel(Protocol):
     """What :func:`sample_ids` needs of a trained diffusion model (``CFGDiffusion`` is one): a class-conditional
-    ``net(x, t, y)`` predicting ``prediction``, its schedule, and whether x0_hat is clipped to [-1, 1]."""
+    ``net(x, t, y)`` predicting ``prediction``, its schedule, and whether x0_hat is clipped to [-1, 1]. It may have
+    ``sampler_defaults`` (sampler -> options), which the options given override (:func:`model_sampler_kwargs`)."""
 
     net: Callable[[Tensor, Tensor, Tensor], Tensor]
     num_classes: int
@@ -112,7 +121,8 @@ def sample_batches(model: DiffusionModel, labels: Tensor, seeds: Sequence[int] |
     ``(samples, labels)``, or, with ``on_batch(samples, labels)``, hands each batch over as it is drawn and returns
     None (so that large evaluations need not hold every sample)."""
     setting = setting if setting is not None else GuidanceSetting()
-    sampler_kwargs = check_sampling(sampler, sampler_kwargs)  # the terms: by the sampler, before its first step
+    # the terms: by the sampler, before its first step
+    sampler_kwargs = model_sampler_kwargs(model, sampler, check_sampling(sampler, sampler_kwargs))
     seeds = torch.as_tensor(seeds, dtype=torch.long).cpu()
     labels = labels.to(model.device)
     check_labels(labels, model.num_classes)

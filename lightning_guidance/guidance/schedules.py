@@ -92,7 +92,8 @@ def ddpm_step_noise(schedule: VPSchedule, num_steps: int) -> tuple[Tensor, Tenso
 
 def sine_boost_factors(schedule: VPSchedule, num_steps: int, gamma: float) -> Tensor:
     """The factor :func:`sine_boost_factor` multiplies ``g`` by at each DDPM step (sampling order) on ``schedule``
-    with ``num_steps`` steps, ``Sigma_max`` the first step's variance as in the sampler.
+    with ``num_steps`` steps, ``Sigma_max`` the first step's variance as in the sampler (with its default ``small``
+    variance; under ``variance: large`` the term reads the sampler's own ``Sigma_t``).
 
     How much the boost multiplies guidance depends on the schedule: at ``gamma = 0.3`` the median step's factor is
     about 1.6 on EluCD's linear schedule with 250 steps (at most 4.4), but 5.9 on a cosine schedule with 50 steps (at

@@ -3,7 +3,8 @@ samples, guides and decodes; and :func:`load_diffusion`, which reads a suite che
 
 Folder layouts (models/README.md): ``unet/`` (a ``UNet2DModel``, pixel space) or ``transformer/`` + ``vae/`` (a
 ``DiTTransformer2DModel`` and its ``AutoencoderKL``, latent space), each with ``scheduler/scheduler_config.json``,
-whose schedule, prediction type and clipping are mapped by :mod:`lightning_guidance.diffusion.diffusers_schedule`.
+whose schedule, prediction type, clipping and DDPM variance are mapped by
+:mod:`lightning_guidance.diffusion.diffusers_schedule`.
 A latent model samples latents (``data_shape``) and its shards hold the decoded images (``image_shape``).
 """
 
@@ -16,7 +17,7 @@ from types import SimpleNamespace
 import torch
 from torch import Tensor, nn
 
-from ..diffusion.diffusers_schedule import model_folder, read_scheduler_config
+from ..diffusion.diffusers_schedule import ddpm_variance, model_folder, read_scheduler_config
 from ..guidance.sweep import Sweep
 from ..nets.diffusers_models import DiffusersDiT, DiffusersUNet, LatentDecoder, load_pretrained
 from .cfg_diffusion import CFGDiffusion
@@ -42,7 +43,7 @@ class PretrainedDiffusion(nn.Module):
     """The diffusers model of ``folder`` behind the interface :func:`~lightning_guidance.diffusion.sampling.sample_ids`
     and ``SamplingModule`` use of ``CFGDiffusion``: ``net``, ``num_classes``, ``schedule``, ``data_shape``,
     ``device``, ``prediction``, ``clip_x0``, ``weak_model(rule)`` and ``hparams`` (schedule name, number of training
-    steps, prediction kind, ``clip_x0``)."""
+    steps, prediction kind, ``clip_x0``); and ``sampler_defaults``, the DDPM variance its scheduler config names."""
 
     def __init__(self, folder: str | Path, num_classes: int | None = None, image_size: int | None = None):
         super().__init__()
@@ -68,6 +69,9 @@ class PretrainedDiffusion(nn.Module):
         self.num_classes = self.net.num_classes
         self.has_null_class = self.net.has_null_class
         self.data_shape = tuple(self.net.data_shape)
+        variance = ddpm_variance(root / "scheduler" / "scheduler_config.json", mapped.variance_type,
+                                 self.net.drops_learned_variance)
+        self.sampler_defaults = {"ddpm": {"variance": variance}}  # what sampler_kwargs override
         self.hparams = SimpleNamespace(schedule=mapped.name, num_train_steps=T, prediction=mapped.prediction,
                                        clip_x0=mapped.clip_x0)
         self.eval().requires_grad_(False)

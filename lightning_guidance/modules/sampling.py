@@ -35,7 +35,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..diffusion.sampling import check_sampling, sample_ids, sampler_options, seeds_for_ids
+from ..diffusion.sampling import (check_sampling, model_sampler_kwargs, sample_ids, sampler_options,
+                                  seeds_for_ids)
 from ..guidance.sweep import Sweep, describe_network
 from ..guidance.trace import TrajectoryRecorder
 from ..io.digests import file_identity
@@ -60,8 +61,10 @@ class SamplingModule(JudgeGrading, L.LightningModule):
             model folder (``save_pretrained`` layout; see ``pretrained``).
         output_dir: where the shards, grids and manifest go (default: ``trainer.default_root_dir``).
         sampler: ``ddpm`` (ancestral), ``ddim`` or ``edm`` (Heun).
-        sampler_kwargs: the sampler's options, checked when the config is built: ``{num_steps: 50}``; ``ddim``:
-            ``eta``; ``edm``: ``S_churn``, ``S_tmin``, ``S_tmax``, ``S_noise``, ``rho``...
+        sampler_kwargs: the sampler's options, checked when the config is built: ``{num_steps: 50}``; ``ddpm``:
+            ``variance`` (``small``, the posterior variance, or ``large``, beta_t; a diffusers folder's scheduler
+            config sets the default); ``ddim``: ``eta``; ``edm``: ``S_churn``, ``S_tmin``, ``S_tmax``, ``S_noise``,
+            ``rho``...
         sweep: the sweep, ``{target, values, cfg_scale, terms, cfg_rule}``: ``target: cfg`` makes each value the CFG
             scale (``s = 0``: the unconditional model, ``s = 1``: the conditional one; a negative scale is refused);
             ``target: guidance`` multiplies every term's own scale by the value (0 = unguided).
@@ -112,6 +115,8 @@ class SamplingModule(JudgeGrading, L.LightningModule):
         self.pretrained = pretrained
         self.diffusion = load_diffusion(checkpoint, net, use_ema, pretrained).requires_grad_(False)
         check_null_class(self.diffusion, self.sweep, checkpoint)
+        # the model's own sampler defaults (a diffusers folder's DDPM variance) under the given options: recorded
+        self.sampler_kwargs = model_sampler_kwargs(self.diffusion, sampler, self.sampler_kwargs)
         # a net given here replaces the one the checkpoint records: its structure enters the shards' identity
         self._net_identity = None if net is None else describe_network(net)
         hp = self.diffusion.hparams

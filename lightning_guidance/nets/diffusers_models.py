@@ -91,6 +91,7 @@ class DiffusersUNet(nn.Module):
                                  f"class) or {rows - 1} (the last id is the null class), got {k}")
             self.num_classes, self.has_null_class = k, k == rows - 1
         self.prediction_channels = _prediction_channels(config.out_channels, config.in_channels, "the UNet2DModel")
+        self.drops_learned_variance = config.out_channels != self.prediction_channels
         self.data_shape = _image_shape(config.in_channels, config.sample_size)
 
     def self_attention_layers(self) -> list[nn.Module]:
@@ -123,6 +124,7 @@ class DiffusersDiT(nn.Module):
         self.num_classes, self.has_null_class = k, table.num_embeddings == k + 1
         out_channels = config.out_channels or config.in_channels
         self.prediction_channels = _prediction_channels(out_channels, config.in_channels, "the DiT")
+        self.drops_learned_variance = out_channels != self.prediction_channels
         self.data_shape = _image_shape(config.in_channels, config.sample_size)
 
     def self_attention_layers(self) -> list[nn.Module]:
