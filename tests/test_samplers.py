@@ -14,6 +14,8 @@ Oracles:
 """
 
 import math
+import re
+import warnings
 
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from lightning_guidance.diffusion.ddim import ddim_sample, ddim_step
+from lightning_guidance.diffusion.ddim import ddim_sample, ddim_step, eps_shift_gain
 from lightning_guidance.diffusion.ddpm import ddpm_posterior, ddpm_sample
 from lightning_guidance.diffusion.denoiser import DenoiserOutput, NetDenoiser
 from lightning_guidance.diffusion.edm_heun import edm_heun_sample
@@ -251,6 +253,44 @@ def test_guidance_conversion_moves_the_mean_exactly(sampler):
     # DDPM's mean shift Sigma_t g is first order in the step: ~1 % low at 1000 steps
     assert abs(x.mean().item() - mu) < 5 * SE_MEAN + bias * mu
     assert abs(x.var().item() - 1) < 5 * SE_VAR + bias
+
+
+@pytest.mark.parametrize("abar_t, abar_prev", [(2.4e-9, 4.3e-3), (4e-5, 9.3e-5), (0.3, 0.5), (0.9, 0.99)])
+def test_eps_shift_gain_is_what_a_ddim_step_does_to_a_shifted_eps(abar_t, abar_prev):
+    """The gain of an eps shift against the step itself: x0_hat rebuilt from ``eps + d``, then eq. 12."""
+    torch.manual_seed(0)
+    x, eps, d = torch.randn(3, 1000, dtype=torch.float64)
+
+    def step(e):
+        return ddim_step(eps_to_x0(e, x, torch.tensor(abar_t, dtype=torch.float64)), e, abar_t, abar_prev)
+
+    moved = step(eps + 1e-3 * d) - step(eps)
+    assert torch.allclose(moved, -eps_shift_gain(abar_t, abar_prev) * 1e-3 * d, rtol=1e-6, atol=1e-12)
+
+
+class ConstantPush(GuidanceTerm):
+    """A push of 1 in every coordinate at every noise level (what a clean classifier on x0_hat can be at x_T)."""
+
+    def gradient(self, state):
+        return torch.ones_like(state.x_t)
+
+
+def test_ddim_warns_when_its_first_step_amplifies_a_guidance_push():
+    """A push that does not vanish at pure noise, on the cosine schedule at 25 steps (gain ~1300): warned, naming
+    the gain; the same push on the linear schedule (gain 0.5), a push that vanishes with sqrt(abar) (an exact noisy
+    score) and no guidance: silent. Bug caught: CFG + classifier digits samples that came out as saturated noise
+    without a word."""
+    gain = eps_shift_gain(*VPSchedule.cosine().respace(25)[0].alphas_cumprod[[-1, -2]].tolist())
+    assert gain > 1000
+    run = dict(labels=labels(4), noise=PerSampleNoise(range(4)), shape=(D,), num_steps=25)
+    with pytest.warns(UserWarning, match=rf"moves the state by {re.escape(f'{gain:.3g}')} .*multiplies the guidance's eps shift by "
+                                         rf"{gain:.0f} .*sample with ddpm"):
+        ddim_sample(GaussianDenoiser(), VPSchedule.cosine(), guidance=[ConstantPush()], **run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ddim_sample(GaussianDenoiser(), VPSchedule.linear(), guidance=[ConstantPush()], **run)
+        ddim_sample(GaussianDenoiser(), VPSchedule.cosine(), guidance=[ShiftMean(1.0)], **run)
+        ddim_sample(GaussianDenoiser(), VPSchedule.cosine(), **run)
 
 
 def test_edm_stochastic_churn_keeps_the_exact_marginal():

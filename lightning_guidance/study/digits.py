@@ -62,6 +62,7 @@ class Run:
     edits: dict = field(default_factory=dict)
     ddpm: bool = True
     seeds: tuple[int, ...] | None = None  # only these training seeds (default: the preset's)
+    reference: tuple[str, str] | None = None  # (run, scale) its figures are paired with (default: digits_cg.reference)
 
     @property
     def sample(self) -> str:
@@ -99,8 +100,12 @@ def runs(p) -> dict[str, Run]:
         out.append(Run(offtheshelf_key(tau2, g), f"off-the-shelf, tau2/tau1={tau2:g}, gamma={g:g}", "digits_cg", clean,
                        guided, "digits-clean", {f"{TERM0}.init_args.tau2": tau2, f"{TERM0}.init_args.sine_gamma": g,
                                                 f"{TERM0}.init_args.sine_reference": "linear-250"}))
-    out += [Run("cfg-plus-cg", "CFG + clean classifier", "digits_cg", with_guidance("cfg_plus_cg"),
-                p.cfg_plus_cg_scales, "digits-clean", ddpm=False),
+    # CFG + classifier against CFG alone, both ancestral (DDPM) as EluCD samples DiT: DDIM's first step would
+    # multiply the classifier's push by ~1300 on the cosine schedule (docs/math.md §2), DDPM's by its variance
+    alone = ("cfg-ddpm", "1")
+    out += [Run("cfg-ddpm", "CFG (DDPM)", "digits_cg", SAMPLING, [1.0, *p.cfg_plus_cg_scales], reference=alone),
+            Run("cfg-plus-cg", "CFG + clean classifier (DDPM)", "digits_cg", with_guidance("cfg_plus_cg"),
+                p.cfg_plus_cg_scales, "digits-clean", reference=alone),
             Run("cg-calibrated", "CG, Smooth-ECE fine-tuned classifier", "digits_calibration", noisy, guided,
                 "digits-calibrated"),
             Run("cg-lambda0", "CG, fine-tuned with lambda = 0 (control)", "digits_calibration", noisy, guided,

@@ -46,9 +46,12 @@ def guided(scale: str) -> bool:
 
 def reference(products: Products, r: Run) -> tuple[Run, str]:
     """The set a run's figures are read against, paired (same sample ids, per-sample seeds and training seed): the
-    unguided DDPM samples (the plain clean-classifier run at scale 0), or for a DDIM CFG run the conditional model
-    (CFG at s = 1). Differences cancel what the two sets share, the Fréchet distance's small-n bias included."""
-    return (digits.runs(products.preset)["cg-clean"], "0") if r.ddpm else (digits.runs(products.preset)["cfg"], "1")
+    run's own (``Run.reference``), else the unguided DDPM samples (the plain clean-classifier run at scale 0), or for a
+    DDIM CFG run the conditional model (CFG at s = 1). Differences cancel what the two sets share, the Fréchet
+    distance's small-n bias included."""
+    runs = digits.runs(products.preset)
+    key, scale = r.reference or (("cg-clean", "0") if r.ddpm else ("cfg", "1"))
+    return runs[key], scale
 
 
 def best_of(products: Products, a: Run | list[Run], b: Run | None = None, keep=(guided, guided),
@@ -178,7 +181,7 @@ PAIRS = {"clean_vs_noisy": ("cg-noisy", "cg-clean", "fd_digits noisy on x_t − 
                             (lambda s: float(s) == 0, guided)),
          "tau": (offtheshelf_key(1.0, RG), offtheshelf_key(RT, RG), f"fd_digits tau2/tau1 = 1 − tau2/tau1 = {RT:g}"),
          "gamma": (offtheshelf_key(RT, 0.0), offtheshelf_key(RT, RG), f"fd_digits gamma = 0 − gamma = {RG:g}"),
-         "cfg_plus_cg": ("cfg", "cfg-plus-cg", "fd_digits CFG alone − CFG + classifier")}
+         "cfg_plus_cg": ("cfg-ddpm", "cfg-plus-cg", "fd_digits CFG alone − CFG + classifier")}
 
 
 def analyse(products: Products, res: SectionResult) -> None:
@@ -192,8 +195,8 @@ def analyse(products: Products, res: SectionResult) -> None:
                    "ddpm_steps": p.digits_ddpm_steps,
                    "reference": REFERENCE, "selection": SELECTION, "softplus_betas": list(SOFTPLUS_BETAS),
                    "softplus_beta": SOFTPLUS_NOT_RUN}
-    res.markdown = [f"DDPM with {fmt(p.digits_ddpm_steps)} steps (CFG + classifier: DDIM with "
-                    f"{fmt(p.digits_ddim_steps)}), {fmt(p.digits_samples_per_class * 10)} samples per scale and "
+    res.markdown = [f"DDPM with {fmt(p.digits_ddpm_steps)} steps (CFG + classifier and CFG alone too, as EluCD samples "
+                    f"DiT), {fmt(p.digits_samples_per_class * 10)} samples per scale and "
                     f"training seed, {fmt(next(iter(runs.values()))['seeds'])} training seed(s) of the diffusion model "
                     "and of each classifier. " + TABLE_NOTE, "", *runs_table(runs),
                     *(compare_table(compare, PAIRS) if compare else []),
@@ -213,7 +216,7 @@ def analyse(products: Products, res: SectionResult) -> None:
            "digits_cg_sweeps.png", "digits: fd_digits against the guidance scale, paired with the unguided samples "
            "(95 % bands over sample ids and training seeds): noisy vs clean classifier, and EluCD's ablations")
     if "cfg_plus_cg" in compare:
-        figure(res, {**runs, **section_runs(products, ["cfg"])}, [("CFG + classifier vs CFG", ["cfg", "cfg-plus-cg"])],
+        figure(res, runs, [("CFG + classifier vs CFG", ["cfg-ddpm", "cfg-plus-cg"])],
                "digits_cfg_plus_cg.png", "digits: CFG alone and CFG + the clean classifier against the CFG scale s, "
                "paired with CFG at s = 1 (95 % bands)", "CFG scale s (1 = conditional)", "CFG s = 1")
     if f"{RG:g}" in boost:
