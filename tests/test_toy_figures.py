@@ -16,7 +16,7 @@ def test_a_scatter_is_framed_on_its_points_and_counts_the_outlier():
     assert scatter_framed(ax, points, labels, "set") == 1
     (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
     assert -1.3 < x0 < -1 and 1 < x1 < 1.3 and -1.3 < y0 < -1 and 1 < y1 < 1.3  # the bulk, not the outlier
-    assert ax.get_title() == "set\n(1 points outside the frame)" and ax.get_xlabel() == "x1"
+    assert ax.get_title() == "set\n(1 point outside the frame)" and ax.get_xlabel() == "x1"
     pyplot().close(fig)
 
 

@@ -104,7 +104,8 @@ def fit_axis(ax, values, core: tuple[float, float] = (0.1, 0.9), reach: float = 
     set_label = ax.set_ylabel if axis == "y" else ax.set_xlabel
     mag = np.abs(vals[vals != 0])
     if len(mag) >= 3 and mag.max() / np.quantile(mag, 0.05) > 100 and np.ptp(vals) > 100 * np.quantile(mag, 0.05):
-        set_scale("symlog", linthresh=float(np.quantile(mag, 0.05)))
+        # the linear range a whole decade at the 5 % magnitude, drawn as wide as two: its tick labels never touch
+        set_scale("symlog", linthresh=float(10 ** np.floor(np.log10(np.quantile(mag, 0.05)))), linscale=2.0)
         set_label(f"{label} (symlog)", fontsize=8)
         return "symlog"
     if len(vals) < 10:

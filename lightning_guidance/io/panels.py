@@ -4,6 +4,7 @@ estimates against one x, and empirical CDFs with their bands."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 
 from torch import Tensor
@@ -27,7 +28,8 @@ def draw_digit_grid(ax, samples: Tensor, labels: Tensor, title: str = "", per_cl
                   fontsize=5)
     ax.set_ylabel("class", fontsize=7)
     ax.set_xlabel("sample (id order)", fontsize=7)
-    ax.set_title(title, fontsize=8)
+    # each line of the title wrapped to the panel's width (about 34 characters at this size)
+    ax.set_title("\n".join(textwrap.fill(line, 34) for line in title.split("\n")), fontsize=8)
 
 
 def digit_grids_figure(rows: Sequence[Sequence[tuple[str, Tensor, Tensor] | None]], per_class: int = 8):

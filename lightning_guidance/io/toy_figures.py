@@ -23,7 +23,7 @@ def scatter_framed(ax, points, labels, title: str, quantile: float = 0.005) -> i
     for cls, color in enumerate(CLASS_COLORS):
         ax.scatter(pts[y == cls, 0], pts[y == cls, 1], s=1.5, color=color, alpha=0.6, label=f"class {cls}")
     ax.set_xlim(lo[0], hi[0]), ax.set_ylim(lo[1], hi[1])
-    axis_labels(ax, "x1", "x2", title + (f"\n({outside} points outside the frame)" if outside else ""))
+    axis_labels(ax, "x1", "x2", title + (f"\n({outside} point{'s' * (outside != 1)} outside the frame)" if outside else ""))
     return outside
 
 

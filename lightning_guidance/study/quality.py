@@ -38,29 +38,33 @@ def quality_rows(series: dict) -> list[list[str]]:
     return rows
 
 
-def draw(ax, curves: list[tuple[str, list, list, dict]], ylabel: str) -> None:
-    """Each ``(label, xs, figures, plot options)`` curve with its band, distinct styles, a legend off the data and an
-    axis framed on the data (outliers clipped with a note, or symlog)."""
+def draw(ax, curves: list[tuple[str, list, list, dict]], ylabel: str, xlabel: str = SCALE_AXIS,
+         legend: bool = True) -> None:
+    """Each ``(label, xs, figures, plot options)`` curve with its band, distinct styles, a legend off the data (or
+    none: the figure's) and an axis framed on the data (outliers clipped with a note, or symlog)."""
     seen = []
     for i, (label, xs, ys, opts) in enumerate(curves):
         plot_with_band(ax, xs, [triple(y) for y in ys], label, i, **opts)
         seen += [v for y in ys for v in triple(y)]
-    axis_labels(ax, SCALE_AXIS, ylabel)
+    axis_labels(ax, xlabel, ylabel)
     fit_axis(ax, seen)
-    legend_outside(ax, fontsize=6)
+    if legend:
+        legend_outside(ax, fontsize=6)
 
 
 def toy_figure(res: SectionResult, toy: dict, series: dict) -> None:
     mus = toy["mus"]
-    fig, axes = pyplot().subplots(1, len(mus), figsize=(4.6 * len(mus), 3.0), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(mus), figsize=(4.2 * len(mus), 3.6), squeeze=False, layout="constrained")
     series["toy1d"] = {}
     for ax, (tag, info) in zip(axes[0], mus.items()):
         curves = series["toy1d"][tag] = {
             m["label"]: {"mu": info["mu"], "scale": [r["scale"] for r in m["rows"]],
                          "mean_log_density": [r["mean_log_density"] for r in m["rows"]]}
             for m in info["methods"].values()}
-        draw(ax, [(m, c["scale"], c["mean_log_density"], {}) for m, c in curves.items()], "mean exact log p(x|y)")
+        draw(ax, [(m, c["scale"], c["mean_log_density"], {}) for m, c in curves.items()], "mean exact log p(x|y)",
+             "scale (CFG: s; classifier terms: their scale)", legend=False)
         ax.set_title(f"1D, mu = {fmt(info['mu'])}", fontsize=9)
+    legend_outside(fig, fontsize=7)
     res.figure(fig, "quality_toy1d.png", "1D mixture: exact log-density of the samples vs scale")
 
 
