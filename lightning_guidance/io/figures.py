@@ -91,10 +91,10 @@ def legend_outside(target, fontsize: int = 7, **kwargs):
 
 
 def fit_axis(ax, values, core: tuple[float, float] = (0.1, 0.9), reach: float = 3.0, axis: str = "y") -> str:
-    """Frame an axis on its data. ``symlog`` when the finite values span more than two decades (the linear range
-    around 0 from the data, so it fills the panel); else, with 10 values or more, points farther than ``reach`` times
-    the spread of the ``core`` quantiles beyond them are left off the axis and counted in its label ("k points off
-    the axis"). Returns ``linear``, ``clipped`` or ``symlog``. Pass the curves' values and band ends only."""
+    """Frame an axis on its data. ``symlog`` when the finite values span more than two decades (linear within the
+    decade of the 5 % magnitude, drawn two decades wide so the tick labels around 0 stay apart); else, with 10 values
+    or more, points farther than ``reach`` times the spread of the ``core`` quantiles beyond them are left off the
+    axis and counted in its label ("k points off the axis"). Returns ``linear``, ``clipped`` or ``symlog``. Pass the curves' values and band ends only."""
     import numpy as np
 
     vals = np.asarray([float(v) for v in np.ravel(values) if v is not None], dtype=float)
@@ -104,7 +104,6 @@ def fit_axis(ax, values, core: tuple[float, float] = (0.1, 0.9), reach: float = 
     set_label = ax.set_ylabel if axis == "y" else ax.set_xlabel
     mag = np.abs(vals[vals != 0])
     if len(mag) >= 3 and mag.max() / np.quantile(mag, 0.05) > 100 and np.ptp(vals) > 100 * np.quantile(mag, 0.05):
-        # the linear range a whole decade at the 5 % magnitude, drawn as wide as two: its tick labels never touch
         set_scale("symlog", linthresh=float(10 ** np.floor(np.log10(np.quantile(mag, 0.05)))), linscale=2.0)
         set_label(f"{label} (symlog)", fontsize=8)
         return "symlog"
